@@ -1,0 +1,297 @@
+/*
+** host.c — the Lua state capil runs in: C modules in package.preload, the
+** Lua library found embedded or on disk, Ctrl-C turned into a Lua error that
+** unwinds to the cleanups, and the `capil.core.host` module.
+*/
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "capil.h"
+#include "host.h"
+
+/* The state signals are delivered to (one per process). */
+static lua_State *global_L = NULL;
+/* Ctrl-C presses seen while the cleanups run. */
+static volatile sig_atomic_t cleanup_presses = 0;
+static volatile sig_atomic_t cleaning = 0;
+
+/* ====================================================================== */
+/* Finding the Lua library                                                */
+/* ====================================================================== */
+
+static int is_dir(const char *p) {
+  struct stat st;
+  return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int is_file(const char *p) {
+  struct stat st;
+  return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/*
+** Where the Lua files come from: CAPIL_PATH (a source tree), else the source
+** tree when this binary is the one its build directory made (so editing a
+** .lua file needs no rebuild), else the copy embedded at build time.
+** CAPIL_EMBEDDED=1 forces the embedded copy.
+*/
+static const char *library_root(char *buf, size_t size) {
+  const char *env = getenv("CAPIL_PATH");
+  if (env && *env) return env;
+  env = getenv("CAPIL_EMBEDDED");
+  if (env && *env && strcmp(env, "0") != 0) return NULL;
+  char exe[PATH_MAX], bindir[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return NULL;
+  exe[n] = '\0';
+  char *slash = strrchr(exe, '/');
+  if (!slash) return NULL;
+  *slash = '\0';
+  if (!realpath(CAPIL_BINARY_DIR, bindir) || strcmp(exe, bindir) != 0) return NULL;
+  snprintf(buf, size, "%s/lua/capil", CAPIL_SOURCE_DIR);
+  if (!is_dir(buf)) return NULL;
+  snprintf(buf, size, "%s", CAPIL_SOURCE_DIR);
+  return buf;
+}
+
+/* Module name -> path relative to the library root, or NULL when not ours. */
+static const char *module_relpath(lua_State *L, const char *name) {
+  if (strcmp(name, "capil") == 0) return lua_pushstring(L, "lua/capil/init.lua");
+  if (strncmp(name, "capil.", 6) != 0 || strncmp(name, "capil.core.", 11) == 0)
+    return NULL;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  const char *rest = name;
+  if (strncmp(name, "capil.backends.", 15) == 0) {
+    luaL_addstring(&b, "backends/");
+    rest = name + 15;
+  } else {
+    luaL_addstring(&b, "lua/");
+  }
+  for (const char *c = rest; *c; c++) luaL_addchar(&b, *c == '.' ? '/' : *c);
+  luaL_addstring(&b, ".lua");
+  luaL_pushresult(&b);
+  return lua_tostring(L, -1);
+}
+
+/* package.searchers entry for capil.* modules. */
+static int searcher(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  int top = lua_gettop(L);
+  const char *rel = module_relpath(L, name);
+  if (!rel) { lua_settop(L, top); return 0; }
+  lua_getfield(L, LUA_REGISTRYINDEX, "capil.root");
+  const char *root = lua_tostring(L, -1);
+  if (root) {
+    const char *path = lua_pushfstring(L, "%s/%s", root, rel);
+    if (!is_file(path)) {
+      /* capil.x may also be a directory module: lua/capil/x/init.lua */
+      lua_pop(L, 1);
+      lua_pushlstring(L, rel, strlen(rel) - 4); /* without ".lua" */
+      path = lua_pushfstring(L, "%s/%s/init.lua", root, lua_tostring(L, -1));
+      if (!is_file(path)) {
+        lua_pushfstring(L, "\n\tno file '%s/%s' (capil library)", root, rel);
+        return 1;
+      }
+    }
+    if (luaL_loadfile(L, path) != LUA_OK)
+      return luaL_error(L, "error loading module '%s' from '%s':\n\t%s", name,
+                        path, lua_tostring(L, -1));
+    lua_pushstring(L, path);
+    return 2;
+  }
+  for (const struct capil_embedded *e = capil_embedded_lua; e->module; e++) {
+    if (strcmp(e->module, name) != 0) continue;
+    const char *chunk = lua_pushfstring(L, "@%s", e->path);
+    if (luaL_loadbufferx(L, e->data, e->size, chunk, "t") != LUA_OK)
+      return luaL_error(L, "error loading embedded module '%s':\n\t%s", name,
+                        lua_tostring(L, -1));
+    lua_pushfstring(L, "embedded:%s", e->path);
+    return 2;
+  }
+  lua_pushfstring(L, "\n\tno embedded module '%s'", name);
+  return 1;
+}
+
+/* ====================================================================== */
+/* Interruption                                                           */
+/* ====================================================================== */
+
+/* Count hook installed by the signal handler: raises in the running code, and
+** keeps raising every 1000 instructions until capil_host_cleanup resets it, so
+** a pcall that swallows the first error cannot keep the program alive. */
+static void stop_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, stop_hook, LUA_MASKCOUNT, 1000);
+  luaL_error(L, "interrupted");
+}
+
+static void on_signal(int sig) {
+  if (cleaning) {
+    cleanup_presses++;
+    if (cleanup_presses >= 3) _exit(128 + sig);
+    return;
+  }
+  capil_stop_signal = sig;
+  if (global_L)
+    lua_sethook(global_L, stop_hook,
+                LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+void capil_host_signals(lua_State *L) {
+  global_L = L;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+void capil_host_clear_interrupt(lua_State *L) {
+  capil_stop_signal = 0;
+  lua_sethook(L, NULL, 0, 0);
+}
+
+/*
+** Runs the cleanup stack (lua/capil/cleanup.lua) if anything was registered.
+** Ctrl-C during the cleanups is counted, not obeyed, until the third press.
+*/
+void capil_host_cleanup(lua_State *L, const char *reason) {
+  int sig = capil_stop_signal;
+  capil_host_clear_interrupt(L);
+  cleaning = 1;
+  int top = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "capil.cleanup") == LUA_TTABLE &&
+      lua_getfield(L, -1, "run_all") == LUA_TFUNCTION) {
+    lua_pushstring(L, reason);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      capil_redact_fputs("capil: cleanup failed: ", stderr);
+      capil_redact_fputs(lua_tostring(L, -1), stderr);
+      fputc('\n', stderr);
+    }
+  }
+  lua_settop(L, top);
+  cleaning = 0;
+  capil_stop_signal = sig;
+}
+
+/* ====================================================================== */
+/* capil.core.host                                                        */
+/* ====================================================================== */
+
+/* host.interrupted() -> signal number, or false */
+static int host_interrupted(lua_State *L) {
+  if (capil_stop_signal) lua_pushinteger(L, capil_stop_signal);
+  else lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* host.sleep(seconds) -> true | nil, "interrupted", "EINTR" */
+static int host_sleep(lua_State *L) {
+  double s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, s >= 0, 1, "must not be negative");
+  double end = capil_now() + s;
+  for (;;) {
+    if (capil_interrupted()) return capil_fail(L, "EINTR", "sleep: interrupted");
+    double left = end - capil_now();
+    if (left <= 0) break;
+    if (left > 0.05) left = 0.05;
+    struct timespec ts = {0, (long)(left * 1e9)};
+    nanosleep(&ts, NULL);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* host.now() -> monotonic seconds */
+static int host_now(lua_State *L) {
+  lua_pushnumber(L, capil_now());
+  return 1;
+}
+
+/* host.library() -> "embedded" | root directory, and the embedded module list */
+static int host_library(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, "capil.root");
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); lua_pushliteral(L, "embedded"); }
+  lua_newtable(L);
+  int i = 1;
+  for (const struct capil_embedded *e = capil_embedded_lua; e->module; e++) {
+    lua_pushstring(L, e->module);
+    lua_rawseti(L, -2, i++);
+  }
+  return 2;
+}
+
+/* host.exepath() -> absolute path of the running binary */
+static int host_exepath(lua_State *L) {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return capil_fail_errno(L, errno, "host.exepath");
+  lua_pushlstring(L, exe, (size_t)n);
+  return 1;
+}
+
+static const luaL_Reg host_funcs[] = {
+  {"interrupted", host_interrupted},
+  {"sleep", host_sleep},
+  {"now", host_now},
+  {"library", host_library},
+  {"exepath", host_exepath},
+  {NULL, NULL}
+};
+
+static int luaopen_capil_core_host(lua_State *L) {
+  luaL_newlib(L, host_funcs);
+  lua_pushliteral(L, CAPIL_VERSION);
+  lua_setfield(L, -2, "version");
+  lua_pushstring(L, LUA_RELEASE);
+  lua_setfield(L, -2, "lua_version");
+  return 1;
+}
+
+/* ====================================================================== */
+/* The state                                                              */
+/* ====================================================================== */
+
+lua_State *capil_host_new(void) {
+  lua_State *L = luaL_newstate();
+  if (!L) return NULL;
+  luaL_openlibs(L);
+
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (const luaL_Reg *m = capil_core_modules; m->name; m++) {
+    lua_pushcfunction(L, m->func);
+    lua_setfield(L, -2, m->name);
+  }
+  lua_pushcfunction(L, luaopen_capil_core_host);
+  lua_setfield(L, -2, "capil.core.host");
+  lua_pop(L, 1);
+
+  char buf[PATH_MAX];
+  const char *root = library_root(buf, sizeof buf);
+  if (root) lua_pushstring(L, root);
+  else lua_pushnil(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, "capil.root");
+
+  /* our searcher goes right after package.preload's */
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "searchers");
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+  for (lua_Integer i = n; i >= 2; i--) {
+    lua_rawgeti(L, -1, i);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushcfunction(L, searcher);
+  lua_rawseti(L, -2, 2);
+  lua_pop(L, 2);
+  return L;
+}

@@ -1,0 +1,10 @@
+local proc = require("capil.proc")
+
+describe("proc #unit", function()
+  it("runs argv arrays and captures output and exit code", function()
+    local r = assert(proc.run({ argv = { "sh", "-c", "echo out; echo err >&2; exit 3" } }))
+    assert.equal(3, r.code)
+    assert.equal("out\n", r.stdout)
+    assert.equal("err\n", r.stderr)
+  end)
+end)
