@@ -11,6 +11,11 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 
 #include "capil.h"
 #include "host.h"
@@ -240,7 +245,58 @@ static int host_exepath(lua_State *L) {
   return 1;
 }
 
+/* host.free_port() -> a TCP port on 127.0.0.1 that was free a moment ago */
+static int host_free_port(lua_State *L) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return capil_fail_errno(L, errno, "host.free_port: socket");
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+      getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+    int e = errno;
+    close(fd);
+    return capil_fail_errno(L, e, "host.free_port: bind 127.0.0.1:0");
+  }
+  close(fd);
+  lua_pushinteger(L, ntohs(a.sin_port));
+  return 1;
+}
+
+/* host.port_open(ip, port [, timeout]) -> true | nil, msg, code: does a TCP
+** connect succeed within timeout seconds (default 1)? IPv4 literal only. */
+static int host_port_open(lua_State *L) {
+  const char *ip = luaL_checkstring(L, 1);
+  int port = (int)luaL_checkinteger(L, 2);
+  double timeout = luaL_optnumber(L, 3, 1.0);
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t)port);
+  if (inet_pton(AF_INET, ip, &a.sin_addr) != 1)
+    return luaL_argerror(L, 1, "must be an IPv4 address");
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return capil_fail_errno(L, errno, "host.port_open: socket");
+  int r = connect(fd, (struct sockaddr *)&a, sizeof a);
+  int err = r == 0 ? 0 : errno;
+  if (err == EINPROGRESS) {
+    struct pollfd p = {fd, POLLOUT, 0};
+    int pr = poll(&p, 1, (int)(timeout * 1000));
+    if (pr == 0) err = ETIMEDOUT;
+    else {
+      socklen_t l = sizeof err;
+      getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
+    }
+  }
+  close(fd);
+  if (err) return capil_fail_errno(L, err, "host.port_open: %s:%d", ip, port);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static const luaL_Reg host_funcs[] = {
+  {"free_port", host_free_port},
+  {"port_open", host_port_open},
   {"interrupted", host_interrupted},
   {"sleep", host_sleep},
   {"now", host_now},
