@@ -128,11 +128,25 @@ static int searcher(lua_State *L) {
 /* Interruption                                                           */
 /* ====================================================================== */
 
-/* Count hook installed by the signal handler: raises in the running code, and
-** keeps raising every 1000 instructions until capil_host_cleanup resets it, so
-** a pcall that swallows the first error cannot keep the program alive. */
+/*
+** Count hook installed by the signal handler: raises "interrupted" in the
+** running code, and keeps raising every 1000 instructions, so a pcall that
+** swallows the first error cannot keep the program alive. Code that keeps
+** swallowing it for a second is not unwound further: the cleanups run from
+** the hook and the process exits.
+*/
+static double stop_first = 0;
+
 static void stop_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
+  double now = capil_now();
+  if (stop_first == 0) stop_first = now;
+  if (now - stop_first > 1.0) {
+    int sig = capil_stop_signal;
+    capil_host_cleanup(L, "interrupted");
+    fflush(stdout);
+    exit(128 + sig);
+  }
   lua_sethook(L, stop_hook, LUA_MASKCOUNT, 1000);
   luaL_error(L, "interrupted");
 }
@@ -162,6 +176,7 @@ void capil_host_signals(lua_State *L) {
 
 void capil_host_clear_interrupt(lua_State *L) {
   capil_stop_signal = 0;
+  stop_first = 0;
   lua_sethook(L, NULL, 0, 0);
 }
 

@@ -109,7 +109,7 @@ int main(int argc, char **argv) {
   capil_host_signals(L);
   int code;
   if (argc >= 3 && strcmp(argv[1], "-e") == 0) {
-    create_arg(L, argv, argc, 1);
+    create_arg(L, argv, argc, 2); /* arg[0] is the chunk, arg[1..] the rest */
     if (luaL_loadbuffer(L, argv[2], strlen(argv[2]), "=(command line)") != LUA_OK) {
       capil_redact_fputs("capil: ", stderr);
       capil_redact_fputs(lua_tostring(L, -1), stderr);

@@ -54,6 +54,10 @@ function M.parse(args, spec, cmd, stop_at_positional)
       for j = i + 1, #args do rest[#rest + 1] = args[j] end
       break
     end
+    if stop_at_positional and (a == "-e" or a == "-") then
+      for j = i, #args do rest[#rest + 1] = args[j] end
+      break
+    end
     local long, inline = a:match("^%-%-([^=]+)=(.*)$")
     long = long or a:match("^%-%-(.+)$")
     local short = not long and a:match("^%-(%w)$")
@@ -165,6 +169,27 @@ function M.command_help(name, cmd)
   return table.concat(lines, "\n")
 end
 
+--- Runs `-e CODE args...` or `SCRIPT args...` after global options (as in
+--- `capil --quiet build.lua`), with `arg` set as the interpreter does.
+---@param rest string[]
+function M.run_script(rest)
+  local chunk, err, first
+  if rest[1] == "-e" then
+    if not rest[2] then M.fail("-e needs a chunk of Lua", 2) end
+    chunk, err = load(rest[2], "=(command line)")
+    first = 2
+  else
+    chunk, err = loadfile(rest[1] ~= "-" and rest[1] or nil)
+    first = 1
+  end
+  if not chunk then M.fail(err, 1) end
+  local a = {}
+  for i = first, #rest do a[i - first] = rest[i] end
+  _G.arg = a
+  chunk(table.unpack(rest, first + 1))
+  return 0
+end
+
 --- Entry point from the C host: args are argv[1..]; returns the exit status.
 ---@param args string[]
 ---@return integer
@@ -180,6 +205,9 @@ function M.main(args)
   if not name or (g.help and not name) then
     io.stdout:write(M.usage(), "\n")
     return name and 0 or (g.help and 0 or 2)
+  end
+  if name == "-e" or name == "-" or name:find("/", 1, true) or name:match("%.lua$") then
+    return M.run_script(rest)
   end
   local cmd = M.command(name)
   if not cmd then

@@ -1,0 +1,5 @@
+std = "lua54"
+max_line_length = 120
+files["spec/"] = { std = "+busted" }
+exclude_files = { "build*/**" }
+max_comment_line_length = false
