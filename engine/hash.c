@@ -597,9 +597,12 @@ static int l_sign_rs256(lua_State *L) {
   }
   unsigned char sig[2048]; /* up to 16384-bit keys */
   size_t siglen = sizeof sig;
-  int ok = (size_t)EVP_PKEY_get_size(pkey) <= sizeof sig;
-  EVP_MD_CTX *ctx = ok ? EVP_MD_CTX_new() : NULL;
-  ok = ctx && EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, pkey) == 1 &&
+  if ((size_t)EVP_PKEY_get_size(pkey) > sizeof sig) {
+    EVP_PKEY_free(pkey);
+    return capil_fail(L, "CRYPTO", "hash.sign_rs256: RSA keys above 16384 bits are not supported");
+  }
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  int ok = ctx && EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, pkey) == 1 &&
        EVP_DigestSign(ctx, sig, &siglen, (const unsigned char *)data, dlen) == 1;
   EVP_MD_CTX_free(ctx);
   EVP_PKEY_free(pkey);
