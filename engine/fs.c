@@ -176,27 +176,51 @@ static int l_write(lua_State *L) {
   return 1;
 }
 
+/* A file descriptor owned by a userdata, so a Lua error (out of memory
+** while growing a buffer) cannot leak it: __gc closes it. */
+#define FD_MT "capil.fs.Fd"
+
+static int fd_gc(lua_State *L) {
+  int *fd = luaL_checkudata(L, 1, FD_MT);
+  if (*fd >= 0) { close(*fd); *fd = -1; }
+  return 0;
+}
+
+static int *push_fd(lua_State *L) {
+  int *fd = lua_newuserdatauv(L, sizeof *fd, 0);
+  *fd = -1;
+  if (luaL_newmetatable(L, FD_MT)) {
+    lua_pushcfunction(L, fd_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return fd;
+}
+
 /* fs.read(path) -> data | nil, msg, code */
 static int l_read(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return capil_fail_errno(L, errno, "fs.read: %s", path);
+  int *fd = push_fd(L);
+  *fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (*fd < 0) return capil_fail_errno(L, errno, "fs.read: %s", path);
   luaL_Buffer b;
   luaL_buffinit(L, &b);
   for (;;) {
     char *p = luaL_prepbuffsize(&b, 65536);
-    ssize_t n = read(fd, p, 65536);
+    ssize_t n = read(*fd, p, 65536);
     if (n < 0) {
       if (errno == EINTR) continue;
       int e = errno;
-      close(fd);
+      close(*fd);
+      *fd = -1;
       return capil_fail_errno(L, e, "fs.read: %s", path);
     }
     if (n == 0) break;
     luaL_addsize(&b, (size_t)n);
   }
-  close(fd);
   luaL_pushresult(&b);
+  close(*fd);
+  *fd = -1;
   return 1;
 }
 
