@@ -82,34 +82,16 @@ function M.duration(s)
 end
 
 -- ====================================================================== --
--- Templates and parsing                                                  --
+-- Parsing                                                  --
 -- ====================================================================== --
 
--- Packer's names and capil's names for the template variables.
-local TEMPLATE_ALIASES = {
-  [".HTTPIP"] = "http_ip", [".HTTPPort"] = "http_port", [".Name"] = "name",
-  [".HTTPIp"] = "http_ip",
-}
-
---- Substitutes `{{ .HTTPIP }}`, `{{ .HTTPPort }}`, `{{ .Name }}` and
---- `{{ name }}` (capil's form, any key of `vars`). An unknown variable is an
---- error naming it.
+--- Substitutes template variables (see capil.template): `{{ .HTTPIP }}`,
+--- `{{ .HTTPPort }}`, `{{ .Name }}` and `{{ name }}` for any key of `vars`.
 ---@param text string
 ---@param vars table<string, string|number>
 ---@return string|nil, string?
 function M.substitute(text, vars)
-  local err
-  local out = text:gsub("{{%s*([%.%w_]+)%s*}}", function(name)
-    local key = TEMPLATE_ALIASES[name] or name
-    local v = vars[key]
-    if v == nil then
-      err = err or ("unknown template variable '{{ %s }}'"):format(name)
-      return ""
-    end
-    return tostring(v)
-  end)
-  if err then return nil, err end
-  return out
+  return require("capil.template").render(text, vars)
 end
 
 --- Parses boot command text into events. `opts.layout` (default "us").
