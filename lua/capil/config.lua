@@ -1,0 +1,246 @@
+--- capil.config — configuration layering. Lowest to highest:
+---   1. default   schema defaults
+---   2. shared    recipes/config/*.json (image-builder's packer/config and
+---                packer/ova files; esx.json/vsphere.json for those backends)
+---   3. recipe    the OS recipe (and what it extends)
+---   4. var-file  every file of PACKER_VAR_FILES (space-separated), then each
+---                --var-file, in order: last wins (image-builder's rule)
+---   5. var       --var key=value
+--- Values are addressed by schema path (`iso.checksum`) or image-builder
+--- variable name (`iso_checksum`); unknown variables from var files are kept
+--- as extra variables for roles. Every value remembers its layer and file.
+local schema = require("capil.schema")
+local json = require("capil.json")
+local log = require("capil.log")
+local template = require("capil.template")
+
+local M = {}
+
+M.SHARED_FILES = { "kubernetes.json", "cni.json", "containerd.json", "common.json", "packer-common.json" }
+M.BACKEND_FILES = { esx = "esx.json", vsphere = "vsphere.json" }
+
+local Config = {}
+Config.__index = Config
+
+-- Maps a key from a var file or --var to a schema path, or nil (extra var).
+local function path_of(key)
+  local f = schema.by_var[key] or schema.by_path[key]
+  return f and f.path
+end
+
+-- Reads a JSON var file into a list of {key, value} entries (object order
+-- does not matter within one file).
+local function read_var_file(path)
+  local data, err = json.read(path)
+  if data == nil then
+    return nil, ("%s: %s"):format(path, (err or "unreadable"):gsub("^json%.[%w_]+: ", ""))
+  end
+  if type(data) ~= "table" or json.is_array(data) then
+    return nil, ("%s: a var file must be a JSON object of variables"):format(path)
+  end
+  return data
+end
+
+--- Splits PACKER_VAR_FILES (space-separated paths).
+function M.packer_var_files(env_value)
+  local t = {}
+  for p in (env_value or ""):gmatch("%S+") do t[#t + 1] = p end
+  return t
+end
+
+--- Parses "key=value" from --var.
+function M.parse_var(s)
+  local k, v = s:match("^([%w_%.]+)=(.*)$")
+  if not k then return nil, ("--var: expected key=value, got '%s'"):format(s) end
+  return k, v
+end
+
+--- Resolves the configuration of `recipe` (from capil.recipe.load).
+--- opts: backend, config_dir (default recipes/config), var_files (list),
+--- packer_var_files (string, PACKER_VAR_FILES), vars ({"k=v", ...} or map).
+--- Returns a Config, or nil and a list of errors.
+---@return table|nil, string[]?
+function M.resolve(recipe, opts)
+  opts = opts or {}
+  local errors = {}
+  local values, sources, extra, extra_src = {}, {}, {}, {}
+
+  local function set(key, raw, layer, file)
+    local path = path_of(key)
+    if raw == nil or (json.is_null and json.is_null(raw)) then return end
+    if path then
+      values[path] = raw
+      sources[path] = { layer = layer, file = file, key = key }
+    else
+      extra[key] = raw
+      extra_src[key] = { layer = layer, file = file, key = key }
+    end
+  end
+
+  -- 1. defaults
+  for _, f in ipairs(schema.fields) do
+    if f.default ~= nil then
+      values[f.path] = f.default
+      sources[f.path] = { layer = "default" }
+    end
+  end
+
+  -- 2. shared files
+  local dir = opts.config_dir or "recipes/config"
+  local files = {}
+  for _, f in ipairs(M.SHARED_FILES) do files[#files + 1] = dir .. "/" .. f end
+  if M.BACKEND_FILES[opts.backend] then files[#files + 1] = dir .. "/" .. M.BACKEND_FILES[opts.backend] end
+  for _, path in ipairs(files) do
+    local data, err = read_var_file(path)
+    if not data then
+      errors[#errors + 1] = err
+    else
+      for k, v in pairs(data) do set(k, v, "shared", path) end
+    end
+  end
+
+  -- 3. the recipe (and what it extends)
+  for p, v in pairs(recipe.fields) do
+    if p == "vars" then
+      for k, x in pairs(v) do set(k, x, "recipe", recipe.sources[p]) end
+    else
+      values[p] = v
+      sources[p] = { layer = "recipe", file = recipe.sources[p], where = recipe.lines[p] }
+    end
+  end
+
+  -- 4. var files
+  local var_files = {}
+  for _, f in ipairs(M.packer_var_files(opts.packer_var_files)) do var_files[#var_files + 1] = f end
+  for _, f in ipairs(opts.var_files or {}) do var_files[#var_files + 1] = f end
+  for _, path in ipairs(var_files) do
+    local data, err = read_var_file(path)
+    if not data then
+      errors[#errors + 1] = err
+    else
+      local keys = {}
+      for k in pairs(data) do keys[#keys + 1] = k end
+      table.sort(keys)
+      for _, k in ipairs(keys) do set(k, data[k], "var-file", path) end
+    end
+  end
+
+  -- 5. --var
+  for _, kv in ipairs(opts.vars or {}) do
+    local k, v = M.parse_var(kv)
+    if not k then errors[#errors + 1] = v else set(k, v, "var", "--var") end
+  end
+
+  -- coerce and check
+  local resolved = {}
+  for _, f in ipairs(schema.fields) do
+    local raw = values[f.path]
+    if raw ~= nil then
+      local v, why = schema.coerce(f, raw)
+      if v == nil then
+        local src = sources[f.path]
+        errors[#errors + 1] = ("%s: %s: %s"):format(src.where or src.file or src.layer,
+          src.key and src.layer ~= "recipe" and src.key or f.path, why)
+      else
+        resolved[f.path] = v
+      end
+    end
+  end
+  for _, f in ipairs(schema.fields) do
+    local v = resolved[f.path]
+    if v == nil then
+      if f.required then
+        errors[#errors + 1] = ("%s: %s: required%s"):format(recipe.file, f.path,
+          f.var and (" (or variable " .. f.var .. ")") or "")
+      end
+    else
+      local ok, why = schema.check(f, v, resolved)
+      if not ok then
+        local src = sources[f.path]
+        errors[#errors + 1] = ("%s: %s: %s"):format(src.where or src.file or src.layer,
+          src.key and src.layer ~= "recipe" and src.key or f.path, why)
+      end
+    end
+  end
+  for k, v in pairs(extra) do
+    if type(v) ~= "string" and type(v) ~= "number" and type(v) ~= "boolean" then
+      errors[#errors + 1] = ("%s: %s: expected a string, number or boolean, got %s"):format(
+        extra_src[k].file or extra_src[k].layer, k, type(v))
+    end
+  end
+  if #errors > 0 then return nil, errors end
+
+  local cfg = setmetatable({
+    recipe = recipe, values = resolved, sources = sources, extra = extra, extra_sources = extra_src,
+    backend = opts.backend,
+  }, Config)
+
+  -- templated values ({{ var }} in containerd_url, guestinfo_datasource_script)
+  local flat = cfg:vars()
+  for _, f in ipairs(schema.fields) do
+    local v = resolved[f.path]
+    if type(v) == "string" and v:find("{{", 1, true) and f.path ~= "boot.command" then
+      local r, terr = template.render(v, flat, f.var or f.path)
+      if not r then return nil, { terr } end
+      resolved[f.path] = r
+    end
+  end
+
+  cfg:register_secrets()
+  return cfg
+end
+
+--- Value by path or image-builder variable name.
+function Config:get(key)
+  local path = path_of(key)
+  if path then return self.values[path] end
+  return self.extra[key]
+end
+
+--- The flat variable table roles and templates see: image-builder names,
+--- values as Packer passed them (strings; booleans "true"/"false"; lists
+--- space-joined).
+function Config:vars()
+  local out = {}
+  for _, f in ipairs(schema.fields) do
+    local v = self.values[f.path]
+    if f.var and v ~= nil then
+      if type(v) == "boolean" then v = v and "true" or "false"
+      elseif type(v) == "table" then v = table.concat(v, " ")
+      else v = tostring(v) end
+      out[f.var] = v
+    end
+  end
+  for k, v in pairs(self.extra) do out[k] = tostring(v) end
+  return out
+end
+
+--- Where a value came from: {key, path, var, value, layer, file} (secret
+--- values shown as "****").
+function Config:explain(key)
+  local path = path_of(key)
+  local src = path and self.sources[path] or self.extra_sources[key]
+  if not src then return nil, ("unknown key '%s'"):format(key) end
+  local f = path and schema.by_path[path]
+  local v = self:get(key)
+  if (f and f.secret) or schema.is_secret_name(key) then v = (v ~= nil and v ~= "") and "****" or v end
+  return {
+    key = key, path = path, var = f and f.var or (not path and key) or nil,
+    value = v, layer = src.layer, file = src.file, where = src.where,
+    description = f and f.description,
+  }
+end
+
+--- Registers secret values with the log so they never print. A value equal
+--- to the public default (image-builder's "builder") is not a secret.
+function Config:register_secrets()
+  for _, f in ipairs(schema.fields) do
+    local v = self.values[f.path]
+    if f.secret and type(v) == "string" and v ~= "" and v ~= f.default then log.secret(v) end
+  end
+  for k, v in pairs(self.extra) do
+    if schema.is_secret_name(k) and type(v) == "string" and v ~= "" then log.secret(v) end
+  end
+end
+
+return M
