@@ -50,10 +50,11 @@ end
 --- override) first, then the recipe's list, without duplicates.
 local function iso_urls(cfg)
   local urls, seen = {}, {}
-  local one = cfg:get("iso.url")
-  for _, u in ipairs({ one ~= "" and one or nil, table.unpack(cfg:get("iso.urls") or {}) }) do
-    if u and not seen[u] then seen[u] = true urls[#urls + 1] = u end
+  local function add(u)
+    if u and u ~= "" and not seen[u] then seen[u] = true urls[#urls + 1] = u end
   end
+  add(cfg:get("iso.url"))
+  for _, u in ipairs(cfg:get("iso.urls") or {}) do add(u) end
   return urls
 end
 

@@ -1,0 +1,49 @@
+--- capil.build_options — the options every recipe command shares (--backend,
+--- --var-file, --var, PACKER_VAR_FILES) and loading a recipe through them
+--- into a resolved configuration and plan, with all errors collected.
+local recipe = require("capil.recipe")
+local config = require("capil.config")
+local plan = require("capil.plan")
+local cli = require("capil.cli")
+
+local M = {}
+
+M.DEFAULT_BACKEND = "qemu"
+
+M.options = {
+  { name = "backend", short = "b", arg = "NAME", help = "qemu (default), vsphere, esx, workstation" },
+  { name = "var-file", arg = "FILE", multi = true,
+    help = "JSON variables (image-builder format); after PACKER_VAR_FILES, last wins" },
+  { name = "var", arg = "KEY=VALUE", multi = true, help = "one variable; wins over var files" },
+  { name = "recipes-dir", arg = "DIR", help = "where recipe names are looked up (default: recipes)" },
+  { name = "output", arg = "DIR", help = "output root (default: output)" },
+}
+
+--- Loads `ref` with the shared options; returns recipe, cfg, plan or nil
+--- and a list of errors.
+---@param ref string
+---@param opts table parsed options
+function M.load(ref, opts)
+  local dir = opts["recipes-dir"] or "recipes"
+  local backend = opts.backend or M.DEFAULT_BACKEND
+  local r, errs = recipe.load(ref, { dir = dir })
+  if not r then return nil, errs end
+  local cfg, cerrs = config.resolve(r, {
+    backend = backend, config_dir = dir .. "/config", var_files = opts["var-file"],
+    packer_var_files = os.getenv("PACKER_VAR_FILES"), vars = opts.var,
+  })
+  if not cfg then return nil, cerrs end
+  local p, perrs = plan.resolve(cfg, backend, {
+    recipes_dir = dir, output_root = opts.output,
+    cache_dir = (os.getenv("XDG_CACHE_HOME") or ((os.getenv("HOME") or ".") .. "/.cache")) .. "/capil",
+  })
+  if not p then return nil, perrs end
+  return r, cfg, p
+end
+
+--- Fails the command with every error listed (exit 1).
+function M.fail(errors)
+  cli.fail(table.concat(errors, "\n"), 1)
+end
+
+return M

@@ -1,0 +1,35 @@
+--- capil inspect — the resolved plan as JSON, or where one value came from.
+local build_options = require("capil.build_options")
+local cli = require("capil.cli")
+local json = require("capil.json")
+local log = require("capil.log")
+
+local options = { { name = "explain", arg = "KEY", multi = true,
+  help = "show a value's layer and file (a variable or field path)" } }
+for _, o in ipairs(build_options.options) do options[#options + 1] = o end
+
+return {
+  summary = "print the resolved plan of a recipe as JSON",
+  usage = "inspect RECIPE [--backend B] [--var-file F] [--var K=V] [--explain KEY]",
+  options = options,
+  run = function(opts, args)
+    if #args ~= 1 then cli.fail("inspect: name one recipe", 2) end
+    local r, cfg, p = build_options.load(args[1], opts)
+    if not r then build_options.fail(cfg) end
+    if opts.explain then
+      for _, key in ipairs(opts.explain) do
+        local e, err = cfg:explain(key)
+        if not e then cli.fail("inspect: " .. err, 1) end
+        local from = e.layer == "default" and "schema default"
+          or (e.where or e.file or e.layer) .. " (" .. e.layer .. ")"
+        io.stdout:write(("%s = %s\n  from %s\n"):format(e.path or e.key,
+          type(e.value) == "table" and json.encode(e.value) or tostring(e.value), from))
+        if e.var and e.var ~= e.path then io.stdout:write(("  variable %s\n"):format(e.var)) end
+        if e.description then io.stdout:write(("  %s\n"):format(e.description)) end
+      end
+      return 0
+    end
+    io.stdout:write(log.redact(json.encode(p, { indent = 2, sort_keys = true })), "\n")
+    return 0
+  end,
+}
