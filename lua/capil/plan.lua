@@ -24,6 +24,9 @@ M.BACKENDS = {
     description = "VMware Workstation (Linux) or Fusion (macOS) with vmrun" },
 }
 
+-- Stand-ins for the installer server's address when a plan is resolved.
+M.PROBE_VARS = { http_ip = "192.0.2.1", http_port = 8000 }
+
 local ADAPTER = { pvscsi = "lsilogic", lsilogic = "lsilogic" }
 
 --- Artifact names of a build: output/<name>-kube-<semver>/<name>-kube-<semver>.{ova,...}
@@ -90,9 +93,12 @@ function M.resolve(cfg, backend, opts)
   local ctx = M.context(cfg, backend)
   local iso_sum = cfg:get("iso.checksum"):lower()
 
-  -- the boot command must parse now, with placeholder server values
+  -- the boot command must parse now, with placeholder server values (the
+  -- key count in the plan is for these; the real address may differ in length)
   local command = table.concat(cfg:get("boot.command"))
-  local probe, perr = template.render(command, { http_ip = "192.0.2.1", http_port = 8000, name = art.build_version })
+  local probe_vars = { name = art.build_version }
+  for k, v in pairs(M.PROBE_VARS) do probe_vars[k] = v end
+  local probe, perr = template.render(command, probe_vars)
   local events
   if probe then events, perr = bootcmd.parse(probe) end
   if not events then errors[#errors + 1] = ("%s: boot.command: %s"):format(cfg.recipe.file, perr) end

@@ -85,7 +85,7 @@ function M.call(fn, what, budget, ...)
   debug.sethook(co, function()
     steps = steps + 1000
     if steps > budget then
-      error(("%s: stopped after %d million instructions (an endless loop?)"):format(what, budget // 1000000), 2)
+      error(("stopped after %d million instructions (an endless loop?)"):format(budget // 1000000), 2)
     end
   end, "", 1000)
   local ok, res = coroutine.resume(co, ...)

@@ -1,0 +1,92 @@
+local recipe = require("capil.recipe")
+local config = require("capil.config")
+local capil = require("support.capil")
+
+local V = "spec/fixtures/varfiles/"
+
+local function cfg_of(opts)
+  opts = opts or {}
+  opts.backend = opts.backend or "qemu"
+  return config.resolve(assert(recipe.load(opts.recipe or "spec/fixtures/recipes/custom-ubuntu.lua")), opts)
+end
+
+describe("config layering #unit", function()
+  it("each layer wins over the layers below", function()
+    -- default < shared < recipe < var-file < var, on one variable each
+    local c = assert(cfg_of())
+    assert.equal("default", c:explain("firmware").layer)                     -- schema default
+    assert.equal("shared", c:explain("kubernetes_semver").layer)             -- kubernetes.json
+    assert.equal("recipes/config/kubernetes.json", c:explain("kubernetes_semver").file)
+    assert.equal("recipe", c:explain("cpus").layer)                          -- the recipe
+    assert.equal(4, c:get("cpus"))
+    c = assert(cfg_of({ var_files = { V .. "k8s-118.json" } }))
+    assert.equal("v1.18.6", c:get("kubernetes_semver"))                      -- var file over shared
+    assert.equal(2, c:get("cpus"))                                           -- var file over recipe
+    assert.equal("var-file", c:explain("cpus").layer)
+    c = assert(cfg_of({ var_files = { V .. "k8s-118.json" }, vars = { "cpus=8", "kubernetes_semver=v1.20.0" } }))
+    assert.equal(8, c:get("cpus"))                                           -- --var over var file
+    assert.equal("v1.20.0", c:get("kubernetes.semver"))
+    assert.equal("--var", c:explain("cpus").file)
+  end)
+
+  it("applies PACKER_VAR_FILES in order, last wins, before --var-file", function()
+    local c = assert(cfg_of({ packer_var_files = V .. "k8s-118.json " .. V .. "k8s-119.json" }))
+    assert.equal("v1.19.1", c:get("kubernetes_semver"))
+    assert.equal("v1.18", c:get("kubernetes_series"))   -- only in the first file
+    assert.equal(30720, c:get("disk_size"))
+    c = assert(cfg_of({ packer_var_files = V .. "k8s-119.json", var_files = { V .. "k8s-118.json" } }))
+    assert.equal("v1.18.6", c:get("kubernetes_semver"))
+  end)
+
+  it("takes vsphere.json with cluster, or with host instead", function()
+    local c = assert(cfg_of({ backend = "vsphere", var_files = { V .. "vsphere-cluster.json" } }))
+    assert.equal("cluster1", c:get("vsphere.cluster"))
+    assert.equal("", c:get("vsphere.host") or "")
+    assert.is_false(c:get("insecure_connection"))
+    c = assert(cfg_of({ backend = "vsphere", var_files = { V .. "vsphere-host.json" } }))
+    assert.equal("esx1.example.com", c:get("vsphere.host"))
+    assert.equal("", c:get("cluster"))                  -- vsphere.json's default
+    assert.is_true(c:get("insecure_connection"))        -- the string "true"
+  end)
+
+  it("registers passwords as secrets and masks them in explanations", function()
+    local c = assert(cfg_of({ backend = "vsphere", var_files = { V .. "vsphere-cluster.json" } }))
+    assert.equal("****", c:explain("password").value)
+    assert.equal("the pw is ****", require("capil.log").redact("the pw is Vc-S3cret!pass"))
+  end)
+
+  it("reports bad var files naming the file and key", function()
+    local c, errs = cfg_of({ var_files = { V .. "bad-type.json" } })
+    assert.is_nil(c)
+    assert.matches("bad-type.json: insecure_connection: expected a boolean", errs[1], 1, true)
+    c, errs = cfg_of({ var_files = { V .. "malformed.json" } })
+    assert.is_nil(c)
+    assert.matches("malformed.json: line 1", errs[1], 1, true)
+    c, errs = cfg_of({ var_files = { V .. "absent.json" } })
+    assert.is_nil(c)
+    assert.matches("absent.json", errs[1], 1, true)
+    c, errs = cfg_of({ vars = { "novalue" } })
+    assert.is_nil(c)
+    assert.equal("--var: expected key=value, got 'novalue'", errs[1])
+  end)
+
+  it("keeps unknown variables for roles", function()
+    local c = assert(cfg_of({ vars = { "my_role_setting=42" } }))
+    assert.equal("42", c:vars().my_role_setting)
+    assert.equal("var", c:explain("my_role_setting").layer)
+  end)
+
+  it("inspect --explain prints the layer and file; the password never", function()
+    local r = capil.run({ "inspect", "ubuntu-2004", "--backend", "vsphere", "--var-file", V .. "vsphere-cluster.json",
+      "--explain", "cluster", "--explain", "password" })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("vsphere.cluster = cluster1\n  from " .. V .. "vsphere-cluster.json (var-file)", r.stdout, 1, true)
+    assert.matches("vsphere.password = ****", r.stdout, 1, true)
+    r = capil.run({ "inspect", "ubuntu-2004", "--backend", "vsphere", "--var-file", V .. "vsphere-cluster.json" })
+    assert.equal(0, r.code)
+    assert.not_matches("Vc-S3cret", r.stdout, 1, true)
+    assert.truthy(require("capil.json").decode(r.stdout).steps)
+    r = capil.run({ "inspect", "ubuntu-2004" }, { env_add = { PACKER_VAR_FILES = V .. "k8s-119.json" } })
+    assert.matches('"build_version": "ubuntu-2004-kube-v1.19.1"', r.stdout, 1, true)
+  end)
+end)
