@@ -1,5 +1,5 @@
 std = "lua54"
-max_line_length = 120
+max_line_length = 140
 files["spec/"] = { std = "+busted" }
-exclude_files = { "build*/**" }
+exclude_files = { "build*/**", "spec/fixtures/bad-recipes/**" }
 max_comment_line_length = false

@@ -98,12 +98,12 @@ function M.load(ref, opts)
   local r = { file = file, files = {}, fields = {}, sources = {}, source_text = source, lines = {} }
   if type(fields.extends) == "string" then
     -- a name is looked up beside the extending recipe, then in the recipes dir
-    local ref = fields.extends
+    local base_ref = fields.extends
     local here = file:match("^(.*)/[^/]*$") or "."
-    if not (ref:find("/", 1, true) or ref:match("%.lua$")) and not fs.exists(M.locate(ref, here)) then
+    if not (base_ref:find("/", 1, true) or base_ref:match("%.lua$")) and not fs.exists(M.locate(base_ref, here)) then
       here = opts.dir or M.DEFAULT_DIR
     end
-    local base, berrs = M.load(ref, { dir = here, _seen = seen })
+    local base, berrs = M.load(base_ref, { dir = here, _seen = seen })
     if not base then
       local out = { ("%s: extends '%s':"):format(where(file, source, "extends"), fields.extends) }
       for _, e in ipairs(berrs) do out[#out + 1] = "  " .. e end
