@@ -1,5 +1,6 @@
 -- CentOS 7 node image (anaconda, kickstart), with the values of
 -- image-builder's packer/ova/centos-7.json (August 2020).
+---@type capil.Recipe
 return {
   name = "centos-7",
   description = "CentOS 7.8 (kickstart)",

@@ -1,5 +1,6 @@
 -- VMware Photon OS 3 node image (Photon installer, ks.json), with the
 -- values of image-builder's packer/ova/photon-3.json (August 2020).
+---@type capil.Recipe
 return {
   name = "photon-3",
   description = "VMware Photon OS 3.0 Rev3 (ks.json)",

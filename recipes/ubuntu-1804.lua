@@ -1,5 +1,6 @@
 -- Ubuntu 18.04 node image (d-i server installer), with the values of
 -- image-builder's packer/ova/ubuntu-1804.json (August 2020).
+---@type capil.Recipe
 return {
   name = "ubuntu-1804",
   description = "Ubuntu 18.04 (server installer, preseed)",

@@ -1,5 +1,6 @@
 -- Ubuntu 20.04 node image (d-i legacy server installer), with the values of
 -- image-builder's packer/ova/ubuntu-2004.json (August 2020).
+---@type capil.Recipe
 return {
   name = "ubuntu-2004",
   description = "Ubuntu 20.04 (legacy server installer, preseed)",

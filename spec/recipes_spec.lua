@@ -189,3 +189,23 @@ describe("bad recipes #unit", function()
     assert.equal("recipes/ubuntu-2004.lua: ok\nrecipes/centos-7.lua: ok\n", r.stdout)
   end)
 end)
+
+describe("schema outputs #unit", function()
+  local generate = require("capil.cmd.schema").generate
+  local fs = require("capil.fs")
+  it("the committed docs and LuaLS annotations match the schema", function()
+    assert.equal(generate.markdown(), fs.read("docs/recipes.md"))
+    assert.equal(generate.luals(), fs.read("lua/capil/types/recipe.lua"))
+  end)
+
+  it("every schema field with a variable is unique and documented", function()
+    local seen = {}
+    for _, f in ipairs(require("capil.schema").fields) do
+      if f.var then
+        assert.is_nil(seen[f.var], f.var)
+        seen[f.var] = true
+      end
+    end
+    assert.matches("| `iso.checksum` | `iso_checksum` |", generate.markdown(), 1, true)
+  end)
+end)
