@@ -146,6 +146,14 @@ static int op_waitfail(Op *op, const char *code, const char *what) {
                   op->idle ? "no progress for" : "timed out after", op->timeout);
 }
 
+/* For loops that may never block (a command that floods output, a fast
+** transfer): fails the operation once Ctrl-C was pressed or time is up. */
+static int op_expired(Op *op, const char *what) {
+  if (capil_interrupted()) return op_waitfail(op, "EINTR", what);
+  if (capil_now() >= op->deadline) return op_waitfail(op, "ETIMEDOUT", what);
+  return 0;
+}
+
 static void op_progress(Op *op) {
   if (op->idle && op->timeout > 0) op->deadline = capil_now() + op->timeout;
 }
@@ -810,6 +818,7 @@ static int exec_pump(lua_State *L, Op *op, LIBSSH2_CHANNEL *ch, const char *inpu
   int eof_sent = 0;
   for (;;) {
     int busy = 0;
+    if (op_expired(op, "waiting for the command")) return -1;
     if (input && off < inlen) {
       ssize_t n = libssh2_channel_write(ch, input + off, inlen - off);
       if (n > 0) off += (size_t)n, busy = 1;
@@ -1046,8 +1055,9 @@ static int s_put(lua_State *L) {
   md = EVP_MD_CTX_new();
   if (!md || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) { op_errno(&op, ENOMEM, "sha256"); goto failed; }
   for (;;) {
+    if (op_expired(&op, "writing")) goto failed;
     ssize_t n = read(fd, buf, CHUNK);
-    if (n < 0 && errno == EINTR && !capil_interrupted()) continue;
+    if (n < 0 && errno == EINTR) continue;
     if (n < 0) { op_errno(&op, errno, "reading the local file"); goto failed; }
     if (n == 0) break;
     EVP_DigestUpdate(md, buf, (size_t)n);
@@ -1117,6 +1127,7 @@ static int s_get(lua_State *L) {
   md = EVP_MD_CTX_new();
   if (!md || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) { op_errno(&op, ENOMEM, "sha256"); goto failed; }
   for (;;) {
+    if (op_expired(&op, "reading")) goto failed;
     ssize_t n = libssh2_sftp_read(h, buf, CHUNK);  /* reads ahead up to CHUNK */
     if (n == LIBSSH2_ERROR_EAGAIN) {
       if (op_block(&op, "reading")) goto failed;

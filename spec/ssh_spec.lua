@@ -128,6 +128,20 @@ describe("ssh #ssh", function()
       assert(proc.kill(assert(tonumber(assert(fs.read(pidfile)))), "KILL"))
     end)
 
+    it("times out even while output keeps flowing", function()
+      local pidfile = scratch .. "/yes.pid"
+      local bytes = 0
+      local r, _, code = s:exec("echo $$ > " .. pidfile .. "; exec yes", {
+        timeout = 1, on_output = function(_, chunk) bytes = bytes + #chunk end,
+      })
+      assert.is_nil(r)
+      assert.equal("ETIMEDOUT", code)
+      assert.is_true(bytes > 0)
+      -- closing the channel usually ends `yes` by SIGPIPE already
+      proc.kill(assert(tonumber(assert(fs.read(pidfile)))), "KILL")
+      assert.equal("ok\n", assert(s:exec("echo ok")).stdout)
+    end)
+
     it("raises on misuse", function()
       assert.has_error(function() s:exec("true", { tmeout = 1 }) end, "ssh.exec: unknown option 'tmeout'")
       assert.has_error(function() s:exec("true", { on_output = 1 }) end)

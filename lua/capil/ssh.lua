@@ -161,7 +161,7 @@ end
 
 -- progress = true: a bar labelled with the file name, closed afterwards.
 local function transfer(self, method, label, from, to, opts)
-  local copts = { mode = opts.mode, timeout = opts.timeout, progress = opts.progress }
+  local copts = { mode = opts.mode, timeout = opts.timeout or 300, progress = opts.progress }
   local own
   if opts.progress == true then
     own = log.progress({ label = label })
@@ -177,7 +177,7 @@ end
 --- Uploads a file over SFTP, in 256 KiB pipelined writes, to a temp name
 --- beside `remote` that is renamed over it when complete (an existing file is
 --- removed just before: SFTPv3 cannot rename over it). `timeout` is seconds
---- without progress; `progress` a `log.progress` handle or `true`.
+--- without progress (default 300); `progress` a `log.progress` handle or `true`.
 ---@param local_path string
 ---@param remote_path string
 ---@param opts? {mode?: integer, progress?: any, timeout?: number}
