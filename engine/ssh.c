@@ -811,7 +811,8 @@ static LIBSSH2_CHANNEL *exec_start(lua_State *L, Op *op, const char *cmd, size_t
 
 /* Feeds stdin and drains stdout and stderr (to on_output at 5, or to the
 ** tables at 6 and 7) until the remote side ends its output. 0, -1 with op
-** set, or -2 with on_output's error on the stack. */
+** set, -2 with on_output's error on the stack, -3 when on_output closed the
+** session (the channel is gone with it). */
 static int exec_pump(lua_State *L, Op *op, LIBSSH2_CHANNEL *ch, const char *input, size_t inlen) {
   char buf[32768];
   size_t off = 0;
@@ -839,6 +840,7 @@ static int exec_pump(lua_State *L, Op *op, LIBSSH2_CHANNEL *ch, const char *inpu
         lua_pushstring(L, stream ? "stderr" : "stdout");
         lua_pushlstring(L, buf, (size_t)n);
         if (lua_pcall(L, 2, 0, 0) != LUA_OK) return -2;
+        if (op->s->closed) return -3;  /* the callback closed the session */
       } else {
         lua_pushlstring(L, buf, (size_t)n);
         lua_rawseti(L, 6 + stream, (lua_Integer)lua_rawlen(L, 6 + stream) + 1);
@@ -905,6 +907,7 @@ static int s_exec(lua_State *L) {
   LIBSSH2_CHANNEL *ch = exec_start(L, &op, cmd, cmdlen, pty);
   if (!ch) return capil_fail(L, op.code, "%s", op.msg);
   int rc = exec_pump(L, &op, ch, input, inlen);
+  if (s->closed) return rc == -2 ? lua_error(L) : luaL_error(L, "%s: on_output closed the session", fn);
   if (rc == 0) rc = exec_close(&op, ch);
   if (rc != 0) {
     abandon(s, ch);
