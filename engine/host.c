@@ -189,8 +189,8 @@ void capil_host_cleanup(lua_State *L, const char *reason) {
   capil_host_clear_interrupt(L);
   cleaning = 1;
   int top = lua_gettop(L);
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  if (lua_getfield(L, -1, "capil.cleanup") == LUA_TTABLE &&
+  /* lua/capil/cleanup.lua keeps itself in the registry (see there) */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "capil.cleanup") == LUA_TTABLE &&
       lua_getfield(L, -1, "run_all") == LUA_TFUNCTION) {
     lua_pushstring(L, reason);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {

@@ -2,7 +2,15 @@
 --- things (VMs, uploads, temp dirs, child processes). The host runs it in
 --- reverse order when a script ends, fails or is interrupted (Ctrl-C), so a
 --- build leaves nothing behind unless asked to (`--keep-on-error`).
+
+-- One stack per Lua state, even when package.loaded is reset (busted's
+-- insulation does that between spec files): the module lives in the
+-- registry, where the host finds it at exit.
+local REG = debug.getregistry()
+if REG["capil.cleanup"] then return REG["capil.cleanup"] end
+
 local M = {}
+REG["capil.cleanup"] = M
 
 local stack = {}
 local kept = false
