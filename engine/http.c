@@ -11,6 +11,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -28,6 +29,7 @@
 #define BUFFER_SIZE (512 * 1024)      /* curl's receive and send buffers */
 #define ERROR_BODY_MAX (64 * 1024)    /* kept of a non-2xx body meant for a file */
 #define MAX_REDIRECTS 10
+#define SLOTS 8                       /* buffers between curl and the disk thread */
 
 /* A connection cache (the multi handle) and the easy handle that uses it;
 ** the easy handle also holds the cookie store. */
@@ -55,6 +57,26 @@ typedef struct {
   struct capil_progress *progress;
 } Request;
 
+/*
+** The disk side of a file transfer, on a helper thread: done on curl's
+** thread, SHA-256 and disk I/O would stall the network between reads. Chunks
+** pass through a ring of SLOTS buffers: for downloads the write callback
+** fills slots that the thread writes out and hashes, for uploads the thread
+** reads and hashes slots that the read callback drains.
+*/
+typedef struct {
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  char *slot[SLOTS];
+  size_t len[SLOTS];
+  size_t off;                 /* bytes filled of the head slot (downloads),
+                                 taken from the tail slot (uploads) */
+  unsigned head, tail;        /* slots published, slots consumed (ever) */
+  int fd, upload, running, done, quit, err;
+  EVP_MD_CTX *md;
+} Disk;
+
 /* Everything one transfer owns, in a userdata so a raise leaks nothing. */
 typedef struct {
   CURL *easy;                 /* borrowed from the session, for getinfo */
@@ -64,9 +86,11 @@ typedef struct {
   char *part, *eff_url;       /* malloc'd */
   uint64_t offset;            /* bytes reused from an earlier .part */
   uint64_t received;          /* body bytes of this response */
+  long long range_start;      /* of the response's Content-Range, or -1 */
   int sink, hash_received;
   long status;
   EVP_MD_CTX *md;
+  Disk disk;
   Buf head, body;
   struct curl_slist *hdrs;
   struct capil_progress *progress;
@@ -181,26 +205,163 @@ static const char *push_redacted_url(lua_State *L, const char *url) {
   return lua_tostring(L, -1);
 }
 
-/* Finds header `name` in the last response's header block; copies its value. */
-static int head_value(const Buf *h, const char *name, char *out, size_t n) {
-  size_t nl = strlen(name);
-  const char *p = h->p;
-  while (p && *p) {
-    const char *eol = strchr(p, '\n');
-    size_t ll = eol ? (size_t)(eol - p) : strlen(p);
-    if (ll > nl && p[nl] == ':' && strncasecmp(p, name, nl) == 0) {
-      const char *v = p + nl + 1;
-      while (*v == ' ' || *v == '\t') v++;
-      size_t vl = ll - (size_t)(v - p);
-      while (vl && (v[vl - 1] == '\r' || v[vl - 1] == ' ')) vl--;
-      if (vl >= n) vl = n - 1;
-      memcpy(out, v, vl);
-      out[vl] = '\0';
-      return 1;
-    }
-    p = eol ? eol + 1 : NULL;
+/* ====================================================================== */
+/* The disk thread                                                        */
+/* ====================================================================== */
+
+static int write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return errno;
+    p += w;
+    n -= (size_t)w;
   }
   return 0;
+}
+
+/* Fills whole slots from the file (short only at its end), hashing them. */
+static void *disk_reader(void *ud) {
+  Disk *d = ud;
+  pthread_mutex_lock(&d->mu);
+  while (!d->quit && !d->done && !d->err) {
+    if (d->head - d->tail == SLOTS) { pthread_cond_wait(&d->cv, &d->mu); continue; }
+    char *buf = d->slot[d->head % SLOTS];
+    pthread_mutex_unlock(&d->mu);
+    size_t got = 0;
+    int err = 0;
+    while (got < BUFFER_SIZE) {
+      ssize_t r = read(d->fd, buf + got, BUFFER_SIZE - got);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) { err = r < 0 ? errno : 0; break; }
+      got += (size_t)r;
+    }
+    EVP_DigestUpdate(d->md, buf, got);
+    pthread_mutex_lock(&d->mu);
+    d->err = err;
+    if (got) d->len[d->head++ % SLOTS] = got;
+    if (got < BUFFER_SIZE) d->done = 1;
+    pthread_cond_broadcast(&d->cv);
+  }
+  pthread_mutex_unlock(&d->mu);
+  return NULL;
+}
+
+/* Writes and hashes published slots until told the body is done. */
+static void *disk_writer(void *ud) {
+  Disk *d = ud;
+  pthread_mutex_lock(&d->mu);
+  while (!d->quit && !d->err) {
+    if (d->tail == d->head) {
+      if (d->done) break;
+      pthread_cond_wait(&d->cv, &d->mu);
+      continue;
+    }
+    unsigned i = d->tail % SLOTS;
+    pthread_mutex_unlock(&d->mu);
+    int err = write_all(d->fd, d->slot[i], d->len[i]);
+    if (!err) EVP_DigestUpdate(d->md, d->slot[i], d->len[i]);
+    pthread_mutex_lock(&d->mu);
+    d->err = err;
+    d->tail++;
+    pthread_cond_broadcast(&d->cv);
+  }
+  pthread_mutex_unlock(&d->mu);
+  return NULL;
+}
+
+/* Starts the thread on fd; returns 0 or an errno. */
+static int disk_start(Disk *d, int fd, EVP_MD_CTX *md, int upload) {
+  for (int i = 0; i < SLOTS; i++)
+    if (!d->slot[i] && !(d->slot[i] = malloc(BUFFER_SIZE))) return ENOMEM;
+  d->fd = fd;
+  d->md = md;
+  d->upload = upload;
+  d->head = d->tail = 0;
+  d->off = 0;
+  d->done = d->quit = d->err = 0;
+  pthread_mutex_init(&d->mu, NULL);
+  pthread_cond_init(&d->cv, NULL);
+  int err = pthread_create(&d->thread, NULL, upload ? disk_reader : disk_writer, d);
+  if (err) {
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cv);
+    return err;
+  }
+  d->running = 1;
+  return 0;
+}
+
+/* Ends the thread: `finish` lets a writer drain the ring first (else what it
+** holds is dropped). Returns the thread's errno, or 0. */
+static int disk_stop(Disk *d, int finish) {
+  if (!d->running) return d->err;
+  pthread_mutex_lock(&d->mu);
+  if (finish && !d->upload) {
+    if (d->off) d->len[d->head++ % SLOTS] = d->off; /* the partly filled slot */
+    d->done = 1;
+  } else {
+    d->quit = 1;
+  }
+  pthread_cond_broadcast(&d->cv);
+  pthread_mutex_unlock(&d->mu);
+  pthread_join(d->thread, NULL);
+  pthread_mutex_destroy(&d->mu);
+  pthread_cond_destroy(&d->cv);
+  d->running = 0;
+  return d->err;
+}
+
+/* Download side: copies body bytes into the ring. The slot at head is
+** published when full, or at once when the writer is idle, so a slow
+** transfer still reaches the disk promptly. Returns 0 or the writer's errno. */
+static int disk_put(Disk *d, const char *p, size_t n) {
+  while (n > 0) {
+    pthread_mutex_lock(&d->mu);
+    while (d->head - d->tail == SLOTS && !d->err) pthread_cond_wait(&d->cv, &d->mu);
+    int err = d->err;
+    pthread_mutex_unlock(&d->mu);
+    if (err) return err;
+    unsigned i = d->head % SLOTS; /* ours until published */
+    size_t k = BUFFER_SIZE - d->off < n ? BUFFER_SIZE - d->off : n;
+    memcpy(d->slot[i] + d->off, p, k);
+    d->off += k;
+    p += k;
+    n -= k;
+    pthread_mutex_lock(&d->mu);
+    if (d->off == BUFFER_SIZE || d->tail == d->head) {
+      d->len[i] = d->off;
+      d->head++;
+      d->off = 0;
+      pthread_cond_broadcast(&d->cv);
+    }
+    pthread_mutex_unlock(&d->mu);
+  }
+  return 0;
+}
+
+/* Upload side: copies up to n bytes out of the ring; 0 at the end of the
+** file. Returns -1 with the reader's errno in *err. */
+static ssize_t disk_get(Disk *d, char *p, size_t n, int *err) {
+  pthread_mutex_lock(&d->mu);
+  while (d->tail == d->head && !d->done && !d->err) pthread_cond_wait(&d->cv, &d->mu);
+  *err = d->err;
+  int empty = d->tail == d->head;
+  pthread_mutex_unlock(&d->mu);
+  if (*err) return -1;
+  if (empty) return 0;
+  unsigned i = d->tail % SLOTS;
+  size_t k = d->len[i] - d->off < n ? d->len[i] - d->off : n;
+  memcpy(p, d->slot[i] + d->off, k);
+  d->off += k;
+  if (d->off == d->len[i]) {
+    d->off = 0;
+    pthread_mutex_lock(&d->mu);
+    d->tail++;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+  }
+  return (ssize_t)k;
 }
 
 /* ====================================================================== */
@@ -211,6 +372,8 @@ static int head_value(const Buf *h, const char *name, char *out, size_t n) {
 static void transfer_release(Transfer *t) {
   if (t->closed) return;
   t->closed = 1;
+  disk_stop(&t->disk, 0);
+  for (int i = 0; i < SLOTS; i++) free(t->disk.slot[i]);
   close_fd(&t->in_fd);
   close_fd(&t->out_fd);
   free(t->part);
@@ -233,6 +396,7 @@ static Transfer *new_transfer(lua_State *L) {
   Transfer *t = lua_newuserdatauv(L, sizeof *t, 0);
   memset(t, 0, sizeof *t);
   t->in_fd = t->out_fd = -1;
+  t->range_start = -1;
   luaL_setmetatable(L, TRANSFER_MT);
   t->md = EVP_MD_CTX_new();
   if (!t->md || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL))
@@ -256,25 +420,25 @@ static int choose_sink(Transfer *t) {
   if (t->out_fd < 0) { t->sink = SINK_MEMORY; return 0; }
   if (t->status < 200 || t->status > 299) { t->sink = SINK_ERROR; return 0; }
   t->sink = SINK_FILE;
-  if (t->offset == 0) return 0;
-  if (t->status == 206) {
-    char range[128];
-    unsigned long long start = 0;
-    if (!head_value(&t->head, "content-range", range, sizeof range) ||
-        sscanf(range, "bytes %llu-", &start) != 1 || start != t->offset) {
-      char why[256];
-      snprintf(why, sizeof why, "resuming at byte %llu, the server sent range '%s'",
-               (unsigned long long)t->offset, range);
+  if (t->offset > 0 && t->status == 206) {
+    if (t->range_start != (long long)t->offset) {
+      char why[128];
+      snprintf(why, sizeof why, "resuming at byte %llu, the server sent a range from %lld",
+               (unsigned long long)t->offset, t->range_start);
       callback_failed(t, 0, "EPROTO", why);
       return -1;
     }
-    return 0;
+  } else if (t->offset > 0) { /* the server ignored the Range: start over */
+    t->offset = 0;
+    if (ftruncate(t->out_fd, 0) != 0 || lseek(t->out_fd, 0, SEEK_SET) != 0 ||
+        !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL)) {
+      callback_failed(t, errno, NULL, "restarting the .part file");
+      return -1;
+    }
   }
-  /* the server ignored the Range: start over */
-  t->offset = 0;
-  if (ftruncate(t->out_fd, 0) != 0 || lseek(t->out_fd, 0, SEEK_SET) != 0 ||
-      !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL)) {
-    callback_failed(t, errno, NULL, "restarting the .part file");
+  int err = disk_start(&t->disk, t->out_fd, t->md, 0);
+  if (err) {
+    callback_failed(t, err, NULL, "starting the disk thread");
     return -1;
   }
   return 0;
@@ -285,14 +449,10 @@ static size_t on_write(char *data, size_t size, size_t n, void *ud) {
   size_t len = size * n;
   if (choose_sink(t) != 0) return CURL_WRITEFUNC_ERROR;
   if (t->sink == SINK_FILE) {
-    for (size_t off = 0; off < len;) {
-      ssize_t w = write(t->out_fd, data + off, len - off);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        callback_failed(t, errno, NULL, "writing the .part file");
-        return CURL_WRITEFUNC_ERROR;
-      }
-      off += (size_t)w;
+    int err = disk_put(&t->disk, data, len);
+    if (err) {
+      callback_failed(t, err, NULL, "writing the .part file");
+      return CURL_WRITEFUNC_ERROR;
     }
   } else if (t->sink == SINK_MEMORY || t->body.len < ERROR_BODY_MAX) {
     size_t keep = t->sink == SINK_ERROR && t->body.len + len > ERROR_BODY_MAX
@@ -302,7 +462,7 @@ static size_t on_write(char *data, size_t size, size_t n, void *ud) {
       return CURL_WRITEFUNC_ERROR;
     }
   }
-  if (t->hash_received && t->sink != SINK_ERROR) EVP_DigestUpdate(t->md, data, len);
+  if (t->sink == SINK_MEMORY && t->hash_received) EVP_DigestUpdate(t->md, data, len);
   t->received += len;
   return len;
 }
@@ -312,7 +472,17 @@ static size_t on_write(char *data, size_t size, size_t n, void *ud) {
 static size_t on_header(char *data, size_t size, size_t n, void *ud) {
   Transfer *t = ud;
   size_t len = size * n;
-  if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) t->head.len = 0;
+  if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+    t->head.len = 0;
+    t->range_start = -1;
+  }
+  if (len > 14 && strncasecmp(data, "content-range:", 14) == 0) {
+    char v[64]; /* header data is not NUL-terminated */
+    size_t vl = len - 14 < sizeof v - 1 ? len - 14 : sizeof v - 1;
+    memcpy(v, data + 14, vl);
+    v[vl] = '\0';
+    if (sscanf(v, " bytes %lld-", &t->range_start) != 1) t->range_start = -1;
+  }
   if (buf_add(&t->head, data, len) != 0) {
     callback_failed(t, ENOMEM, NULL, "buffering response headers");
     return 0;
@@ -320,17 +490,15 @@ static size_t on_header(char *data, size_t size, size_t n, void *ud) {
   return len;
 }
 
-/* Streams body_file to curl, hashing what is sent. */
+/* Streams body_file to curl from the disk thread, which hashes it. */
 static size_t on_read(char *buf, size_t size, size_t n, void *ud) {
   Transfer *t = ud;
-  ssize_t r;
-  do r = read(t->in_fd, buf, size * n);
-  while (r < 0 && errno == EINTR && !capil_interrupted());
+  int err;
+  ssize_t r = disk_get(&t->disk, buf, size * n, &err);
   if (r < 0) {
-    callback_failed(t, errno, NULL, "reading body_file");
+    callback_failed(t, err, NULL, "reading body_file");
     return CURL_READFUNC_ABORT;
   }
-  EVP_DigestUpdate(t->md, buf, (size_t)r);
   t->sent += (uint64_t)r;
   return (size_t)r;
 }
@@ -339,10 +507,12 @@ static size_t on_read(char *buf, size_t size, size_t n, void *ud) {
 static int on_seek(void *ud, curl_off_t offset, int origin) {
   Transfer *t = ud;
   if (offset != 0 || origin != SEEK_SET) return CURL_SEEKFUNC_CANTSEEK;
-  if (lseek(t->in_fd, 0, SEEK_SET) != 0) return CURL_SEEKFUNC_FAIL;
+  disk_stop(&t->disk, 0);
   t->sent = 0;
-  return EVP_DigestInit_ex(t->md, EVP_sha256(), NULL) ? CURL_SEEKFUNC_OK
-                                                      : CURL_SEEKFUNC_FAIL;
+  if (lseek(t->in_fd, 0, SEEK_SET) != 0 || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL) ||
+      disk_start(&t->disk, t->in_fd, t->md, 1) != 0)
+    return CURL_SEEKFUNC_FAIL;
+  return CURL_SEEKFUNC_OK;
 }
 
 /* Ctrl-C aborts the transfer; the progress handle follows the bytes. */
@@ -728,7 +898,8 @@ static int do_request(lua_State *L, Session *s, int o) {
   t->progress = r.progress;
   collect_headers(L, o, t);
   int err = 0;
-  if (r.body_file && (err = open_upload(t, &r)) != 0)
+  if (r.body_file && ((err = open_upload(t, &r)) != 0 ||
+                      (err = disk_start(&t->disk, t->in_fd, t->md, 1)) != 0))
     return capil_fail_errno(L, err, "http.request: %s %s: %s", r.method, shown, r.body_file);
   if (r.out_file && (err = open_download(t, &r)) != 0) {
     if (t->out_fd >= 0 && !r.resume) unlink(t->part);
@@ -741,15 +912,23 @@ static int do_request(lua_State *L, Session *s, int o) {
   setup(s, t, &r);
   CURLcode res = perform(s, t);
   if (res == CURLE_OK) choose_sink(t); /* an empty body still settles */
+  err = disk_stop(&t->disk, 1); /* what arrived is good to resume from */
+  if (err && res == CURLE_OK && !r.body_file) { /* the last writes failed */
+    callback_failed(t, err, NULL, "writing the .part file");
+    res = CURLE_WRITE_ERROR;
+  }
   uint64_t offset = t->offset;
   char digest[65] = "", why[768] = "";
   hex_digest(t->md, digest);
   const char *code = NULL;
   if (res != CURLE_OK) {
     code = error_code(t, res);
-    snprintf(why, sizeof why, "%s%s%s", t->why, *t->why ? ": " : "",
-             t->err ? strerror(t->err) : *t->errbuf ? t->errbuf : curl_easy_strerror(res));
-    if (strcmp(code, "EINTR") == 0) snprintf(why, sizeof why, "interrupted");
+    if (strcmp(code, "EINTR") == 0)
+      snprintf(why, sizeof why, "interrupted");
+    else if (*t->why) /* a callback's own failure */
+      snprintf(why, sizeof why, "%s%s%s", t->why, t->err ? ": " : "", t->err ? strerror(t->err) : "");
+    else
+      snprintf(why, sizeof why, "%s", *t->errbuf ? t->errbuf : curl_easy_strerror(res));
   } else if (r.sha256 && !r.out_file && t->status >= 200 && t->status <= 299 &&
              strcasecmp(digest, r.sha256) != 0) {
     snprintf(why, sizeof why, "SHA-256 mismatch: got %s, expected %s", digest, r.sha256);
@@ -778,7 +957,9 @@ static int do_request(lua_State *L, Session *s, int o) {
     lua_pushlstring(L, t->body.p ? t->body.p : "", t->body.len);
     lua_setfield(L, res_idx, "body");
   }
-  if (uploading || t->sink != SINK_ERROR) { /* an error page is no download */
+  /* no digest for an error page instead of a download, or an upload the
+  ** server answered before taking all of it */
+  if (uploading ? !r.body_file || t->sent == t->in_size : t->sink != SINK_ERROR) {
     lua_pushstring(L, digest);
     lua_setfield(L, res_idx, "digest");
   }
@@ -832,7 +1013,11 @@ static Session *new_session(lua_State *L) {
 **   pin_sha256=, cookies=, progress=, follow=true}
 **   -> {status, reason, headers, body | file, digest, size, resumed, url}
 **    | nil, msg, code
-** A 4xx/5xx status is a response, not a failure.
+** A 4xx/5xx status is a response, not a failure. `digest` is the SHA-256 of
+** the body sent (when there is one) or received (with out_file, of the whole
+** file). out_file goes through "<out_file>.part" (see settle_part); codes:
+** ECONNREFUSED, ETIMEDOUT, EDNS, TLS, ECONNRESET, EINTR, EDIGEST, EPROTO,
+** EURL, EREDIRECT and errno names for local files.
 */
 static int l_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);

@@ -79,6 +79,7 @@ local LOCATIONS = [[
     }
     location = /conn { return 200 "$connection"; }
     location = /redirect { return 302 /files/small.txt; }
+    location = /redirect-put { return 307 /dav/moved.bin; }
 ]]
 
 describe("http #http", function()
@@ -219,6 +220,15 @@ describe("http #http", function()
       assert.equal(204, r.status)
     end)
 
+    it("sends the body again when a PUT is redirected with 307", function()
+      -- no "Expect: 100-continue": the body goes out at once and must be rewound
+      local r = assert(core.request({ method = "PUT", url = srv.url("/redirect-put"), body_file = big,
+                                      headers = { Expect = "" } }))
+      assert.equal(201, r.status)
+      assert.equal(big_sum, r.digest)
+      assert.equal(big_sum, sha256sum(srv.root .. "/dav/moved.bin"))
+    end)
+
     it("returns 4xx as a response and leaves neither out_file nor .part", function()
       local p = target("missing.bin")
       local r = assert(core.request({ url = srv.url("/files/missing.bin"), out_file = p }))
@@ -261,6 +271,28 @@ describe("http #http", function()
       assert.is_false(fs.exists(p .. ".part"))
     end)
 
+    it("stops a transfer on Ctrl-C and removes the .part", function()
+      local p = target("interrupted.bin")
+      local script = out .. "/interrupt.lua"
+      assert(fs.write(script, ([[
+        local r, err, code = require("capil.core.http").request({ url = %q, out_file = %q })
+        io.stderr:write("returned ", tostring(code), "\n")
+      ]]):format(srv.url("/slow/big.bin"), p)))
+      local child = assert(proc.spawn({ argv = { assert(host.exepath()), script },
+                                        stdout = "null", stderr = "null" }))
+      local deadline = host.now() + 10
+      while not (fs.stat(p .. ".part") or {}).size or fs.stat(p .. ".part").size == 0 do
+        assert(host.now() < deadline, "the download did not start")
+        host.sleep(0.01)
+      end
+      assert(child:kill("INT"))
+      local st = assert(child:wait({ timeout = 5 })) -- the body alone takes a minute
+      child:close()
+      assert.equal(130, st.code)
+      assert.is_false(fs.exists(p .. ".part"))
+      assert.is_false(fs.exists(p))
+    end)
+
     it("fails with ECONNREFUSED on a closed port and EDNS on an unknown host", function()
       local port = assert(host.free_port())
       local r, err, code = core.request({ url = ("http://127.0.0.1:%d/"):format(port) })
@@ -270,6 +302,7 @@ describe("http #http", function()
       r, err, code = core.request({ url = "http://capil-spec.invalid/" })
       assert.is_nil(r)
       assert.equal("EDNS", code)
+      assert.matches("capil-spec.invalid", err, 1, true)
     end)
 
     it("raises on misuse", function()

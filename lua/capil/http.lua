@@ -141,22 +141,51 @@ local function accepted(resp, opts)
   return resp.status < 400
 end
 
+---@class capil.http.Request
+---@field url string
+---@field method? string          default GET, or POST with a body
+---@field headers? table<string,string>  a value of "" removes a header curl adds
+---@field body? string
+---@field body_file? string       streamed from disk, Content-Length set
+---@field out_file? string        stream the body to this file (see the .part rule)
+---@field resume? boolean         continue and keep `<out_file>.part`
+---@field sha256? string          expected hex digest of the download (or upload)
+---@field timeout? number         total seconds (default none)
+---@field connect_timeout? number seconds (default 30)
+---@field stall_timeout? number   seconds without a byte moving (default 120)
+---@field ca_file? string         PEM bundle to verify the server with
+---@field insecure? boolean       skip certificate verification
+---@field pin_sha256? string      base64 SHA-256 of the server's public key
+---@field cookies? table<string,string>  sent as one Cookie header
+---@field progress? userdata      a `capil.log.progress` handle, driven from C
+---@field follow? boolean         follow redirects (default true, at most 10)
+---@field retries? integer        extra attempts (default 3)
+---@field backoff? number         seconds before the first retry, doubled each time (default 1)
+---@field max_backoff? number     ceiling of the backoff (default 30)
+---@field max_wait? number        ceiling of a Retry-After wait (default 120)
+---@field ok_status? integer[]|boolean  statuses returned as responses, not failures; true: all
+---@field idempotent? boolean     may the request be repeated after it was sent
+---@field session? userdata       a `http.session()` to send it on
+
+---@class capil.http.Response
+---@field status integer
+---@field reason string           the status line's phrase
+---@field headers table<string,string>  lowercase names; repeats joined with ", " (Set-Cookie: "\n")
+---@field body? string            the body, unless it went to out_file
+---@field file? string            out_file, once complete and verified
+---@field digest? string          SHA-256 hex of what was sent (requests with a body) or received
+---@field size integer            bytes sent, or received (the whole file when resumed)
+---@field resumed integer         bytes kept from an earlier .part
+---@field url string              the final URL after redirects
+
 --- Sends a request, retrying transient failures; see the module comment.
---- Options are those of `capil.core.http.request` plus:
---- `retries`, `backoff`, `max_backoff`, `max_wait` (see `M.defaults`);
---- `ok_status`: a list of statuses returned as responses rather than failures
---- (`true`: every status); by default a status >= 400 (or, with `out_file`,
---- anything but 2xx) fails with code "HTTP_<status>";
---- `idempotent`: whether a POST/PATCH may be repeated after it was sent;
---- `session`: a `http.session()` to send it on.
---- The response: `{status, reason, headers = {lowercase = value}, body | file,
---- digest, size, resumed, url}`; `digest` is the SHA-256 (hex) of what was sent
---- (requests with a body) or received (the whole file for downloads).
----@param opts {method?: string, url: string, headers?: table<string,string>, body?: string, body_file?: string, out_file?: string, resume?: boolean, sha256?: string, timeout?: number, connect_timeout?: number, stall_timeout?: number, ca_file?: string, insecure?: boolean, pin_sha256?: string, cookies?: table<string,string>, progress?: userdata, follow?: boolean, retries?: integer, backoff?: number, max_backoff?: number, max_wait?: number, ok_status?: integer[]|boolean, idempotent?: boolean, session?: userdata}
----@return table|nil response
+--- By default a status >= 400 (with `out_file`: anything but 2xx) is a
+--- failure with code "HTTP_<status>" and the response as fourth value.
+---@param opts capil.http.Request
+---@return capil.http.Response|nil response
 ---@return string? err
 ---@return string? code
----@return table? response the response of an HTTP error
+---@return capil.http.Response? response the response of an HTTP error
 function M.request(opts)
   if type(opts) ~= "table" then error("http.request: options must be a table", 2) end
   local call = {}
