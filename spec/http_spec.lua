@@ -407,6 +407,8 @@ describe("http #http", function()
     it("returns statuses listed in ok_status", function()
       local r = assert(http.request({ url = srv.url("/status/404"), ok_status = { 404 } }))
       assert.equal(404, r.status)
+      r = assert(http.request({ method = "head", url = srv.url("/files/small.txt") }))
+      assert.equal(200, r.status)
     end)
 
     it("retries 5xx with backoff, logging the redacted URL", function()

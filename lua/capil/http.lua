@@ -199,6 +199,7 @@ function M.request(opts)
   call.stall_timeout = call.stall_timeout or d.stall_timeout
   local retries = opts.retries or d.retries
   local method = (opts.method or ((opts.body or opts.body_file) and "POST" or "GET")):upper()
+  call.method = opts.method and method
   local idempotent = opts.idempotent
   if idempotent == nil then idempotent = IDEMPOTENT[method] or false end
   register_secrets(opts)
