@@ -26,7 +26,8 @@
 #define SESSION_MT "capil.http.Session"
 #define TRANSFER_MT "capil.http.Transfer"
 
-#define BUFFER_SIZE (512 * 1024)      /* curl's receive and send buffers */
+#define BUFFER_SIZE (512 * 1024)      /* curl's receive buffer */
+#define UPLOAD_BUFFER_SIZE (2 * 1024 * 1024) /* curl's send buffer: its maximum */
 #define ERROR_BODY_MAX (64 * 1024)    /* kept of a non-2xx body meant for a file */
 #define MAX_REDIRECTS 10
 #define SLOTS 8                       /* buffers between curl and the disk thread */
@@ -695,7 +696,7 @@ static void setup(Session *s, Transfer *t, const Request *r) {
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)BUFFER_SIZE);
-  curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, (long)BUFFER_SIZE);
+  curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, (long)UPLOAD_BUFFER_SIZE);
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)r->follow);
   curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)MAX_REDIRECTS);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
