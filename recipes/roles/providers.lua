@@ -1,0 +1,89 @@
+-- luacheck: read globals var flag words quote base64_decode download escape_pattern
+-- providers: what a vSphere OVA needs to boot under Cluster API: cloud-init
+-- with VMware's guestinfo datasource, VMware Tools settings, and unit
+-- ordering between cloud-init and containerd (image-builder's providers
+-- role, vmware tasks plus the common ones).
+--
+-- capil runs this for every builder, QEMU included: every capil image ends
+-- up as an OVA for vSphere (image-builder ran the VMware tasks only for
+-- vmware/vsphere builders).
+
+local CLOUD_INIT_PACKAGES = {
+  debian = { "cloud-init", "cloud-guest-utils", "cloud-initramfs-copymods", "cloud-initramfs-dyn-netconf",
+    "cloud-initramfs-growroot" },
+  redhat = { "cloud-init", "cloud-utils-growpart", "python2-pip" },
+  photon = { "cloud-init", "cloud-utils", "python3-netifaces" },
+}
+
+local INSTALL = {
+  debian = "DEBIAN_FRONTEND=noninteractive apt-get install -y ",
+  redhat = "yum install -y ",
+  photon = "tdnf install -y ",
+}
+
+-- VMware Tools must not report the addresses of container and overlay
+-- interfaces as the VM's IP.
+local TOOLS_CONF = "[guestinfo]\n"
+  .. "exclude-nics=antrea-*,ovs-system,br*,flannel*,veth*,vxlan_sys_*,genev_sys_*,gre_sys_*,stt_sys_*,????????-??????\n"
+
+-- cloud-init's config and final stages start after containerd, so runcmd's
+-- kubeadm finds it running.
+local AFTER_CONTAINERD = "[Unit]\nAfter=containerd.service\nWants=containerd.service\n"
+
+local SCRIPT = "/tmp/cloud-init-vmware.sh"
+
+return function(ctx)
+  local family = ctx.os.family
+  local slug = var("guestinfo_datasource_slug", "https://raw.githubusercontent.com/vmware/cloud-init-vmware-guestinfo")
+  local ref = var("guestinfo_datasource_ref", "v1.3.1")
+  local script_url = var("guestinfo_datasource_script", slug .. "/" .. ref .. "/install.sh")
+  local pkgs = {}
+  for i, p in ipairs(CLOUD_INIT_PACKAGES[family]) do pkgs[i] = quote(p) end
+
+  local steps = {
+    { name = "install cloud-init packages", timeout = 1800, shell = INSTALL[family] .. table.concat(pkgs, " ") },
+    {
+      name = "install the VMware guestinfo datasource for cloud-init", timeout = 1800,
+      env = { REPO_SLUG = slug, GIT_REF = ref },
+      shell = "set -e\n" .. download(script_url, SCRIPT) .. "\n"
+        .. "bash -o errexit -o pipefail " .. SCRIPT .. "\n"
+        .. "rm -f " .. SCRIPT,
+    },
+  }
+  if family == "photon" then
+    steps[#steps + 1] = {
+      name = "let cloud-init configure the network",
+      shell = "rm -f /etc/cloud/cloud.cfg.d/99-disable-networking-config.cfg",
+    }
+  end
+  if family == "debian" then
+    steps[#steps + 1] = {
+      name = "disable the Hyper-V KVP daemon",
+      only_if = "systemctl list-unit-files hv-kvp-daemon.service | grep -q hv-kvp-daemon",
+      shell = "systemctl stop hv-kvp-daemon.service || true\nsystemctl disable hv-kvp-daemon.service",
+    }
+  end
+  steps[#steps + 1] = {
+    name = "VMware Tools: exclude container NICs",
+    copy = { dest = "/etc/vmware-tools/tools.conf", content = TOOLS_CONF, mode = "0644", owner = "root:root" },
+  }
+  steps[#steps + 1] = {
+    name = "start cloud-final after containerd",
+    copy = { dest = "/etc/systemd/system/cloud-final.service.d/boot-order.conf", content = AFTER_CONTAINERD,
+      mode = "0644", owner = "root:root" },
+  }
+  steps[#steps + 1] = {
+    name = "start cloud-config after containerd",
+    copy = { dest = "/etc/systemd/system/cloud-config.service.d/boot-order.conf", content = AFTER_CONTAINERD,
+      mode = "0644", owner = "root:root" },
+  }
+  steps[#steps + 1] = {
+    name = "enable the cloud-init units",
+    shell = "set -e\nsystemctl daemon-reload\nsystemctl enable cloud-final cloud-config cloud-init cloud-init-local",
+  }
+  steps[#steps + 1] = {
+    name = "cloud-init logging",
+    upload = { src = "roles/files/05_logging.cfg", dest = "/etc/cloud/cloud.cfg.d/05_logging.cfg", mode = "0644" },
+  }
+  return steps
+end

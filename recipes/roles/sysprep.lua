@@ -1,0 +1,163 @@
+-- luacheck: read globals var flag words quote base64_decode download escape_pattern
+-- sysprep: make the image generic before it is shut down and packed
+-- (image-builder's sysprep role): no machine identity, host keys, logs,
+-- caches or build-user access left behind.
+--
+-- The last steps remove the build user's authorized_keys and lock its
+-- password (image-builder locked it in Packer's shutdown_command): the
+-- executor must keep its SSH session open from here to the shutdown.
+
+-- Exactly image-builder's /etc/hosts.
+local HOSTS = "::1\t       localhost ip6-localhost ip6-loopback\n127.0.0.1  localhost localhost.local\n"
+
+local function basename(p)
+  return p:match("([^/]+)/*$") or p
+end
+
+-- Undo setup's repository changes: drop the extra repos when asked, and
+-- put the public ones back (reenable_public_repos defaults to true).
+local function repo_steps(steps, dirs, suffix)
+  local extra = words("extra_repos")
+  if flag("remove_extra_repos", false) and #extra > 0 then
+    local files = {}
+    for _, r in ipairs(extra) do files[#files + 1] = quote(dirs[#dirs] .. "/" .. basename(r)) end
+    steps[#steps + 1] = { name = "remove extra repositories", shell = "rm -f " .. table.concat(files, " ") }
+  end
+  if flag("disable_public_repos", false) and flag("reenable_public_repos", true) then
+    local globs = {}
+    for _, d in ipairs(dirs) do globs[#globs + 1] = d .. "/" .. suffix .. ".disabled" end
+    steps[#steps + 1] = {
+      name = "re-enable public repositories",
+      shell = "for f in " .. table.concat(globs, " ") .. "; do\n"
+        .. "  [ -e \"$f\" ] || continue\n"
+        .. "  mv \"$f\" \"${f%.disabled}\"\n"
+        .. "done",
+    }
+  end
+end
+
+local function debian(steps)
+  repo_steps(steps, { "/etc/apt", "/etc/apt/sources.list.d" }, "*.list")
+  steps[#steps + 1] = { name = "stop rsyslog", shell = "systemctl stop rsyslog || true" }
+  steps[#steps + 1] = {
+    name = "remove unneeded packages and the apt cache", env = { DEBIAN_FRONTEND = "noninteractive" },
+    shell = "set -e\napt-get -y autoremove\napt-get -y clean",
+  }
+  steps[#steps + 1] = {
+    name = "remove apt package lists",
+    shell = "set -e\nrm -rf /var/lib/apt/lists\nmkdir -m 0755 /var/lib/apt/lists",
+  }
+  steps[#steps + 1] = {
+    name = "disable apt-daily",
+    shell = "for u in apt-daily.service apt-daily.timer apt-daily-upgrade.service apt-daily-upgrade.timer; do\n"
+      .. "  systemctl stop \"$u\" || true\n"
+      .. "  systemctl disable \"$u\" || true\n"
+      .. "done",
+  }
+  steps[#steps + 1] = {
+    name = "disable unattended upgrades",
+    only_if = "dpkg-query -W -f='${Status}' unattended-upgrades 2>/dev/null | grep -q ' installed$'",
+    shell = "systemctl stop unattended-upgrades || true\nsystemctl disable unattended-upgrades",
+  }
+  steps[#steps + 1] = {
+    name = "reset network interface names",
+    shell = "rm -f /etc/udev/rules.d/70-persistent-net.rules",
+  }
+end
+
+local function redhat(steps)
+  repo_steps(steps, { "/etc/yum.repos.d" }, "*.repo")
+  steps[#steps + 1] = {
+    name = "remove unneeded packages and the yum cache",
+    shell = "set -e\nyum -y autoremove\nyum -y clean all\nrm -rf /var/cache/yum",
+  }
+  steps[#steps + 1] = {
+    name = "reset network interface IDs",
+    shell = "for f in /etc/sysconfig/network-scripts/ifcfg-*; do\n"
+      .. "  [ -e \"$f\" ] && sed -i '/^\\(HWADDR\\|UUID\\)=/d' \"$f\"\n"
+      .. "done; true",
+  }
+  steps[#steps + 1] = { name = "remove the kickstart log", shell = "rm -f /root/anaconda-ks.cfg" }
+end
+
+local function photon(steps)
+  steps[#steps + 1] = {
+    name = "accept input in the saved iptables rules",
+    shell = "for f in /etc/systemd/scripts/ip4save /etc/systemd/scripts/ip6save; do\n"
+      .. "  [ -e \"$f\" ] && sed -i 's/INPUT DROP/INPUT ACCEPT/' \"$f\"\n"
+      .. "done; true",
+  }
+  steps[#steps + 1] = { name = "remove the kickstart log", shell = "rm -f /root/anaconda-ks.cfg" }
+  repo_steps(steps, { "/etc/yum.repos.d" }, "*.repo")
+  steps[#steps + 1] = { name = "remove the tdnf cache", shell = "tdnf -y clean all" }
+  steps[#steps + 1] = { name = "lock the root account", shell = "usermod -L root" }
+end
+
+return function(ctx)
+  local family = ctx.os.family
+  local user = var("ssh_username", "builder")
+  local qu = quote(user)
+  local home = "\"$(getent passwd " .. qu .. " | cut -d: -f6)\""
+  -- Red Hat and Photon ship these read-only or group-unreadable.
+  local machine_id_mode = family == "debian" and "0644" or "0444"
+  local lastlog_mode = family == "debian" and "0664" or "0644"
+
+  local steps = {}
+  if family == "debian" then debian(steps)
+  elseif family == "redhat" then redhat(steps)
+  else photon(steps) end
+
+  steps[#steps + 1] = {
+    name = "set the hostname to localhost.local",
+    shell = "hostnamectl set-hostname localhost.local",
+  }
+  steps[#steps + 1] = {
+    name = "truncate the machine id",
+    shell = "set -e\nrm -f /etc/machine-id\ntouch /etc/machine-id\nchown root:root /etc/machine-id\n"
+      .. "chmod " .. machine_id_mode .. " /etc/machine-id",
+  }
+  steps[#steps + 1] = {
+    name = "truncate the hostname file",
+    shell = "set -e\nrm -f /etc/hostname\ntouch /etc/hostname\nchown root:root /etc/hostname\nchmod 0644 /etc/hostname",
+  }
+  steps[#steps + 1] = {
+    name = "reset the hosts file",
+    copy = { dest = "/etc/hosts", content = HOSTS, mode = "0644", owner = "root:root" },
+  }
+  steps[#steps + 1] = {
+    name = "remove cloud-init state and logs",
+    shell = "rm -rf /var/lib/cloud /var/log/cloud-init.log /var/log/cloud-init-output.log /var/run/cloud-init",
+  }
+  steps[#steps + 1] = { name = "remove swap files", shell = "rm -f /swapfile /mnt/resource/swapfile" }
+  local logs = {
+    "set -e",
+    "rm -rf /var/log",
+    "mkdir -m 0755 /var/log /var/log/sa",
+    "for f in /var/log/wtmp /var/log/lastlog; do touch \"$f\"; chown root:utmp \"$f\"; done",
+    "chmod 0664 /var/log/wtmp",
+    "chmod " .. lastlog_mode .. " /var/log/lastlog",
+  }
+  if var("kubernetes_semver", "") ~= "" then
+    logs[#logs + 1] = "mkdir -m 0755 /var/log/kubernetes"
+    logs[#logs + 1] = "touch /var/log/kubernetes/audit.log"
+    logs[#logs + 1] = "chmod 0600 /var/log/kubernetes/audit.log"
+    if family == "photon" then logs[#logs + 1] = "mkdir -m 0640 /var/log/audit" end
+  end
+  steps[#steps + 1] = { name = "recreate /var/log (empty wtmp and lastlog)", shell = table.concat(logs, "\n") }
+  steps[#steps + 1] = { name = "remove SSH host keys", shell = "rm -f /etc/ssh/ssh_host_*" }
+  steps[#steps + 1] = { name = "remove capil's state", shell = "rm -rf /var/lib/capil" }
+  steps[#steps + 1] = {
+    name = "truncate shell history",
+    shell = "rm -f /root/.bash_history\nh=" .. home .. "\n[ -z \"$h\" ] || rm -f \"$h/.bash_history\"",
+  }
+  steps[#steps + 1] = {
+    name = "empty /tmp and /var/tmp",
+    shell = "find /tmp /var/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} +",
+  }
+  steps[#steps + 1] = {
+    name = "remove SSH authorized keys",
+    shell = "rm -f /root/.ssh/authorized_keys\nh=" .. home .. "\n[ -z \"$h\" ] || rm -f \"$h/.ssh/authorized_keys\"",
+  }
+  steps[#steps + 1] = { name = "lock the build user's password", shell = "usermod -L " .. qu }
+  return steps
+end
