@@ -90,3 +90,13 @@ describe("config layering #unit", function()
     assert.matches('"build_version": "ubuntu-2004-kube-v1.19.1"', r.stdout, 1, true)
   end)
 end)
+
+describe("config errors and secrets #unit", function()
+  it("never prints a secret value in a validation error", function()
+    local r = capil.run({ "validate", "ubuntu-2004", "--var", "ssh_password=Hunter2 with space",
+      "--var", "remote_password=Rem0te-Secret", "--var", "remote_password=Rem0te-Secret" })
+    assert.equal(1, r.code)
+    assert.matches("ssh_password: must not contain spaces", r.stderr, 1, true)
+    assert.not_matches("Hunter2", r.stderr, 1, true)
+  end)
+end)

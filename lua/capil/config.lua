@@ -131,6 +131,16 @@ function M.resolve(recipe, opts)
     if not k then errors[#errors + 1] = v else set(k, v, "var", "--var") end
   end
 
+  -- secrets are registered before anything can print them (errors below
+  -- quote values)
+  for _, f in ipairs(schema.fields) do
+    local raw = values[f.path]
+    if f.secret and type(raw) == "string" and raw ~= "" and raw ~= f.default then log.secret(raw) end
+  end
+  for k, raw in pairs(extra) do
+    if schema.is_secret_name(k) and type(raw) == "string" and raw ~= "" then log.secret(raw) end
+  end
+
   -- coerce and check
   local resolved = {}
   for _, f in ipairs(schema.fields) do

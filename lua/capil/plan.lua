@@ -143,7 +143,9 @@ function M.resolve(cfg, backend, opts)
       add({ id = "provision", kind = "provision", roles = order, steps = role_steps })
     end
     local checks = require("capil.checks")
-    local list, cerr = checks.load(ctx, { sets = cfg:get("checks"), dirs = { recipes_dir .. "/checks" } })
+    local files = {}
+    for _, set in ipairs(cfg:get("checks") or {}) do files[#files + 1] = ("%s/checks/%s.lua"):format(recipes_dir, set) end
+    local list, cerr = checks.load(ctx, { files = files })
     if not list then errors[#errors + 1] = cerr else add({ id = "checks", kind = "checks", checks = list }) end
   end
 

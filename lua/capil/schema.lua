@@ -72,9 +72,9 @@ local F = {
 
   -- access and shutdown
   { path = "ssh.username", var = "ssh_username", type = "string", default = "builder",
-    description = "build user created by the installer" },
+    pattern = "^[a-z_][a-z0-9_%-]*$", description = "build user created by the installer" },
   { path = "ssh.password", var = "ssh_password", type = "string", default = "builder", secret = true,
-    description = "build user's password (locked before shutdown)" },
+    check = "installer_safe", description = "build user's password (locked before shutdown)" },
   { path = "ssh.timeout", var = "ssh_timeout", type = "duration", default = "4h",
     description = "how long to wait for SSH after the boot command" },
   { path = "shutdown_command", var = "shutdown_command", type = "string", required = true,
@@ -276,6 +276,9 @@ function M.check(field, v, all)
     for i, u in ipairs(v) do
       if not url_ok(u) then return nil, ("item %d: expected an http(s):// or file:/// URL, got %s"):format(i, show(u)) end
     end
+  elseif c == "installer_safe" and v:find("[%s'\"\\`$]") then
+    -- written raw into kickstart, preseed and ks.json: no quoting survives all three
+    return nil, "must not contain spaces, quotes, backslashes, backquotes or '$' (it is written into installer files)"
   elseif c == "sha256" and v ~= "" and not (#v == 64 and v:match("^%x+$")) then
     return nil, "expected sha256 hex (64 characters), got " .. show(v)
   elseif c == "checksum" then

@@ -1,4 +1,3 @@
--- luacheck: read globals var flag words quote base64_decode download escape_pattern
 -- node checks: what image-builder's goss specs verified in an OVA node
 -- image (goss-command, goss-kernel-params, goss-service, goss-package and
 -- goss-vars for PROVIDER=ova), plus the version file capil writes.

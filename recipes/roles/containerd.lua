@@ -1,4 +1,3 @@
--- luacheck: read globals var flag words quote base64_decode download escape_pattern
 -- containerd: the cri-containerd release tarball (containerd, runc, crictl,
 -- ctr, the systemd unit) unpacked into /, verified against
 -- containerd_sha256 before anything is unpacked (image-builder's containerd

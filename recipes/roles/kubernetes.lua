@@ -1,4 +1,3 @@
--- luacheck: read globals var flag words quote base64_decode download escape_pattern
 -- kubernetes: kubelet, kubeadm, kubectl and the CNI plugins, pinned, plus
 -- the control-plane images pre-pulled (image-builder's kubernetes role).
 --

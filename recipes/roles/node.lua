@@ -1,4 +1,3 @@
--- luacheck: read globals var flag words quote base64_decode download escape_pattern
 -- node: kernel modules, sysctls and swap for Kubernetes (image-builder's
 -- node role; its package installs are in setup).
 

@@ -1,4 +1,3 @@
--- luacheck: read globals var flag words quote base64_decode download escape_pattern
 -- providers: what a vSphere OVA needs to boot under Cluster API: cloud-init
 -- with VMware's guestinfo datasource, VMware Tools settings, and unit
 -- ordering between cloud-init and containerd (image-builder's providers

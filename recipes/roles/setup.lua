@@ -1,4 +1,3 @@
--- luacheck: read globals var flag words quote base64_decode download escape_pattern
 -- setup: package repositories, a full upgrade and the node's base packages
 -- (image-builder's setup role, which node.yml pulls in as node's dependency).
 -- Variables: disable_public_repos, extra_repos (files on this machine),

@@ -1,4 +1,3 @@
--- luacheck: read globals var flag words quote base64_decode download escape_pattern
 -- sysprep: make the image generic before it is shut down and packed
 -- (image-builder's sysprep role): no machine identity, host keys, logs,
 -- caches or build-user access left behind.
