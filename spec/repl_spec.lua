@@ -49,3 +49,32 @@ describe("repl #unit", function()
       pretty.format(t))
   end)
 end)
+
+describe("repl interruption #unit", function()
+  local proc = require("capil.proc")
+  local host = require("capil.core.host")
+
+  it("Ctrl-C stops the running code and the REPL goes on", function()
+    local p = assert(proc.spawn({ argv = { capil.exe, "repl" }, stdin = "pipe", stdout = "pipe", stderr = "pipe" }))
+    assert(p:write("print('looping') while true do end\n"))
+    local out = ""
+    local deadline = host.now() + 20
+    while not out:find("looping\n", 1, true) and host.now() < deadline do
+      local stream, chunk = p:read({ timeout = 5 })
+      if stream == "stdout" then out = out .. chunk end
+    end
+    assert.matches("looping", out, 1, true)
+    assert(p:kill("INT"))
+    assert(p:write("40 + 2\n"))
+    p:close_stdin()
+    while true do
+      local stream, chunk = p:read({ timeout = 10 })
+      if not stream then break end
+      if stream == "stdout" then out = out .. chunk end
+    end
+    local st = assert(p:wait({ timeout = 10 }))
+    p:close()
+    assert.equal(0, st.code)
+    assert.matches("interrupted\n42\n", out, 1, true)
+  end)
+end)
