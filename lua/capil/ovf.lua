@@ -1,0 +1,278 @@
+--- capil.ovf — the OVF descriptor of a node image: generated from the plan
+--- with the escaping XML writer (never by concatenating values), and parsed
+--- back into facts for `capil ova verify` and `capil ova inspect`.
+---
+--- Compared with image-builder's image-build-ova.py template: the disk
+--- capacity comes from the recipe (MiB, `byte * 2^20`), not a fixed 20 GiB;
+--- CPUs, cores and memory come from the recipe; the osType is the vSphere
+--- guest id; the SCSI controller is the recipe's (pvscsi or lsilogic); the
+--- firmware (bios or efi) is written with a matching boot order.
+local xml = require("capil.xml")
+
+local M = {}
+
+M.NS = {
+  ovf = "http://schemas.dmtf.org/ovf/envelope/1",
+  cim = "http://schemas.dmtf.org/wbem/wscim/1/common",
+  rasd = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData",
+  vssd = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData",
+  vmw = "http://www.vmware.com/schema/ovf",
+  xsi = "http://www.w3.org/2001/XMLSchema-instance",
+}
+M.STREAM_OPTIMIZED = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
+
+local OVF, RASD, VSSD, VMW = M.NS.ovf, M.NS.rasd, M.NS.vssd, M.NS.vmw
+
+local CONTROLLER = {
+  pvscsi = { subtype = "VirtualSCSI", name = "SCSI Controller 0 (pvscsi)" },
+  lsilogic = { subtype = "lsilogic", name = "SCSI Controller 0 (lsilogic)" },
+}
+
+-- ====================================================================== --
+-- Writing                                                                --
+-- ====================================================================== --
+
+local PREFIX = { [M.NS.rasd] = "rasd", [M.NS.vssd] = "vssd", [M.NS.vmw] = "vmw" }
+
+local function el(ns, name, attrs, children)
+  local e = xml.element(name, attrs, children)
+  e.ns = ns
+  e.prefix = PREFIX[ns] -- declared on the Envelope; OVF is the default namespace
+  return e
+end
+
+local function o(name, attrs, children) return el(OVF, name, attrs, children) end
+
+local function rasd_item(fields, required)
+  local kids = {}
+  -- rasd elements must be in alphabetical order (the CIM schema's sequence)
+  local names = {}
+  for k in pairs(fields) do if k ~= "_config" then names[#names + 1] = k end end
+  table.sort(names)
+  for _, k in ipairs(names) do kids[#kids + 1] = el(RASD, k, nil, tostring(fields[k])) end
+  for _, kv in ipairs(fields._config or {}) do
+    kids[#kids + 1] = el(VMW, "Config", { ["{" .. OVF .. "}required"] = "false",
+      ["{" .. VMW .. "}key"] = kv[1], ["{" .. VMW .. "}value"] = kv[2] })
+  end
+  local attrs = required == false and { ["{" .. OVF .. "}required"] = "false" } or nil
+  return o("Item", attrs, kids)
+end
+
+--- The descriptor text.
+--- params: name, os = {ovf_id, ovf_version, os_type, display_name},
+--- hardware = {cpus, cores_per_socket, memory_mb, firmware, disk_controller,
+--- vmx_version}, disks = {{href, size, capacity_mb, populated_size}},
+--- network ("nic0"), annotation, product = {name, vendor, version,
+--- full_version, vendor_url, category}, properties = {{key, value}, ...},
+--- eula (text, optional).
+---@param p table
+---@return string
+function M.descriptor(p)
+  assert(type(p.name) == "string", "ovf.descriptor: name is required")
+  assert(type(p.disks) == "table" and #p.disks >= 1, "ovf.descriptor: at least one disk")
+  local hw, os = p.hardware, p.os
+  local network = p.network or "nic0"
+  local a = function(local_name) return "{" .. OVF .. "}" .. local_name end
+
+  local refs, disks = {}, {}
+  for i, d in ipairs(p.disks) do
+    refs[#refs + 1] = o("File", { [a("href")] = d.href, [a("id")] = "file" .. i, [a("size")] = tostring(d.size) })
+    disks[#disks + 1] = o("Disk", {
+      [a("capacity")] = tostring(d.capacity_mb), [a("capacityAllocationUnits")] = "byte * 2^20",
+      [a("diskId")] = "vmdisk" .. i, [a("fileRef")] = "file" .. i, [a("format")] = M.STREAM_OPTIMIZED,
+      [a("populatedSize")] = tostring(d.populated_size or d.size),
+    })
+  end
+
+  local ctl = CONTROLLER[hw.disk_controller] or error("ovf.descriptor: unknown disk controller " .. tostring(hw.disk_controller))
+  local items = {
+    o("Info", nil, "Virtual hardware requirements"),
+    o("System", nil, {
+      el(VSSD, "ElementName", nil, "Virtual Hardware Family"),
+      el(VSSD, "InstanceID", nil, "0"),
+      el(VSSD, "VirtualSystemIdentifier", nil, p.name),
+      el(VSSD, "VirtualSystemType", nil, "vmx-" .. hw.vmx_version),
+    }),
+    rasd_item({ AllocationUnits = "hertz * 10^6", Description = "Number of Virtual CPUs",
+      ElementName = hw.cpus .. " virtual CPU(s)", InstanceID = 1, ResourceType = 3, VirtualQuantity = hw.cpus,
+      _config = nil }),
+    rasd_item({ AllocationUnits = "byte * 2^20", Description = "Memory Size",
+      ElementName = hw.memory_mb .. "MB of memory", InstanceID = 2, ResourceType = 4, VirtualQuantity = hw.memory_mb }),
+    rasd_item({ Address = 0, Description = "SCSI Controller", ElementName = ctl.name, InstanceID = 3,
+      ResourceSubType = ctl.subtype, ResourceType = 6, _config = { { "slotInfo.pciSlotNumber", "160" } } }),
+    rasd_item({ Address = 0, Description = "IDE Controller", ElementName = "IDE Controller 0", InstanceID = 4,
+      ResourceType = 5 }),
+  }
+  -- cores per socket sits inside the CPU item (vmw:CoresPerSocket)
+  table.insert(items[3], el(VMW, "CoresPerSocket", { [a("required")] = "false" }, tostring(hw.cores_per_socket or 1)))
+  local instance = 5
+  for i = 1, #p.disks do
+    items[#items + 1] = rasd_item({ AddressOnParent = i - 1, ElementName = "Hard Disk " .. i,
+      HostResource = "ovf:/disk/vmdisk" .. i, InstanceID = instance, Parent = 3, ResourceType = 17 })
+    instance = instance + 1
+  end
+  local disk_instance = 5
+  items[#items + 1] = rasd_item({ AddressOnParent = 0, AutomaticAllocation = "false", ElementName = "CD/DVD drive 1",
+    InstanceID = instance, Parent = 4, ResourceSubType = "vmware.cdrom.atapi", ResourceType = 15 }, false)
+  instance = instance + 1
+  items[#items + 1] = rasd_item({ AddressOnParent = 7, AutomaticAllocation = "true", Connection = network,
+    Description = ('VmxNet3 ethernet adapter on "%s"'):format(network), ElementName = "Network adapter 1",
+    InstanceID = instance, ResourceSubType = "VmxNet3", ResourceType = 10,
+    _config = { { "wakeOnLanEnabled", "false" }, { "slotInfo.pciSlotNumber", "192" }, { "connectable.allowGuestControl", "true" } } })
+  instance = instance + 1
+  items[#items + 1] = rasd_item({ AutomaticAllocation = "false", ElementName = "Video card", InstanceID = instance,
+    ResourceType = 24, _config = { { "enable3DSupport", "false" }, { "videoRamSizeInKB", "4096" } } }, false)
+  local efi = hw.firmware == "efi"
+  for _, kv in ipairs({
+    { "flags.vbsEnabled", "false" }, { "cpuHotAddEnabled", "false" }, { "nestedHVEnabled", "false" },
+    { "virtualSMCPresent", "false" }, { "flags.vvtdEnabled", "false" }, { "cpuHotRemoveEnabled", "false" },
+    { "memoryHotAddEnabled", "false" }, { "bootOptions.efiSecureBootEnabled", "false" },
+    { "firmware", efi and "efi" or "bios" }, { "virtualICH7MPresent", "false" },
+  }) do
+    items[#items + 1] = el(VMW, "Config", { [a("required")] = "false",
+      ["{" .. VMW .. "}key"] = kv[1], ["{" .. VMW .. "}value"] = kv[2] })
+  end
+
+  local product = p.product or {}
+  local prod = {
+    o("Info", nil, "Information about the installed software"),
+    o("Product", nil, product.name or p.name),
+    o("Vendor", nil, product.vendor or ""),
+    o("Version", nil, product.version or ""),
+    o("FullVersion", nil, product.full_version or product.version or ""),
+    o("VendorUrl", nil, product.vendor_url or ""),
+  }
+  if product.category then prod[#prod + 1] = o("Category", nil, product.category) end
+  for _, kv in ipairs(p.properties or {}) do
+    prod[#prod + 1] = o("Property", { [a("key")] = kv[1], [a("type")] = "string",
+      [a("userConfigurable")] = "false", [a("value")] = tostring(kv[2]) })
+  end
+
+  local vs = {
+    o("Info", nil, "A virtual machine"),
+    o("Name", nil, p.name),
+    o("AnnotationSection", nil, { o("Info", nil, "A human-readable annotation"), o("Annotation", nil, p.annotation or "") }),
+    o("OperatingSystemSection", { [a("id")] = tostring(os.ovf_id), [a("version")] = os.ovf_version or "",
+      ["{" .. VMW .. "}osType"] = os.os_type }, {
+      o("Info", nil, "The kind of installed guest operating system"), o("Description", nil, os.display_name or ""),
+    }),
+    o("VirtualHardwareSection", nil, items),
+    -- boot from the disk first; vSphere reads the firmware from vmw:Config
+    el(VMW, "BootOrderSection", { ["{" .. VMW .. "}instanceId"] = tostring(disk_instance),
+      ["{" .. VMW .. "}type"] = "disk" }, { o("Info", nil, "Virtual hardware device boot order") }),
+  }
+  if p.eula then
+    vs[#vs + 1] = o("EulaSection", nil, { o("Info", nil, "End User License Agreement"), o("License", nil, p.eula) })
+  end
+  vs[#vs + 1] = o("ProductSection", nil, prod)
+
+  local env = o("Envelope", nil, {
+    o("References", nil, refs),
+    o("DiskSection", nil, { o("Info", nil, "Virtual disk information"), table.unpack(disks) }),
+    o("NetworkSection", nil, { o("Info", nil, "The list of logical networks"),
+      o("Network", { [a("name")] = network }, { o("Description", nil, "Please select a network") }) }),
+    o("VirtualSystem", { [a("id")] = p.name }, vs),
+  })
+  env.nsmap = { [""] = OVF, ovf = OVF, cim = M.NS.cim, rasd = RASD, vssd = VSSD, vmw = VMW, xsi = M.NS.xsi }
+  return xml.write(env, { indent = 2 })
+end
+
+-- ====================================================================== --
+-- Reading                                                                --
+-- ====================================================================== --
+
+local UNITS = { ["byte"] = 1, ["byte * 2^10"] = 1024, ["byte * 2^20"] = 1024 ^ 2, ["byte * 2^30"] = 1024 ^ 3,
+  ["byte * 2^40"] = 1024 ^ 4 }
+
+local function oattr(e, name) return xml.attr(e, OVF, name) end
+
+local function rasd(item, name)
+  local e = xml.find(item, name, RASD)
+  return e and xml.text(e)
+end
+
+--- Parses a descriptor into facts: name, references, disks (with capacity
+--- in bytes), os, hardware, networks, properties, product. Returns nil and an
+--- error for malformed XML or a document that is not an OVF envelope.
+---@param text string
+---@return table|nil, string?
+function M.parse(text)
+  local root, err = xml.parse(text)
+  if not root then return nil, err end
+  if root.name ~= "Envelope" or root.ns ~= OVF then
+    return nil, ("ovf.parse: the root element is {%s}%s, not an OVF Envelope"):format(root.ns or "", root.name)
+  end
+  local f = { references = {}, disks = {}, networks = {}, properties = {}, property_order = {}, hardware = {} }
+  for _, file in ipairs(xml.children(xml.find(root, "References", OVF) or {}, "File", OVF)) do
+    f.references[#f.references + 1] = { id = oattr(file, "id"), href = oattr(file, "href"),
+      size = tonumber(oattr(file, "size")) }
+  end
+  for _, d in ipairs(xml.children(xml.find(root, "DiskSection", OVF) or {}, "Disk", OVF)) do
+    local units = oattr(d, "capacityAllocationUnits") or "byte"
+    local cap = tonumber(oattr(d, "capacity"))
+    f.disks[#f.disks + 1] = { disk_id = oattr(d, "diskId"), file_ref = oattr(d, "fileRef"), capacity = cap,
+      units = units, capacity_bytes = cap and UNITS[units] and math.tointeger(cap * UNITS[units]),
+      populated_size = tonumber(oattr(d, "populatedSize")), format = oattr(d, "format") }
+  end
+  for _, n in ipairs(xml.children(xml.find(root, "NetworkSection", OVF) or {}, "Network", OVF)) do
+    f.networks[#f.networks + 1] = oattr(n, "name")
+  end
+  local vs = xml.find(root, "VirtualSystem", OVF)
+  if not vs then return nil, "ovf.parse: no VirtualSystem" end
+  f.name = oattr(vs, "id")
+  local os = xml.find(vs, "OperatingSystemSection", OVF)
+  if os then
+    local desc = xml.find(os, "Description", OVF)
+    f.os = { id = tonumber(oattr(os, "id")), version = oattr(os, "version"), os_type = xml.attr(os, VMW, "osType"),
+      description = desc and xml.text(desc) }
+  end
+  local ann = xml.find(vs, "AnnotationSection", OVF)
+  f.annotation = ann and xml.find(ann, "Annotation", OVF) and xml.text(xml.find(ann, "Annotation", OVF))
+  local hw = xml.find(vs, "VirtualHardwareSection", OVF)
+  if hw then
+    local sys = xml.find(hw, "System", OVF)
+    local vt = sys and xml.find(sys, "VirtualSystemType", VSSD)
+    f.hardware.system_type = vt and xml.text(vt)
+    f.hardware.config = {}
+    for _, c in ipairs(xml.children(hw, "Config", VMW)) do
+      f.hardware.config[xml.attr(c, VMW, "key")] = xml.attr(c, VMW, "value")
+    end
+    f.hardware.firmware = f.hardware.config.firmware or "bios"
+    f.hardware.items = {}
+    for _, item in ipairs(xml.children(hw, "Item", OVF)) do
+      local t = tonumber(rasd(item, "ResourceType"))
+      local it = { type = t, subtype = rasd(item, "ResourceSubType"), name = rasd(item, "ElementName"),
+        quantity = tonumber(rasd(item, "VirtualQuantity")), host_resource = rasd(item, "HostResource"),
+        connection = rasd(item, "Connection") }
+      f.hardware.items[#f.hardware.items + 1] = it
+      if t == 3 then
+        f.hardware.cpus = it.quantity
+        local cps = xml.find(item, "CoresPerSocket", VMW)
+        f.hardware.cores_per_socket = cps and tonumber(xml.text(cps)) or 1
+      elseif t == 4 then
+        f.hardware.memory_mb = it.quantity
+      elseif t == 6 then
+        f.hardware.scsi = it.subtype
+      elseif t == 10 then
+        f.hardware.nic = it.subtype
+      end
+    end
+  end
+  local ps = xml.find(vs, "ProductSection", OVF)
+  if ps then
+    local function txt(n) local e = xml.find(ps, n, OVF) return e and xml.text(e) end
+    f.product = { name = txt("Product"), vendor = txt("Vendor"), version = txt("Version"),
+      full_version = txt("FullVersion"), vendor_url = txt("VendorUrl") }
+    for _, prop in ipairs(xml.children(ps, "Property", OVF)) do
+      local k = oattr(prop, "key")
+      if k then
+        f.properties[k] = oattr(prop, "value")
+        f.property_order[#f.property_order + 1] = k
+      end
+    end
+  end
+  f.eula = xml.find(vs, "EulaSection", OVF) ~= nil
+  return f
+end
+
+return M
