@@ -1,0 +1,235 @@
+--- capil.backends.qemu — builds on QEMU on this machine. KVM is used only
+--- where it can run ordinary guests (checked once and cached); otherwise TCG
+--- with `-cpu max` (nested PVM hosts expose /dev/kvm but cannot run stock
+--- kernels). The VM gets a qcow2 disk, the installer ISO as a CD-ROM booted
+--- once, user networking with SSH forwarded to a free loopback port, the
+--- serial console in the build's log directory, QMP on a unix socket for
+--- control and typing, and VNC on loopback only.
+local proc = require("capil.proc")
+local fs = require("capil.fs")
+local host = require("capil.core.host")
+local qmp = require("capil.qmp")
+local log = require("capil.log")
+
+local M = {}
+
+M.name = "qemu"
+M.traits = { encoder = "qmp", http_ip = "10.0.2.2", export = "qemu-img" }
+
+local QEMU = "qemu-system-x86_64"
+
+-- ====================================================================== --
+-- Accelerator                                                            --
+-- ====================================================================== --
+
+local function read(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- Whether KVM can run ordinary guests here: /dev/kvm usable, the CPU
+--- advertises VMX or SVM, and the host's KVM is not the PVM flavour (which
+--- emulates stock kernels instruction by instruction and then fails).
+--- Returns "kvm" or "tcg" and the reason.
+function M.probe_accel()
+  local f = io.open("/dev/kvm", "r+")
+  if not f then return "tcg", "/dev/kvm is not usable" end
+  f:close()
+  local cpuinfo = read("/proc/cpuinfo") or ""
+  if not (cpuinfo:find("%f[%w]vmx%f[%W]") or cpuinfo:find("%f[%w]svm%f[%W]")) then
+    return "tcg", "the CPU has no VMX/SVM (nested virtualization without hardware support)"
+  end
+  if fs.exists("/sys/module/kvm_pvm") then
+    return "tcg", "KVM here is PVM, which cannot run stock guest kernels"
+  end
+  return "kvm", "KVM with hardware virtualization"
+end
+
+--- The accelerator to use: `qemu_accel` (auto, kvm, tcg); the probe result
+--- is cached per boot in $XDG_CACHE_HOME/capil/accel.
+function M.accel(setting, cache_dir)
+  if setting == "kvm" or setting == "tcg" then return setting, "set by qemu_accel" end
+  local cache = cache_dir and (cache_dir .. "/accel")
+  local boot_id = (read("/proc/sys/kernel/random/boot_id") or ""):gsub("%s", "")
+  local cached = cache and read(cache)
+  if cached then
+    local id, accel, why = cached:match("^(%S+) (%S+) (.*)$")
+    if id == boot_id then return accel, why .. " (cached)" end
+  end
+  local accel, why = M.probe_accel()
+  if cache then
+    fs.mkdir(cache_dir)
+    fs.write(cache, ("%s %s %s"):format(boot_id, accel, why))
+  end
+  return accel, why
+end
+
+-- ====================================================================== --
+-- The VM                                                                 --
+-- ====================================================================== --
+
+local VM = {}
+VM.__index = VM
+
+--- Prepares (does not start) a VM in `workdir`. opts: name, cpus,
+--- memory_mb, disk_mb, iso (path, booted once), accel, log_dir,
+--- extra_drives ({path=, format=, readonly=}), disk (existing image to
+--- boot instead of creating one: opts.disk_format), snapshot (boot the disk
+--- copy-on-write).
+---@return table|nil vm, string? err, string? code
+function M.create(opts)
+  local vm = setmetatable({ opts = opts, workdir = opts.workdir, name = opts.name }, VM)
+  vm.qmp_path = opts.workdir .. "/qmp.sock"
+  vm.serial_log = (opts.log_dir or opts.workdir) .. "/serial.log"
+  vm.ssh_port = assert(host.free_port())
+  vm.disk = opts.disk or (opts.workdir .. "/disk.qcow2")
+  if not opts.disk then
+    local r, err, code = proc.run({ argv = { "qemu-img", "create", "-q", "-f", "qcow2", vm.disk, opts.disk_mb .. "M" },
+      timeout = 60 })
+    if not r then return nil, "qemu: creating the disk: " .. err, code end
+    if r.code ~= 0 then return nil, "qemu: qemu-img create " .. vm.disk .. ": " .. r.stderr, "EQEMU" end
+  end
+  return vm
+end
+
+--- The QEMU command line (argv) for the VM.
+function VM:argv()
+  local o = self.opts
+  local argv = {
+    QEMU, "-name", self.name, "-accel", o.accel or "tcg",
+    "-cpu", (o.accel == "kvm") and "host" or "max",
+    "-smp", tostring(o.cpus or 1), "-m", tostring(o.memory_mb or 1024),
+    "-drive", ("file=%s,if=virtio,format=%s,discard=unmap%s"):format(self.disk, o.disk_format or "qcow2",
+      o.snapshot and ",snapshot=on" or ""),
+    "-netdev", ("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22"):format(self.ssh_port),
+    "-device", "virtio-net-pci,netdev=n0",
+    "-display", "none", "-vga", "std",
+    "-serial", "file:" .. self.serial_log,
+    "-qmp", ("unix:%s,server=on,wait=off"):format(self.qmp_path),
+  }
+  if o.vnc_display then
+    argv[#argv + 1] = "-vnc"
+    argv[#argv + 1] = ("127.0.0.1:%d"):format(o.vnc_display)
+  end
+  if o.iso and not self.installed then
+    -- the installer CD boots once; its reboot comes back from the disk
+    argv[#argv + 1] = "-drive"
+    argv[#argv + 1] = ("file=%s,media=cdrom,readonly=on"):format(o.iso)
+    argv[#argv + 1] = "-boot"
+    argv[#argv + 1] = "order=c,once=d"
+  end
+  for _, d in ipairs(o.extra_drives or {}) do
+    argv[#argv + 1] = "-drive"
+    argv[#argv + 1] = ("file=%s,if=virtio,format=%s%s"):format(d.path, d.format or "raw", d.readonly and ",readonly=on" or "")
+  end
+  return argv
+end
+
+--- Starts QEMU and connects QMP. Registered for cleanup: killed by PID.
+function VM:start()
+  fs.remove(self.qmp_path)
+  local p, err, code = proc.spawn({ argv = self:argv(), stdin = "null",
+    stdout = self.workdir .. "/qemu.log", stderr = "stdout" })
+  if not p then return nil, "qemu: starting " .. QEMU .. ": " .. err, code end
+  self.process = p
+  -- with --keep-on-error this label is what the user is shown
+  self.cleanup = require("capil.cleanup").push(("QEMU %s (pid %d): ssh -p %d <user>@127.0.0.1, serial log %s"):format(
+    self.name, p.pid, self.ssh_port, self.serial_log), function()
+    self:kill()
+  end)
+  local c, cerr, ccode = qmp.connect({ path = self.qmp_path, timeout = 30 })
+  if not c then
+    local why = self:exit_reason()
+    self:kill()
+    return nil, ("qemu: %s did not start: %s%s"):format(self.name, cerr, why and ("; " .. why) or ""), ccode
+  end
+  self.qmp = c
+  log.info("%s: QEMU running (pid %d, %s), SSH forwarded to 127.0.0.1:%d, serial log %s",
+    self.name, p.pid, self.opts.accel or "tcg", self.ssh_port, self.serial_log)
+  return true
+end
+
+--- Whether QEMU still runs.
+function VM:running()
+  return self.process ~= nil and not self.process.closed and self.process:running()
+end
+
+--- Why QEMU ended (its log's last lines), for messages.
+function VM:exit_reason()
+  local text = read(self.workdir .. "/qemu.log") or ""
+  local tail = text:gsub("%s+$", ""):match("([^\n]*)$")
+  if tail and tail ~= "" then return "QEMU said: " .. tail end
+end
+
+--- Types encoded chords (capil.bootcmd.to_qmp) with `interval` seconds
+--- between keys; waits are honoured. Returns true or nil, err.
+function VM:type_keys(chords, interval)
+  for _, c in ipairs(chords) do
+    if c.wait then
+      local ok, err, code = host.sleep(c.wait)
+      if not ok then return nil, err, code end
+    else
+      local ok, err, code = self.qmp:send_keys(c.keys)
+      if not ok then return nil, ("qemu: typing into %s: %s"):format(self.name, err), code end
+      if interval and interval > 0 then host.sleep(interval) end
+    end
+  end
+  return true
+end
+
+--- Waits for QEMU to exit (the guest powered off); true, or nil on timeout.
+function VM:wait_exit(timeout)
+  if not self.process then return true end
+  local st, err, code = self.process:wait({ timeout = timeout })
+  if not st then return nil, err, code end
+  return true, st
+end
+
+--- ACPI power button, then `quit` after `timeout` seconds.
+function VM:power_off(timeout)
+  if not self:running() then return true end
+  if self.qmp then self.qmp:execute("system_powerdown", nil, 5) end
+  if self:wait_exit(timeout or 60) then return true end
+  log.warn("%s: no power-off after ACPI within %g s; quitting QEMU", self.name, timeout or 60)
+  if self.qmp then self.qmp:execute("quit", nil, 5) end
+  return self:wait_exit(10)
+end
+
+--- Kills QEMU (SIGTERM, then SIGKILL) and forgets the QMP connection.
+function VM:kill()
+  if self.qmp then self.qmp:close() self.qmp = nil end
+  if self.process then self.process:close(3) end
+  if self.cleanup then self.cleanup:cancel() self.cleanup = nil end
+end
+
+--- After QEMU has exited: the next start boots from the disk only.
+function VM:mark_installed()
+  self.installed = true
+  if self.qmp then self.qmp:close() self.qmp = nil end
+  if self.process then self.process:close(1) self.process = nil end
+  if self.cleanup then self.cleanup:cancel() self.cleanup = nil end
+end
+
+--- Exports the disk as a streamOptimized VMDK with qemu-img.
+function VM:export(path, opts)
+  opts = opts or {}
+  local o = ("subformat=streamOptimized,adapter_type=%s,hwversion=%d"):format(opts.adapter_type or "lsilogic",
+    opts.hwversion or 15)
+  local tmp = path .. ".tmp"
+  local r, err, code = proc.run({ argv = { "qemu-img", "convert", "-O", "vmdk", "-o", o, self.disk, tmp },
+    timeout = opts.timeout or 3600 })
+  if not r or r.code ~= 0 then
+    fs.remove(tmp)
+    return nil, ("qemu: qemu-img convert %s: %s"):format(self.disk, r and r.stderr or err), code or "EQEMU"
+  end
+  local ok, rerr, rcode = fs.rename(tmp, path)
+  if not ok then return nil, rerr, rcode end
+  return true
+end
+
+M.VM = VM
+
+return M

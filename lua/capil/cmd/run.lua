@@ -1,0 +1,42 @@
+--- capil run — builds an image from a recipe on a backend.
+local build_options = require("capil.build_options")
+local pipeline = require("capil.pipeline")
+local cli = require("capil.cli")
+local log = require("capil.log")
+
+local options = {
+  { name = "keep-on-error", help = "after a failure, keep the VM and files and print how to reach them" },
+}
+for _, o in ipairs(build_options.options) do options[#options + 1] = o end
+
+return {
+  summary = "build an image from a recipe (default backend: qemu)",
+  usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--keep-on-error]",
+  help = [[
+Resolves the recipe (see 'capil inspect'), then runs the plan: fetch and verify
+the ISO, serve the installer files, create the VM, type the boot command,
+wait for SSH, provision with the roles, run the image checks, shut down,
+export a streamOptimized VMDK and pack the OVA into
+output/<name>-kube-<kubernetes semver>/. The build log is logs/build.log
+there, the serial console logs/serial.log, and report.json records each
+step. On failure or Ctrl-C everything the build created is removed, unless
+--keep-on-error.]],
+  options = options,
+  run = function(opts, args)
+    if #args ~= 1 then cli.fail("run: name one recipe (see 'capil list')", 2) end
+    local r, cfg, plan = build_options.load(args[1], opts)
+    if not r then build_options.fail(cfg) end
+    log.info("building %s on %s into %s", plan.build_version, plan.backend, plan.output_dir)
+    local report, err, _, partial = pipeline.run(plan, cfg, {
+      keep_on_error = opts["keep-on-error"],
+      cache_dir = (os.getenv("XDG_CACHE_HOME") or ((os.getenv("HOME") or ".") .. "/.cache")) .. "/capil",
+    })
+    if not report then
+      if partial then log.error("build log: %s/logs/build.log", plan.output_dir) end
+      cli.fail(err, 1)
+    end
+    log.info("built %s in %.0f s", plan.build_version, report.seconds)
+    if report.artifacts and report.artifacts.ova then log.out(report.artifacts.ova) end
+    return 0
+  end,
+}

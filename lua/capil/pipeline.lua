@@ -1,0 +1,312 @@
+--- capil.pipeline — executes a plan (capil.plan.resolve) step by step on a
+--- backend, records every step in a run report (status, duration, and
+--- whether the time went to the guest, to external tools, or to capil
+--- itself), and leaves cleanups registered for everything it creates, so a
+--- failure or Ctrl-C removes the VM, temp files and servers (unless
+--- --keep-on-error).
+local fs = require("capil.fs")
+local http = require("capil.http")
+local hash = require("capil.hash")
+local log = require("capil.log")
+local host = require("capil.core.host")
+local json = require("capil.json")
+local bootcmd = require("capil.bootcmd")
+local template = require("capil.template")
+local installer = require("capil.installer")
+local guest = require("capil.guest")
+
+local M = {}
+
+-- Where each step's time goes: guest (waiting on the VM's own work), tool
+-- (qemu-img, downloads), engine (capil's own work).
+local TIME_CLASS = {
+  fetch_iso = "tool", serve_installer = "engine", create_vm = "engine", boot_command = "guest",
+  wait_ssh = "guest", provision = "guest", checks = "guest", shutdown = "guest", export_disk = "tool",
+  pack_ova = "engine", build_manifest = "engine",
+}
+
+local H = {} -- step handlers: H[kind](run, step) -> true | nil, err, code
+
+local function fail(msg, code) return nil, msg, code or "ESTEP" end
+
+-- ====================================================================== --
+-- Media and installer                                                    --
+-- ====================================================================== --
+
+local function verify(path, kind, want)
+  local got, err = hash.file(path, kind)
+  if not got then return nil, err end
+  if got:lower() ~= want:lower() then return nil, ("%s checksum %s, expected %s"):format(kind, got, want) end
+  return true
+end
+
+function H.fetch_iso(run, step)
+  local path = step.cache_path
+  local stamp = path .. ".verified"
+  local st = fs.stat(path)
+  if st and fs.read(stamp) == ("%d %s"):format(st.size, step.checksum) then
+    run.iso = path
+    log.info("ISO %s (cached, verified)", path)
+    return true
+  end
+  local failures = {}
+  for _, url in ipairs(step.urls) do
+    local local_path = url:match("^file://(/.*)$")
+    local ok, err
+    if local_path then
+      ok, err = verify(local_path, step.checksum_type, step.checksum)
+      if ok then
+        run.iso = local_path
+        log.info("ISO %s (local file, %s verified)", local_path, step.checksum_type)
+        return true
+      end
+    else
+      assert(fs.mkdir(fs.dirname(path)))
+      local tmp = ("%s.%d.download"):format(path, require("capil.proc").getpid())
+      local progress <close> = log.progress({ label = "download " .. fs.basename(url) })
+      local r
+      r, err = http.request({ url = url, out_file = tmp, resume = true, timeout = step.timeout, progress = progress,
+        sha256 = step.checksum_type == "sha256" and step.checksum or nil })
+      if r then
+        ok, err = verify(tmp, step.checksum_type, step.checksum)
+        if ok then
+          assert(fs.rename(tmp, path))
+          assert(fs.write(stamp, ("%d %s"):format(fs.stat(path).size, step.checksum)))
+          run.iso = path
+          return true
+        end
+      end
+      fs.remove(tmp)
+    end
+    failures[#failures + 1] = ("  %s: %s"):format(url, err)
+    log.warn("ISO from %s failed: %s", url, err)
+  end
+  return fail("no ISO URL gave a file with the expected checksum:\n" .. table.concat(failures, "\n"), "EISO")
+end
+
+function H.serve_installer(run, step)
+  local dir = run.workdir .. "/http"
+  local vars = run.cfg:vars()
+  local ok, err = installer.render(step.dir, step.files, dir, vars)
+  if not ok then return fail(err) end
+  local srv, serr, code = installer.serve({ dir = dir, bind = step.bind })
+  if not srv then return fail(serr, code) end
+  run.http = { server = srv, port = srv.port,
+    ip = step.advertise ~= "auto" and step.advertise or run.backend.traits.http_ip or "127.0.0.1" }
+  log.info("installer files served on %s:%d (guest uses http://%s:%d/)", srv.address, srv.port, run.http.ip, srv.port)
+  return true
+end
+
+-- ====================================================================== --
+-- The VM                                                                 --
+-- ====================================================================== --
+
+function H.create_vm(run, step)
+  local b = run.backend
+  local accel, why = b.accel(step.accel, run.cache_dir)
+  log.info("%s: accelerator %s (%s)", step.vm_name, accel, why)
+  run.report.accel = accel
+  local vm, err, code = b.create({
+    workdir = run.workdir, log_dir = run.log_dir, name = step.vm_name, cpus = step.cpus,
+    memory_mb = step.memory_mb, disk_mb = step.disk_mb, iso = run.iso, accel = accel,
+  })
+  if not vm then return fail(err, code) end
+  run.vm = vm
+  return vm:start()
+end
+
+function H.boot_command(run, step)
+  log.info("%s: waiting %g s before typing the boot command", run.vm.name, step.wait)
+  local ok, err, code = host.sleep(step.wait)
+  if not ok then return fail(err, code) end
+  local text, terr = template.render(step.command,
+    { http_ip = run.http and run.http.ip or "", http_port = run.http and run.http.port or 0, name = run.vm.name })
+  if not text then return fail("boot command: " .. terr) end
+  local events, perr = bootcmd.parse(text)
+  if not events then return fail("boot command: " .. perr) end
+  local s = bootcmd.summary(events)
+  log.info("%s: typing the boot command (%d keys, %d waits)", run.vm.name, s.keys, s.waits)
+  run.report.typed_keys = s.keys
+  return run.vm:type_keys(bootcmd.to_qmp(events), step.key_interval)
+end
+
+-- The SSH wait fails fast when QEMU exits, except once after the install:
+-- an installer that powers off (instead of rebooting) is restarted from disk.
+local function alive(run)
+  return function()
+    local vm = run.vm
+    if vm:running() then return true end
+    if not vm.installed and run.iso then
+      log.info("%s: the installer powered the VM off; starting it from its disk", vm.name)
+      vm:mark_installed()
+      local ok, err = vm:start()
+      if ok then return true end
+      return false, err
+    end
+    return false, ("QEMU exited (%s; serial log %s)"):format(vm:exit_reason() or "no message", vm.serial_log)
+  end
+end
+
+local function connect(run, timeout)
+  local vm = run.vm
+  return guest.wait_ssh({
+    host = "127.0.0.1", port = vm.ssh_port, user = run.cfg:get("ssh_username"),
+    password = run.cfg:get("ssh_password"), timeout = timeout, alive = alive(run),
+    what = vm.name, hint = "see the serial log " .. vm.serial_log,
+  })
+end
+
+function H.wait_ssh(run, step)
+  log.info("%s: waiting up to %g s for SSH as %s", run.vm.name, step.timeout, step.username)
+  local s, err, code = connect(run, step.timeout)
+  if not s then return fail(err, code) end
+  run.session = s
+  log.info("%s: SSH is up (%s)", run.vm.name, s.host_key_fingerprint or "")
+  return true
+end
+
+function H.provision(run, step)
+  local counts = { ran = 0, skipped = 0 }
+  local ctx = {
+    reconnect = function() return connect(run, 900) end,
+    target = { host = "127.0.0.1", port = run.vm.ssh_port, user = run.cfg:get("ssh_username") },
+  }
+  local current
+  for _, s in ipairs(step.steps) do
+    if s.role ~= current then
+      current = s.role
+      log.info("%s: role %s", run.vm.name, current)
+    end
+    local r, err, code = guest.run_step(run.session, s, ctx)
+    if not r then return fail(err, code) end
+    if type(err) == "table" then run.session = err end -- a reboot step reconnected
+    if r == "skipped" then counts.skipped = counts.skipped + 1 else counts.ran = counts.ran + 1 end
+  end
+  run.report.provision = counts
+  return true
+end
+
+function H.checks(run, step)
+  local results, ok = guest.run_checks(run.session, step.checks, run.plan_os)
+  local failed = {}
+  for _, r in ipairs(results) do
+    if not r.ok then failed[#failed + 1] = ("  %s: %s"):format(r.name, r.detail or "failed") end
+  end
+  run.report.checks = { total = #results, failed = #failed, results = results }
+  if not ok then return fail(("%d of %d image checks failed:\n%s"):format(#failed, #results, table.concat(failed, "\n")), "ECHECK") end
+  log.info("%s: %d image checks passed", run.vm.name, #results)
+  return true
+end
+
+function H.shutdown(run, step)
+  local vm = run.vm
+  log.info("%s: shutting down", vm.name)
+  if run.session then
+    -- the password goes to sudo on stdin, never on a command line
+    run.session:exec(step.command, { stdin = (run.cfg:get("ssh_password") or "") .. "\n", timeout = 60 })
+    run.session:close()
+    run.session = nil
+  end
+  if vm:wait_exit(step.timeout) then return true end
+  log.warn("%s: still running %g s after the shutdown command; ACPI power-off", vm.name, step.timeout)
+  local ok = vm:power_off(60)
+  if not ok then return fail(vm.name .. ": would not power off") end
+  return true
+end
+
+-- ====================================================================== --
+-- Artifacts                                                              --
+-- ====================================================================== --
+
+function H.export_disk(run, step)
+  assert(fs.mkdir(fs.dirname(step.path)))
+  local ok, err, code = run.vm:export(step.path, { adapter_type = step.adapter_type, hwversion = step.hwversion })
+  if not ok then return fail(err, code) end
+  -- the digest the OVA's manifest needs, recorded as the disk is produced
+  local sum, herr = hash.file(step.path, "sha256")
+  if not sum then return fail(herr) end
+  run.disks = { { path = step.path, sha256 = sum, size = fs.stat(step.path).size } }
+  log.info("%s: exported %s (%d bytes)", run.vm.name, step.path, run.disks[1].size)
+  return true
+end
+
+function H.pack_ova(run, step)
+  local ok_mod, ova = pcall(require, "capil.ova")
+  if not ok_mod or not ova.pack_step then return fail("OVA packing is not available in this build", "ENOTSUP") end
+  local r, err, code = ova.pack_step(step, run.disks, run.build_info)
+  if not r then return fail(err, code) end
+  run.ova = r
+  return true
+end
+
+function H.build_manifest(run, step)
+  local ok_mod, manifest = pcall(require, "capil.manifest")
+  if not ok_mod or not manifest.write_step then return fail("build manifests are not available in this build", "ENOTSUP") end
+  return manifest.write_step(step, run.disks, run.ova, run.build_info)
+end
+
+-- ====================================================================== --
+-- Running                                                                --
+-- ====================================================================== --
+
+--- Runs `plan` with configuration `cfg`. opts: keep_on_error, cache_dir.
+--- Returns the report (report.ok tells the outcome).
+function M.run(plan, cfg, opts)
+  opts = opts or {}
+  local ok_b, backend = pcall(require, "capil.backends." .. plan.backend)
+  if not ok_b then
+    return nil, ("backend '%s' is not available yet in this capil (qemu is)"):format(plan.backend), "ENOTSUP"
+  end
+  assert(fs.mkdir(plan.output_dir))
+  local log_dir = plan.output_dir .. "/logs"
+  assert(fs.mkdir(log_dir))
+  local close_log = log.add_file(log_dir .. "/build.log")
+  local now = os.time()
+  local run = {
+    plan = plan, cfg = cfg, backend = backend, cache_dir = opts.cache_dir, log_dir = log_dir,
+    workdir = assert(fs.tempdir({ parent = plan.output_dir, prefix = ".work" })),
+    plan_os = { family = cfg:get("distro.family"), distro = cfg:get("distro.name"), version = cfg:get("distro.version") },
+    build_info = { build_timestamp = tostring(now), build_date = os.date("!%Y-%m-%dT%H:%M:%SZ", now),
+      capil_version = host.version, output_dir = plan.output_dir, build_version = plan.build_version },
+    report = { recipe = plan.recipe, backend = plan.backend, build_version = plan.build_version, steps = {} },
+  }
+  require("capil.cleanup").keep_on_error(opts.keep_on_error)
+  local t_start = host.now()
+  local totals = { guest = 0, tool = 0, engine = 0 }
+  local ok, err, code = true, nil, nil
+  for _, step in ipairs(plan.steps) do
+    local handler = H[step.kind]
+    local t0 = host.now()
+    log.debug("step %s (%s)", step.id, step.kind)
+    if not handler then
+      ok, err, code = nil, ("step %s: unknown kind %s"):format(step.id, step.kind), "ESTEP"
+    else
+      ok, err, code = handler(run, step)
+    end
+    local dt = host.now() - t0
+    local class = TIME_CLASS[step.kind] or "engine"
+    totals[class] = totals[class] + dt
+    run.report.steps[#run.report.steps + 1] = { id = step.id, kind = step.kind, class = class,
+      seconds = math.floor(dt * 1000 + 0.5) / 1000, status = ok and "ok" or "failed",
+      error = not ok and log.redact(err or "") or nil }
+    if not ok then
+      err = ("step %s failed: %s"):format(step.id, err or "?")
+      break
+    end
+  end
+  local wall = host.now() - t_start
+  run.report.seconds = math.floor(wall * 1000 + 0.5) / 1000
+  run.report.time = { guest = totals.guest, tool = totals.tool, engine = totals.engine }
+  run.report.ok = ok and true or false
+  run.report.error = not ok and log.redact(err) or nil
+  if run.ova then run.report.artifacts = run.ova end
+  if run.session then run.session:close() end
+  if ok and run.vm then run.vm:kill() end
+  if run.http and run.http.server.running then run.http.server:close() end
+  fs.write(plan.output_dir .. "/report.json", log.redact(json.encode(run.report, { indent = 2, sort_keys = true })) .. "\n")
+  if close_log then close_log() end
+  if not ok then return nil, err, code, run.report end
+  return run.report
+end
+
+return M
