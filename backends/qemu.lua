@@ -82,6 +82,7 @@ VM.__index = VM
 ---@return table|nil vm, string? err, string? code
 function M.create(opts)
   local vm = setmetatable({ opts = opts, workdir = opts.workdir, name = opts.name }, VM)
+  vm.installed = opts.kernel ~= nil -- a directly booted kernel has no install phase
   vm.qmp_path = opts.workdir .. "/qmp.sock"
   vm.serial_log = (opts.log_dir or opts.workdir) .. "/serial.log"
   vm.ssh_port = assert(host.free_port())
@@ -114,7 +115,13 @@ function VM:argv()
     argv[#argv + 1] = "-vnc"
     argv[#argv + 1] = ("127.0.0.1:%d"):format(o.vnc_display)
   end
-  if o.iso and not self.installed then
+  if o.kernel then
+    -- direct kernel boot (test guests, users' own kernels): no installer CD
+    argv[#argv + 1] = "-kernel"
+    argv[#argv + 1] = o.kernel
+    if o.initrd then argv[#argv + 1] = "-initrd" argv[#argv + 1] = o.initrd end
+    if o.append then argv[#argv + 1] = "-append" argv[#argv + 1] = o.append end
+  elseif o.iso and not self.installed then
     -- the installer CD boots once; its reboot comes back from the disk
     argv[#argv + 1] = "-drive"
     argv[#argv + 1] = ("file=%s,media=cdrom,readonly=on"):format(o.iso)

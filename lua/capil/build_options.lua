@@ -28,8 +28,11 @@ function M.load(ref, opts)
   local backend = opts.backend or M.DEFAULT_BACKEND
   local r, errs = recipe.load(ref, { dir = dir })
   if not r then return nil, errs end
+  -- a recipes dir without its own config/ uses the built-in one
+  local config_dir = dir .. "/config"
+  if dir ~= "recipes" and not require("capil.fs").exists(config_dir) then config_dir = "recipes/config" end
   local cfg, cerrs = config.resolve(r, {
-    backend = backend, config_dir = dir .. "/config", var_files = opts["var-file"],
+    backend = backend, config_dir = config_dir, var_files = opts["var-file"],
     packer_var_files = os.getenv("PACKER_VAR_FILES"), vars = opts.var,
   })
   if not cfg then return nil, cerrs end

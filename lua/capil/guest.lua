@@ -45,14 +45,15 @@ function M.wait_ssh(o)
   end
 end
 
--- sudo when the step asks for it (image-builder's `become`, the default)
-local function wrap(step, script, env)
+-- sudo when the step asks for it (image-builder's `become`, the default),
+-- unless the session already is root (minimal guests have no sudo)
+local function wrap(step, script, env, session)
   local parts = {}
   for k, v in pairs(env or {}) do parts[#parts + 1] = k .. "=" .. quote(v) end
   table.sort(parts)
   local cmd = "sh -c " .. quote(script)
   if #parts > 0 then cmd = "env " .. table.concat(parts, " ") .. " " .. cmd end
-  if step.become ~= false then cmd = "sudo -n " .. cmd end
+  if step.become ~= false and not (session and session.user == "root") then cmd = "sudo -n " .. cmd end
   return cmd
 end
 
@@ -91,7 +92,7 @@ local function install_file(session, step, dest, opts)
   local cmd = ("install -D -m %s -o %s -g %s %s %s; rc=$?; rm -f %s; exit $rc"):format(
     quote(opts.mode or "0644"), quote(owner), quote(group ~= "" and group or owner), quote(tmp), quote(dest), quote(tmp))
   local r
-  r, err, code = exec_logged(session, wrap(step, cmd), step.name)
+  r, err, code = exec_logged(session, wrap(step, cmd, nil, session), step.name)
   if not r then return nil, err, code end
   if r.code ~= 0 then return nil, ("exit %d: %s"):format(r.code, r.stderr), "ESTEP" end
   return true
@@ -107,14 +108,14 @@ function M.run_step(session, step, ctx)
   for _, cond in ipairs({ { "unless", 0 }, { "only_if", 1 } }) do
     local test = step[cond[1]]
     if test then
-      local r, err, code = exec_logged(session, wrap(step, test, step.env), what .. " (" .. cond[1] .. ")", 300)
+      local r, err, code = exec_logged(session, wrap(step, test, step.env, session), what .. " (" .. cond[1] .. ")", 300)
       if not r then return nil, what .. ": " .. err, code end
       if (cond[2] == 0 and r.code == 0) or (cond[2] == 1 and r.code ~= 0) then return "skipped" end
     end
   end
   local kind = step.kind
   if kind == "shell" then
-    local r, err, code = exec_logged(session, wrap(step, step.shell, step.env), what, step.timeout)
+    local r, err, code = exec_logged(session, wrap(step, step.shell, step.env, session), what, step.timeout)
     if not r then return nil, what .. ": " .. err, code end
     if r.code ~= 0 then
       local tail = (r.stderr ~= "" and r.stderr or r.stdout):gsub("%s+$", ""):sub(-800)
@@ -128,7 +129,7 @@ function M.run_step(session, step, ctx)
     if not ok then return nil, what .. ": " .. err, code end
     return true
   elseif kind == "reboot" then
-    exec_logged(session, wrap(step, "sleep 1; reboot"), what, 30)
+    exec_logged(session, wrap(step, "sleep 1; reboot", nil, session), what, 30)
     session:close()
     host.sleep(5)
     local s, err, code = ctx.reconnect()

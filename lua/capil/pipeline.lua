@@ -109,6 +109,7 @@ function H.create_vm(run, step)
   local vm, err, code = b.create({
     workdir = run.workdir, log_dir = run.log_dir, name = step.vm_name, cpus = step.cpus,
     memory_mb = step.memory_mb, disk_mb = step.disk_mb, iso = run.iso, accel = accel,
+    kernel = step.kernel, initrd = step.initrd, append = step.append,
   })
   if not vm then return fail(err, code) end
   run.vm = vm
@@ -151,7 +152,8 @@ local function connect(run, timeout)
   local vm = run.vm
   return guest.wait_ssh({
     host = "127.0.0.1", port = vm.ssh_port, user = run.cfg:get("ssh_username"),
-    password = run.cfg:get("ssh_password"), timeout = timeout, alive = alive(run),
+    password = run.cfg:get("ssh_password"), key = run.cfg:get("ssh_private_key_file"),
+    timeout = timeout, alive = alive(run),
     what = vm.name, hint = "see the serial log " .. vm.serial_log,
   })
 end

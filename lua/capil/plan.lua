@@ -122,7 +122,8 @@ function M.resolve(cfg, backend, opts)
     disk_thin = cfg:get("hardware.disk_thin"), firmware = cfg:get("hardware.firmware"),
     disk_controller = cfg:get("hardware.disk_controller"), network_card = cfg:get("hardware.network_card"),
     network = cfg:get("build.network") or "", vmx_version = cfg:get("hardware.vmx_version"),
-    headless = cfg:get("build.headless"), accel = backend == "qemu" and cfg:get("build.qemu_accel") or nil })
+    headless = cfg:get("build.headless"), accel = backend == "qemu" and cfg:get("build.qemu_accel") or nil,
+    kernel = cfg:get("build.qemu_kernel"), initrd = cfg:get("build.qemu_initrd"), append = cfg:get("build.qemu_append") })
 
   local summary = events and bootcmd.summary(events) or {}
   add({ id = "boot", kind = "boot_command", wait = seconds(cfg:get("boot.wait")),
@@ -130,13 +131,16 @@ function M.resolve(cfg, backend, opts)
     command = command, keys = summary.keys, waits = summary.waits })
 
   add({ id = "wait-ssh", kind = "wait_ssh", username = cfg:get("ssh.username"), password_var = "ssh_password",
+    key_file = cfg:get("ssh.private_key_file"),
     timeout = seconds(cfg:get("ssh.timeout")) })
 
   -- provisioning: roles, then the checks
   local ok_roles, roles = pcall(require, "capil.roles")
   if ok_roles then
     local order = cfg:get("roles") or roles.default_order(ctx.vars)
-    local role_steps, rerr = roles.expand(order, ctx, { dirs = { recipes_dir .. "/roles" }, recipes_dir = recipes_dir })
+    local dirs = { recipes_dir .. "/roles" }
+    if recipes_dir ~= "recipes" then dirs[2] = "recipes/roles" end
+    local role_steps, rerr = roles.expand(order, ctx, { dirs = dirs, recipes_dir = recipes_dir })
     if not role_steps then
       errors[#errors + 1] = rerr
     else
@@ -144,7 +148,11 @@ function M.resolve(cfg, backend, opts)
     end
     local checks = require("capil.checks")
     local files = {}
-    for _, set in ipairs(cfg:get("checks") or {}) do files[#files + 1] = ("%s/checks/%s.lua"):format(recipes_dir, set) end
+    for _, set in ipairs(cfg:get("checks") or {}) do
+      local f = ("%s/checks/%s.lua"):format(recipes_dir, set)
+      if recipes_dir ~= "recipes" and not require("capil.fs").exists(f) then f = ("recipes/checks/%s.lua"):format(set) end
+      files[#files + 1] = f
+    end
     local list, cerr = checks.load(ctx, { files = files })
     if not list then errors[#errors + 1] = cerr else add({ id = "checks", kind = "checks", checks = list }) end
   end
@@ -152,8 +160,9 @@ function M.resolve(cfg, backend, opts)
   -- the build user is locked before the shutdown (image-builder's
   -- shutdown_command wrapper); the password goes to sudo on stdin
   local user = cfg:get("ssh.username")
+  local shutdown = cfg:get("shutdown_command")
   add({ id = "shutdown", kind = "shutdown",
-    command = ("sudo -S -E sh -c 'usermod -L %s && %s'"):format(user, cfg:get("shutdown_command")),
+    command = user == "root" and shutdown or ("sudo -S -E sh -c 'usermod -L %s && %s'"):format(user, shutdown),
     stdin_var = "ssh_password", timeout = seconds(cfg:get("shutdown_timeout")) })
 
   add({ id = "export", kind = "export_disk", method = traits.export, path = art.vmdk,

@@ -69,6 +69,7 @@
 ---@class capil.Recipe.ssh
 ---@field username? string build user created by the installer (variable ssh_username)
 ---@field password? string build user's password (locked before shutdown) (variable ssh_password)
+---@field private_key_file? string log in with this key (ed25519 or ECDSA) instead of the password (variable ssh_private_key_file)
 ---@field timeout? string how long to wait for SSH after the boot command (variable ssh_timeout)
 
 ---@class capil.Recipe.kubernetes
@@ -133,6 +134,9 @@
 ---@field vnc_port_max? integer (variable vnc_port_max)
 ---@field http_bind_address? string address the installer HTTP server listens on (variable http_bind_address)
 ---@field http_ip? string address the guest uses to reach the installer server (default: per backend) (variable http_ip)
+---@field qemu_kernel? string QEMU: boot this kernel directly (no installer CD boot) (variable qemu_kernel)
+---@field qemu_initrd? string QEMU: initrd for qemu_kernel (variable qemu_initrd)
+---@field qemu_append? string QEMU: kernel command line for qemu_kernel (variable qemu_append)
 ---@field qemu_accel? "auto"|"kvm"|"tcg" (variable qemu_accel)
 ---@field convert_to_template? boolean (variable convert_to_template)
 ---@field keep_vm? boolean leave the build VM (vSphere) after export, as image-builder did (variable keep_vm)
