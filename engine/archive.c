@@ -283,6 +283,14 @@ static int writer_fail_archive(lua_State *L, Writer *w, const char *what) {
                     archive_why(w->a));
 }
 
+/* A header refused before anything was written (a name too long for
+** ustar): the archive stays usable. Anything else breaks it. */
+static int header_failed(lua_State *L, Writer *w, int r, const char *name) {
+  if (r == ARCHIVE_FAILED)
+    return capil_fail(L, "ARCHIVE", "archive.writer: %s: %s: %s", w->path, name, archive_why(w->a));
+  return writer_fail_archive(L, w, name);
+}
+
 static int check_usable(lua_State *L, Writer *w, const char *fn) {
   if (!w->broken) return 0;
   return capil_fail(L, "ARCHIVE", "archive.writer: %s: %s: an earlier failure left the "
@@ -413,8 +421,8 @@ static int w_add_data(lua_State *L) {
   if (check_usable(L, w, "add_data")) return 3;
 
   char hex[65];
-  if (write_header(w, name, (int64_t)len, (int)mode, mtime) != ARCHIVE_OK)
-    return writer_fail_archive(L, w, name);
+  int hr = write_header(w, name, (int64_t)len, (int)mode, mtime);
+  if (hr != ARCHIVE_OK) return header_failed(L, w, hr, name);
   if (!member_begin(w, 1)) return writer_fail_archive(L, w, name);
   w->in_data = 1;
   la_ssize_t r = len ? archive_write_data(w->a, data, len) : 0;
@@ -511,9 +519,12 @@ static int w_add_file(lua_State *L) {
 
   /* no Lua calls from here until fd is closed */
   char hex[65];
-  int r = write_header(w, name, (int64_t)st.st_size, (int)mode, mtime);
-  err = r != ARCHIVE_OK ? -1 : 0;
-  if (!err && !member_begin(w, want || expect)) err = -1;
+  int hr = write_header(w, name, (int64_t)st.st_size, (int)mode, mtime);
+  if (hr != ARCHIVE_OK) {
+    close(fd);
+    return header_failed(L, w, hr, name);
+  }
+  err = member_begin(w, want || expect) ? 0 : -1;
   if (!err) err = stream_file(w, fd, (uint64_t)st.st_size, prog);
   member_end(w, hex);
   close(fd);
@@ -575,11 +586,14 @@ static int w_close(lua_State *L) {
   int ok = archive_write_close(w->a) == ARCHIVE_OK;
   int err = ok ? 0 : w->werr;
   if (ok && w->sync && fsync(w->fd) != 0) { ok = 0; err = errno; }
-  if (ok && close(w->fd) != 0) { ok = 0; err = errno; }
-  else if (ok) w->fd = -1;
+  /* close(2) releases the fd even when it reports an error */
+  int cerr = close(w->fd) != 0 ? errno : 0;
+  w->fd = -1;
+  if (ok && cerr) { ok = 0; err = cerr; }
   if (!ok) {
     int r = err ? capil_fail_errno(L, err, "archive.writer: %s", w->path)
                 : capil_fail(L, "ARCHIVE", "archive.writer: %s: %s", w->path, archive_why(w->a));
+    unlink(w->path);
     writer_release(w);
     return r;
   }
@@ -921,7 +935,8 @@ static int r_read_member(lua_State *L) {
 /*
 ** r:read() -> chunk | nil (end of the member) | nil, msg, code
 ** The current member's data block by block (up to 1 MiB each), for
-** streaming it elsewhere (an upload) without a temp file.
+** streaming it elsewhere (an upload) without a temp file. The holes of a
+** GNU sparse member are not expanded here (read_member does that).
 */
 static int r_read(lua_State *L) {
   Reader *r = check_reader(L, 1);
