@@ -43,6 +43,26 @@ end
 
 local function o(name, attrs, children) return el(OVF, name, attrs, children) end
 
+-- Integers as integers: 40960.0 (a float from JSON or arithmetic) must not
+-- be written "40960.0", which vSphere rejects.
+local function int(v, what)
+  local i = math.tointeger(tonumber(v))
+  if not i then error(("ovf.descriptor: %s must be an integer, got %s"):format(what, tostring(v)), 3) end
+  return tostring(i)
+end
+
+-- The Disk capacity and its units: MiB when the bytes are whole MiB (as
+-- image-builder and vSphere write it), bytes otherwise.
+local function capacity(d, i)
+  if d.capacity_bytes then
+    local b = math.tointeger(d.capacity_bytes)
+    if not b or b <= 0 then error(("ovf.descriptor: disks[%d].capacity_bytes must be a positive integer"):format(i), 3) end
+    if b % 1048576 == 0 then return tostring(b // 1048576), "byte * 2^20" end
+    return tostring(b), "byte"
+  end
+  return int(d.capacity_mb, ("disks[%d].capacity_mb"):format(i)), "byte * 2^20"
+end
+
 local function rasd_item(fields, required)
   local kids = {}
   -- rasd elements must be in alphabetical order (the CIM schema's sequence)
@@ -61,7 +81,9 @@ end
 --- The descriptor text.
 --- params: name, os = {ovf_id, ovf_version, os_type, display_name},
 --- hardware = {cpus, cores_per_socket, memory_mb, firmware, disk_controller,
---- vmx_version}, disks = {{href, size, capacity_mb, populated_size}},
+--- vmx_version}, disks = {{href, size, capacity_mb | capacity_bytes,
+--- populated_size}} (capacity_bytes: the VMDK's virtual size, written in
+--- MiB when it is whole MiB),
 --- network ("nic0"), annotation, product = {name, vendor, version,
 --- full_version, vendor_url, category}, properties = {{key, value}, ...},
 --- eula (text, optional).
@@ -76,14 +98,21 @@ function M.descriptor(p)
 
   local refs, disks = {}, {}
   for i, d in ipairs(p.disks) do
-    refs[#refs + 1] = o("File", { [a("href")] = d.href, [a("id")] = "file" .. i, [a("size")] = tostring(d.size) })
+    assert(type(d.href) == "string" and not d.href:find("/", 1, true),
+      "ovf.descriptor: disks[" .. i .. "].href must be a file name without directories")
+    refs[#refs + 1] = o("File", { [a("href")] = d.href, [a("id")] = "file" .. i,
+      [a("size")] = int(d.size, ("disks[%d].size"):format(i)) })
+    local cap, units = capacity(d, i)
     disks[#disks + 1] = o("Disk", {
-      [a("capacity")] = tostring(d.capacity_mb), [a("capacityAllocationUnits")] = "byte * 2^20",
+      [a("capacity")] = cap, [a("capacityAllocationUnits")] = units,
       [a("diskId")] = "vmdisk" .. i, [a("fileRef")] = "file" .. i, [a("format")] = M.STREAM_OPTIMIZED,
-      [a("populatedSize")] = tostring(d.populated_size or d.size),
+      [a("populatedSize")] = int(d.populated_size or d.size, ("disks[%d].populated_size"):format(i)),
     })
   end
 
+  hw = { cpus = int(hw.cpus, "hardware.cpus"), cores_per_socket = int(hw.cores_per_socket or 1, "hardware.cores_per_socket"),
+    memory_mb = int(hw.memory_mb, "hardware.memory_mb"), vmx_version = int(hw.vmx_version, "hardware.vmx_version"),
+    firmware = hw.firmware, disk_controller = hw.disk_controller }
   local ctl = CONTROLLER[hw.disk_controller] or error("ovf.descriptor: unknown disk controller " .. tostring(hw.disk_controller))
   local items = {
     o("Info", nil, "Virtual hardware requirements"),
@@ -152,7 +181,7 @@ function M.descriptor(p)
     o("Info", nil, "A virtual machine"),
     o("Name", nil, p.name),
     o("AnnotationSection", nil, { o("Info", nil, "A human-readable annotation"), o("Annotation", nil, p.annotation or "") }),
-    o("OperatingSystemSection", { [a("id")] = tostring(os.ovf_id), [a("version")] = os.ovf_version or "",
+    o("OperatingSystemSection", { [a("id")] = int(os.ovf_id, "os.ovf_id"), [a("version")] = os.ovf_version or "",
       ["{" .. VMW .. "}osType"] = os.os_type }, {
       o("Info", nil, "The kind of installed guest operating system"), o("Description", nil, os.display_name or ""),
     }),
@@ -181,8 +210,15 @@ end
 -- Reading                                                                --
 -- ====================================================================== --
 
-local UNITS = { ["byte"] = 1, ["byte * 2^10"] = 1024, ["byte * 2^20"] = 1024 ^ 2, ["byte * 2^30"] = 1024 ^ 3,
-  ["byte * 2^40"] = 1024 ^ 4 }
+-- Allocation units (DSP0004 programmatic units, spaces ignored): "byte",
+-- "byte * 2^20", also "KB"/"MB"/"GB" as some writers use.
+local UNITS = { ["byte"] = 1, ["byte*2^10"] = 1024, ["byte*2^20"] = 1024 ^ 2, ["byte*2^30"] = 1024 ^ 3,
+  ["byte*2^40"] = 1024 ^ 4, KB = 1024, MB = 1024 ^ 2, GB = 1024 ^ 3, ["KILOBYTE"] = 1024,
+  ["MEGABYTE"] = 1024 ^ 2, ["GIGABYTE"] = 1024 ^ 3 }
+
+local function unit_factor(units)
+  return UNITS[(units:gsub("%s+", ""))] or UNITS[units:upper()]
+end
 
 local function oattr(e, name) return xml.attr(e, OVF, name) end
 
@@ -211,7 +247,7 @@ function M.parse(text)
     local units = oattr(d, "capacityAllocationUnits") or "byte"
     local cap = tonumber(oattr(d, "capacity"))
     f.disks[#f.disks + 1] = { disk_id = oattr(d, "diskId"), file_ref = oattr(d, "fileRef"), capacity = cap,
-      units = units, capacity_bytes = cap and UNITS[units] and math.tointeger(cap * UNITS[units]),
+      units = units, capacity_bytes = cap and unit_factor(units) and math.tointeger(cap * unit_factor(units)),
       populated_size = tonumber(oattr(d, "populatedSize")), format = oattr(d, "format") }
   end
   for _, n in ipairs(xml.children(xml.find(root, "NetworkSection", OVF) or {}, "Network", OVF)) do
@@ -262,7 +298,7 @@ function M.parse(text)
   if ps then
     local function txt(n) local e = xml.find(ps, n, OVF) return e and xml.text(e) end
     f.product = { name = txt("Product"), vendor = txt("Vendor"), version = txt("Version"),
-      full_version = txt("FullVersion"), vendor_url = txt("VendorUrl") }
+      full_version = txt("FullVersion"), vendor_url = txt("VendorUrl"), category = txt("Category") }
     for _, prop in ipairs(xml.children(ps, "Property", OVF)) do
       local k = oattr(prop, "key")
       if k then
