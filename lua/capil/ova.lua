@@ -105,6 +105,7 @@ local PACK_OPTS = {
   id = true, kind = true, ova = true, ovf = true, mf = true, sha256 = true, name = true, disks = true,
   os = true, hardware = true, properties = true, annotation = true, product = true, eula = true,
   network = true, convert = true, progress = true, sync = true, mtime = true,
+  eula_file = true, user_properties = true, -- as the plan's step carries them
 }
 
 local function strip_ext(path, ext)
@@ -166,7 +167,9 @@ end
 
 -- The descriptor parameters from the pack options and the prepared disks.
 local function descriptor_params(opts, name, disks, eula)
-  local props = opts.properties or {}
+  local props = {}
+  for k, v in pairs(opts.properties or {}) do props[k] = v end
+  for k, v in pairs(opts.user_properties or {}) do props[k] = v end
   local os = opts.os or {}
   local semver = props.KUBERNETES_SEMVER or ""
   local os_name = os.display_name or name
@@ -199,6 +202,8 @@ end
 --- disk capacity is the VMDK's virtual size; `hardware.disk_mb`, when given,
 --- must agree with it (code CAPACITY). Properties must be filled: a
 --- remaining `{{placeholder}}` raises.
+--- `user_properties` are added to `properties`; `eula_file` is read when
+--- `eula` (the text) is not given.
 ---@param opts {ova: string, ovf?: string, mf?: string, sha256?: string, name?: string, disks: (string|table)[], os: {ovf_id: integer, ovf_version?: string, os_type: string, display_name?: string}, hardware: table, properties?: table<string, string>, annotation?: string, product?: table, eula?: string, network?: string, convert?: boolean, progress?: boolean, sync?: boolean, mtime?: integer}
 ---@return {ova: string, ovf: string, mf: string, sha256_file: string, sha256: string, size: integer, disks: {name: string, path: string, size: integer, sha256: string}[]}|nil
 ---@return string? err
@@ -245,6 +250,11 @@ function M.pack(opts)
   end
 
   local eula = opts.eula
+  if not eula and opts.eula_file then
+    local err, code
+    eula, err, code = fs.read(opts.eula_file)
+    if not eula then return nil, "ova.pack: eula_file: " .. err, code end
+  end
   local ovf_text = ovf.descriptor(descriptor_params(opts, name, disks, eula))
   local entries = { { name = fs.basename(ovf_path), sha256 = hash.digest("sha256", ovf_text) } }
   for _, d in ipairs(disks) do entries[#entries + 1] = { name = d.name, sha256 = d.sha256 } end

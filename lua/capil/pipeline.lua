@@ -233,18 +233,41 @@ function H.export_disk(run, step)
 end
 
 function H.pack_ova(run, step)
-  local ok_mod, ova = pcall(require, "capil.ova")
-  if not ok_mod or not ova.pack_step then return fail("OVA packing is not available in this build", "ENOTSUP") end
-  local r, err, code = ova.pack_step(step, run.disks, run.build_info)
+  local ova = require("capil.ova")
+  local opts = {}
+  for k, v in pairs(step) do opts[k] = v end
+  -- the run fills what the plan could not know (build time, capil version)
+  opts.properties = {}
+  for k, v in pairs(step.properties) do
+    local r, err = template.render(tostring(v), run.build_info, "OVF property " .. k)
+    if not r then return fail(err) end
+    opts.properties[k] = r
+  end
+  opts.disks = run.disks
+  local r, err, code = ova.pack(opts)
   if not r then return fail(err, code) end
   run.ova = r
+  log.info("packed %s (sha256 %s)", r.ova, r.sha256)
   return true
 end
 
 function H.build_manifest(run, step)
-  local ok_mod, manifest = pcall(require, "capil.manifest")
-  if not ok_mod or not manifest.write_step then return fail("build manifests are not available in this build", "ENOTSUP") end
-  return manifest.write_step(step, run.disks, run.ova, run.build_info)
+  local manifest = require("capil.manifest")
+  local ostep
+  for _, s in ipairs(run.plan.steps) do if s.kind == "pack_ova" then ostep = s end end
+  local cd = manifest.custom_data(run.plan, run.build_info, ostep and ostep.user_properties)
+  local files = {}
+  for _, d in ipairs(run.disks or {}) do
+    files[#files + 1] = { name = fs.basename(d.path), size = d.size, sha256 = d.sha256 }
+  end
+  if run.ova then files[#files + 1] = { name = fs.basename(run.ova.ova), size = run.ova.size, sha256 = run.ova.sha256 } end
+  local m, err, code = manifest.append(step.path, manifest.build({
+    name = run.plan.backend, builder_type = run.plan.backend, files = files,
+    artifact_id = run.plan.build_version, custom_data = cd,
+    build_time = tonumber(run.build_info.build_timestamp),
+  }))
+  if not m then return fail(err, code) end
+  return true
 end
 
 -- ====================================================================== --

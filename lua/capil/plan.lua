@@ -169,7 +169,10 @@ function M.resolve(cfg, backend, opts)
     subformat = "streamOptimized", adapter_type = ADAPTER[cfg:get("hardware.disk_controller")],
     hwversion = cfg:get("hardware.vmx_version") })
 
+  local properties = {}
+  for k, v in pairs(cfg:get("ovf.properties") or {}) do properties[k] = tostring(v) end
   add({ id = "ova", kind = "pack_ova", ovf = art.ovf, mf = art.mf, ova = art.ova, sha256 = art.sha256,
+    eula_file = cfg:get("ovf.eula_file"), user_properties = properties,
     disks = { art.vmdk },
     os = { ovf_id = cfg:get("guest_os.ovf_id"), ovf_version = cfg:get("guest_os.ovf_version"),
       os_type = cfg:get("guest_os.vsphere"), display_name = cfg:get("os_display_name") },

@@ -84,6 +84,12 @@ local F = {
   { path = "shutdown_timeout", var = "shutdown_timeout", type = "duration", default = "5m",
     description = "how long to wait for the VM to power off" },
 
+  -- the OVA
+  { path = "ovf.properties", var = "ovf_properties", type = "table",
+    description = "extra OVF ProductSection properties, {KEY = \"value\"}" },
+  { path = "ovf.eula_file", var = "eula_file", type = "string",
+    description = "text file for the OVF EulaSection (image-builder's --eula)" },
+
   -- provisioning
   { path = "roles", type = "list", description = "role order (default: setup node providers containerd kubernetes <custom> sysprep)" },
   { path = "checks", type = "list", default = { "node" }, description = "check sets in recipes/checks/ run after provisioning" },

@@ -16,6 +16,7 @@
 ---@field ssh? capil.Recipe.ssh
 ---@field shutdown_command string run with sudo after provisioning (the build user is locked first) (variable shutdown_command)
 ---@field shutdown_timeout? string how long to wait for the VM to power off (variable shutdown_timeout)
+---@field ovf? capil.Recipe.ovf
 ---@field roles? string[] role order (default: setup node providers containerd kubernetes <custom> sysprep)
 ---@field checks? string[] check sets in recipes/checks/ run after provisioning
 ---@field vars? table<string, string|number|boolean> extra variables for roles and templates (image-builder names)
@@ -71,6 +72,10 @@
 ---@field password? string build user's password (locked before shutdown) (variable ssh_password)
 ---@field private_key_file? string log in with this key (ed25519 or ECDSA) instead of the password (variable ssh_private_key_file)
 ---@field timeout? string how long to wait for SSH after the boot command (variable ssh_timeout)
+
+---@class capil.Recipe.ovf
+---@field properties? table<string, string|number|boolean> extra OVF ProductSection properties, {KEY = "value"} (variable ovf_properties)
+---@field eula_file? string text file for the OVF EulaSection (image-builder's --eula) (variable eula_file)
 
 ---@class capil.Recipe.kubernetes
 ---@field series? string (variable kubernetes_series)
