@@ -57,11 +57,25 @@ local function wrap(step, script, env, session)
   return cmd
 end
 
+-- Runs cmd streaming its lines into the build log (debug level); the result
+-- keeps the last 4 KiB of each stream for error messages.
 local function exec_logged(session, cmd, what, timeout)
+  local tail = { stdout = {}, stderr = {} }
+  local size = { stdout = 0, stderr = 0 }
   local r, err, code = session:exec(cmd, {
     timeout = timeout or 3600,
-    on_line = function(stream, line) log.debug("%s %s: %s", what, stream == "stderr" and "!" or "|", line) end,
+    on_line = function(stream, line)
+      log.debug("%s %s: %s", what, stream == "stderr" and "!" or "|", line)
+      local t = tail[stream]
+      t[#t + 1] = line
+      size[stream] = size[stream] + #line + 1
+      while size[stream] > 4096 and #t > 1 do size[stream] = size[stream] - #table.remove(t, 1) - 1 end
+    end,
   })
+  if r then
+    r.stdout = table.concat(tail.stdout, "\n")
+    r.stderr = table.concat(tail.stderr, "\n")
+  end
   return r, err, code
 end
 

@@ -86,6 +86,7 @@ end
 
 function H.serve_installer(run, step)
   local dir = run.workdir .. "/http"
+  assert(fs.mkdir(dir))
   local vars = run.cfg:vars()
   local ok, err = installer.render(step.dir, step.files, dir, vars)
   if not ok then return fail(err) end
