@@ -76,7 +76,7 @@ describe("checks #unit", function()
       assert.equal("printf 'enabled=%s\\n' \"$(systemctl is-enabled containerd 2>/dev/null)\"; "
         .. "printf 'active=%s\\n' \"$(systemctl is-active containerd 2>/dev/null)\"",
         checks.compile({ service = "containerd", enabled = true, running = true }, OSES.photon))
-      assert.equal("sysctl -n net.ipv4.ip_forward",
+      assert.equal("cat /proc/sys/net/ipv4/ip_forward",
         checks.compile({ kernel_param = "net.ipv4.ip_forward", value = "1" }, OSES.centos))
       assert.equal("if [ -e /etc/kubernetes-version ]; then echo exists=yes; else echo exists=no; exit 0; fi; "
         .. "stat -c 'mode=%a owner=%U:%G' /etc/kubernetes-version; "
@@ -89,7 +89,7 @@ describe("checks #unit", function()
 
     it("quotes hostile values in every kind", function()
       local evil = "x'; rm -rf /"
-      assert.equal("sysctl -n 'x'\\''; rm -rf /'", checks.compile({ kernel_param = evil, value = "1" }, OSES.ubuntu))
+      assert.equal("cat '/proc/sys/x'\\''; rm -rf /'", checks.compile({ kernel_param = evil, value = "1" }, OSES.ubuntu))
       assert.truthy(checks.compile({ service = evil, running = true }, OSES.ubuntu)
         :find("systemctl is-active 'x'\\''; rm -rf /' 2>/dev/null", 1, true))
       assert.truthy(checks.compile({ package = evil }, OSES.centos):find(" 'x'\\''; rm -rf /' 2>/dev/null", 1, true))

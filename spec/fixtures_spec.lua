@@ -49,7 +49,7 @@ describe("fixtures.qemu_argv #unit", function()
   end)
 end)
 
-describe("tiny guest #qemu", function()
+describe("tiny guest #qemu #fixtures", function()
   local tiny, vm
 
   setup(function()
@@ -101,7 +101,7 @@ describe("tiny guest #qemu", function()
   end)
 end)
 
-describe("installer ISO #qemu", function()
+describe("installer ISO #qemu #fixtures", function()
   local iso, web, dir, vm
 
   setup(function()

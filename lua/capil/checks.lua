@@ -134,6 +134,9 @@ function M.validate(check, file, i)
     end
   elseif kind == "kernel_param" then
     if check.value == nil then return nil, where .. ": missing 'value'" end
+    if not subject:match("^[%w_%-]+[%w_%.%-]*$") or subject:find("..", 1, true) then
+      return nil, ("%s: '%s' is not a kernel parameter name"):format(where, subject)
+    end
   elseif kind == "file" then
     if subject:sub(1, 1) ~= "/" then
       return nil, ("%s: 'file' must be an absolute path, got '%s'"):format(where, subject)
@@ -243,7 +246,8 @@ function M.compile(check, os)
   elseif kind == "package" or kind == "absent_package" then
     return package_query(check[kind], family)
   elseif kind == "kernel_param" then
-    return "sysctl -n " .. M.quote(check.kernel_param)
+    -- /proc/sys directly: minimal systems have no sysctl (procps)
+    return "cat " .. M.quote("/proc/sys/" .. check.kernel_param:gsub("%.", "/"))
   elseif kind == "file" then
     local f = M.quote(check.file)
     local parts = {

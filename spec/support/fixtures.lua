@@ -150,7 +150,7 @@ function M.qemu_argv(opts)
   if opts.initrd then add("-initrd", opts.initrd) end
   if opts.append then add("-append", opts.append) end
   if opts.disk then
-    local format = opts.disk:match("%.qcow2$") and "qcow2" or "raw"
+    local format = opts.disk:match("%.qcow2$") and "qcow2" or opts.disk:match("%.vmdk$") and "vmdk" or "raw"
     add("-drive", ("file=%s,if=virtio,format=%s"):format(opts.disk, format))
   end
   if opts.cdrom then add("-drive", ("file=%s,media=cdrom,readonly=on"):format(opts.cdrom)) end
