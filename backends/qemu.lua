@@ -86,6 +86,12 @@ function M.create(opts)
   vm.qmp_path = opts.workdir .. "/qmp.sock"
   vm.serial_log = (opts.log_dir or opts.workdir) .. "/serial.log"
   vm.ssh_port = assert(host.free_port())
+  -- VNC for watching or debugging a build: loopback only, a free display
+  if opts.vnc_display == nil then
+    for d = 0, 99 do
+      if not host.port_open("127.0.0.1", 5900 + d, 0.05) then opts.vnc_display = d break end
+    end
+  end
   vm.disk = opts.disk or (opts.workdir .. "/disk.qcow2")
   if not opts.disk then
     local r, err, code = proc.run({ argv = { "qemu-img", "create", "-q", "-f", "qcow2", vm.disk, opts.disk_mb .. "M" },
@@ -127,6 +133,10 @@ function VM:argv()
     argv[#argv + 1] = ("file=%s,media=cdrom,readonly=on"):format(o.iso)
     argv[#argv + 1] = "-boot"
     argv[#argv + 1] = "order=c,once=d"
+  end
+  for _, iso in ipairs(o.extra_cdroms or {}) do
+    argv[#argv + 1] = "-drive"
+    argv[#argv + 1] = ("file=%s,media=cdrom,readonly=on"):format(iso)
   end
   for _, d in ipairs(o.extra_drives or {}) do
     argv[#argv + 1] = "-drive"

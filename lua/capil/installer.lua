@@ -40,6 +40,17 @@ function M.render(src, files, dest, vars)
   return true
 end
 
+--- Makes an ISO 9660 image (Joliet, Rock Ridge) of `dir` labelled
+--- `label` with xorriso: the second CD of HTTP-free installs.
+---@return string|nil path, string? err, string? code
+function M.make_iso(dir, path, label)
+  local r, err, code = require("capil.proc").run({ argv = { "xorriso", "-as", "genisoimage", "-quiet",
+    "-output", path, "-volid", label or "cidata", "-joliet", "-rock", dir }, timeout = 300 })
+  if not r then return nil, "installer: xorriso: " .. err, code end
+  if r.code ~= 0 then return nil, "installer: xorriso: " .. r.stderr, "EISO" end
+  return path
+end
+
 --- Starts serving `dir`; the server stops at cleanup (or with :close()).
 --- Returns the server (server.port, server.address) or nil and an error.
 ---@param opts {dir: string, bind?: string, port?: integer}

@@ -90,6 +90,15 @@ function H.serve_installer(run, step)
   local vars = run.cfg:vars()
   local ok, err = installer.render(step.dir, step.files, dir, vars)
   if not ok then return fail(err) end
+  if step.cd_files and #step.cd_files > 0 then
+    local cd_dir = run.workdir .. "/cd"
+    local rok, rerr = installer.render(step.dir, step.cd_files, cd_dir, vars)
+    if not rok then return fail(rerr) end
+    local iso, ierr, icode = installer.make_iso(cd_dir, run.workdir .. "/cd.iso", step.cd_label)
+    if not iso then return fail(ierr, icode) end
+    run.cd_iso = iso
+    log.info("installer files also on a CD labelled %s", step.cd_label)
+  end
   local srv, serr, code = installer.serve({ dir = dir, bind = step.bind })
   if not srv then return fail(serr, code) end
   run.http = { server = srv, port = srv.port,
@@ -111,6 +120,7 @@ function H.create_vm(run, step)
     workdir = run.workdir, log_dir = run.log_dir, name = step.vm_name, cpus = step.cpus,
     memory_mb = step.memory_mb, disk_mb = step.disk_mb, iso = run.iso, accel = accel,
     kernel = step.kernel, initrd = step.initrd, append = step.append,
+    extra_cdroms = run.cd_iso and { run.cd_iso } or nil,
   })
   if not vm then return fail(err, code) end
   run.vm = vm

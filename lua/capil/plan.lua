@@ -113,7 +113,8 @@ function M.resolve(cfg, backend, opts)
   add({ id = "installer", kind = "serve_installer",
     dir = recipes_dir .. "/" .. cfg:get("installer.dir"), files = cfg:get("installer.files"),
     bind = cfg:get("build.http_bind_address"), advertise = cfg:get("build.http_ip") or traits.http_ip or "auto",
-    template_vars = { "ssh_username", "ssh_password" } })
+    template_vars = { "ssh_username", "ssh_password" },
+    cd_files = cfg:get("installer.cd_files"), cd_label = cfg:get("installer.cd_label") })
 
   add({ id = "create-vm", kind = "create_vm", vm_name = art.build_version,
     guest_os = traits.guest_id == "workstation" and cfg:get("guest_os.workstation") or cfg:get("guest_os.vsphere"),

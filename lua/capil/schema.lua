@@ -52,6 +52,10 @@ local F = {
     description = "directory of installer templates served over HTTP, relative to recipes/" },
   { path = "installer.files", type = "list", required = true,
     description = "files under installer.dir rendered and served (kickstart, preseed, ks.json)" },
+  { path = "installer.cd_files", var = "cd_files", type = "list",
+    description = "files under installer.dir also put, rendered, on a second CD (HTTP-free installs; Packer's cd_files)" },
+  { path = "installer.cd_label", var = "cd_label", type = "string", default = "cidata",
+    description = "volume label of that CD (cidata for NoCloud, OEMDRV for kickstart)" },
 
   -- hardware
   { path = "hardware.cpus", var = "cpus", type = "integer", default = 1, min = 1, description = "virtual CPUs" },

@@ -55,6 +55,8 @@
 ---@class capil.Recipe.installer
 ---@field dir string directory of installer templates served over HTTP, relative to recipes/ (variable http_directory)
 ---@field files string[] files under installer.dir rendered and served (kickstart, preseed, ks.json)
+---@field cd_files? string[] files under installer.dir also put, rendered, on a second CD (HTTP-free installs; Packer's cd_files) (variable cd_files)
+---@field cd_label? string volume label of that CD (cidata for NoCloud, OEMDRV for kickstart) (variable cd_label)
 
 ---@class capil.Recipe.hardware
 ---@field cpus? integer virtual CPUs (variable cpus)
