@@ -289,8 +289,13 @@ end
 --- Returns the report (report.ok tells the outcome).
 function M.run(plan, cfg, opts)
   opts = opts or {}
+  -- a backend that does not exist yet is a clear error; one that fails to
+  -- load is a bug and raises with its own message
   local ok_b, backend = pcall(require, "capil.backends." .. plan.backend)
   if not ok_b then
+    if not tostring(backend):find("module 'capil.backends." .. plan.backend .. "' not found", 1, true) then
+      error(backend, 0)
+    end
     return nil, ("backend '%s' is not available yet in this capil (qemu is)"):format(plan.backend), "ENOTSUP"
   end
   assert(fs.mkdir(plan.output_dir))

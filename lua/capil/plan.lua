@@ -136,27 +136,25 @@ function M.resolve(cfg, backend, opts)
     timeout = seconds(cfg:get("ssh.timeout")) })
 
   -- provisioning: roles, then the checks
-  local ok_roles, roles = pcall(require, "capil.roles")
-  if ok_roles then
-    local order = cfg:get("roles") or roles.default_order(ctx.vars)
-    local dirs = { recipes_dir .. "/roles" }
-    if recipes_dir ~= "recipes" then dirs[2] = "recipes/roles" end
-    local role_steps, rerr = roles.expand(order, ctx, { dirs = dirs, recipes_dir = recipes_dir })
-    if not role_steps then
-      errors[#errors + 1] = rerr
-    else
-      add({ id = "provision", kind = "provision", roles = order, steps = role_steps })
-    end
-    local checks = require("capil.checks")
-    local files = {}
-    for _, set in ipairs(cfg:get("checks") or {}) do
-      local f = ("%s/checks/%s.lua"):format(recipes_dir, set)
-      if recipes_dir ~= "recipes" and not require("capil.fs").exists(f) then f = ("recipes/checks/%s.lua"):format(set) end
-      files[#files + 1] = f
-    end
-    local list, cerr = checks.load(ctx, { files = files })
-    if not list then errors[#errors + 1] = cerr else add({ id = "checks", kind = "checks", checks = list }) end
+  local roles = require("capil.roles")
+  local order = cfg:get("roles") or roles.default_order(ctx.vars)
+  local dirs = { recipes_dir .. "/roles" }
+  if recipes_dir ~= "recipes" then dirs[2] = "recipes/roles" end
+  local role_steps, rerr = roles.expand(order, ctx, { dirs = dirs, recipes_dir = recipes_dir })
+  if not role_steps then
+    errors[#errors + 1] = rerr
+  else
+    add({ id = "provision", kind = "provision", roles = order, steps = role_steps })
   end
+  local checks = require("capil.checks")
+  local files = {}
+  for _, set in ipairs(cfg:get("checks") or {}) do
+    local f = ("%s/checks/%s.lua"):format(recipes_dir, set)
+    if recipes_dir ~= "recipes" and not require("capil.fs").exists(f) then f = ("recipes/checks/%s.lua"):format(set) end
+    files[#files + 1] = f
+  end
+  local list, cerr = checks.load(ctx, { files = files })
+  if not list then errors[#errors + 1] = cerr else add({ id = "checks", kind = "checks", checks = list }) end
 
   -- the build user is locked before the shutdown (image-builder's
   -- shutdown_command wrapper); the password goes to sudo on stdin
