@@ -20,6 +20,8 @@
 
 #include <curl/curl.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "capil.h"
 
@@ -52,7 +54,10 @@ enum { SINK_UNDECIDED, SINK_MEMORY, SINK_FILE, SINK_ERROR };
 typedef struct {
   const char *method, *url, *body, *body_file, *out_file;
   const char *ca_file, *pin, *sha256;
+  unsigned char cert_sha256[32];
+  int has_cert_pin;
   size_t body_len;
+  double tick_interval;       /* seconds between calls of the tick function */
   double timeout, connect_timeout, stall_timeout;
   int insecure, resume, follow, head;
   struct capil_progress *progress;
@@ -95,6 +100,10 @@ typedef struct {
   Buf head, body;
   struct curl_slist *hdrs;
   struct capil_progress *progress;
+  lua_State *L;               /* for the tick function, called between polls */
+  int tick_idx;               /* its stack index, or 0 */
+  double tick_interval;
+  int tick_failed;
   int err;                    /* errno of a callback's failure */
   const char *fail_code;      /* or a code token for it */
   char why[256];              /* what the callback was doing */
@@ -539,7 +548,21 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow,
 static const char *const request_opts[] = {
   "method", "url", "headers", "body", "body_file", "out_file", "timeout",
   "connect_timeout", "stall_timeout", "ca_file", "insecure", "pin_sha256",
-  "cookies", "progress", "resume", "sha256", "follow", NULL};
+  "cookies", "progress", "resume", "sha256", "follow", "cert_sha256", "tick",
+  "tick_interval", NULL};
+
+/* "AB:CD:..." or plain hex, 32 bytes, into out; 0 when malformed. */
+static int parse_fingerprint(const char *s, unsigned char *out) {
+  int n = 0;
+  while (*s && n < 32) {
+    if (*s == ':') { s++; continue; }
+    if (!isxdigit((unsigned char)s[0]) || !isxdigit((unsigned char)s[1])) return 0;
+    char byte[3] = {s[0], s[1], 0};
+    out[n++] = (unsigned char)strtoul(byte, NULL, 16);
+    s += 2;
+  }
+  return n == 32 && *s == '\0';
+}
 
 /* Reads and checks the option table (raises on misuse). */
 static void parse_request(lua_State *L, int o, Request *r) {
@@ -575,6 +598,15 @@ static void parse_request(lua_State *L, int o, Request *r) {
   r->sha256 = capil_opt_string(L, o, fn, "sha256", NULL, NULL);
   if (r->sha256 && (strlen(r->sha256) != 64 || strspn(r->sha256, "0123456789abcdefABCDEF") != 64))
     luaL_error(L, "http.request: option 'sha256' must be 64 hex digits");
+  const char *fp = capil_opt_string(L, o, fn, "cert_sha256", NULL, NULL);
+  if (fp && !(r->has_cert_pin = parse_fingerprint(fp, r->cert_sha256)))
+    luaL_error(L, "http.request: option 'cert_sha256' must be a SHA-256 fingerprint (64 hex digits, colons allowed)");
+  int tick = capil_opt_field(L, o, "tick");
+  if (tick != LUA_TNIL && tick != LUA_TFUNCTION)
+    luaL_error(L, "http.request: option 'tick' must be a function");
+  lua_pop(L, 1);
+  r->tick_interval = capil_opt_number(L, o, fn, "tick_interval", 2);
+  if (r->tick_interval <= 0) luaL_error(L, "http.request: option 'tick_interval' must be positive");
   capil_opt_field(L, o, "progress");
   r->progress = capil_progress_opt(L, -1);
   lua_pop(L, 1);
@@ -682,6 +714,30 @@ static int open_download(Transfer *t, const Request *r) {
   return err;
 }
 
+
+/*
+** Certificate pinning by fingerprint (vSphere's "thumbprint", SHA-256 of the
+** leaf certificate's DER): the whole chain check is replaced by one
+** comparison, made during the handshake, before a byte of the request goes out.
+*/
+static int verify_fingerprint(X509_STORE_CTX *ctx, void *arg) {
+  const unsigned char *want = arg;
+  X509 *leaf = X509_STORE_CTX_get0_cert(ctx);
+  unsigned char got[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (!leaf || !X509_digest(leaf, EVP_sha256(), got, &n) || n != 32 || memcmp(got, want, 32) != 0) {
+    X509_STORE_CTX_set_error(ctx, X509_V_ERR_CERT_REJECTED);
+    return 0;
+  }
+  return 1;
+}
+
+static CURLcode on_ssl_ctx(CURL *e, void *sslctx, void *arg) {
+  (void)e;
+  SSL_CTX_set_cert_verify_callback((SSL_CTX *)sslctx, verify_fingerprint, arg);
+  return CURLE_OK;
+}
+
 /* Sets every option of the easy handle for this request. */
 static void setup(Session *s, Transfer *t, const Request *r) {
   CURL *e = s->easy;
@@ -717,6 +773,12 @@ static void setup(Session *s, Transfer *t, const Request *r) {
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, r->insecure ? 0L : 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, r->insecure ? 0L : 2L);
   if (r->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, r->ca_file);
+  if (r->has_cert_pin) { /* the fingerprint replaces CA and name checks */
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
+    curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, (void *)r->cert_sha256);
+  }
   if (r->pin) {
     char pin[256];
     snprintf(pin, sizeof pin, "%s%s", strncmp(r->pin, "sha256//", 8) == 0 ? "" : "sha256//", r->pin);
@@ -760,15 +822,42 @@ static void setup(Session *s, Transfer *t, const Request *r) {
 /* Running a request                                                      */
 /* ====================================================================== */
 
+/*
+** The tick function (an export lease's keep-alive, say) runs between polls,
+** on this thread, with the bytes moved so far; libcurl is not inside a
+** callback then, so it may make requests of its own on another session.
+** Its error, a `false` or a `nil, message` return ends the transfer with
+** code ETICK.
+*/
+static int call_tick(Transfer *t) {
+  lua_State *L = t->L;
+  lua_pushvalue(L, t->tick_idx);
+  lua_pushinteger(L, (lua_Integer)(t->sent ? t->sent : t->offset + t->received));
+  int ok = lua_pcall(L, 1, 2, 0) == LUA_OK;
+  int stop = ok && ((lua_isboolean(L, -2) && !lua_toboolean(L, -2)) ||
+                    (lua_isnil(L, -2) && lua_type(L, -1) == LUA_TSTRING));
+  if (ok && !stop) { lua_pop(L, 2); return 1; }
+  const char *msg = lua_tostring(L, -1);
+  snprintf(t->why, sizeof t->why, "tick: %s", msg ? msg : "stopped the transfer");
+  t->tick_failed = 1;
+  lua_pop(L, ok ? 2 : 1);
+  return 0;
+}
+
 /* Drives the transfer, waking at least every 100 ms to notice Ctrl-C. */
 static CURLcode perform(Session *s, Transfer *t) {
   CURLcode res = CURLE_OK;
   if (curl_multi_add_handle(s->multi, s->easy) != CURLM_OK) return CURLE_FAILED_INIT;
   int running = 1;
+  double next_tick = t->tick_idx ? capil_now() + t->tick_interval : 0;
   while (running) {
     if (curl_multi_perform(s->multi, &running) != CURLM_OK) { res = CURLE_FAILED_INIT; break; }
     if (!running) break;
     if (capil_interrupted()) { res = CURLE_ABORTED_BY_CALLBACK; break; }
+    if (t->tick_idx && capil_now() >= next_tick) {
+      if (!call_tick(t)) { res = CURLE_ABORTED_BY_CALLBACK; break; }
+      next_tick = capil_now() + t->tick_interval;
+    }
     curl_multi_poll(s->multi, NULL, 0, 100, NULL);
   }
   int left;
@@ -786,6 +875,7 @@ static CURLcode perform(Session *s, Transfer *t) {
 /* The stable code token for a failed transfer. */
 static const char *error_code(Transfer *t, CURLcode res) {
   if (capil_interrupted()) return "EINTR";
+  if (t->tick_failed) return "ETICK";
   switch (res) {
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY: return "EDNS";
@@ -897,6 +987,13 @@ static int do_request(lua_State *L, Session *s, int o) {
   const char *shown = push_redacted_url(L, r.url);
   Transfer *t = new_transfer(L);
   t->progress = r.progress;
+  if (capil_opt_field(L, o, "tick") == LUA_TFUNCTION) {
+    t->L = L;
+    t->tick_idx = lua_gettop(L);  /* stays on the stack for the transfer */
+    t->tick_interval = r.tick_interval;
+  } else {
+    lua_pop(L, 1);
+  }
   collect_headers(L, o, t);
   int err = 0;
   if (r.body_file && ((err = open_upload(t, &r)) != 0 ||
@@ -1011,7 +1108,7 @@ static Session *new_session(lua_State *L) {
 /*
 ** http.request{method=, url=, headers=, body= | body_file=, out_file=, resume=,
 **   sha256=, timeout=, connect_timeout=, stall_timeout=, ca_file=, insecure=,
-**   pin_sha256=, cookies=, progress=, follow=true}
+**   pin_sha256=, cert_sha256=, cookies=, progress=, tick=, tick_interval=2, follow=true}
 **   -> {status, reason, headers, body | file, digest, size, resumed, url}
 **    | nil, msg, code
 ** A 4xx/5xx status is a response, not a failure. `digest` is the SHA-256 of

@@ -52,6 +52,8 @@ local function make_pki(dir)
     ca = dir .. "/ca.crt", other_ca = dir .. "/other-ca.crt",
     cert = dir .. "/srv.crt", key = dir .. "/srv.key",
     pin = run({ "openssl", "base64", "-A", "-in", dir .. "/pin.bin" }):gsub("%s", ""),
+    fingerprint = run({ "openssl", "x509", "-in", dir .. "/srv.crt", "-noout", "-fingerprint", "-sha256" })
+      :match("=(%S+)"),
   }
 end
 
@@ -293,6 +295,29 @@ describe("http #http", function()
       assert.is_false(fs.exists(p))
     end)
 
+    it("calls tick with the bytes moved while a transfer runs; false stops it", function()
+      local p = target("ticked.bin")
+      local seen = {}
+      local r, err, code = core.request({ url = srv.url("/slow/big.bin"), out_file = p, tick_interval = 0.2,
+        tick = function(n)
+          seen[#seen + 1] = n
+          if #seen == 3 then return nil, "lease lost" end
+        end })
+      assert.is_nil(r)
+      assert.equal("ETICK", code)
+      assert.matches(": tick: lease lost$", err)
+      assert.equal(3, #seen)
+      assert.is_true(seen[3] >= seen[1] and seen[3] > 0)
+      assert.is_false(fs.exists(p .. ".part"))
+      r, err, code = core.request({ url = srv.url("/slow/big.bin"), tick_interval = 0.1,
+        tick = function() error("boom") end })
+      assert.is_nil(r)
+      assert.equal("ETICK", code)
+      assert.matches("tick: .*boom", err)
+      assert.has_error(function() core.request({ url = srv.url("/"), tick = 1 }) end,
+        "http.request: option 'tick' must be a function")
+    end)
+
     it("fails with ECONNREFUSED on a closed port and EDNS on an unknown host", function()
       local port = assert(host.free_port())
       local r, err, code = core.request({ url = ("http://127.0.0.1:%d/"):format(port) })
@@ -353,6 +378,23 @@ describe("http #http", function()
       assert.is_nil(r)
       assert.equal("TLS", code)
       assert.matches("public key", err)
+    end)
+
+    it("checks a certificate fingerprint (a vSphere thumbprint) instead of the CA", function()
+      -- the colon form openssl and vCenter print, and plain lower-case hex
+      local r = assert(core.request({ url = srv.tls_url("/files/small.txt"), cert_sha256 = pki.fingerprint }))
+      assert.equal(200, r.status)
+      r = assert(core.request({ url = srv.tls_url("/files/small.txt"),
+                                cert_sha256 = pki.fingerprint:gsub(":", ""):lower() }))
+      assert.equal(200, r.status)
+      local wrong = pki.fingerprint:gsub("%x", "0", 2)
+      local err, code
+      r, err, code = core.request({ url = srv.tls_url("/echo/method"), body = "password=x", cert_sha256 = wrong })
+      assert.is_nil(r)
+      assert.equal("TLS", code)
+      assert.matches("http.request: POST https://127.0.0.1:%d+/echo/method: ", err)
+      assert.has_error(function() core.request({ url = srv.tls_url("/"), cert_sha256 = "abc" }) end,
+        "http.request: option 'cert_sha256' must be a SHA-256 fingerprint (64 hex digits, colons allowed)")
     end)
   end)
 
