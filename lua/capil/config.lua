@@ -55,7 +55,7 @@ end
 local GOVC = {
   GOVC_USERNAME = "username", GOVC_PASSWORD = "password", GOVC_DATACENTER = "datacenter",
   GOVC_DATASTORE = "datastore", GOVC_NETWORK = "network", GOVC_RESOURCE_POOL = "resource_pool",
-  GOVC_FOLDER = "folder", GOVC_HOST = "host",
+  GOVC_FOLDER = "folder", GOVC_HOST = "host", GOVC_TLS_CA_CERTS = "vcenter_ca_file",
 }
 
 --- The variables govc's environment gives, as {var = {value, env name}}.

@@ -185,6 +185,8 @@ local F = {
   { path = "vsphere.host", var = "host", type = "string", description = "ESXi host (instead of cluster)" },
   { path = "vsphere.resource_pool", var = "resource_pool", type = "string" },
   { path = "vsphere.insecure_connection", var = "insecure_connection", type = "boolean", default = false },
+  { path = "vsphere.ca_file", var = "vcenter_ca_file", type = "string",
+    description = "PEM file of the CA that signed the server's certificate (default: the system's)" },
   { path = "vsphere.thumbprint", var = "thumbprint", type = "string",
     description = "SHA-256 fingerprint of the server's certificate: trusted instead of the CA" },
   { path = "vsphere.cache_dir", var = "datastore_cache_dir", type = "string", default = "capil_cache",

@@ -167,6 +167,7 @@
 ---@field host? string ESXi host (instead of cluster) (variable host)
 ---@field resource_pool? string (variable resource_pool)
 ---@field insecure_connection? boolean (variable insecure_connection)
+---@field ca_file? string PEM file of the CA that signed the server's certificate (default: the system's) (variable vcenter_ca_file)
 ---@field thumbprint? string SHA-256 fingerprint of the server's certificate: trusted instead of the CA (variable thumbprint)
 ---@field cache_dir? string datastore folder for uploaded ISOs, named by checksum and shared by builds (variable datastore_cache_dir)
 ---@field ip_wait_timeout? string (variable ip_wait_timeout)
