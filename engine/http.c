@@ -53,6 +53,7 @@ enum { SINK_UNDECIDED, SINK_MEMORY, SINK_FILE, SINK_ERROR };
 /* The parsed options of one request (strings belong to the option table). */
 typedef struct {
   const char *method, *url, *body, *body_file, *out_file;
+  double body_offset, body_length;  /* a slice of body_file (-1: to its end) */
   const char *ca_file, *pin, *sha256;
   unsigned char cert_sha256[32];
   int has_cert_pin;
@@ -80,6 +81,7 @@ typedef struct {
                                  taken from the tail slot (uploads) */
   unsigned head, tail;        /* slots published, slots consumed (ever) */
   int fd, upload, running, done, quit, err;
+  uint64_t left;              /* bytes the reader may still read */
   EVP_MD_CTX *md;
 } Disk;
 
@@ -87,7 +89,7 @@ typedef struct {
 typedef struct {
   CURL *easy;                 /* borrowed from the session, for getinfo */
   int in_fd;                  /* body_file, or -1 */
-  uint64_t in_size, sent;
+  uint64_t in_offset, in_size, sent; /* the part of body_file sent */
   int out_fd;                 /* the .part file, or -1 */
   char *part, *eff_url;       /* malloc'd */
   uint64_t offset;            /* bytes reused from an earlier .part */
@@ -238,19 +240,20 @@ static void *disk_reader(void *ud) {
     if (d->head - d->tail == SLOTS) { pthread_cond_wait(&d->cv, &d->mu); continue; }
     char *buf = d->slot[d->head % SLOTS];
     pthread_mutex_unlock(&d->mu);
-    size_t got = 0;
+    size_t got = 0, want = d->left < BUFFER_SIZE ? (size_t)d->left : BUFFER_SIZE;
     int err = 0;
-    while (got < BUFFER_SIZE) {
-      ssize_t r = read(d->fd, buf + got, BUFFER_SIZE - got);
+    while (got < want) {
+      ssize_t r = read(d->fd, buf + got, want - got);
       if (r < 0 && errno == EINTR) continue;
       if (r <= 0) { err = r < 0 ? errno : 0; break; }
       got += (size_t)r;
     }
     EVP_DigestUpdate(d->md, buf, got);
+    d->left -= got;
     pthread_mutex_lock(&d->mu);
     d->err = err;
     if (got) d->len[d->head++ % SLOTS] = got;
-    if (got < BUFFER_SIZE) d->done = 1;
+    if (got < BUFFER_SIZE || d->left == 0) d->done = 1;
     pthread_cond_broadcast(&d->cv);
   }
   pthread_mutex_unlock(&d->mu);
@@ -281,10 +284,11 @@ static void *disk_writer(void *ud) {
 }
 
 /* Starts the thread on fd; returns 0 or an errno. */
-static int disk_start(Disk *d, int fd, EVP_MD_CTX *md, int upload) {
+static int disk_start(Disk *d, int fd, EVP_MD_CTX *md, int upload, uint64_t limit) {
   for (int i = 0; i < SLOTS; i++)
     if (!d->slot[i] && !(d->slot[i] = malloc(BUFFER_SIZE))) return ENOMEM;
   d->fd = fd;
+  d->left = limit;
   d->md = md;
   d->upload = upload;
   d->head = d->tail = 0;
@@ -446,7 +450,7 @@ static int choose_sink(Transfer *t) {
       return -1;
     }
   }
-  int err = disk_start(&t->disk, t->out_fd, t->md, 0);
+  int err = disk_start(&t->disk, t->out_fd, t->md, 0, UINT64_MAX);
   if (err) {
     callback_failed(t, err, NULL, "starting the disk thread");
     return -1;
@@ -519,8 +523,9 @@ static int on_seek(void *ud, curl_off_t offset, int origin) {
   if (offset != 0 || origin != SEEK_SET) return CURL_SEEKFUNC_CANTSEEK;
   disk_stop(&t->disk, 0);
   t->sent = 0;
-  if (lseek(t->in_fd, 0, SEEK_SET) != 0 || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL) ||
-      disk_start(&t->disk, t->in_fd, t->md, 1) != 0)
+  if (lseek(t->in_fd, (off_t)t->in_offset, SEEK_SET) != (off_t)t->in_offset ||
+      !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL) ||
+      disk_start(&t->disk, t->in_fd, t->md, 1, t->in_size) != 0)
     return CURL_SEEKFUNC_FAIL;
   return CURL_SEEKFUNC_OK;
 }
@@ -549,7 +554,7 @@ static const char *const request_opts[] = {
   "method", "url", "headers", "body", "body_file", "out_file", "timeout",
   "connect_timeout", "stall_timeout", "ca_file", "insecure", "pin_sha256",
   "cookies", "progress", "resume", "sha256", "follow", "cert_sha256", "tick",
-  "tick_interval", NULL};
+  "tick_interval", "body_offset", "body_length", NULL};
 
 /* "AB:CD:..." or plain hex, 32 bytes, into out; 0 when malformed. */
 static int parse_fingerprint(const char *s, unsigned char *out) {
@@ -575,6 +580,12 @@ static void parse_request(lua_State *L, int o, Request *r) {
   r->body_file = capil_opt_string(L, o, fn, "body_file", NULL, NULL);
   if (r->body && r->body_file)
     luaL_error(L, "http.request: options 'body' and 'body_file' exclude each other");
+  r->body_offset = capil_opt_number(L, o, fn, "body_offset", 0);
+  r->body_length = capil_opt_number(L, o, fn, "body_length", -1);
+  if ((r->body_offset != 0 || r->body_length != -1) && !r->body_file)
+    luaL_error(L, "http.request: options 'body_offset' and 'body_length' need 'body_file'");
+  if (r->body_offset < 0 || r->body_length < -1)
+    luaL_error(L, "http.request: options 'body_offset' and 'body_length' must not be negative");
   r->method = capil_opt_string(L, o, fn, "method",
                                r->body || r->body_file ? "POST" : "GET", NULL);
   for (const char *c = r->method; *c; c++)
@@ -680,8 +691,12 @@ static int open_upload(Transfer *t, const Request *r) {
   struct stat st;
   if (fstat(t->in_fd, &st) != 0) return errno;
   if (!S_ISREG(st.st_mode)) return S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
-  t->in_size = (uint64_t)st.st_size;
-  posix_fadvise(t->in_fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  uint64_t size = (uint64_t)st.st_size, off = (uint64_t)r->body_offset;
+  if (off > size || (r->body_length >= 0 && off + (uint64_t)r->body_length > size)) return ERANGE;
+  t->in_offset = off;
+  t->in_size = r->body_length >= 0 ? (uint64_t)r->body_length : size - off;
+  if (lseek(t->in_fd, (off_t)off, SEEK_SET) != (off_t)off) return errno;
+  posix_fadvise(t->in_fd, (off_t)off, (off_t)t->in_size, POSIX_FADV_SEQUENTIAL);
   return 0;
 }
 
@@ -997,7 +1012,7 @@ static int do_request(lua_State *L, Session *s, int o) {
   collect_headers(L, o, t);
   int err = 0;
   if (r.body_file && ((err = open_upload(t, &r)) != 0 ||
-                      (err = disk_start(&t->disk, t->in_fd, t->md, 1)) != 0))
+                      (err = disk_start(&t->disk, t->in_fd, t->md, 1, t->in_size)) != 0))
     return capil_fail_errno(L, err, "http.request: %s %s: %s", r.method, shown, r.body_file);
   if (r.out_file && (err = open_download(t, &r)) != 0) {
     if (t->out_fd >= 0 && !r.resume) unlink(t->part);

@@ -222,6 +222,32 @@ describe("http #http", function()
       assert.equal(204, r.status)
     end)
 
+    it("uploads a slice of body_file (a disk inside an OVA) with body_offset/body_length", function()
+      local src = out .. "/slice.bin"
+      run({ "openssl", "rand", "-out", src, tostring(3 * MiB + 7) })
+      local whole = read(src)
+      local off, len = MiB + 5, 2 * MiB - 3 -- not on a buffer boundary
+      local r = assert(core.request({ method = "PUT", url = srv.url("/dav/slice.bin"), body_file = src,
+                                      body_offset = off, body_length = len }))
+      assert.equal(201, r.status)
+      assert.equal(len, r.size)
+      local got = read(srv.root .. "/dav/slice.bin")
+      assert.equal(len, #got)
+      assert.is_true(got == whole:sub(off + 1, off + len))
+      assert.equal(sha256sum(srv.root .. "/dav/slice.bin"), r.digest)
+      -- to the end of the file when no length is given
+      r = assert(core.request({ method = "PUT", url = srv.url("/dav/slice.bin"), body_file = src, body_offset = off }))
+      assert.equal(3 * MiB + 7 - off, r.size)
+      local err, code
+      r, err, code = core.request({ method = "PUT", url = srv.url("/dav/slice.bin"), body_file = src,
+                                   body_offset = 3 * MiB, body_length = 100 })
+      assert.is_nil(r)
+      assert.equal("ERANGE", code)
+      assert.matches("slice.bin", err)
+      assert.has_error(function() core.request({ url = srv.url("/"), body_offset = 1 }) end,
+        "http.request: options 'body_offset' and 'body_length' need 'body_file'")
+    end)
+
     it("sends the body again when a PUT is redirected with 307", function()
       -- no "Expect: 100-continue": the body goes out at once and must be rewound
       local r = assert(core.request({ method = "PUT", url = srv.url("/redirect-put"), body_file = big,

@@ -30,6 +30,9 @@
 --- certificate's SHA-256 fingerprint (vSphere's thumbprint), which then
 --- replaces the CA and name checks.
 ---
+--- `body_offset`/`body_length` send a slice of `body_file` (a disk inside an
+--- OVA, streamed without extracting it).
+---
 --- `tick = function(bytes) end` is called every `tick_interval` seconds
 --- (default 2) while a transfer runs, between polls on this thread, so it may
 --- make requests of its own (an NFC lease's progress); returning `false` or
@@ -66,7 +69,7 @@ local CORE_OPTS = {
   out_file = true, timeout = true, connect_timeout = true, stall_timeout = true,
   ca_file = true, insecure = true, pin_sha256 = true, cookies = true,
   progress = true, resume = true, sha256 = true, follow = true, cert_sha256 = true, tick = true,
-  tick_interval = true,
+  tick_interval = true, body_offset = true, body_length = true,
 }
 local LUA_OPTS = {
   retries = true, backoff = true, max_backoff = true, max_wait = true,
