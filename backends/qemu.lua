@@ -85,6 +85,7 @@ function M.create(opts)
   vm.installed = opts.kernel ~= nil -- a directly booted kernel has no install phase
   vm.qmp_path = opts.workdir .. "/qmp.sock"
   vm.serial_log = (opts.log_dir or opts.workdir) .. "/serial.log"
+  vm.hint = "see the serial log " .. vm.serial_log
   vm.ssh_port = assert(host.free_port())
   -- VNC for watching or debugging a build: loopback only, a free display
   if opts.vnc_display == nil then
@@ -181,10 +182,10 @@ function VM:exit_reason()
   if tail and tail ~= "" then return "QEMU said: " .. tail end
 end
 
---- Types encoded chords (capil.bootcmd.to_qmp) with `interval` seconds
---- between keys; waits are honoured. Returns true or nil, err.
-function VM:type_keys(chords, interval)
-  for _, c in ipairs(chords) do
+--- Types boot-command events (capil.bootcmd.parse) as QMP chords with
+--- `interval` seconds between keys; waits are honoured. Returns true or nil, err.
+function VM:type_keys(events, interval)
+  for _, c in ipairs(require("capil.bootcmd").to_qmp(events)) do
     if c.wait then
       local ok, err, code = host.sleep(c.wait)
       if not ok then return nil, err, code end
@@ -195,6 +196,25 @@ function VM:type_keys(chords, interval)
     end
   end
   return true
+end
+
+--- Where the guest's SSH answers: the forwarded loopback port.
+function VM:ssh_address()
+  return { host = "127.0.0.1", port = self.ssh_port }
+end
+
+--- Whether the VM still runs, for the SSH wait. An installer that powers the
+--- VM off (instead of rebooting) is restarted from its disk, once.
+function VM:alive()
+  if self:running() then return true end
+  if not self.installed and self.opts.iso then
+    log.info("%s: the installer powered the VM off; starting it from its disk", self.name)
+    self:mark_installed()
+    local ok, err = self:start()
+    if ok then return true end
+    return false, err
+  end
+  return false, ("QEMU exited (%s; serial log %s)"):format(self:exit_reason() or "no message", self.serial_log)
 end
 
 --- Waits for QEMU to exit (the guest powered off); true, or nil on timeout.

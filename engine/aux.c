@@ -70,6 +70,7 @@ const char *capil_errno_code(int err) {
     case ENAMETOOLONG: return "ENAMETOOLONG";
     case ELOOP: return "ELOOP";
     case EIO: return "EIO";
+    case ERANGE: return "ERANGE";
     case EHOSTUNREACH: return "EHOSTUNREACH";
     case ENETUNREACH: return "ENETUNREACH";
     case ECONNABORTED: return "ECONNABORTED";

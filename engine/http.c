@@ -20,6 +20,8 @@
 
 #include <curl/curl.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "capil.h"
 
@@ -51,8 +53,12 @@ enum { SINK_UNDECIDED, SINK_MEMORY, SINK_FILE, SINK_ERROR };
 /* The parsed options of one request (strings belong to the option table). */
 typedef struct {
   const char *method, *url, *body, *body_file, *out_file;
+  double body_offset, body_length;  /* a slice of body_file (-1: to its end) */
   const char *ca_file, *pin, *sha256;
+  unsigned char cert_sha256[32];
+  int has_cert_pin;
   size_t body_len;
+  double tick_interval;       /* seconds between calls of the tick function */
   double timeout, connect_timeout, stall_timeout;
   int insecure, resume, follow, head;
   struct capil_progress *progress;
@@ -75,6 +81,7 @@ typedef struct {
                                  taken from the tail slot (uploads) */
   unsigned head, tail;        /* slots published, slots consumed (ever) */
   int fd, upload, running, done, quit, err;
+  uint64_t left;              /* bytes the reader may still read */
   EVP_MD_CTX *md;
 } Disk;
 
@@ -82,7 +89,7 @@ typedef struct {
 typedef struct {
   CURL *easy;                 /* borrowed from the session, for getinfo */
   int in_fd;                  /* body_file, or -1 */
-  uint64_t in_size, sent;
+  uint64_t in_offset, in_size, sent; /* the part of body_file sent */
   int out_fd;                 /* the .part file, or -1 */
   char *part, *eff_url;       /* malloc'd */
   uint64_t offset;            /* bytes reused from an earlier .part */
@@ -95,6 +102,10 @@ typedef struct {
   Buf head, body;
   struct curl_slist *hdrs;
   struct capil_progress *progress;
+  lua_State *L;               /* for the tick function, called between polls */
+  int tick_idx;               /* its stack index, or 0 */
+  double tick_interval;
+  int tick_failed;
   int err;                    /* errno of a callback's failure */
   const char *fail_code;      /* or a code token for it */
   char why[256];              /* what the callback was doing */
@@ -229,19 +240,20 @@ static void *disk_reader(void *ud) {
     if (d->head - d->tail == SLOTS) { pthread_cond_wait(&d->cv, &d->mu); continue; }
     char *buf = d->slot[d->head % SLOTS];
     pthread_mutex_unlock(&d->mu);
-    size_t got = 0;
+    size_t got = 0, want = d->left < BUFFER_SIZE ? (size_t)d->left : BUFFER_SIZE;
     int err = 0;
-    while (got < BUFFER_SIZE) {
-      ssize_t r = read(d->fd, buf + got, BUFFER_SIZE - got);
+    while (got < want) {
+      ssize_t r = read(d->fd, buf + got, want - got);
       if (r < 0 && errno == EINTR) continue;
       if (r <= 0) { err = r < 0 ? errno : 0; break; }
       got += (size_t)r;
     }
     EVP_DigestUpdate(d->md, buf, got);
+    d->left -= got;
     pthread_mutex_lock(&d->mu);
     d->err = err;
     if (got) d->len[d->head++ % SLOTS] = got;
-    if (got < BUFFER_SIZE) d->done = 1;
+    if (got < BUFFER_SIZE || d->left == 0) d->done = 1;
     pthread_cond_broadcast(&d->cv);
   }
   pthread_mutex_unlock(&d->mu);
@@ -272,10 +284,11 @@ static void *disk_writer(void *ud) {
 }
 
 /* Starts the thread on fd; returns 0 or an errno. */
-static int disk_start(Disk *d, int fd, EVP_MD_CTX *md, int upload) {
+static int disk_start(Disk *d, int fd, EVP_MD_CTX *md, int upload, uint64_t limit) {
   for (int i = 0; i < SLOTS; i++)
     if (!d->slot[i] && !(d->slot[i] = malloc(BUFFER_SIZE))) return ENOMEM;
   d->fd = fd;
+  d->left = limit;
   d->md = md;
   d->upload = upload;
   d->head = d->tail = 0;
@@ -437,7 +450,7 @@ static int choose_sink(Transfer *t) {
       return -1;
     }
   }
-  int err = disk_start(&t->disk, t->out_fd, t->md, 0);
+  int err = disk_start(&t->disk, t->out_fd, t->md, 0, UINT64_MAX);
   if (err) {
     callback_failed(t, err, NULL, "starting the disk thread");
     return -1;
@@ -510,8 +523,9 @@ static int on_seek(void *ud, curl_off_t offset, int origin) {
   if (offset != 0 || origin != SEEK_SET) return CURL_SEEKFUNC_CANTSEEK;
   disk_stop(&t->disk, 0);
   t->sent = 0;
-  if (lseek(t->in_fd, 0, SEEK_SET) != 0 || !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL) ||
-      disk_start(&t->disk, t->in_fd, t->md, 1) != 0)
+  if (lseek(t->in_fd, (off_t)t->in_offset, SEEK_SET) != (off_t)t->in_offset ||
+      !EVP_DigestInit_ex(t->md, EVP_sha256(), NULL) ||
+      disk_start(&t->disk, t->in_fd, t->md, 1, t->in_size) != 0)
     return CURL_SEEKFUNC_FAIL;
   return CURL_SEEKFUNC_OK;
 }
@@ -539,7 +553,21 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow,
 static const char *const request_opts[] = {
   "method", "url", "headers", "body", "body_file", "out_file", "timeout",
   "connect_timeout", "stall_timeout", "ca_file", "insecure", "pin_sha256",
-  "cookies", "progress", "resume", "sha256", "follow", NULL};
+  "cookies", "progress", "resume", "sha256", "follow", "cert_sha256", "tick",
+  "tick_interval", "body_offset", "body_length", NULL};
+
+/* "AB:CD:..." or plain hex, 32 bytes, into out; 0 when malformed. */
+static int parse_fingerprint(const char *s, unsigned char *out) {
+  int n = 0;
+  while (*s && n < 32) {
+    if (*s == ':') { s++; continue; }
+    if (!isxdigit((unsigned char)s[0]) || !isxdigit((unsigned char)s[1])) return 0;
+    char byte[3] = {s[0], s[1], 0};
+    out[n++] = (unsigned char)strtoul(byte, NULL, 16);
+    s += 2;
+  }
+  return n == 32 && *s == '\0';
+}
 
 /* Reads and checks the option table (raises on misuse). */
 static void parse_request(lua_State *L, int o, Request *r) {
@@ -552,6 +580,12 @@ static void parse_request(lua_State *L, int o, Request *r) {
   r->body_file = capil_opt_string(L, o, fn, "body_file", NULL, NULL);
   if (r->body && r->body_file)
     luaL_error(L, "http.request: options 'body' and 'body_file' exclude each other");
+  r->body_offset = capil_opt_number(L, o, fn, "body_offset", 0);
+  r->body_length = capil_opt_number(L, o, fn, "body_length", -1);
+  if ((r->body_offset != 0 || r->body_length != -1) && !r->body_file)
+    luaL_error(L, "http.request: options 'body_offset' and 'body_length' need 'body_file'");
+  if (r->body_offset < 0 || r->body_length < -1)
+    luaL_error(L, "http.request: options 'body_offset' and 'body_length' must not be negative");
   r->method = capil_opt_string(L, o, fn, "method",
                                r->body || r->body_file ? "POST" : "GET", NULL);
   for (const char *c = r->method; *c; c++)
@@ -575,6 +609,15 @@ static void parse_request(lua_State *L, int o, Request *r) {
   r->sha256 = capil_opt_string(L, o, fn, "sha256", NULL, NULL);
   if (r->sha256 && (strlen(r->sha256) != 64 || strspn(r->sha256, "0123456789abcdefABCDEF") != 64))
     luaL_error(L, "http.request: option 'sha256' must be 64 hex digits");
+  const char *fp = capil_opt_string(L, o, fn, "cert_sha256", NULL, NULL);
+  if (fp && !(r->has_cert_pin = parse_fingerprint(fp, r->cert_sha256)))
+    luaL_error(L, "http.request: option 'cert_sha256' must be a SHA-256 fingerprint (64 hex digits, colons allowed)");
+  int tick = capil_opt_field(L, o, "tick");
+  if (tick != LUA_TNIL && tick != LUA_TFUNCTION)
+    luaL_error(L, "http.request: option 'tick' must be a function");
+  lua_pop(L, 1);
+  r->tick_interval = capil_opt_number(L, o, fn, "tick_interval", 2);
+  if (r->tick_interval <= 0) luaL_error(L, "http.request: option 'tick_interval' must be positive");
   capil_opt_field(L, o, "progress");
   r->progress = capil_progress_opt(L, -1);
   lua_pop(L, 1);
@@ -648,8 +691,12 @@ static int open_upload(Transfer *t, const Request *r) {
   struct stat st;
   if (fstat(t->in_fd, &st) != 0) return errno;
   if (!S_ISREG(st.st_mode)) return S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
-  t->in_size = (uint64_t)st.st_size;
-  posix_fadvise(t->in_fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  uint64_t size = (uint64_t)st.st_size, off = (uint64_t)r->body_offset;
+  if (off > size || (r->body_length >= 0 && off + (uint64_t)r->body_length > size)) return ERANGE;
+  t->in_offset = off;
+  t->in_size = r->body_length >= 0 ? (uint64_t)r->body_length : size - off;
+  if (lseek(t->in_fd, (off_t)off, SEEK_SET) != (off_t)off) return errno;
+  posix_fadvise(t->in_fd, (off_t)off, (off_t)t->in_size, POSIX_FADV_SEQUENTIAL);
   return 0;
 }
 
@@ -680,6 +727,30 @@ static int open_download(Transfer *t, const Request *r) {
   }
   free(buf);
   return err;
+}
+
+
+/*
+** Certificate pinning by fingerprint (vSphere's "thumbprint", SHA-256 of the
+** leaf certificate's DER): the whole chain check is replaced by one
+** comparison, made during the handshake, before a byte of the request goes out.
+*/
+static int verify_fingerprint(X509_STORE_CTX *ctx, void *arg) {
+  const unsigned char *want = arg;
+  X509 *leaf = X509_STORE_CTX_get0_cert(ctx);
+  unsigned char got[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (!leaf || !X509_digest(leaf, EVP_sha256(), got, &n) || n != 32 || memcmp(got, want, 32) != 0) {
+    X509_STORE_CTX_set_error(ctx, X509_V_ERR_CERT_REJECTED);
+    return 0;
+  }
+  return 1;
+}
+
+static CURLcode on_ssl_ctx(CURL *e, void *sslctx, void *arg) {
+  (void)e;
+  SSL_CTX_set_cert_verify_callback((SSL_CTX *)sslctx, verify_fingerprint, arg);
+  return CURLE_OK;
 }
 
 /* Sets every option of the easy handle for this request. */
@@ -717,6 +788,12 @@ static void setup(Session *s, Transfer *t, const Request *r) {
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, r->insecure ? 0L : 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, r->insecure ? 0L : 2L);
   if (r->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, r->ca_file);
+  if (r->has_cert_pin) { /* the fingerprint replaces CA and name checks */
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
+    curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, (void *)r->cert_sha256);
+  }
   if (r->pin) {
     char pin[256];
     snprintf(pin, sizeof pin, "%s%s", strncmp(r->pin, "sha256//", 8) == 0 ? "" : "sha256//", r->pin);
@@ -760,15 +837,42 @@ static void setup(Session *s, Transfer *t, const Request *r) {
 /* Running a request                                                      */
 /* ====================================================================== */
 
+/*
+** The tick function (an export lease's keep-alive, say) runs between polls,
+** on this thread, with the bytes moved so far; libcurl is not inside a
+** callback then, so it may make requests of its own on another session.
+** Its error, a `false` or a `nil, message` return ends the transfer with
+** code ETICK.
+*/
+static int call_tick(Transfer *t) {
+  lua_State *L = t->L;
+  lua_pushvalue(L, t->tick_idx);
+  lua_pushinteger(L, (lua_Integer)(t->sent ? t->sent : t->offset + t->received));
+  int ok = lua_pcall(L, 1, 2, 0) == LUA_OK;
+  int stop = ok && ((lua_isboolean(L, -2) && !lua_toboolean(L, -2)) ||
+                    (lua_isnil(L, -2) && lua_type(L, -1) == LUA_TSTRING));
+  if (ok && !stop) { lua_pop(L, 2); return 1; }
+  const char *msg = lua_tostring(L, -1);
+  snprintf(t->why, sizeof t->why, "tick: %s", msg ? msg : "stopped the transfer");
+  t->tick_failed = 1;
+  lua_pop(L, ok ? 2 : 1);
+  return 0;
+}
+
 /* Drives the transfer, waking at least every 100 ms to notice Ctrl-C. */
 static CURLcode perform(Session *s, Transfer *t) {
   CURLcode res = CURLE_OK;
   if (curl_multi_add_handle(s->multi, s->easy) != CURLM_OK) return CURLE_FAILED_INIT;
   int running = 1;
+  double next_tick = t->tick_idx ? capil_now() + t->tick_interval : 0;
   while (running) {
     if (curl_multi_perform(s->multi, &running) != CURLM_OK) { res = CURLE_FAILED_INIT; break; }
     if (!running) break;
     if (capil_interrupted()) { res = CURLE_ABORTED_BY_CALLBACK; break; }
+    if (t->tick_idx && capil_now() >= next_tick) {
+      if (!call_tick(t)) { res = CURLE_ABORTED_BY_CALLBACK; break; }
+      next_tick = capil_now() + t->tick_interval;
+    }
     curl_multi_poll(s->multi, NULL, 0, 100, NULL);
   }
   int left;
@@ -786,6 +890,7 @@ static CURLcode perform(Session *s, Transfer *t) {
 /* The stable code token for a failed transfer. */
 static const char *error_code(Transfer *t, CURLcode res) {
   if (capil_interrupted()) return "EINTR";
+  if (t->tick_failed) return "ETICK";
   switch (res) {
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY: return "EDNS";
@@ -897,10 +1002,17 @@ static int do_request(lua_State *L, Session *s, int o) {
   const char *shown = push_redacted_url(L, r.url);
   Transfer *t = new_transfer(L);
   t->progress = r.progress;
+  if (capil_opt_field(L, o, "tick") == LUA_TFUNCTION) {
+    t->L = L;
+    t->tick_idx = lua_gettop(L);  /* stays on the stack for the transfer */
+    t->tick_interval = r.tick_interval;
+  } else {
+    lua_pop(L, 1);
+  }
   collect_headers(L, o, t);
   int err = 0;
   if (r.body_file && ((err = open_upload(t, &r)) != 0 ||
-                      (err = disk_start(&t->disk, t->in_fd, t->md, 1)) != 0))
+                      (err = disk_start(&t->disk, t->in_fd, t->md, 1, t->in_size)) != 0))
     return capil_fail_errno(L, err, "http.request: %s %s: %s", r.method, shown, r.body_file);
   if (r.out_file && (err = open_download(t, &r)) != 0) {
     if (t->out_fd >= 0 && !r.resume) unlink(t->part);
@@ -1011,7 +1123,7 @@ static Session *new_session(lua_State *L) {
 /*
 ** http.request{method=, url=, headers=, body= | body_file=, out_file=, resume=,
 **   sha256=, timeout=, connect_timeout=, stall_timeout=, ca_file=, insecure=,
-**   pin_sha256=, cookies=, progress=, follow=true}
+**   pin_sha256=, cert_sha256=, cookies=, progress=, tick=, tick_interval=2, follow=true}
 **   -> {status, reason, headers, body | file, digest, size, resumed, url}
 **    | nil, msg, code
 ** A 4xx/5xx status is a response, not a failure. `digest` is the SHA-256 of

@@ -52,6 +52,8 @@ local function make_pki(dir)
     ca = dir .. "/ca.crt", other_ca = dir .. "/other-ca.crt",
     cert = dir .. "/srv.crt", key = dir .. "/srv.key",
     pin = run({ "openssl", "base64", "-A", "-in", dir .. "/pin.bin" }):gsub("%s", ""),
+    fingerprint = run({ "openssl", "x509", "-in", dir .. "/srv.crt", "-noout", "-fingerprint", "-sha256" })
+      :match("=(%S+)"),
   }
 end
 
@@ -220,6 +222,32 @@ describe("http #http", function()
       assert.equal(204, r.status)
     end)
 
+    it("uploads a slice of body_file (a disk inside an OVA) with body_offset/body_length", function()
+      local src = out .. "/slice.bin"
+      run({ "openssl", "rand", "-out", src, tostring(3 * MiB + 7) })
+      local whole = read(src)
+      local off, len = MiB + 5, 2 * MiB - 3 -- not on a buffer boundary
+      local r = assert(core.request({ method = "PUT", url = srv.url("/dav/slice.bin"), body_file = src,
+                                      body_offset = off, body_length = len }))
+      assert.equal(201, r.status)
+      assert.equal(len, r.size)
+      local got = read(srv.root .. "/dav/slice.bin")
+      assert.equal(len, #got)
+      assert.is_true(got == whole:sub(off + 1, off + len))
+      assert.equal(sha256sum(srv.root .. "/dav/slice.bin"), r.digest)
+      -- to the end of the file when no length is given
+      r = assert(core.request({ method = "PUT", url = srv.url("/dav/slice.bin"), body_file = src, body_offset = off }))
+      assert.equal(3 * MiB + 7 - off, r.size)
+      local err, code
+      r, err, code = core.request({ method = "PUT", url = srv.url("/dav/slice.bin"), body_file = src,
+                                   body_offset = 3 * MiB, body_length = 100 })
+      assert.is_nil(r)
+      assert.equal("ERANGE", code)
+      assert.matches("slice.bin", err)
+      assert.has_error(function() core.request({ url = srv.url("/"), body_offset = 1 }) end,
+        "http.request: options 'body_offset' and 'body_length' need 'body_file'")
+    end)
+
     it("sends the body again when a PUT is redirected with 307", function()
       -- no "Expect: 100-continue": the body goes out at once and must be rewound
       local r = assert(core.request({ method = "PUT", url = srv.url("/redirect-put"), body_file = big,
@@ -293,6 +321,29 @@ describe("http #http", function()
       assert.is_false(fs.exists(p))
     end)
 
+    it("calls tick with the bytes moved while a transfer runs; false stops it", function()
+      local p = target("ticked.bin")
+      local seen = {}
+      local r, err, code = core.request({ url = srv.url("/slow/big.bin"), out_file = p, tick_interval = 0.2,
+        tick = function(n)
+          seen[#seen + 1] = n
+          if #seen == 3 then return nil, "lease lost" end
+        end })
+      assert.is_nil(r)
+      assert.equal("ETICK", code)
+      assert.matches(": tick: lease lost$", err)
+      assert.equal(3, #seen)
+      assert.is_true(seen[3] >= seen[1] and seen[3] > 0)
+      assert.is_false(fs.exists(p .. ".part"))
+      r, err, code = core.request({ url = srv.url("/slow/big.bin"), tick_interval = 0.1,
+        tick = function() error("boom") end })
+      assert.is_nil(r)
+      assert.equal("ETICK", code)
+      assert.matches("tick: .*boom", err)
+      assert.has_error(function() core.request({ url = srv.url("/"), tick = 1 }) end,
+        "http.request: option 'tick' must be a function")
+    end)
+
     it("fails with ECONNREFUSED on a closed port and EDNS on an unknown host", function()
       local port = assert(host.free_port())
       local r, err, code = core.request({ url = ("http://127.0.0.1:%d/"):format(port) })
@@ -353,6 +404,23 @@ describe("http #http", function()
       assert.is_nil(r)
       assert.equal("TLS", code)
       assert.matches("public key", err)
+    end)
+
+    it("checks a certificate fingerprint (a vSphere thumbprint) instead of the CA", function()
+      -- the colon form openssl and vCenter print, and plain lower-case hex
+      local r = assert(core.request({ url = srv.tls_url("/files/small.txt"), cert_sha256 = pki.fingerprint }))
+      assert.equal(200, r.status)
+      r = assert(core.request({ url = srv.tls_url("/files/small.txt"),
+                                cert_sha256 = pki.fingerprint:gsub(":", ""):lower() }))
+      assert.equal(200, r.status)
+      local wrong = pki.fingerprint:gsub("%x", "0", 2)
+      local err, code
+      r, err, code = core.request({ url = srv.tls_url("/echo/method"), body = "password=x", cert_sha256 = wrong })
+      assert.is_nil(r)
+      assert.equal("TLS", code)
+      assert.matches("http.request: POST https://127.0.0.1:%d+/echo/method: ", err)
+      assert.has_error(function() core.request({ url = srv.tls_url("/"), cert_sha256 = "abc" }) end,
+        "http.request: option 'cert_sha256' must be a SHA-256 fingerprint (64 hex digits, colons allowed)")
     end)
   end)
 

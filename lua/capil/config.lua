@@ -3,6 +3,9 @@
 ---   2. shared    recipes/config/*.json (image-builder's packer/config and
 ---                packer/ova files; esx.json/vsphere.json for those backends)
 ---   3. recipe    the OS recipe (and what it extends)
+---      env       govc's GOVC_URL, GOVC_USERNAME, GOVC_PASSWORD, GOVC_INSECURE
+---                (and GOVC_DATACENTER, _DATASTORE, _NETWORK, _RESOURCE_POOL,
+---                _FOLDER, _HOST), below var files
 ---   4. var-file  every file of PACKER_VAR_FILES (space-separated), then each
 ---                --var-file, in order: last wins (image-builder's rule)
 ---   5. var       --var key=value
@@ -48,6 +51,48 @@ function M.packer_var_files(env_value)
   return t
 end
 
+-- govc's environment variables and the image-builder variables they set.
+local GOVC = {
+  GOVC_USERNAME = "username", GOVC_PASSWORD = "password", GOVC_DATACENTER = "datacenter",
+  GOVC_DATASTORE = "datastore", GOVC_NETWORK = "network", GOVC_RESOURCE_POOL = "resource_pool",
+  GOVC_FOLDER = "folder", GOVC_HOST = "host", GOVC_TLS_CA_CERTS = "vcenter_ca_file",
+}
+
+--- The variables govc's environment gives, as {var = {value, env name}}.
+--- GOVC_URL may carry user:password@ (as govc allows); GOVC_USERNAME and
+--- GOVC_PASSWORD win over it. `getenv` defaults to os.getenv.
+---@param getenv? fun(name: string): string?
+function M.govc_env(getenv)
+  getenv = getenv or os.getenv
+  local out = {}
+  local url = getenv("GOVC_URL")
+  if url and url ~= "" then
+    local scheme, rest = url:match("^(%a[%w+.-]*://)(.*)$")
+    rest = rest or url
+    local userinfo, hostpart = rest:match("^([^@/]*)@(.*)$")
+    if userinfo then
+      local u, p = userinfo:match("^([^:]*):(.*)$")
+      u = u or userinfo
+      if p and p ~= "" then log.secret(p) out.password = { p, "GOVC_URL" } end
+      if u ~= "" then out.username = { u, "GOVC_URL" } end
+      rest = hostpart
+    end
+    out.vcenter_server = { (scheme or "") .. rest, "GOVC_URL" }
+  end
+  for name, var in pairs(GOVC) do
+    local v = getenv(name)
+    if v and v ~= "" then
+      if var == "password" then log.secret(v) end
+      out[var] = { v, name }
+    end
+  end
+  local insecure = getenv("GOVC_INSECURE")
+  if insecure and insecure ~= "" then
+    out.insecure_connection = { (insecure == "1" or insecure:lower() == "true") and "true" or "false", "GOVC_INSECURE" }
+  end
+  return out
+end
+
 --- Parses "key=value" from --var.
 function M.parse_var(s)
   local k, v = s:match("^([%w_%.]+)=(.*)$")
@@ -57,7 +102,8 @@ end
 
 --- Resolves the configuration of `recipe` (from capil.recipe.load).
 --- opts: backend, config_dir (default recipes/config), var_files (list),
---- packer_var_files (string, PACKER_VAR_FILES), vars ({"k=v", ...} or map).
+--- packer_var_files (string, PACKER_VAR_FILES), vars ({"k=v", ...} or map),
+--- getenv (for govc's variables; default os.getenv).
 --- Returns a Config, or nil and a list of errors.
 ---@return table|nil, string[]?
 function M.resolve(recipe, opts)
@@ -107,6 +153,11 @@ function M.resolve(recipe, opts)
       values[p] = v
       sources[p] = { layer = "recipe", file = recipe.sources[p], where = recipe.lines[p] }
     end
+  end
+
+  -- govc's environment, for the backends that talk to vSphere
+  if opts.backend == "vsphere" or opts.backend == "esx" then
+    for k, v in pairs(M.govc_env(opts.getenv)) do set(k, v[1], "env", v[2]) end
   end
 
   -- 4. var files

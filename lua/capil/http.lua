@@ -24,6 +24,19 @@
 --- servers set (a SOAP login's session cookie is sent back on later calls);
 --- pass it as `session =`. `cookies = {name = value}` adds a Cookie header to
 --- one request.
+---
+--- TLS: verified against the system CAs or `ca_file`; `insecure = true` skips
+--- it; `pin_sha256` pins the public key (curl's form), `cert_sha256` the
+--- certificate's SHA-256 fingerprint (vSphere's thumbprint), which then
+--- replaces the CA and name checks.
+---
+--- `body_offset`/`body_length` send a slice of `body_file` (a disk inside an
+--- OVA, streamed without extracting it).
+---
+--- `tick = function(bytes) end` is called every `tick_interval` seconds
+--- (default 2) while a transfer runs, between polls on this thread, so it may
+--- make requests of its own (an NFC lease's progress); returning `false` or
+--- `nil, message`, or raising, stops the transfer with code ETICK.
 local core = require("capil.core.http")
 local log = require("capil.log")
 local host = require("capil.core.host")
@@ -55,7 +68,8 @@ local CORE_OPTS = {
   method = true, url = true, headers = true, body = true, body_file = true,
   out_file = true, timeout = true, connect_timeout = true, stall_timeout = true,
   ca_file = true, insecure = true, pin_sha256 = true, cookies = true,
-  progress = true, resume = true, sha256 = true, follow = true,
+  progress = true, resume = true, sha256 = true, follow = true, cert_sha256 = true, tick = true,
+  tick_interval = true, body_offset = true, body_length = true,
 }
 local LUA_OPTS = {
   retries = true, backoff = true, max_backoff = true, max_wait = true,

@@ -22,7 +22,7 @@ local M = {}
 local TIME_CLASS = {
   fetch_iso = "tool", serve_installer = "engine", create_vm = "engine", boot_command = "guest",
   wait_ssh = "guest", provision = "guest", checks = "guest", shutdown = "guest", export_disk = "tool",
-  pack_ova = "engine", build_manifest = "engine",
+  pack_ova = "engine", build_manifest = "engine", upload_media = "tool", finalize_vm = "engine",
 }
 
 local H = {} -- step handlers: H[kind](run, step) -> true | nil, err, code
@@ -113,14 +113,19 @@ end
 
 function H.create_vm(run, step)
   local b = run.backend
-  local accel, why = b.accel(step.accel, run.cache_dir)
-  log.info("%s: accelerator %s (%s)", step.vm_name, accel, why)
-  run.report.accel = accel
+  local accel
+  if b.accel then
+    local why
+    accel, why = b.accel(step.accel, run.cache_dir)
+    log.info("%s: accelerator %s (%s)", step.vm_name, accel, why)
+    run.report.accel = accel
+  end
   local vm, err, code = b.create({
     workdir = run.workdir, log_dir = run.log_dir, name = step.vm_name, cpus = step.cpus,
     memory_mb = step.memory_mb, disk_mb = step.disk_mb, iso = run.iso, accel = accel,
     kernel = step.kernel, initrd = step.initrd, append = step.append,
     extra_cdroms = run.cd_iso and { run.cd_iso } or nil,
+    step = step, run = run,
   })
   if not vm then return fail(err, code) end
   run.vm = vm
@@ -139,33 +144,24 @@ function H.boot_command(run, step)
   local s = bootcmd.summary(events)
   log.info("%s: typing the boot command (%d keys, %d waits)", run.vm.name, s.keys, s.waits)
   run.report.typed_keys = s.keys
-  return run.vm:type_keys(bootcmd.to_qmp(events), step.key_interval)
+  local typed, terr2, tcode, calls = run.vm:type_keys(events, step.key_interval)
+  if calls then run.report.typing_calls = calls end
+  return typed, terr2, tcode
 end
 
--- The SSH wait fails fast when QEMU exits, except once after the install:
--- an installer that powers off (instead of rebooting) is restarted from disk.
-local function alive(run)
-  return function()
-    local vm = run.vm
-    if vm:running() then return true end
-    if not vm.installed and run.iso then
-      log.info("%s: the installer powered the VM off; starting it from its disk", vm.name)
-      vm:mark_installed()
-      local ok, err = vm:start()
-      if ok then return true end
-      return false, err
-    end
-    return false, ("QEMU exited (%s; serial log %s)"):format(vm:exit_reason() or "no message", vm.serial_log)
-  end
-end
-
+-- The guest's SSH address (the backend may wait for it: a vSphere guest IP),
+-- then a login; the wait fails fast when the VM stops (vm:alive()).
 local function connect(run, timeout)
   local vm = run.vm
+  local deadline = host.now() + timeout
+  local addr, err, code = vm:ssh_address(timeout)
+  if not addr then return nil, err, code end
+  run.target = { host = addr.host, port = addr.port, user = run.cfg:get("ssh_username") }
   return guest.wait_ssh({
-    host = "127.0.0.1", port = vm.ssh_port, user = run.cfg:get("ssh_username"),
+    host = addr.host, port = addr.port, user = run.cfg:get("ssh_username"),
     password = run.cfg:get("ssh_password"), key = run.cfg:get("ssh_private_key_file"),
-    timeout = timeout, alive = alive(run),
-    what = vm.name, hint = "see the serial log " .. vm.serial_log,
+    timeout = math.max(1, deadline - host.now()), alive = function() return vm:alive() end,
+    what = vm.name, hint = vm.hint,
   })
 end
 
@@ -182,7 +178,7 @@ function H.provision(run, step)
   local counts = { ran = 0, skipped = 0 }
   local ctx = {
     reconnect = function() return connect(run, 900) end,
-    target = { host = "127.0.0.1", port = run.vm.ssh_port, user = run.cfg:get("ssh_username") },
+    target = run.target,
   }
   local current
   for _, s in ipairs(step.steps) do
@@ -236,8 +232,13 @@ function H.export_disk(run, step)
   local ok, err, code = run.vm:export(step.path, { adapter_type = step.adapter_type, hwversion = step.hwversion })
   if not ok then return fail(err, code) end
   -- the digest the OVA's manifest needs, recorded as the disk is produced
-  local sum, herr = hash.file(step.path, "sha256")
-  if not sum then return fail(herr) end
+  -- (a backend that streams the disk hashes it on the way)
+  local sum = type(ok) == "table" and ok.sha256
+  if not sum then
+    local herr
+    sum, herr = hash.file(step.path, "sha256")
+    if not sum then return fail(herr) end
+  end
   run.disks = { { path = step.path, sha256 = sum, size = fs.stat(step.path).size } }
   log.info("%s: exported %s (%d bytes)", run.vm.name, step.path, run.disks[1].size)
   return true
@@ -316,7 +317,8 @@ function M.run(plan, cfg, opts)
   local totals = { guest = 0, tool = 0, engine = 0 }
   local ok, err, code = true, nil, nil
   for _, step in ipairs(plan.steps) do
-    local handler = H[step.kind]
+    -- a backend may bring steps of its own (vSphere: upload_media, finalize_vm)
+    local handler = backend.steps and backend.steps[step.kind] or H[step.kind]
     local t0 = host.now()
     log.debug("step %s (%s)", step.id, step.kind)
     if not handler then
@@ -342,7 +344,7 @@ function M.run(plan, cfg, opts)
   run.report.error = not ok and log.redact(err) or nil
   if run.ova then run.report.artifacts = run.ova end
   if run.session then run.session:close() end
-  if ok and run.vm then run.vm:kill() end
+  if ok and run.vm and run.vm.kill then run.vm:kill() end
   if run.http and run.http.server.running then run.http.server:close() end
   fs.write(plan.output_dir .. "/report.json", log.redact(json.encode(run.report, { indent = 2, sort_keys = true })) .. "\n")
   if close_log then close_log() end

@@ -116,6 +116,11 @@ function M.resolve(cfg, backend, opts)
     template_vars = { "ssh_username", "ssh_password" },
     cd_files = cfg:get("installer.cd_files"), cd_label = cfg:get("installer.cd_label") })
 
+  if traits.export == "nfc" then
+    -- the ISO (and the installer CD) go to the datastore, named by checksum
+    add({ id = "upload-media", kind = "upload_media", checksum = iso_sum, cache_dir = cfg:get("vsphere.cache_dir") })
+  end
+
   add({ id = "create-vm", kind = "create_vm", vm_name = art.build_version,
     guest_os = traits.guest_id == "workstation" and cfg:get("guest_os.workstation") or cfg:get("guest_os.vsphere"),
     cpus = cfg:get("hardware.cpus"), cores_per_socket = cfg:get("hardware.cores"),
@@ -167,6 +172,11 @@ function M.resolve(cfg, backend, opts)
   add({ id = "export", kind = "export_disk", method = traits.export, path = art.vmdk,
     subformat = "streamOptimized", adapter_type = ADAPTER[cfg:get("hardware.disk_controller")],
     hwversion = cfg:get("hardware.vmx_version") })
+
+  if traits.export == "nfc" then
+    add({ id = "finalize", kind = "finalize_vm", convert_to_template = cfg:get("build.convert_to_template"),
+      keep_vm = cfg:get("build.keep_vm") or cfg:get("build.convert_to_template") })
+  end
 
   local properties = {}
   for k, v in pairs(cfg:get("ovf.properties") or {}) do properties[k] = tostring(v) end

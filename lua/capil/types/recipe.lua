@@ -73,6 +73,7 @@
 ---@field username? string build user created by the installer (variable ssh_username)
 ---@field password? string build user's password (locked before shutdown) (variable ssh_password)
 ---@field private_key_file? string log in with this key (ed25519 or ECDSA) instead of the password (variable ssh_private_key_file)
+---@field port? integer the guest's SSH port (vSphere, ESXi; QEMU forwards its own) (variable ssh_port)
 ---@field timeout? string how long to wait for SSH after the boot command (variable ssh_timeout)
 
 ---@class capil.Recipe.ovf
@@ -146,7 +147,7 @@
 ---@field qemu_append? string QEMU: kernel command line for qemu_kernel (variable qemu_append)
 ---@field qemu_accel? "auto"|"kvm"|"tcg" (variable qemu_accel)
 ---@field convert_to_template? boolean (variable convert_to_template)
----@field keep_vm? boolean leave the build VM (vSphere) after export, as image-builder did (variable keep_vm)
+---@field keep_vm? boolean leave the build VM on vSphere after export, as image-builder did (false: destroy it) (variable keep_vm)
 
 ---@class capil.Recipe.remote
 ---@field type? string (variable remote_type)
@@ -166,3 +167,11 @@
 ---@field host? string ESXi host (instead of cluster) (variable host)
 ---@field resource_pool? string (variable resource_pool)
 ---@field insecure_connection? boolean (variable insecure_connection)
+---@field ca_file? string PEM file of the CA that signed the server's certificate (default: the system's) (variable vcenter_ca_file)
+---@field thumbprint? string SHA-256 fingerprint of the server's certificate: trusted instead of the CA (variable thumbprint)
+---@field cache_dir? string datastore folder for uploaded ISOs, named by checksum and shared by builds (variable datastore_cache_dir)
+---@field ip_wait_timeout? string (variable ip_wait_timeout)
+---@field ip_settle_timeout? string the guest IP must stay the same this long (variable ip_settle_timeout)
+---@field ip_wait_address? string CIDR the guest IP must be in; ::/0 accepts IPv6 (link-local and APIPA never count) (variable ip_wait_address)
+---@field nic? integer which NIC's address is used (0 = the first) (variable ip_wait_nic)
+---@field configuration_parameters? table<string, string|number|boolean> extraConfig of the build VM (guestinfo.* keys), as Packer's option (variable configuration_parameters)
