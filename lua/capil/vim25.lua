@@ -97,6 +97,19 @@ function M.obj(type_, fields)
   return fields
 end
 
+--- The value of `key` in a list of OptionValues (`config.extraConfig`);
+--- the last occurrence wins (the simulator appends repeated keys).
+---@param options? table[]
+---@param key string
+---@return any
+function M.option(options, key)
+  local value
+  for _, o in ipairs(M.list(options)) do
+    if type(o) == "table" and o.key == key then value = o.value end
+  end
+  return value
+end
+
 -- ---------------------------------------------------------------------
 -- Type data
 -- ---------------------------------------------------------------------
@@ -170,22 +183,23 @@ local function method_info(m)
   local c = method_cache[m]
   if c ~= nil then return c end
   local spec = data().methods[m]
-  if spec then
-    local ret = spec[1]
-    local ret_array = ret:sub(-2) == "[]"
-    if ret_array then ret = ret:sub(1, -3) end
-    c = { ret = ret ~= "" and ret or nil, ret_array = ret_array, list = {}, by = {} }
-    for i = 2, #spec do
-      local f = parse_field(spec[i])
-      c.list[#c.list + 1] = f
-      c.by[f.name] = f
-    end
-  else
-    c = false
+  if not spec then
     for _, name in ipairs(data().all) do
-      if name == m then method_cache[m] = false return false end
+      if name == m then
+        method_cache[m] = false
+        return false
+      end
     end
     return nil
+  end
+  local ret = spec[1]
+  local ret_array = ret:sub(-2) == "[]"
+  if ret_array then ret = ret:sub(1, -3) end
+  c = { ret = ret ~= "" and ret or nil, ret_array = ret_array, list = {}, by = {} }
+  for i = 2, #spec do
+    local f = parse_field(spec[i])
+    c.list[#c.list + 1] = f
+    c.by[f.name] = f
   end
   method_cache[m] = c
   return c
@@ -633,6 +647,8 @@ local function idempotent(method)
     or method:match("^CheckForUpdates") ~= nil or method:match("^Query") ~= nil
 end
 local RETRY_CODES = { ECONNRESET = true, EPROTO = true }
+-- Calls that set or clear the session cookie: always on the session.
+local SESSION_CALLS = { Login = true, Logout = true, RetrieveServiceContent = true }
 local NO_KEEPALIVE = { CurrentTime = true, Login = true, Logout = true, RetrieveServiceContent = true }
 
 local function soap_action(api)
@@ -652,19 +668,32 @@ end
 
 -- One HTTP round trip of `body`, retried for idempotent methods when the
 -- connection broke or the reply was empty.
+--
+-- State changes go on a connection of their own, with the session cookie:
+-- libcurl silently resends a request once when a reused keep-alive
+-- connection dies before the reply, which must not create two VMs.
 function Client:_send(method, this, body, extra_time)
-  local tries = idempotent(method) and self.retries or 0
+  local idem = idempotent(method)
+  local tries = idem and self.retries or 0
   for attempt = 0, tries do
     self.stats.calls = self.stats.calls + 1
     self.stats.by_method[method] = (self.stats.by_method[method] or 0) + 1
     log.debug("vim25: %s %s", method, tostring(this))
-    local resp, err, code = http.request({
-      session = self.http, url = self.url, method = "POST", body = body,
+    local req = {
+      url = self.url, method = "POST", body = body,
       headers = { ["Content-Type"] = "text/xml; charset=utf-8", SOAPAction = self.action },
       ok_status = true, retries = 0, timeout = self.timeout + extra_time,
       connect_timeout = math.min(self.timeout, 30), stall_timeout = self.timeout + extra_time,
       ca_file = self.ca_file, insecure = self.insecure, pin_sha256 = self.pin_sha256,
-    })
+      cert_sha256 = self.cert_sha256,
+    }
+    local cookie = not idem and not SESSION_CALLS[method] and self.http:cookies().vmware_soap_session
+    if cookie then
+      req.cookies = { vmware_soap_session = cookie }
+    else
+      req.session = self.http
+    end
+    local resp, err, code = http.request(req)
     self.last_used = host.now()
     if resp and (resp.body == nil or resp.body == "") and (resp.status == 200 or resp.status == 500) then
       resp, err, code = nil, ("POST %s: empty reply (HTTP %d)"):format(self.url, resp.status), "EPROTO"
@@ -899,8 +928,10 @@ function Client:wait(ref, path, predicate, timeout)
   if type(predicate) ~= "function" then error("vim25.wait: predicate must be a function", 2) end
   timeout = timeout or 3600
   local deadline = host.now() + timeout
-  local restarted = false
-  while true do
+  local RESTART = {}
+  -- One private collector's wait; RESTART when a re-login under it killed
+  -- the collector (it belongs to the old session).
+  local function attempt()
     local logins = self.stats.logins
     local pc, err, code, fault = self:call("CreatePropertyCollector", self.content.propertyCollector)
     if err then return nil, err, code, fault end
@@ -908,14 +939,17 @@ function Client:wait(ref, path, predicate, timeout)
       self:call("DestroyPropertyCollector", pc)
       return ...
     end
+    local function failed(...)
+      if self.stats.logins ~= logins then return RESTART end
+      return finish(...)
+    end
     local _
     _, err, code, fault = self:call("CreateFilter", pc, {
       spec = { propSet = { { type = ref.type, pathSet = { path } } }, objectSet = { { obj = ref, skip = false } } },
       partialUpdates = false,
     })
-    if err then return finish(nil, err, code, fault) end
+    if err then return failed(nil, err, code, fault) end
     local version, value = "", nil
-    local again = false
     while true do
       local left = deadline - host.now()
       if left <= 0 then
@@ -927,23 +961,20 @@ function Client:wait(ref, path, predicate, timeout)
         version = version,
         options = { maxWaitSeconds = math.max(1, math.min(math.ceil(left), self.max_wait)) },
       })
-      if err then
-        -- a re-login happened under us: the collector died with the old session
-        if self.stats.logins ~= logins and not restarted then
-          again = true
-          break
-        end
-        return finish(nil, err, code, fault)
-      end
+      if err then return failed(nil, err, code, fault) end
       if us then
         version = us.version or version
         value = apply_updates(us, path, value)
         if not us.truncated and predicate(value) then return finish(value) end
       end
     end
-    if not again then break end
-    restarted = true
   end
+  local r, err, code, fault = attempt()
+  if r == RESTART then r, err, code, fault = attempt() end
+  if r == RESTART then
+    return nil, ("vim25.wait: %s %s: the session was lost twice"):format(tostring(ref), path), "SOAP_FAULT"
+  end
+  return r, err, code, fault
 end
 
 --- Waits for a task to finish: its result (true when it has none), or
@@ -984,6 +1015,27 @@ function Client:call_task(method, this, args, timeout)
   return r, err, code, fault
 end
 
+--- Options for `http.request` to reach the server's other endpoints
+--- (`/folder`, `/nfc`) as this session: its TLS settings, and the session
+--- itself, or with `separate = true` (a transfer during which vim25 calls
+--- are made, e.g. from a `tick`) the session cookie on a connection of its own.
+---@param opts? {separate?: boolean}
+---@return table
+function Client:transfer_options(opts)
+  local t = { ca_file = self.ca_file, insecure = self.insecure, pin_sha256 = self.pin_sha256,
+              cert_sha256 = self.cert_sha256 }
+  if opts and opts.separate then
+    local c = self.http:cookies().vmware_soap_session
+    if c then
+      log.secret(c)
+      t.cookies = { vmware_soap_session = c }
+    end
+  else
+    t.session = self.http
+  end
+  return t
+end
+
 --- Logs out (once; later calls return true) and forgets the session.
 ---@return boolean|nil ok, string? err, string? code
 function Client:logout()
@@ -1015,7 +1067,7 @@ end
 
 local CONNECT_OPTS = {
   server = true, username = true, password = true, insecure = true, ca_file = true, pin_sha256 = true,
-  timeout = true, keepalive = true, scheme = true, retries = true, max_wait = true,
+  cert_sha256 = true, timeout = true, keepalive = true, scheme = true, retries = true, max_wait = true,
 }
 
 -- URL, "host:port" and scheme of a server option.
@@ -1049,6 +1101,7 @@ end
 ---@field insecure? boolean    skip TLS verification
 ---@field ca_file? string      PEM bundle to verify the server with
 ---@field pin_sha256? string   base64 SHA-256 of the server's public key
+---@field cert_sha256? string  SHA-256 fingerprint of the server's certificate (vSphere thumbprint)
 ---@field timeout? number      seconds per call (default 60)
 ---@field keepalive? number    idle seconds before a GetCurrentTime keep-alive (default 600; false: off)
 ---@field scheme? string       "https" (default) or "http", for a bare host
@@ -1078,7 +1131,7 @@ function M.connect(opts)
     url = url, server = server, scheme = scheme,
     username = opts.username, password = opts.password,
     insecure = opts.insecure, ca_file = opts.ca_file, pin_sha256 = opts.pin_sha256,
-    timeout = opts.timeout or 60, keepalive = keepalive or nil,
+    cert_sha256 = opts.cert_sha256, timeout = opts.timeout or 60, keepalive = keepalive or nil,
     retries = opts.retries or 2, max_wait = opts.max_wait or 30,
     http = http.session(), action = "urn:vim25/6.5",
     stats = { calls = 0, by_method = {}, logins = 0 },
