@@ -517,6 +517,45 @@ describe("vim25 against the simulator #vsphere", function()
     assert.is_true(c:call_task("Destroy_Task", vm))
   end)
 
+  it("starts a wait over when the session is lost under it", function()
+    local c = assert(connect())
+    local vm = new_vm(c, "vim25-wait-relogin")
+    assert.is_true(c:call_task("PowerOnVM_Task", vm))
+    local collectors = c.stats.by_method.CreatePropertyCollector
+    local calls = 0
+    local v = assert(c:wait(vm, "runtime.powerState", function(state)
+      calls = calls + 1
+      if calls == 1 then
+        assert.is_true(c:call_task("PowerOffVM_Task", vm))
+        sim:drop_sessions()
+      end
+      return state == "poweredOff"
+    end, 30))
+    assert.are.equal("poweredOff", v)
+    assert.are.equal(2, c.stats.by_method.Login)
+    -- the wait's, the power-off task's, and the wait's again after the re-login
+    assert.are.equal(collectors + 3, c.stats.by_method.CreatePropertyCollector)
+    assert.is_true(c:call_task("Destroy_Task", vm))
+    assert.is_true(c:logout())
+  end)
+
+  it("logs calls at debug level without their bodies", function()
+    local log = require("capil.log")
+    local dir = require("capil.fs").tempdir({ prefix = "capil-spec-vim25" })
+    local path = dir .. "/build.log"
+    local close = assert(log.add_file(path))
+    local c = assert(connect())
+    assert.is_truthy(c:find("/DC0"))
+    assert.is_true(c:logout())
+    close()
+    local text = assert(require("capil.fs").read(path))
+    require("capil.fs").remove(dir, { recursive = true })
+    assert.matches("vim25: Login SessionManager:SessionManager", text, 1, true)
+    assert.matches("vim25: FindByInventoryPath SearchIndex:SearchIndex", text, 1, true)
+    assert.is_nil(text:find(PASS, 1, true))
+    assert.is_nil(text:find("<password>", 1, true))
+  end)
+
   it("sets guestinfo extraConfig and reads it back (last occurrence wins)", function()
     local c = session()
     local vm = assert(c:find("/DC0/vm/DC0_H0_VM1"))
