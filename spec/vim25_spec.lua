@@ -633,6 +633,12 @@ describe("vim25 against the simulator #vsphere", function()
     -- not while busy
     assert.are.equal(dc, c:find("/DC0"))
     assert.are.equal(1, c.stats.by_method.CurrentTime)
+    -- on request (long steps between calls)
+    assert.is_true(c:keepalive())
+    assert.are.equal(1, c.stats.by_method.CurrentTime)
+    host.sleep(0.3)
+    assert.is_true(c:keepalive())
+    assert.are.equal(2, c.stats.by_method.CurrentTime)
     assert.is_true(c:logout())
   end)
 

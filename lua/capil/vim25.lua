@@ -710,8 +710,8 @@ end
 -- Sends a prepared envelope; handles keep-alive and one re-login.
 function Client:_invoke(method, this, body, opts)
   if self.closed then error(("vim25.%s: the connection to %s is logged out"):format(method, self.server), 3) end
-  if self.logged_in and self.keepalive and not NO_KEEPALIVE[method]
-    and host.now() - self.last_used > self.keepalive then
+  if self.logged_in and self.idle_limit and not NO_KEEPALIVE[method]
+    and host.now() - self.last_used > self.idle_limit then
     log.debug("vim25: %s idle for %.0f s: keep-alive", self.server, host.now() - self.last_used)
     local _, err, code = self:call("CurrentTime", SERVICE_INSTANCE)
     if code == "EINTR" then return nil, err, code end
@@ -783,7 +783,7 @@ end
 ---@return boolean|nil ok, string? err, string? code
 function Client:keepalive()
   if self.closed then return nil, "vim25.keepalive: logged out", "ENOTCONN" end
-  if host.now() - self.last_used <= (self.keepalive or math.huge) then return true end
+  if host.now() - self.last_used <= (self.idle_limit or math.huge) then return true end
   local _, err, code = self:call("CurrentTime", SERVICE_INSTANCE)
   if err then return nil, err, code end
   return true
@@ -1131,7 +1131,7 @@ function M.connect(opts)
     url = url, server = server, scheme = scheme,
     username = opts.username, password = opts.password,
     insecure = opts.insecure, ca_file = opts.ca_file, pin_sha256 = opts.pin_sha256,
-    cert_sha256 = opts.cert_sha256, timeout = opts.timeout or 60, keepalive = keepalive or nil,
+    cert_sha256 = opts.cert_sha256, timeout = opts.timeout or 60, idle_limit = keepalive or nil,
     retries = opts.retries or 2, max_wait = opts.max_wait or 30,
     http = http.session(), action = "urn:vim25/6.5",
     stats = { calls = 0, by_method = {}, logins = 0 },
