@@ -172,16 +172,37 @@ describe("vcsim peer #vsphere", function()
     local ret = xml.find(r.el, "returnval")
     assert.equal("HttpNfcLease", xml.attr(ret, "type"))
     local lease = xml.text(ret)
-    local state = xml.text(propset(assert(props(sim, s, "HttpNfcLease", lease, { "state" }))).state)
-    if state == "initializing" then
-      local early = assert(http.request({ url = ("%s/nfc/%s/disk-0.vmdk"):format(sim.base, lease),
-        ok_status = true, retries = 0 }))
-      assert.equal(503, early.status)
+    local early = assert(http.request({ url = ("%s/nfc/%s/disk-0.vmdk"):format(sim.base, lease),
+      ok_status = true, retries = 0 }))
+    -- 503 while initializing (the first 300 ms), as a real lease refuses early transfers
+    assert.is_truthy(early.status == 503 or early.status == 200)
+
+    -- WaitForUpdatesEx sees the lease go initializing -> ready
+    local pc = content(sim).propertyCollector
+    local f = assert(call(sim, s, ([[<CreateFilter xmlns="urn:vim25"><_this type="PropertyCollector">%s</_this>]]
+      .. [[<spec><propSet><type>HttpNfcLease</type><pathSet>state</pathSet></propSet><objectSet>]]
+      .. [[<obj type="HttpNfcLease">%s</obj></objectSet></spec><partialUpdates>false</partialUpdates>]]
+      .. [[</CreateFilter>]]):format(pc, lease)))
+    assert.equal(200, f.status)
+    local states, version = {}, ""
+    for _ = 1, 10 do
+      local u = assert(call(sim, s, ([[<WaitForUpdatesEx xmlns="urn:vim25"><_this type="PropertyCollector">%s]]
+        .. [[</_this><version>%s</version><options><maxWaitSeconds>5</maxWaitSeconds></options>]]
+        .. [[</WaitForUpdatesEx>]]):format(pc, version)))
+      local rv = assert(xml.find(u.el, "returnval"), "WaitForUpdatesEx timed out")
+      version = xml.text(xml.find(rv, "version"))
+      for _, filter_set in ipairs(xml.children(rv, "filterSet")) do
+        for _, obj_set in ipairs(xml.children(filter_set, "objectSet")) do
+          for _, cs in ipairs(xml.children(obj_set, "changeSet")) do
+            states[#states + 1] = xml.text(xml.find(cs, "val"))
+          end
+        end
+      end
+      if states[#states] == "ready" then break end
     end
-    local info = eventually(5, function()
-      local p = propset(assert(props(sim, s, "HttpNfcLease", lease, { "state", "info" })))
-      return xml.text(p.state) == "ready" and p.info
-    end)
+    assert.equal("ready", states[#states])
+    if early.status == 503 then assert.equal("initializing", states[1]) end
+    local info = propset(assert(props(sim, s, "HttpNfcLease", lease, { "info" }))).info
     local urls = xml.children(info, "deviceUrl")
     assert.equal(1, #urls)
     assert.equal("true", xml.text(xml.find(urls[1], "disk")))
@@ -198,6 +219,63 @@ describe("vcsim peer #vsphere", function()
     local gone = assert(http.request({ url = sim.base .. url:match("^https://%*(/.*)$"), ok_status = true,
       retries = 0 }))
     assert.equal(404, gone.status)
+  end)
+
+  it("keeps a created VM's disk at [ds] <vm>/<vm>.vmdk: export serves a pattern, then what was PUT", function()
+    local s = http.session()
+    assert.equal(200, login(sim, s, "admin", "s3cret").status)
+    local function find(path)
+      local r = assert(call(sim, s, ('<FindByInventoryPath xmlns="urn:vim25"><_this type="SearchIndex">%s</_this>'
+        .. "<inventoryPath>%s</inventoryPath></FindByInventoryPath>"):format(content(sim).searchIndex, path)))
+      return xml.text(assert(xml.find(r.el, "returnval"), path))
+    end
+    local create = assert(call(sim, s, ([[<CreateVM_Task xmlns="urn:vim25"><_this type="Folder">%s</_this>]]
+      .. "<config><name>capil-build</name><guestId>otherLinux64Guest</guestId><files><vmPathName>[LocalDS_0]"
+      .. [[</vmPathName></files><numCPUs>1</numCPUs><memoryMB>512</memoryMB>]]
+      .. [[<deviceChange><operation>add</operation><device xsi:type="ParaVirtualSCSIController"><key>-100</key>]]
+      .. [[<busNumber>0</busNumber><sharedBus>noSharing</sharedBus></device></deviceChange>]]
+      .. [[<deviceChange><operation>add</operation><fileOperation>create</fileOperation>]]
+      .. [[<device xsi:type="VirtualDisk"><key>-101</key><backing xsi:type="VirtualDiskFlatVer2BackingInfo">]]
+      .. [[<fileName></fileName><diskMode>persistent</diskMode><thinProvisioned>true</thinProvisioned></backing>]]
+      .. [[<controllerKey>-100</controllerKey><unitNumber>0</unitNumber><capacityInKB>4096</capacityInKB>]]
+      .. [[</device></deviceChange></config><pool type="ResourcePool">%s</pool></CreateVM_Task>]])
+      :format(find("DC0/vm"), find("DC0/host/DC0_H0/Resources"))))
+    assert.equal(200, create.status)
+    local vm = assert(vm_named(sim, "capil-build"))
+    assert.equal("poweredOff", vm.power)
+    local dev = propset(assert(props(sim, s, "VirtualMachine", vm.ref, { "config.hardware.device" })))
+    local disk
+    for _, d in ipairs(xml.children(dev["config.hardware.device"])) do
+      if xml.xsi_type(d) == "VirtualDisk" then disk = d end
+    end
+    assert.equal("[LocalDS_0] capil-build/capil-build.vmdk",
+      xml.text(xml.find(xml.find(assert(disk), "backing"), "fileName")))
+
+    -- exports the lease's only disk once ready; returns its bytes and ends the lease
+    local function export(finish)
+      local lease = xml.text(xml.find(assert(vm_call(sim, s, "ExportVm", vm.ref)).el, "returnval"))
+      local info = eventually(5, function()
+        local p = propset(assert(props(sim, s, "HttpNfcLease", lease, { "state", "info" })))
+        return xml.text(p.state) == "ready" and p.info
+      end)
+      assert.equal("4096", xml.text(xml.find(info, "totalDiskCapacityInKB")))
+      local url = xml.text(xml.find(xml.find(info, "deviceUrl"), "url"))
+      local got = assert(http.request({ url = sim.base .. url:match("^https://%*(/.*)$"), retries = 0 }))
+      assert.equal(200, call(sim, s, ('<%s xmlns="urn:vim25"><_this type="HttpNfcLease">%s</_this></%s>')
+        :format(finish, lease, finish)).status)
+      return got.body
+    end
+    local empty = export("HttpNfcLeaseAbort")
+    assert.equal(1048576, #empty) -- vcsim's disks are empty files: a fixed pattern stands in
+    assert.equal(string.char(0, 1, 2, 250, 0, 1), empty:sub(1, 3) .. empty:sub(251, 253))
+
+    local data = hash.random(200000)
+    assert.equal(200, assert(http.request({ method = "PUT", body = data, retries = 0,
+      url = sim.base .. "/folder/capil-build/capil-build.vmdk?dcPath=DC0&dsName=LocalDS_0" })).status)
+    assert.equal(hash.digest("sha256", data), hash.digest("sha256", export("HttpNfcLeaseComplete")))
+
+    assert.equal(200, vm_call(sim, s, "Destroy_Task", vm.ref).status)
+    assert.is_nil(vm_named(sim, "capil-build"))
   end)
 
   it("reports the guest IP after power-on, behind link-local addresses", function()
@@ -257,6 +335,13 @@ describe("vcsim peer #vsphere", function()
     local r, err, code = call(sim, nil, now)
     assert.is_nil(r, err)
     assert.equal("ECONNRESET", code)
+    -- libcurl resends once a request whose kept-alive connection died
+    -- without a reply: on a session it takes two resets to reach the caller
+    sim:inject({ method = "CurrentTime", action = "reset", count = 2 })
+    local r2, _, code2 = call(sim, s, now)
+    assert.is_nil(r2)
+    assert.equal("ECONNRESET", code2)
+    assert.equal(3, sim:calls().CurrentTime)
     sim:inject({ method = "CurrentTime", action = "fault", fault = "NotAuthenticated", count = 2 })
     for _ = 1, 2 do
       local f = assert(call(sim, s, now))
@@ -268,7 +353,7 @@ describe("vcsim peer #vsphere", function()
     sim:inject({ method = "CurrentTime", action = "status", status = 503 })
     assert.equal(503, call(sim, s, now).status)
     assert.equal(200, call(sim, s, now).status)
-    assert.equal(6, sim:calls().CurrentTime)
+    assert.equal(8, sim:calls().CurrentTime)
     assert.has_error(function() sim:inject({ method = "CurrentTime", action = "fault", fault = "NoSuchFault" }) end)
   end)
 
