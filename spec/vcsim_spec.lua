@@ -423,8 +423,10 @@ describe("vcsim peer lifetime #vsphere", function()
     local ds = fs.list(dir .. "/tmp")
     assert.equal(1, #ds)
     assert.matches("^govcsim%-", ds[1])
-    sim:stop()
+    sim.handle.stop() -- SIGTERM: the simulator removes its datastore itself
     assert.is_false(proc.alive(pid))
+    assert.same({}, fs.list(dir .. "/tmp"))
+    sim:stop()
     assert.is_false(fs.exists(dir))
     sim:stop() -- idempotent
   end)

@@ -99,10 +99,11 @@ func main() {
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	<-sig
+	got := <-sig
+	log.Printf("vcsim: %s: stopping", got)
 
 	// Close waits for open requests (a WaitForUpdatesEx can hold one for
-	// minutes): give it a moment, then remove the datastore dir regardless.
+	// minutes): give it half a second, then remove the datastore dir regardless.
 	done := make(chan struct{})
 	go func() {
 		server.Close()
@@ -110,7 +111,9 @@ func main() {
 	}()
 	select {
 	case <-done:
-	case <-time.After(2 * time.Second):
+	case <-time.After(500 * time.Millisecond):
+		log.Printf("vcsim: requests still open after 0.5 s; leaving them")
 	}
 	model.Remove()
+	log.Printf("vcsim: stopped")
 }
