@@ -123,7 +123,7 @@ Sim.__index = Sim
 
 local START_OPTS = {
   username = true, password = true, tls = true, esx = true, restricted = true, guest_ip = true,
-  guest_ip_delay = true, session_idle = true, trace = true,
+  guest_ip_delay = true, session_idle = true, trace = true, export_disk = true,
 }
 
 ---@class vcsim.Sim
@@ -146,8 +146,9 @@ local START_OPTS = {
 --- vCenter), `restricted` (ESXi free licence: write methods fault
 --- RestrictedVersion), `guest_ip` (reported by "VMware Tools" after power-on,
 --- `guest_ip_delay` seconds later, default 0.5), `session_idle` (seconds
---- before an idle session expires), `trace` (SOAP dump into the log).
----@param opts? {username?: string, password?: string, tls?: boolean, esx?: boolean, restricted?: boolean, guest_ip?: string, guest_ip_delay?: number, session_idle?: number, trace?: boolean}
+--- before an idle session expires), `trace` (SOAP dump into the log),
+--- `export_disk` (a file an export serves for a VM disk without data).
+---@param opts? {username?: string, password?: string, tls?: boolean, esx?: boolean, restricted?: boolean, guest_ip?: string, guest_ip_delay?: number, session_idle?: number, trace?: boolean, export_disk?: string}
 ---@return vcsim.Sim
 function M.start(opts)
   opts = opts or {}
@@ -179,6 +180,7 @@ function M.start(opts)
   if opts.esx then argv[#argv + 1] = "-esx" end
   if opts.restricted then argv[#argv + 1] = "-restricted" end
   if opts.trace then argv[#argv + 1] = "-trace" end
+  if opts.export_disk then argv[#argv + 1] = "-export-disk=" .. opts.export_disk end
   if opts.guest_ip then
     argv[#argv + 1] = "-guest-ip"
     argv[#argv + 1] = opts.guest_ip

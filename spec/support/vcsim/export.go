@@ -9,7 +9,9 @@
 // The bytes served are the disk's file in the datastore directory: the
 // backing's "<vm>.vmdk" (what a PUT to /folder/<vm>/<vm>.vmdk replaces), or
 // its "-flat.vmdk" extent when that one has data; vcsim creates both empty,
-// and an empty disk is served as 1 MiB of a fixed pattern (byte i = i % 251).
+// and an empty disk is served as the -export-disk file when one is given
+// (real vCenter always streams a streamOptimized VMDK, which vcsim's empty
+// placeholders are not), else as 1 MiB of a fixed pattern (byte i = i % 251).
 package main
 
 import (
@@ -59,10 +61,11 @@ type exporter struct {
 	mu     sync.Mutex
 	next   int
 	leases map[string]*exportLease // by moref value "export-N"
+	empty  string                  // served for a disk without data ("" = the pattern)
 }
 
-func newExporter() *exporter {
-	return &exporter{leases: map[string]*exportLease{}}
+func newExporter(empty string) *exporter {
+	return &exporter{leases: map[string]*exportLease{}, empty: empty}
 }
 
 // exportVm starts an export of a powered-off VM.
@@ -82,7 +85,7 @@ func (x *exporter) exportVm(w http.ResponseWriter, body []byte) {
 	simulator.Map.WithLock(vm, func() {
 		state = vm.Runtime.PowerState
 		if state == types.VirtualMachinePowerStatePoweredOff {
-			disks = vmDisks(vm)
+			disks = withDefault(vmDisks(vm), x.empty)
 		}
 	})
 	if state != types.VirtualMachinePowerStatePoweredOff {
@@ -145,6 +148,7 @@ func vmDisks(vm *simulator.VirtualMachine) []exportDisk {
 		if b, ok := disk.Backing.(types.BaseVirtualDeviceFileBackingInfo); ok {
 			d.path = pickDiskFile(vm, b.GetVirtualDeviceFileBackingInfo().FileName)
 		}
+
 		out = append(out, d)
 	}
 	return out
@@ -189,6 +193,16 @@ func pickDiskFile(vm *simulator.VirtualMachine, name string) string {
 		}
 	}
 	return ""
+}
+
+// withDefault serves file for every disk that has no data of its own.
+func withDefault(disks []exportDisk, file string) []exportDisk {
+	for i := range disks {
+		if disks[i].path == "" {
+			disks[i].path = file
+		}
+	}
+	return disks
 }
 
 func (d exportDisk) size() int64 {

@@ -47,6 +47,7 @@ func main() {
 	sessionIdle := flag.Duration("session-idle", 0, "expire sessions idle this long (0: never)")
 	guestIP := flag.String("guest-ip", "", "IPv4 address VMware Tools reports after a VM powers on")
 	guestIPDelay := flag.Duration("guest-ip-delay", 500*time.Millisecond, "time from power-on to the guest IP report")
+	exportDisk := flag.String("export-disk", "", "file an export serves for a disk without data (a streamOptimized VMDK)")
 	trace := flag.Bool("trace", false, "dump SOAP requests and responses to stderr")
 	flag.Parse()
 
@@ -90,6 +91,7 @@ func main() {
 		restricted:   *restricted,
 		guestIP:      *guestIP,
 		guestIPDelay: *guestIPDelay,
+		exportDisk:   *exportDisk,
 	})
 	server.Config.Handler = sh
 

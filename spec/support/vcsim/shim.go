@@ -33,6 +33,7 @@ type shimOptions struct {
 	restricted   bool
 	guestIP      string
 	guestIPDelay time.Duration
+	exportDisk   string
 }
 
 // injection is a scripted misbehaviour for the next `count` calls of a method.
@@ -104,7 +105,7 @@ func newShim(svc *simulator.Service, inner http.Handler, opts shimOptions) *shim
 		calls:   map[string]int{},
 		injects: map[string]*injection{},
 		keys:    map[string][]keyEvent{},
-		export:  newExporter(),
+		export:  newExporter(opts.exportDisk),
 	}
 	if opts.guestIP != "" {
 		s.guest = newGuestReporter(opts.guestIP, opts.guestIPDelay)
