@@ -79,6 +79,61 @@ function M.settings(cfg, kind)
   return s
 end
 
+--- Settings without a recipe (capil repl, capil deploy): recipes/config's
+--- vsphere.json or esx.json < govc's environment < PACKER_VAR_FILES <
+--- var files < --var, by image-builder variable name.
+---@param opts {backend?: string, var_files?: string[], vars?: string[], config_dir?: string, getenv?: function}
+---@return table|nil settings, string? err
+function M.settings_from_vars(opts)
+  local config = require("capil.config")
+  local json = require("capil.json")
+  local schema = require("capil.schema")
+  local kind = opts.backend or "vsphere"
+  local raw = {}
+  local function set(k, v)
+    local f = schema.by_var[k] or schema.by_path[k]
+    if f then raw[f.path] = v end
+  end
+  local files = {}
+  local base = (opts.config_dir or "recipes/config") .. "/" .. (config.BACKEND_FILES[kind] or "vsphere.json")
+  if fs.exists(base) then files[1] = base end
+  local layers = {}
+  for _, f in ipairs(config.packer_var_files((opts.getenv or os.getenv)("PACKER_VAR_FILES"))) do layers[#layers + 1] = f end
+  for _, f in ipairs(opts.var_files or {}) do layers[#layers + 1] = f end
+  for _, path in ipairs(files) do
+    local data = json.read(path)
+    if type(data) == "table" then for k, v in pairs(data) do set(k, v) end end
+  end
+  for k, v in pairs(config.govc_env(opts.getenv)) do set(k, v[1]) end
+  for _, path in ipairs(layers) do
+    local data, err = json.read(path)
+    if type(data) ~= "table" or json.is_array(data) then
+      return nil, ("%s: %s"):format(path, err or "a var file must be a JSON object of variables")
+    end
+    for k, v in pairs(data) do set(k, v) end
+  end
+  for _, kv in ipairs(opts.vars or {}) do
+    local k, v = config.parse_var(kv)
+    if not k then return nil, v end
+    set(k, v)
+  end
+  for path, v in pairs(raw) do
+    local f = schema.by_path[path]
+    if f.secret and type(v) == "string" and v ~= "" then log.secret(v) end
+  end
+  local values = {}
+  for _, f in ipairs(schema.fields) do
+    local v = raw[f.path]
+    if v == nil then v = f.default end
+    if v ~= nil then
+      local c, why = schema.coerce(f, v)
+      if c == nil then return nil, ("%s: %s"):format(f.var or f.path, why) end
+      values[f.path] = c
+    end
+  end
+  return M.settings({ get = function(_, p) return values[p] end }, kind)
+end
+
 --- Opens a vim25 session with the settings (capil.backends.vsphere.settings).
 ---@return table|nil vc, string? err, string? code
 function M.connect(s)
@@ -488,7 +543,7 @@ end
 
 function VM:start()
   local t, err, code = self.vc:call("PowerOnVM_Task", self.ref, {})
-  if t then _, err, code = self.vc:task(t, 600) end
+  if t then err, code = select(2, self.vc:task(t, 600)) end
   if err then return nil, ("%s: PowerOnVM_Task: %s"):format(self.name, err), code end
   log.info("%s: powered on", self.name)
   return true
@@ -653,7 +708,7 @@ function VM:power_off(timeout)
   if not serr and self:wait_exit(timeout or 60) then return true end
   log.warn("%s: still running; powering off", self.name)
   local t, err, code = self.vc:call("PowerOffVM_Task", self.ref, {})
-  if t then _, err, code = self.vc:task(t, 300) end
+  if t then err, code = select(2, self.vc:task(t, 300)) end
   if err and self:power() ~= "poweredOff" then return nil, ("%s: PowerOffVM_Task: %s"):format(self.name, err), code end
   return true
 end
@@ -741,7 +796,7 @@ function VM:remove_cdroms()
   local t
   t, err, code = self.vc:call("ReconfigVM_Task", self.ref,
     { spec = vim25.obj("VirtualMachineConfigSpec", { deviceChange = changes }) })
-  if t then _, err, code = self.vc:task(t, 300) end
+  if t then err, code = select(2, self.vc:task(t, 300)) end
   if err then return nil, ("%s: removing the CD-ROMs: %s"):format(self.name, err), code end
   return true
 end
@@ -755,12 +810,119 @@ function VM:destroy()
     if t then self.vc:task(t, 300) end
   end
   local t, err, code = self.vc:call("Destroy_Task", self.ref, {})
-  if t then _, err, code = self.vc:task(t, 600) end
+  if t then err, code = select(2, self.vc:task(t, 600)) end
   if err then return nil, ("%s: Destroy_Task: %s"):format(self.name, err), code end
   self.destroyed = true
   if self.cleanup then self.cleanup:cancel() self.cleanup = nil end
   log.info("%s: destroyed", self.name)
   return true
+end
+
+-- ====================================================================== --
+-- Deploy: an OVA becomes a VM (or a template)                            --
+-- ====================================================================== --
+
+--- Imports `ova_path` (CreateImportSpec + ImportVApp + NFC upload of each
+--- disk straight out of the OVA). opts: name (default: the OVF's), template
+--- (MarkAsTemplate afterwards), progress_interval (s). Returns a VM handle.
+function M.import(vc, inv, ova_path, opts)
+  opts = opts or {}
+  local ova, ovf = require("capil.ova"), require("capil.ovf")
+  local members, merr, mcode = ova.members(ova_path)
+  if not members then return nil, merr, mcode end
+  local by_name = {}
+  for _, m in ipairs(members) do by_name[m.name] = m end
+  local desc = members[1] and members[1].name:match("%.ovf$") and members[1]
+  if not desc then return fail(("deploy: %s: the first member is not an .ovf descriptor"):format(ova_path), "EOVA") end
+  local f = assert(io.open(ova_path, "rb"))
+  f:seek("set", desc.offset)
+  local text = f:read(desc.size)
+  f:close()
+  local facts, perr = ovf.parse(text)
+  if not facts then return fail(("deploy: %s: %s"):format(ova_path, perr), "EOVA") end
+  local name = opts.name or facts.name
+  local mappings = {}
+  for _, n in ipairs(facts.networks) do
+    mappings[#mappings + 1] = vim25.obj("OvfNetworkMapping", { name = n, network = inv.network.ref })
+  end
+  local params = vim25.obj("OvfCreateImportSpecParams", { locale = "", deploymentOption = "", entityName = name,
+    diskProvisioning = "thin", networkMapping = mappings })
+  local spec, err, code = vc:call("CreateImportSpec", vc.content.ovfManager,
+    { ovfDescriptor = text, resourcePool = inv.pool, datastore = inv.datastore, cisp = params })
+  if not spec then return nil, ("deploy %s: CreateImportSpec: %s"):format(name, err), code end
+  if spec.error then
+    local msgs = {}
+    for _, e in ipairs(vim25.list(spec.error)) do msgs[#msgs + 1] = e.localizedMessage or (e.fault and e.fault._type) end
+    return fail(("deploy %s: the server rejects the OVF: %s"):format(name, table.concat(msgs, "; ")), "EOVF")
+  end
+  local files = {}
+  for _, item in ipairs(vim25.list(spec.fileItem)) do files[item.deviceId] = item end
+  local lease
+  lease, err, code = vc:call("ImportVApp", inv.pool, { spec = spec.importSpec, folder = inv.folder, host = inv.host })
+  if not lease then return nil, ("deploy %s: ImportVApp: %s"):format(name, err), code end
+  local finished = false
+  local function abort(why)
+    if finished then return end
+    finished = true
+    vc:call("HttpNfcLeaseAbort", lease, { fault = vim25.obj("LocalizedMethodFault", {
+      fault = vim25.obj("SystemError", { reason = why }), localizedMessage = why }) })
+  end
+  local guard = cleanup.push(("import lease %s of %s"):format(tostring(lease), name), function()
+    abort("capil: import interrupted")
+  end)
+  local function failed(msg, c)
+    abort(msg)
+    guard:cancel()
+    return nil, ("deploy %s: %s"):format(name, msg), c
+  end
+  local state
+  state, err, code = vc:wait(lease, "state", function(v) return v == "ready" or v == "error" end, 300)
+  if not state then return failed("the lease never became ready: " .. err, code) end
+  if state == "error" then
+    local p = vc:props(lease, { "error" })
+    return failed("the lease failed: " .. (p and p.error and (p.error.localizedMessage or "") or ""), "ENFC")
+  end
+  local info = assert(vc:props(lease, { "info" })).info
+  local uploads, total = {}, 0
+  for _, d in ipairs(vim25.list(info.deviceUrl)) do
+    local item = files[d.importKey]
+    if item then
+      local m = by_name[item.path]
+      if not m then return failed(("the OVF names %s, which the OVA does not hold"):format(item.path), "EOVA") end
+      uploads[#uploads + 1] = { url = d.url, member = m, create = item.create }
+      total = total + m.size
+    end
+  end
+  local moved = 0
+  for _, u in ipairs(uploads) do
+    local url = u.url:gsub("^https?://%*", vc.scheme .. "://" .. vc.server)
+    local progress <close> = log.progress({ label = "upload " .. u.member.name, total = u.member.size })
+    local topts = vc:transfer_options({ separate = true })
+    topts.method = u.create and "PUT" or "POST"
+    topts.url, topts.body_file, topts.body_offset, topts.body_length = url, ova_path, u.member.offset, u.member.size
+    topts.headers = { ["Content-Type"] = "application/x-vnd.vmware-streamVmdk", Overwrite = u.create and "t" or nil }
+    topts.progress, topts.timeout, topts.tick_interval = progress, opts.timeout or 7200, opts.progress_interval or 2
+    topts.tick = function(bytes)
+      vc:call("HttpNfcLeaseProgress", lease, { percent = math.min(99, math.floor((moved + bytes) * 100 / math.max(total, 1))) })
+    end
+    local r, uerr, ucode = http.request(topts)
+    if not r then return failed(("%s %s: %s"):format(topts.method, http.redact_url(url), uerr), ucode) end
+    moved = moved + u.member.size
+    log.info("deploy %s: sent %s (%d bytes)", name, u.member.name, u.member.size)
+  end
+  vc:call("HttpNfcLeaseProgress", lease, { percent = 100 })
+  local _, cerr, ccode = vc:call("HttpNfcLeaseComplete", lease, {})
+  finished = true
+  guard:cancel()
+  if cerr then return nil, ("deploy %s: HttpNfcLeaseComplete: %s"):format(name, cerr), ccode end
+  local ref = info.entity
+  local vm = setmetatable({ vc = vc, inv = inv, ref = ref, name = name, settings = {} }, VM)
+  if opts.template then
+    local _, terr, tcode = vc:call("MarkAsTemplate", ref, {})
+    if terr then return nil, ("deploy %s: MarkAsTemplate: %s"):format(name, terr), tcode end
+  end
+  log.info("deploy %s: %s %s created", name, opts.template and "template" or "VM", tostring(ref))
+  return vm
 end
 
 M.VM = VM

@@ -305,6 +305,35 @@ describe("ova #ova", function()
     end)
   end)
 
+  describe("members", function()
+    it("gives each member's data offset in ustar, pax and GNU tars, read back byte for byte", function()
+      local d = fresh_dir("members")
+      local long = ("n"):rep(120) .. ".ovf"
+      assert(fs.write(d .. "/" .. long, ("<ovf/>"):rep(100)))
+      run({ "dd", "if=/dev/urandom", "of=" .. d .. "/disk-0.vmdk", "bs=1000", "count=70", "status=none" })
+      for _, format in ipairs({ "ustar", "pax", "gnu" }) do
+        local tar = d .. "/" .. format .. ".tar"
+        local names = format == "ustar" and { "disk-0.vmdk" } or { long, "disk-0.vmdk" }
+        local argv = { "tar", "-C", d, "--format=" .. format, "-cf", tar }
+        for _, n in ipairs(names) do argv[#argv + 1] = n end
+        run(argv)
+        local members = assert(ova.members(tar))
+        assert.equal(#names, #members)
+        local f = assert(io.open(tar, "rb"))
+        for i, m in ipairs(members) do
+          assert.equal(names[i], m.name)
+          f:seek("set", m.offset)
+          assert.is_true(f:read(m.size) == read_file(d .. "/" .. names[i]), format .. " " .. m.name)
+        end
+        f:close()
+      end
+      local r, err, code = ova.members(d .. "/disk-0.vmdk")
+      assert.is_nil(r)
+      assert.equal("NOT_TAR", code)
+      assert.matches("disk%-0%.vmdk: not a ustar/pax header", err)
+    end)
+  end)
+
   describe("pack", function()
     local dir, result, opts
 

@@ -17,7 +17,16 @@ M.options = {
   { name = "var", arg = "KEY=VALUE", multi = true, help = "one variable; wins over var files" },
   { name = "recipes-dir", arg = "DIR", help = "where recipe names are looked up (default: recipes)" },
   { name = "output", arg = "DIR", help = "output root (default: output)" },
+  { name = "insecure", help = "vSphere/ESXi: do not verify the server's TLS certificate (insecure_connection)" },
 }
+
+--- The --var list with --insecure folded in (it is insecure_connection=true).
+function M.vars(opts)
+  local vars = {}
+  for _, v in ipairs(opts.var or {}) do vars[#vars + 1] = v end
+  if opts.insecure then vars[#vars + 1] = "insecure_connection=true" end
+  return vars
+end
 
 --- Loads `ref` with the shared options; returns recipe, cfg, plan or nil
 --- and a list of errors.
@@ -33,7 +42,7 @@ function M.load(ref, opts)
   if dir ~= "recipes" and not require("capil.fs").exists(config_dir) then config_dir = "recipes/config" end
   local cfg, cerrs = config.resolve(r, {
     backend = backend, config_dir = config_dir, var_files = opts["var-file"],
-    packer_var_files = os.getenv("PACKER_VAR_FILES"), vars = opts.var,
+    packer_var_files = os.getenv("PACKER_VAR_FILES"), vars = M.vars(opts),
   })
   if not cfg then return nil, cerrs end
   local p, perrs = plan.resolve(cfg, backend, {

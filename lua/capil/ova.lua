@@ -563,4 +563,62 @@ function M.inspect(path)
   }
 end
 
+--- Where each member's data lies in an uncompressed tar (ustar, pax or GNU
+--- long names): {name, offset, size}, so a disk can be streamed straight
+--- from the OVA (http body_offset/body_length) without extracting it.
+---@param path string
+---@return table[]|nil members, string? err, string? code
+function M.members(path)
+  local f, oerr = io.open(path, "rb")
+  if not f then return nil, "ova.members: " .. tostring(oerr), "ENOENT" end
+  local out, pending, pos = {}, {}, 0
+  local function bad(why)
+    f:close()
+    return nil, ("ova.members: %s: %s at byte %d"):format(path, why, pos), "NOT_TAR"
+  end
+  while true do
+    local h = f:read(512)
+    if not h or #h < 512 then return bad("truncated header") end
+    if h == ("\0"):rep(512) then break end
+    if h:sub(258, 262) ~= "ustar" then return bad("not a ustar/pax header") end
+    local size_field = h:sub(125, 136)
+    local size
+    if size_field:byte(1) >= 0x80 then -- GNU base-256
+      size = 0
+      for i = 2, 12 do size = size * 256 + size_field:byte(i) end
+    else
+      size = tonumber(size_field:match("^[%s0]*([0-7]*)"), 8) or 0
+    end
+    local kind = h:sub(157, 157)
+    local name = h:sub(1, 100):match("^[^%z]*")
+    local prefix = h:sub(346, 500):match("^[^%z]*")
+    if prefix ~= "" then name = prefix .. "/" .. name end
+    local data = pos + 512
+    local padded = (size + 511) // 512 * 512
+    if kind == "x" or kind == "L" then
+      local body = f:read(size) or ""
+      if kind == "L" then
+        pending.path = body:match("^[^%z]*")
+      else
+        for rec in body:gmatch("%d+ ([^\n]*)\n") do
+          local k, v = rec:match("^([^=]+)=(.*)$")
+          if k == "path" then pending.path = v elseif k == "size" then pending.size = tonumber(v) end
+        end
+      end
+      f:seek("set", data + padded)
+    else
+      size = pending.size or size
+      padded = (size + 511) // 512 * 512
+      if kind == "0" or kind == "\0" then
+        out[#out + 1] = { name = pending.path or name, offset = data, size = size }
+      end
+      pending = {}
+      if not f:seek("set", data + padded) then return bad("cannot seek") end
+    end
+    pos = data + padded
+  end
+  f:close()
+  return out
+end
+
 return M

@@ -58,7 +58,7 @@ end
 
 -- Candidates for Tab: the word's table path is resolved in env; fields of
 -- the last table (and of its __index table) that start with the last part.
-local function completer(env)
+local function completer(env, words)
   return function(word)
     local path, sep, last = word:match("^(.-)([%.:]?)([%w_]*)$")
     local t = env
@@ -85,6 +85,15 @@ local function completer(env)
     if t == env then
       add_from(_G)
       add_from(LAZY)
+    end
+    -- extra words (vSphere method names): bare, after a quote, or after ':'
+    if words and (sep == "" or (sep == ":" and #names == 0)) then
+      for _, w in ipairs(words) do
+        if w:sub(1, #last) == last and not seen[w] then
+          seen[w] = true
+          names[#names + 1] = prefix .. w
+        end
+      end
     end
     local mt = getmetatable(t)
     if type(mt) == "table" then
@@ -122,7 +131,8 @@ end
 
 --- Runs the loop until end of input; `opts.bindings` adds names (e.g. `vc`),
 --- `opts.banner` is printed first.
----@param opts? {bindings?: table, banner?: string, history?: string|false, prompt?: string}
+--- `opts.words` are extra Tab completions (vSphere method names).
+---@param opts? {bindings?: table, banner?: string, history?: string|false, prompt?: string, words?: string[]}
 function M.run(opts)
   opts = opts or {}
   local env = M.environment(opts.bindings)
@@ -133,7 +143,7 @@ function M.run(opts)
     require("capil.core.fs").mkdir(history:match("^(.*)/") or ".")
     core.load_history(history)
   end
-  core.set_completer(completer(env))
+  core.set_completer(completer(env, opts.words))
   if opts.banner and interactive then io.stdout:write(opts.banner, "\n") end
   local prompt = opts.prompt or "capil> "
   local buffer = nil

@@ -1,0 +1,296 @@
+-- spec/support/vcsim.lua — the vSphere simulator peer for the vsphere specs:
+-- govmomi 0.24.2's vcsim (Debian's golang-github-vmware-govmomi-dev) plus our
+-- shim (spec/support/vcsim/*.go), which stands in for the vCenter behaviour
+-- vcsim lacks (PutUsbScanCodes, ExportVm, guest IP reports, the ESXi free
+-- licence) and adds test endpoints (/shim/...). Built offline with Debian's
+-- Go into the fixture cache, started on 127.0.0.1:<free port>, stopped by PID.
+--
+--   local vcsim = require("support.vcsim")
+--   local sim = vcsim.start{ username = "admin", password = "secret", tls = true }
+--   -- sim.url, sim.server, sim.ca_file, ...; sim:calls(), sim:keys(), sim:stop()
+local peer = require("support.peer")
+local proc = require("capil.proc")
+local fs = require("capil.fs")
+local http = require("capil.http")
+local json = require("capil.json")
+local hash = require("capil.hash")
+local host = require("capil.core.host")
+
+local M = {}
+
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+local SRC = assert(fs.realpath(here .. "/vcsim"))
+local REPO = assert(fs.realpath(here .. "/../.."))
+local GOPATH = "/usr/share/gocode"
+local GOVMOMI = GOPATH .. "/src/github.com/vmware/govmomi/simulator/simulator.go"
+local PACKAGES = "golang-go golang-github-vmware-govmomi-dev"
+
+local function cache_dir()
+  local d = os.getenv("CAPIL_FIXTURES")
+  if not d or d == "" then d = REPO .. "/build/fixtures" end
+  return d .. "/vcsim"
+end
+
+local function go_env(dir)
+  return {
+    GO111MODULE = "off", GOPATH = GOPATH, GOCACHE = dir .. "/gocache",
+    GOFLAGS = "", CGO_ENABLED = "0", GOPROXY = "off",
+  }
+end
+
+local built
+
+--- Builds the simulator (once per source version) and returns the binary's
+--- path: `$CAPIL_FIXTURES/vcsim/vcsim-<hash>` (default build/fixtures), the
+--- hash taken over the .go sources and the Go version. Raises when Go or
+--- govmomi is missing (naming the Debian packages) or the build fails.
+---@return string path
+function M.build()
+  if built then return built end
+  local gov = proc.run({ argv = { "go", "version" } })
+  if not gov or gov.code ~= 0 or not fs.exists(GOVMOMI) then
+    error(("vcsim.build: needs Go and govmomi's simulator source (%s): install the Debian packages %s"
+      .. " (scripts/setup does)"):format(GOVMOMI, PACKAGES), 2)
+  end
+  local parts = { gov.stdout }
+  for _, name in ipairs(assert(fs.list(SRC))) do
+    if name:match("%.go$") then
+      parts[#parts + 1] = name .. "\0" .. assert(fs.read(SRC .. "/" .. name)) .. "\0"
+    end
+  end
+  local id = hash.digest("sha256", table.concat(parts)):sub(1, 16)
+  local dir = cache_dir()
+  local bin = dir .. "/vcsim-" .. id
+  if fs.exists(bin) then
+    built = bin
+    return bin
+  end
+  assert(fs.mkdir(dir))
+  local tmp = ("%s.tmp%d"):format(bin, proc.getpid())
+  local r, err = proc.run({
+    argv = { "go", "build", "-o", tmp, "." }, cwd = SRC, env_add = go_env(dir), timeout = 600,
+  })
+  if not r or r.code ~= 0 then
+    fs.remove(tmp)
+    error(("vcsim.build: go build in %s failed: %s\n%s"):format(SRC, err or ("exit " .. r.code),
+      r and (r.stdout .. r.stderr) or ""), 2)
+  end
+  assert(fs.rename(tmp, bin))
+  -- binaries of older sources are of no further use
+  for _, name in ipairs(assert(fs.list(dir))) do
+    if name:match("^vcsim%-%x+$") and name ~= "vcsim-" .. id then fs.remove(dir .. "/" .. name) end
+  end
+  built = bin
+  return bin
+end
+
+-- Makes a 2048-bit self-signed certificate for 127.0.0.1 (and localhost).
+local function self_signed(dir, name)
+  local crt, key = dir .. "/" .. name .. ".crt", dir .. "/" .. name .. ".key"
+  local r, err = proc.run({ argv = {
+    "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
+    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+  } })
+  if not r or r.code ~= 0 then
+    error(("vcsim: openssl could not make a certificate: %s%s"):format(err or "", r and r.stderr or ""), 3)
+  end
+  return crt, key
+end
+
+local wrong_ca
+
+--- A self-signed certificate that did not sign any simulator's: a CA file
+--- for "wrong CA refused" tests (made once per run).
+---@return string path
+function M.wrong_ca()
+  if not wrong_ca then wrong_ca = self_signed(peer.dir("vcsim-ca"), "other") end
+  return wrong_ca
+end
+
+--- A SOAP 1.1 envelope around `body` (one vim25 method element), as vSphere
+--- clients send it.
+---@param body string
+---@return string
+function M.envelope(body)
+  return '<?xml version="1.0" encoding="UTF-8"?>'
+    .. '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"'
+    .. ' xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">'
+    .. "<soapenv:Body>" .. body .. "</soapenv:Body></soapenv:Envelope>"
+end
+
+local Sim = {}
+Sim.__index = Sim
+
+local START_OPTS = {
+  username = true, password = true, tls = true, esx = true, restricted = true, guest_ip = true,
+  guest_ip_delay = true, session_idle = true, trace = true, export_disk = true,
+}
+
+---@class vcsim.Sim
+---@field url string       "http(s)://127.0.0.1:PORT/sdk"
+---@field server string    "127.0.0.1:PORT"
+---@field port integer
+---@field base string      "http(s)://127.0.0.1:PORT"
+---@field ca_file? string  the server's self-signed certificate (tls only)
+---@field username? string
+---@field password? string
+---@field datacenter string "DC0", or "ha-datacenter" with esx
+---@field datastore string  "LocalDS_0"
+---@field pid integer
+---@field log string       stdout and stderr of the simulator
+---@field dir string       its scratch dir (certificates, TMPDIR with the datastore); removed by stop()
+
+--- Starts a simulator. Options: `username`/`password` (the only login
+--- accepted; default any non-empty pair), `tls` (HTTPS with a fresh 2048-bit
+--- certificate, `sim.ca_file`), `esx` (a standalone ESXi host instead of
+--- vCenter), `restricted` (ESXi free licence: write methods fault
+--- RestrictedVersion), `guest_ip` (reported by "VMware Tools" after power-on,
+--- `guest_ip_delay` seconds later, default 0.5), `session_idle` (seconds
+--- before an idle session expires), `trace` (SOAP dump into the log),
+--- `export_disk` (a file an export serves for a VM disk without data).
+---@param opts? {username?: string, password?: string, tls?: boolean, esx?: boolean, restricted?: boolean, guest_ip?: string, guest_ip_delay?: number, session_idle?: number, trace?: boolean, export_disk?: string}
+---@return vcsim.Sim
+function M.start(opts)
+  opts = opts or {}
+  for k in pairs(opts) do
+    if not START_OPTS[k] then error(("vcsim.start: unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  local bin = M.build()
+  local dir = peer.dir("vcsim")
+  assert(fs.mkdir(dir .. "/tmp"))
+  local port = peer.free_port()
+  local server = "127.0.0.1:" .. port
+  local argv = { bin, "-l", server }
+  local sim = setmetatable({
+    server = server, port = port, dir = dir, log = dir .. "/vcsim.log",
+    username = opts.username, password = opts.password,
+    datacenter = opts.esx and "ha-datacenter" or "DC0", datastore = "LocalDS_0",
+  }, Sim)
+  if opts.username or opts.password then
+    argv[#argv + 1] = "-username"
+    argv[#argv + 1] = assert(opts.username, "vcsim.start: password without username")
+    argv[#argv + 1] = "-password"
+    argv[#argv + 1] = assert(opts.password, "vcsim.start: username without password")
+  end
+  if opts.tls then
+    local crt, key = self_signed(dir, "vcsim")
+    sim.ca_file = crt
+    for _, a in ipairs({ "-cert", crt, "-key", key }) do argv[#argv + 1] = a end
+  end
+  if opts.esx then argv[#argv + 1] = "-esx" end
+  if opts.restricted then argv[#argv + 1] = "-restricted" end
+  if opts.trace then argv[#argv + 1] = "-trace" end
+  if opts.export_disk then argv[#argv + 1] = "-export-disk=" .. opts.export_disk end
+  if opts.guest_ip then
+    argv[#argv + 1] = "-guest-ip"
+    argv[#argv + 1] = opts.guest_ip
+  end
+  if opts.guest_ip_delay then
+    argv[#argv + 1] = "-guest-ip-delay"
+    argv[#argv + 1] = ("%dms"):format(math.floor(opts.guest_ip_delay * 1000 + 0.5))
+  end
+  if opts.session_idle then
+    argv[#argv + 1] = "-session-idle"
+    argv[#argv + 1] = ("%dms"):format(math.floor(opts.session_idle * 1000 + 0.5))
+  end
+  local ok, handle = pcall(peer.start, {
+    name = "vcsim", argv = argv, port = port, log = sim.log, env_add = { TMPDIR = dir .. "/tmp" },
+  })
+  if not ok then
+    fs.remove(dir, { recursive = true })
+    error(handle, 2)
+  end
+  sim.handle, sim.pid = handle, handle.pid
+  -- the shim is installed just after the port opens: wait for the URL line
+  local deadline = host.now() + 10
+  local line
+  repeat
+    line = (fs.read(sim.log) or ""):match("VCSIM_URL=(%S+)")
+    if not line then
+      if host.now() > deadline or not handle.process:running() then
+        local out = fs.read(sim.log) or ""
+        sim:stop()
+        error("vcsim did not print VCSIM_URL:\n" .. out, 2)
+      end
+      host.sleep(0.01)
+    end
+  until line
+  sim.base = line:match("^(https?://[^/]+)")
+  sim.url = sim.base .. "/sdk"
+  return sim
+end
+
+-- A request to the simulator's own endpoints; raises on failure (test setup).
+function Sim:_shim(method, path, body)
+  local resp, err = http.request({
+    method = method, url = self.base .. path, body = body, ca_file = self.ca_file, retries = 0,
+    headers = body and { ["Content-Type"] = "application/json" } or nil,
+  })
+  if not resp then error(("vcsim %s %s: %s"):format(method, path, err), 3) end
+  return assert(json.decode(resp.body))
+end
+
+--- Key events PutUsbScanCodes recorded, by VM moref:
+--- `{["vm-57"] = {{usbHidCode = N, modifiers = {leftShift = true, ...}}, ...}}`.
+---@return table<string, {usbHidCode: integer, modifiers: table<string, boolean>}[]>
+function Sim:keys()
+  return self:_shim("GET", "/shim/usbscancodes")
+end
+
+--- SOAP calls answered since start or the last reset_calls(): `{Login = 1, ...}`.
+---@return table<string, integer>
+function Sim:calls()
+  return self:_shim("GET", "/shim/calls")
+end
+
+--- Sets every call count back to zero.
+function Sim:reset_calls()
+  self:_shim("POST", "/shim/calls/reset", "")
+end
+
+--- Ends every SOAP session, as their expiry would; returns how many there were.
+---@return integer
+function Sim:drop_sessions()
+  return self:_shim("POST", "/shim/sessions/drop", "").dropped
+end
+
+--- Makes the next `count` (default 1) calls of `method` misbehave: `action`
+--- "fault" answers the SOAP fault `fault` (a vim25 type, e.g.
+--- "NotAuthenticated", with `message` as faultstring), "reset" closes the
+--- connection without a reply, "status" answers HTTP `status` with no body.
+--- `count = 0` cancels.
+---@param opts {method: string, action: string, fault?: string, message?: string, status?: integer, count?: integer}
+function Sim:inject(opts)
+  local resp, err, _, r = http.request({
+    method = "POST", url = self.base .. "/shim/inject", body = json.encode(opts),
+    ca_file = self.ca_file, retries = 0, headers = { ["Content-Type"] = "application/json" },
+  })
+  if not resp then error(("vcsim inject: %s %s"):format(err, r and r.body or ""), 2) end
+end
+
+--- Every VM of the inventory: `{{ref = "vm-57", name = , power = "poweredOn", template = false, ip = ?}, ...}`.
+---@return {ref: string, name: string, power: string, template: boolean, ip?: string}[]
+function Sim:vms()
+  return self:_shim("GET", "/shim/vms")
+end
+
+--- The simulator's log so far.
+---@return string
+function Sim:log_text()
+  return fs.read(self.log) or ""
+end
+
+--- Stops the simulator (SIGTERM, SIGKILL after 3 s, reaped) and removes its
+--- directory; idempotent. busted exits without running capil's cleanups, so
+--- every spec stops its simulators itself.
+function Sim:stop()
+  if self.handle then
+    self.handle.stop()
+    self.handle = nil
+  end
+  if self.dir then
+    fs.remove(self.dir, { recursive = true })
+  end
+end
+
+return M
