@@ -568,6 +568,46 @@ describe("vim25 against the simulator #vsphere", function()
     assert.is_nil(vim25.option(ec, "guestinfo.absent"))
   end)
 
+  it("imports an OVF: CreateImportSpec, its ImportSpec back into ImportVApp, an NFC lease", function()
+    local c = session()
+    local text = require("capil.ovf").descriptor({ name = "vim25-imp", annotation = "a & <b>", properties = {},
+      os = { ovf_id = 94, ovf_version = "", os_type = "ubuntu64Guest", display_name = "Ubuntu" },
+      hardware = { cpus = 2, cores_per_socket = 1, memory_mb = 512, firmware = "bios", disk_controller = "pvscsi",
+        vmx_version = 15 },
+      disks = { { href = "vim25-imp-disk-0.vmdk", size = 65536, capacity_mb = 1024 } }, network = "nic0",
+      product = { name = "P", vendor = "V", version = "1", full_version = "1", vendor_url = "https://x", category = "C" },
+    })
+    local pool = assert(c:find("/DC0/host/DC0_C0/Resources"))
+    local r = assert(c:call("CreateImportSpec", c.content.ovfManager, {
+      ovfDescriptor = text, resourcePool = pool, datastore = assert(c:find("/DC0/datastore/LocalDS_0")),
+      cisp = obj("OvfCreateImportSpecParams", { locale = "", deploymentOption = "", entityName = "vim25-imp",
+        diskProvisioning = "thin",
+        networkMapping = { obj("OvfNetworkMapping", { name = "nic0", network = assert(c:find("/DC0/network/VM Network")) }) },
+      }),
+    }))
+    assert.are.equal("VirtualMachineImportSpec", r.importSpec._type)
+    assert.are.equal(512, r.importSpec.configSpec.memoryMB)
+    local item = r.fileItem[1]
+    assert.are.equal("vim25-imp-disk-0.vmdk", item.path)
+    local lease = assert(c:call("ImportVApp", pool, { spec = r.importSpec, folder = assert(c:find("/DC0/vm")) }))
+    assert.are.equal("HttpNfcLease", lease.type)
+    assert.matches("^session%[", lease.value) -- brackets in the moref, escaped on the way out
+    assert.are.equal("ready", c:wait(lease, "state", function(s) return s == "ready" or s == "error" end, 30))
+    local info = assert(c:props(lease, "info")).info
+    local d = info.deviceUrl[1]
+    assert.are.equal(item.deviceId, d.importKey)
+    assert.matches("^https://%*/nfc/", d.url)
+    local url = d.url:gsub("^https?://%*", c.scheme .. "://" .. c.server)
+    local opts = c:transfer_options({ separate = true })
+    opts.method, opts.url, opts.body = "PUT", url, ("x"):rep(1000)
+    assert(require("capil.http").request(opts))
+    assert.is_nil(select(2, c:call("HttpNfcLeaseProgress", lease, { percent = 50 })))
+    assert.is_nil(select(2, c:call("HttpNfcLeaseComplete", lease)))
+    local vm = assert(c:find("/DC0/vm/vim25-imp"))
+    assert.are.equal(info.entity, vm)
+    assert.are.equal(512, assert(c:props(vm, "config.hardware.memoryMB"))["config.hardware.memoryMB"])
+  end)
+
   it("logs in again when the session is lost, and retries the call once", function()
     local c = assert(connect())
     local vm = assert(c:find("/DC0/vm/DC0_H0_VM0"))
