@@ -759,3 +759,31 @@ describe("vim25 over TLS #vsphere", function()
     assert.is_true(c:logout())
   end)
 end)
+
+describe("vim25 against a free-licence ESXi host #vsphere", function()
+  local vcsim = require("support.vcsim")
+  local sim
+
+  setup(function()
+    sim = vcsim.start({ username = "root", password = "p", esx = true, restricted = true })
+  end)
+
+  teardown(function()
+    if sim then sim:stop() end
+  end)
+
+  it("reads the host agent's inventory and reports RestrictedVersion on writes", function()
+    local c = assert(vim25.connect({ server = sim.url, username = "root", password = "p" }))
+    assert.are.equal("HostAgent", c.about.apiType)
+    local folder = assert(c:find("/ha-datacenter/vm"))
+    assert.are.equal(ref("Folder", "ha-folder-vm"), folder)
+    local vm = vim25.list(assert(c:props(folder, "childEntity")).childEntity)[1]
+    assert.is_true(vim25.is_ref(vm))
+    local r, err, code, fault = c:call("PowerOffVM_Task", vm)
+    assert.is_nil(r)
+    assert.are.equal("SOAP_FAULT", code)
+    assert.are.equal("RestrictedVersion", fault.type)
+    assert.matches("^vim25%.PowerOffVM_Task: RestrictedVersion: ", err)
+    assert.is_true(c:logout())
+  end)
+end)
