@@ -646,7 +646,8 @@ local function idempotent(method)
     or method:match("^Find") ~= nil or method:match("^WaitForUpdates") ~= nil
     or method:match("^CheckForUpdates") ~= nil or method:match("^Query") ~= nil
 end
-local RETRY_CODES = { ECONNRESET = true, EPROTO = true }
+local RETRY_CODES = { ECONNRESET = true, EPROTO = true, HTTP_502 = true, HTTP_503 = true, HTTP_504 = true }
+local RETRY_STATUS = { [502] = true, [503] = true, [504] = true }
 -- Calls that set or clear the session cookie: always on the session.
 local SESSION_CALLS = { Login = true, Logout = true, RetrieveServiceContent = true }
 local NO_KEEPALIVE = { CurrentTime = true, Login = true, Logout = true, RetrieveServiceContent = true }
@@ -698,7 +699,12 @@ function Client:_send(method, this, body, extra_time)
     if resp and (resp.body == nil or resp.body == "") and (resp.status == 200 or resp.status == 500) then
       resp, err, code = nil, ("POST %s: empty reply (HTTP %d)"):format(self.url, resp.status), "EPROTO"
     end
-    if resp then return resp end
+    if resp and RETRY_STATUS[resp.status] and attempt < tries then
+      -- a proxy in front of a restarting vCenter: worth another try for reads
+      err, code = ("POST %s: HTTP %d"):format(self.url, resp.status), "HTTP_" .. resp.status
+    elseif resp then
+      return resp
+    end
     if not RETRY_CODES[code] or attempt == tries then return nil, err, code end
     local wait = 0.2 * 2 ^ attempt
     log.warn("vim25.%s: %s; retry %d/%d in %.1f s", method, err, attempt + 1, tries, wait)
