@@ -523,7 +523,8 @@ function M.create(opts)
   if not ref then return explain(run, ("%s: CreateVM_Task: %s"):format(step.vm_name, err), code) end
   local vm = setmetatable({ vc = vc, inv = inv, ref = ref, name = step.vm_name, run = run,
     settings = {
-      ip_wait_timeout = run.cfg:get("vsphere.ip_wait_timeout"), ip_settle = run.cfg:get("vsphere.ip_settle_timeout"),
+      ip_wait_timeout = assert(bootcmd.duration(run.cfg:get("vsphere.ip_wait_timeout"))),
+      ip_settle = assert(bootcmd.duration(run.cfg:get("vsphere.ip_settle_timeout"))),
       ip_cidr = run.cfg:get("vsphere.ip_wait_address"), nic = run.cfg:get("vsphere.nic"),
       ssh_port = run.cfg:get("ssh.port"),
     } }, VM)

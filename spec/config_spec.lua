@@ -99,4 +99,16 @@ describe("config errors and secrets #unit", function()
     assert.matches("ssh_password: must not contain spaces", r.stderr, 1, true)
     assert.not_matches("Hunter2", r.stderr, 1, true)
   end)
+
+  it("takes govc's environment below var files for the vSphere backends #unit", function()
+    local env = { GOVC_URL = "https://user1:pw-from-url@vc.example.com/sdk", GOVC_INSECURE = "1",
+      GOVC_DATACENTER = "DC9", GOVC_PASSWORD = "pw-from-env" }
+    local g = config.govc_env(function(k) return env[k] end)
+    assert.same({ "https://vc.example.com/sdk", "GOVC_URL" }, g.vcenter_server)
+    assert.same({ "user1", "GOVC_URL" }, g.username)
+    assert.same({ "pw-from-env", "GOVC_PASSWORD" }, g.password)
+    assert.same({ "true", "GOVC_INSECURE" }, g.insecure_connection)
+    assert.same({ "DC9", "GOVC_DATACENTER" }, g.datacenter)
+    assert.same({}, config.govc_env(function() return nil end))
+  end)
 end)

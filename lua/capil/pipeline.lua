@@ -217,7 +217,7 @@ function H.shutdown(run, step)
     run.session = nil
   end
   if vm:wait_exit(step.timeout) then return true end
-  log.warn("%s: still running %g s after the shutdown command; ACPI power-off", vm.name, step.timeout)
+  log.warn("%s: still running %g s after the shutdown command; powering it off", vm.name, step.timeout)
   local ok = vm:power_off(60)
   if not ok then return fail(vm.name .. ": would not power off") end
   return true

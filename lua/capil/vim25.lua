@@ -628,7 +628,6 @@ end
 ---@field about table          AboutInfo
 ---@field stats {calls: integer, by_method: table<string, integer>, logins: integer}
 local Client = {}
-Client.__index = Client
 Client.__name = "capil.vim25.Client"
 
 local SERVICE_INSTANCE = M.ref("ServiceInstance", "ServiceInstance")
@@ -1062,6 +1061,31 @@ function Client:logout()
   return true
 end
 Client.__close = Client.logout
+
+-- Any vim25 method is also a method of the client: vc:PowerOnVM_Task(vm, {})
+-- is vc:call("PowerOnVM_Task", vm, {}). `methods` lists them all for the
+-- REPL's Tab completion.
+local METHOD_SET
+local function method_set()
+  if not METHOD_SET then
+    METHOD_SET = {}
+    for _, m in ipairs(M.methods()) do METHOD_SET[m] = true end
+  end
+  return METHOD_SET
+end
+Client.__index = function(_, k)
+  local v = rawget(Client, k)
+  if v ~= nil then return v end
+  if type(k) == "string" and method_set()[k] then
+    return function(self, this, args) return self:call(k, this, args) end
+  end
+end
+Client.methods = setmetatable({}, { __pairs = function()
+  local all = {}
+  for k, v in pairs(Client) do if type(v) == "function" and not k:match("^_") then all[k] = true end end
+  for k in pairs(method_set()) do all[k] = true end
+  return next, all, nil
+end })
 
 function Client:__tostring()
   return ("vim25 client %s@%s%s"):format(self.username, self.server, self.closed and " (logged out)" or "")

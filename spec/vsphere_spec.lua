@@ -1,0 +1,365 @@
+-- The vSphere backend end to end against the vSphere simulator (vcsim with
+-- our shim, spec/support/vcsim): `capil run --backend vsphere` uploads the
+-- ISO, creates the VM, types the boot command with batched PutUsbScanCodes,
+-- waits for the guest IP (which leads to a real sshd on loopback, so the
+-- provisioning runs for real), shuts down, exports through an NFC lease and
+-- packs the OVA. Then placement variants, TLS, bad credentials, faults in
+-- the middle of a build, the ESXi variants, `capil deploy` and the REPL.
+local capil = require("support.capil")
+local vcsim = require("support.vcsim")
+local sshd = require("support.sshd")
+local peer = require("support.peer")
+local proc = require("capil.proc")
+local fs = require("capil.fs")
+local hash = require("capil.hash")
+local host = require("capil.core.host")
+local json = require("capil.json")
+local bootcmd = require("capil.bootcmd")
+local template = require("capil.template")
+local recipe = require("capil.recipe")
+
+local PASSWORD = "Vc-s3cret!pw"
+local BUILD = "vsphere-fixture-kube-v1.16.14"
+
+local function run_tool(argv)
+  local r = assert(proc.run({ argv = argv, timeout = 60 }))
+  assert(r.code == 0, table.concat(argv, " ") .. ": " .. r.stderr)
+  return r.stdout
+end
+
+local function by_name(sim, name)
+  local found = {}
+  for _, vm in ipairs(sim:vms()) do if vm.name == name then found[#found + 1] = vm end end
+  return found
+end
+
+-- Nothing but logs and the report may remain after a failure.
+local function assert_clean(dir)
+  for _, f in ipairs(fs.list(dir) or {}) do
+    assert.is_nil(f:match("^%.work"), "work dir left: " .. f)
+    assert.is_nil(f:match("%.ova$"), "OVA left: " .. f)
+    assert.is_nil(f:match("%.part"), "partial file left: " .. f)
+  end
+end
+
+-- The text of every file under dir (logs, report), for secret checks.
+local function all_text(dir)
+  local parts = {}
+  for _, f in ipairs(fs.list(dir) or {}) do
+    local p = dir .. "/" .. f
+    local st = fs.stat(p)
+    if st and st.type == "directory" then parts[#parts + 1] = all_text(p)
+    elseif st and st.size < 4 * 1024 * 1024 then parts[#parts + 1] = fs.read(p) or "" end
+  end
+  return table.concat(parts, "\n")
+end
+
+describe("vSphere guest IP choice #unit", function()
+  local vsphere = require("capil.backends.vsphere")
+
+  it("skips link-local IPv6 and APIPA, and IPv6 unless the CIDR is IPv6", function()
+    local cases = {
+      { "10.0.0.5", nil, true }, { "169.254.7.7", nil, false }, { "fe80::250:56ff:fe00:1", nil, false },
+      { "2001:db8::5", nil, false }, { "2001:db8::5", "::/0", true }, { "fe80::1", "::/0", false },
+      { "10.0.0.5", "::/0", false }, { "192.168.1.9", "192.168.0.0/16", true }, { "10.1.2.3", "192.168.0.0/16", false },
+      { "10.1.2.3", "10.1.2.3/32", true }, { "10.1.2.4", "10.1.2.3/32", false }, { "300.1.1.1", nil, false },
+    }
+    for _, c in ipairs(cases) do
+      assert.equal(c[3], vsphere.ip_usable(c[1], c[2]), c[1] .. " in " .. tostring(c[2]))
+    end
+  end)
+
+  it("takes the first usable address of the chosen NIC", function()
+    local net = {
+      { ipAddress = { "fe80::250:56ff:fe00:1", "169.254.7.7", "10.0.0.42" } },
+      { ipAddress = { "192.168.5.5" } },
+    }
+    assert.equal("10.0.0.42", vsphere.pick_ip(net, nil, "0.0.0.0/0", 0))
+    assert.equal("192.168.5.5", vsphere.pick_ip(net, nil, "0.0.0.0/0", 1))
+    assert.is_nil(vsphere.pick_ip({ { ipAddress = { "169.254.1.1" } } }, "169.254.1.1", "0.0.0.0/0", 0))
+    assert.equal("10.9.9.9", vsphere.pick_ip(nil, "10.9.9.9", "0.0.0.0/0", 0))
+  end)
+end)
+
+describe("vSphere backend against the simulator #vsphere", function()
+  local tmp, sim, ssh, iso, iso_sum, key, probe, vmdk, varfile
+
+  setup(function()
+    tmp = peer.dir("vsphere-spec")
+    -- an "ISO" (any file: the simulator's VM never boots it) and the disk
+    -- the simulator's export streams (a real streamOptimized VMDK)
+    iso = tmp .. "/installer.iso"
+    assert(fs.write(iso, ("capil test installer\n"):rep(5000)))
+    iso_sum = assert(hash.file(iso))
+    run_tool({ "qemu-img", "create", "-q", "-f", "raw", tmp .. "/disk.raw", "1G" })
+    run_tool({ "dd", "if=/dev/urandom", "of=" .. tmp .. "/disk.raw", "bs=1M", "count=2", "conv=notrunc", "status=none" })
+    vmdk = tmp .. "/export.vmdk"
+    run_tool({ "qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized",
+      tmp .. "/disk.raw", vmdk })
+    -- the "guest": a real sshd as the current user, with the build's key
+    key = sshd.keygen(tmp, "build_ed25519")
+    ssh = sshd.start({ authorized = { key } })
+    probe = tmp .. "/probe"
+    sim = vcsim.start({ username = "administrator@vsphere.local", password = PASSWORD, tls = true,
+      guest_ip = "127.0.0.1", guest_ip_delay = 0.3, export_disk = vmdk })
+    varfile = tmp .. "/vsphere.json"
+    assert(json.write(varfile, {
+      vcenter_server = sim.url, username = sim.username, password = PASSWORD, vcenter_ca_file = sim.ca_file,
+      datacenter = "DC0", cluster = "DC0_C0", datastore = "LocalDS_0", network = "VM Network", folder = "",
+      insecure_connection = "false", convert_to_template = "false",
+      configuration_parameters = { ["guestinfo.capil.test"] = "built-by-capil" },
+    }))
+  end)
+
+  teardown(function()
+    if sim then sim:stop() end
+    if ssh then ssh.stop() end
+    if tmp then fs.remove(tmp, { recursive = true }) end
+  end)
+
+  local function args(out, extra, opts)
+    opts = opts or {}
+    local a = { "run", "spec/fixtures/recipes/vsphere.lua", "--recipes-dir", "spec/fixtures/recipes",
+      "--backend", opts.backend or "vsphere", "--output", out, "--var-file", opts.varfile or varfile,
+      "--var", "iso_url=file://" .. iso, "--var", "iso_checksum=" .. iso_sum,
+      "--var", "ssh_private_key_file=" .. key, "--var", "ssh_port=" .. ssh.port,
+      "--var", "ssh_username=" .. ssh.user, "--var", "probe_file=" .. probe,
+      "--var", "ip_settle_timeout=0.5s" }
+    for _, x in ipairs(extra or {}) do a[#a + 1] = x end
+    return a
+  end
+
+  local function run(out, extra, opts)
+    return capil.run(args(out, extra, opts), { timeout = 180, env_add = { XDG_CACHE_HOME = tmp .. "/cache" } })
+  end
+
+  it("builds the fixture recipe: upload, create, type, IP, SSH, shutdown, export, OVA", function()
+    fs.remove(probe)
+    sim:reset_calls()
+    local out = tmp .. "/out-full"
+    local r = run(out)
+    assert.equal(0, r.code, r.stderr)
+    local dir = out .. "/" .. BUILD
+    local ova = dir .. "/" .. BUILD .. ".ova"
+    assert.is_true(fs.exists(ova))
+    -- the OVA is whole and its disk is the bytes the lease served
+    local v = capil.run({ "ova", "verify", ova })
+    assert.equal(0, v.code, v.stdout .. v.stderr)
+    assert.equal(assert(hash.file(vmdk)), assert(hash.file(dir .. "/" .. BUILD .. "-disk-0.vmdk")))
+    -- provisioning ran on the SSH target the guest IP led to
+    assert.equal("provisioned-by-capil\n", fs.read(probe))
+    -- the VM is kept (image-builder's behaviour), powered off, without CD-ROMs
+    local vms = by_name(sim, BUILD)
+    assert.equal(1, #vms)
+    assert.equal("poweredOff", vms[1].power)
+
+    -- the typed key events decode to the recipe's boot command
+    local served = r.stderr:match("guest uses http://([%d%.]+:%d+)/")
+    assert.is_string(served, r.stderr)
+    local ip, port = served:match("^(.-):(%d+)$")
+    local rec = assert(recipe.load("spec/fixtures/recipes/vsphere.lua"))
+    local text = assert(template.render(table.concat(rec.fields["boot.command"]),
+      { http_ip = ip, http_port = port, name = BUILD }))
+    local want = {}
+    for _, b in ipairs(bootcmd.to_usb(assert(bootcmd.parse(text)))) do
+      for _, c in ipairs(b.codes or {}) do want[#want + 1] = c end
+    end
+    local got = sim:keys()[vms[1].ref]
+    assert.equal(#want, #got)
+    for i, c in ipairs(want) do
+      assert.equal(c.usbHidCode, got[i].usbHidCode, "key " .. i)
+      for _, m in ipairs({ "leftControl", "leftShift", "leftAlt" }) do
+        assert.equal(c.modifier_names[m] or false, got[i].modifiers[m] or false, ("key %d %s"):format(i, m))
+      end
+    end
+    -- batched: at least 20x fewer calls than keys
+    local calls = sim:calls()
+    local report = assert(json.read(dir .. "/report.json"))
+    assert.equal(calls.PutUsbScanCodes, report.typing_calls)
+    assert.is_true(#want >= 20 * calls.PutUsbScanCodes, ("%d keys in %d calls"):format(#want, calls.PutUsbScanCodes))
+    local total = 0
+    local names = {}
+    for m, n in pairs(calls) do total = total + n names[#names + 1] = ("%s=%d"):format(m, n) end
+    table.sort(names)
+    -- the figures for the closing note
+    io.stderr:write(("\n[vsphere] full build: %d SOAP calls; typing %d keys in %d PutUsbScanCodes calls\n  %s\n")
+      :format(total, #want, calls.PutUsbScanCodes, table.concat(names, " ")))
+    assert.equal(1, calls.Login)
+    assert.equal(1, calls.Logout)
+    assert.equal(1, calls.ExportVm)
+    assert.equal(1, calls.HttpNfcLeaseComplete)
+    -- the ISO is in the datastore cache now: a second build does not upload it
+    local r2 = run(tmp .. "/out-again", { "--var", "keep_vm=false" })
+    assert.equal(0, r2.code, r2.stderr)
+    assert.matches("already on the datastore", r2.stderr, 1, true)
+  end)
+
+  it("places the VM on a host instead of a cluster and destroys it with keep_vm=false", function()
+    local out = tmp .. "/out-host"
+    local before = #by_name(sim, BUILD)
+    local r = run(out, { "--var", "cluster=", "--var", "host=DC0_H0", "--var", "keep_vm=false" })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("destroyed", r.stderr, 1, true)
+    assert.equal(before, #by_name(sim, BUILD))
+  end)
+
+  it("marks the VM as a template with convert_to_template, accepting any certificate with --insecure", function()
+    local insecure = tmp .. "/insecure.json"
+    local vars = assert(json.read(varfile))
+    vars.vcenter_ca_file = nil
+    assert(json.write(insecure, vars))
+    local r = run(tmp .. "/out-template", { "--insecure", "--var", "convert_to_template=true" }, { varfile = insecure })
+    assert.equal(0, r.code, r.stderr)
+    local templates = 0
+    for _, vm in ipairs(by_name(sim, BUILD)) do if vm.template then templates = templates + 1 end end
+    assert.equal(1, templates)
+  end)
+
+  it("refuses a server certificate from an unknown CA", function()
+    local wrong = tmp .. "/wrong-ca.json"
+    local vars = assert(json.read(varfile))
+    vars.vcenter_ca_file = vcsim.wrong_ca()
+    assert(json.write(wrong, vars))
+    local out = tmp .. "/out-wrong-ca"
+    local r = run(out, {}, { varfile = wrong })
+    assert.equal(1, r.code)
+    assert.matches("step upload%-media failed: .*certificate", r.stderr)
+    assert_clean(out .. "/" .. BUILD)
+  end)
+
+  it("reports a wrong password as InvalidLogin without printing it", function()
+    local out = tmp .. "/out-badpw"
+    local r = run(out, { "--var", "password=Not-the-" .. PASSWORD })
+    assert.equal(1, r.code)
+    assert.matches("InvalidLogin", r.stderr, 1, true)
+    assert.matches("step upload-media failed", r.stderr, 1, true)
+    for _, text in ipairs({ r.stdout, r.stderr, all_text(out) }) do
+      assert.is_nil(text:find(PASSWORD, 1, true), "password leaked")
+    end
+  end)
+
+  it("removes the VM when a task fails, naming the step and the VM", function()
+    local out = tmp .. "/out-fault"
+    local before = #by_name(sim, BUILD)
+    sim:inject({ method = "PowerOnVM_Task", action = "fault", fault = "InvalidPowerState" })
+    local r = run(out)
+    assert.equal(1, r.code)
+    assert.matches("step create%-vm failed: " .. BUILD:gsub("%-", "%%-") .. ": PowerOnVM_Task: .*InvalidPowerState", r.stderr)
+    assert.equal(before, #by_name(sim, BUILD))
+    assert_clean(out .. "/" .. BUILD)
+  end)
+
+  it("logs in again when the session is dropped in the middle of a build", function()
+    local out = tmp .. "/out-relogin"
+    sim:reset_calls()
+    local before = #by_name(sim, BUILD)
+    local p = assert(proc.spawn({ argv = (function()
+      local a = { capil.exe }
+      for _, x in ipairs(args(out, { "--var", "boot_wait=2s", "--var", "keep_vm=false" })) do a[#a + 1] = x end
+      return a
+    end)(), stdout = tmp .. "/relogin.out", stderr = "stdout", env_add = { XDG_CACHE_HOME = tmp .. "/cache" } }))
+    local deadline = host.now() + 60
+    while #by_name(sim, BUILD) == before do
+      assert(host.now() < deadline, "the VM never appeared")
+      host.sleep(0.05)
+    end
+    assert.is_true(sim:drop_sessions() >= 1)
+    local st = assert(p:wait({ timeout = 120 }))
+    p:close()
+    assert.equal(0, st.code, fs.read(tmp .. "/relogin.out"))
+    assert.is_true(sim:calls().Login >= 2)
+  end)
+
+  it("fails cleanly when the simulator stops in the middle of a build", function()
+    local lone = vcsim.start({ username = "u", password = "p", guest_ip = "127.0.0.1", export_disk = vmdk })
+    local vf = tmp .. "/lone.json"
+    assert(json.write(vf, { vcenter_server = lone.url, username = "u", password = "p", datacenter = "DC0",
+      cluster = "DC0_C0", datastore = "LocalDS_0" }))
+    local out = tmp .. "/out-stopped"
+    local argv = { capil.exe }
+    for _, x in ipairs(args(out, { "--var", "boot_wait=3s" }, { varfile = vf })) do argv[#argv + 1] = x end
+    local p = assert(proc.spawn({ argv = argv, stdout = tmp .. "/stopped.out", stderr = "stdout",
+      env_add = { XDG_CACHE_HOME = tmp .. "/cache" } }))
+    local deadline = host.now() + 60
+    while not (by_name(lone, BUILD)[1] or {}).power or by_name(lone, BUILD)[1].power ~= "poweredOn" do
+      assert(host.now() < deadline, "the VM never powered on")
+      host.sleep(0.05)
+    end
+    lone:stop() -- during the boot wait
+    local st = assert(p:wait({ timeout = 120 }))
+    p:close()
+    local text = fs.read(tmp .. "/stopped.out")
+    assert.equal(1, st.code, text)
+    assert.matches("step boot failed: " .. BUILD:gsub("%-", "%%-"), text)
+    assert.matches("Couldn't connect to server", text, 1, true)
+    assert_clean(out .. "/" .. BUILD)
+  end)
+
+  it("imports a capil OVA with capil deploy: the VM matches the OVF", function()
+    local ova = tmp .. "/out-full/" .. BUILD .. "/" .. BUILD .. ".ova"
+    assert.is_true(fs.exists(ova), "needs the full build's OVA")
+    local r = capil.run({ "deploy", ova, "--var-file", varfile, "--name", "imported-node" }, { timeout = 60 })
+    assert.equal(0, r.code, r.stderr)
+    local ref = r.stdout:match("^VirtualMachine:(%S+) imported%-node")
+    assert.is_string(ref, r.stdout)
+    local script = ([[
+local vsphere = require("capil.backends.vsphere")
+local s = assert(vsphere.settings_from_vars({ var_files = { %q } }))
+local vc = assert(vsphere.connect(s))
+local p = assert(vc:props(require("capil.vim25").ref("VirtualMachine", %q),
+  { "config.hardware.numCPU", "config.hardware.memoryMB", "config.guestId", "name" }))
+print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.guestId"], p.name)
+]]):format(varfile, ref)
+    local out = capil.run({ capil.script(tmp, "props.lua", script) })
+    assert.equal(0, out.code, out.stderr)
+    assert.equal("2\t512\tother5xLinux64Guest\timported-node\n", out.stdout)
+  end)
+
+  it("opens a session in the REPL and reads a VM's power state", function()
+    local r = capil.run({ "repl", "--no-history", "--backend", "vsphere", "--var-file", varfile }, {
+      stdin = table.concat({
+        'vm = vc:find("/DC0/vm/DC0_H0_VM0")',
+        'vc:props(vm, {"runtime.powerState"})',
+        'vc:call_task("PowerOnVM_Task", vm, {})',
+        ('vim25.option(vc:props(vc:find("/DC0/vm/%s"), {"config.extraConfig"})["config.extraConfig"], '
+          .. '"guestinfo.capil.test")'):format(BUILD),
+        'type(vc.PowerOffVM_Task)',
+      }, "\n") .. "\n", timeout = 60 })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("poweredOn", r.stdout, 1, true)
+    assert.matches("vim25.PowerOnVM_Task: InvalidPowerState", r.stdout, 1, true)
+    assert.matches("function", r.stdout, 1, true)
+    assert.matches("built-by-capil", r.stdout, 1, true) -- the build VM's extraConfig
+    assert.is_nil((r.stdout .. r.stderr):find(PASSWORD, 1, true))
+  end)
+
+  describe("ESXi", function()
+    it("builds on a standalone host (ha-datacenter) with --backend esx", function()
+      local esx = vcsim.start({ esx = true, username = "root", password = PASSWORD, guest_ip = "127.0.0.1",
+        export_disk = vmdk })
+      local vf = tmp .. "/esx.json"
+      assert(json.write(vf, { remote_host = esx.url, remote_username = "root", remote_password = PASSWORD,
+        remote_datastore = "LocalDS_0" }))
+      local ok, r = pcall(run, tmp .. "/out-esx", {}, { backend = "esx", varfile = vf })
+      esx:stop()
+      assert(ok, r)
+      assert.equal(0, r.code, r.stderr)
+      assert.is_true(fs.exists(tmp .. "/out-esx/" .. BUILD .. "/" .. BUILD .. ".ova"))
+    end)
+
+    it("explains a free-licence host (RestrictedVersion) and names the missing SSH fallback", function()
+      local esx = vcsim.start({ esx = true, restricted = true, username = "root", password = PASSWORD })
+      local vf = tmp .. "/esx-free.json"
+      assert(json.write(vf, { remote_host = esx.url, remote_username = "root", remote_password = PASSWORD }))
+      local out = tmp .. "/out-esx-free"
+      local ok, r = pcall(run, out, {}, { backend = "esx", varfile = vf })
+      esx:stop()
+      assert(ok, r)
+      assert.equal(1, r.code)
+      assert.matches("RestrictedVersion", r.stderr, 1, true)
+      assert.matches("SSH fallback", r.stderr, 1, true)
+      assert.matches("not available yet", r.stderr, 1, true)
+      assert_clean(out .. "/" .. BUILD)
+    end)
+  end)
+end)
