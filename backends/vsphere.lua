@@ -418,6 +418,13 @@ local function upload_media(run, step)
   local vc, err, code = M.connect(s)
   if not vc then return nil, err, code end
   run.vc = vc
+  -- the installer server's address as the hypervisor's network sees this
+  -- machine: our end of the connection to it (unless http_ip was set)
+  if run.http and run.http.auto and vc.local_ip then
+    run.http.ip = vc.local_ip
+    log.info("installer files: the guest uses http://%s:%d/ (this machine's address towards %s)", vc.local_ip,
+      run.http.port, vc.server)
+  end
   local inv
   inv, err, code = M.resolve(vc, s)
   if not inv then return nil, err, code end
@@ -548,6 +555,12 @@ function VM:start()
   if err then return nil, ("%s: PowerOnVM_Task: %s"):format(self.name, err), code end
   log.info("%s: powered on", self.name)
   return true
+end
+
+--- Keeps the vSphere session alive during long guest work (GetCurrentTime
+--- once it has been idle for the keep-alive interval).
+function VM:keepalive()
+  return self.vc:keepalive()
 end
 
 function VM:running()

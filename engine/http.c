@@ -92,6 +92,7 @@ typedef struct {
   uint64_t in_offset, in_size, sent; /* the part of body_file sent */
   int out_fd;                 /* the .part file, or -1 */
   char *part, *eff_url;       /* malloc'd */
+  char local_ip[64];          /* our end of the connection */
   uint64_t offset;            /* bytes reused from an earlier .part */
   uint64_t received;          /* body bytes of this response */
   long long range_start;      /* of the response's Content-Range, or -1 */
@@ -881,9 +882,11 @@ static CURLcode perform(Session *s, Transfer *t) {
     if (m->msg == CURLMSG_DONE && m->easy_handle == s->easy) res = m->data.result;
   curl_multi_remove_handle(s->multi, s->easy);
   curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &t->status);
-  char *url = NULL;
+  char *url = NULL, *ip = NULL;
   curl_easy_getinfo(s->easy, CURLINFO_EFFECTIVE_URL, &url);
   if (url) t->eff_url = strdup(url);
+  curl_easy_getinfo(s->easy, CURLINFO_LOCAL_IP, &ip);
+  if (ip) snprintf(t->local_ip, sizeof t->local_ip, "%s", ip);
   return res;
 }
 
@@ -1082,6 +1085,10 @@ static int do_request(lua_State *L, Session *s, int o) {
   lua_setfield(L, res_idx, "size");
   lua_pushinteger(L, (lua_Integer)(t->sink == SINK_FILE ? offset : 0));
   lua_setfield(L, res_idx, "resumed");
+  if (*t->local_ip) {
+    lua_pushstring(L, t->local_ip);
+    lua_setfield(L, res_idx, "local_ip");
+  }
   if (t->eff_url) {
     lua_pushstring(L, t->eff_url);
     lua_setfield(L, res_idx, "url");
@@ -1124,7 +1131,7 @@ static Session *new_session(lua_State *L) {
 ** http.request{method=, url=, headers=, body= | body_file=, out_file=, resume=,
 **   sha256=, timeout=, connect_timeout=, stall_timeout=, ca_file=, insecure=,
 **   pin_sha256=, cert_sha256=, cookies=, progress=, tick=, tick_interval=2, follow=true}
-**   -> {status, reason, headers, body | file, digest, size, resumed, url}
+**   -> {status, reason, headers, body | file, digest, size, resumed, url, local_ip}
 **    | nil, msg, code
 ** A 4xx/5xx status is a response, not a failure. `digest` is the SHA-256 of
 ** the body sent (when there is one) or received (with out_file, of the whole

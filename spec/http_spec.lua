@@ -128,6 +128,7 @@ describe("http #http", function()
       assert.equal("text/plain", r.headers["content-type"])
       assert.equal(sha256sum(srv.root .. "/files/small.txt"), r.digest)
       assert.equal(13, r.size)
+      assert.equal("127.0.0.1", r.local_ip) -- our end of the connection
     end)
 
     it("sends HEAD without a body", function()

@@ -249,6 +249,23 @@ describe("vSphere backend against the simulator #vsphere", function()
     assert_clean(out .. "/" .. BUILD)
   end)
 
+  it("keeps the failed build's VM with --keep-on-error and says how to find it", function()
+    local out = tmp .. "/out-kept"
+    local before = #by_name(sim, BUILD)
+    sim:inject({ method = "PutUsbScanCodes", action = "fault", fault = "InvalidPowerState", count = 2 })
+    local r = run(out, { "--keep-on-error" })
+    assert.equal(1, r.code)
+    assert.matches("step boot failed", r.stderr, 1, true)
+    assert.matches("kept after failure", r.stderr, 1, true)
+    assert.matches("VM " .. BUILD .. " (VirtualMachine:vm-", r.stderr, 1, true)
+    local vms = by_name(sim, BUILD)
+    assert.equal(before + 1, #vms)
+    -- the simulator's inventory lists the kept VM, still powered on
+    local kept = 0
+    for _, vm in ipairs(vms) do if vm.power == "poweredOn" then kept = kept + 1 end end
+    assert.equal(1, kept)
+  end)
+
   it("logs in again when the session is dropped in the middle of a build", function()
     local out = tmp .. "/out-relogin"
     sim:reset_calls()

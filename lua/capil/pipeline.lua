@@ -101,7 +101,7 @@ function H.serve_installer(run, step)
   end
   local srv, serr, code = installer.serve({ dir = dir, bind = step.bind })
   if not srv then return fail(serr, code) end
-  run.http = { server = srv, port = srv.port,
+  run.http = { server = srv, port = srv.port, auto = step.advertise == "auto" and not run.backend.traits.http_ip,
     ip = step.advertise ~= "auto" and step.advertise or run.backend.traits.http_ip or "127.0.0.1" }
   log.info("installer files served on %s:%d (guest uses http://%s:%d/)", srv.address, srv.port, run.http.ip, srv.port)
   return true
@@ -186,6 +186,8 @@ function H.provision(run, step)
       current = s.role
       log.info("%s: role %s", run.vm.name, current)
     end
+    -- hours of provisioning must not let a hypervisor session expire
+    if run.vm.keepalive then run.vm:keepalive() end
     local r, err, code = guest.run_step(run.session, s, ctx)
     if not r then return fail(err, code) end
     if type(err) == "table" then run.session = err end -- a reboot step reconnected
@@ -297,7 +299,7 @@ function M.run(plan, cfg, opts)
     if not tostring(backend):find("module 'capil.backends." .. plan.backend .. "' not found", 1, true) then
       error(backend, 0)
     end
-    return nil, ("backend '%s' is not available yet in this capil (qemu is)"):format(plan.backend), "ENOTSUP"
+    return nil, ("backend '%s' is not available yet in this capil (qemu, vsphere and esx are)"):format(plan.backend), "ENOTSUP"
   end
   assert(fs.mkdir(plan.output_dir))
   local log_dir = plan.output_dir .. "/logs"

@@ -695,6 +695,7 @@ function Client:_send(method, this, body, extra_time)
     end
     local resp, err, code = http.request(req)
     self.last_used = host.now()
+    if resp and resp.local_ip then self.local_ip = resp.local_ip end
     if resp and (resp.body == nil or resp.body == "") and (resp.status == 200 or resp.status == 500) then
       resp, err, code = nil, ("POST %s: empty reply (HTTP %d)"):format(self.url, resp.status), "EPROTO"
     end
