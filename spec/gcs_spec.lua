@@ -215,3 +215,295 @@ describe("gcs credentials #gcs #unit", function()
     assert.equal("x **** y", require("capil.log").redact("x refresh-1 y"))
   end)
 end)
+
+describe("gcs metadata server credentials #gcs", function()
+  -- capil's installer httpd serving a token document at the metadata
+  -- server's path stands in for the GCE metadata server (it ignores the
+  -- Metadata-Flavor header, which only a real GCE host checks)
+  local httpd = require("capil.core.httpd")
+  local host = require("capil.core.host")
+  local dir, srv
+  setup(function()
+    dir = assert(fs.tempdir({ prefix = "capil-spec-gcs-md" }))
+    local path = dir .. "/computeMetadata/v1/instance/service-accounts/default"
+    assert(fs.mkdir(path))
+    write(path .. "/token", json.encode({ access_token = "ya29.metadata-token", expires_in = 3599,
+      token_type = "Bearer" }))
+    srv = assert(httpd.serve({ dir = dir }))
+  end)
+  teardown(function() srv:close() end)
+
+  it("fetches the token from GCE_METADATA_HOST and keeps it until it nears expiry", function()
+    local c = assert(gcs.client({ getenv = env({ GCE_METADATA_HOST = "127.0.0.1:" .. srv.port }) }))
+    assert.equal("metadata", c.auth.kind)
+    assert.equal("ya29.metadata-token", c:token())
+    assert.equal("ya29.metadata-token", c:token())
+    local reqs = srv:requests()
+    assert.equal(1, #reqs)
+    assert.equal("/computeMetadata/v1/instance/service-accounts/default/token", reqs[1].path)
+    assert.equal("x **** y", require("capil.log").redact("x ya29.metadata-token y"))
+  end)
+
+  it("goes on without credentials when no metadata server answers", function()
+    local port = assert(host.free_port())
+    local c = assert(gcs.client({ getenv = env({ GCE_METADATA_HOST = "127.0.0.1:" .. port }) }))
+    assert.is_nil((c:token()))
+    assert.equal("anonymous", c.auth.kind)
+  end)
+end)
+
+-- ====================================================================
+-- Against peers: our fake of GCS's resumable protocol and token endpoint,
+-- and the firebase-tools Storage emulator (spec/support/gcs.lua)
+-- ====================================================================
+
+local peers = require("support.gcs")
+local capil = require("support.capil")
+
+local function sha256_file(path) return assert(hash.file(path, "sha256")) end
+
+-- A file of `size` random bytes made by the openssl CLI.
+local function random_file(dir, name, size)
+  local path = dir .. "/" .. name
+  run({ "openssl", "rand", "-out", path, tostring(size) })
+  return path
+end
+
+describe("gcs resumable uploads against the fake #gcs", function()
+  local dir, fake, key, c
+  setup(function()
+    dir = assert(fs.tempdir({ prefix = "capil-spec-gcs-fake" }))
+    fake = peers.fake({ token = true })
+    key = peers.service_account_key(dir, fake.token_uri)
+    c = assert(gcs.client({ endpoint = fake.endpoint, key_file = key.path, getenv = env({}) }))
+  end)
+  teardown(function() if fake then fake.stop() end end)
+  before_each(function() fake.reset() end)
+
+  it("uploads 300 MiB through 5 dropped connections without re-sending an acknowledged byte", function()
+    local size = 300 * MiB
+    local path = random_file(dir, "big.ova", size)
+    local sum = sha256_file(path)
+    local drops = {}
+    local seen = {}
+    while #drops < 5 do
+      local at = math.random(1, size - 1)
+      local slot = at // (8 * MiB) -- at most one drop per chunk, so each is its own failure
+      if not seen[slot] then seen[slot] = true drops[#drops + 1] = at end
+    end
+    table.sort(drops)
+    fake.inject({ action = "drop", at_bytes = drops })
+    local obj, info, code = c:upload("images", "ci/v1.2.3-rc.1/big.ova", path, {
+      metadata = { sha256 = sum }, backoff = 0.01,
+    })
+    assert.is_table(obj, info)
+    assert.is_nil(code)
+    assert.equal(tostring(size), tostring(obj.size))
+    assert.equal(5, info.resumes, "each drop was noticed and resumed from the session's offset")
+    local st = fake.stats()
+    assert.equal(0, st.resent_bytes)
+    local remote = st.objects["images/ci/v1.2.3-rc.1/big.ova"]
+    assert.equal(size, tonumber(remote.size))
+    assert.equal(sum, remote.sha256)
+    assert.equal(sum, remote.metadata.sha256)
+    assert.equal(assert(hash.file(path, "md5", { format = "base64" })), remote.md5Hash)
+    fs.remove(path)
+  end)
+
+  it("retries 503 and 429 answers and resumes from the session's offset", function()
+    local path = random_file(dir, "small.ova", MiB + 7)
+    fake.inject({ action = "status", status = 503, count = 2 })
+    fake.inject({ action = "status", status = 429, count = 1 })
+    local obj, info = c:upload("images", "ci/x/small.ova", path, { chunk_size = 256 * KiB, backoff = 0.01 })
+    assert.is_table(obj, info)
+    local st = fake.stats()
+    assert.equal(0, st.resent_bytes)
+    assert.equal(sha256_file(path), st.objects["images/ci/x/small.ova"].sha256)
+  end)
+
+  it("gives up after `retries` failures, naming the object and the status", function()
+    local path = random_file(dir, "tiny.ova", 1000)
+    fake.inject({ action = "status", status = 503, count = 50 })
+    local obj, err, code = c:upload("images", "ci/x/tiny.ova", path, { retries = 2, backoff = 0.01 })
+    assert.is_nil(obj)
+    assert.equal("HTTP_503", code)
+    assert.matches("^gcs: upload gs://images/ci/x/tiny.ova: HTTP 503", err)
+    assert.matches("gave up after 3 attempts", err)
+  end)
+
+  it("sends a JWT the token endpoint can verify with the key's public half", function()
+    assert.truthy(c:stat("images", "missing") == nil)
+    local st = fake.stats()
+    assert.is_true(#st.assertions >= 1)
+    local jwt = st.assertions[#st.assertions]
+    local h64, c64, s64 = jwt:match("^([%w_-]+)%.([%w_-]+)%.([%w_-]+)$")
+    local claims = assert(json.decode(assert(hash.base64url_decode(c64))))
+    local keydoc = assert(json.read(key.path))
+    assert.equal(keydoc.client_email, claims.iss)
+    assert.equal(fake.token_uri, claims.aud)
+    assert.equal("https://www.googleapis.com/auth/devstorage.read_write", claims.scope)
+    assert.equal(claims.iat + 3600, claims.exp)
+    assert.is_true(math.abs(claims.iat - os.time()) < 60)
+    assert.equal("RS256", assert(json.decode(assert(hash.base64url_decode(h64)))).alg)
+    local pub = write(dir .. "/sa.pub", key.public_pem)
+    write(dir .. "/jwt.in", h64 .. "." .. c64)
+    write(dir .. "/jwt.sig", assert(hash.base64url_decode(s64)))
+    assert.matches("Verified OK", run({ "openssl", "dgst", "-sha256", "-verify", pub, "-signature",
+      dir .. "/jwt.sig", dir .. "/jwt.in" }))
+  end)
+
+  it("fetches a new token when the old one expires, and once after a 401", function()
+    local short = peers.fake({ token = true, expires_in = 1 })
+    finally(function() short.stop() end)
+    local k = peers.service_account_key(dir, short.token_uri)
+    local sc = assert(gcs.client({ endpoint = short.endpoint, key_file = k.path, getenv = env({}) }))
+    assert.is_table(sc:put_small("b", "one", "1"))
+    require("capil.core.host").sleep(1.1)
+    assert.is_table(sc:put_small("b", "two", "2"))
+    assert.equal(2, #short.stats().assertions)
+    -- the fake forgets the tokens it issued: the next call is refused once, then renewed
+    local sc2 = assert(gcs.client({ endpoint = fake.endpoint, key_file = key.path, getenv = env({}) }))
+    assert.is_table(sc2:put_small("b", "three", "3"))
+    fake.reset()
+    assert.is_table(sc2:put_small("b", "four", "4"))
+    assert.equal(1, #fake.stats().assertions)
+  end)
+
+  it("uses an authorized-user file's refresh token", function()
+    local f = peers.authorized_user_file(dir, fake.token_uri)
+    local uc = assert(gcs.client({ endpoint = fake.endpoint, key_file = f, getenv = env({}) }))
+    assert.equal("authorized_user", uc.auth.kind)
+    assert.is_string(uc:token())
+    assert.is_table(uc:put_small("b", "user", "x"))
+  end)
+
+  it("explains a 403 on the bucket", function()
+    local locked = peers.fake({ token = true, forbidden_buckets = { "locked" } })
+    finally(function() locked.stop() end)
+    local k = peers.service_account_key(dir, locked.token_uri)
+    local lc = assert(gcs.client({ endpoint = locked.endpoint, key_file = k.path, getenv = env({}) }))
+    local path = random_file(dir, "x.ova", 1000)
+    local obj, err, code = lc:upload("locked", "release/v1.2.3/x.ova", path)
+    assert.is_nil(obj)
+    assert.equal("HTTP_403", code)
+    assert.matches("^gcs: upload gs://locked/release/v1.2.3/x.ova: HTTP 403", err)
+    local email = assert(json.read(k.path)).client_email
+    assert.matches("check that the account " .. email:gsub("%p", "%%%0") .. " may write objects in bucket locked", err)
+  end)
+
+  it("a bad key or a refused token fails a capil script with a clear message and never shows the key", function()
+    local keydoc = assert(json.read(key.path))
+    local lines = {}
+    for l in keydoc.private_key:gmatch("[^\n]+") do
+      if not l:match("^%-%-%-%-%-") then lines[#lines + 1] = l end
+    end
+    local script = capil.script(dir, "up.lua", [[
+      local gcs = require("capil.gcs")
+      local c = assert(gcs.client({ endpoint = arg[1], key_file = arg[2] }))
+      assert(c:put_small("images", "x", "data"))
+    ]])
+    -- a key whose token_uri is no token endpoint
+    local refused = peers.service_account_key(dir, fake.endpoint .. "/no-token-here")
+    local broken = write(dir .. "/broken.json", (assert(fs.read(key.path)):gsub("BEGIN PRIVATE KEY", "BEGIN PRIVATE KEX")))
+    for _, case in ipairs({
+      { broken, "gcs: " .. broken .. ": private_key is not a usable RSA private key" },
+      { refused.path, "gcs: token from " .. fake.endpoint .. "/no-token-here for " },
+    }) do
+      local r = capil.run({ "-v", script, fake.endpoint, case[1] })
+      assert.are_not.equal(0, r.code)
+      local out = r.stdout .. r.stderr
+      assert.truthy(out:find(case[2], 1, true), out)
+      for _, l in ipairs(lines) do assert.falsy(out:find(l, 1, true), "a line of the key was printed") end
+      for _, jwt in ipairs(fake.stats().assertions) do assert.falsy(out:find(jwt, 1, true), "the JWT was printed") end
+    end
+  end)
+end)
+
+describe("gcs objects against the firebase-tools Storage emulator #gcs", function()
+  local dir, emu, c
+  setup(function()
+    dir = assert(fs.tempdir({ prefix = "capil-spec-gcs-emu" }))
+    emu = peers.emulator()
+    c = assert(gcs.client({ endpoint = emu.endpoint, getenv = env({}) }))
+  end)
+  teardown(function() if emu then emu.stop() end end)
+
+  it("is anonymous with an endpoint override and nothing configured", function()
+    assert.equal("anonymous", c.auth.kind)
+    assert.equal("anonymous", assert(gcs.client({ getenv = env({ STORAGE_EMULATOR_HOST = emu.endpoint }) })).auth.kind)
+  end)
+
+  it("stores a small object with metadata, then stats, reads, lists and deletes it", function()
+    local sum = hash.digest("sha256", "hello\n")
+    local name = "release/v1.16.14/ubuntu-kube-v1.16.14.ova.sha256"
+    local obj = assert(c:put_small("capv-images", name, sum .. "\n",
+      { content_type = "text/plain", metadata = { sha256 = sum } }))
+    assert.equal(name, obj.name)
+    local st = assert(c:stat("capv-images", name))
+    assert.equal(65, tonumber(st.size))
+    assert.equal(sum, st.metadata.sha256)
+    assert.equal(hash.md5_base64(sum .. "\n"), st.md5Hash)
+    assert.equal(hash.crc32c_base64(sum .. "\n"), st.crc32c)
+    assert.equal(sum .. "\n", assert(c:read("capv-images", name)))
+    assert(c:put_small("capv-images", "ci/master/a.ova", "a"))
+    local items = assert(c:list("capv-images", "release/"))
+    assert.equal(1, #items)
+    assert.equal(name, items[1].name)
+    local all, prefixes = assert(c:list("capv-images", "", { delimiter = "/" }))
+    assert.equal(0, #all)
+    table.sort(prefixes)
+    assert.same({ "ci/", "release/" }, prefixes)
+    assert.is_true(c:delete("capv-images", name))
+    local none, err, code = c:stat("capv-images", name)
+    assert.is_nil(none)
+    assert.equal("ENOENT", code)
+    assert.matches("^gcs: stat gs://capv%-images/" .. name:gsub("%p", "%%%0") .. ": HTTP 404", err)
+    assert.equal("ENOENT", select(3, c:delete("capv-images", name)))
+    assert.equal("ENOENT", select(3, c:read("capv-images", name)))
+  end)
+
+  it("lists across pages", function()
+    for i = 1, 5 do assert(c:put_small("paged", ("p/%d"):format(i), tostring(i))) end
+    local items = assert(c:list("paged", "p/", { page_size = 2 }))
+    assert.equal(5, #items)
+  end)
+
+  it("uploads a file in one resumable chunk, verified by md5 and crc32c", function()
+    local path = random_file(dir, "one.ova", 3 * MiB + 3)
+    local obj, info = c:upload("capv-images", "ci/one/one.ova", path, { metadata = { sha256 = sha256_file(path) } })
+    assert.is_table(obj, info)
+    assert.equal(3 * MiB + 3, info.bytes_sent)
+    assert.equal(sha256_file(path), assert(c:stat("capv-images", "ci/one/one.ova")).metadata.sha256)
+  end)
+
+  it("downloads with resume from a partial .part, and refuses a wrong sha256", function()
+    local path = random_file(dir, "dl.ova", 2 * MiB + 11)
+    local sum = sha256_file(path)
+    assert(c:upload("capv-images", "ci/dl/dl.ova", path, { metadata = { sha256 = sum } }))
+    local out = dir .. "/out.ova"
+    write(out .. ".part", assert(fs.read(path)):sub(1, MiB))
+    local obj, resp = c:download("capv-images", "ci/dl/dl.ova", out, { sha256 = sum })
+    assert.is_table(obj, resp)
+    assert.equal(MiB, resp.resumed)
+    assert.equal(sum, sha256_file(out))
+    assert.falsy(fs.exists(out .. ".part"))
+    -- the object's own metadata.sha256 when none is given
+    local out2 = dir .. "/out2.ova"
+    assert.is_table((c:download("capv-images", "ci/dl/dl.ova", out2)))
+    assert.equal(sum, sha256_file(out2))
+    -- a wrong checksum: nothing under the final name, no .part
+    local out3 = dir .. "/out3.ova"
+    local none, err, code = c:download("capv-images", "ci/dl/dl.ova", out3, { sha256 = string.rep("0", 64) })
+    assert.is_nil(none)
+    assert.equal("EDIGEST", code)
+    assert.matches("does not match the expected SHA%-256", err)
+    assert.falsy(fs.exists(out3))
+    assert.falsy(fs.exists(out3 .. ".part"))
+    -- without any sha256, the crc32c decides
+    assert(c:put_small("capv-images", "ci/dl/plain", "plain data"))
+    local out4 = dir .. "/out4"
+    assert.is_table((c:download("capv-images", "ci/dl/plain", out4)))
+    assert.equal("plain data", assert(fs.read(out4)))
+    assert.falsy(fs.exists(out4 .. ".unverified"))
+  end)
+end)
