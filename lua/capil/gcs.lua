@@ -786,7 +786,16 @@ function Client:upload(bucket, name, path, opts)
       if advanced then failures = 0 end
       offset, query = now, false
       if progress then progress:update(offset, size) end
-      if offset >= size then query = true end -- all there but not finalized: ask again
+      if offset >= size then
+        -- all there but not finalized: ask again, a bounded number of times
+        failures = failures + 1
+        if failures > retries then
+          return finish(nil, ("%s: the session holds all %d bytes but does not finish the object"):format(where, size),
+            "EPROTO")
+        end
+        host.sleep(backoff(base, failures))
+        query = true
+      end
     elseif status == 404 or status == 410 then
       -- the session is gone (expired): start again from the beginning
       failures = failures + 1
