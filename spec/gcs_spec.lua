@@ -269,6 +269,20 @@ local function random_file(dir, name, size)
   return path
 end
 
+-- A progress handle for client:upload that runs `fn` once, when the first
+-- chunk is acknowledged (the session has started by then).
+local function after_first_chunk(fn)
+  local done = false
+  return {
+    update = function(_, bytes)
+      if not done and bytes > 0 then
+        done = true
+        fn()
+      end
+    end,
+  }
+end
+
 describe("gcs resumable uploads against the fake #gcs", function()
   local dir, fake, key, c
   setup(function()
@@ -312,19 +326,29 @@ describe("gcs resumable uploads against the fake #gcs", function()
 
   it("retries 503 and 429 answers and resumes from the session's offset", function()
     local path = random_file(dir, "small.ova", MiB + 7)
-    fake.inject({ action = "status", status = 503, count = 2 })
-    fake.inject({ action = "status", status = 429, count = 1 })
-    local obj, info = c:upload("images", "ci/x/small.ova", path, { chunk_size = 256 * KiB, backoff = 0.01 })
+    -- once the session runs (the first chunk is acknowledged), the next
+    -- chunk and the status queries after it are answered 503, 503, 429
+    local obj, info = c:upload("images", "ci/x/small.ova", path, { chunk_size = 256 * KiB, backoff = 0.01,
+      progress = after_first_chunk(function()
+        fake.inject({ action = "status", status = 503, count = 2, target = "upload" })
+        fake.inject({ action = "status", status = 429, count = 1, target = "upload", retry_after = 0 })
+      end) })
     assert.is_table(obj, info)
+    assert.is_true(info.resumes >= 1, "went on from the session's offset")
+    -- the session's start is retried too
+    fake.inject({ action = "status", status = 503, count = 2, target = "api" })
+    assert.is_table((c:upload("images", "ci/x/small2.ova", path, { chunk_size = 256 * KiB, backoff = 0.01 })))
     local st = fake.stats()
     assert.equal(0, st.resent_bytes)
     assert.equal(sha256_file(path), st.objects["images/ci/x/small.ova"].sha256)
   end)
 
   it("gives up after `retries` failures, naming the object and the status", function()
-    local path = random_file(dir, "tiny.ova", 1000)
-    fake.inject({ action = "status", status = 503, count = 50 })
-    local obj, err, code = c:upload("images", "ci/x/tiny.ova", path, { retries = 2, backoff = 0.01 })
+    local path = random_file(dir, "tiny.ova", 300 * KiB)
+    local obj, err, code = c:upload("images", "ci/x/tiny.ova", path, { retries = 2, backoff = 0.01,
+      chunk_size = 256 * KiB, progress = after_first_chunk(function()
+        fake.inject({ action = "status", status = 503, count = 50, target = "upload" })
+      end) })
     assert.is_nil(obj)
     assert.equal("HTTP_503", code)
     assert.matches("^gcs: upload gs://images/ci/x/tiny.ova: HTTP 503", err)
@@ -332,7 +356,8 @@ describe("gcs resumable uploads against the fake #gcs", function()
   end)
 
   it("sends a JWT the token endpoint can verify with the key's public half", function()
-    assert.truthy(c:stat("images", "missing") == nil)
+    local fresh = assert(gcs.client({ endpoint = fake.endpoint, key_file = key.path, getenv = env({}) }))
+    assert.equal("ENOENT", select(3, fresh:stat("images", "missing")))
     local st = fake.stats()
     assert.is_true(#st.assertions >= 1)
     local jwt = st.assertions[#st.assertions]
