@@ -413,9 +413,12 @@ function Client:_fetch_token()
     }))
     if a.probe then
       a.probe = nil
-      if not resp and not eresp then
-        -- no metadata server: not on GCE, so go on without credentials
-        log.debug("gcs: no metadata server at %s (%s); continuing without credentials", a.host, err)
+      local r = resp or eresp
+      if not r or r.headers["metadata-flavor"] ~= "Google" then
+        -- no GCE metadata server (nothing there, or another cloud's): go on
+        -- without credentials
+        log.debug("gcs: no GCE metadata server at %s (%s); continuing without credentials", a.host,
+          r and "it does not answer Metadata-Flavor: Google" or err)
         self.auth = { kind = "anonymous", source = "anonymous" }
         return nil
       end
