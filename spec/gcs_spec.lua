@@ -544,6 +544,15 @@ describe("gcs objects against the firebase-tools Storage emulator #gcs", functio
     assert.equal(sha256_file(path), assert(c:stat("capv-images", "ci/one/one.ova")).metadata.sha256)
   end)
 
+  it("does not take a session the server finished early for a complete upload", function()
+    -- the emulator has no chunked sessions: it finishes the object with the first chunk
+    local path = random_file(dir, "early.ova", MiB + 1)
+    local obj, err, code = c:upload("capv-images", "ci/early/early.ova", path, { chunk_size = 512 * KiB })
+    assert.is_nil(obj)
+    assert.equal("EPROTO", code)
+    assert.matches("finished the object after 524288 of 1048577 bytes", err)
+  end)
+
   it("downloads with resume from a partial .part, and refuses a wrong sha256", function()
     local path = random_file(dir, "dl.ova", 2 * MiB + 11)
     local sum = sha256_file(path)

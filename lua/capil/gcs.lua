@@ -768,6 +768,11 @@ function Client:upload(bucket, name, path, opts)
     if status == 200 or status == 201 then
       local o, derr, dcode = decode("upload", bucket, name, resp)
       if not o then return finish(nil, derr, dcode) end
+      if not query and size > 0 and offset + len < size then
+        -- (the firebase-tools emulator does this: it has no chunked sessions)
+        return finish(nil, ("%s: the server finished the object after %d of %d bytes: it does not take uploads in"
+          .. " chunks; use a chunk size of at least the file's size"):format(where, offset + len, size), "EPROTO")
+      end
       obj = o
     elseif status == 308 then
       local now = persisted(resp)
