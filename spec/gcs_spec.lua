@@ -292,10 +292,19 @@ end
 
 describe("gcs resumable uploads against the fake #gcs", function()
   local dir, fake, key, c
+  -- a service-account key for `token_uri` in a directory of its own
+  -- (peers.service_account_key writes fixed file names)
+  local keys = 0
+  local function new_key(token_uri)
+    keys = keys + 1
+    local kdir = dir .. "/key" .. keys
+    assert(fs.mkdir(kdir))
+    return peers.service_account_key(kdir, token_uri)
+  end
   setup(function()
     dir = assert(fs.tempdir({ prefix = "capil-spec-gcs-fake" }))
     fake = peers.fake({ token = true })
-    key = peers.service_account_key(dir, fake.token_uri)
+    key = new_key(fake.token_uri)
     c = assert(gcs.client({ endpoint = fake.endpoint, key_file = key.path, getenv = env({}), backoff = 0.01 }))
   end)
   teardown(function() if fake then fake.stop() end end)
@@ -407,7 +416,7 @@ describe("gcs resumable uploads against the fake #gcs", function()
     assert.equal(claims.iat + 3600, claims.exp)
     assert.is_true(math.abs(claims.iat - os.time()) < 60)
     assert.equal("RS256", assert(json.decode(assert(hash.base64url_decode(h64)))).alg)
-    local pub = write(dir .. "/sa.pub", key.public_pem)
+    local pub = key.public_pem
     write(dir .. "/jwt.in", h64 .. "." .. c64)
     write(dir .. "/jwt.sig", assert(hash.base64url_decode(s64)))
     assert.matches("Verified OK", run({ "openssl", "dgst", "-sha256", "-verify", pub, "-signature",
@@ -417,7 +426,7 @@ describe("gcs resumable uploads against the fake #gcs", function()
   it("fetches a new token when the old one expires, and once after a 401", function()
     local short = peers.fake({ token = true, expires_in = 1 })
     finally(function() short.stop() end)
-    local k = peers.service_account_key(dir, short.token_uri)
+    local k = new_key(short.token_uri)
     local sc = assert(gcs.client({ endpoint = short.endpoint, key_file = k.path, getenv = env({}) }))
     assert.is_table(sc:put_small("b", "one", "1"))
     require("capil.core.host").sleep(1.1)
@@ -454,7 +463,7 @@ describe("gcs resumable uploads against the fake #gcs", function()
   it("explains a 403 on the bucket", function()
     local locked = peers.fake({ token = true, forbidden_buckets = { "locked" } })
     finally(function() locked.stop() end)
-    local k = peers.service_account_key(dir, locked.token_uri)
+    local k = new_key(locked.token_uri)
     local lc = assert(gcs.client({ endpoint = locked.endpoint, key_file = k.path, getenv = env({}) }))
     local path = random_file(dir, "x.ova", 1000)
     local obj, err, code = lc:upload("locked", "release/v1.2.3/x.ova", path)
@@ -477,7 +486,7 @@ describe("gcs resumable uploads against the fake #gcs", function()
       assert(c:put_small("images", "x", "data"))
     ]])
     -- a key whose token_uri is no token endpoint
-    local refused = peers.service_account_key(dir, fake.endpoint .. "/no-token-here")
+    local refused = new_key(fake.endpoint .. "/no-token-here")
     local broken = write(dir .. "/broken.json", (assert(fs.read(key.path)):gsub("BEGIN PRIVATE KEY", "BEGIN PRIVATE KEX")))
     for _, case in ipairs({
       { broken, "gcs: " .. broken .. ": private_key is not a usable RSA private key" },
