@@ -656,6 +656,44 @@ function M.chunks(size, chunk_size, offset)
   return list
 end
 
+-- Files at least this big are hashed by a child process while they upload.
+M.BACKGROUND_HASH_SIZE = 64 * 1024 * 1024
+
+local HASHER = [[
+local h, err = require("capil.hash").file(arg[1], { "md5", "crc32c" }, { format = "base64" })
+if not h then io.stderr:write(err, "\n") os.exit(1) end
+io.write(h.md5, " ", h.crc32c, "\n")
+]]
+
+-- The file's md5 and crc32c (base64), hashed by a child capil on another
+-- core while the upload runs: returns a function that waits for and returns
+-- them (nil, msg, code on failure) and a function that stops the child.
+local function background_hashes(path)
+  local proc = require("capil.proc")
+  local exe = host.exepath()
+  local p = exe and proc.spawn({ argv = { exe, "-e", HASHER, path }, stdin = "null", stdout = "pipe",
+                                 stderr = "pipe" })
+  if not p then return nil end
+  local function result()
+    local out, errs = {}, {}
+    while true do
+      local stream, chunk, code = p:read({ timeout = 600 })
+      if stream == "stdout" then out[#out + 1] = chunk
+      elseif stream == "stderr" then errs[#errs + 1] = chunk
+      elseif chunk == nil then break
+      else p:close(0) return nil, chunk, code end
+    end
+    local status = p:wait()
+    p:close()
+    local md5, crc = table.concat(out):match("^(%S+) (%S+)\n$")
+    if not (status and status.code == 0 and md5) then
+      return nil, ("gcs: hashing %s: %s"):format(path, (table.concat(errs):gsub("%s+$", ""))), "EIO"
+    end
+    return { md5 = md5, crc32c = crc }
+  end
+  return result, function() p:close(0) end
+end
+
 local UPLOAD_OPTS = {
   chunk_size = true, metadata = true, content_type = true, progress = true, retries = true,
   backoff = true, md5 = true, crc32c = true,
@@ -718,11 +756,16 @@ function Client:upload(bucket, name, path, opts)
   if not st then return nil, ("%s: %s"):format(where, serr), scode end
   if st.type ~= "file" then return nil, ("%s: %s is not a regular file"):format(where, path), "EINVAL" end
   local size = st.size
+  -- the file's md5 and crc32c: given, hashed alongside the upload, or now
   local sums = { md5 = opts.md5, crc32c = opts.crc32c }
+  local hashed, stop_hashing
   if not (sums.md5 and sums.crc32c) then
-    local h, herr, hcode = hash.file(path, { "md5", "crc32c" }, { format = "base64" })
-    if not h then return nil, ("%s: %s"):format(where, herr), hcode end
-    sums = h
+    if size >= M.BACKGROUND_HASH_SIZE then hashed, stop_hashing = background_hashes(path) end
+    if not hashed then
+      local h, herr, hcode = hash.file(path, { "md5", "crc32c" }, { format = "base64" })
+      if not h then return nil, ("%s: %s"):format(where, herr), hcode end
+      sums = h
+    end
   end
 
   local progress, own_progress = opts.progress, false
@@ -731,6 +774,7 @@ function Client:upload(bucket, name, path, opts)
   end
   local function finish(...)
     if own_progress then progress:close() end
+    if stop_hashing then stop_hashing() end
     return ...
   end
 
@@ -843,6 +887,17 @@ function Client:upload(bucket, name, path, opts)
   if progress then progress:update(size, size) end
 
   -- the object must be what was sent
+  if hashed then
+    local h, herr = hashed()
+    stop_hashing = nil
+    if not h then
+      log.debug("%s; hashing here instead", herr)
+      local hcode
+      h, herr, hcode = hash.file(path, { "md5", "crc32c" }, { format = "base64" })
+      if not h then return finish(nil, ("%s: %s"):format(where, herr), hcode) end
+    end
+    sums = h
+  end
   local got_size = tonumber(obj.size)
   if (obj.md5Hash == nil and obj.crc32c == nil) or got_size == nil then
     local o, oerr, ocode = self:stat(bucket, name)
