@@ -513,7 +513,10 @@ describe("gcs objects against the firebase-tools Storage emulator #gcs", functio
 
   it("is anonymous with an endpoint override and nothing configured", function()
     assert.equal("anonymous", c.auth.kind)
-    assert.equal("anonymous", assert(gcs.client({ getenv = env({ STORAGE_EMULATOR_HOST = emu.endpoint }) })).auth.kind)
+    local closing <close> = assert(gcs.client({ getenv = env({ STORAGE_EMULATOR_HOST = emu.endpoint }) }))
+    assert.equal("anonymous", closing.auth.kind)
+    assert.equal(emu.endpoint, closing.endpoint)
+    assert.equal("ENOENT", select(3, closing:stat("capv-images", "nothing")))
   end)
 
   it("stores a small object with metadata, then stats, reads, lists and deletes it", function()

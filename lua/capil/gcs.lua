@@ -24,8 +24,11 @@
 --- 308 and `Range` tell how much it has. After a dropped connection, a 5xx, a
 --- 429 or a 401 the client waits (exponential backoff, Retry-After honoured),
 --- asks the session how much it holds (`Content-Range: bytes */TOTAL`) and
---- continues from there, so no byte the server acknowledged is sent again.
---- The finished object's md5Hash and crc32c must equal the local file's.
+--- continues from there, so no byte the server acknowledged is sent again
+--- (each chunk goes on a fresh connection: on a kept-alive one libcurl would
+--- silently send a chunk again after the connection died). The finished
+--- object's md5Hash and crc32c must equal the local file's, which a child
+--- capil hashes on another core while big files upload.
 ---
 --- Failures return `nil, msg, code`. Messages read `gcs: <action>
 --- gs://<bucket>/<object>: HTTP <status>: <GCS's message>`; codes: "ENOENT"
@@ -986,6 +989,12 @@ function Client:download(bucket, name, out_file, opts)
   end
   return obj, resp
 end
+
+--- Closes the client's kept-alive connections (also on `<close>`).
+function Client:close()
+  if self.session then self.session:close() end
+end
+Client.__close = Client.close
 
 --- The public URL of an object as served by this client's endpoint.
 ---@param bucket string
