@@ -3,13 +3,15 @@
 --- HTTP download did: the build directory's packer-manifest.json names the
 --- OVA; it goes to `gs://<bucket>/{release,ci}/<version>/<name>.ova` with its
 --- `.sha256` next to it, skipped when the remote checksum already matches.
-local gcs = require("capil.gcs")
 local fs = require("capil.fs")
 local log = require("capil.log")
 local http = require("capil.http")
 local manifest = require("capil.manifest")
 
 local M = {}
+
+-- loaded on first use: listing commands (capil --help) needs none of it
+local gcs = setmetatable({}, { __index = function(_, k) return require("capil.gcs")[k] end })
 
 local function fail(msg, code) return nil, msg, code or "EUPLOAD" end
 
