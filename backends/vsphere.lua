@@ -727,71 +727,102 @@ function VM:power_off(timeout)
   return true
 end
 
+-- An HttpNfcLease in use (export or import): waited on until ready, kept
+-- alive by progress reports from the transfer loop's ticks, completed once,
+-- and aborted on failure or Ctrl-C.
+local Lease = {}
+Lease.__index = Lease
+
+local function open_lease(vc, ref, what, timeout)
+  local l = setmetatable({ vc = vc, ref = ref, what = what, moved = 0, total = 0 }, Lease)
+  l.guard = cleanup.push(("NFC lease %s (%s)"):format(tostring(ref), what), function()
+    l:abort("capil: interrupted")
+  end)
+  local state, err, code = vc:wait(ref, "state", function(s) return s == "ready" or s == "error" end, timeout or 300)
+  if not state then return l:fail("the lease never became ready: " .. err, code) end
+  if state == "error" then
+    local p = vc:props(ref, { "error" })
+    local e = p and p.error
+    return l:fail("the lease failed: " .. (e and (e.localizedMessage or e.fault and e.fault._type) or "no reason given"),
+      "ENFC")
+  end
+  local p, perr, pcode = vc:props(ref, { "info" })
+  if not p then return l:fail("reading the lease: " .. perr, pcode) end
+  l.info = p.info
+  return l
+end
+
+function Lease:abort(why)
+  if self.done then return end
+  self.done = true
+  self.guard:cancel()
+  self.vc:call("HttpNfcLeaseAbort", self.ref, { fault = vim25.obj("LocalizedMethodFault", {
+    fault = vim25.obj("SystemError", { reason = why }), localizedMessage = why }) })
+end
+
+function Lease:fail(msg, code)
+  self:abort(msg)
+  return nil, ("%s: %s"):format(self.what, msg), code
+end
+
+--- A device URL with the `*` host (and scheme) of the connection.
+function Lease:url(d)
+  return (d.url:gsub("^https?://%*", self.vc.scheme .. "://" .. self.vc.server))
+end
+
+--- Options for one disk's transfer: the session cookie, the TLS settings,
+--- and a tick reporting the lease's progress (which keeps it alive).
+function Lease:transfer(opts)
+  local t = self.vc:transfer_options({ separate = true })
+  for k, v in pairs(opts) do t[k] = v end
+  t.tick_interval = t.tick_interval or 2
+  t.tick = function(bytes)
+    local pct = self.total > 0 and math.min(99, math.floor((self.moved + bytes) * 100 / self.total)) or 50
+    local _, err = self.vc:call("HttpNfcLeaseProgress", self.ref, { percent = pct })
+    if err then log.warn("%s: HttpNfcLeaseProgress: %s", self.what, err) end
+  end
+  return t
+end
+
+function Lease:complete()
+  self.vc:call("HttpNfcLeaseProgress", self.ref, { percent = 100 })
+  local _, err, code = self.vc:call("HttpNfcLeaseComplete", self.ref, {})
+  self.done = true
+  self.guard:cancel()
+  if err then return nil, ("%s: HttpNfcLeaseComplete: %s"):format(self.what, err), code end
+  return true
+end
+
 --- Exports the VM's disk(s) through an HttpNfcLease; `path` gets the first
 --- disk, further disks `<path minus .vmdk>-N.vmdk`. Returns {sha256=, size=,
 --- disks = {...}}.
 function VM:export(path, opts)
   opts = opts or {}
-  local vc = self.vc
-  local lease, err, code = vc:call("ExportVm", self.ref, {})
-  if not lease then return nil, ("%s: ExportVm: %s"):format(self.name, err), code end
-  local done = false
-  local function abort(why)
-    if done then return end
-    done = true
-    vc:call("HttpNfcLeaseAbort", lease, { fault = vim25.obj("LocalizedMethodFault", {
-      fault = vim25.obj("SystemError", { reason = why }), localizedMessage = why }) })
-  end
-  local guard = cleanup.push(("export lease %s of %s"):format(tostring(lease), self.name), function()
-    abort("capil: export interrupted")
-  end)
-  local function failed(msg, c)
-    abort(msg)
-    guard:cancel()
-    return nil, ("%s: export: %s"):format(self.name, msg), c
-  end
-  local state
-  state, err, code = vc:wait(lease, "state", function(s) return s == "ready" or s == "error" end, opts.lease_timeout or 300)
-  if not state then return failed("the lease never became ready: " .. err, code) end
-  if state == "error" then
-    local p = vc:props(lease, { "error" })
-    local e = p and p.error
-    return failed("the lease failed: " .. (e and (e.localizedMessage or e.fault and e.fault._type) or "no reason given"),
-      "ENFC")
-  end
-  local info = assert(vc:props(lease, { "info" })).info
+  local lref, err, code = self.vc:call("ExportVm", self.ref, {})
+  if not lref then return nil, ("%s: ExportVm: %s"):format(self.name, err), code end
+  local lease
+  lease, err, code = open_lease(self.vc, lref, self.name .. ": export", opts.lease_timeout)
+  if not lease then return nil, err, code end
   local urls = {}
-  for _, d in ipairs(vim25.list(info.deviceUrl)) do
+  for _, d in ipairs(vim25.list(lease.info.deviceUrl)) do
     if d.disk ~= false then urls[#urls + 1] = d end
   end
-  if #urls == 0 then return failed("the lease lists no disk", "ENFC") end
-  local total = 0
-  for _, d in ipairs(urls) do total = total + (tonumber(d.fileSize) or 0) end
-  if total == 0 then total = (tonumber(info.totalDiskCapacityInKB) or 0) * 1024 end
-  local moved, result = 0, { disks = {} }
+  if #urls == 0 then return lease:fail("the lease lists no disk", "ENFC") end
+  for _, d in ipairs(urls) do lease.total = lease.total + (tonumber(d.fileSize) or 0) end
+  if lease.total == 0 then lease.total = (tonumber(lease.info.totalDiskCapacityInKB) or 0) * 1024 end
+  local result = { disks = {} }
   for i, d in ipairs(urls) do
     local out = i == 1 and path or path:gsub("%.vmdk$", "") .. ("-%d.vmdk"):format(i - 1)
-    local url = d.url:gsub("^https?://%*", vc.scheme .. "://" .. vc.server)
     local progress <close> = log.progress({ label = "export " .. fs.basename(out), total = tonumber(d.fileSize) })
-    local topts = vc:transfer_options({ separate = true })
-    topts.url, topts.out_file, topts.progress, topts.timeout = url, out, progress, opts.timeout or 7200
-    topts.tick_interval = opts.progress_interval or 2
-    topts.tick = function(bytes)
-      local pct = total > 0 and math.min(99, math.floor((moved + bytes) * 100 / total)) or 50
-      local _, perr = vc:call("HttpNfcLeaseProgress", lease, { percent = pct })
-      if perr then log.warn("%s: HttpNfcLeaseProgress: %s", self.name, perr) end
-    end
-    local r, gerr, gcode = http.request(topts)
-    if not r then return failed(("GET %s: %s"):format(http.redact_url(url), gerr), gcode) end
-    moved = moved + r.size
+    local r, gerr, gcode = http.request(lease:transfer({ url = lease:url(d), out_file = out, progress = progress,
+      timeout = opts.timeout or 7200, tick_interval = opts.progress_interval }))
+    if not r then return lease:fail(("GET %s: %s"):format(http.redact_url(lease:url(d)), gerr), gcode) end
+    lease.moved = lease.moved + r.size
     result.disks[i] = { path = out, sha256 = r.digest, size = r.size }
     log.info("%s: exported %s (%d bytes, sha256 %s)", self.name, out, r.size, r.digest)
   end
-  vc:call("HttpNfcLeaseProgress", lease, { percent = 100 })
-  local _, cerr, ccode = vc:call("HttpNfcLeaseComplete", lease, {})
-  done = true
-  guard:cancel()
-  if cerr then return nil, ("%s: HttpNfcLeaseComplete: %s"):format(self.name, cerr), ccode end
+  local ok, cerr, ccode = lease:complete()
+  if not ok then return nil, cerr, ccode end
   result.sha256, result.size = result.disks[1].sha256, result.disks[1].size
   return result
 end
@@ -871,64 +902,38 @@ function M.import(vc, inv, ova_path, opts)
   end
   local files = {}
   for _, item in ipairs(vim25.list(spec.fileItem)) do files[item.deviceId] = item end
+  local lref
+  lref, err, code = vc:call("ImportVApp", inv.pool, { spec = spec.importSpec, folder = inv.folder, host = inv.host })
+  if not lref then return nil, ("deploy %s: ImportVApp: %s"):format(name, err), code end
   local lease
-  lease, err, code = vc:call("ImportVApp", inv.pool, { spec = spec.importSpec, folder = inv.folder, host = inv.host })
-  if not lease then return nil, ("deploy %s: ImportVApp: %s"):format(name, err), code end
-  local finished = false
-  local function abort(why)
-    if finished then return end
-    finished = true
-    vc:call("HttpNfcLeaseAbort", lease, { fault = vim25.obj("LocalizedMethodFault", {
-      fault = vim25.obj("SystemError", { reason = why }), localizedMessage = why }) })
-  end
-  local guard = cleanup.push(("import lease %s of %s"):format(tostring(lease), name), function()
-    abort("capil: import interrupted")
-  end)
-  local function failed(msg, c)
-    abort(msg)
-    guard:cancel()
-    return nil, ("deploy %s: %s"):format(name, msg), c
-  end
-  local state
-  state, err, code = vc:wait(lease, "state", function(v) return v == "ready" or v == "error" end, 300)
-  if not state then return failed("the lease never became ready: " .. err, code) end
-  if state == "error" then
-    local p = vc:props(lease, { "error" })
-    return failed("the lease failed: " .. (p and p.error and (p.error.localizedMessage or "") or ""), "ENFC")
-  end
-  local info = assert(vc:props(lease, { "info" })).info
-  local uploads, total = {}, 0
+  lease, err, code = open_lease(vc, lref, "deploy " .. name)
+  if not lease then return nil, err, code end
+  local info = lease.info
+  local uploads = {}
   for _, d in ipairs(vim25.list(info.deviceUrl)) do
     local item = files[d.importKey]
     if item then
       local m = by_name[item.path]
-      if not m then return failed(("the OVF names %s, which the OVA does not hold"):format(item.path), "EOVA") end
-      uploads[#uploads + 1] = { url = d.url, member = m, create = item.create }
-      total = total + m.size
+      if not m then return lease:fail(("the OVF names %s, which the OVA does not hold"):format(item.path), "EOVA") end
+      uploads[#uploads + 1] = { device = d, member = m, create = item.create }
+      lease.total = lease.total + m.size
     end
   end
-  local moved = 0
   for _, u in ipairs(uploads) do
-    local url = u.url:gsub("^https?://%*", vc.scheme .. "://" .. vc.server)
     local progress <close> = log.progress({ label = "upload " .. u.member.name, total = u.member.size })
-    local topts = vc:transfer_options({ separate = true })
-    topts.method = u.create and "PUT" or "POST"
-    topts.url, topts.body_file, topts.body_offset, topts.body_length = url, ova_path, u.member.offset, u.member.size
-    topts.headers = { ["Content-Type"] = "application/x-vnd.vmware-streamVmdk", Overwrite = u.create and "t" or nil }
-    topts.progress, topts.timeout, topts.tick_interval = progress, opts.timeout or 7200, opts.progress_interval or 2
-    topts.tick = function(bytes)
-      vc:call("HttpNfcLeaseProgress", lease, { percent = math.min(99, math.floor((moved + bytes) * 100 / math.max(total, 1))) })
+    local method = u.create and "PUT" or "POST"
+    local r, uerr, ucode = http.request(lease:transfer({ method = method, url = lease:url(u.device),
+      body_file = ova_path, body_offset = u.member.offset, body_length = u.member.size,
+      headers = { ["Content-Type"] = "application/x-vnd.vmware-streamVmdk", Overwrite = u.create and "t" or nil },
+      progress = progress, timeout = opts.timeout or 7200, tick_interval = opts.progress_interval }))
+    if not r then
+      return lease:fail(("%s %s: %s"):format(method, http.redact_url(lease:url(u.device)), uerr), ucode)
     end
-    local r, uerr, ucode = http.request(topts)
-    if not r then return failed(("%s %s: %s"):format(topts.method, http.redact_url(url), uerr), ucode) end
-    moved = moved + u.member.size
+    lease.moved = lease.moved + u.member.size
     log.info("deploy %s: sent %s (%d bytes)", name, u.member.name, u.member.size)
   end
-  vc:call("HttpNfcLeaseProgress", lease, { percent = 100 })
-  local _, cerr, ccode = vc:call("HttpNfcLeaseComplete", lease, {})
-  finished = true
-  guard:cancel()
-  if cerr then return nil, ("deploy %s: HttpNfcLeaseComplete: %s"):format(name, cerr), ccode end
+  local ok, cerr, ccode = lease:complete()
+  if not ok then return nil, cerr, ccode end
   local ref = info.entity
   local vm = setmetatable({ vc = vc, inv = inv, ref = ref, name = name, settings = {} }, VM)
   if opts.template then

@@ -6,12 +6,31 @@ local log = require("capil.log")
 
 local options = {
   { name = "keep-on-error", help = "after a failure, keep the VM and files and print how to reach them" },
+  { name = "stages", arg = "LIST", help = "comma-separated: build (default), upload" },
+  { name = "bucket", arg = "B", help = "upload stage: GCS bucket (default capv-images)" },
+  { name = "key-file", arg = "F", help = "upload stage: service-account key file (JSON)" },
+  { name = "gcs-endpoint", arg = "URL", help = "upload stage: GCS endpoint (emulators, private deployments)" },
 }
+
+local STAGES = { build = true, upload = true }
+
+-- The stages asked for, in run order; nil and a message for an unknown one.
+local function stages(s)
+  local set, order = {}, {}
+  for name in (s or "build"):gmatch("[^,%s]+") do
+    if name == "test" then return nil, "run: the test stage is not available yet in this capil" end
+    if not STAGES[name] then return nil, ("run: unknown stage '%s' (build, upload)"):format(name) end
+    set[name] = true
+  end
+  for _, name in ipairs({ "build", "upload" }) do if set[name] then order[#order + 1] = name end end
+  if not set.build then return nil, "run: the stages must include build" end
+  return order
+end
 for _, o in ipairs(build_options.options) do options[#options + 1] = o end
 
 return {
   summary = "build an image from a recipe (default backend: qemu)",
-  usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--keep-on-error]",
+  usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--keep-on-error] [--stages build,upload]",
   help = [[
 Resolves the recipe (see 'capil inspect'), then runs the plan: fetch and verify
 the ISO, serve the installer files, create the VM, type the boot command,
@@ -20,10 +39,13 @@ export a streamOptimized VMDK and pack the OVA into
 output/<name>-kube-<kubernetes semver>/. The build log is logs/build.log
 there, the serial console logs/serial.log, and report.json records each
 step. On failure or Ctrl-C everything the build created is removed, unless
---keep-on-error.]],
+--keep-on-error. With --stages build,upload the OVA then goes to GCS as
+`capil upload` does (skipped when the remote checksum matches).]],
   options = options,
   run = function(opts, args)
     if #args ~= 1 then cli.fail("run: name one recipe (see 'capil list')", 2) end
+    local todo, serr = stages(opts.stages)
+    if not todo then cli.fail(serr, 2) end
     local r, cfg, plan = build_options.load(args[1], opts)
     if not r then build_options.fail(cfg) end
     log.info("building %s on %s into %s", plan.build_version, plan.backend, plan.output_dir)
@@ -37,6 +59,12 @@ step. On failure or Ctrl-C everything the build created is removed, unless
     end
     log.info("built %s in %.0f s", plan.build_version, report.seconds)
     if report.artifacts and report.artifacts.ova then log.out(report.artifacts.ova) end
+    if todo[2] == "upload" then
+      local up, uerr = require("capil.release").upload(plan.output_dir, { bucket = opts.bucket,
+        key_file = opts["key-file"], endpoint = opts["gcs-endpoint"] })
+      if not up then cli.fail(uerr, 1) end
+      log.out(up.url)
+    end
     return 0
   end,
 }
