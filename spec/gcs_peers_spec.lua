@@ -65,7 +65,7 @@ describe("gcs peers #gcs", function()
     local lines = {}
     for line in r.stdout:gmatch("[^\n]+") do lines[#lines + 1] = line end
     assert.equal(3, #lines, r.stdout)
-    assert.matches("^false\t.*gcs%.fake: needs Node%.js >= 20 as `node` on PATH", lines[1])
+    assert.matches("^false\t.*gcs%.fake: needs Node%.js >= 18 as `node` on PATH", lines[1])
     assert.matches("^false\t.*gcs%.firebase_tools: needs Node%.js >= 20", lines[2])
     assert.matches("^false\t.*gcs%.firebase_tools: needs Node%.js >= 20", lines[3])
     assert.is_false(fs.exists(dir .. "/fixtures/firebase-tools"))

@@ -50,13 +50,12 @@ local function run(argv, what)
   return r.stdout
 end
 
--- Raises unless node (>= 20, firebase-tools' minimum) is on PATH; with
--- `npm`, npm too.
-local function need_node(what, npm)
+-- Raises unless node (>= `min`) is on PATH; with `npm`, npm too.
+local function need_node(what, min, npm)
   local r = proc.run({ argv = { "node", "--version" } })
   local major = r and r.code == 0 and tonumber(r.stdout:match("^v(%d+)%."))
-  if not major or major < 20 then
-    error(("%s: needs Node.js >= 20 as `node` on PATH (found: %s)"):format(what,
+  if not major or major < min then
+    error(("%s: needs Node.js >= %d as `node` on PATH (found: %s)"):format(what, min,
       r and r.code == 0 and r.stdout:gsub("%s+$", "") or "none"), 3)
   end
   if npm then
@@ -87,7 +86,7 @@ function M.firebase_tools()
     installed = dir
     return dir
   end
-  need_node("gcs.firebase_tools", true)
+  need_node("gcs.firebase_tools", 20, true) -- firebase-tools 15 needs 20
   assert(fs.mkdir(fixtures_dir()))
   local tmp = ("%s.tmp%d"):format(dir, proc.getpid())
   fs.remove(tmp, { recursive = true })
@@ -160,7 +159,7 @@ end
 ---@return gcs.Emulator
 function M.emulator()
   local tools = M.firebase_tools()
-  need_node("gcs.emulator")
+  need_node("gcs.emulator", 20)
   local dir = peer.dir("gcs-emulator")
   assert(fs.mkdir(dir .. "/tmp"))
   return start_node("firebase-storage", { "emulator.js", tools }, dir, { TMPDIR = dir .. "/tmp" })
@@ -204,7 +203,7 @@ function M.fake(opts)
   for k in pairs(opts) do
     if not FAKE_OPTS[k] then error(("gcs.fake: unknown option '%s'"):format(tostring(k)), 2) end
   end
-  need_node("gcs.fake")
+  need_node("gcs.fake", 18)
   local o = {
     token = opts.token and true or false, expires_in = opts.expires_in,
     forbidden_buckets = json.array(opts.forbidden_buckets or {}), jwt_public_key = opts.jwt_public_key,
