@@ -109,7 +109,7 @@ end)
 
 describe("gcs credentials #gcs #unit", function()
   local dir, pem, pub
-  setup(function()
+  lazy_setup(function()
     dir = assert(fs.tempdir({ prefix = "capil-spec-gcs" }))
     pem = dir .. "/key.pem"
     run({ "openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", pem })
@@ -223,7 +223,7 @@ describe("gcs without a GCE metadata server #gcs", function()
   local httpd = require("capil.core.httpd")
   local host = require("capil.core.host")
   local dir, srv
-  setup(function()
+  lazy_setup(function()
     dir = assert(fs.tempdir({ prefix = "capil-spec-gcs-md" }))
     local path = dir .. "/computeMetadata/v1/instance/service-accounts/default"
     assert(fs.mkdir(path))
@@ -231,7 +231,7 @@ describe("gcs without a GCE metadata server #gcs", function()
       token_type = "Bearer" }))
     srv = assert(httpd.serve({ dir = dir }))
   end)
-  teardown(function() if srv then srv:close() end end)
+  lazy_teardown(function() if srv then srv:close() end end)
 
   it("goes on without credentials when the server at the metadata address is not GCE's", function()
     local c = assert(gcs.client({ getenv = env({ GCE_METADATA_HOST = "127.0.0.1:" .. srv.port }) }))
@@ -301,13 +301,13 @@ describe("gcs resumable uploads against the fake #gcs", function()
     assert(fs.mkdir(kdir))
     return peers.service_account_key(kdir, token_uri)
   end
-  setup(function()
+  lazy_setup(function()
     dir = assert(fs.tempdir({ prefix = "capil-spec-gcs-fake" }))
     fake = peers.fake({ token = true })
     key = new_key(fake.token_uri)
     c = assert(gcs.client({ endpoint = fake.endpoint, key_file = key.path, getenv = env({}), backoff = 0.01 }))
   end)
-  teardown(function() if fake then fake.stop() end end)
+  lazy_teardown(function() if fake then fake.stop() end end)
   before_each(function() fake.reset() end)
 
   it("uploads 300 MiB through 5 dropped connections without re-sending an acknowledged byte", function()
@@ -504,12 +504,12 @@ end)
 
 describe("gcs objects against the firebase-tools Storage emulator #gcs", function()
   local dir, emu, c
-  setup(function()
+  lazy_setup(function()
     dir = assert(fs.tempdir({ prefix = "capil-spec-gcs-emu" }))
     emu = peers.emulator()
     c = assert(gcs.client({ endpoint = emu.endpoint, getenv = env({}) }))
   end)
-  teardown(function() if emu then emu.stop() end end)
+  lazy_teardown(function() if emu then emu.stop() end end)
 
   it("is anonymous with an endpoint override and nothing configured", function()
     assert.equal("anonymous", c.auth.kind)
