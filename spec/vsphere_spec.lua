@@ -194,6 +194,22 @@ describe("vSphere backend against the simulator #vsphere", function()
     assert.matches("already on the datastore", r2.stderr, 1, true)
   end)
 
+  it("chains the upload stage: --stages build,upload puts the OVA in GCS", function()
+    local gcs_peers = require("support.gcs")
+    local fake = gcs_peers.fake()
+    local ok, r = pcall(run, tmp .. "/out-upload", { "--stages", "build,upload", "--gcs-endpoint", fake.endpoint,
+      "--var", "keep_vm=false" })
+    local st = fake.stats()
+    fake.stop()
+    assert(ok, r)
+    assert.equal(0, r.code, r.stderr)
+    local object = "capv-images/release/v1.16.14/" .. BUILD .. ".ova"
+    local o = assert(st.objects[object], "no " .. object)
+    assert.equal(assert(hash.file(tmp .. "/out-upload/" .. BUILD .. "/" .. BUILD .. ".ova")), o.sha256)
+    assert.is_table(st.objects[object .. ".sha256"])
+    assert.matches(fake.endpoint .. "/" .. object, r.stdout, 1, true)
+  end)
+
   it("places the VM on a host instead of a cluster and destroys it with keep_vm=false", function()
     local out = tmp .. "/out-host"
     local before = #by_name(sim, BUILD)

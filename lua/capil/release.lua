@@ -100,7 +100,7 @@ function M.upload(dir, opts)
   log.info("upload: %s -> gs://%s/%s", info.ova, bucket, info.object)
   local obj
   obj, err, code = client:upload(bucket, info.object, info.ova, { metadata = { sha256 = info.sha256 },
-    content_type = "application/ova", chunk_size = opts.chunk_size, progress = opts.progress })
+    content_type = "application/ova", chunk_size = opts.chunk_size, progress = opts.progress or true })
   if not obj then return nil, err, code end
   -- the checksum object last: a half upload never looks complete
   obj, err, code = client:put_small(bucket, info.object .. ".sha256", info.sha256 .. "\n",

@@ -24,12 +24,14 @@ private deployment. Prints the public download URL.]],
     { name = "key-file", arg = "F", help = "service-account key file (JSON)" },
     { name = "dry-run", help = "say what would be uploaded, send nothing" },
     { name = "gcs-endpoint", arg = "URL", help = "GCS endpoint (emulators, private deployments)" },
-    { name = "chunk-size", arg = "MIB", help = "resumable upload chunk size in MiB (default 8)" },
+    { name = "chunk-size", arg = "MIB", help = "resumable upload chunk size in MiB, a multiple of 0.25 (default 8)" },
   },
   run = function(opts, args)
     if #args > 1 then cli.fail("upload: name one build directory", 2) end
     local chunk = opts["chunk-size"] and tonumber(opts["chunk-size"])
-    if opts["chunk-size"] and (not chunk or chunk <= 0) then cli.fail("upload: --chunk-size must be a number of MiB", 2) end
+    if opts["chunk-size"] and (not chunk or chunk <= 0 or (chunk * 4) % 1 ~= 0) then
+      cli.fail("upload: --chunk-size must be a positive multiple of 0.25 MiB (GCS takes chunks of 256 KiB units)", 2)
+    end
     local r, err = release.upload(args[1] or ".", {
       bucket = opts.bucket, key_file = opts["key-file"], dry_run = opts["dry-run"],
       endpoint = opts["gcs-endpoint"], chunk_size = chunk and math.floor(chunk * 1024 * 1024),
