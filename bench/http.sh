@@ -97,18 +97,7 @@ if not r then io.stderr:write(err, "\n") os.exit(1) end
 print(r.digest)
 EOF
 
-# timed CMD... -> "seconds peak-rss-KiB" on stdout; the command's output in
-# $dir/out. Dirty pages are flushed first so no run pays for another's writes.
-timed() {
-  sync
-  "$TIME" -o "$dir/time" -f "%e %M" "$@" >"$dir/out"
-  cat "$dir/time"
-}
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
-rate() { awk -v s="$1" -v mb="$SIZE_MB" 'BEGIN { printf "%.0f MiB/s", (s > 0 ? mb / s : 0) }'; }
-min() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b < a) ? b : a }'; }
-max() { [ -z "$1" ] || [ "$2" -gt "$1" ] && echo "$2" || echo "$1"; }
+. "$(dirname "$0")/lib.sh"
 
 # Each side runs BENCH_RUNS times (default 2), alternating; the best time counts.
 RUNS=${BENCH_RUNS:-2}

@@ -64,13 +64,7 @@ until curl -s -o /dev/null "$ep/_fake/stats"; do
   sleep 0.05
 done
 
-timed() {
-  sync
-  "$TIME" -o "$dir/time" -f "%e %M" "$@" >"$dir/out" 2>"$dir/err" || { cat "$dir/err" >&2; exit 1; }
-  cat "$dir/time"
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
-rate() { awk -v s="$1" -v mb="$SIZE_MB" 'BEGIN { printf "%.0f MiB/s", (s > 0 ? mb / s : 0) }'; }
+. "$(dirname "$0")/lib.sh"
 
 # curl: open a session, then one PUT of the whole file
 SIZE=$((SIZE_MB * 1024 * 1024))
