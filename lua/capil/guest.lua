@@ -17,10 +17,12 @@ local quote = checks.quote
 --- exited), the wait fails at once with its message. `on_dead()` may
 --- instead return true to keep waiting (an installer that powered off and
 --- was restarted from disk).
----@param o {host: string, port: integer, user: string, password?: string, key?: string, timeout: number, alive?: fun(): boolean, string?, what?: string}
+--- `deadline` (absolute, host.now() time) ends the wait when an earlier step
+--- (the guest IP wait) already used part of `timeout`.
+---@param o {host: string, port: integer, user: string, password?: string, key?: string, timeout: number, deadline?: number, alive?: fun(): boolean, string?, what?: string}
 ---@return table|nil session, string? err, string? code
 function M.wait_ssh(o)
-  local deadline = host.now() + o.timeout
+  local deadline = o.deadline or (host.now() + o.timeout)
   local what = o.what or ("%s:%d"):format(o.host, o.port)
   while true do
     if o.alive then

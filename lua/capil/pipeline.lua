@@ -160,7 +160,7 @@ local function connect(run, timeout)
   return guest.wait_ssh({
     host = addr.host, port = addr.port, user = run.cfg:get("ssh_username"),
     password = run.cfg:get("ssh_password"), key = run.cfg:get("ssh_private_key_file"),
-    timeout = math.max(1, deadline - host.now()), alive = function() return vm:alive() end,
+    timeout = timeout, deadline = deadline, alive = function() return vm:alive() end,
     what = vm.name, hint = vm.hint,
   })
 end
