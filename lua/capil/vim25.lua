@@ -282,6 +282,15 @@ end
 
 local encode
 
+-- One field (or parameter) `f` holding `v`: an array field repeats its element.
+local function encode_field(out, f, v, force, where)
+  if f.array and is_array(v) then
+    for i, e in ipairs(v) do encode(out, f.name, e, f.type, force, ("%s.%s[%d]"):format(where, f.name, i)) end
+  else
+    encode(out, f.name, v, f.type, force, where .. "." .. f.name)
+  end
+end
+
 local function encode_fields(out, v, info, where)
   local extra = EXTRA[v]
   for k in pairs(v) do
@@ -294,11 +303,7 @@ local function encode_fields(out, v, info, where)
     local fv = v[f.name]
     if fv ~= nil then
       local force = optval and f.name == "value"
-      if f.array and is_array(fv) then
-        for i, e in ipairs(fv) do encode(out, f.name, e, f.type, force, ("%s.%s[%d]"):format(where, f.name, i)) end
-      else
-        encode(out, f.name, fv, f.type, force, where .. "." .. f.name)
-      end
+      encode_field(out, f, fv, force, where)
     end
   end
 end
@@ -380,11 +385,7 @@ function M.envelope(method, this, args)
       for _, p in ipairs(mi.list) do
         local v = args[p.name]
         if v ~= nil then
-          if p.array and is_array(v) then
-            for i, e in ipairs(v) do encode(out, p.name, e, p.type, false, ("%s.%s[%d]"):format(method, p.name, i)) end
-          else
-            encode(out, p.name, v, p.type, false, method .. "." .. p.name)
-          end
+          encode_field(out, p, v, false, method)
         end
       end
     else
