@@ -34,11 +34,7 @@ end
 local function assert_clean(dir, stderr)
   local pid = qemu_pid(stderr)
   if pid then assert.is_false(proc.alive(pid), "QEMU still running") end
-  for _, f in ipairs(fs.list(dir) or {}) do
-    assert.is_nil(f:match("^%.work"), "work dir left: " .. f)
-    assert.is_nil(f:match("%.ova$"), "OVA left: " .. f)
-    assert.is_nil(f:match("%.part"), "partial file left: " .. f)
-  end
+  capil.assert_no_leftovers(dir)
 end
 
 describe("pipeline on QEMU with the tiny guest #qemu", function()

@@ -33,15 +33,6 @@ local function by_name(sim, name)
   return found
 end
 
--- Nothing but logs and the report may remain after a failure.
-local function assert_clean(dir)
-  for _, f in ipairs(fs.list(dir) or {}) do
-    assert.is_nil(f:match("^%.work"), "work dir left: " .. f)
-    assert.is_nil(f:match("%.ova$"), "OVA left: " .. f)
-    assert.is_nil(f:match("%.part"), "partial file left: " .. f)
-  end
-end
-
 -- The text of every file under dir (logs, report), for secret checks.
 local function all_text(dir)
   local parts = {}
@@ -240,7 +231,7 @@ describe("vSphere backend against the simulator #vsphere", function()
     local r = run(out, {}, { varfile = wrong })
     assert.equal(1, r.code)
     assert.matches("step upload%-media failed: .*certificate", r.stderr)
-    assert_clean(out .. "/" .. BUILD)
+    capil.assert_no_leftovers(out .. "/" .. BUILD)
   end)
 
   it("reports a wrong password as InvalidLogin without printing it", function()
@@ -262,7 +253,7 @@ describe("vSphere backend against the simulator #vsphere", function()
     assert.equal(1, r.code)
     assert.matches("step create%-vm failed: " .. BUILD:gsub("%-", "%%-") .. ": PowerOnVM_Task: .*InvalidPowerState", r.stderr)
     assert.equal(before, #by_name(sim, BUILD))
-    assert_clean(out .. "/" .. BUILD)
+    capil.assert_no_leftovers(out .. "/" .. BUILD)
   end)
 
   it("keeps the failed build's VM with --keep-on-error and says how to find it", function()
@@ -325,7 +316,7 @@ describe("vSphere backend against the simulator #vsphere", function()
     assert.equal(1, st.code, text)
     assert.matches("step boot failed: " .. BUILD:gsub("%-", "%%-"), text)
     assert.matches("Couldn't connect to server", text, 1, true)
-    assert_clean(out .. "/" .. BUILD)
+    capil.assert_no_leftovers(out .. "/" .. BUILD)
   end)
 
   it("imports a capil OVA with capil deploy: the VM matches the OVF", function()
@@ -392,7 +383,7 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.gues
       assert.matches("RestrictedVersion", r.stderr, 1, true)
       assert.matches("SSH fallback", r.stderr, 1, true)
       assert.matches("not available yet", r.stderr, 1, true)
-      assert_clean(out .. "/" .. BUILD)
+      capil.assert_no_leftovers(out .. "/" .. BUILD)
     end)
   end)
 end)

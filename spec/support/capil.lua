@@ -20,6 +20,18 @@ function M.run(args, opts)
   }))
 end
 
+--- Asserts that a failed build left nothing but logs and the report in its
+--- output directory: no work dir, no OVA, no partial file.
+---@param dir string
+function M.assert_no_leftovers(dir)
+  local assert = require("luassert")
+  for _, f in ipairs(require("capil.fs").list(dir) or {}) do
+    assert.is_nil(f:match("^%.work"), "work dir left: " .. f)
+    assert.is_nil(f:match("%.ova$"), "OVA left: " .. f)
+    assert.is_nil(f:match("%.part"), "partial file left: " .. f)
+  end
+end
+
 --- Writes a Lua script into dir and returns its path.
 function M.script(dir, name, source)
   local path = dir .. "/" .. name
