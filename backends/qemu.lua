@@ -78,7 +78,7 @@ VM.__index = VM
 --- memory_mb, disk_mb, iso (path, booted once), accel, log_dir,
 --- extra_drives ({path=, format=, readonly=}), disk (existing image to
 --- boot instead of creating one: opts.disk_format), snapshot (boot the disk
---- copy-on-write).
+--- copy-on-write), daemon (QEMU may outlive capil: a test VM kept running).
 ---@return table|nil vm, string? err, string? code
 function M.create(opts)
   local vm = setmetatable({ opts = opts, workdir = opts.workdir, name = opts.name }, VM)
@@ -150,7 +150,7 @@ end
 function VM:start()
   fs.remove(self.qmp_path)
   local p, err, code = proc.spawn({ argv = self:argv(), stdin = "null",
-    stdout = self.workdir .. "/qemu.log", stderr = "stdout" })
+    stdout = self.workdir .. "/qemu.log", stderr = "stdout", daemon = self.opts.daemon })
   if not p then return nil, "qemu: starting " .. QEMU .. ": " .. err, code end
   self.process = p
   -- with --keep-on-error this label is what the user is shown

@@ -112,9 +112,12 @@ static int io_mode(lua_State *L, int opts, const char *key, const char **path) {
 
 /* Child side: never returns. Reports exec failure's errno on `report`. */
 static void child(char **argv, char **envp, const char *cwd, int fds[3],
-                  int group, int report) {
-  if (group) setpgid(0, 0);
-  prctl(PR_SET_PDEATHSIG, SIGTERM);
+                  int group, int daemon, int report) {
+  if (daemon) setsid(); /* its own session: outlives us, no terminal signals */
+  else {
+    if (group) setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+  }
   /* undo the parent's signal handling */
   signal(SIGINT, SIG_DFL);
   signal(SIGTERM, SIG_DFL);
@@ -207,13 +210,15 @@ static char **env_vector(lua_State *L, int opts) {
 
 /*
 ** proc.spawn{argv={...}, env=, env_add=, cwd=, stdin=, stdout=, stderr=,
-**            group=false} -> Process | nil, msg, code
+**            group=false, daemon=false} -> Process | nil, msg, code
+** daemon: the child gets its own session and is not signalled when we
+** exit (a VM left running on purpose); :detach() it before closing.
 ** stdin/stdout/stderr: "inherit" (default), "pipe", "null", or a file path
 ** (stdin reads it, stdout/stderr truncate it); stderr may be "stdout".
 */
 static int l_spawn(lua_State *L) {
   static const char *const opts[] = {"argv", "env", "env_add", "cwd", "stdin",
-                                     "stdout", "stderr", "group", NULL};
+                                     "stdout", "stderr", "group", "daemon", NULL};
   capil_check_options(L, 1, "proc.spawn", opts);
   if (capil_opt_field(L, 1, "argv") != LUA_TTABLE)
     return luaL_error(L, "proc.spawn: option 'argv' must be a table of strings");
@@ -223,6 +228,7 @@ static int l_spawn(lua_State *L) {
   char **envp = env_vector(L, 1);
   const char *cwd = capil_opt_string(L, 1, "proc.spawn", "cwd", NULL, NULL);
   int group = capil_opt_boolean(L, 1, "proc.spawn", "group", 0);
+  int daemon = capil_opt_boolean(L, 1, "proc.spawn", "daemon", 0);
   const char *paths[3];
   int modes[3] = {io_mode(L, 1, "stdin", &paths[0]), io_mode(L, 1, "stdout", &paths[1]),
                   io_mode(L, 1, "stderr", &paths[2])};
@@ -270,7 +276,7 @@ static int l_spawn(lua_State *L) {
   pid_t pid = -1;
   if (!err) {
     pid = fork();
-    if (pid == 0) child(argv, envp, cwd, child_fds, group, report[1]);
+    if (pid == 0) child(argv, envp, cwd, child_fds, group, daemon, report[1]);
     if (pid < 0) { err = errno; failed = "fork"; }
   }
   for (int i = 0; i < 3; i++)
@@ -521,6 +527,19 @@ static int l_kill(lua_State *L) {
   return 1;
 }
 
+/* proc.exec(argv) -> only returns on failure: nil, msg, code. Replaces this
+** process with argv (PATH searched), as a shell's exec does; the caller
+** flushes its own buffers first. */
+static int l_exec(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  int argc;
+  char **argv = string_vector(L, 1, "argv", &argc);
+  if (argc == 0) return luaL_error(L, "proc.exec: argv is empty");
+  fflush(NULL);
+  execvp(argv[0], argv);
+  return capil_fail_errno(L, errno, "proc.exec: %s", argv[0]);
+}
+
 /* proc.getpid() -> this process's pid */
 static int l_getpid(lua_State *L) {
   lua_pushinteger(L, getpid());
@@ -532,6 +551,7 @@ static const luaL_Reg funcs[] = {
   {"alive", l_alive},
   {"kill", l_kill},
   {"getpid", l_getpid},
+  {"exec", l_exec},
   {NULL, NULL}
 };
 

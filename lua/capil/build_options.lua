@@ -28,6 +28,11 @@ function M.vars(opts)
   return vars
 end
 
+--- capil's cache directory ($XDG_CACHE_HOME/capil or ~/.cache/capil).
+function M.cache_dir()
+  return (os.getenv("XDG_CACHE_HOME") or ((os.getenv("HOME") or ".") .. "/.cache")) .. "/capil"
+end
+
 --- Loads `ref` with the shared options; returns recipe, cfg, plan or nil
 --- and a list of errors.
 ---@param ref string
@@ -47,7 +52,7 @@ function M.load(ref, opts)
   if not cfg then return nil, cerrs end
   local p, perrs = plan.resolve(cfg, backend, {
     recipes_dir = dir, output_root = opts.output,
-    cache_dir = (os.getenv("XDG_CACHE_HOME") or ((os.getenv("HOME") or ".") .. "/.cache")) .. "/capil",
+    cache_dir = M.cache_dir(),
   })
   if not p then return nil, perrs end
   return r, cfg, p

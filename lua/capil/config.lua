@@ -100,6 +100,58 @@ function M.parse_var(s)
   return k, v
 end
 
+--- The configuration of a command that has no recipe (deploy, test, ssh,
+--- repl): schema defaults < recipes/config/<backend file> < govc's
+--- environment < PACKER_VAR_FILES < var files < --var, by image-builder
+--- variable name. Returns a Config (cfg:get(var or path)) or nil and a
+--- message naming the file or variable.
+---@param opts {backend?: string, var_files?: string[], vars?: string[], config_dir?: string, getenv?: function}
+---@return table|nil cfg, string? err
+function M.from_vars(opts)
+  local getenv = opts.getenv or os.getenv
+  local raw, extra = {}, {}
+  local function set(k, v)
+    local p = path_of(k)
+    if p then raw[p] = v else extra[k] = v end
+  end
+  local base = (opts.config_dir or "recipes/config") .. "/" .. (M.BACKEND_FILES[opts.backend or ""] or "")
+  if M.BACKEND_FILES[opts.backend or ""] and require("capil.fs").exists(base) then
+    local data, err = read_var_file(base)
+    if not data then return nil, err end
+    for k, v in pairs(data) do set(k, v) end
+  end
+  if opts.backend == "vsphere" or opts.backend == "esx" then
+    for k, v in pairs(M.govc_env(getenv)) do set(k, v[1]) end
+  end
+  local files = M.packer_var_files(getenv("PACKER_VAR_FILES"))
+  for _, f in ipairs(opts.var_files or {}) do files[#files + 1] = f end
+  for _, path in ipairs(files) do
+    local data, err = read_var_file(path)
+    if not data then return nil, err end
+    for k, v in pairs(data) do set(k, v) end
+  end
+  for _, kv in ipairs(opts.vars or {}) do
+    local k, v = M.parse_var(kv)
+    if not k then return nil, v end
+    set(k, v)
+  end
+  local values = {}
+  for _, f in ipairs(schema.fields) do
+    local v = raw[f.path]
+    if v == nil then v = f.default end
+    if v ~= nil then
+      local c, why = schema.coerce(f, v)
+      if c == nil then return nil, ("%s: %s"):format(f.var or f.path, why) end
+      local ok, cwhy = schema.check(f, c, values)
+      if not ok then return nil, ("%s: %s"):format(f.var or f.path, cwhy) end
+      values[f.path] = c
+    end
+  end
+  local cfg = setmetatable({ values = values, extra = extra, sources = {}, extra_sources = {} }, Config)
+  cfg:register_secrets()
+  return cfg
+end
+
 --- Resolves the configuration of `recipe` (from capil.recipe.load).
 --- opts: backend, config_dir (default recipes/config), var_files (list),
 --- packer_var_files (string, PACKER_VAR_FILES), vars ({"k=v", ...} or map),
@@ -240,7 +292,7 @@ function M.resolve(recipe, opts)
   local flat = cfg:vars()
   for _, f in ipairs(schema.fields) do
     local v = resolved[f.path]
-    if type(v) == "string" and v:find("{{", 1, true) and f.path ~= "boot.command" then
+    if type(v) == "string" and v:find("{{", 1, true) and f.path ~= "boot.command" and not f.late then
       local r, terr = template.render(v, flat, f.var or f.path)
       if not r then return nil, { terr } end
       resolved[f.path] = r

@@ -9,6 +9,7 @@ M.spawn = core.spawn
 M.alive = core.alive
 M.kill = core.kill
 M.getpid = core.getpid
+M.exec = core.exec
 
 local RUN_OPTS = {
   argv = true, env = true, env_add = true, cwd = true, stdin = true,

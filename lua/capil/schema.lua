@@ -6,7 +6,8 @@
 --- annotations in lua/capil/types/recipe.lua.
 local M = {}
 
--- Types: string, integer, boolean, duration ("10s", "1h30m"), list (of
+-- `late`: the value's {{ }} are filled when it is used (from the guest), not
+-- from the variables. Types: string, integer, boolean, duration ("10s", "1h30m"), list (of
 -- strings), table (free-form map), any. `enum`, `pattern` and `check` narrow
 -- them.
 local F = {
@@ -209,7 +210,8 @@ local F = {
   { path = "tests.ssh_username", var = "test_ssh_username", type = "string", default = "capv",
     pattern = "^[a-z_][a-z0-9_%-]*$", description = "user the test logs in as (created by cloudinit/user-data)" },
   { path = "tests.ssh_private_key_file", var = "test_ssh_private_key_file", type = "string",
-    default = "cloudinit/id_ed25519.capi", description = "its key (ed25519: libssh2 1.10 cannot sign rsa-sha2)" },
+    default = "",
+    description = "its key (default <cloudinit_dir>/id_ed25519.capi; ed25519: libssh2 1.10 cannot sign rsa-sha2)" },
   { path = "tests.boot_timeout", var = "test_boot_timeout", type = "duration", default = "15m",
     description = "how long the test VM gets to boot, apply cloud-init and answer SSH" },
   { path = "tests.vm_name", var = "test_vm_name", type = "string",
@@ -221,7 +223,7 @@ local F = {
     description = "its sha256: hex, sha256:hex, or the URL of a checksum file (default: <url>.sha256)" },
   { path = "tests.cni_plugins_dir", var = "cni_plugins_dir", type = "string", default = "/opt/cni/bin",
     description = "where the plugins are unpacked (the seed document used /etc/cni/net.d)" },
-  { path = "tests.node_conformance_url", var = "node_conformance_url", type = "string",
+  { path = "tests.node_conformance_url", var = "node_conformance_url", type = "string", late = true,
     default = "https://dl.k8s.io/{{kubernetes_version}}/kubernetes-test-linux-amd64.tar.gz",
     description = "node-conformance: the test tarball; {{kubernetes_version}} is /etc/kubernetes-version" },
   { path = "tests.node_conformance_checksum", var = "node_conformance_checksum", type = "string", default = "",

@@ -6,23 +6,24 @@ local log = require("capil.log")
 
 local options = {
   { name = "keep-on-error", help = "after a failure, keep the VM and files and print how to reach them" },
-  { name = "stages", arg = "LIST", help = "comma-separated: build (default), upload" },
+  { name = "stages", arg = "LIST", help = "comma-separated: build (default), test, upload" },
+  { name = "suite", arg = "LIST", multi = true, help = "test stage: suites (default: the recipe's tests.suites)" },
   { name = "bucket", arg = "B", help = "upload stage: GCS bucket (default capv-images)" },
   { name = "key-file", arg = "F", help = "upload stage: service-account key file (JSON)" },
   { name = "gcs-endpoint", arg = "URL", help = "upload stage: GCS endpoint (emulators, private deployments)" },
 }
 
-local STAGES = { build = true, upload = true }
+local STAGES = { build = true, test = true, upload = true }
+local ORDER = { "build", "test", "upload" } -- an image that fails its tests is not published
 
 -- The stages asked for, in run order; nil and a message for an unknown one.
 local function stages(s)
   local set, order = {}, {}
   for name in (s or "build"):gmatch("[^,%s]+") do
-    if name == "test" then return nil, "run: the test stage is not available yet in this capil" end
-    if not STAGES[name] then return nil, ("run: unknown stage '%s' (build, upload)"):format(name) end
+    if not STAGES[name] then return nil, ("run: unknown stage '%s' (build, test, upload)"):format(name) end
     set[name] = true
   end
-  for _, name in ipairs({ "build", "upload" }) do if set[name] then order[#order + 1] = name end end
+  for _, name in ipairs(ORDER) do if set[name] then order[#order + 1] = name end end
   if not set.build then return nil, "run: the stages must include build" end
   return order
 end
@@ -30,7 +31,7 @@ for _, o in ipairs(build_options.options) do options[#options + 1] = o end
 
 return {
   summary = "build an image from a recipe (default backend: qemu)",
-  usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--keep-on-error] [--stages build,upload]",
+  usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--keep-on-error] [--stages build,test,upload]",
   help = [[
 Resolves the recipe (see 'capil inspect'), then runs the plan: fetch and verify
 the ISO, serve the installer files, create the VM, type the boot command,
@@ -39,8 +40,10 @@ export a streamOptimized VMDK and pack the OVA into
 output/<name>-kube-<kubernetes semver>/. The build log is logs/build.log
 there, the serial console logs/serial.log, and report.json records each
 step. On failure or Ctrl-C everything the build created is removed, unless
---keep-on-error. With --stages build,upload the OVA then goes to GCS as
-`capil upload` does (skipped when the remote checksum matches).]],
+--keep-on-error. --stages build,test then tests the image as 'capil test'
+does (the recipe's tests.suites, or --suite); with upload the OVA goes to
+GCS as 'capil upload' does (skipped when the remote checksum matches), after
+the test stage passed.]],
   options = options,
   run = function(opts, args)
     if #args ~= 1 then cli.fail("run: name one recipe (see 'capil list')", 2) end
@@ -51,7 +54,7 @@ step. On failure or Ctrl-C everything the build created is removed, unless
     log.info("building %s on %s into %s", plan.build_version, plan.backend, plan.output_dir)
     local report, err, _, partial = pipeline.run(plan, cfg, {
       keep_on_error = opts["keep-on-error"],
-      cache_dir = (os.getenv("XDG_CACHE_HOME") or ((os.getenv("HOME") or ".") .. "/.cache")) .. "/capil",
+      cache_dir = build_options.cache_dir(),
     })
     if not report then
       if partial then log.error("build log: %s/logs/build.log", plan.output_dir) end
@@ -59,7 +62,16 @@ step. On failure or Ctrl-C everything the build created is removed, unless
     end
     log.info("built %s in %.0f s", plan.build_version, report.seconds)
     if report.artifacts and report.artifacts.ova then log.out(report.artifacts.ova) end
-    if todo[2] == "upload" then
+    local wants = {}
+    for _, st in ipairs(todo) do wants[st] = true end
+    if wants.test then
+      local imagetest = require("capil.imagetest")
+      local tr, terr, tcode = imagetest.run({ target = plan.output_dir, backend = plan.backend, cfg = cfg,
+        suites = imagetest.suite_list(opts.suite), cache_dir = build_options.cache_dir(), output_root = opts.output })
+      if not tr then cli.fail(terr, tcode == "EUSAGE" and 2 or 1) end
+      if imagetest.summarise(tr) ~= 0 then return 1 end
+    end
+    if wants.upload then
       local up, uerr = require("capil.release").upload(plan.output_dir, { bucket = opts.bucket,
         key_file = opts["key-file"], endpoint = opts["gcs-endpoint"] })
       if not up then cli.fail(uerr, 1) end

@@ -28,6 +28,7 @@
 ---@field build? capil.Recipe.build
 ---@field remote? capil.Recipe.remote
 ---@field vsphere? capil.Recipe.vsphere
+---@field tests? capil.Recipe.tests
 
 ---@class capil.Recipe.distro
 ---@field name string distribution (ubuntu, centos, photon, debian, …) (variable distro_name)
@@ -175,3 +176,22 @@
 ---@field ip_wait_address? string CIDR the guest IP must be in; ::/0 accepts IPv6 (link-local and APIPA never count) (variable ip_wait_address)
 ---@field nic? integer which NIC's address is used (0 = the first) (variable ip_wait_nic)
 ---@field configuration_parameters? table<string, string|number|boolean> extraConfig of the build VM (guestinfo.* keys), as Packer's option (variable configuration_parameters)
+
+---@class capil.Recipe.tests
+---@field suites? string[] suites capil test runs over SSH: cni, node-conformance (--suite overrides) (variable test_suites)
+---@field cloudinit_dir? string directory of the test cloud-init data (user-data, meta-data, the test keys) (variable cloudinit_dir)
+---@field ssh_username? string user the test logs in as (created by cloudinit/user-data) (variable test_ssh_username)
+---@field ssh_private_key_file? string its key (default <cloudinit_dir>/id_ed25519.capi; ed25519: libssh2 1.10 cannot sign rsa-sha2) (variable test_ssh_private_key_file)
+---@field boot_timeout? string how long the test VM gets to boot, apply cloud-init and answer SSH (variable test_boot_timeout)
+---@field vm_name? string vSphere: name of the VM deployed for the test (default <build>-test) (variable test_vm_name)
+---@field cni_plugins_url? string cni suite: the CNI plugins tarball (the seed document's v0.7.0 amd64 release) (variable cni_plugins_url)
+---@field cni_plugins_checksum? string its sha256: hex, sha256:hex, or the URL of a checksum file (default: <url>.sha256) (variable cni_plugins_checksum)
+---@field cni_plugins_dir? string where the plugins are unpacked (the seed document used /etc/cni/net.d) (variable cni_plugins_dir)
+---@field node_conformance_url? string node-conformance: the test tarball; {{kubernetes_version}} is /etc/kubernetes-version (variable node_conformance_url)
+---@field node_conformance_checksum? string its sha256: hex, sha256:hex, or a checksum file URL (default: <url>.sha256) (variable node_conformance_checksum)
+---@field node_conformance_kubernetes_version? string version to test (default: the guest's /etc/kubernetes-version) (variable node_conformance_kubernetes_version)
+---@field node_conformance_focus? string ginkgo --focus (variable node_conformance_focus)
+---@field node_conformance_skip? string ginkgo --skip (variable node_conformance_skip)
+---@field node_conformance_nodes? integer ginkgo --nodes (variable node_conformance_nodes)
+---@field node_conformance_flake_attempts? integer ginkgo --flakeAttempts (variable node_conformance_flake_attempts)
+---@field node_conformance_timeout? string how long the conformance run may take (variable node_conformance_timeout)
