@@ -2,8 +2,8 @@
 -- installer fixture (boot line typed over QMP, answer file served by capil's
 -- HTTP server), provisions it over SSH (including apt against Debian's
 -- mirror), runs the image checks, sysprep, shuts down, exports a
--- streamOptimized VMDK and packs the OVA. Then the VMDK from the OVA is
--- booted with a NoCloud seed made from cloudinit/, as a user would test it.
+-- streamOptimized VMDK and packs the OVA. Then `capil test` boots the image
+-- with the cloudinit/ seed and runs the suites, and `capil ssh` logs in.
 local capil = require("support.capil")
 local fixtures = require("support.fixtures")
 local peer = require("support.peer")
@@ -12,7 +12,27 @@ local fs = require("capil.fs")
 local hash = require("capil.hash")
 local json = require("capil.json")
 local ssh = require("capil.ssh")
-local guest = require("capil.guest")
+local host = require("capil.core.host")
+local nginx = require("support.nginx")
+
+-- The seed document's /etc/cni/net.d/10-mynet.conf, as its heredoc wrote it.
+local SEED_10_MYNET = [[
+{
+    "cniVersion": "0.2.0",
+    "name": "mynet",
+    "type": "bridge",
+    "bridge": "cni0",
+    "isGateway": true,
+    "ipMasq": true,
+    "ipam": {
+        "type": "host-local",
+        "subnet": "10.22.0.0/16",
+        "routes": [
+            { "dst": "0.0.0.0/0" }
+        ]
+    }
+}
+]]
 
 describe("end-to-end build of the test OS #qemu #e2e", function()
   it("builds an OVA whose VMDK boots with cloud-init as capv", function()
@@ -48,36 +68,99 @@ describe("end-to-end build of the test OS #qemu #e2e", function()
     local chk = assert(proc.run({ argv = { "qemu-img", "check", vmdk }, timeout = 300 }))
     assert.equal(0, chk.code, chk.stdout .. chk.stderr)
 
-    -- first boot of the image with the cloudinit/ NoCloud seed
-    local seed = x .. "/seed.iso"
-    local mk = assert(proc.run({ argv = { "xorriso", "-as", "genisoimage", "-quiet", "-output", seed, "-volid",
-      "cidata", "-joliet", "-rock", "cloudinit/user-data", "cloudinit/meta-data" } }))
-    assert.equal(0, mk.code, mk.stderr)
-    local vm = fixtures.qemu({ disk = vmdk, snapshot = true, cdrom = seed, memory = 1024, smp = 2 })
-    finally(function() vm.stop() end)
-    local s, err = guest.wait_ssh({ host = "127.0.0.1", port = vm.ssh_port, user = "capv",
-      key = "cloudinit/id_ed25519.capi", timeout = 600, what = "the built image",
-      alive = function() return vm.running(), "QEMU exited" end })
-    assert(s, err)
+    -- capil test: the build's VMDK under an overlay with the cloudinit/ seed,
+    -- the cni suite for real (Debian's CNI plugins, served by nginx, checksum
+    -- from the .sha256 beside them) and the node-conformance runner with its
+    -- stand-in tarball; the VM is kept for capil ssh
+    local disk = dir .. "/testos-kube-v1.16.14-disk-0.vmdk"
+    local disk_sum = assert(hash.file(disk, "sha256"))
+    local web = nginx.start()
+    finally(function() web.stop() end)
+    local cni_tgz = fixtures.cni_plugins()
+    assert(fs.copy(cni_tgz, web.root .. "/cni-plugins.tgz"))
+    assert(fs.write(web.root .. "/cni-plugins.tgz.sha256", assert(hash.file(cni_tgz, "sha256")) .. "  cni-plugins.tgz\n"))
+    local k8s = fixtures.conformance_standin(web.root .. "/v1.16.14")
+    assert(fs.write(web.root .. "/v1.16.14/kubernetes-test-linux-amd64.tar.gz.sha256", assert(hash.file(k8s, "sha256"))))
+    local t = capil.run({ "test", dir, "--suite", "cni,node-conformance", "--keep",
+      "--var", "cni_plugins_url=" .. web.url("/cni-plugins.tgz"),
+      "--var", "node_conformance_url=" .. web.url("/{{kubernetes_version}}/kubernetes-test-linux-amd64.tar.gz"),
+      "--var", "node_conformance_kubernetes_version=v1.16.14" }, { timeout = 1200 })
+    local state = json.read(dir .. "/test/vm.json")
+    finally(function()
+      if state and state.pid and proc.alive(state.pid) then
+        proc.kill(state.pid)
+        for _ = 1, 50 do if not proc.alive(state.pid) then break end host.sleep(0.1) end
+        if proc.alive(state.pid) then proc.kill(state.pid, "KILL") end
+      end
+    end)
+    assert.equal(0, t.code, t.stderr .. "\n" .. (fs.read(dir .. "/test/test.log") or ""))
+    assert.is_table(state)
+    local tr = json.read(dir .. "/test/report.json")
+    assert.is_true(tr.ok)
+    local by = {}
+    for _, su in ipairs(tr.suites) do by[su.name] = su end
+    assert.is_true(by.cni.ok)
+    assert.is_true(by["node-conformance"].ok)
+    assert.is_true(by["node-conformance"].summary.tests > 0)
+    local smoke
+    for _, st in ipairs(by.cni.steps) do if st.name == "smoke" then smoke = st end end
+    assert.matches("10%.22%.%d+%.%d+", smoke.detail)
+    assert.truthy(#fs.list(dir .. "/test/junit") > 0)
+    local junit = assert(require("capil.xml").parse(assert(fs.read(dir .. "/test/junit.xml"))))
+    assert.equal("0", junit.attrs.failures)
+    assert.is_true(json.read(dir .. "/report.json").test.ok)
+    assert.equal(disk_sum, assert(hash.file(disk, "sha256")), "capil test modified the build's disk")
+
+    -- capil ssh: one command as capv, its exit status, the CNI file as the seed wrote it
+    local r1 = capil.run({ "ssh", dir, "--", "id", "-un" })
+    assert.equal(0, r1.code, r1.stderr)
+    assert.equal("capv\n", r1.stdout)
+    assert.equal(3, capil.run({ "ssh", dir, "--", "exit 3" }).code)
+    local conf = capil.run({ "ssh", dir, "--", "cat", "/etc/cni/net.d/10-mynet.conf" })
+    assert.equal(0, conf.code, conf.stderr)
+    assert.equal(SEED_10_MYNET, conf.stdout)
+    -- a key cloud-init did not authorize: a clear authentication error
+    local wrong = require("support.sshd").keygen(peer.dir("e2e-key"), "wrong")
+    local bad = capil.run({ "ssh", dir, "--key", wrong, "--", "true" })
+    assert.equal(1, bad.code)
+    assert.matches("authentication", bad.stderr:lower(), 1, true)
+    assert.matches("is " .. wrong .. " the key cloud-init authorized for capv?", bad.stderr, 1, true)
+
+    -- sysprep: a new machine-id and new host keys at first boot
+    local s = assert(ssh.connect({ host = "127.0.0.1", port = state.ssh.port, user = "capv",
+      key = "cloudinit/id_ed25519.capi", timeout = 30 }))
     local function run_in(cmd)
       local res = assert(s:exec(cmd, { timeout = 60 }))
       return res.code, (res.stdout:gsub("%s+$", ""))
     end
-    assert.same({ 0, "capv" }, { run_in("id -un") })
     assert.same({ 0, "provisioned by capil" }, { run_in("cat /etc/capil-testos-marker") })
-    assert.equal(0, (run_in("sudo -n true")))
-    -- sysprep: a new machine-id and new host keys at first boot
     local _, mid = run_in("cat /etc/machine-id")
     assert.matches("^%x+$", mid)
     assert.not_equal(build_mid, mid)
     assert.not_equal(build_key, s.host_key_fingerprint)
+    assert.equal(tr.host_key, s.host_key_fingerprint)
+    s:close()
     -- the build user cannot log in with its password any more
-    local b, berr, bcode = ssh.connect({ host = "127.0.0.1", port = vm.ssh_port, user = "builder",
+    local b, berr, bcode = ssh.connect({ host = "127.0.0.1", port = state.ssh.port, user = "builder",
       password = "builder", timeout = 30 })
     assert.is_nil(b, "the build user logged in")
     assert.equal("SSH_AUTH", bcode, berr)
-    s:exec("sudo -n poweroff", { timeout = 30 })
-    s:close()
-    vm.wait_exit(60)
+  end)
+
+  it("fails a test whose image never answers SSH, naming the VM and backend", function()
+    local out = peer.dir("e2e-noboot")
+    local b = out .. "/blank-kube-v1.16.14"
+    assert(fs.mkdir(b))
+    local mk = assert(proc.run({ argv = { "qemu-img", "create", "-q", "-f", "vmdk", b .. "/blank-kube-v1.16.14-disk-0.vmdk",
+      "64M" } }))
+    assert.equal(0, mk.code, mk.stderr)
+    local r = capil.run({ "test", b, "--var", "test_boot_timeout=15s" }, { timeout = 300 })
+    assert.equal(1, r.code)
+    assert.matches("qemu VM blank%-kube%-v1%.16%.14%-test: no SSH after 15 s", r.stderr)
+    local tr = json.read(b .. "/test/report.json")
+    assert.is_false(tr.ok)
+    assert.equal("failed", tr.steps[2].status)
+    assert.is_false(fs.exists(b .. "/test/vm"), "the overlay was left behind")
+    assert.is_false(fs.exists(b .. "/test/vm.json"))
   end)
 end)

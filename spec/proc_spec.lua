@@ -108,3 +108,45 @@ describe("proc #unit", function()
     assert.has_error(function() proc.run({ argv = "ls -l" }) end)
   end)
 end)
+
+describe("proc daemons and exec #unit", function()
+  local capil = require("support.capil")
+
+  -- The session id of a process (field 6 of /proc/<pid>/stat).
+  local function session_of(pid)
+    local f = assert(io.open(("/proc/%d/stat"):format(pid)))
+    local stat = f:read("a")
+    f:close()
+    return tonumber(stat:match("^%d+ %b() %S+ %d+ %d+ (%d+)"))
+  end
+
+  it("a daemon gets its own session and outlives the capil that started it", function()
+    local r = capil.run({ "-e", [[
+      local p = assert(require("capil.proc").spawn({ argv = { "sleep", "30" }, stdin = "null", stdout = "null", daemon = true }))
+      p:detach()
+      print(p.pid)]] })
+    assert.equal(0, r.code, r.stderr)
+    local pid = assert(tonumber(r.stdout))
+    finally(function() if proc.alive(pid) then proc.kill(pid, "KILL") end end)
+    host.sleep(0.3)
+    assert.is_true(proc.alive(pid), "the daemon died with its parent")
+    assert.equal(pid, session_of(pid))
+    -- an ordinary child dies with the capil that started it (PDEATHSIG)
+    r = capil.run({ "-e", [[
+      local p = assert(require("capil.proc").spawn({ argv = { "sleep", "30" }, stdin = "null", stdout = "null" }))
+      p:detach()
+      print(p.pid)]] })
+    local child = assert(tonumber(r.stdout))
+    for _ = 1, 50 do if not proc.alive(child) then break end host.sleep(0.1) end
+    assert.is_false(proc.alive(child))
+  end)
+
+  it("exec replaces the process, or returns the reason", function()
+    local r = capil.run({ "-e", [[io.write("before ") require("capil.proc").exec({ "sh", "-c", "echo ran; exit 7" })]] })
+    assert.equal(7, r.code)
+    assert.equal("before ran\n", r.stdout)
+    local _, err, code = proc.exec({ "/nonexistent/capil-nothing" })
+    assert.equal("ENOENT", code)
+    assert.matches("/nonexistent/capil-nothing", err, 1, true)
+  end)
+end)
