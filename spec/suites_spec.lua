@@ -508,6 +508,58 @@ describe("suites over SSH #suites #ssh", function()
       assert.is_true(res.suites[2].ok)
     end)
 
+    -- The whole suite against a second sshd in a private mount namespace
+    -- whose /etc is an overlay (upper layer in a temp dir), with the plugins
+    -- in a temp dir: install and verify write nothing on this host. The host
+    -- has no iptables, so the smoke step must stop before any netns or bridge
+    -- exists (with iptables it would touch the host's network: not run then).
+    it("installs and verifies the real plugins and the seed's config; smoke needs iptables", function()
+      local has_iptables = proc.run({ argv = { "sh", "-c", "command -v iptables" } }).code == 0
+      if has_iptables or fs.exists("/etc/cni") then
+        pending("this host has iptables or /etc/cni: the smoke step would act on its network")
+        return
+      end
+      local d = tempdir("cni-ns")
+      assert(fs.mkdir(d .. "/upper"))
+      assert(fs.mkdir(d .. "/work"))
+      local port = peer.free_port()
+      local lines = {}
+      for line in assert(fs.read(server.dir .. "/sshd_config")):gmatch("[^\n]+") do
+        if line:match("^Port ") then line = "Port " .. port end
+        if line:match("^PidFile ") then line = "PidFile " .. d .. "/sshd.pid" end
+        lines[#lines + 1] = line
+      end
+      local conf = table.concat(lines, "\n") .. "\n"
+      assert(fs.write(d .. "/sshd_config", conf))
+      local ns = peer.start({ name = "sshd-cni-ns", port = port, log = d .. "/sshd.log", argv = {
+        "unshare", "--mount", "--propagation", "private", "sh", "-c",
+        ("mount -t overlay capil-cni -o lowerdir=/etc,upperdir=%s/upper,workdir=%s/work /etc && "
+          .. "exec /usr/sbin/sshd -D -e -f %s/sshd_config"):format(d, d, d) } })
+      local ok, err = pcall(function()
+        local s <close> = assert(ssh.connect({ host = "127.0.0.1", port = port, user = server.user, key = server.key,
+                                               host_key = server.fingerprint, timeout = 10 }))
+        local res = suites.run(s, { "cni" }, settings({ cni_plugins_url = plugins, cni_plugins_dir = d .. "/bin" }),
+                               run_opts())
+        local cni = res.suites[1]
+        assert.equal("download=true install=true verify=true smoke=false", step_names(cni), json.encode(cni.steps))
+        assert.is_false(res.ok)
+        assert.equal("the guest has no iptables (the bridge plugin's ipMasq needs it)", cni.steps[4].detail)
+        assert.matches("bridge, host-local, loopback answer VERSION", cni.steps[3].detail, 1, true)
+        for name, text in pairs(suites.cni_config()) do
+          local path = d .. "/upper/cni/net.d/" .. name
+          assert.equal(text, fs.read(path))
+          assert.equal(420, fs.stat(path).mode & 511)
+        end
+        for _, p in ipairs({ "bridge", "host-local", "loopback", "vlan" }) do
+          assert.is_true(fs.exists(d .. "/bin/" .. p), p)
+        end
+        assert.equal("", assert(s:exec("ls -d ~/capil-cni.* 2>/dev/null; true")).stdout)
+      end)
+      ns.stop()
+      assert(ok, err)
+      assert.is_false(fs.exists("/etc/cni"))
+    end)
+
     it("a malformed checksum setting fails the download step with the expected forms", function()
       local s = settings({ cni_plugins_url = plugins, cni_plugins_checksum = "md5:abc" })
       local res = suites.run(session, { "cni" }, s, run_opts())
