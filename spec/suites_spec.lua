@@ -1,10 +1,12 @@
 -- Specs for capil.suites: the pure helpers (#unit), and the suites run over
 -- SSH against a real OpenSSH sshd on 127.0.0.1 (spec/support/sshd.lua, which
 -- logs in as the current user: root here, so no sudo) with downloads served
--- by a real nginx (spec/support/nginx.lua). The cni suite's install and
--- smoke steps write /etc/cni and make network namespaces, so they are not
--- run against this host (the e2e spec runs them in the Debian QEMU guest);
--- its download step runs against the real CNI plugins fixture.
+-- by a real nginx (spec/support/nginx.lua). What must write /etc (the cni
+-- suite's install, a guest's /etc/kubernetes-version) talks to a second sshd
+-- in a private mount namespace whose /etc is an overlay, so this host's /etc
+-- is never touched. The cni smoke step (a bridge ADD/DEL in a netns) would act
+-- on the host's network, so here only its refusal of a guest without iptables
+-- is tested; the e2e spec runs it for real in the Debian QEMU guest.
 local suites = require("capil.suites")
 local schema = require("capil.schema")
 local json = require("capil.json")
@@ -322,6 +324,35 @@ describe("suites over SSH #suites #ssh", function()
     for _, d in ipairs(dirs) do fs.remove(d, { recursive = true }) end
   end)
 
+
+  -- A second sshd (same config and keys) in a private mount namespace whose
+  -- /etc is an overlay with its upper layer in a temp dir: what the suites
+  -- write to /etc lands there, and files put there show in the guest's /etc.
+  -- Returns the temp dir, the port and the peer handle (stop it).
+  local function ns_sshd()
+    local d = tempdir("suites-ns")
+    assert(fs.mkdir(d .. "/upper"))
+    assert(fs.mkdir(d .. "/work"))
+    local port = peer.free_port()
+    local lines = {}
+    for line in assert(fs.read(server.dir .. "/sshd_config")):gmatch("[^\n]+") do
+      if line:match("^Port ") then line = "Port " .. port end
+      if line:match("^PidFile ") then line = "PidFile " .. d .. "/sshd.pid" end
+      lines[#lines + 1] = line
+    end
+    assert(fs.write(d .. "/sshd_config", table.concat(lines, "\n") .. "\n"))
+    local handle = peer.start({ name = "sshd-ns", port = port, log = d .. "/sshd.log", argv = {
+      "unshare", "--mount", "--propagation", "private", "sh", "-c",
+      ("mount -t overlay capil-suites -o lowerdir=/etc,upperdir=%s/upper,workdir=%s/work /etc && "
+        .. "exec /usr/sbin/sshd -D -e -f %s/sshd_config"):format(d, d, d) } })
+    return d, port, handle
+  end
+
+  local function ns_connect(port)
+    return assert(ssh.connect({ host = "127.0.0.1", port = port, user = server.user, key = server.key,
+                                host_key = server.fingerprint, timeout = 10 }))
+  end
+
   local function conformance_settings(prefix, extra)
     local s = settings({
       node_conformance_url = web.url("/" .. prefix .. "/{{kubernetes_version}}/" .. TARBALL),
@@ -447,6 +478,22 @@ describe("suites over SSH #suites #ssh", function()
       assert.matches("set node_conformance_kubernetes_version", nc.steps[1].detail, 1, true)
     end)
 
+    it("reads the version from the guest's /etc/kubernetes-version", function()
+      local d, port, ns = ns_sshd()
+      assert(fs.write(d .. "/upper/kubernetes-version", "v1.16.14\n"))
+      local ok, err = pcall(function()
+        local s <close> = ns_connect(port)
+        local res = suites.run(s, { "node-conformance" },
+          conformance_settings("pass", { node_conformance_kubernetes_version = "" }), run_opts())
+        local nc = res.suites[1]
+        assert.is_true(res.ok, json.encode(nc.steps))
+        assert.equal("v1.16.14 (from /etc/kubernetes-version)", nc.steps[1].detail)
+        assert.matches("/pass/v1.16.14/" .. TARBALL, nc.steps[2].detail, 1, true)
+      end)
+      ns.stop()
+      assert(ok, err)
+    end)
+
     it("refuses a version that is not v1.2.3", function()
       local res = suites.run(session, { "node-conformance" },
         conformance_settings("pass", { node_conformance_kubernetes_version = "1.16" }), run_opts())
@@ -509,8 +556,8 @@ describe("suites over SSH #suites #ssh", function()
     end)
 
     -- The whole suite against a second sshd in a private mount namespace
-    -- whose /etc is an overlay (upper layer in a temp dir), with the plugins
-    -- in a temp dir: install and verify write nothing on this host. The host
+    -- (ns_sshd), with the plugins in a temp dir: install and verify write
+    -- nothing on this host. The host
     -- has no iptables, so the smoke step must stop before any netns or bridge
     -- exists (with iptables it would touch the host's network: not run then).
     it("installs and verifies the real plugins and the seed's config; smoke needs iptables", function()
@@ -519,25 +566,9 @@ describe("suites over SSH #suites #ssh", function()
         pending("this host has iptables or /etc/cni: the smoke step would act on its network")
         return
       end
-      local d = tempdir("cni-ns")
-      assert(fs.mkdir(d .. "/upper"))
-      assert(fs.mkdir(d .. "/work"))
-      local port = peer.free_port()
-      local lines = {}
-      for line in assert(fs.read(server.dir .. "/sshd_config")):gmatch("[^\n]+") do
-        if line:match("^Port ") then line = "Port " .. port end
-        if line:match("^PidFile ") then line = "PidFile " .. d .. "/sshd.pid" end
-        lines[#lines + 1] = line
-      end
-      local conf = table.concat(lines, "\n") .. "\n"
-      assert(fs.write(d .. "/sshd_config", conf))
-      local ns = peer.start({ name = "sshd-cni-ns", port = port, log = d .. "/sshd.log", argv = {
-        "unshare", "--mount", "--propagation", "private", "sh", "-c",
-        ("mount -t overlay capil-cni -o lowerdir=/etc,upperdir=%s/upper,workdir=%s/work /etc && "
-          .. "exec /usr/sbin/sshd -D -e -f %s/sshd_config"):format(d, d, d) } })
+      local d, port, ns = ns_sshd()
       local ok, err = pcall(function()
-        local s <close> = assert(ssh.connect({ host = "127.0.0.1", port = port, user = server.user, key = server.key,
-                                               host_key = server.fingerprint, timeout = 10 }))
+        local s <close> = ns_connect(port)
         local res = suites.run(s, { "cni" }, settings({ cni_plugins_url = plugins, cni_plugins_dir = d .. "/bin" }),
                                run_opts())
         local cni = res.suites[1]
