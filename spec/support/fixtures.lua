@@ -4,6 +4,7 @@
 --   fixtures.tiny()           busybox + dropbear initramfs on Debian's kernel (SSH in ~10 s)
 --   fixtures.rootfs()         Debian 12 minbase rootfs.tar.zst (debootstrap, ~3 min)
 --   fixtures.installer_iso()  ISOLINUX installer CD driven by a typed line and an answer file
+--   fixtures.cni_plugins()    Debian's CNI plugins packed flat like the upstream release tarball
 -- and helpers to run QEMU with them: fixtures.qemu_argv(opts) builds the
 -- command line (TCG: KVM cannot run guests on these machines),
 -- fixtures.qemu(opts) starts it and returns a handle stopped by PID.
@@ -90,6 +91,14 @@ end
 function M.installer_iso()
   build("installer")
   return M.dir() .. "/installer/installer.iso"
+end
+
+--- Path of cni-plugins.tgz (built on demand): Debian's containernetworking-plugins
+--- (bridge, host-local, loopback, ...) at the archive root, as upstream releases them.
+---@return string
+function M.cni_plugins()
+  build("cni")
+  return M.dir() .. "/cni/cni-plugins.tgz"
 end
 
 --- The line to type at the installer ISO's `boot:` prompt (Return not included).
