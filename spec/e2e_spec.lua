@@ -79,7 +79,7 @@ describe("end-to-end build of the test OS #qemu #e2e", function()
     local cni_tgz = fixtures.cni_plugins()
     assert(fs.copy(cni_tgz, web.root .. "/cni-plugins.tgz"))
     assert(fs.write(web.root .. "/cni-plugins.tgz.sha256", assert(hash.file(cni_tgz, "sha256")) .. "  cni-plugins.tgz\n"))
-    local k8s = fixtures.conformance_standin(web.root .. "/v1.16.14")
+    local k8s = require("support.conformance").tarball(web.root .. "/v1.16.14")
     assert(fs.write(web.root .. "/v1.16.14/kubernetes-test-linux-amd64.tar.gz.sha256", assert(hash.file(k8s, "sha256"))))
     local t = capil.run({ "test", dir, "--suite", "cni,node-conformance", "--keep",
       "--var", "cni_plugins_url=" .. web.url("/cni-plugins.tgz"),

@@ -18,6 +18,7 @@ local sshd = require("support.sshd")
 local nginx = require("support.nginx")
 local peer = require("support.peer")
 local fixtures = require("support.fixtures")
+local conformance = require("support.conformance")
 
 -- The seed document's "Initialize a CNI" heredocs, copied verbatim.
 local SEED_MYNET = [[
@@ -46,9 +47,7 @@ local SEED_LOOPBACK = [[
 ]]
 
 -- The seed document's ginkgo line ("Run the e2e node conformance tests"), verbatim.
-local SEED_GINKGO = [[sudo ./ginkgo --nodes=8 --flakeAttempts=2 --focus="\[Conformance\]" --skip="\[Flaky\]|\[Serial\]|\[sig-network\]|Container Lifecycle Hook" ./e2e_node.test -- --k8s-bin-dir=/usr/bin --container-runtime=remote --container-runtime-endpoint unix:///var/run/containerd/containerd.sock --container-runtime-process-name /usr/local/bin/containerd --container-runtime-pid-file= --kubelet-flags="--cgroups-per-qos=true --cgroup-root=/ --runtime-cgroups=/system.slice/containerd.service" --extra-log="{\"name\": \"containerd.log\", \"journalctl\": [\"-u\", \"containerd\"]}"]] -- luacheck: no max line length
-
-local SEED_ARGS = SEED_GINKGO:gsub("^sudo %./ginkgo ", "")
+local SEED_ARGS = conformance.SEED_ARGS
 
 -- The tests.* settings with the schema's defaults, plus `extra`.
 local function settings(extra)
@@ -219,56 +218,6 @@ describe("suites #unit", function()
   end)
 end)
 
--- STAND-IN for ginkgo from kubernetes-test-linux-amd64.tar.gz: it checks that
--- it got exactly the words of the seed document's command line (the seed's
--- text, parsed by /bin/sh here, plus --report-dir=<unpack dir>/junit) and
--- runs as root, then writes two JUnit reports into the report dir (one with a
--- failure, and exit 1, when a FAIL file lies beside it), as ginkgo would.
-local GINKGO = [[
-#!/bin/sh
-# STAND-IN for kubernetes-test-linux-amd64's ginkgo (capil spec/suites_spec.lua)
-cd "$(dirname "$0")" || exit 5
-report="$(cd ../../.. && pwd)/junit"
-[ "$(id -u)" = 0 ] || { echo "ginkgo stand-in: not run as root" >&2; exit 4; }
-[ -e ./e2e_node.test ] || { echo "ginkgo stand-in: no e2e_node.test" >&2; exit 5; }
-actual=$(for w in "$@"; do printf '<%s>\n' "$w"; done)
-expected=$(for w in @ARGS@ --report-dir="$report"; do printf '<%s>\n' "$w"; done)
-if [ "$actual" != "$expected" ]; then
-  echo "ginkgo stand-in: arguments differ from the seed's" >&2
-  printf 'expected:\n%s\nactual:\n%s\n' "$expected" "$actual" >&2
-  exit 3
-fi
-echo "Running Suite: E2eNode Suite (stand-in)"
-mkdir -p "$report/nested"
-cat > "$report/junit_01.xml" <<'EOF'
-<?xml version="1.0" encoding="UTF-8"?>
-<testsuite name="E2eNode Suite" tests="3" failures="0" errors="0" time="1.5">
-  <testcase name="[sig-node] a [Conformance]" classname="E2eNode Suite" time="1"></testcase>
-  <testcase name="[sig-node] b [Conformance]" classname="E2eNode Suite" time="0.5"></testcase>
-  <testcase name="[sig-network] c" classname="E2eNode Suite" time="0"><skipped></skipped></testcase>
-</testsuite>
-EOF
-if [ -e ./FAIL ]; then
-  cat > "$report/nested/junit_02.xml" <<'EOF'
-<?xml version="1.0" encoding="UTF-8"?>
-<testsuite name="E2eNode Suite" tests="2" failures="1" errors="0" time="2">
-  <testcase name="[sig-node] d [Conformance]" classname="E2eNode Suite" time="1"></testcase>
-  <testcase name="[sig-node] e [Conformance]" classname="E2eNode Suite" time="1"><failure type="Failure">boom</failure></testcase>
-</testsuite>
-EOF
-  echo "FAIL! -- 1 Failed"
-  exit 1
-fi
-cat > "$report/nested/junit_02.xml" <<'EOF'
-<?xml version="1.0" encoding="UTF-8"?>
-<testsuite name="E2eNode Suite" tests="2" failures="0" errors="0" time="2">
-  <testcase name="[sig-node] d [Conformance]" classname="E2eNode Suite" time="1"></testcase>
-  <testcase name="[sig-node] e [Conformance]" classname="E2eNode Suite" time="1"></testcase>
-</testsuite>
-EOF
-echo "SUCCESS! -- 4 Passed"
-]]
-
 describe("suites over SSH #suites #ssh", function()
   local server, web, session
   local dirs = {}
@@ -285,17 +234,9 @@ describe("suites over SSH #suites #ssh", function()
     assert(r.code == 0, table.concat(argv, " ") .. ": " .. r.stderr)
   end
 
-  -- A stand-in conformance tarball (see GINKGO); fail: with the FAIL marker.
+  -- A stand-in conformance tarball (spec/support/conformance.lua); fail: one failed test.
   local function conformance_tarball(fail)
-    local d = tempdir("conformance-tgz")
-    local bin = d .. "/kubernetes/test/bin"
-    assert(fs.mkdir(bin))
-    assert(fs.write(bin .. "/ginkgo", (GINKGO:gsub("@ARGS@", function() return SEED_ARGS end)), { mode = 493 }))
-    assert(fs.write(bin .. "/e2e_node.test", "#!/bin/sh\n# STAND-IN placeholder for e2e_node.test\nexit 0\n",
-                    { mode = 493 }))
-    if fail then assert(fs.write(bin .. "/FAIL", "")) end
-    sh({ "tar", "-czf", d .. "/" .. TARBALL, "kubernetes" }, d)
-    return assert(fs.read(d .. "/" .. TARBALL))
+    return assert(fs.read(conformance.tarball(tempdir("conformance-tgz"), fail)))
   end
 
   -- Serves data at path with a sha256sum-style checksum file beside it
