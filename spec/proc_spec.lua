@@ -122,7 +122,8 @@ describe("proc daemons and exec #unit", function()
 
   it("a daemon gets its own session and outlives the capil that started it", function()
     local r = capil.run({ "-e", [[
-      local p = assert(require("capil.proc").spawn({ argv = { "sleep", "30" }, stdin = "null", stdout = "null", stderr = "null", daemon = true }))
+      local p = assert(require("capil.proc").spawn({ argv = { "sleep", "30" }, stdin = "null", stdout = "null",
+        stderr = "null", daemon = true }))
       p:detach()
       print(p.pid)]] })
     assert.equal(0, r.code, r.stderr)
