@@ -22,6 +22,10 @@
 ---   failure).
 --- * finalize_vm: remove the CD-ROMs, MarkAsTemplate (convert_to_template),
 ---   then keep the VM (image-builder's behaviour) or destroy it.
+--- * image tests (`capil test`): find_vm by name, cloudinit (image-builder's
+---   image-govc-cloudinit.sh: snapshots "new" and "cloudinit", base64
+---   guestinfo user-data and meta-data), attach an existing VM to drive it
+---   like a build VM (power on, guest IP, power off).
 local vim25 = require("capil.vim25")
 local http = require("capil.http")
 local fs = require("capil.fs")
