@@ -22,6 +22,10 @@
 ---   failure).
 --- * finalize_vm: remove the CD-ROMs, MarkAsTemplate (convert_to_template),
 ---   then keep the VM (image-builder's behaviour) or destroy it.
+--- * image tests (`capil test`): find_vm by name, cloudinit (image-builder's
+---   image-govc-cloudinit.sh: snapshots "new" and "cloudinit", base64
+---   guestinfo user-data and meta-data), attach an existing VM to drive it
+---   like a build VM (power on, guest IP, power off).
 local vim25 = require("capil.vim25")
 local http = require("capil.http")
 local fs = require("capil.fs")
@@ -68,6 +72,9 @@ function M.settings(cfg, kind)
     datacenter = g("vsphere.datacenter"), folder = g("vsphere.folder"), cluster = g("vsphere.cluster"),
     host = g("vsphere.host"), resource_pool = g("vsphere.resource_pool"), datastore = g("vsphere.datastore"),
     network = g("build.network"), cache_dir = g("vsphere.cache_dir") or "capil_cache",
+    -- the guest IP wait of a VM made by M.attach (M.create reads cfg itself)
+    ip_settle_timeout = cfg:get("vsphere.ip_settle_timeout"), ip_wait_address = g("vsphere.ip_wait_address"),
+    nic = cfg:get("vsphere.nic"), ssh_port = cfg:get("ssh.port"),
   }
   if s.kind == "esx" then
     s.server = g("remote.host") or s.server
@@ -672,8 +679,8 @@ function VM:ssh_address(timeout)
   while true do
     local left = deadline - host.now()
     if left <= 0 then
-      return nil, ("%s: no usable guest IP after %g s%s (VMware Tools must run in the guest; link-local and APIPA "
-        .. "addresses do not count)"):format(self.name, timeout, seen and (", last " .. seen) or ""), "ETIMEDOUT"
+      return nil, ("vsphere: VM %s: no usable guest IP after %g s%s (VMware Tools must run in the guest; link-local "
+        .. "and APIPA addresses do not count)"):format(self.name, timeout, seen and (", last " .. seen) or ""), "ETIMEDOUT"
     end
     local alive, why = self:alive()
     if not alive then return nil, ("%s: %s while waiting for its IP"):format(self.name, why), "EVMDIED" end
@@ -941,6 +948,235 @@ function M.import(vc, inv, ova_path, opts)
     if terr then return nil, ("deploy %s: MarkAsTemplate: %s"):format(name, terr), tcode end
   end
   log.info("deploy %s: %s %s created", name, opts.template and "template" or "VM", tostring(ref))
+  return vm
+end
+
+-- ====================================================================== --
+-- Testing an image: an existing VM, cloud-init snapshots                 --
+-- ====================================================================== --
+
+-- Levenshtein distance of two short strings (similar-name hints).
+local function distance(a, b)
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    for j = 1, #b do
+      local cost = a:byte(i) == b:byte(j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+-- Up to `n` names like `name` (containing it, inside it, or a few edits
+-- away), closest first.
+local function similar(name, all, n)
+  local want = name:lower()
+  local limit = math.max(2, #want // 4)
+  local hits = {}
+  for _, other in ipairs(all) do
+    local o = other:lower()
+    local d = distance(want, o)
+    if d <= limit or (#want >= 3 and o:find(want, 1, true)) or (#o >= 3 and want:find(o, 1, true)) then
+      hits[#hits + 1] = { name = other, d = d }
+    end
+  end
+  table.sort(hits, function(x, y) if x.d ~= y.d then return x.d < y.d end return x.name < y.name end)
+  local out = {}
+  for i = 1, math.min(n, #hits) do out[i] = hits[i].name end
+  return out
+end
+
+-- Every VM under the datacenter's vmFolder (folders and vApps included):
+-- { {ref=, name=}, ... }, through a recursive ContainerView.
+local function all_vms(vc, inv)
+  local p, err, code = vc:props(inv.datacenter, { "vmFolder" })
+  if not p then return nil, err, code end
+  local view
+  view, err, code = vc:call("CreateContainerView", vc.content.viewManager,
+    { container = p.vmFolder, type = { "VirtualMachine" }, recursive = true })
+  if not view then return nil, ("CreateContainerView: %s"):format(err), code end
+  local v
+  v, err, code = vc:props(view, { "view" })
+  vc:call("DestroyView", view, {})
+  if not v then return nil, err, code end
+  local objs
+  objs, err, code = vc:props_many(vim25.list(v.view), "VirtualMachine", { "name" })
+  if not objs then return nil, err, code end
+  local out = {}
+  for i, o in ipairs(objs) do out[i] = { ref = o.ref, name = o.props.name } end
+  return out
+end
+
+--- The VM named `name` in the resolved inventory (inv from M.resolve),
+--- searched in the whole vmFolder tree of inv.datacenter. A name with a "/"
+--- is an inventory path under the datacenter's vm folder ("team/node-1").
+--- Not found: nil, "vsphere: no VM named 'x' in datacenter D" (with similar
+--- names, if any), "ENOTFOUND"; several VMs of that name: "EAMBIGUOUS".
+---@param vc table a capil.vim25 session
+---@param inv table from M.resolve
+---@param name string
+---@return capil.vim25.Ref|nil ref, string? err, string? code
+function M.find_vm(vc, inv, name)
+  if type(name) ~= "string" or name == "" then error("vsphere.find_vm: name must be a non-empty string", 2) end
+  local where = ("in datacenter %s"):format(inv.dc_name)
+  if name:find("/", 1, true) then
+    local ref, err, code = vc:find(under(inv.dc_path .. "/vm", name))
+    if ref and ref.type == "VirtualMachine" then return ref end
+    if ref or code == "ENOENT" then
+      return fail(("vsphere: no VM at '%s' %s (under its vm folder)"):format(name, where), "ENOTFOUND")
+    end
+    return nil, ("vsphere: looking for VM '%s' %s: %s"):format(name, where, err), code
+  end
+  local vms, err, code = all_vms(vc, inv)
+  if not vms then return nil, ("vsphere: looking for VM '%s' %s: %s"):format(name, where, err), code end
+  local found, vm_names = {}, {}
+  for _, v in ipairs(vms) do
+    if v.name == name then found[#found + 1] = v.ref end
+    vm_names[#vm_names + 1] = v.name
+  end
+  if #found == 1 then return found[1] end
+  if #found > 1 then
+    local refs = {}
+    for i, r in ipairs(found) do refs[i] = r.value end
+    return fail(("vsphere: %d VMs named '%s' %s (%s): give its folder path (folder/%s)"):format(#found, name, where,
+      table.concat(refs, ", "), name), "EAMBIGUOUS")
+  end
+  local like = similar(name, vm_names, 3)
+  return fail(("vsphere: no VM named '%s' %s%s"):format(name, where,
+    #like > 0 and (" (similar: " .. table.concat(like, ", ") .. ")") or ""), "ENOTFOUND")
+end
+
+-- The snapshots of a snapshot tree in pre-order: { {name=, ref=, parent=}, ... }.
+local function flatten(list, out, parent)
+  for _, t in ipairs(vim25.list(list)) do
+    out[#out + 1] = { name = t.name, ref = t.snapshot, parent = parent }
+    flatten(t.childSnapshotList, out, t.name)
+  end
+  return out
+end
+
+local CLOUDINIT_OPTS = { userdata = true, metadata = true, name = true }
+
+--- image-builder's hack/image-govc-cloudinit.sh through the API: power the
+--- VM off (hard) if it runs (guestinfo is read at boot); revert to the
+--- snapshot "new" and remove every other snapshot, or take "new" when there
+--- is none; write user-data and meta-data as base64 guestinfo (plain base64,
+--- no quotes, no line breaks); take the snapshot "cloudinit".
+--- Returns {created_new=, reverted=, removed={names...}} or nil, err (naming
+--- the VM and the call), code.
+---@param vc table a capil.vim25 session
+---@param ref capil.vim25.Ref the VM
+---@param opts {userdata: string, metadata: string, name?: string}
+---@return table|nil result, string? err, string? code
+function M.cloudinit(vc, ref, opts)
+  if not vim25.is_ref(ref) then error("vsphere.cloudinit: ref must be a Ref", 2) end
+  if type(opts) ~= "table" then error("vsphere.cloudinit: opts must be a table", 2) end
+  for k in pairs(opts) do
+    if not CLOUDINIT_OPTS[k] then error(("vsphere.cloudinit: unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  if type(opts.userdata) ~= "string" or type(opts.metadata) ~= "string" then
+    error("vsphere.cloudinit: userdata and metadata must be strings", 2)
+  end
+  local hashlib = require("capil.hash")
+  local label = "vsphere: VM " .. (opts.name or tostring(ref))
+  local function failed(call, err, code) return nil, ("%s: %s: %s"):format(label, call, err), code end
+  local function task(method, this, args)
+    local r, err, code = vc:call_task(method, this, args, 600)
+    if err then return failed(method, err, code) end
+    return r
+  end
+
+  local p, err, code = vc:props(ref, { "runtime.powerState", "snapshot.rootSnapshotList" })
+  if not p then return failed("reading its power state and snapshots", err, code) end
+  local state = p["runtime.powerState"]
+  if state == "poweredOn" or state == "suspended" then
+    log.info("%s is %s: powering it off (guestinfo is read at boot)", label, state)
+    local ok, terr, tcode = task("PowerOffVM_Task", ref, {})
+    if not ok then return nil, terr, tcode end
+  end
+
+  local result = { created_new = false, reverted = false, removed = {} }
+  local snaps = flatten(p["snapshot.rootSnapshotList"], {})
+  local new
+  for _, sn in ipairs(snaps) do
+    if sn.name == "new" then new = sn break end
+  end
+  if new then
+    local ok, terr, tcode = task("RevertToSnapshot_Task", new.ref, {})
+    if not ok then return nil, terr, tcode end
+    result.reverted = true
+    log.info("%s: reverted to snapshot 'new'", label)
+    -- leaves first; removeChildren=false keeps whatever lies below
+    for i = #snaps, 1, -1 do
+      local sn = snaps[i]
+      if sn.ref ~= new.ref then
+        ok, terr, tcode = task("RemoveSnapshot_Task", sn.ref, { removeChildren = false })
+        if not ok then return nil, terr, tcode end
+        table.insert(result.removed, 1, sn.name)
+      end
+    end
+    if #result.removed > 0 then
+      log.info("%s: removed snapshots %s", label, table.concat(result.removed, ", "))
+    end
+  else
+    local ok, terr, tcode = task("CreateSnapshot_Task", ref, { name = "new", memory = false, quiesce = false })
+    if not ok then return nil, terr, tcode end
+    result.created_new = true
+    log.info("%s: took snapshot 'new'", label)
+  end
+
+  local function opt(k, v) return vim25.obj("OptionValue", { key = k, value = v }) end
+  local spec = vim25.obj("VirtualMachineConfigSpec", { extraConfig = {
+    opt("guestinfo.userdata", hashlib.base64_encode(opts.userdata)),
+    opt("guestinfo.userdata.encoding", "base64"),
+    opt("guestinfo.metadata", hashlib.base64_encode(opts.metadata)),
+    opt("guestinfo.metadata.encoding", "base64"),
+  } })
+  local ok, terr, tcode = task("ReconfigVM_Task", ref, { spec = spec })
+  if not ok then return nil, terr, tcode end
+  log.info("%s: guestinfo user-data (%d bytes) and meta-data (%d bytes) set", label, #opts.userdata,
+    #opts.metadata)
+
+  ok, terr, tcode = task("CreateSnapshot_Task", ref, { name = "cloudinit", memory = false, quiesce = false })
+  if not ok then return nil, terr, tcode end
+  log.info("%s: took snapshot 'cloudinit'", label)
+  return result
+end
+
+-- A duration setting: seconds, or a Go-style string ("30m", "5s").
+local function seconds(v, default, what)
+  if v == nil or v == "" then return default end
+  if type(v) == "number" then return v end
+  local n, err = bootcmd.duration(tostring(v))
+  if not n then error(("vsphere.attach: %s: %s"):format(what, err), 3) end
+  return n
+end
+
+--- A VM object for an existing VM, with the methods of the VMs M.create
+--- makes (start, ssh_address, alive, power_off, destroy, keepalive, ...).
+--- `s` is M.settings(...) (or a table with its ip_* fields, nic and
+--- ssh_port); missing fields take the schema's defaults. Nothing destroys
+--- an attached VM unless its destroy() is called.
+---@param vc table a capil.vim25 session
+---@param inv table from M.resolve
+---@param s table settings
+---@param ref capil.vim25.Ref
+---@param name string
+---@return table vm
+function M.attach(vc, inv, s, ref, name)
+  if not vim25.is_ref(ref) then error("vsphere.attach: ref must be a Ref", 2) end
+  if type(name) ~= "string" then error("vsphere.attach: name must be a string", 2) end
+  s = s or {}
+  local vm = setmetatable({ vc = vc, inv = inv, ref = ref, name = name, attached = true,
+    settings = {
+      ip_wait_timeout = seconds(s.ip_wait_timeout, 1800, "ip_wait_timeout"),
+      ip_settle = seconds(s.ip_settle_timeout, 5, "ip_settle_timeout"),
+      ip_cidr = s.ip_wait_address or "0.0.0.0/0", nic = s.nic or 0, ssh_port = s.ssh_port or 22,
+    } }, VM)
+  vm.hint = ("the VM %s (%s) on %s: check its console"):format(name, tostring(ref), vc.server)
   return vm
 end
 
