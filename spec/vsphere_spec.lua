@@ -17,6 +17,8 @@ local json = require("capil.json")
 local bootcmd = require("capil.bootcmd")
 local template = require("capil.template")
 local recipe = require("capil.recipe")
+local vim25 = require("capil.vim25")
+local vsphere_backend = require("capil.backends.vsphere")
 
 local PASSWORD = "Vc-s3cret!pw"
 local BUILD = "vsphere-fixture-kube-v1.16.14"
@@ -337,6 +339,79 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.gues
     local out = capil.run({ capil.script(tmp, "props.lua", script) })
     assert.equal(0, out.code, out.stderr)
     assert.equal("2\t512\tother5xLinux64Guest\timported-node\n", out.stdout)
+  end)
+
+  it("capil test deploys the build's OVA, injects cloud-init, logs in; capil ssh reaches the kept VM", function()
+    local dir = tmp .. "/out-full/" .. BUILD
+    assert.is_true(fs.exists(dir .. "/" .. BUILD .. ".ova"), "needs the full build's OVA")
+    local test_args = { "test", dir, "--backend", "vsphere", "--var-file", varfile, "--var", "ssh_port=" .. ssh.port,
+      "--var", "test_ssh_username=" .. ssh.user, "--var", "test_ssh_private_key_file=" .. key,
+      "--var", "ip_settle_timeout=0.3s" }
+    local first = { table.unpack(test_args) }
+    first[#first + 1] = "--keep"
+    local r = capil.run(first, { timeout = 120 })
+    assert.equal(0, r.code, r.stderr)
+    local report = json.read(dir .. "/test/report.json")
+    assert.is_true(report.ok)
+    assert.same({ created_new = true, reverted = false, removed = {} }, report.snapshots)
+    local vm = json.read(dir .. "/test/vm.json")
+    assert.equal(BUILD .. "-test", vm.name)
+    assert.same({ host = "127.0.0.1", port = ssh.port }, vm.ssh)
+
+    -- what the guest would read: the snapshots and the four guestinfo keys
+    local s = assert(vsphere_backend.settings_from_vars({ var_files = { varfile } }))
+    local vc = assert(vsphere_backend.connect(s))
+    finally(function() vc:logout() end)
+    local inv = assert(vsphere_backend.resolve(vc, s))
+    local ref = assert(vsphere_backend.find_vm(vc, inv, BUILD .. "-test"))
+    local p = assert(vc:props(ref, { "snapshot.rootSnapshotList", "config.extraConfig", "runtime.powerState" }))
+    local roots = vim25.list(p["snapshot.rootSnapshotList"])
+    assert.equal("new", roots[1].name)
+    assert.equal("cloudinit", vim25.list(roots[1].childSnapshotList)[1].name)
+    local extra = p["config.extraConfig"]
+    assert.equal(fs.read("cloudinit/user-data"), hash.base64_decode(vim25.option(extra, "guestinfo.userdata")))
+    assert.equal(fs.read("cloudinit/meta-data"), hash.base64_decode(vim25.option(extra, "guestinfo.metadata")))
+    assert.equal("base64", vim25.option(extra, "guestinfo.userdata.encoding"))
+    assert.equal("base64", vim25.option(extra, "guestinfo.metadata.encoding"))
+    assert.equal("poweredOn", p["runtime.powerState"])
+
+    -- capil ssh through the recorded guest address
+    local who = capil.run({ "ssh", dir, "--", "id", "-un" })
+    assert.equal(0, who.code, who.stderr)
+    assert.equal(ssh.user .. "\n", who.stdout)
+
+    -- a second run reuses the kept copy: revert to "new", the others removed,
+    -- and without --keep the copy is destroyed afterwards
+    r = capil.run(test_args, { timeout = 120 })
+    assert.equal(0, r.code, r.stderr)
+    report = json.read(dir .. "/test/report.json")
+    assert.same({ created_new = false, reverted = true, removed = { "cloudinit" } }, report.snapshots)
+    assert.is_false(fs.exists(dir .. "/test/vm.json"))
+    local _, ferr, fcode = vsphere_backend.find_vm(vc, inv, BUILD .. "-test")
+    assert.equal("ENOTFOUND", fcode, ferr)
+    assert.is_true(json.read(dir .. "/report.json").test.ok)
+  end)
+
+  it("capil test on a VM that never gets an IP names the VM, the backend and the timeout", function()
+    local lone = vcsim.start({ username = "u", password = "p" })
+    finally(function() lone:stop() end)
+    local vf = tmp .. "/noip.json"
+    assert(json.write(vf, { vcenter_server = lone.url, username = "u", password = "p", datacenter = "DC0",
+      cluster = "DC0_C0", datastore = "LocalDS_0", insecure_connection = "true" }))
+    local r = capil.run({ "test", "DC0_H0_VM1", "--backend", "vsphere", "--var-file", vf, "--output", tmp .. "/noip",
+      "--var", "test_boot_timeout=3s", "--var", "test_ssh_private_key_file=" .. key }, { timeout = 60 })
+    assert.equal(1, r.code)
+    assert.matches("vsphere: VM DC0_H0_VM1: no usable guest IP after 3 s", r.stderr, 1, true)
+    local report = json.read(tmp .. "/noip/DC0_H0_VM1/test/report.json")
+    assert.is_false(report.ok)
+    assert.equal("boot", report.steps[2].id)
+    assert.equal("failed", report.steps[2].status)
+    -- an existing VM is powered off afterwards, never destroyed
+    local rr = capil.run({ "test", "DC0_H0_VM1", "--backend", "vsphere", "--var-file", vf, "--output", tmp .. "/noip",
+      "--var", "test_boot_timeout=1s", "--var", "test_ssh_private_key_file=" .. key }, { timeout = 60 })
+    assert.equal(1, rr.code)
+    assert.same({ created_new = false, reverted = true, removed = { "cloudinit" } },
+      json.read(tmp .. "/noip/DC0_H0_VM1/test/report.json").snapshots)
   end)
 
   it("opens a session in the REPL and reads a VM's power state", function()
