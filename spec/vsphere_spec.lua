@@ -392,6 +392,28 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.gues
     assert.is_true(json.read(dir .. "/report.json").test.ok)
   end)
 
+  it("chains the test stage: --stages build,test tests the new OVA and records it in the run report", function()
+    local out = tmp .. "/out-stages"
+    local r = run(out, { "--stages", "test,build", "--var", "test_ssh_username=" .. ssh.user,
+      "--var", "test_ssh_private_key_file=" .. key, "--var", "keep_vm=false" })
+    assert.equal(0, r.code, r.stderr)
+    local report = json.read(out .. "/" .. BUILD .. "/report.json")
+    assert.is_true(report.ok)
+    assert.is_true(report.test.ok)
+    local tr = json.read(out .. "/" .. BUILD .. "/test/report.json")
+    assert.equal("vsphere", tr.backend)
+    assert.same({ "prepare", "boot", "login", "shutdown" }, (function()
+      local ids = {}
+      for _, st in ipairs(tr.steps) do ids[#ids + 1] = st.id end
+      return ids
+    end)())
+    -- the deployed copy and (keep_vm=false) the build VM are gone
+    assert.same({}, by_name(sim, BUILD .. "-test"))
+    local r2 = run(out, { "--stages", "build,tset" })
+    assert.equal(2, r2.code)
+    assert.matches("unknown stage 'tset' (build, test, upload)", r2.stderr, 1, true)
+  end)
+
   it("capil test on a VM that never gets an IP names the VM, the backend and the timeout", function()
     local lone = vcsim.start({ username = "u", password = "p" })
     finally(function() lone:stop() end)

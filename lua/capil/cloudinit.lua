@@ -78,6 +78,39 @@ function M.guestinfo(data)
   }
 end
 
+--- A Workstation/Fusion .vmx with the test data, as image-builder's
+--- image-post-create-config.sh left it: 2 vCPUs (numvcpus and
+--- cpuid.corespersocket "1" become "2" unless numvcpus is already "2") and,
+--- unless guestinfo.userdata is present, the four guestinfo keys appended.
+--- Returns the new text and what changed ({cpus = bool, guestinfo = bool}):
+--- the caller takes the snapshots `2cpu` and `cloudinit` after each change.
+---@param text string the .vmx
+---@param data capil.cloudinit.Data
+---@return string text, {cpus: boolean, guestinfo: boolean} changed
+function M.vmx(text, data)
+  local changed = { cpus = false, guestinfo = false }
+  local function has(key, value)
+    for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+      local k, v = line:match('^%s*([%w%._:%-]+)%s*=%s*"(.-)"%s*$')
+      if k and k:lower() == key and (value == nil or v == value) then return true end
+    end
+    return false
+  end
+  if not has("numvcpus", "2") then
+    local n
+    text, n = text:gsub('(\n?%s*numvcpus%s*=%s*)"1"', '%1"2"')
+    local m
+    text, m = text:gsub('(\n?%s*cpuid%.corespersocket%s*=%s*)"1"', '%1"2"')
+    changed.cpus = n + m > 0
+  end
+  if not has("guestinfo.userdata") then
+    if text ~= "" and text:sub(-1) ~= "\n" then text = text .. "\n" end
+    for _, kv in ipairs(M.guestinfo(data)) do text = text .. ('%s = "%s"\n'):format(kv.key, kv.value) end
+    changed.guestinfo = true
+  end
+  return text, changed
+end
+
 --- Writes a NoCloud seed ISO (volume `cidata`, Joliet + Rock Ridge, as
 --- image-builder's cloudinit/Makefile made with genisoimage) at `path`;
 --- written beside it under a temp name and renamed when complete.
