@@ -162,5 +162,20 @@ describe("end-to-end build of the test OS #qemu #e2e", function()
     assert.equal("failed", tr.steps[2].status)
     assert.is_false(fs.exists(b .. "/test/vm"), "the overlay was left behind")
     assert.is_false(fs.exists(b .. "/test/vm.json"))
+
+    -- an OVA alone: its disk is extracted for the boot, and removed afterwards
+    local o = out .. "/ova"
+    assert(fs.mkdir(o))
+    assert(fs.write(o .. "/blank.ovf", "<Envelope/>"))
+    assert(fs.copy(b .. "/blank-kube-v1.16.14-disk-0.vmdk", o .. "/blank-disk-0.vmdk"))
+    local tar = assert(proc.run({ argv = { "tar", "-cf", o .. "/blank.ova", "-C", o, "blank.ovf", "blank-disk-0.vmdk" } }))
+    assert.equal(0, tar.code, tar.stderr)
+    r = capil.run({ "test", o .. "/blank.ova", "--output", out .. "/ova-out", "--var", "test_boot_timeout=10s" },
+      { timeout = 300 })
+    assert.equal(1, r.code)
+    assert.matches("extracted blank-disk-0.vmdk from", r.stderr, 1, true)
+    assert.matches("qemu VM blank-test: no SSH after 10 s", r.stderr, 1, true)
+    assert.is_false(json.read(out .. "/ova-out/blank/test/report.json").ok)
+    assert.is_false(fs.exists(out .. "/ova-out/blank/test/vm"))
   end)
 end)
