@@ -177,5 +177,23 @@ describe("end-to-end build of the test OS #qemu #e2e", function()
     assert.matches("qemu VM blank-test: no SSH after 10 s", r.stderr, 1, true)
     assert.is_false(json.read(out .. "/ova-out/blank/test/report.json").ok)
     assert.is_false(fs.exists(out .. "/ova-out/blank/test/vm"))
+
+    -- Ctrl-C while the VM boots: exit 130, QEMU gone, no overlay left
+    local errf = out .. "/int.err"
+    local p = assert(proc.spawn({ argv = { capil.exe, "test", b }, stdin = "null", stdout = "null", stderr = errf }))
+    local qpid
+    for _ = 1, 300 do
+      qpid = tonumber((fs.read(errf) or ""):match("QEMU running %(pid (%d+)"))
+      if qpid then break end
+      host.sleep(0.1)
+    end
+    assert.is_number(qpid, fs.read(errf))
+    assert(p:kill("INT"))
+    local st = assert(p:wait({ timeout = 60 }))
+    p:close()
+    assert.equal(130, st.code, fs.read(errf))
+    for _ = 1, 50 do if not proc.alive(qpid) then break end host.sleep(0.1) end
+    assert.is_false(proc.alive(qpid), "QEMU survived Ctrl-C")
+    assert.is_false(fs.exists(b .. "/test/vm"), "the overlay survived Ctrl-C")
   end)
 end)

@@ -353,6 +353,10 @@ function M.run(o)
       started = os.date("!%Y-%m-%dT%H:%M:%SZ") },
   }
   assert(fs.mkdir(run.work))
+  -- the overlay, seed and extracted disk go on failure or Ctrl-C too
+  local work_cleanup = cleanup.push("test work dir " .. run.work, function()
+    fs.remove(run.work, { recursive = true })
+  end)
   local report = run.report
   local t_start = host.now()
   local failed
@@ -418,7 +422,7 @@ function M.run(o)
   report.steps[#report.steps + 1] = { id = o.keep and "keep" or "shutdown", status = fin_ok and "ok" or "failed",
     error = not fin_ok and log.redact(fin_err or "?") or nil, seconds = 0 }
   if not fin_ok then failed = failed or fin_err end
-  if not o.keep then fs.remove(run.work, { recursive = true }) end
+  if o.keep then work_cleanup:cancel() else work_cleanup:run() end
   if run.vc then run.vc:logout() end
 
   report.seconds = math.floor((host.now() - t_start) * 1000 + 0.5) / 1000
