@@ -92,53 +92,11 @@ end
 ---@param opts {backend?: string, var_files?: string[], vars?: string[], config_dir?: string, getenv?: function}
 ---@return table|nil settings, string? err
 function M.settings_from_vars(opts)
-  local config = require("capil.config")
-  local json = require("capil.json")
-  local schema = require("capil.schema")
   local kind = opts.backend or "vsphere"
-  local raw = {}
-  local function set(k, v)
-    local f = schema.by_var[k] or schema.by_path[k]
-    if f then raw[f.path] = v end
-  end
-  local files = {}
-  local base = (opts.config_dir or "recipes/config") .. "/" .. (config.BACKEND_FILES[kind] or "vsphere.json")
-  if fs.exists(base) then files[1] = base end
-  local layers = {}
-  for _, f in ipairs(config.packer_var_files((opts.getenv or os.getenv)("PACKER_VAR_FILES"))) do layers[#layers + 1] = f end
-  for _, f in ipairs(opts.var_files or {}) do layers[#layers + 1] = f end
-  for _, path in ipairs(files) do
-    local data = json.read(path)
-    if type(data) == "table" then for k, v in pairs(data) do set(k, v) end end
-  end
-  for k, v in pairs(config.govc_env(opts.getenv)) do set(k, v[1]) end
-  for _, path in ipairs(layers) do
-    local data, err = json.read(path)
-    if type(data) ~= "table" or json.is_array(data) then
-      return nil, ("%s: %s"):format(path, err or "a var file must be a JSON object of variables")
-    end
-    for k, v in pairs(data) do set(k, v) end
-  end
-  for _, kv in ipairs(opts.vars or {}) do
-    local k, v = config.parse_var(kv)
-    if not k then return nil, v end
-    set(k, v)
-  end
-  for path, v in pairs(raw) do
-    local f = schema.by_path[path]
-    if f.secret and type(v) == "string" and v ~= "" then log.secret(v) end
-  end
-  local values = {}
-  for _, f in ipairs(schema.fields) do
-    local v = raw[f.path]
-    if v == nil then v = f.default end
-    if v ~= nil then
-      local c, why = schema.coerce(f, v)
-      if c == nil then return nil, ("%s: %s"):format(f.var or f.path, why) end
-      values[f.path] = c
-    end
-  end
-  return M.settings({ get = function(_, p) return values[p] end }, kind)
+  local cfg, err = require("capil.config").from_vars({ backend = kind, var_files = opts.var_files, vars = opts.vars,
+    config_dir = opts.config_dir, getenv = opts.getenv })
+  if not cfg then return nil, err end
+  return M.settings(cfg, kind)
 end
 
 --- Opens a vim25 session with the settings (capil.backends.vsphere.settings).

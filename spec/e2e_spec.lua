@@ -16,23 +16,7 @@ local host = require("capil.core.host")
 local nginx = require("support.nginx")
 
 -- The seed document's /etc/cni/net.d/10-mynet.conf, as its heredoc wrote it.
-local SEED_10_MYNET = [[
-{
-    "cniVersion": "0.2.0",
-    "name": "mynet",
-    "type": "bridge",
-    "bridge": "cni0",
-    "isGateway": true,
-    "ipMasq": true,
-    "ipam": {
-        "type": "host-local",
-        "subnet": "10.22.0.0/16",
-        "routes": [
-            { "dst": "0.0.0.0/0" }
-        ]
-    }
-}
-]]
+local SEED_10_MYNET = require("support.seed").CNI_MYNET
 
 describe("end-to-end build of the test OS #qemu #e2e", function()
   it("builds an OVA whose VMDK boots with cloud-init as capv", function()

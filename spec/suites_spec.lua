@@ -19,32 +19,9 @@ local nginx = require("support.nginx")
 local peer = require("support.peer")
 local fixtures = require("support.fixtures")
 local conformance = require("support.conformance")
+local seed = require("support.seed")
 
--- The seed document's "Initialize a CNI" heredocs, copied verbatim.
-local SEED_MYNET = [[
-{
-    "cniVersion": "0.2.0",
-    "name": "mynet",
-    "type": "bridge",
-    "bridge": "cni0",
-    "isGateway": true,
-    "ipMasq": true,
-    "ipam": {
-        "type": "host-local",
-        "subnet": "10.22.0.0/16",
-        "routes": [
-            { "dst": "0.0.0.0/0" }
-        ]
-    }
-}
-]]
-local SEED_LOOPBACK = [[
-{
-    "cniVersion": "0.2.0",
-    "name": "lo",
-    "type": "loopback"
-}
-]]
+local SEED_MYNET, SEED_LOOPBACK = seed.CNI_MYNET, seed.CNI_LOOPBACK
 
 -- The seed document's ginkgo line ("Run the e2e node conformance tests"), verbatim.
 local SEED_ARGS = conformance.SEED_ARGS

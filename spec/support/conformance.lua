@@ -9,7 +9,7 @@ local proc = require("capil.proc")
 local M = {}
 
 -- The seed document's command line ("Run the e2e node conformance tests").
-M.SEED_GINKGO = [[sudo ./ginkgo --nodes=8 --flakeAttempts=2 --focus="\[Conformance\]" --skip="\[Flaky\]|\[Serial\]|\[sig-network\]|Container Lifecycle Hook" ./e2e_node.test -- --k8s-bin-dir=/usr/bin --container-runtime=remote --container-runtime-endpoint unix:///var/run/containerd/containerd.sock --container-runtime-process-name /usr/local/bin/containerd --container-runtime-pid-file= --kubelet-flags="--cgroups-per-qos=true --cgroup-root=/ --runtime-cgroups=/system.slice/containerd.service" --extra-log="{\"name\": \"containerd.log\", \"journalctl\": [\"-u\", \"containerd\"]}"]] -- luacheck: no max line length
+M.SEED_GINKGO = require("support.seed").GINKGO
 
 M.SEED_ARGS = M.SEED_GINKGO:gsub("^sudo %./ginkgo ", "")
 
