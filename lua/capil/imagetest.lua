@@ -155,10 +155,6 @@ function Q.prepare(run)
   return true
 end
 
-function Q.boot(run)
-  return run.vm:start()
-end
-
 function Q.record(run)
   local vm = run.vm
   return { backend = "qemu", name = vm.name, pid = vm.process and vm.process.pid, workdir = run.work,
@@ -219,10 +215,6 @@ function V.prepare(run)
   if not snap then return nil, err, code end
   run.report.snapshots = snap
   return true
-end
-
-function V.boot(run)
-  return run.vm:start()
 end
 
 function V.record(run)
@@ -378,7 +370,7 @@ function M.run(o)
   local session
   step("prepare", function() return impl.prepare(run) end)
   step("boot", function()
-    local ok, err, code = impl.boot(run)
+    local ok, err, code = run.vm:start()
     if not ok then return nil, err, code end
     local vm = run.vm
     local deadline = host.now() + boot_timeout
