@@ -379,6 +379,18 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.gues
     local who = capil.run({ "ssh", dir, "--", "id", "-un" })
     assert.equal(0, who.code, who.stderr)
     assert.equal(ssh.user .. "\n", who.stdout)
+    -- and by VM name, through vSphere's guest IP
+    who = capil.run({ "ssh", BUILD .. "-test", "--backend", "vsphere", "--var-file", varfile,
+      "--var", "ssh_port=" .. ssh.port, "--user", ssh.user, "--key", key, "--", "echo", "by-name" })
+    assert.equal(0, who.code, who.stderr)
+    assert.equal("by-name\n", who.stdout)
+    local vm1 = assert(vsphere_backend.find_vm(vc, inv, "DC0_H0_VM1"))
+    if assert(vc:props(vm1, { "runtime.powerState" }))["runtime.powerState"] ~= "poweredOff" then
+      assert(vc:call_task("PowerOffVM_Task", vm1, {}, 60))
+    end
+    local off = capil.run({ "ssh", "DC0_H0_VM1", "--backend", "vsphere", "--var-file", varfile, "--", "true" })
+    assert.equal(1, off.code)
+    assert.matches("vsphere VM DC0_H0_VM1 is not powered on", off.stderr, 1, true)
 
     -- a second run reuses the kept copy: revert to "new", the others removed,
     -- and without --keep the copy is destroyed afterwards
