@@ -202,6 +202,18 @@ describe("capil test and capil ssh failures before anything starts #unit", funct
     assert.equal(2, r.code)
   end)
 
+  it("refuses to test while a VM kept by an earlier test still runs", function()
+    local sleeper = assert(proc.spawn({ argv = { "sleep", "30" }, stdin = "null", stdout = "null" }))
+    finally(function() sleeper:close() fs.remove(build .. "/test", { recursive = true }) end)
+    assert(fs.mkdir(build .. "/test"))
+    assert(json.write(build .. "/test/vm.json", { backend = "qemu", name = "x", pid = sleeper.pid,
+      ssh = { host = "127.0.0.1", port = 1 } }))
+    local r = capil.run({ "test", build })
+    assert.equal(1, r.code)
+    assert.matches(("still runs (QEMU pid %d): stop it first (capil ssh %s -- sudo poweroff)"):format(sleeper.pid, build),
+      r.stderr, 1, true)
+  end)
+
   it("capil ssh explains that no test VM is running", function()
     local r = capil.run({ "ssh", build, "--", "true" })
     assert.equal(1, r.code)

@@ -336,6 +336,12 @@ function M.run(o)
   local boot_timeout = assert(bootcmd.duration(cfg:get("test_boot_timeout")))
   local user = cfg:get("test_ssh_username")
 
+  -- a QEMU VM kept by an earlier `--keep` still runs on the overlay
+  local kept = json.read(t.test_dir .. "/vm.json")
+  if o.backend == "qemu" and type(kept) == "table" and kept.pid and proc.alive(kept.pid) then
+    return fail(("test: the VM kept by an earlier test of %s still runs (QEMU pid %d): stop it first "
+      .. "(capil ssh %s -- sudo poweroff)"):format(t.name, kept.pid, o.target), "EBUSY")
+  end
   assert(fs.mkdir(t.test_dir))
   local close_log = log.add_file(t.test_dir .. "/test.log")
   local run = {
