@@ -40,15 +40,61 @@ local function verify(path, kind, want)
   return true
 end
 
+-- Takes the ISO cache lock for `path`, so parallel builds that need the
+-- same ISO download it once: the others wait, then find it cached. The lock
+-- is a directory `<path>.lock` holding the owner's pid, made by renaming a
+-- populated temp dir into place (rename(2) fails onto a non-empty
+-- directory, so one build wins). A lock whose owner died is taken over.
+-- The lock only saves work: correctness comes from downloading to a
+-- per-pid temp file that is verified, then renamed into place, so even two
+-- downloads never leave a half file under the cache name. Returns a
+-- cleanup handle (release with :run()), or nil and a message on timeout.
+local function lock_cache(path, timeout)
+  local proc = require("capil.proc")
+  local lockdir = path .. ".lock"
+  local deadline = host.now() + timeout
+  local told = false
+  while true do
+    local tmp = assert(fs.tempdir({ parent = fs.dirname(path), prefix = ".lock", keep = true }))
+    assert(fs.write(tmp .. "/pid", tostring(proc.getpid())))
+    if fs.rename(tmp, lockdir) then
+      return require("capil.cleanup").push("ISO cache lock " .. lockdir, function()
+        fs.remove(lockdir, { recursive = true })
+      end)
+    end
+    fs.remove(tmp, { recursive = true })
+    local owner = tonumber(fs.read(lockdir .. "/pid") or "")
+    if owner and not proc.alive(owner) then
+      log.warn("ISO cache: removing the lock of pid %d, which is gone", owner)
+      fs.remove(lockdir, { recursive = true })
+    elseif host.now() > deadline then
+      return nil, ("ISO cache %s: still locked by pid %s after %g s"):format(path, tostring(owner), timeout)
+    else
+      if not told then
+        log.info("ISO cache: waiting for pid %s, which is fetching %s", tostring(owner), fs.basename(path))
+        told = true
+      end
+      local ok, err, code = host.sleep(0.5)
+      if not ok then return nil, err, code end
+    end
+  end
+end
+
+-- The cached ISO when its stamp says it was verified.
+local function cached_iso(path, checksum)
+  local st = fs.stat(path)
+  return st and fs.read(path .. ".verified") == ("%d %s"):format(st.size, checksum)
+end
+
 function H.fetch_iso(run, step)
   local path = step.cache_path
   local stamp = path .. ".verified"
-  local st = fs.stat(path)
-  if st and fs.read(stamp) == ("%d %s"):format(st.size, step.checksum) then
+  if cached_iso(path, step.checksum) then
     run.iso = path
     log.info("ISO %s (cached, verified)", path)
     return true
   end
+  local lock
   local failures = {}
   for _, url in ipairs(step.urls) do
     local local_path = url:match("^file://(/.*)$")
@@ -62,6 +108,18 @@ function H.fetch_iso(run, step)
       end
     else
       assert(fs.mkdir(fs.dirname(path)))
+      if not lock then
+        local lerr, lcode
+        lock, lerr, lcode = lock_cache(path, step.timeout)
+        if not lock then return fail(lerr, lcode or "EISO") end
+        -- another build may have fetched it while this one waited
+        if cached_iso(path, step.checksum) then
+          lock:run()
+          run.iso = path
+          log.info("ISO %s (cached by a parallel build, verified)", path)
+          return true
+        end
+      end
       local tmp = ("%s.%d.download"):format(path, require("capil.proc").getpid())
       local progress <close> = log.progress({ label = "download " .. fs.basename(url) })
       local r
@@ -72,6 +130,7 @@ function H.fetch_iso(run, step)
         if ok then
           assert(fs.rename(tmp, path))
           assert(fs.write(stamp, ("%d %s"):format(fs.stat(path).size, step.checksum)))
+          lock:run()
           run.iso = path
           return true
         end
@@ -81,6 +140,7 @@ function H.fetch_iso(run, step)
     failures[#failures + 1] = ("  %s: %s"):format(url, err)
     log.warn("ISO from %s failed: %s", url, err)
   end
+  if lock then lock:run() end
   return fail("no ISO URL gave a file with the expected checksum:\n" .. table.concat(failures, "\n"), "EISO")
 end
 

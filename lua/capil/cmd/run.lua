@@ -11,6 +11,13 @@ local options = {
   { name = "bucket", arg = "B", help = "upload stage: GCS bucket (default capv-images)" },
   { name = "key-file", arg = "F", help = "upload stage: service-account key file (JSON)" },
   { name = "gcs-endpoint", arg = "URL", help = "upload stage: GCS endpoint (emulators, private deployments)" },
+  { name = "all", help = "build every recipe in --recipes-dir (as 'capil list' shows them)" },
+  { name = "jobs", short = "j", arg = "N", help = "several builds: at most N at once (default 1)" },
+  { name = "fail-fast", help = "several builds: the first failure interrupts the others" },
+  { name = "only", arg = "LIST", help = "several builds: only these recipe names (comma-separated)" },
+  { name = "except", arg = "LIST", help = "several builds: not these recipe names (comma-separated)" },
+  { name = "report", arg = "FILE", help = "several builds: write a JSON report of every build" },
+  { name = "junit", arg = "FILE", help = "several builds: write JUnit XML (a testsuite per build)" },
 }
 
 local STAGES = { build = true, test = true, upload = true }
@@ -29,9 +36,41 @@ local function stages(s)
 end
 for _, o in ipairs(build_options.options) do options[#options + 1] = o end
 
+-- Several builds (--all, a bundle, more than one recipe, or any of the
+-- options only they take): one child process per build, see capil.parallel.
+local function wants_parallel(opts, args)
+  if opts.all or opts.jobs or opts["fail-fast"] or opts.only or opts.except or opts.report or opts.junit then
+    return true
+  end
+  if #args ~= 1 then return #args > 1 end
+  return require("capil.bundle").is_bundle(args[1])
+end
+
+local function run_parallel(opts, args, g)
+  local parallel = require("capil.parallel")
+  local jobs = 1
+  if opts.jobs then
+    jobs = tonumber(opts.jobs)
+    if not jobs or math.type(jobs) ~= "integer" or jobs < 1 then
+      cli.fail(("run: -j must be a whole number of builds, 1 or more, not '%s'"):format(opts.jobs), 2)
+    end
+  end
+  if #args == 0 and not opts.all then cli.fail("run: name recipes or a bundle, or use --all (see 'capil list')", 2) end
+  local builds, errs = parallel.builds(args, opts)
+  if not builds then cli.fail(table.concat(errs, "\n"), 2) end
+  if #builds == 0 then cli.fail("run: no build left after --only/--except", 2) end
+  local ok, perrs = parallel.prepare(builds, opts, stages)
+  if not ok then cli.fail(table.concat(perrs, "\n"), 2) end
+  log.info("%d builds, at most %d at once", #builds, jobs)
+  return parallel.run(builds, { jobs = jobs, fail_fast = opts["fail-fast"], report = opts.report,
+    junit = opts.junit, quiet = g and g.quiet })
+end
+
 return {
   summary = "build an image from a recipe (default backend: qemu)",
-  usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--keep-on-error] [--stages build,test,upload]",
+  usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--keep-on-error] [--stages build,test,upload]\n"
+    .. "       capil run RECIPE... | BUNDLE.lua | --all [-j N] [--fail-fast] [--only L] [--except L]"
+    .. " [--report F] [--junit F]",
   help = [[
 Resolves the recipe (see 'capil inspect'), then runs the plan: fetch and verify
 the ISO, serve the installer files, create the VM, type the boot command,
@@ -43,9 +82,35 @@ step. On failure or Ctrl-C everything the build created is removed, unless
 --keep-on-error. --stages build,test then tests the image as 'capil test'
 does (the recipe's tests.suites, or --suite); with upload the OVA goes to
 GCS as 'capil upload' does (skipped when the remote checksum matches), after
-the test stage passed.]],
+the test stage passed.
+
+Several builds: 'capil run R1 R2 -j N', 'capil run --all -j N' (every
+recipe in --recipes-dir) or 'capil run BUNDLE.lua -j N' run one child
+capil per build, at most N at once, each writing its own logs under its
+output directory (logs/capil.log is its console). One status line per
+build (updated in place on a terminal). A failed build does not stop the
+others unless --fail-fast. Ctrl-C interrupts every build and waits for
+their cleanups. Two builds may not share an output directory: build the
+same recipe twice with distinct build_name vars. --report writes JSON
+(per build: recipe, backend, stages, steps with durations, artifacts with
+sha256, errors), --junit JUnit XML (a testsuite per build, a testcase per
+stage and image check). Exit: 0 all passed, 1 some failed, 2 usage or
+configuration error (nothing started), 130 interrupted.
+
+A bundle is a Lua file returning a list of builds, loaded like a recipe
+(no I/O):
+  return {
+    defaults = { backend = "vsphere", var_files = { "vsphere.json" } },
+    { recipe = "ubuntu-2204" },
+    { recipe = "ubuntu-2204", vars = { build_name = "ubuntu-2204-efi", firmware = "efi" } },
+    { recipe = "photon-5", backend = "qemu", stages = "build,test" },
+  }
+Paths in it are relative to the bundle; --var on the command line wins over
+the bundle's vars; --var-file files come before the bundle's. --only and
+--except filter by recipe name.]],
   options = options,
-  run = function(opts, args)
+  run = function(opts, args, g)
+    if wants_parallel(opts, args) then return run_parallel(opts, args, g) end
     if #args ~= 1 then cli.fail("run: name one recipe (see 'capil list')", 2) end
     local todo, serr = stages(opts.stages)
     if not todo then cli.fail(serr, 2) end
