@@ -139,13 +139,34 @@ describe("parallel builds and bundles #vsphere #parallel", function()
       entries[i] = ("{ recipe = %q, vars = { build_name = 'par%d'%s } }"):format(fixture(), i,
         i == 3 and (", iso_checksum = %q"):format(bad) or "")
     end
+    -- the ISO over HTTP: the builds share the ISO cache (one downloads, the others wait for it)
+    local isodir = tmp .. "/isos"
+    assert(fs.mkdir(isodir))
+    assert(fs.copy(iso, isodir .. "/installer.iso"))
+    local srv = assert(require("capil.installer").serve({ dir = isodir }))
+    local url = ("http://127.0.0.1:%d/installer.iso"):format(srv.port)
     -- the variables in the bundle's defaults: the command line's --var would win over the entry's
-    local bundle = write_bundle("four.lua", entries, common_defaults())
+    local bundle = write_bundle("four.lua", entries, common_defaults({ ("iso_url = %q"):format(url) }))
     local out = tmp .. "/out-four"
     local report, junit = tmp .. "/reports/report.json", tmp .. "/reports/junit.xml"
     local r = run({ "run", bundle, "-j", "4", "--recipes-dir", "spec/fixtures/recipes", "--output", out,
       "--report", report, "--junit", junit }, true)
+    srv:close()
     assert.equal(1, r.code, r.stderr)
+    -- one download into the cache, no temp file or lock left there
+    local cached = 0
+    for _, i in ipairs({ 1, 2, 4 }) do
+      local l = assert(fs.read(("%s/par%d-kube-%s/logs/build.log"):format(out, i, SEMVER)))
+      if l:find("(cached", 1, true) then cached = cached + 1 end
+    end
+    assert.equal(2, cached)
+    local cache = tmp .. "/cache/capil/iso"
+    assert.same({ iso_sum .. ".iso", iso_sum .. ".iso.verified" }, (function()
+      local t = {}
+      for _, f in ipairs(fs.list(cache)) do t[#t + 1] = f end
+      table.sort(t)
+      return t
+    end)())
     for i = 1, 4 do
       local build = ("par%d-kube-%s"):format(i, SEMVER)
       assert.equal(i ~= 3, fs.exists(("%s/%s/%s.ova"):format(out, build, build)), build)
