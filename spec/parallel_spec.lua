@@ -283,6 +283,30 @@ describe("parallel builds and bundles #vsphere #parallel", function()
     assert.same({}, work_dirs(out))
   end)
 
+  it("--fail-fast interrupts the running builds and skips the queued ones", function()
+    local entries = {
+      ("{ recipe = %q, vars = { build_name = 'ff1', iso_checksum = %q } }"):format(fixture(), ("%064x"):format(9)),
+      ("{ recipe = %q, vars = { build_name = 'ff2', boot_wait = '120s' } }"):format(fixture()),
+      ("{ recipe = %q, vars = { build_name = 'ff3' } }"):format(fixture()),
+    }
+    local bundle = write_bundle("failfast.lua", entries, common_defaults())
+    local out = tmp .. "/out-ff"
+    local report, junit = tmp .. "/ff-report.json", tmp .. "/ff-junit.xml"
+    local r = run({ "run", bundle, "-j", "2", "--fail-fast", "--recipes-dir", "spec/fixtures/recipes", "--output", out,
+      "--report", report, "--junit", junit }, true)
+    assert.equal(1, r.code, r.stderr)
+    local rep = assert(json.read(report))
+    assert.same({ "failed", "interrupted", "skipped" }, { rep.builds[1].status, rep.builds[2].status,
+      rep.builds[3].status })
+    assert.is_false(proc.alive(rep.builds[2].pid))
+    assert.is_nil(names_in(sim)["ff2-kube-" .. SEMVER])
+    assert.is_false(fs.exists(out .. "/ff3-kube-" .. SEMVER))
+    local doc = assert(xml.parse(assert(fs.read(junit))))
+    local suites = xml.children(doc, "testsuite")
+    assert.equal("1", xml.attr(suites[3], "skipped"))
+    assert.matches("interrupted", xml.attr(xml.find(xml.children(suites[2], "testcase")[1], "failure"), "message"))
+  end)
+
   it("a bundle with --only runs the named recipes", function()
     local bundle = write_bundle("only.lua", { "{ recipe = 'alpha' }", "{ recipe = 'beta' }" })
     local out = tmp .. "/out-only"

@@ -83,9 +83,12 @@ end
 ---@param builds table[]
 ---@param opts table
 ---@param check_stages fun(s: string?): table|nil, string?
-function M.prepare(builds, opts, check_stages)
+---@param g? table global options (--verbose and --log-format go to the children)
+function M.prepare(builds, opts, check_stages, g)
   local errors, by_dir = {}, {}
-  local exe = assert(host.exepath())
+  local exe = { assert(host.exepath()) }
+  if g and g.verbose then exe[#exe + 1] = "--verbose" end
+  if g and g["log-format"] then exe[#exe + 1] = "--log-format" exe[#exe + 1] = g["log-format"] end
   for _, b in ipairs(builds) do
     local what = b.bundle and ("%s: entry %d (%s)"):format(b.bundle, b.index, b.recipe) or b.recipe
     local vars = {}
@@ -114,7 +117,8 @@ function M.prepare(builds, opts, check_stages)
           what, plan.build_version, plan.output_dir, other.index)
       end
       by_dir[plan.output_dir] = b
-      local argv = { exe, "run", b.recipe, "--backend", b.backend, "--stages", b.stages }
+      local argv = { table.unpack(exe) }
+      for _, x in ipairs({ "run", b.recipe, "--backend", b.backend, "--stages", b.stages }) do argv[#argv + 1] = x end
       for _, k in ipairs(FORWARD) do
         if opts[k] then argv[#argv + 1] = "--" .. k argv[#argv + 1] = opts[k] end
       end
@@ -149,13 +153,14 @@ local Display = {}
 Display.__index = Display
 
 -- A status block redrawn in place on a terminal, plain lines otherwise.
-local function display(builds, quiet)
-  return setmetatable({ builds = builds, tty = corelog.isatty(2) and not quiet, quiet = quiet, drawn = 0,
-    last = 0 }, Display)
+local function display(builds, quiet, json_lines)
+  return setmetatable({ builds = builds, tty = corelog.isatty(2) and not quiet and not json_lines, quiet = quiet,
+    json = json_lines, drawn = 0, last = 0 }, Display)
 end
 
 function Display:line(s)
   if self.quiet then return end
+  if self.json then return log.info(s) end
   if self.tty then
     self:clear()
     corelog.write(s .. "\n")
@@ -418,16 +423,16 @@ end
 -- ====================================================================== --
 
 --- Runs prepared builds, at most `o.jobs` at once. o: jobs, fail_fast,
---- report (path), junit (path), quiet. Returns the exit status: 0 all
+--- report (path), junit (path), quiet, json (status as JSON log lines). Returns the exit status: 0 all
 --- passed, 1 some failed. Ctrl-C: the children get SIGINT, their cleanups
 --- finish, the reports are written, and capil exits 130 (the host's
 --- interrupt path runs this module's cleanup).
 ---@param builds table[] from M.prepare
----@param o {jobs: integer, fail_fast?: boolean, report?: string, junit?: string, quiet?: boolean}
+---@param o {jobs: integer, fail_fast?: boolean, report?: string, junit?: string, quiet?: boolean, json?: boolean}
 ---@return integer
 function M.run(builds, o)
   local n = #builds
-  local disp = display(builds, o.quiet)
+  local disp = display(builds, o.quiet, o.json)
   local t_start = host.now()
   for _, b in ipairs(builds) do b.status = "queued" end
   local finished = false

@@ -59,11 +59,11 @@ local function run_parallel(opts, args, g)
   local builds, errs = parallel.builds(args, opts)
   if not builds then cli.fail(table.concat(errs, "\n"), 2) end
   if #builds == 0 then cli.fail("run: no build left after --only/--except", 2) end
-  local ok, perrs = parallel.prepare(builds, opts, stages)
+  local ok, perrs = parallel.prepare(builds, opts, stages, g)
   if not ok then cli.fail(table.concat(perrs, "\n"), 2) end
   log.info("%d builds, at most %d at once", #builds, jobs)
   return parallel.run(builds, { jobs = jobs, fail_fast = opts["fail-fast"], report = opts.report,
-    junit = opts.junit, quiet = g and g.quiet })
+    junit = opts.junit, quiet = g and g.quiet, json = g and g["log-format"] == "json" })
 end
 
 return {
