@@ -98,8 +98,9 @@ function M.prepare(builds, opts, check_stages, g)
     local var_files = {}
     for _, f in ipairs(opts["var-file"] or {}) do var_files[#var_files + 1] = f end
     for _, f in ipairs(b.var_files) do var_files[#var_files + 1] = f end
-    b.backend = b.backend or opts.backend or build_options.DEFAULT_BACKEND
-    b.stages = b.stages or opts.stages or "build"
+    -- the command line wins over the bundle (--backend, --stages, --var)
+    b.backend = opts.backend or b.backend or build_options.DEFAULT_BACKEND
+    b.stages = opts.stages or b.stages or "build"
     local order, serr = check_stages(b.stages)
     if not order then errors[#errors + 1] = ("%s: %s"):format(what, serr) end
     b.stage_list = order or {}
@@ -348,7 +349,8 @@ end
 ---@param info {seconds: number, interrupted: boolean, jobs: integer}
 function M.report(builds, info)
   local r = { capil_version = host.version, jobs = info.jobs, seconds = math.floor(info.seconds * 1000 + 0.5) / 1000,
-    interrupted = info.interrupted, builds = {}, total = #builds, passed = 0, failed = 0 }
+    interrupted = info.interrupted, builds = {}, total = #builds, passed = 0, failed = 0,
+    counts = { ok = 0, failed = 0, interrupted = 0, skipped = 0 } }
   for _, b in ipairs(builds) do
     local steps = {}
     for _, s in ipairs(b.report and b.report.steps or {}) do
@@ -363,7 +365,9 @@ function M.report(builds, info)
       checks = check_results(b), error = b.error and log.redact(b.error) or nil,
     }
     if #e.checks == 0 then e.checks = json.array({}) end
+    -- failed counts every build that did not pass; counts tells them apart
     if b.status == "ok" then r.passed = r.passed + 1 else r.failed = r.failed + 1 end
+    r.counts[b.status] = (r.counts[b.status] or 0) + 1
     r.builds[#r.builds + 1] = e
   end
   r.ok = r.failed == 0

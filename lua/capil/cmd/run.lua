@@ -105,9 +105,10 @@ A bundle is a Lua file returning a list of builds, loaded like a recipe
     { recipe = "ubuntu-2204", vars = { build_name = "ubuntu-2204-efi", firmware = "efi" } },
     { recipe = "photon-5", backend = "qemu", stages = "build,test" },
   }
-Paths in it are relative to the bundle; --var on the command line wins over
-the bundle's vars; --var-file files come before the bundle's. --only and
---except filter by recipe name.]],
+Paths in it are relative to the bundle. The command line wins over the
+bundle: --backend, --stages and --var apply to every build; --var-file
+files are read before the bundle's. --only and --except filter by recipe
+name.]],
   options = options,
   run = function(opts, args, g)
     if wants_parallel(opts, args) then return run_parallel(opts, args, g) end
