@@ -243,7 +243,9 @@ static int l_connect(lua_State *L) {
   unsigned char banner[12];
   size_t got = 0;
   const char *c = read_n(s, banner, sizeof banner, deadline, &got);
-  if (c && (got == 0 || strcmp(c, "EOF") != 0)) return fail_io(L, s, c, "waiting for the RFB banner");
+  /* a short answer that ends or stalls is still worth showing */
+  int partial = c && got > 0 && (strcmp(c, "EOF") == 0 || strcmp(c, "ETIMEDOUT") == 0);
+  if (c && !partial) return fail_io(L, s, c, "waiting for the RFB banner");
   int major = 0, minor = 0;
   if (c || memcmp(banner, "RFB ", 4) != 0 || banner[11] != '\n' ||
       sscanf((const char *)banner + 4, "%3d.%3d", &major, &minor) != 2 || major != 3) {
@@ -253,7 +255,8 @@ static int l_connect(lua_State *L) {
     quote(&b, banner, got);
     luaL_pushresult(&b);
     return capil_fail(L, "VNC_PROTOCOL", "vnc: %s: not an RFB 3.x server: it sent %s%s", s->where,
-                      lua_tostring(L, -1), c ? " and closed the connection" : "");
+                      lua_tostring(L, -1), !c ? "" : strcmp(c, "EOF") == 0 ? " and closed the connection"
+                                                                          : " and then nothing");
   }
   s->minor = minor >= 8 ? 8 : minor == 7 ? 7 : 3;
   char reply[13];
