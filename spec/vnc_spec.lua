@@ -139,6 +139,50 @@ describe("vnc failures #vnc #unit", function()
     assert.matches("vnc: 127.0.0.1:" .. server.port .. ": not an RFB 3.x server: it sent \"SSH-2.0-", err, 1, true)
   end)
 
+  -- QEMU always speaks RFB 3.8; the older handshakes against the stand-in
+  -- in spec/support/rfb_server.py, which also logs the KeyEvents it gets
+  local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec"
+  local function standin(version, mode)
+    local dir = peer.dir("rfb")
+    local port = peer.free_port()
+    local server = peer.start({ name = "rfb-standin", port = port, log = dir .. "/server.log",
+      argv = { "python3", here .. "/support/rfb_server.py", tostring(port), version, mode, dir .. "/keys.log" } })
+    server.keys = dir .. "/keys.log"
+    local stop = server.stop
+    function server.stop() stop() fs.remove(dir, { recursive = true }) end
+    return server
+  end
+
+  for _, v in ipairs({ { "003.003", "3.3" }, { "003.007", "3.7" } }) do
+    it(("speaks RFB %s with security None and sends KeyEvents the server decodes"):format(v[2]), function()
+      local server = standin(v[1], "none")
+      finally(server.stop)
+      local s = assert(vnc.connect({ host = "127.0.0.1", port = server.port, timeout = 5 }))
+      assert.equal(v[2], s.version)
+      assert.equal("standin", s.name)
+      assert.same({ 800, 600 }, { s.width, s.height })
+      assert(s:type(assert(bootcmd.parse("aB<enter>"))))
+      s:close()
+      local want = "1 61\n0 61\n1 ffe1\n1 42\n0 42\n0 ffe1\n1 ff0d\n0 ff0d\n"
+      local got
+      for _ = 1, 50 do
+        got = fs.read(server.keys) or ""
+        if #got >= #want then break end
+        host.sleep(0.05)
+      end
+      assert.equal(want, got)
+    end)
+
+    it(("reports the reason of an RFB %s server that refuses the connection"):format(v[2]), function()
+      local server = standin(v[1], "refuse")
+      finally(server.stop)
+      local s, err, code = vnc.connect({ host = "127.0.0.1", port = server.port, timeout = 5 })
+      assert.is_nil(s)
+      assert.equal("VNC_PROTOCOL", code)
+      assert.equal(("vnc: 127.0.0.1:%d: the server refused the connection: too many clients"):format(server.port), err)
+    end)
+  end
+
   it("raises on misuse", function()
     assert.has_error(function() vnc.connect({ host = "127.0.0.1", port = 5900, pasword = "x" }) end,
       "vnc.connect: unknown option 'pasword'")
