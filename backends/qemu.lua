@@ -198,6 +198,22 @@ function VM:type_keys(events, interval)
   return true
 end
 
+--- Types boot-command events through the VM's loopback VNC display instead
+--- of QMP (the way a hypervisor without QMP is typed into; capil.vnc), with
+--- `interval` seconds between keys. Returns true or nil, err, code.
+function VM:type_keys_vnc(events, interval)
+  if not self.opts.vnc_display then
+    return nil, ("qemu: %s has no VNC display"):format(self.name), "EINVAL"
+  end
+  local s, err, code = require("capil.vnc").connect({ host = "127.0.0.1", port = 5900 + self.opts.vnc_display,
+    timeout = 30 })
+  if not s then return nil, ("qemu: typing into %s: %s"):format(self.name, err), code end
+  local ok, terr, tcode = s:type(events, interval)
+  s:close()
+  if not ok then return nil, ("qemu: typing into %s: %s"):format(self.name, terr), tcode end
+  return true
+end
+
 --- Where the guest's SSH answers: the forwarded loopback port.
 function VM:ssh_address()
   return { host = "127.0.0.1", port = self.ssh_port }
