@@ -17,11 +17,8 @@ local xml = require("capil.xml")
 local PASSWORD = "Vc-par4llel!pw"
 local SEMVER = "v1.16.14"
 
-local function run_tool(argv)
-  local r = assert(proc.run({ argv = argv, timeout = 60 }))
-  assert(r.code == 0, table.concat(argv, " ") .. ": " .. r.stderr)
-  return r.stdout
-end
+local buildenv = require("support.buildenv")
+local run_tool = buildenv.run_tool
 
 local function names_in(sim)
   local set = {}
@@ -49,14 +46,8 @@ describe("parallel builds and bundles #vsphere #parallel", function()
   setup(function()
     cwd = assert(fs.cwd())
     tmp = peer.dir("parallel-spec")
-    iso = tmp .. "/installer.iso"
-    assert(fs.write(iso, ("capil test installer\n"):rep(5000)))
-    iso_sum = assert(hash.file(iso))
-    run_tool({ "qemu-img", "create", "-q", "-f", "raw", tmp .. "/disk.raw", "1G" })
-    run_tool({ "dd", "if=/dev/urandom", "of=" .. tmp .. "/disk.raw", "bs=1M", "count=1", "conv=notrunc", "status=none" })
-    local vmdk = tmp .. "/export.vmdk"
-    run_tool({ "qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized",
-      tmp .. "/disk.raw", vmdk })
+    iso, iso_sum = buildenv.iso(tmp)
+    local vmdk = buildenv.export_vmdk(tmp, 1)
     key = sshd.keygen(tmp, "build_ed25519")
     ssh = sshd.start({ authorized = { key } })
     sim = vcsim.start({ username = "administrator@vsphere.local", password = PASSWORD, tls = true,

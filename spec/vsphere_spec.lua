@@ -23,11 +23,7 @@ local vsphere_backend = require("capil.backends.vsphere")
 local PASSWORD = "Vc-s3cret!pw"
 local BUILD = "vsphere-fixture-kube-v1.16.14"
 
-local function run_tool(argv)
-  local r = assert(proc.run({ argv = argv, timeout = 60 }))
-  assert(r.code == 0, table.concat(argv, " ") .. ": " .. r.stderr)
-  return r.stdout
-end
+local buildenv = require("support.buildenv")
 
 local function by_name(sim, name)
   local found = {}
@@ -81,14 +77,8 @@ describe("vSphere backend against the simulator #vsphere", function()
     tmp = peer.dir("vsphere-spec")
     -- an "ISO" (any file: the simulator's VM never boots it) and the disk
     -- the simulator's export streams (a real streamOptimized VMDK)
-    iso = tmp .. "/installer.iso"
-    assert(fs.write(iso, ("capil test installer\n"):rep(5000)))
-    iso_sum = assert(hash.file(iso))
-    run_tool({ "qemu-img", "create", "-q", "-f", "raw", tmp .. "/disk.raw", "1G" })
-    run_tool({ "dd", "if=/dev/urandom", "of=" .. tmp .. "/disk.raw", "bs=1M", "count=2", "conv=notrunc", "status=none" })
-    vmdk = tmp .. "/export.vmdk"
-    run_tool({ "qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized",
-      tmp .. "/disk.raw", vmdk })
+    iso, iso_sum = buildenv.iso(tmp)
+    vmdk = buildenv.export_vmdk(tmp, 2)
     -- the "guest": a real sshd as the current user, with the build's key
     key = sshd.keygen(tmp, "build_ed25519")
     ssh = sshd.start({ authorized = { key } })
