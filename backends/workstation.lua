@@ -261,8 +261,9 @@ end
 --- tools (default M.find_tools()).
 ---@return table|nil vm, string? err, string? code
 function M.create(opts)
-  local tools, terr, tcode = opts.tools, nil, nil
+  local tools = opts.tools
   if not tools then
+    local terr, tcode
     tools, terr, tcode = M.find_tools()
     if not tools then return nil, terr, tcode end
   end
@@ -487,14 +488,14 @@ end
 ---@return table|nil done, string? err, string? code
 function M.prepare_test(vmx_path, data, opts)
   opts = opts or {}
-  local tools, err, code = opts.tools, nil, nil
+  local tools = opts.tools
   if not tools then
-    tools, err, code = M.find_tools()
-    if not tools then return nil, err, code end
+    local terr, tcode
+    tools, terr, tcode = M.find_tools()
+    if not tools then return nil, terr, tcode end
   end
   local done = { new = false, cpus = false, guestinfo = false }
-  local have
-  have, err, code = snapshots(tools, vmx_path)
+  local have, err, code = snapshots(tools, vmx_path)
   if not have then return nil, err, code end
   local function snap(name)
     local r, serr, scode = M.vmrun(tools, { "snapshot", vmx_path, name }, 300)

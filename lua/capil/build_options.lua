@@ -11,7 +11,8 @@ local M = {}
 M.DEFAULT_BACKEND = "qemu"
 
 M.options = {
-  { name = "backend", short = "b", arg = "NAME", help = "qemu (default), vsphere, esx, workstation, local (workstation when vmrun is found, else qemu)" },
+  { name = "backend", short = "b", arg = "NAME",
+    help = "qemu (default), vsphere, esx, workstation, local (workstation when vmrun is found, else qemu)" },
   { name = "var-file", arg = "FILE", multi = true,
     help = "JSON variables (image-builder format); after PACKER_VAR_FILES, last wins" },
   { name = "var", arg = "KEY=VALUE", multi = true, help = "one variable; wins over var files" },
