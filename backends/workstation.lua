@@ -137,9 +137,16 @@ function M.vmx_parse(text)
   return t
 end
 
--- A free TCP port in min..max on `ip` (nothing answers there).
+-- A free TCP port in min..max on `ip` (nothing answers there), from a
+-- random place in the range so parallel builds rarely probe the same one
+-- before either VM has opened it.
 local function vnc_port(ip, min, max)
-  for p = min, max do
+  local n = max - min + 1
+  if n < 1 then return nil end
+  local b = assert(hash.random(2))
+  local start = (b:byte(1) * 256 + b:byte(2)) % n
+  for i = 0, n - 1 do
+    local p = min + (start + i) % n
     if not host.port_open(ip, p, 0.05) then return p end
   end
 end
@@ -258,7 +265,9 @@ end
 --- create_vm step: cpus, cores_per_socket, memory_mb, disk_mb, guest_os,
 --- firmware, disk_controller, network_card, network, vmx_version, headless),
 --- run or cfg (vnc_*, disk_type_id, configuration_parameters, ssh.port),
---- tools (default M.find_tools()).
+--- tools (default M.find_tools()), source_disk (a built VMDK, e.g. the
+--- exported streamOptimized disk, converted into the VM's disk instead of
+--- a blank one: a test VM).
 ---@return table|nil vm, string? err, string? code
 function M.create(opts)
   local tools = opts.tools
@@ -294,7 +303,11 @@ function M.create(opts)
     log.secret(vm.vnc.password)
   end
 
-  ok, err, code = vm:create_disk(step.disk_mb or 20480, get("build.disk_type_id") or "0")
+  if opts.source_disk then
+    ok, err, code = vm:copy_disk(opts.source_disk, get("build.disk_type_id") or "0")
+  else
+    ok, err, code = vm:create_disk(step.disk_mb or 20480, get("build.disk_type_id") or "0")
+  end
   if not ok then return nil, err, code end
 
   local entries = M.vmx_entries({
@@ -324,6 +337,24 @@ function VM:create_disk(mb, type_id)
   local r, err, code = proc.run({ argv = argv, timeout = 300 })
   if not r or r.code ~= 0 then
     return nil, ("workstation: creating the disk %s: %s"):format(self.disk,
+      r and (r.stdout .. r.stderr):gsub("%s+$", "") or err), code or "EVDISK"
+  end
+  return true
+end
+
+--- Makes the VM's disk from an existing VMDK: `vmware-vdiskmanager -r <src>
+--- -t <type>`, or `qemu-img convert -O vmdk` when vdiskmanager is absent.
+function VM:copy_disk(src, type_id)
+  local argv
+  if self.tools.vdiskmanager then
+    argv = { self.tools.vdiskmanager, "-r", src, "-t", tostring(type_id), self.disk }
+  else
+    log.info("%s: vmware-vdiskmanager not found; converting the disk with qemu-img", self.name)
+    argv = { "qemu-img", "convert", "-O", "vmdk", src, self.disk }
+  end
+  local r, err, code = proc.run({ argv = argv, timeout = 3600 })
+  if not r or r.code ~= 0 then
+    return nil, ("workstation: converting %s into %s: %s"):format(src, self.disk,
       r and (r.stdout .. r.stderr):gsub("%s+$", "") or err), code or "EVDISK"
   end
   return true

@@ -315,6 +315,27 @@ describe("Workstation backend #workstation #unit", function()
       vm:destroy()
     end)
 
+    it("makes a test VM from the exported disk, then prepares it", function()
+      local sd = standin.new()
+      local built = assert(create(sd))
+      local out = built.dir .. "/exported.vmdk"
+      assert(built:export(out))
+      local cfg, step = fixture()
+      local dir = peer.dir("wstest")
+      local vm = assert(ws.create({ workdir = dir, name = "t-test", step = step, cfg = cfg, tools = built.tools,
+        source_disk = out }))
+      local calls = sd.calls()
+      assert.equal(("vmware-vdiskmanager | -r | %s | -t | 0 | %s"):format(out, vm.disk), calls[#calls])
+      assert.matches("^KDMV", fs.read(vm.disk):sub(1, 4))
+      built:destroy()
+      local vmx = ws.vmx_parse(fs.read(vm.vmx))
+      assert.equal("FALSE", vmx["ide1:0.present"])
+      assert.is_nil(vmx["ide1:0.fileName"])
+      assert(ws.prepare_test(vm.vmx, data, { tools = vm.tools }))
+      assert.equal("base64", ws.vmx_parse(fs.read(vm.vmx))["guestinfo.metadata.encoding"])
+      vm:destroy()
+    end)
+
     it("skips 2cpu when the VM already has 2 vCPUs", function()
       local sd = standin.new()
       local vm = assert(create(sd)) -- the fixture has 2 CPUs
