@@ -11,7 +11,8 @@ local M = {}
 M.DEFAULT_BACKEND = "qemu"
 
 M.options = {
-  { name = "backend", short = "b", arg = "NAME", help = "qemu (default), vsphere, esx, workstation" },
+  { name = "backend", short = "b", arg = "NAME",
+    help = "qemu (default), vsphere, esx, workstation, local (workstation when vmrun is found, else qemu)" },
   { name = "var-file", arg = "FILE", multi = true,
     help = "JSON variables (image-builder format); after PACKER_VAR_FILES, last wins" },
   { name = "var", arg = "KEY=VALUE", multi = true, help = "one variable; wins over var files" },
@@ -33,13 +34,33 @@ function M.cache_dir()
   return (os.getenv("XDG_CACHE_HOME") or ((os.getenv("HOME") or ".") .. "/.cache")) .. "/capil"
 end
 
+--- The backend a name stands for: `local` is workstation when vmrun is
+--- found (VMWARE_VMRUN, PATH, the Fusion bundle), else qemu, with a log
+--- line saying which and why; nil is the default (qemu); other names are
+--- returned as given. `opts` goes to the workstation backend's find_tools.
+---@param name? string
+---@param opts? {env?: fun(name: string): string?, fusion_dir?: string}
+---@return string
+function M.resolve_backend(name, opts)
+  if name == nil then return M.DEFAULT_BACKEND end
+  if name ~= "local" then return name end
+  local tools, why = require("capil.backends.workstation").find_tools(opts)
+  local log = require("capil.log")
+  if tools then
+    log.info("--backend local: %s (%s)", "workstation", tools.vmrun)
+    return "workstation"
+  end
+  log.info("--backend local: qemu (%s)", why)
+  return "qemu"
+end
+
 --- Loads `ref` with the shared options; returns recipe, cfg, plan or nil
 --- and a list of errors.
 ---@param ref string
 ---@param opts table parsed options
 function M.load(ref, opts)
   local dir = opts["recipes-dir"] or "recipes"
-  local backend = opts.backend or M.DEFAULT_BACKEND
+  local backend = M.resolve_backend(opts.backend)
   local r, errs = recipe.load(ref, { dir = dir })
   if not r then return nil, errs end
   -- a recipes dir without its own config/ uses the built-in one
