@@ -253,6 +253,12 @@ describe("cloudinit in a Workstation .vmx (image-post-create-config.sh) #unit", 
     assert.same({ cpus = false, guestinfo = false }, changed2)
   end)
 
+  it("matches VMware's keys whatever their case (Workstation writes cpuid.coresPerSocket)", function()
+    local text, changed = cloudinit.vmx('numVCPUs = "1"\ncpuid.coresPerSocket = "1"\n', data)
+    assert.is_true(changed.cpus)
+    assert.equal('numVCPUs = "2"\ncpuid.coresPerSocket = "2"\n', text:match("^(.-)guestinfo"))
+  end)
+
   it("leaves a VM with other CPU counts alone and adds a missing final newline", function()
     local text, changed = cloudinit.vmx('numvcpus = "4"', data)
     assert.is_false(changed.cpus)
@@ -276,5 +282,39 @@ describe("a recipe's tests section #unit", function()
     local ok, errs = require("capil.build_options").load(tmp .. "/typo.lua", { ["recipes-dir"] = "spec/fixtures/recipes" })
     assert.is_nil(ok)
     assert.matches("tests.cni_plugin_dir", table.concat(errs, "\n"), 1, true)
+  end)
+end)
+
+describe("capil test on Workstation (recording stand-in for vmrun, real sshd as the guest) #workstation", function()
+  it("makes a test VM from the built disk, takes new and cloudinit, logs in and removes the VM", function()
+    local standin = require("support.vmware_standin")
+    local sshd = require("support.sshd")
+    local sd = standin.new({ ip_after = 1, ip = "127.0.0.1" })
+    local tmp = peer.dir("ws-test")
+    local key = sshd.keygen(tmp, "guest_ed25519")
+    local guest = sshd.start({ authorized = { key } })
+    finally(function() guest.stop() end)
+    local b = tmp .. "/img-kube-v1.16.14"
+    assert(fs.mkdir(b))
+    local mk = assert(proc.run({ argv = { "qemu-img", "create", "-q", "-f", "vmdk", b .. "/img-kube-v1.16.14-disk-0.vmdk",
+      "64M" } }))
+    assert.equal(0, mk.code, mk.stderr)
+    local env = { VMWARE_VMRUN = sd.vmrun, VMWARE_VDISKMANAGER = sd.vdiskmanager }
+    local r = capil.run({ "test", b, "--backend", "local", "--var", "ssh_port=" .. guest.port,
+      "--var", "test_ssh_username=" .. guest.user, "--var", "test_ssh_private_key_file=" .. key }, { env_add = env,
+      timeout = 120 })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("--backend local: workstation", r.stderr, 1, true)
+    local report = json.read(b .. "/test/report.json")
+    assert.is_true(report.ok)
+    assert.equal("workstation", report.backend)
+    -- the test VM is made with 2 vCPUs, so there is no CPU change and no 2cpu snapshot
+    assert.same({ "new", "cloudinit" }, sd.snapshots())
+    local calls = table.concat(sd.calls(), "\n")
+    assert.matches("vmrun | -T | ws | start | ", calls, 1, true)
+    assert.matches("vmrun | -T | ws | getGuestIPAddress | ", calls, 1, true)
+    assert.matches("vmrun | -T | ws | deleteVM | ", calls, 1, true)
+    assert.same({}, sd.running())
+    assert.is_false(fs.exists(b .. "/test/vm"))
   end)
 end)

@@ -98,9 +98,11 @@ function M.vmx(text, data)
   end
   if not has("numvcpus", "2") then
     local n
-    text, n = text:gsub('(\n?%s*numvcpus%s*=%s*)"1"', '%1"2"')
+    text, n = text:gsub('(\n?%s*[nN][uU][mM][vV][cC][pP][uU][sS]%s*=%s*)"1"', '%1"2"')
     local m
-    text, m = text:gsub('(\n?%s*cpuid%.corespersocket%s*=%s*)"1"', '%1"2"')
+    -- VMware's keys ignore case: cpuid.coresPerSocket as Workstation writes it
+    text, m = text:gsub('(\n?%s*[cC][pP][uU][iI][dD]%.[cC][oO][rR][eE][sS][pP][eE][rR][sS][oO][cC][kK][eE][tT]%s*=%s*)"1"',
+      '%1"2"')
     changed.cpus = n + m > 0
   end
   if not has("guestinfo.userdata") then

@@ -234,7 +234,50 @@ function V.finish(run)
   return ok, err, code
 end
 
-local BACKENDS = { qemu = Q, vsphere = V, esx = V }
+local W = {} -- Workstation and Fusion
+
+-- A test VM of its own from the built disk, then image-post-create-config.sh:
+-- snapshots new, 2cpu and cloudinit with the guestinfo lines in the .vmx.
+function W.prepare(run)
+  local t, cfg = run.target, run.cfg
+  local ws = require("capil.backends.workstation")
+  local disk, err, code = qemu_disk(t, run.work)
+  if not disk then return nil, err, code end
+  local vm
+  vm, err, code = ws.create({ workdir = run.work, name = t.name .. "-test", log_dir = run.test_dir, cfg = cfg,
+    source_disk = disk, step = {
+      cpus = math.max(2, cfg:get("hardware.cpus") or 1), cores_per_socket = cfg:get("hardware.cores"),
+      memory_mb = math.max(2048, cfg:get("hardware.memory") or 0),
+      guest_os = cfg:get("guest_os.workstation") or "other-64", vmx_version = cfg:get("hardware.vmx_version"),
+      firmware = cfg:get("hardware.firmware"), disk_controller = cfg:get("hardware.disk_controller"),
+      network_card = cfg:get("hardware.network_card"), network = cfg:get("build.network"),
+    } })
+  if not vm then return nil, err, code end
+  run.vm = vm
+  local snap
+  snap, err, code = ws.prepare_test(vm.vmx, run.data, { tools = vm.tools })
+  if not snap then return nil, err, code end
+  run.report.snapshots = snap
+  return true
+end
+
+function W.record(run)
+  return { backend = "workstation", name = run.vm.name, vmx = run.vm.vmx }
+end
+
+function W.finish(run)
+  local vm = run.vm
+  if not vm then return true end
+  if run.keep then
+    if vm.cleanup then vm.cleanup:cancel() vm.cleanup = nil end
+    return true
+  end
+  local ok, err, code = vm:power_off(60)
+  if ok then ok, err, code = vm:destroy() end
+  return ok, err, code
+end
+
+local BACKENDS = { qemu = Q, vsphere = V, esx = V, workstation = W }
 
 -- ====================================================================== --
 -- The run                                                                --
@@ -314,7 +357,8 @@ end
 function M.run(o)
   local impl = BACKENDS[o.backend]
   if not impl then
-    return fail(("test: backend %s cannot run tests in this capil (qemu, vsphere, esx)"):format(o.backend), "ENOTSUP")
+    return fail(("test: backend %s cannot run tests in this capil (qemu, vsphere, esx, workstation)"):format(
+      o.backend), "ENOTSUP")
   end
   local t, terr = M.resolve_target(o.target, o.backend, o.output_root)
   if not t then return fail(terr, "EUSAGE") end

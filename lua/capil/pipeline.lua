@@ -359,7 +359,7 @@ function M.run(plan, cfg, opts)
     if not tostring(backend):find("module 'capil.backends." .. plan.backend .. "' not found", 1, true) then
       error(backend, 0)
     end
-    return nil, ("backend '%s' is not available yet in this capil (qemu, vsphere and esx are)"):format(plan.backend), "ENOTSUP"
+    return nil, ("backend '%s' is not available yet in this capil (qemu, vsphere, esx and workstation are)"):format(plan.backend), "ENOTSUP"
   end
   assert(fs.mkdir(plan.output_dir))
   local log_dir = plan.output_dir .. "/logs"

@@ -95,7 +95,7 @@ from a 0600 copy in the cache when the checkout's file is group-readable.]],
   run = function(opts, args)
     local target = table.remove(args, 1)
     if not target then cli.fail("ssh: name a build directory or a VM", 2) end
-    local backend = opts.backend or build_options.DEFAULT_BACKEND
+    local backend = build_options.resolve_backend(opts.backend)
     local cfg, err = require("capil.config").from_vars({ backend = backend, var_files = opts["var-file"],
       vars = build_options.vars(opts) })
     if not cfg then cli.fail("ssh: " .. err, 2) end

@@ -43,7 +43,7 @@ and a deployed copy destroyed, unless --keep.]],
   options = options,
   run = function(opts, args)
     if #args ~= 1 then cli.fail("test: name one build directory, OVA or VM", 2) end
-    local backend = opts.backend or build_options.DEFAULT_BACKEND
+    local backend = build_options.resolve_backend(opts.backend)
     local vars = build_options.vars(opts)
     if opts.cloudinit then vars[#vars + 1] = "cloudinit_dir=" .. opts.cloudinit end
     local cfg, err = require("capil.config").from_vars({ backend = backend, var_files = opts["var-file"],
