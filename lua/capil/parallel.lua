@@ -99,7 +99,7 @@ function M.prepare(builds, opts, check_stages, g)
     for _, f in ipairs(opts["var-file"] or {}) do var_files[#var_files + 1] = f end
     for _, f in ipairs(b.var_files) do var_files[#var_files + 1] = f end
     -- the command line wins over the bundle (--backend, --stages, --var)
-    b.backend = opts.backend or b.backend or build_options.DEFAULT_BACKEND
+    b.backend = build_options.resolve_backend(opts.backend or b.backend)
     b.stages = opts.stages or b.stages or "build"
     local order, serr = check_stages(b.stages)
     if not order then errors[#errors + 1] = ("%s: %s"):format(what, serr) end
