@@ -33,7 +33,7 @@ function M.steps.upload_media(run, step)
     .. "(vim-cmd) instead (remote_type=ssh skips this attempt)", server)
   if run.vc and run.vc.logout then pcall(run.vc.logout, run.vc) end
   run.vc, run.inv = nil, nil
-  run.esx_ssh = true
+  run.esx_ssh, run.esx_restricted = true, true
   local sok, serr, scode = esx_ssh.steps.upload_media(run, step)
   if sok then return sok end
   return nil, ("%s refuses the vSphere write API (RestrictedVersion: a free-licence ESXi), and the SSH fallback "

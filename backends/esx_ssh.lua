@@ -10,6 +10,8 @@
 ---   SFTP to `/vmfs/volumes/<remote_datastore>/<cache_dir>/<sha256>.iso`,
 ---   skipped when the file has the local size and the `.sha256` marker next
 ---   to it names the checksum. The installer CD goes beside it, per build.
+---   The guest reaches the installer server at this machine's address as
+---   the host sees it ($SSH_CONNECTION), unless http_ip is set.
 --- * create_vm: `<vm>/<vm>.vmx` (capil.backends.esx_ssh.vmx) over SFTP,
 ---   `vmkfstools -c <size>M -d thin`, `vim-cmd solo/registervm` (the vmid),
 ---   the VNC port opened in the firewall (`gdbserver` rule set, 5900-6000, as
@@ -19,8 +21,9 @@
 ---   password random per build.
 --- * SSH address: `vim-cmd vmsvc/get.guest` until VMware Tools report an
 ---   ipAddress.
---- * export: the vmdk descriptor and its flat extent over SFTP, then
----   `qemu-img convert` to a streamOptimized vmdk.
+--- * export: the vSphere export (ExportVm) when the host is licensed
+---   (remote_type=ssh), else the vmdk descriptor and its extents over SFTP,
+---   then `qemu-img convert` to a streamOptimized vmdk.
 --- * finalize_vm: keep the VM registered (keep_vm) or destroy it.
 ---
 --- Extra variables: remote_port (22), remote_private_key_file,
@@ -248,6 +251,17 @@ function M.steps.upload_media(run, step)
   if not r then return nil, err, code end
   run.esx = r
   cleanup.push("SSH session to " .. s.host, function() r:close() end)
+  -- the installer server's address as the host's network sees this machine:
+  -- the client end of this SSH connection (unless http_ip was set)
+  if run.http and run.http.auto then
+    local out = r:run("echo $SSH_CONNECTION")
+    local ip = out and out:match("^(%S+)")
+    if ip then
+      run.http.ip = ip
+      log.info("installer files: the guest uses http://%s:%d/ (this machine's address towards %s)", ip,
+        run.http.port, s.host)
+    end
+  end
   local path, how
   path, how, code = r:upload_iso(run.iso, step.checksum, step.cache_dir or s.cache_dir)
   if not path then return nil, how, code end
@@ -441,12 +455,33 @@ function VM:power_off()
   return true
 end
 
---- Downloads the disk (descriptor and flat extent) over SFTP and converts
---- it to a streamOptimized vmdk at `path` with qemu-img.
+--- The vSphere API's export (ExportVm + NFC lease, capil.backends.vsphere)
+--- of a licensed host built over SSH (remote_type=ssh): hostd's moref of a
+--- VM is its vmid. Returns the export result or nil and why not.
+function VM:export_vim25(path, opts)
+  local vsphere = require("capil.backends.vsphere")
+  local vim25 = require("capil.vim25")
+  local vc, err = vsphere.connect(vsphere.settings(self.run.cfg, "esx"))
+  if not vc then return nil, err end
+  local vvm = setmetatable({ vc = vc, ref = vim25.ref("VirtualMachine", self.vmid), name = self.name }, vsphere.VM)
+  local r
+  r, err = vvm:export(path, opts)
+  vc:logout()
+  return r, err
+end
+
+--- Exports the disk to a streamOptimized vmdk at `path`: with the vSphere
+--- API when the host allows it (export_vim25), else the descriptor and the
+--- extents it names over SFTP, converted with qemu-img.
 ---@param path string
 ---@param opts? {adapter_type?: string, hwversion?: integer}
 function VM:export(path, opts)
   opts = opts or {}
+  if not self.run.esx_restricted then
+    local r, err = self:export_vim25(path, opts)
+    if r then return r end
+    log.warn("%s: the vSphere export did not work (%s); downloading the disk over SFTP instead", self.name, err)
+  end
   local tmp = fs.tempdir({ parent = fs.dirname(path), prefix = ".esx-disk" })
   local undo = cleanup.push("temp dir " .. tmp, function() fs.remove(tmp, { recursive = true }) end)
   local desc = ("%s/%s.vmdk"):format(self.dir, self.name)

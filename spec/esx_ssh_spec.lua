@@ -69,7 +69,9 @@ describe("esx over SSH #esx #ssh", function()
   it("runs create, start, IP, stop, export and cleanup as vim-cmd/vmkfstools/esxcli commands", function()
     host.reset()
     local run = new_run()
+    run.http = { auto = true, ip = "192.0.2.1", port = 8000 }
     assert(esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" }))
+    assert.equal("127.0.0.1", run.http.ip) -- this machine as the host sees it
     assert.equal("uploaded", run.report.iso_upload)
     assert.equal(("/vmfs/volumes/datastore1/capil_cache/%s.iso"):format(sum), run.remote_iso)
     local vm = assert(esx.create({ run = run, step = STEP }))
