@@ -163,6 +163,12 @@ describe("esx over SSH #esx #ssh", function()
     assert.matches("root@127.0.0.1:" .. host.port, err, 1, true)
   end)
 
+  it("logs in with remote_private_key_file instead of a password", function()
+    local run = new_run({ "remote_password=", "remote_private_key_file=" .. host.key })
+    assert(esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" }))
+    assert.equal("cached", run.report.iso_upload)
+  end)
+
   it("never puts the password in a remote command or a log line", function()
     local recorded = table.concat(host.argv(), "\n")
     assert.is_true(#recorded > 0)

@@ -5,8 +5,9 @@
 -- layer is a temp dir (root's password, the stand-ins in /usr/local/bin and
 -- their state in /var/lib/esxi-standin land there, never in this host's
 -- files), and /vmfs/volumes is a tmpfs that vanishes with the namespace.
--- Logins: root with `password` (PasswordAuthentication, as on ESXi).
--- Returns {port, dir, fingerprint, password, datastore, log, argv(), exec(cmd),
+-- Logins: root with `password` (PasswordAuthentication, as on ESXi) or the
+-- private key `key`.
+-- Returns {port, dir, fingerprint, key, password, datastore, log, argv(), exec(cmd),
 -- reset(), fail(verb, on), stop()}; stop() kills sshd by PID and removes the
 -- temp dir.
 local peer = require("support.peer")
@@ -43,10 +44,14 @@ function M.start(opts)
     assert(fs.write(upper .. "/usr/local/bin/" .. tool, assert(fs.read(HERE .. "/" .. tool)), { mode = 493 }))
   end
   local host_key, fingerprint = sshd.keygen(dir, "host_ed25519")
+  -- root may also log in with this key (remote_private_key_file)
+  local client_key = sshd.keygen(dir, "client_ed25519")
+  assert(fs.write(dir .. "/authorized_keys", assert(fs.read(client_key .. ".pub")), { mode = 420 }))
   local port = peer.free_port()
   assert(fs.write(dir .. "/sshd_config", table.concat({
     "Port " .. port, "ListenAddress 127.0.0.1", "HostKey " .. host_key, "PidFile /run/esxi-standin-sshd.pid",
-    "PermitRootLogin yes", "PasswordAuthentication yes", "KbdInteractiveAuthentication no", "PubkeyAuthentication no",
+    "PermitRootLogin yes", "PasswordAuthentication yes", "KbdInteractiveAuthentication no",
+    "AuthorizedKeysFile " .. dir .. "/authorized_keys",
     "StrictModes no", "UsePAM no", "Subsystem sftp internal-sftp",
   }, "\n") .. "\n"))
   local datastore = opts.datastore or "datastore1"
@@ -67,6 +72,7 @@ function M.start(opts)
   end
   handle.dir = dir
   handle.fingerprint = fingerprint
+  handle.key = client_key
   handle.password = opts.password
   handle.datastore = datastore
   local state = "/var/lib/esxi-standin"
