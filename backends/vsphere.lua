@@ -372,8 +372,8 @@ M.steps = {}
 local function explain(run, err, code)
   if err and err:find("RestrictedVersion", 1, true) then
     return nil, ("%s\n%s refuses the vSphere write API (RestrictedVersion: a free-licence ESXi?). Builds need a "
-      .. "licensed host or vCenter; the SSH fallback (vim-cmd over SSH, as Packer's esx5 mode) is not available yet "
-      .. "in this capil."):format(err, run.vc and run.vc.server or "the host"), "ERESTRICTED"
+      .. "licensed host or vCenter, or --backend esx, which falls back to SSH (vim-cmd, as Packer's esx5 mode) with "
+      .. "remote_username/remote_password."):format(err, run.vc and run.vc.server or "the host"), "ERESTRICTED"
   end
   return nil, err, code
 end

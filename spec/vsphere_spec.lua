@@ -7,6 +7,7 @@
 -- the middle of a build, the ESXi variants, `capil deploy` and the REPL.
 local capil = require("support.capil")
 local vcsim = require("support.vcsim")
+local esxi = require("support.esxi")
 local sshd = require("support.sshd")
 local peer = require("support.peer")
 local proc = require("capil.proc")
@@ -470,18 +471,81 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.gues
       assert.is_true(fs.exists(tmp .. "/out-esx/" .. BUILD .. "/" .. BUILD .. ".ova"))
     end)
 
-    it("explains a free-licence host (RestrictedVersion) and names the missing SSH fallback", function()
+    it("builds on a free-licence host (RestrictedVersion) by falling back to SSH (vim-cmd stand-ins)", function()
+      -- the same root password for hostd (the simulator) and the host's sshd
+      local esx_host = esxi.start({ password = PASSWORD, datastore = "LocalDS_0" })
       local esx = vcsim.start({ esx = true, restricted = true, username = "root", password = PASSWORD })
+      local rfb_port = peer.free_port()
+      local rfb = peer.start({ name = "rfb-standin", port = rfb_port, log = tmp .. "/rfb.log",
+        argv = { "python3", "spec/support/rfb_server.py", tostring(rfb_port), "003.007", "none", tmp .. "/keys.log" } })
       local vf = tmp .. "/esx-free.json"
-      assert(json.write(vf, { remote_host = esx.url, remote_username = "root", remote_password = PASSWORD }))
+      assert(json.write(vf, { remote_host = esx.url, remote_username = "root", remote_password = PASSWORD,
+        remote_datastore = "LocalDS_0", remote_port = tostring(esx_host.port), remote_host_key = esx_host.fingerprint,
+        remote_vnc_port = tostring(rfb_port), remote_poll_interval = "0.1", keep_vm = "false" }))
       local out = tmp .. "/out-esx-free"
+      local ok, r = pcall(run, out, {}, { backend = "esx", varfile = vf })
+      local argv = esx_host.argv()
+      esx:stop()
+      rfb.stop()
+      esx_host.stop()
+      assert(ok, r)
+      assert.equal(0, r.code, r.stderr)
+      assert.matches("RestrictedVersion", r.stderr, 1, true)
+      assert.matches("building over SSH", r.stderr, 1, true)
+      assert.is_true(fs.exists(out .. "/" .. BUILD .. "/" .. BUILD .. ".ova"))
+      local cmds = table.concat(argv, "\n")
+      local vmx = ("/vmfs/volumes/LocalDS_0/%s/%s.vmx"):format(BUILD, BUILD)
+      assert.matches("vim-cmd solo/registervm " .. vmx, cmds, 1, true)
+      assert.matches("vim-cmd vmsvc/unregister 1", cmds, 1, true)
+      assert.is_nil((cmds .. all_text(out)):find(PASSWORD, 1, true))
+    end)
+
+    it("builds over SSH at once with remote_type=ssh, trying the vSphere export of a licensed host", function()
+      local esx_host = esxi.start({ password = PASSWORD, datastore = "LocalDS_0" })
+      local esx = vcsim.start({ esx = true, username = "root", password = PASSWORD, export_disk = vmdk })
+      local rfb_port = peer.free_port()
+      local rfb = peer.start({ name = "rfb-standin", port = rfb_port, log = tmp .. "/rfb2.log",
+        argv = { "python3", "spec/support/rfb_server.py", tostring(rfb_port), "003.007", "none",
+          tmp .. "/keys2.log" } })
+      local vf = tmp .. "/esx-ssh.json"
+      assert(json.write(vf, { remote_type = "ssh", remote_host = esx.url, remote_username = "root",
+        remote_password = PASSWORD, remote_datastore = "LocalDS_0", remote_port = tostring(esx_host.port),
+        remote_host_key = esx_host.fingerprint, remote_vnc_port = tostring(rfb_port), remote_poll_interval = "0.1",
+        keep_vm = "false" }))
+      local out = tmp .. "/out-esx-ssh"
+      esx:reset_calls()
+      local ok, r = pcall(run, out, {}, { backend = "esx", varfile = vf })
+      local argv = esx_host.argv()
+      local calls = esx:calls()
+      esx:stop()
+      rfb.stop()
+      esx_host.stop()
+      assert(ok, r)
+      assert.equal(0, r.code, r.stderr)
+      assert.is_nil(r.stderr:find("RestrictedVersion", 1, true))
+      assert.matches("vim-cmd vmsvc/power.on 1", table.concat(argv, "\n"), 1, true)
+      -- no vSphere write before the export: the build went over SSH from the start
+      assert.is_nil(calls.CreateVM_Task)
+      assert.is_nil(calls.MakeDirectory)
+      -- the stand-in's vmid 1 is no VM of the simulator's: the export falls back to SFTP
+      assert.equal(1, calls.ExportVm)
+      assert.matches("downloading the disk over SFTP instead", r.stderr, 1, true)
+      assert.is_true(fs.exists(out .. "/" .. BUILD .. "/" .. BUILD .. ".ova"))
+    end)
+
+    it("names the host when a free-licence host's SSH fallback cannot connect", function()
+      local esx = vcsim.start({ esx = true, restricted = true, username = "root", password = PASSWORD })
+      local vf = tmp .. "/esx-free-nossh.json"
+      assert(json.write(vf, { remote_host = esx.url, remote_username = "root", remote_password = PASSWORD,
+        remote_datastore = "LocalDS_0", remote_port = tostring(peer.free_port()) }))
+      local out = tmp .. "/out-esx-free-nossh"
       local ok, r = pcall(run, out, {}, { backend = "esx", varfile = vf })
       esx:stop()
       assert(ok, r)
       assert.equal(1, r.code)
       assert.matches("RestrictedVersion", r.stderr, 1, true)
-      assert.matches("SSH fallback", r.stderr, 1, true)
-      assert.matches("not available yet", r.stderr, 1, true)
+      assert.matches("the SSH fallback failed: esx over SSH: root@127.0.0.1:", r.stderr, 1, true)
+      assert.is_nil(r.stderr:find(PASSWORD, 1, true))
       capil.assert_no_leftovers(out .. "/" .. BUILD)
     end)
   end)

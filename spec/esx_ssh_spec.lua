@@ -1,0 +1,191 @@
+-- The esx backend over SSH (free-licence ESXi): against a real sshd whose
+-- vim-cmd, vmkfstools and esxcli are recording stand-ins
+-- (spec/support/esxi.lua; /vmfs/volumes is a tmpfs in a private mount
+-- namespace). A build's upload/create/start/IP/stop/export/cleanup must run
+-- the expected commands, the ISO upload is skipped the second time, the
+-- password shows in no command or log, and a failing command names the host.
+local esxi = require("support.esxi")
+local peer = require("support.peer")
+local fs = require("capil.fs")
+local hash = require("capil.hash")
+local log = require("capil.log")
+local proc = require("capil.proc")
+local bootcmd = require("capil.bootcmd")
+local config = require("capil.config")
+local esx = require("capil.backends.esx")
+local esx_ssh = require("capil.backends.esx_ssh")
+
+local PASSWORD = "Esx-r00t'pw $x"
+local VM = "esx-ssh-kube-v1.16.14"
+local DIR = "/vmfs/volumes/datastore1/" .. VM
+
+describe("esx over SSH #esx #ssh", function()
+  local host, tmp, iso, sum, rfb, close_log
+
+  setup(function()
+    host = esxi.start({ password = PASSWORD })
+    tmp = peer.dir("esx-ssh")
+    iso = tmp .. "/tiny.iso"
+    assert(fs.write(iso, ("capil test ISO\n"):rep(4096)))
+    sum = assert(hash.file(iso, "sha256"))
+    local port = peer.free_port()
+    rfb = peer.start({ name = "rfb-standin", port = port, log = tmp .. "/rfb.log",
+      argv = { "python3", "spec/support/rfb_server.py", tostring(port), "003.007", "none", tmp .. "/keys.log" } })
+    close_log = assert(log.add_file(tmp .. "/build.log"))
+  end)
+
+  teardown(function()
+    if close_log then close_log() end
+    if rfb then rfb.stop() end
+    if host then host.stop() end
+    if tmp then fs.remove(tmp, { recursive = true }) end
+  end)
+
+  -- the sessions the runs opened (busted exits without capil.cleanup)
+  local runs = {}
+  -- each test starts with no VM on the host
+  before_each(function()
+    host.exec("rm -rf " .. DIR .. " /var/lib/esxi-standin/vms /var/lib/esxi-standin/next-vmid")
+  end)
+  after_each(function()
+    for _, run in ipairs(runs) do if run.esx then run.esx:close() end end
+    runs = {}
+  end)
+
+  local function new_run(extra)
+    local vars = { "remote_type=ssh", "remote_host=127.0.0.1", "remote_port=" .. host.port,
+      "remote_username=root", "remote_password=" .. PASSWORD, "remote_datastore=datastore1",
+      "remote_host_key=" .. host.fingerprint, "remote_vnc_port=" .. rfb.port, "remote_poll_interval=0.05" }
+    for _, v in ipairs(extra or {}) do vars[#vars + 1] = v end
+    local cfg = assert(config.from_vars({ backend = "esx", vars = vars }))
+    local run = { cfg = cfg, iso = iso, plan = { backend = "esx", build_version = VM }, report = {}, workdir = tmp }
+    runs[#runs + 1] = run
+    return run
+  end
+
+  local STEP = { vm_name = VM, cpus = 2, memory_mb = 2048, disk_mb = 16, guest_os = "ubuntu64Guest",
+    disk_controller = "pvscsi", network_card = "vmxnet3", network = "VM Network", vmx_version = 13 }
+
+  it("runs create, start, IP, stop, export and cleanup as vim-cmd/vmkfstools/esxcli commands", function()
+    host.reset()
+    local run = new_run()
+    run.http = { auto = true, ip = "192.0.2.1", port = 8000 }
+    assert(esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" }))
+    assert.equal("127.0.0.1", run.http.ip) -- this machine as the host sees it
+    assert.equal("uploaded", run.report.iso_upload)
+    assert.equal(("/vmfs/volumes/datastore1/capil_cache/%s.iso"):format(sum), run.remote_iso)
+    local vm = assert(esx.create({ run = run, step = STEP }))
+    run.vm = vm
+    assert.equal("1", vm.vmid)
+    local vmx = host.exec("cat " .. DIR .. "/" .. VM .. ".vmx")
+    assert.matches('displayName = "' .. VM .. '"', vmx, 1, true)
+    assert.matches('numvcpus = "2"', vmx, 1, true)
+    assert.matches('memSize = "2048"', vmx, 1, true)
+    assert.matches('sata0:0.fileName = "' .. run.remote_iso .. '"', vmx, 1, true)
+    assert.matches('RemoteDisplay.vnc.port = "' .. rfb.port .. '"', vmx, 1, true)
+    assert(vm:start())
+    assert(vm:type_keys(assert(bootcmd.parse("ok<enter>")), 0))
+    -- Return reached the "console" (the stand-in logs as it reads)
+    local deadline = os.time() + 10
+    while not (fs.read(tmp .. "/keys.log") or ""):find("1 ff0d", 1, true) and os.time() < deadline do
+      proc.run({ argv = { "sleep", "0.1" } })
+    end
+    assert.matches("1 6f\n.*1 6b\n.*1 ff0d", assert(fs.read(tmp .. "/keys.log")))
+    assert.same({ host = "127.0.0.1", port = 22 }, assert(vm:ssh_address(10)))
+    assert(vm:power_off())
+    assert(vm:wait_exit(5))
+    local out = tmp .. "/disk.vmdk"
+    assert(vm:export(out, { adapter_type = "lsilogic" }))
+    local info = assert(proc.run({ argv = { "qemu-img", "info", out } }))
+    assert.matches("streamOptimized", info.stdout, 1, true)
+    assert(esx.steps.finalize_vm(run, { keep_vm = false }))
+    assert.equal("", host.exec("ls /vmfs/volumes/datastore1 | grep -v capil_cache; true"))
+    assert.same({
+      ("vmkfstools -c 16M -d thin -a pvscsi %s/%s.vmdk"):format(DIR, VM),
+      ("vim-cmd solo/registervm %s/%s.vmx"):format(DIR, VM),
+      "esxcli network firewall ruleset set --ruleset-id gdbserver --enabled true",
+      "vim-cmd vmsvc/power.on 1",
+      "vim-cmd vmsvc/get.guest 1",
+      "vim-cmd vmsvc/power.getstate 1",
+      "vim-cmd vmsvc/get.guest 1",
+      "vim-cmd vmsvc/power.off 1",
+      "vim-cmd vmsvc/power.getstate 1",
+      "vim-cmd vmsvc/power.getstate 1",
+      "vim-cmd vmsvc/unregister 1",
+    }, host.argv())
+  end)
+
+  it("skips the ISO upload when the datastore has it (same size, checksum marker)", function()
+    local run = new_run()
+    assert(esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" }))
+    assert.equal("cached", run.report.iso_upload)
+    -- a different file under the same name is uploaded again
+    host.exec(("echo truncated > /vmfs/volumes/datastore1/capil_cache/%s.iso"):format(sum))
+    local again = new_run()
+    assert(esx.steps.upload_media(again, { checksum = sum, cache_dir = "capil_cache" }))
+    assert.equal("uploaded", again.report.iso_upload)
+    assert.equal(tostring(fs.stat(iso).size),
+      host.exec(("stat -c %%s /vmfs/volumes/datastore1/capil_cache/%s.iso"):format(sum)):gsub("%s+$", ""))
+  end)
+
+  it("picks a free VNC port from esxcli when none is set", function()
+    local run = new_run()
+    local cfg = assert(config.from_vars({ backend = "esx", vars = { "remote_type=ssh", "remote_host=127.0.0.1",
+      "remote_port=" .. host.port, "remote_username=root", "remote_password=" .. PASSWORD,
+      "remote_datastore=datastore1", "remote_host_key=" .. host.fingerprint } }))
+    run.cfg = cfg
+    assert(esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" }))
+    local vm = assert(esx.create({ run = run, step = STEP }))
+    assert.equal(5901, vm.vnc.port) -- the stand-in's esxcli lists 5900 as taken
+    assert.matches('RemoteDisplay.vnc.port = "5901"', host.exec("cat " .. DIR .. "/" .. VM .. ".vmx"), 1, true)
+    assert(vm:destroy())
+  end)
+
+  it("names the host and the command when registervm fails, and leaves no VM directory", function()
+    host.fail("registervm")
+    finally(function() host.fail("registervm", false) end)
+    local run = new_run()
+    assert(esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" }))
+    local vm, err, code = esx.create({ run = run, step = STEP })
+    assert.is_nil(vm)
+    assert.equal("EESXCMD", code)
+    assert.matches("127.0.0.1: `vim-cmd solo/registervm " .. DIR .. "/" .. VM .. ".vmx` failed (exit 1)", err, 1, true)
+    assert.matches("stand-in: registervm refused", err, 1, true)
+    -- create undid what it had made
+    assert.equal("", host.exec("ls /vmfs/volumes/datastore1 | grep -v capil_cache; true"))
+  end)
+
+  it("fails a wrong password as SSH_AUTH naming user@host:port", function()
+    local run = new_run({ "remote_password=wrong-pw" })
+    local ok, err, code = esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" })
+    assert.is_nil(ok)
+    assert.equal("SSH_AUTH", code)
+    assert.matches("root@127.0.0.1:" .. host.port, err, 1, true)
+  end)
+
+  it("logs in with remote_private_key_file instead of a password", function()
+    local run = new_run({ "remote_password=", "remote_private_key_file=" .. host.key })
+    assert(esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" }))
+    assert.equal("cached", run.report.iso_upload)
+  end)
+
+  it("never puts the password in a remote command or a log line", function()
+    local recorded = table.concat(host.argv(), "\n")
+    assert.is_true(#recorded > 0)
+    assert.is_nil(recorded:find(PASSWORD, 1, true))
+    assert.is_nil((fs.read(tmp .. "/build.log") or ""):find(PASSWORD, 1, true))
+    assert.is_nil(host.exec("cat /var/lib/esxi-standin/argv.log"):find("Esx-r00t", 1, true))
+  end)
+
+  it("writes a .vmx with quoted values and the VNC keys (unit)", function()
+    local text = esx_ssh.vmx({ name = 'a "b"', cpus = 1, memory_mb = 512, disk = "a.vmdk", isos = { "/x.iso" },
+      vnc = { port = 5901, password = "pw" }, extra = { ["guestinfo.k"] = "v|w" } })
+    assert.matches('displayName = "a |22b|22"', text, 1, true)
+    assert.matches('guestinfo.k = "v|7Cw"', text, 1, true)
+    assert.matches('RemoteDisplay.vnc.enabled = "TRUE"', text, 1, true)
+    assert.matches('sata0:0.deviceType = "cdrom-image"', text, 1, true)
+    assert.equal("10.0.0.5", esx_ssh.guest_ip('ipAddress = "169.254.1.1",\n ipAddress = "10.0.0.5",'))
+    assert.is_nil(esx_ssh.guest_ip("ipAddress = <unset>,"))
+    assert.equal("'it'\\''s'", esx_ssh.quote("it's"))
+  end)
+end)
