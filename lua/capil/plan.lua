@@ -19,7 +19,7 @@ M.BACKENDS = {
   vsphere = { encoder = "usb", export = "nfc", guest_id = "vsphere",
     description = "vCenter >= 6.5 through the vSphere API" },
   esx = { encoder = "usb", export = "nfc", guest_id = "vsphere",
-    description = "a standalone ESXi host through the vSphere API (SSH fallback later)" },
+    description = "a standalone ESXi host through the vSphere API (over SSH on a free licence)" },
   workstation = { encoder = "rfb", export = "vdiskmanager", guest_id = "workstation",
     description = "VMware Workstation (Linux) or Fusion (macOS) with vmrun" },
 }
