@@ -260,6 +260,12 @@ local function getter(opts)
   end
 end
 
+-- opts.tools, or the tools found on this machine.
+local function tools_of(opts)
+  if opts and opts.tools then return opts.tools end
+  return M.find_tools()
+end
+
 --- Prepares (does not start) a VM in `<workdir>/<name>/`: the disk and the
 --- .vmx. opts: workdir, name, log_dir, iso, extra_cdroms, step (the plan's
 --- create_vm step: cpus, cores_per_socket, memory_mb, disk_mb, guest_os,
@@ -270,12 +276,8 @@ end
 --- a blank one: a test VM).
 ---@return table|nil vm, string? err, string? code
 function M.create(opts)
-  local tools = opts.tools
-  if not tools then
-    local terr, tcode
-    tools, terr, tcode = M.find_tools()
-    if not tools then return nil, terr, tcode end
-  end
+  local tools, terr, tcode = tools_of(opts)
+  if not tools then return nil, terr, tcode end
   local get = getter(opts)
   local step = opts.step or {}
   local name = opts.name or step.vm_name
@@ -518,13 +520,8 @@ end
 ---@param opts? {tools?: capil.workstation.Tools}
 ---@return table|nil done, string? err, string? code
 function M.prepare_test(vmx_path, data, opts)
-  opts = opts or {}
-  local tools = opts.tools
-  if not tools then
-    local terr, tcode
-    tools, terr, tcode = M.find_tools()
-    if not tools then return nil, terr, tcode end
-  end
+  local tools, terr, tcode = tools_of(opts)
+  if not tools then return nil, terr, tcode end
   local done = { new = false, cpus = false, guestinfo = false }
   local have, err, code = snapshots(tools, vmx_path)
   if not have then return nil, err, code end

@@ -253,7 +253,7 @@ function W.prepare(run)
       network_card = cfg:get("hardware.network_card"), network = cfg:get("build.network"),
     } })
   if not vm then return nil, err, code end
-  run.vm = vm
+  run.vm, run.deployed = vm, true
   local snap
   snap, err, code = ws.prepare_test(vm.vmx, run.data, { tools = vm.tools })
   if not snap then return nil, err, code end
@@ -265,17 +265,8 @@ function W.record(run)
   return { backend = "workstation", name = run.vm.name, vmx = run.vm.vmx }
 end
 
-function W.finish(run)
-  local vm = run.vm
-  if not vm then return true end
-  if run.keep then
-    if vm.cleanup then vm.cleanup:cancel() vm.cleanup = nil end
-    return true
-  end
-  local ok, err, code = vm:power_off(60)
-  if ok then ok, err, code = vm:destroy() end
-  return ok, err, code
-end
+-- the test VM is always capil's own copy: stopped and removed like a deployed one
+W.finish = V.finish
 
 local BACKENDS = { qemu = Q, vsphere = V, esx = V, workstation = W }
 
