@@ -346,3 +346,47 @@ describe("Workstation backend #workstation #unit", function()
     end)
   end)
 end)
+
+-- A whole `capil run --backend workstation` through the stand-ins: vmrun and
+-- vmware-vdiskmanager recorded (spec/support/vmware_standin.lua), the VM's
+-- console an RFB stand-in on the .vmx's VNC port (typed keys recorded), the
+-- guest IP leading to a real sshd that is provisioned over SSH, the disk
+-- exported with the vdiskmanager stand-in and packed into an OVA.
+describe("a Workstation build end to end through the stand-ins #workstation", function()
+  it("creates, starts, types over VNC, provisions, stops, exports and packs", function()
+    local sshd = require("support.sshd")
+    local buildenv = require("support.buildenv")
+    local capil = require("support.capil")
+    local json = require("capil.json")
+    local sd = standin.new({ ip_after = 1, ip = "127.0.0.1", display = true })
+    finally(function() sd.stop_display() end)
+    local tmp = require("support.peer").dir("ws-build")
+    local key = sshd.keygen(tmp, "build_ed25519")
+    local guest = sshd.start({ authorized = { key } })
+    finally(function() guest.stop() end)
+    local iso, iso_sum = buildenv.iso(tmp)
+    local out = tmp .. "/out"
+    local r = capil.run({ "run", "spec/fixtures/recipes/vsphere.lua", "--recipes-dir", "spec/fixtures/recipes",
+      "--backend", "workstation", "--output", out, "--var", "iso_url=file://" .. iso, "--var", "iso_checksum=" .. iso_sum,
+      "--var", "ssh_private_key_file=" .. key, "--var", "ssh_port=" .. guest.port, "--var", "ssh_username=" .. guest.user,
+      "--var", "probe_file=" .. tmp .. "/probe", "--var", "vnc_disable_password=true", "--var", "boot_wait=0s" },
+      { timeout = 180, env_add = { VMWARE_VMRUN = sd.vmrun, VMWARE_VDISKMANAGER = sd.vdiskmanager,
+        XDG_CACHE_HOME = tmp .. "/cache" } })
+    local dir = out .. "/vsphere-fixture-kube-v1.16.14"
+    assert.equal(0, r.code, r.stderr .. (fs.read(dir .. "/logs/build.log") or ""))
+    assert.is_true(fs.exists(tmp .. "/probe"), "the probe role did not run over SSH")
+    local v = capil.run({ "ova", "verify", dir .. "/vsphere-fixture-kube-v1.16.14.ova" })
+    assert.equal(0, v.code, v.stdout .. v.stderr)
+    assert.is_true(json.read(dir .. "/report.json").ok)
+    -- the boot command reached the console: Return pressed and released
+    local keys = table.concat(sd.keys(), "\n")
+    assert.matches("1 ff0d", keys, 1, true)
+    assert.matches("0 ff0d", keys, 1, true)
+    local calls = table.concat(sd.calls(), "\n")
+    for _, want in ipairs({ "vmware-vdiskmanager | -c | -s | 1024MB", "vmrun | -T | ws | start | ",
+      "vmrun | -T | ws | getGuestIPAddress | ", "vmware-vdiskmanager | -r | ", "vmrun | -T | ws | deleteVM | " }) do
+      assert.matches(want, calls, 1, true)
+    end
+    assert.same({}, sd.running())
+  end)
+end)

@@ -21,9 +21,16 @@ cmd=$1; vmx=$2
 case "$cmd" in
   start)
     [ -f "$vmx" ] || { echo "Error: Cannot open VM: $vmx, The virtual machine cannot be found"; exit 255; }
-    grep -qxF "$vmx" "$S/running" 2>/dev/null || echo "$vmx" >> "$S/running" ;;
+    grep -qxF "$vmx" "$S/running" 2>/dev/null || echo "$vmx" >> "$S/running"
+    # with a "display": the RFB stand-in on the .vmx's VNC port, as the VM's console
+    if [ -f "$S/rfb" ] && [ ! -f "$S/rfb.pid" ]; then
+      port=$(sed -n 's/^RemoteDisplay\.vnc\.port *= *"\([0-9]*\)".*/\1/p' "$vmx")
+      python3 "$(cat "$S/rfb")" "$port" 003.007 none "$S/keys.log" < /dev/null > /dev/null 2>&1 &
+      echo $! > "$S/rfb.pid"
+    fi ;;
   stop)
     grep -qxF "$vmx" "$S/running" 2>/dev/null || { echo "Error: The virtual machine is not powered on: $vmx"; exit 255; }
+    [ -f "$S/rfb.pid" ] && { kill "$(cat "$S/rfb.pid")" 2>/dev/null; rm -f "$S/rfb.pid"; }
     grep -vxF "$vmx" "$S/running" > "$S/running.new"; mv "$S/running.new" "$S/running" ;;
   list)
     n=$(grep -c . "$S/running" 2>/dev/null); echo "Total running VMs: ${n:-0}"; cat "$S/running" 2>/dev/null ;;
@@ -62,7 +69,9 @@ end
 
 --- Creates the stand-in. opts: ip_after (failures before the IP, default
 --- 2), ip (default 192.168.122.50), vdiskmanager (default true: false
---- leaves it out). Returns {dir, bin, vmrun, vdiskmanager?, env(name),
+--- leaves it out), display (true: `vmrun start` runs spec/support/rfb_server.py
+--- on the .vmx's VNC port, security None, and `stop` ends it; s.keys() reads
+--- the KeyEvents it got). Returns {dir, bin, vmrun, vdiskmanager?, env(name),
 --- calls(), running(), snapshots()}; the dir goes at cleanup.
 function M.new(opts)
   opts = opts or {}
@@ -73,6 +82,7 @@ function M.new(opts)
   assert(fs.write(dir .. "/ip", (opts.ip or "192.168.122.50") .. "\n"))
   local s = { dir = dir, bin = bin, vmrun = bin .. "/vmrun" }
   write_exec(s.vmrun, VMRUN:format(dir))
+  if opts.display then assert(fs.write(dir .. "/rfb", assert(fs.realpath("spec/support/rfb_server.py")))) end
   if opts.vdiskmanager ~= false then
     s.vdiskmanager = bin .. "/vmware-vdiskmanager"
     write_exec(s.vdiskmanager, VDISK:format(dir))
@@ -91,6 +101,12 @@ function M.new(opts)
   function s.running() return lines("running") end
   function s.snapshots() return lines("snapshots") end
   function s.reset_calls() fs.remove(dir .. "/calls.log") end
+  function s.keys() return lines("keys.log") end
+  --- Stops a display left running (a test that failed half-way).
+  function s.stop_display()
+    local pid = tonumber(fs.read(dir .. "/rfb.pid") or "")
+    if pid and require("capil.proc").alive(pid) then require("capil.proc").kill(pid) end
+  end
   return s
 end
 
