@@ -63,13 +63,8 @@ function M.start(opts)
     "exec chroot $R /usr/sbin/sshd -D -e -f $D/sshd_config",
   }, " && ")
   script = ("U=%s W=%s R=%s D=%s; %s"):format(sh_quote(upper), sh_quote(work), sh_quote(root), sh_quote(dir), script)
-  local handle = peer.start({ name = "esxi-sshd", port = port, log = dir .. "/sshd.log",
+  local handle = peer.start({ name = "esxi-sshd", port = port, log = dir .. "/sshd.log", dir = dir,
     argv = { "unshare", "--mount", "--propagation", "private", "sh", "-c", script } })
-  local stop = handle.stop
-  function handle.stop()
-    stop()
-    fs.remove(dir, { recursive = true })
-  end
   handle.dir = dir
   handle.fingerprint = fingerprint
   handle.key = client_key

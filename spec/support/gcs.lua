@@ -130,16 +130,11 @@ local function start_node(name, args, dir, env_add)
   local argv = { "node", SRC .. "/" .. args[1], tostring(port) }
   for i = 2, #args do argv[#argv + 1] = args[i] end
   local ok, handle = pcall(peer.start, {
-    name = name, argv = argv, port = port, log = dir .. "/" .. name .. ".log", env_add = env_add, timeout = 30,
+    name = name, argv = argv, port = port, log = dir .. "/" .. name .. ".log", dir = dir, env_add = env_add, timeout = 30,
   })
   if not ok then
     fs.remove(dir, { recursive = true })
     error(handle, 3)
-  end
-  local stop = handle.stop
-  function handle.stop()
-    stop()
-    fs.remove(dir, { recursive = true })
   end
   handle.dir = dir
   handle.endpoint = "http://127.0.0.1:" .. port

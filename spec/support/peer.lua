@@ -16,7 +16,9 @@ M.free_port = function() return assert(host.free_port()) end
 
 --- Starts argv; returns a handle {pid, port, log, stop=fn} once `port`
 --- accepts TCP connections on 127.0.0.1, or raises with the peer's log.
----@param opts {name: string, argv: string[], port: integer, log?: string, cwd?: string, env_add?: table, timeout?: number}
+--- `dir`: the peer's scratch directory, removed by stop() (busted ends with
+--- os.exit, so capil.cleanup would not run).
+---@param opts {name: string, argv: string[], port: integer, log?: string, cwd?: string, env_add?: table, timeout?: number, dir?: string}
 function M.start(opts)
   local logpath = opts.log or (M.dir(opts.name) .. "/" .. opts.name .. ".log")
   local p = assert(proc.spawn({
@@ -37,6 +39,7 @@ function M.start(opts)
   local handle = { pid = p.pid, port = opts.port, log = logpath, process = p }
   function handle.stop()
     p:close(3) -- SIGTERM, SIGKILL after 3 s, reaped
+    if opts.dir then fs.remove(opts.dir, { recursive = true }) end
   end
   return handle
 end

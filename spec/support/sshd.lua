@@ -85,14 +85,9 @@ function M.start(opts)
   assert(fs.write(conf, table.concat(config, "\n") .. "\n"))
   run({ "/usr/sbin/sshd", "-t", "-f", conf })
   local handle = peer.start({
-    name = "sshd", port = port, log = dir .. "/sshd.log",
+    name = "sshd", port = port, log = dir .. "/sshd.log", dir = dir,
     argv = { "/usr/sbin/sshd", "-D", "-e", "-f", conf },
   })
-  local stop = handle.stop
-  function handle.stop()
-    stop()
-    fs.remove(dir, { recursive = true })
-  end
   handle.dir = dir
   handle.user = M.user()
   handle.key = key
