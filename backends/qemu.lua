@@ -71,11 +71,32 @@ end
 -- The VM                                                                 --
 -- ====================================================================== --
 
+-- The guest sees the hardware the recipe declares for vSphere, so it
+-- installs with the drivers and device names (/dev/sda, vmxnet3) the image
+-- will have there. The disk controller (recipe `disk_controller_type`):
+--   pvscsi    QEMU's pvscsi HBA (VMware PVSCSI, guest driver vmw_pvscsi)
+--   lsilogic  QEMU's mptsas1068 (LSI SAS1068): QEMU has no LSI53C1030, the
+--             chip of VMware's "lsilogic"; the SAS1068 is its Fusion-MPT
+--             sibling (guest drivers mptbase/mptscsih, mptsas here and mptspi
+--             on vSphere), closer than lsi53c895a, which needs sym53c8xx
+--   virtio    virtio-blk (/dev/vda): the explicit opt-in for local-only
+--             images (qemu_disk_interface=virtio)
+M.DISK_DEVICES = {
+  pvscsi = { hba = "pvscsi", disk = "scsi-hd" },
+  lsilogic = { hba = "mptsas1068", disk = "scsi-hd" },
+  virtio = {},
+}
+
+-- The NIC (recipe `network_card`; qemu_nic_model=virtio opts out).
+M.NIC_DEVICES = { vmxnet3 = "vmxnet3", e1000 = "e1000", e1000e = "e1000e", virtio = "virtio-net-pci" }
+
 local VM = {}
 VM.__index = VM
 
 --- Prepares (does not start) a VM in `workdir`. opts: name, cpus,
 --- memory_mb, disk_mb, iso (path, booted once), accel, log_dir,
+--- disk_interface (M.DISK_DEVICES: pvscsi, lsilogic, virtio; default virtio)
+--- and network_card (M.NIC_DEVICES; default virtio),
 --- extra_drives ({path=, format=, readonly=}), disk (existing image to
 --- boot instead of creating one: opts.disk_format), snapshot (boot the disk
 --- copy-on-write), daemon (QEMU may outlive capil: a test VM kept running).
@@ -106,42 +127,41 @@ end
 --- The QEMU command line (argv) for the VM.
 function VM:argv()
   local o = self.opts
-  local argv = {
-    QEMU, "-name", self.name, "-accel", o.accel or "tcg",
-    "-cpu", (o.accel == "kvm") and "host" or "max",
-    "-smp", tostring(o.cpus or 1), "-m", tostring(o.memory_mb or 1024),
-    "-drive", ("file=%s,if=virtio,format=%s,discard=unmap%s"):format(self.disk, o.disk_format or "qcow2",
-      o.snapshot and ",snapshot=on" or ""),
-    "-netdev", ("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22"):format(self.ssh_port),
-    "-device", "virtio-net-pci,netdev=n0",
-    "-display", "none", "-vga", "std",
-    "-serial", "file:" .. self.serial_log,
-    "-qmp", ("unix:%s,server=on,wait=off"):format(self.qmp_path),
-  }
-  if o.vnc_display then
-    argv[#argv + 1] = "-vnc"
-    argv[#argv + 1] = ("127.0.0.1:%d"):format(o.vnc_display)
+  local argv = { QEMU }
+  local function add(...)
+    for _, a in ipairs({ ... }) do argv[#argv + 1] = a end
   end
+  add("-name", self.name, "-accel", o.accel or "tcg", "-cpu", (o.accel == "kvm") and "host" or "max",
+    "-smp", tostring(o.cpus or 1), "-m", tostring(o.memory_mb or 1024))
+  local disk = ("file=%s,format=%s,discard=unmap%s"):format(self.disk, o.disk_format or "qcow2",
+    o.snapshot and ",snapshot=on" or "")
+  local devices = assert(M.DISK_DEVICES[o.disk_interface or "virtio"], "qemu: unknown disk_interface")
+  if devices.hba then
+    -- the disk hangs off the controller the OVF declares, as on vSphere
+    add("-device", devices.hba .. ",id=hba0", "-drive", disk .. ",if=none,id=disk0",
+      "-device", devices.disk .. ",drive=disk0,bus=hba0.0")
+  else
+    add("-drive", disk .. ",if=virtio")
+  end
+  local nic = assert(M.NIC_DEVICES[o.network_card or "virtio"], "qemu: unknown network_card")
+  add("-netdev", ("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22"):format(self.ssh_port), "-device", nic .. ",netdev=n0",
+    "-display", "none", "-vga", "std", "-serial", "file:" .. self.serial_log,
+    "-qmp", ("unix:%s,server=on,wait=off"):format(self.qmp_path))
+  if o.vnc_display then add("-vnc", ("127.0.0.1:%d"):format(o.vnc_display)) end
   if o.kernel then
     -- direct kernel boot (test guests, users' own kernels): no installer CD
-    argv[#argv + 1] = "-kernel"
-    argv[#argv + 1] = o.kernel
-    if o.initrd then argv[#argv + 1] = "-initrd" argv[#argv + 1] = o.initrd end
-    if o.append then argv[#argv + 1] = "-append" argv[#argv + 1] = o.append end
+    add("-kernel", o.kernel)
+    if o.initrd then add("-initrd", o.initrd) end
+    if o.append then add("-append", o.append) end
   elseif o.iso and not self.installed then
     -- the installer CD boots once; its reboot comes back from the disk
-    argv[#argv + 1] = "-drive"
-    argv[#argv + 1] = ("file=%s,media=cdrom,readonly=on"):format(o.iso)
-    argv[#argv + 1] = "-boot"
-    argv[#argv + 1] = "order=c,once=d"
+    add("-drive", ("file=%s,media=cdrom,readonly=on"):format(o.iso), "-boot", "order=c,once=d")
   end
   for _, iso in ipairs(o.extra_cdroms or {}) do
-    argv[#argv + 1] = "-drive"
-    argv[#argv + 1] = ("file=%s,media=cdrom,readonly=on"):format(iso)
+    add("-drive", ("file=%s,media=cdrom,readonly=on"):format(iso))
   end
   for _, d in ipairs(o.extra_drives or {}) do
-    argv[#argv + 1] = "-drive"
-    argv[#argv + 1] = ("file=%s,if=virtio,format=%s%s"):format(d.path, d.format or "raw", d.readonly and ",readonly=on" or "")
+    add("-drive", ("file=%s,if=virtio,format=%s%s"):format(d.path, d.format or "raw", d.readonly and ",readonly=on" or ""))
   end
   return argv
 end

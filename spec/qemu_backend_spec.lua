@@ -32,6 +32,35 @@ describe("QEMU backend command line #unit", function()
     assert.is_false(has_pair(vm:argv(), "-boot", "order=c,once=d"))
   end)
 
+  it("presents the declared disk controller and NIC as QEMU's models of them", function()
+    local dir = peer.dir("qemudev")
+    local mk = assert(proc.run({ argv = { "qemu-img", "create", "-q", "-f", "qcow2", dir .. "/d.qcow2", "64M" } }))
+    assert.equal(0, mk.code, mk.stderr)
+    local function argv(disk_interface, nic)
+      local vm = assert(qemu.create({ workdir = dir, name = "vm", disk = dir .. "/d.qcow2", accel = "tcg",
+        disk_interface = disk_interface, network_card = nic }))
+      return vm:argv()
+    end
+    local a = argv("pvscsi", "vmxnet3")
+    assert.is_true(has_pair(a, "-device", "pvscsi,id=hba0"))
+    assert.is_true(has_pair(a, "-drive", ("file=%s/d.qcow2,format=qcow2,discard=unmap,if=none,id=disk0"):format(dir)))
+    assert.is_true(has_pair(a, "-device", "scsi-hd,drive=disk0,bus=hba0.0"))
+    assert.is_true(has_pair(a, "-device", "vmxnet3,netdev=n0"))
+    a = argv("lsilogic", "e1000")
+    assert.is_true(has_pair(a, "-device", "mptsas1068,id=hba0"))
+    assert.is_true(has_pair(a, "-device", "e1000,netdev=n0"))
+    a = argv("virtio", "virtio")
+    assert.is_true(has_pair(a, "-drive", ("file=%s/d.qcow2,format=qcow2,discard=unmap,if=virtio"):format(dir)))
+    assert.is_true(has_pair(a, "-device", "virtio-net-pci,netdev=n0"))
+    -- QEMU itself accepts each model (a real start, stopped at once)
+    for _, pair in ipairs({ { "pvscsi", "vmxnet3" }, { "lsilogic", "e1000e" } }) do
+      local q = argv(pair[1], pair[2])
+      q[#q + 1] = "-S"
+      local r = assert(proc.run({ argv = { "timeout", "3", table.unpack(q) } }))
+      assert.equal(124, r.code, r.stderr) -- killed by timeout: QEMU was running
+    end
+  end)
+
   it("honours qemu_accel and caches the probe per boot", function()
     assert.equal("kvm", (qemu.accel("kvm")))
     local cache = peer.dir("accel")

@@ -110,6 +110,32 @@ describe("seed recipes #unit", function()
         assert.equal(s.keys, presses)
       end)
 
+      it("walks the paths of a real build: declared hardware, checks as root, Packer's SSH wait", function()
+        -- QEMU presents the controller and NIC the OVF declares (/dev/sda for
+        -- grub-installer/bootdev and ks.json's disk; vmw_pvscsi in the initramfs)
+        local c = step(p, "create-vm")
+        assert.same({ "pvscsi", "vmxnet3" }, { c.disk_interface, c.nic_model })
+        local _, pv = resolve(name, "qemu", { vars = { "qemu_disk_interface=virtio", "qemu_nic_model=virtio" } })
+        c = step(pv, "create-vm")
+        assert.same({ "virtio", "virtio" }, { c.disk_interface, c.nic_model })
+        local _, ps = resolve(name, "vsphere")
+        assert.is_nil(step(ps, "create-vm").disk_interface)
+        -- every image check runs as root (goss ran with use_sudo), and says so
+        local checks = step(p, "checks").checks
+        assert.is_true(#checks > 0)
+        for _, ch in ipairs(checks) do
+          assert.is_true(ch.become, ch.name)
+          assert.equal("root", ch.run_as, ch.name)
+        end
+        -- image-builder's templates hard-code ssh_timeout 4h
+        assert.equal(4 * 3600, step(p, "wait-ssh").timeout)
+        local e = cfg:explain("ssh_timeout")
+        assert.equal("default", e.layer)
+        assert.matches("packer-common.json's \"60m\" is not applied", e.note, 1, true)
+        local _, p2 = resolve(name, "qemu", { vars = { "ssh_timeout=90m" } })
+        assert.equal(90 * 60, step(p2, "wait-ssh").timeout)
+      end)
+
       it("writes output/<name>-kube-<semver>/", function()
         local v = g.build_name .. "-kube-v1.16.14"
         assert.equal(v, p.build_version)

@@ -2,7 +2,9 @@
 --- image-builder did with goss). A check file `recipes/checks/<name>.lua`
 --- returns `function(ctx) return { check, ... } end` (same sandbox, context
 --- and helpers as roles; see capil.roles). Each check compiles to one POSIX
---- sh command for the guest's OS family; the caller runs it (as root) and
+--- sh command for the guest's OS family; the caller runs it (as root unless
+--- the check says `become = false`: containerd's socket, crictl and many
+--- files need root, and goss ran with use_sudo) and
 --- hands `{code, stdout, stderr}` to `evaluate`, which says pass or fail with
 --- "expected X, got Y". Every value put into a command goes through
 --- `checks.quote`.
@@ -30,6 +32,7 @@ local M = {}
 ---@field owner? string
 ---@field contains? string
 ---@field timeout? number seconds
+---@field become? boolean run as root through `sudo -n` (default true, as goss ran with use_sudo); false: as the build user
 
 local KINDS = { "command", "service", "package", "absent_package", "kernel_param", "file" }
 local KEYS = {
@@ -40,7 +43,7 @@ local KEYS = {
   kernel_param = { value = "string" },
   file = { exists = "boolean", mode = "string", owner = "string", contains = "string" },
 }
-local COMMON = { name = "string", timeout = "number" }
+local COMMON = { name = "string", timeout = "number", become = "boolean" }
 
 -- ---------------------------------------------------------------------------
 -- Shell quoting
@@ -202,6 +205,9 @@ function M.load(ctx, opts)
         for k, v in pairs(check) do copy[k] = v end
         copy.kind = kind
         copy.name = check.name or default_name(check, kind)
+        -- how it runs, spelled out so the plan shows it
+        copy.become = check.become ~= false
+        copy.run_as = copy.become and "root" or (c.vars.ssh_username or "the build user")
         out[#out + 1] = copy
       end
     end

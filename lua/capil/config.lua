@@ -22,6 +22,14 @@ local M = {}
 M.SHARED_FILES = { "kubernetes.json", "cni.json", "containerd.json", "common.json", "packer-common.json" }
 M.BACKEND_FILES = { esx = "esx.json", vsphere = "vsphere.json" }
 
+-- Variables of image-builder's shared files that its Packer templates never
+-- read: applying them would make capil's build differ from image-builder's.
+-- They stay in the files (which mirror image-builder's) and are skipped,
+-- with the reason shown by `capil inspect --explain`.
+M.SHARED_UNREAD = {
+  ssh_timeout = "image-builder's Packer templates hard-code ssh_timeout \"4h\" and never read this variable",
+}
+
 local Config = {}
 Config.__index = Config
 
@@ -188,13 +196,23 @@ function M.resolve(recipe, opts)
   local files = {}
   for _, f in ipairs(M.SHARED_FILES) do files[#files + 1] = dir .. "/" .. f end
   if M.BACKEND_FILES[opts.backend] then files[#files + 1] = dir .. "/" .. M.BACKEND_FILES[opts.backend] end
+  local unread = {}
   for _, path in ipairs(files) do
     local data, err = read_var_file(path)
     if not data then
       errors[#errors + 1] = err
     else
-      for k, v in pairs(data) do set(k, v, "shared", path) end
+      for k, v in pairs(data) do
+        if M.SHARED_UNREAD[k] and path_of(k) then
+          unread[path_of(k)] = ("%s's %s is not applied: %s"):format(path, json.encode(v), M.SHARED_UNREAD[k])
+        else
+          set(k, v, "shared", path)
+        end
+      end
     end
+  end
+  for p, note in pairs(unread) do
+    if sources[p] then sources[p].note = note end
   end
 
   -- 3. the recipe (and what it extends)
@@ -339,7 +357,7 @@ function Config:explain(key)
   if (f and f.secret) or schema.is_secret_name(key) then v = (v ~= nil and v ~= "") and "****" or v end
   return {
     key = key, path = path, var = f and f.var or (not path and key) or nil,
-    value = v, layer = src.layer, file = src.file, where = src.where,
+    value = v, layer = src.layer, file = src.file, where = src.where, note = src.note,
     description = f and f.description,
   }
 end

@@ -179,12 +179,13 @@ function M.run_ansible(step, ctx)
   return true
 end
 
---- Runs the image checks; returns results ({ok, name, detail}) and whether
---- all passed.
+--- Runs the image checks, as root through `sudo -n` unless a check says
+--- `become = false`; returns results ({ok, name, detail}) and whether all
+--- passed.
 function M.run_checks(session, list, os)
   local results = {}
   for _, check in ipairs(list) do
-    local cmd = checks.compile(check, os)
+    local cmd = wrap(check, checks.compile(check, os), nil, session)
     local r, err = session:exec(cmd, { timeout = check.timeout or 120 })
     local res
     if not r then

@@ -144,11 +144,14 @@ function Q.prepare(run)
   local qemu = require("capil.backends.qemu")
   local accel, why = qemu.accel(cfg:get("build.qemu_accel"), run.cache_dir)
   log.info("test: accelerator %s (%s)", accel, why)
+  local devices = require("capil.plan").qemu_devices(cfg)
   local vm
   vm, err, code = qemu.create({
     workdir = work, log_dir = run.test_dir, name = t.name .. "-test", disk = overlay, disk_format = "qcow2",
     cpus = math.max(2, cfg:get("hardware.cpus") or 1), memory_mb = math.max(2048, cfg:get("hardware.memory") or 0),
     accel = accel, extra_cdroms = { seed }, daemon = run.keep,
+    -- the hardware the OVA declares, as a vSphere deployment presents it
+    disk_interface = devices.disk, network_card = devices.nic,
   })
   if not vm then return nil, err, code end
   run.vm = vm

@@ -184,6 +184,7 @@ function H.create_vm(run, step)
     workdir = run.workdir, log_dir = run.log_dir, name = step.vm_name, cpus = step.cpus,
     memory_mb = step.memory_mb, disk_mb = step.disk_mb, iso = run.iso, accel = accel,
     kernel = step.kernel, initrd = step.initrd, append = step.append,
+    disk_interface = step.disk_interface, network_card = step.nic_model,
     extra_cdroms = run.cd_iso and { run.cd_iso } or nil,
     step = step, run = run,
   })

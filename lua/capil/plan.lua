@@ -61,6 +61,19 @@ local function iso_urls(cfg)
   return urls
 end
 
+--- The devices a QEMU VM presents: the declared VMware controller and NIC
+--- (backends/qemu.lua maps them to QEMU's models), or virtio where
+--- qemu_disk_interface / qemu_nic_model opt in. Used for build and test VMs.
+---@return {disk: string, nic: string}
+function M.qemu_devices(cfg)
+  local function pick(setting, declared)
+    if cfg:get(setting) == "virtio" then return "virtio" end
+    return cfg:get(declared)
+  end
+  return { disk = pick("build.qemu_disk_interface", "hardware.disk_controller"),
+    nic = pick("build.qemu_nic_model", "hardware.network_card") }
+end
+
 --- The facts roles and checks see.
 function M.context(cfg, backend)
   return {
@@ -121,6 +134,7 @@ function M.resolve(cfg, backend, opts)
     add({ id = "upload-media", kind = "upload_media", checksum = iso_sum, cache_dir = cfg:get("vsphere.cache_dir") })
   end
 
+  local qemu_dev = backend == "qemu" and M.qemu_devices(cfg) or nil
   add({ id = "create-vm", kind = "create_vm", vm_name = art.build_version,
     guest_os = traits.guest_id == "workstation" and cfg:get("guest_os.workstation") or cfg:get("guest_os.vsphere"),
     cpus = cfg:get("hardware.cpus"), cores_per_socket = cfg:get("hardware.cores"),
@@ -129,6 +143,7 @@ function M.resolve(cfg, backend, opts)
     disk_controller = cfg:get("hardware.disk_controller"), network_card = cfg:get("hardware.network_card"),
     network = cfg:get("build.network") or "", vmx_version = cfg:get("hardware.vmx_version"),
     headless = cfg:get("build.headless"), accel = backend == "qemu" and cfg:get("build.qemu_accel") or nil,
+    disk_interface = qemu_dev and qemu_dev.disk, nic_model = qemu_dev and qemu_dev.nic,
     kernel = cfg:get("build.qemu_kernel"), initrd = cfg:get("build.qemu_initrd"), append = cfg:get("build.qemu_append") })
 
   local summary = events and bootcmd.summary(events) or {}

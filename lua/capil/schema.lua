@@ -168,6 +168,12 @@ local F = {
   { path = "build.qemu_initrd", var = "qemu_initrd", type = "string", description = "QEMU: initrd for qemu_kernel" },
   { path = "build.qemu_append", var = "qemu_append", type = "string", description = "QEMU: kernel command line for qemu_kernel" },
   { path = "build.qemu_accel", var = "qemu_accel", type = "string", enum = { "auto", "kvm", "tcg" }, default = "auto" },
+  { path = "build.qemu_disk_interface", var = "qemu_disk_interface", type = "string", enum = { "auto", "virtio" },
+    default = "auto",
+    description = "QEMU: auto presents the disk on disk_controller_type's controller (pvscsi, lsilogic → mptsas1068), "
+      .. "as on vSphere; virtio (/dev/vda) for local-only images" },
+  { path = "build.qemu_nic_model", var = "qemu_nic_model", type = "string", enum = { "auto", "virtio" },
+    default = "auto", description = "QEMU: auto presents network_card's NIC (vmxnet3, e1000, e1000e); virtio opts out" },
   { path = "build.convert_to_template", var = "convert_to_template", type = "boolean", default = false },
   { path = "build.keep_vm", var = "keep_vm", type = "boolean", default = true,
     description = "leave the build VM on vSphere after export, as image-builder did (false: destroy it)" },

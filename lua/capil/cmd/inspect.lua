@@ -24,6 +24,7 @@ return {
           or (e.where or e.file or e.layer) .. " (" .. e.layer .. ")"
         io.stdout:write(("%s = %s\n  from %s\n"):format(e.path or e.key,
           type(e.value) == "table" and json.encode(e.value) or tostring(e.value), from))
+        if e.note then io.stdout:write(("  note: %s\n"):format(e.note)) end
         if e.var and e.var ~= e.path then io.stdout:write(("  variable %s\n"):format(e.var)) end
         if e.description then io.stdout:write(("  %s\n"):format(e.description)) end
       end

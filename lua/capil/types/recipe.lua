@@ -147,6 +147,8 @@
 ---@field qemu_initrd? string QEMU: initrd for qemu_kernel (variable qemu_initrd)
 ---@field qemu_append? string QEMU: kernel command line for qemu_kernel (variable qemu_append)
 ---@field qemu_accel? "auto"|"kvm"|"tcg" (variable qemu_accel)
+---@field qemu_disk_interface? "auto"|"virtio" QEMU: auto presents the disk on disk_controller_type's controller (pvscsi, lsilogic → mptsas1068), as on vSphere; virtio (/dev/vda) for local-only images (variable qemu_disk_interface)
+---@field qemu_nic_model? "auto"|"virtio" QEMU: auto presents network_card's NIC (vmxnet3, e1000, e1000e); virtio opts out (variable qemu_nic_model)
 ---@field convert_to_template? boolean (variable convert_to_template)
 ---@field keep_vm? boolean leave the build VM on vSphere after export, as image-builder did (false: destroy it) (variable keep_vm)
 
