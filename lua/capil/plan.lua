@@ -186,8 +186,8 @@ function M.resolve(cfg, backend, opts)
   -- are the build's: they are properties of the disk and of what it boots.
   local ovf_cpus, ovf_cores = cfg:get("ovf.cpus"), cfg:get("ovf.cores_per_socket")
   if ovf_cpus % ovf_cores ~= 0 then
-    errors[#errors + 1] = ("%s: ovf.cores_per_socket: %d CPUs (ovf.cpus) cannot be split into sockets of %d cores")
-      :format(cfg.recipe.file, ovf_cpus, ovf_cores)
+    errors[#errors + 1] = ("%s: ovf.cores_per_socket: %d CPUs (ovf.cpus) cannot be split into sockets of %d cores"
+      .. " (set ovf_cores_per_socket to a divisor of ovf_cpus)"):format(cfg.recipe.file, ovf_cpus, ovf_cores)
   end
   add({ id = "ova", kind = "pack_ova", ovf = art.ovf, mf = art.mf, ova = art.ova, sha256 = art.sha256,
     eula_file = cfg:get("ovf.eula_file"), user_properties = properties,
