@@ -823,7 +823,7 @@ describe("ova #ova", function()
       assert.equal("x", o.name)
       assert.same({ ovf_id = 36, ovf_version = "", os_type = "vmwarePhoton64Guest", display_name = "Photon OS" }, o.os)
       assert.same({ cpus = 2, cores_per_socket = 2, memory_mb = 2048, firmware = "bios", disk_controller = "lsilogic",
-        vmx_version = 15 }, o.hardware)
+        network_card = "vmxnet3", vmx_version = 15 }, o.hardware)
       assert.same({ { path = "/b/x-disk-0.vmdk", size = 5 } }, o.disks)
       local _, err = manifest.pack_options({ custom_data = {} }, "/b")
       assert.equal("manifest: custom_data lacks build_name or kubernetes_semver", err)

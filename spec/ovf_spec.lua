@@ -43,7 +43,8 @@ end
 
 describe("ovf #ova", function()
   it("round-trips the descriptor of a real plan (ubuntu-2004, 40 GiB) through ovf.parse", function()
-    local step = ova_step("ubuntu-2004", { "disk_size=40960", "cpus=4", "cpu_cores=2", "memory=8192" })
+    local step = ova_step("ubuntu-2004", { "disk_size=40960", "ovf_cpus=4", "ovf_cores_per_socket=2",
+      "ovf_memory=8192" })
     local text = ovf.descriptor(params(step))
     assert.is_true(xmllint(text))
     local f = assert(ovf.parse(text))
@@ -88,8 +89,41 @@ describe("ovf #ova", function()
     end
   end)
 
+  -- issue 14: the OVA described the 1-CPU build VM, and a node deployed
+  -- from it failed kubeadm's control-plane preflight (2 CPUs)
+  it("describes the deployed node (ovf.*), not the build VM (hardware.*)", function()
+    local step = ova_step("ubuntu-2004", { "cpus=1", "cpu_cores=1", "memory=1024", "disk_controller_type=lsilogic",
+      "network_card=e1000" })
+    local f = assert(ovf.parse(ovf.descriptor(params(step))))
+    assert.same({ 2, 2, 2048, "VirtualSCSI", "VmxNet3" },
+      { f.hardware.cpus, f.hardware.cores_per_socket, f.hardware.memory_mb, f.hardware.scsi, f.hardware.nic })
+    step = ova_step("ubuntu-2004", { "cpus=8", "cpu_cores=4", "ovf_cpus=4", "ovf_cores_per_socket=1",
+      "ovf_memory=4096", "ovf_disk_controller_type=lsilogic", "ovf_network_card=e1000e" })
+    local text = ovf.descriptor(params(step))
+    assert.is_true(xmllint(text))
+    f = assert(ovf.parse(text))
+    assert.same({ 4, 1, 4096, "lsilogic", "E1000e" },
+      { f.hardware.cpus, f.hardware.cores_per_socket, f.hardware.memory_mb, f.hardware.scsi, f.hardware.nic })
+    assert.truthy(text:find("<rasd:Description>E1000e ethernet adapter on &quot;nic0&quot;</rasd:Description>", 1, true))
+  end)
+
+  it("refuses CPUs that are not whole sockets, in the plan and in the descriptor", function()
+    local _, errs = build_options.load("ubuntu-2004", { var = { "ovf_cpus=3", "ovf_cores_per_socket=2" } })
+    assert.truthy(table.concat(errs or {}, "\n"):find("ovf.cores_per_socket: 3 CPUs (ovf.cpus) cannot be split "
+      .. "into sockets of 2 cores", 1, true))
+    local step = ova_step("ubuntu-2004")
+    local hw = {}
+    for k, v in pairs(step.hardware) do hw[k] = v end
+    hw.cpus = 3
+    assert.has_error(function() ovf.descriptor(params(step, { hardware = hw })) end,
+      "ovf.descriptor: 3 CPUs cannot be split into sockets of 2 cores")
+    hw.cpus, hw.network_card = 2, "rtl8139"
+    assert.has_error(function() ovf.descriptor(params(step, { hardware = hw })) end,
+      "ovf.descriptor: unknown network card rtl8139")
+  end)
+
   it("writes efi firmware, the lsilogic controller and a EULA", function()
-    local step = ova_step("ubuntu-2004", { "firmware=efi", "disk_controller_type=lsilogic" })
+    local step = ova_step("ubuntu-2004", { "firmware=efi", "ovf_disk_controller_type=lsilogic" })
     local text = ovf.descriptor(params(step, { eula = "Terms & <conditions>\nline 2" }))
     local f = assert(ovf.parse(text))
     assert.equal("efi", f.hardware.firmware)

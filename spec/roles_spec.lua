@@ -244,6 +244,29 @@ describe("roles #unit", function()
         assert.truthy(pull:find("rm -f /etc/kubeadm.yml", 1, true))
       end)
 
+      -- hostnamectl also writes /etc/hostname: image-builder set the name
+      -- after truncating the file on Debian and Red Hat (the file holds
+      -- localhost.local) and before it on Photon (the file ends empty)
+      it("sysprep orders the hostname and its file as image-builder did for " .. case.os.family, function()
+        local function index(name)
+          for i, s in ipairs(steps) do if s.role == "sysprep" and s.name == name then return i end end
+          error("no sysprep step " .. name)
+        end
+        local set, truncate = index("set the hostname to localhost.local"), index("truncate the hostname file")
+        assert.equal("hostnamectl set-hostname localhost.local", steps[set].shell)
+        local n = 0
+        for _, s in ipairs(steps) do if s.shell == steps[set].shell then n = n + 1 end end
+        assert.equal(1, n)
+        if case.os.family == "photon" then
+          assert.is_true(set < truncate, "Photon sets the hostname first: its /etc/hostname ends empty")
+          assert.is_true(set < index("accept input in the saved iptables rules"))
+        else
+          assert.is_true(set > truncate, "the hostname is set after the truncation: /etc/hostname = localhost.local")
+          assert.is_true(index("truncate the machine id") < truncate)
+          assert.equal(truncate + 1, set)
+        end
+      end)
+
       it("sysprep resets identity and ends by locking out the build user", function()
         local hosts = step(steps, "reset the hosts file").copy
         assert.same({ dest = "/etc/hosts", mode = "0644", owner = "root:root",

@@ -38,7 +38,7 @@ M.KEYS = { "build_name", "build_timestamp", "build_date", "build_type", "contain
 
 --- capil's extra custom_data keys (what the OVF needs beyond image-builder's).
 M.EXTRA_KEYS = { "cpus", "cores_per_socket", "memory_mb", "disk_size_mb", "firmware", "disk_controller",
-  "vmx_version", "ovf_os_id", "ovf_os_version", "distro_name", "distro_version", "distro_arch" }
+  "network_card", "vmx_version", "ovf_os_id", "ovf_os_version", "distro_name", "distro_version", "distro_arch" }
 
 --- User OVF properties travel as `ovf_property_<KEY>` custom_data entries.
 M.PROPERTY_PREFIX = "ovf_property_"
@@ -175,7 +175,8 @@ function M.custom_data(plan, vars, properties)
   local hw, os, p = ostep.hardware or {}, ostep.os or {}, ostep.properties or {}
   local extra = {
     cpus = hw.cpus, cores_per_socket = hw.cores_per_socket, memory_mb = hw.memory_mb, disk_size_mb = hw.disk_mb,
-    firmware = hw.firmware, disk_controller = hw.disk_controller, vmx_version = hw.vmx_version,
+    firmware = hw.firmware, disk_controller = hw.disk_controller, network_card = hw.network_card,
+    vmx_version = hw.vmx_version,
     ovf_os_id = os.ovf_id, ovf_os_version = os.ovf_version,
     distro_name = p.DISTRO_NAME, distro_version = p.DISTRO_VERSION, distro_arch = p.DISTRO_ARCH,
   }
@@ -194,7 +195,7 @@ local OS_MAP = {
 
 -- image-builder's fixed template values, when the manifest does not say.
 local HW_DEFAULTS = { cpus = 2, cores_per_socket = 2, memory_mb = 2048, firmware = "bios",
-  disk_controller = "lsilogic", vmx_version = 15 }
+  disk_controller = "lsilogic", network_card = "vmxnet3", vmx_version = 15 }
 
 local function int(v) return v and math.tointeger(tonumber(v)) end
 

@@ -2,11 +2,13 @@
 --- with the escaping XML writer (never by concatenating values), and parsed
 --- back into facts for `capil ova verify` and `capil ova inspect`.
 ---
---- Compared with image-builder's image-build-ova.py template: the disk
---- capacity comes from the recipe (MiB, `byte * 2^20`), not a fixed 20 GiB;
---- CPUs, cores and memory come from the recipe; the osType is the vSphere
---- guest id; the SCSI controller is the recipe's (pvscsi or lsilogic); the
---- firmware (bios or efi) is written with a matching boot order.
+--- The hardware written is the deployed node's (the recipe's `ovf.*`
+--- fields, image-builder's template values by default), never the build
+--- VM's. Compared with image-builder's template: the disk capacity is the
+--- VMDK's (MiB, `byte * 2^20`), not a fixed 20 GiB; CPUs, cores, memory,
+--- SCSI controller and NIC are settable; the osType is the vSphere guest
+--- id; the firmware (bios or efi) is written with a matching boot order.
+--- docs/image-differences.md lists every difference and its reason.
 local xml = require("capil.xml")
 
 local M = {}
@@ -26,6 +28,13 @@ local OVF, RASD, VSSD, VMW = M.NS.ovf, M.NS.rasd, M.NS.vssd, M.NS.vmw
 local CONTROLLER = {
   pvscsi = { subtype = "VirtualSCSI", name = "SCSI Controller 0 (pvscsi)" },
   lsilogic = { subtype = "lsilogic", name = "SCSI Controller 0 (lsilogic)" },
+}
+
+-- NIC models as vSphere's OVF export names them (rasd:ResourceSubType).
+local NIC = {
+  vmxnet3 = "VmxNet3",
+  e1000 = "E1000",
+  e1000e = "E1000e",
 }
 
 -- ====================================================================== --
@@ -81,7 +90,7 @@ end
 --- The descriptor text.
 --- params: name, os = {ovf_id, ovf_version, os_type, display_name},
 --- hardware = {cpus, cores_per_socket, memory_mb, firmware, disk_controller,
---- vmx_version}, disks = {{href, size, capacity_mb | capacity_bytes,
+--- network_card (vmxnet3 when absent), vmx_version}, disks = {{href, size, capacity_mb | capacity_bytes,
 --- populated_size}} (capacity_bytes: the VMDK's virtual size, written in
 --- MiB when it is whole MiB),
 --- network ("nic0"), annotation, product = {name, vendor, version,
@@ -112,8 +121,14 @@ function M.descriptor(p)
 
   hw = { cpus = int(hw.cpus, "hardware.cpus"), cores_per_socket = int(hw.cores_per_socket or 1, "hardware.cores_per_socket"),
     memory_mb = int(hw.memory_mb, "hardware.memory_mb"), vmx_version = int(hw.vmx_version, "hardware.vmx_version"),
-    firmware = hw.firmware, disk_controller = hw.disk_controller }
+    firmware = hw.firmware, disk_controller = hw.disk_controller, network_card = hw.network_card or "vmxnet3" }
   local ctl = CONTROLLER[hw.disk_controller] or error("ovf.descriptor: unknown disk controller " .. tostring(hw.disk_controller))
+  local nic = NIC[hw.network_card] or error("ovf.descriptor: unknown network card " .. tostring(hw.network_card))
+  -- vSphere refuses a CPU count that is not whole sockets
+  local cores = tonumber(hw.cores_per_socket)
+  if cores < 1 or tonumber(hw.cpus) % cores ~= 0 then
+    error(("ovf.descriptor: %s CPUs cannot be split into sockets of %s cores"):format(hw.cpus, hw.cores_per_socket), 2)
+  end
   local items = {
     o("Info", nil, "Virtual hardware requirements"),
     o("System", nil, {
@@ -145,8 +160,8 @@ function M.descriptor(p)
     InstanceID = instance, Parent = 4, ResourceSubType = "vmware.cdrom.atapi", ResourceType = 15 }, false)
   instance = instance + 1
   items[#items + 1] = rasd_item({ AddressOnParent = 7, AutomaticAllocation = "true", Connection = network,
-    Description = ('VmxNet3 ethernet adapter on "%s"'):format(network), ElementName = "Network adapter 1",
-    InstanceID = instance, ResourceSubType = "VmxNet3", ResourceType = 10,
+    Description = ('%s ethernet adapter on "%s"'):format(nic, network), ElementName = "Network adapter 1",
+    InstanceID = instance, ResourceSubType = nic, ResourceType = 10,
     _config = { { "wakeOnLanEnabled", "false" }, { "slotInfo.pciSlotNumber", "192" }, { "connectable.allowGuestControl", "true" } } })
   instance = instance + 1
   items[#items + 1] = rasd_item({ AutomaticAllocation = "false", ElementName = "Video card", InstanceID = instance,

@@ -195,15 +195,24 @@ function M.resolve(cfg, backend, opts)
 
   local properties = {}
   for k, v in pairs(cfg:get("ovf.properties") or {}) do properties[k] = tostring(v) end
+  -- the OVF describes the node deployed from it (ovf.*), not the build VM
+  -- (hardware.*): a 1-CPU build VM still makes a 2-CPU node, which kubeadm's
+  -- control-plane preflight needs. Disk size, firmware and hardware version
+  -- are the build's: they are properties of the disk and of what it boots.
+  local ovf_cpus, ovf_cores = cfg:get("ovf.cpus"), cfg:get("ovf.cores_per_socket")
+  if ovf_cpus % ovf_cores ~= 0 then
+    errors[#errors + 1] = ("%s: ovf.cores_per_socket: %d CPUs (ovf.cpus) cannot be split into sockets of %d cores"
+      .. " (set ovf_cores_per_socket to a divisor of ovf_cpus)"):format(cfg.recipe.file, ovf_cpus, ovf_cores)
+  end
   add({ id = "ova", kind = "pack_ova", ovf = art.ovf, mf = art.mf, ova = art.ova, sha256 = art.sha256,
     eula_file = cfg:get("ovf.eula_file"), user_properties = properties,
     disks = { art.vmdk },
     os = { ovf_id = cfg:get("guest_os.ovf_id"), ovf_version = cfg:get("guest_os.ovf_version"),
       os_type = cfg:get("guest_os.vsphere"), display_name = cfg:get("os_display_name") },
-    hardware = { cpus = cfg:get("hardware.cpus"), cores_per_socket = cfg:get("hardware.cores"),
-      memory_mb = cfg:get("hardware.memory"), disk_mb = cfg:get("hardware.disk_size"),
-      firmware = cfg:get("hardware.firmware"), disk_controller = cfg:get("hardware.disk_controller"),
-      vmx_version = cfg:get("hardware.vmx_version") },
+    hardware = { cpus = ovf_cpus, cores_per_socket = ovf_cores,
+      memory_mb = cfg:get("ovf.memory"), disk_mb = cfg:get("hardware.disk_size"),
+      firmware = cfg:get("hardware.firmware"), disk_controller = cfg:get("ovf.disk_controller"),
+      network_card = cfg:get("ovf.network_card"), vmx_version = cfg:get("hardware.vmx_version") },
     properties = {
       BUILD_TIMESTAMP = "{{build_timestamp}}", BUILD_DATE = "{{build_date}}",
       CNI_VERSION = cfg:get("cni.semver"), CONTAINERD_VERSION = cfg:get("containerd.version"),

@@ -96,6 +96,21 @@ local F = {
     description = "extra OVF ProductSection properties, {KEY = \"value\"}" },
   { path = "ovf.eula_file", var = "eula_file", type = "string",
     description = "text file for the OVF EulaSection (image-builder's --eula)" },
+  -- The hardware the OVF declares: what a VM deployed from the OVA gets,
+  -- not the build VM's size (hardware.*). image-builder fixed these in its
+  -- template (no variables); the defaults are its values. kubeadm's
+  -- control-plane preflight needs 2 CPUs.
+  { path = "ovf.cpus", var = "ovf_cpus", type = "integer", default = 2, min = 1,
+    description = "virtual CPUs of a deployed node (OVF; the build VM's are hardware.cpus)" },
+  { path = "ovf.cores_per_socket", var = "ovf_cores_per_socket", type = "integer", default = 2, min = 1,
+    description = "cores per socket of a deployed node (OVF vmw:CoresPerSocket; must divide ovf.cpus)" },
+  { path = "ovf.memory", var = "ovf_memory", type = "integer", default = 2048, min = 256,
+    description = "memory of a deployed node in MiB (OVF)" },
+  { path = "ovf.disk_controller", var = "ovf_disk_controller_type", type = "string", default = "pvscsi",
+    enum = { "pvscsi", "lsilogic" },
+    description = "SCSI controller of a deployed node (OVF: VirtualSCSI or lsilogic)" },
+  { path = "ovf.network_card", var = "ovf_network_card", type = "string", default = "vmxnet3",
+    enum = { "vmxnet3", "e1000", "e1000e" }, description = "NIC model of a deployed node (OVF)" },
 
   -- provisioning
   { path = "roles", type = "list", description = "role order (default: setup node providers containerd kubernetes <custom> sysprep)" },

@@ -9,6 +9,13 @@
 -- Exactly image-builder's /etc/hosts.
 local HOSTS = "::1\t       localhost ip6-localhost ip6-loopback\n127.0.0.1  localhost localhost.local\n"
 
+-- hostnamectl writes the static name to /etc/hostname as well: where it
+-- runs relative to "truncate the hostname file" decides what the image's
+-- /etc/hostname holds.
+local function set_hostname()
+  return { name = "set the hostname to localhost.local", shell = "hostnamectl set-hostname localhost.local" }
+end
+
 local function basename(p)
   return p:match("([^/]+)/*$") or p
 end
@@ -80,6 +87,9 @@ local function redhat(steps)
 end
 
 local function photon(steps)
+  -- before the hostname file is truncated (image-builder's photon tasks
+  -- begin with it): Photon's /etc/hostname ends empty
+  steps[#steps + 1] = set_hostname()
   steps[#steps + 1] = {
     name = "accept input in the saved iptables rules",
     shell = "for f in /etc/systemd/scripts/ip4save /etc/systemd/scripts/ip6save; do\n"
@@ -107,10 +117,6 @@ return function(ctx)
   else photon(steps) end
 
   steps[#steps + 1] = {
-    name = "set the hostname to localhost.local",
-    shell = "hostnamectl set-hostname localhost.local",
-  }
-  steps[#steps + 1] = {
     name = "truncate the machine id",
     shell = "set -e\nrm -f /etc/machine-id\ntouch /etc/machine-id\nchown root:root /etc/machine-id\n"
       .. "chmod " .. machine_id_mode .. " /etc/machine-id",
@@ -119,6 +125,10 @@ return function(ctx)
     name = "truncate the hostname file",
     shell = "set -e\nrm -f /etc/hostname\ntouch /etc/hostname\nchown root:root /etc/hostname\nchmod 0644 /etc/hostname",
   }
+  -- Debian and Red Hat set the name after the truncation, so their
+  -- /etc/hostname holds "localhost.local"; Photon set it first and ends
+  -- with an empty file (see photon()). Both as image-builder did.
+  if family ~= "photon" then steps[#steps + 1] = set_hostname() end
   steps[#steps + 1] = {
     name = "reset the hosts file",
     copy = { dest = "/etc/hosts", content = HOSTS, mode = "0644", owner = "root:root" },

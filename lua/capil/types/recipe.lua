@@ -80,6 +80,11 @@
 ---@class capil.Recipe.ovf
 ---@field properties? table<string, string|number|boolean> extra OVF ProductSection properties, {KEY = "value"} (variable ovf_properties)
 ---@field eula_file? string text file for the OVF EulaSection (image-builder's --eula) (variable eula_file)
+---@field cpus? integer virtual CPUs of a deployed node (OVF; the build VM's are hardware.cpus) (variable ovf_cpus)
+---@field cores_per_socket? integer cores per socket of a deployed node (OVF vmw:CoresPerSocket; must divide ovf.cpus) (variable ovf_cores_per_socket)
+---@field memory? integer memory of a deployed node in MiB (OVF) (variable ovf_memory)
+---@field disk_controller? "pvscsi"|"lsilogic" SCSI controller of a deployed node (OVF: VirtualSCSI or lsilogic) (variable ovf_disk_controller_type)
+---@field network_card? "vmxnet3"|"e1000"|"e1000e" NIC model of a deployed node (OVF) (variable ovf_network_card)
 
 ---@class capil.Recipe.kubernetes
 ---@field series? string (variable kubernetes_series)
