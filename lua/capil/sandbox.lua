@@ -83,13 +83,30 @@ end
 -- out or a signal came, so nothing inside can carry on.
 local current
 
+-- The message of a stop (budget out, or a signal), or nil.
+local function stopped()
+  if current and current.stopped then return current.stopped end
+  if host.interrupted() then return "interrupted" end
+  return nil
+end
+
 -- pcall/xpcall that cannot swallow a stop: they re-raise it.
 local function settle(ok, ...)
-  if not ok and current and current.stopped then error(current.stopped, 0) end
+  if not ok then
+    local msg = stopped()
+    if msg then error(msg, 0) end
+  end
   return ok, ...
 end
 local function sb_pcall(f, ...) return settle(pcall(f, ...)) end
-local function sb_xpcall(f, h, ...) return settle(xpcall(f, h, ...)) end
+-- A stop is raised from a hook, and Lua runs the message handler before
+-- the hook returns, with hooks off: so the recipe's handler is skipped then.
+local function sb_xpcall(f, h, ...)
+  return settle(xpcall(f, function(m)
+    if stopped() then return m end
+    return h(m)
+  end, ...))
+end
 
 --- A fresh strict environment; `extra` adds names (DSL helpers, variables).
 ---@param extra? table
