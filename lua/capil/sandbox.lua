@@ -37,7 +37,8 @@ do
   local rep = string.rep
   -- a recipe cannot build huge strings in one instruction
   SAFE_STRING.rep = function(str, n, sep)
-    local size = #tostring(str) * (tonumber(n) or 0) + (sep and #tostring(sep) * math.max((tonumber(n) or 0) - 1, 0) or 0)
+    local count = tonumber(n) or 0
+    local size = #tostring(str) * count + (sep and #tostring(sep) * math.max(count - 1, 0) or 0)
     if size > MAX_REP then error("string.rep: result over 16 MiB", 2) end
     return rep(str, n, sep)
   end
@@ -52,7 +53,7 @@ local STRING_METHODS = setmetatable({}, {
 -- while sandboxed code runs (counted by the host's allocator).
 M.BUDGET = 10000000
 M.MEMORY = 256 * 1024 * 1024
--- Depth of a returned value, and the message of a value that is no data.
+-- How deep returned data may nest.
 local MAX_DEPTH = 64
 
 -- Metatables set through the sandbox's setmetatable (weak): only those can
