@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -151,6 +152,35 @@ static void stop_hook(lua_State *L, lua_Debug *ar) {
   luaL_error(L, "interrupted");
 }
 
+/*
+** Sandboxed code (recipes, roles, checks) runs in a coroutine with hooks of
+** its own, so a signal hooks that coroutine too. It holds no resources, so
+** when it is stuck in one C call (a backtracking string.find) and has not
+** stopped half a second after the signal, the watchdog ends the process.
+*/
+static volatile sig_atomic_t sandbox_depth = 0;
+static volatile sig_atomic_t watchdog_sig = 0;
+static lua_State *volatile sandbox_co = NULL; /* the innermost one running */
+
+/* Hook set on the sandboxed coroutine by a signal: raises at once, and again
+** at every instruction after, so nothing in there carries on. */
+static void sandbox_stop_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, sandbox_stop_hook, LUA_MASKCOUNT, 1);
+  lua_pushliteral(L, "interrupted");
+  lua_error(L);
+}
+
+static void on_alarm(int sig) {
+  (void)sig;
+  if (sandbox_depth > 0 && watchdog_sig) {
+    static const char msg[] = "capil: interrupted\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)w;
+    _exit(128 + watchdog_sig);
+  }
+}
+
 static void on_signal(int sig) {
   if (cleaning) {
     cleanup_presses++;
@@ -158,6 +188,14 @@ static void on_signal(int sig) {
     return;
   }
   capil_stop_signal = sig;
+  if (sandbox_depth > 0) {
+    watchdog_sig = sig;
+    struct itimerval half = {{0, 0}, {0, 500000}};
+    setitimer(ITIMER_REAL, &half, NULL);
+    if (sandbox_co)
+      lua_sethook(sandbox_co, sandbox_stop_hook,
+                  LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  }
   if (global_L)
     lua_sethook(global_L, stop_hook,
                 LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
@@ -171,6 +209,8 @@ void capil_host_signals(lua_State *L) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
+  sa.sa_handler = on_alarm;
+  sigaction(SIGALRM, &sa, NULL);
   signal(SIGPIPE, SIG_IGN);
 }
 
@@ -205,6 +245,29 @@ void capil_host_cleanup(lua_State *L, const char *reason) {
 }
 
 /* ====================================================================== */
+/* Memory accounting                                                      */
+/* ====================================================================== */
+
+/*
+** Every allocation of the state passes here: bytes in use are counted, and
+** while sandboxed code runs, growth past `mem_limit` fails (Lua then raises
+** "not enough memory" in that code, after an emergency collection).
+*/
+static lua_Alloc base_alloc = NULL;
+static void *base_ud = NULL;
+static size_t mem_used = 0;
+static size_t mem_limit = 0; /* 0: none */
+
+static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  size_t old = ptr ? osize : 0;
+  if (nsize > old && mem_limit && mem_used - old + nsize > mem_limit) return NULL;
+  void *p = base_alloc(base_ud, ptr, osize, nsize);
+  if (p || nsize == 0) mem_used = mem_used >= old ? mem_used - old + nsize : nsize;
+  return p;
+}
+
+/* ====================================================================== */
 /* capil.core.host                                                        */
 /* ====================================================================== */
 
@@ -230,6 +293,78 @@ static int host_sleep(lua_State *L) {
   }
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/*
+** host.sandbox_resume(co, max_bytes, string_methods, ...) -> true, results...
+**   | false, error value | false, "yield"
+** Starts the fresh coroutine co (made by coroutine.create) as sandboxed
+** code: while it runs, the string metatable's __index is string_methods,
+** at most max_bytes more may be allocated, and Ctrl-C arms the watchdog.
+** All of it is undone before this returns, whatever co did: no hook of
+** this thread can run in between, as it could in Lua.
+*/
+static int host_sandbox_resume(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co != NULL, 1, "thread");
+  lua_Integer max = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, max > 0, 2, "must be positive");
+  luaL_checktype(L, 3, LUA_TTABLE);
+  luaL_argcheck(L, lua_status(co) == LUA_OK && lua_gettop(co) == 1, 1, "not a fresh coroutine");
+  int nargs = lua_gettop(L) - 3;
+  if (!lua_checkstack(co, nargs)) return luaL_error(L, "host.sandbox_resume: too many arguments");
+  lua_xmove(L, co, nargs);
+  lua_pushliteral(L, "");
+  if (!lua_getmetatable(L, -1)) return luaL_error(L, "host.sandbox_resume: strings have no metatable");
+  int smt = lua_gettop(L);
+  lua_getfield(L, smt, "__index"); /* the host's methods, put back below */
+  luaL_checkstack(L, LUA_MINSTACK, NULL);
+
+  int saved = smt + 1;
+
+  /* nothing below raises until everything is put back */
+  size_t prev_limit = mem_limit;
+  size_t limit = mem_used + (size_t)max;
+  if (prev_limit == 0 || limit < prev_limit) mem_limit = limit;
+  lua_pushliteral(L, "__index");
+  lua_pushvalue(L, 3);
+  lua_rawset(L, smt);
+  lua_State *outer_co = sandbox_co;
+  sandbox_co = co;
+  sandbox_depth++;
+  if (capil_interrupted()) /* a signal came before: co stops at once */
+    lua_sethook(co, sandbox_stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+
+  int nres = 0;
+  int st = lua_resume(co, L, nargs, &nres);
+
+  sandbox_depth--;
+  sandbox_co = outer_co;
+  if (sandbox_depth == 0) {
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &off, NULL);
+    watchdog_sig = 0;
+  }
+  lua_pushliteral(L, "__index");
+  lua_pushvalue(L, saved);
+  lua_rawset(L, smt);
+  mem_limit = prev_limit;
+
+  if (st == LUA_YIELD) {
+    lua_pop(co, nres);
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "yield");
+    return 2;
+  }
+  if (st != LUA_OK) {
+    lua_pushboolean(L, 0);
+    lua_xmove(co, L, 1);
+    return 2;
+  }
+  if (!lua_checkstack(L, nres + 1)) return luaL_error(L, "host.sandbox_resume: too many results");
+  lua_pushboolean(L, 1);
+  lua_xmove(co, L, nres);
+  return nres + 1;
 }
 
 /* host.now() -> monotonic seconds */
@@ -315,6 +450,7 @@ static const luaL_Reg host_funcs[] = {
   {"interrupted", host_interrupted},
   {"sleep", host_sleep},
   {"now", host_now},
+  {"sandbox_resume", host_sandbox_resume},
   {"library", host_library},
   {"exepath", host_exepath},
   {NULL, NULL}
@@ -336,6 +472,10 @@ static int luaopen_capil_core_host(lua_State *L) {
 lua_State *capil_host_new(void) {
   lua_State *L = luaL_newstate();
   if (!L) return NULL;
+  /* count from here on: what the state holds already, then every change */
+  base_alloc = lua_getallocf(L, &base_ud);
+  mem_used = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+  lua_setallocf(L, counting_alloc, NULL);
   luaL_openlibs(L);
 
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);

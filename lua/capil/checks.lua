@@ -178,7 +178,7 @@ function M.load(ctx, opts)
   for _, file in ipairs(opts.files or { "recipes/checks/node.lua" }) do
     local helpers = roles.helpers(c.vars)
     helpers.escape_pattern = M.escape_pattern
-    local fn, err = sandbox.run_file(file, sandbox.environment(helpers), { budget = opts.budget })
+    local fn, err = sandbox.run_file(file, sandbox.environment(helpers), { budget = opts.budget, code = true })
     if fn == nil and err then return nil, err end
     if type(fn) ~= "function" then
       return nil, ("%s: a check file must return function(ctx), got %s"):format(file, type(fn))

@@ -309,6 +309,36 @@ end
 -- Reading                                                                --
 -- ====================================================================== --
 
+--- Why a member name is unsafe to read or extract by, or nil when it is
+--- fine: absolute, a ".." or empty component, a backslash, a control
+--- character (NUL included). Directories are allowed here (verify reports
+--- them: capil's OVAs are flat).
+---@param name string
+---@return string|nil
+function M.unsafe_name(name)
+  if name == "" then return "the name is empty" end
+  if name:find("[%z\1-\31\127]") then return "the name holds a control character" end
+  if name:find("\\", 1, true) then return "the name holds a backslash" end
+  if name:sub(1, 1) == "/" then return "the name is an absolute path" end
+  for part in (name:gsub("/$", "") .. "/"):gmatch("([^/]*)/") do
+    if part == ".." then return "the name has a '..' component" end
+    if part == "" then return "the name has an empty component" end
+  end
+  return nil
+end
+
+--- A member name as printed in messages (control characters escaped).
+---@param name string
+---@return string
+function M.shown(name)
+  return "'" .. name:gsub("[%z\1-\31\127\\']", function(c) return ("\\%03d"):format(c:byte()) end) .. "'"
+end
+
+-- The error for an unsafe member name, naming the OVA and the member.
+local function unsafe_error(fn, path, name, why)
+  return ("%s: %s: member %s: %s; refusing the OVA"):format(fn, path, M.shown(name), why), "EUNSAFE_NAME"
+end
+
 local function reader_problem(err, code, done)
   local why = tostring(err):gsub("^archive%.reader: [^:]+: ", "")
   if code == "NOT_TAR" then return "not a tar archive (" .. why .. ")" end
@@ -377,7 +407,12 @@ function M.verify(path, opts)
       problem(m.name, "tar header format is %s, not POSIX ustar", m.format)
     end
     if m.type ~= "file" then problem(m.name, "is a %s, not a regular file", m.type) end
-    if m.name:find("/", 1, true) then problem(m.name, "has a directory in its name") end
+    local unsafe = M.unsafe_name(m.name)
+    if unsafe then
+      problem(nil, "member %s: unsafe name: %s", M.shown(m.name), unsafe)
+    elseif m.name:find("/", 1, true) then
+      problem(m.name, "has a directory in its name")
+    end
     if keep == MAX_OVF then
       ovf_member = m
       if d.truncated then problem(m.name, "descriptor larger than %d bytes", MAX_OVF) else ovf_text = d.data end
@@ -526,6 +561,8 @@ function M.inspect(path)
       if nerr then return nil, "ova.inspect: " .. path .. ": " .. reader_problem(nerr, ncode, #members), ncode end
       break
     end
+    local unsafe = M.unsafe_name(m.name)
+    if unsafe then return nil, unsafe_error("ova.inspect", path, m.name, unsafe) end
     members[#members + 1] = { name = m.name, size = m.size, format = m.format }
     if #members == 1 then
       if not m.name:match("%.ovf$") then
@@ -609,6 +646,11 @@ function M.members(path)
     else
       size = pending.size or size
       padded = (size + 511) // 512 * 512
+      local unsafe = M.unsafe_name(pending.path or name)
+      if unsafe then
+        f:close()
+        return nil, unsafe_error("ova.members", path, pending.path or name, unsafe)
+      end
       if kind == "0" or kind == "\0" then
         out[#out + 1] = { name = pending.path or name, offset = data, size = size }
       end

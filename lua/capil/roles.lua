@@ -414,7 +414,7 @@ function M.load(name, ctx, opts)
     return nil, ("roles: role '%s' not found in %s"):format(name, table.concat(dirs, ", "))
   end
   local env = sandbox.environment(M.helpers(c.vars))
-  local fn, err = sandbox.run_file(file, env, { budget = opts.budget })
+  local fn, err = sandbox.run_file(file, env, { budget = opts.budget, code = true })
   if fn == nil and err then return nil, err end
   if type(fn) ~= "function" then
     return nil, ("%s: a role file must return function(ctx), got %s"):format(file, type(fn))
