@@ -21,7 +21,15 @@ return {
   },
   installer = { dir = "http/centos", files = { "7/ks.cfg" } },
   shutdown_command = "sys-unconfig",
+  -- Package sources (the kickstart installs from the CD; these serve the
+  -- provisioning). CentOS 7 reached its end in June 2024: mirrorlist.centos.org
+  -- is gone and the packages are archived under the last point release.
   vars = {
-    redhat_epel_rpm = "https://dl.fedoraproject.org/pub/epel/epel-release-latest-7.noarch.rpm",
+    -- 2020: the repo files' mirrorlist=http://mirrorlist.centos.org/?release=7…
+    centos_repo = "https://vault.centos.org/7.9.2009",
+    -- 2020: https://dl.fedoraproject.org/pub/epel/epel-release-latest-7.noarch.rpm
+    redhat_epel_rpm = "https://archives.fedoraproject.org/pub/archive/epel/7/x86_64/Packages/e/epel-release-7-14.noarch.rpm",
+    -- 2020: the repo files' metalink=https://mirrors.fedoraproject.org/metalink?repo=epel-7…
+    redhat_epel_repo = "https://archives.fedoraproject.org/pub/archive/epel/7",
   },
 }

@@ -26,4 +26,11 @@ return {
   },
   installer = { dir = "http/photon", files = { "3/ks.json" } },
   shutdown_command = "shutdown now",
+  vars = {
+    -- Package repositories: Broadcom's host since 2025 (vmware/photon issue
+    -- 1645: packages.vmware.com/photon/... answers 404, packages.broadcom.com/photon/...
+    -- serves the same layout, <base>/<release>/photon_updates_<release>_<arch>).
+    -- 2020: https://dl.bintray.com/vmware (then https://packages.vmware.com/photon, 2021)
+    photon_repo = "https://packages.broadcom.com/photon",
+  },
 }

@@ -31,4 +31,12 @@ return {
   },
   installer = { dir = "http/ubuntu", files = { "18.04/preseed.cfg", "base/preseed.cfg" } },
   shutdown_command = "shutdown -P now",
+  vars = {
+    -- Package archives for /etc/apt/sources.list. Past its standard support
+    -- the release stays on the archive while Ubuntu Pro (ESM) covers it
+    -- (bionic: standard support ended May 2023, ESM until April 2028); after that it moves to http://old-releases.ubuntu.com/ubuntu
+    -- (both variables then). The 2020 values, still serving.
+    ubuntu_repo = "http://us.archive.ubuntu.com/ubuntu",
+    ubuntu_security_repo = "http://security.ubuntu.com/ubuntu",
+  },
 }

@@ -23,16 +23,17 @@ describe("config layering #unit", function()
     assert.equal("v1.18.6", c:get("kubernetes_semver"))                      -- var file over shared
     assert.equal(2, c:get("cpus"))                                           -- var file over recipe
     assert.equal("var-file", c:explain("cpus").layer)
-    c = assert(cfg_of({ var_files = { V .. "k8s-118.json" }, vars = { "cpus=8", "kubernetes_semver=v1.20.0" } }))
+    c = assert(cfg_of({ var_files = { V .. "k8s-118.json" }, vars = { "cpus=8", "kubernetes_semver=v1.18.8",
+      "kubernetes_deb_version=1.18.8-00" } }))
     assert.equal(8, c:get("cpus"))                                           -- --var over var file
-    assert.equal("v1.20.0", c:get("kubernetes.semver"))
+    assert.equal("v1.18.8", c:get("kubernetes.semver"))
     assert.equal("--var", c:explain("cpus").file)
   end)
 
   it("applies PACKER_VAR_FILES in order, last wins, before --var-file", function()
     local c = assert(cfg_of({ packer_var_files = V .. "k8s-118.json " .. V .. "k8s-119.json" }))
     assert.equal("v1.19.1", c:get("kubernetes_semver"))
-    assert.equal("v1.18", c:get("kubernetes_series"))   -- only in the first file
+    assert.equal(2, c:get("cpus"))   -- only in the first file
     assert.equal(30720, c:get("disk_size"))
     c = assert(cfg_of({ packer_var_files = V .. "k8s-119.json", var_files = { V .. "k8s-118.json" } }))
     assert.equal("v1.18.6", c:get("kubernetes_semver"))

@@ -164,14 +164,17 @@ describe("roles #unit", function()
         assert.equal("sed -ri '/\\sswap\\s/s/^#?/#/' /etc/fstab", step(steps, "comment swap out of fstab").shell)
       end)
 
-      it("installs cloud-init with the VMware guestinfo datasource and tools.conf", function()
+      it("installs cloud-init with a VMware guestinfo datasource and tools.conf", function()
         assert.equal(case.cloud_init, step(steps, "install cloud-init packages").shell)
-        local ds = step(steps, "install the VMware guestinfo datasource for cloud-init")
+        local ds = step(steps, "VMware datasource for cloud-init (built in from 21.3, else the guestinfo script)")
         assert.same({ REPO_SLUG = "https://raw.githubusercontent.com/vmware/cloud-init-vmware-guestinfo",
           GIT_REF = "v1.3.1" }, ds.env)
+        -- cloud-init >= 21.3 has its own: listed first; older gets the script
+        assert.truthy(ds.shell:find("cloud-init --version", 1, true))
+        assert.truthy(ds.shell:find("datasource_list: [ VMware, OVF, NoCloud, None ]", 1, true))
         assert.truthy(ds.shell:find("curl -fsSL --retry 5 -o /tmp/cloud-init-vmware.sh "
           .. "https://raw.githubusercontent.com/vmware/cloud-init-vmware-guestinfo/v1.3.1/install.sh", 1, true))
-        assert.truthy(ds.shell:find("\nbash -o errexit -o pipefail /tmp/cloud-init-vmware.sh\n", 1, true))
+        assert.truthy(ds.shell:find("\n  bash -o errexit -o pipefail /tmp/cloud-init-vmware.sh\n", 1, true))
         assert.equal("[guestinfo]\nexclude-nics=antrea-*,ovs-system,br*,flannel*,veth*,vxlan_sys_*,genev_sys_*,"
           .. "gre_sys_*,stt_sys_*,????????-??????\n", step(steps, "VMware Tools: exclude container NICs").copy.content)
         for _, unit in ipairs({ "cloud-final", "cloud-config" }) do
@@ -218,7 +221,8 @@ describe("roles #unit", function()
         local install = step(steps, "install kubelet, kubeadm, kubectl and kubernetes-cni")
         assert.truthy(install.shell:find(case.kube, 1, true), install.shell)
         if case.os.family == "debian" then
-          assert.equal("deb https://apt.kubernetes.io/ kubernetes-xenial main\n",
+          assert.equal("deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] https://apt.kubernetes.io/ "
+            .. "kubernetes-xenial main\n",
             step(steps, "add the Kubernetes apt repository").copy.content)
           assert.truthy(step(steps, "add the Kubernetes apt key").shell
             :find("https://packages.cloud.google.com/apt/doc/apt-key.gpg", 1, true))
@@ -238,7 +242,7 @@ describe("roles #unit", function()
         assert.equal("apiVersion: kubeadm.k8s.io/v1beta1\nkind: ClusterConfiguration\nimageRepository: k8s.gcr.io\n"
           .. "kubernetesVersion: v1.16.14\n---\napiVersion: kubeadm.k8s.io/v1beta1\nkind: InitConfiguration\n"
           .. "nodeRegistration:\n  criSocket: \"/var/run/containerd/containerd.sock\"\n", kubeadm.content)
-        assert.equal("recipes/roles/templates/kubeadm.yml.tmpl", kubeadm.source)
+        assert.equal("recipes/roles/templates/kubeadm-v1beta1.yml.tmpl", kubeadm.source)   -- before 1.22
         local pull = step(steps, "pull the Kubernetes images").shell
         assert.truthy(pull:find("kubeadm config images pull --config /etc/kubeadm.yml", 1, true))
         assert.truthy(pull:find("rm -f /etc/kubeadm.yml", 1, true))
@@ -299,6 +303,11 @@ describe("roles #unit", function()
         http_proxy = "http://p:3128" },
       { disable_public_repos = "true", remove_extra_repos = "true", extra_rpms = "nfs-utils", extra_debs = "nfs-common",
         containerd_additional_settings = hash.base64_encode("[x]\n") },
+      -- the seed recipes' 2026 sources, pkgs.k8s.io packages
+      { centos_repo = "https://vault.centos.org/7.9.2009", photon_repo = "https://packages.broadcom.com/photon",
+        redhat_epel_repo = "https://archives.fedoraproject.org/pub/archive/epel/7", kubernetes_semver = "v1.30.2",
+        kubernetes_deb_repo = "https://pkgs.k8s.io/core:/stable:/v1.30/deb/", kubernetes_deb_version = "1.30.2-1.1",
+        kubernetes_rpm_version = "1.30.2", kubernetes_cni_deb_version = "", kubernetes_cni_rpm_version = "" },
     }
     local n = 0
     for _, os in pairs(OSES) do
@@ -341,6 +350,20 @@ describe("roles #unit", function()
       assert.equal("yum install -y https://dl.fedoraproject.org/pub/epel/epel-release-latest-7.noarch.rpm", epel.shell)
       assert.equal("rpm -q epel-release >/dev/null 2>&1", epel.unless)
       assert.equal("yum update -y '*'", step(s, "yum update").shell)
+      -- archived releases: the installed repo files are pointed at the vault
+      -- and the EPEL archive, before and after EPEL's package
+      s = assert(roles.load("setup", ctx_for(OSES.centos7, { centos_repo = "https://vault.centos.org/7.9.2009",
+        redhat_epel_repo = "https://archives.fedoraproject.org/pub/archive/epel/7" })))
+      local names = {}
+      for i, x in ipairs(s) do names[i] = x.name end
+      assert.same({ "point the CentOS repositories at https://vault.centos.org/7.9.2009", "add EPEL repository",
+        "point the EPEL repositories at https://archives.fedoraproject.org/pub/archive/epel/7" },
+        { names[1], names[2], names[3] })
+      assert.truthy(s[1].shell:find("for f in /etc/yum.repos.d/CentOS-*.repo; do", 1, true))
+      assert.truthy(s[1].shell:find("s|^mirrorlist=|#mirrorlist=|; s|^metalink=|#metalink=|; "
+        .. "s|^#*baseurl=[a-z]*://[^/]*/centos/$releasever|baseurl=https://vault.centos.org/7.9.2009|", 1, true))
+      assert.truthy(s[3].shell:find("[^/]*/pub/epel/7|baseurl=https://archives.fedoraproject.org/pub/archive/epel/7|",
+        1, true))
     end)
 
     it("reboots Photon only when distro-sync changed something", function()
@@ -396,7 +419,7 @@ describe("roles #unit", function()
     it("passes the proxy variables to every command", function()
       local c = ctx_for(OSES.centos7, { http_proxy = "http://proxy:3128", no_proxy = "localhost,.local" })
       local s = assert(roles.load("providers", c))
-      local ds = step(s, "install the VMware guestinfo datasource for cloud-init")
+      local ds = step(s, "VMware datasource for cloud-init (built in from 21.3, else the guestinfo script)")
       assert.same({ http_proxy = "http://proxy:3128", HTTP_PROXY = "http://proxy:3128", no_proxy = "localhost,.local",
         NO_PROXY = "localhost,.local",
         REPO_SLUG = "https://raw.githubusercontent.com/vmware/cloud-init-vmware-guestinfo",
@@ -451,6 +474,10 @@ describe("roles #unit", function()
       assert.falsy(imgs:find("etcd.tar", 1, true))
       assert.is_false(has_step(s, "pull the Kubernetes images"))
       assert.truthy(has_step(s, "enable the kubelet (not started)"))
+      local crictl = step(s, "install crictl into /usr/local/bin").shell
+      assert.truthy(crictl:find("-o /tmp/crictl.tar.gz https://github.com/kubernetes-sigs/cri-tools/releases/download/"
+        .. "v1.16.0/crictl-v1.16.0-linux-amd64.tar.gz;", 1, true), crictl)
+      assert.equal("install crictl into /usr/local/bin", s[1].name)   -- before the links into /usr/bin
       -- mismatched sources are refused
       c.vars.kubernetes_cni_source_type = "pkg"
       local _, err = roles.load("kubernetes", c)

@@ -299,6 +299,7 @@ function M.resolve(recipe, opts)
         extra_src[k].file or extra_src[k].layer, k, type(v))
     end
   end
+  if #errors == 0 then M.derive_kubernetes(resolved, sources, errors) end
   if #errors > 0 then return nil, errors end
 
   local cfg = setmetatable({
@@ -319,6 +320,152 @@ function M.resolve(recipe, opts)
 
   cfg:register_secrets()
   return cfg
+end
+
+-- ====================================================================== --
+-- Kubernetes versions derived from kubernetes_semver                      --
+-- ====================================================================== --
+
+-- pkgs.k8s.io, the one package source left since apt.kubernetes.io and
+-- packages.cloud.google.com/yum shut down (2024), starts at v1.24; older
+-- versions come from the release binaries on dl.k8s.io.
+M.PKG_MIN_MINOR = 24
+
+-- CNI plugins per Kubernetes minor: the kubernetes-cni the old apt/yum
+-- repositories paired with it (0.8.6 up to 1.18, 0.8.7 up to 1.23), then
+-- image-builder's current cni.json (v1.2.0).
+local function cni_for(minor)
+  if minor < 19 then return "v0.8.6" elseif minor < 24 then return "v0.8.7" end
+  return "v1.2.0"
+end
+
+--- The values `kubernetes_semver` implies, by schema path: the source types
+--- ("auto" resolved), series, package versions in the scheme of the
+--- repository that carries that version, CNI and crictl versions. `semver`
+--- is "v1.30.2"; `source`/`cni_source` the configured source types.
+---@param semver string
+---@param source string
+---@param cni_source string
+---@return table<string, string>|nil derived, string? err
+function M.kubernetes_versions(semver, source, cni_source)
+  local major, minor, patch = semver:match("^v(%d+)%.(%d+)%.(%d+)")
+  if not major then return nil, "kubernetes_semver: expected v<major>.<minor>.<patch>, got " .. semver end
+  minor = tonumber(minor)
+  local plain = ("%s.%d.%s"):format(major, minor, patch)
+  local pkgs_k8s_io = tonumber(major) > 1 or minor >= M.PKG_MIN_MINOR
+  if source == "auto" then source = pkgs_k8s_io and "pkg" or "http" end
+  -- CNI follows Kubernetes: packages with packages, tarball with binaries
+  if cni_source == "auto" then cni_source = source end
+  local cni = cni_for(minor)
+  local d = {
+    ["kubernetes.source_type"] = source,
+    ["cni.source_type"] = cni_source,
+    ["kubernetes.series"] = ("v%s.%d"):format(major, minor),
+    ["kubernetes.crictl_version"] = ("%s.%d.0"):format(major, minor),
+    ["cni.semver"] = cni,
+  }
+  if pkgs_k8s_io then
+    -- pkgs.k8s.io's scheme; kubernetes-cni unpinned: kubelet's dependency
+    -- picks the build that goes with it (as image-builder does today)
+    d["kubernetes.deb_version"] = plain .. "-1.1"
+    d["kubernetes.rpm_version"] = plain
+    d["cni.deb_version"], d["cni.rpm_version"] = "", ""
+  else
+    -- the 2020 repositories' scheme, for a mirror of them
+    d["kubernetes.deb_version"] = plain .. "-00"
+    d["kubernetes.rpm_version"] = plain .. "-0"
+    d["cni.deb_version"] = cni:sub(2) .. "-00"
+    d["cni.rpm_version"] = cni:sub(2) .. "-0"
+  end
+  return d
+end
+
+-- Whether a user (shared file, recipe, var file, --var, environment) set
+-- the value at `path`, rather than the schema default.
+local function explicit(sources, path)
+  local s = sources[path]
+  return s ~= nil and s.layer ~= "default" and s.layer ~= "derived"
+end
+
+-- The upstream version of a deb ("1.19.1-00", "1:1.19.1-00") or rpm
+-- ("1.19.1-0", "1.19.1") version string.
+local function upstream(v)
+  return (v:gsub("^%d+:", ""):gsub("%-[^%-]*$", ""))
+end
+
+local function named(path)
+  local f = schema.by_path[path]
+  return f and f.var or path
+end
+
+--- Fills in what `kubernetes_semver` implies (series, deb and rpm versions,
+--- the CNI and crictl versions, "auto" source types) where the user set
+--- nothing, recording the layer "derived"; checks what the user did set
+--- against it, appending an error naming both variables and the expected
+--- value. Changes `resolved` and `sources` in place.
+---@param resolved table values by path
+---@param sources table provenance by path
+---@param errors string[]
+function M.derive_kubernetes(resolved, sources, errors)
+  local semver = resolved["kubernetes.semver"]
+  if type(semver) ~= "string" then return end
+  local d, err = M.kubernetes_versions(semver, resolved["kubernetes.source_type"] or "auto",
+    resolved["cni.source_type"] or "auto")
+  if not d then errors[#errors + 1] = err return end
+
+  local function from(path, what)
+    resolved[path] = d[path]
+    sources[path] = { layer = "derived", note = what }
+  end
+  for _, p in ipairs({ "kubernetes.source_type", "cni.source_type" }) do
+    if resolved[p] == nil or resolved[p] == "auto" then
+      from(p, ("kubernetes_semver %s (pkgs.k8s.io has v1.%d and later)"):format(semver, M.PKG_MIN_MINOR))
+    end
+  end
+
+  -- pkg below v1.24 needs a repository that still has the version: the
+  -- shared pkgs.k8s.io one does not
+  local minor = tonumber(semver:match("^v1%.(%d+)%."))
+  if resolved["kubernetes.source_type"] == "pkg" and minor and minor < M.PKG_MIN_MINOR then
+    local repo = resolved["distro.family"] == "debian" and "kubernetes.deb_repo" or "kubernetes.rpm_repo"
+    local src = sources[repo]
+    if src == nil or src.layer == "shared" or src.layer == "default" then
+      errors[#errors + 1] = ("%s: kubernetes_source_type \"pkg\" with kubernetes_semver %s: pkgs.k8s.io starts at "
+        .. "v1.%d; use kubernetes_source_type \"http\" (or \"auto\"), or set %s to a repository that has it")
+        :format((sources["kubernetes.source_type"] or {}).file or "config", semver, M.PKG_MIN_MINOR, named(repo))
+    end
+  end
+
+  local function check(path, ok, expected, against)
+    local v = resolved[path]
+    if not explicit(sources, path) or v == nil then
+      from(path, against)
+    elseif not ok(v) then
+      local src = sources[path]
+      errors[#errors + 1] = ("%s: %s %q does not match %s: expected %s (or leave %s unset: it is derived)")
+        :format(src.where or src.file or src.layer, named(path), v, against, expected, named(path))
+    end
+  end
+  local k = "kubernetes_semver " .. semver
+  local plain = semver:match("^v(%d+%.%d+%.%d+)")
+  check("kubernetes.series", function(v) return v == d["kubernetes.series"] end, d["kubernetes.series"], k)
+  check("kubernetes.deb_version", function(v) return upstream(v) == plain end, d["kubernetes.deb_version"], k)
+  check("kubernetes.rpm_version", function(v) return upstream(v) == plain end, d["kubernetes.rpm_version"], k)
+  check("kubernetes.crictl_version", function() return true end, d["kubernetes.crictl_version"], k)
+  check("cni.semver", function() return true end, d["cni.semver"], k)
+
+  -- the CNI package versions follow the CNI version when that is set
+  local cni = resolved["cni.semver"]
+  local c = "kubernetes_cni_semver " .. cni
+  if explicit(sources, "cni.semver") then
+    d["cni.deb_version"] = d["cni.deb_version"] ~= "" and cni:gsub("^v", "") .. "-00" or ""
+    d["cni.rpm_version"] = d["cni.rpm_version"] ~= "" and cni:gsub("^v", "") .. "-0" or ""
+  else
+    c = k
+  end
+  local function cni_ok(v) return v == "" or upstream(v) == cni:gsub("^v", "") or not explicit(sources, "cni.semver") end
+  check("cni.deb_version", cni_ok, d["cni.deb_version"] ~= "" and d["cni.deb_version"] or "a matching version", c)
+  check("cni.rpm_version", cni_ok, d["cni.rpm_version"] ~= "" and d["cni.rpm_version"] or "a matching version", c)
 end
 
 --- Value by path or image-builder variable name.

@@ -89,8 +89,9 @@ return function(ctx)
   if kube and source == "pkg" then
     local v = family == "debian" and var("kubernetes_deb_version") or var("kubernetes_rpm_version")
     for _, p in ipairs({ "kubeadm", "kubelet", "kubectl" }) do add({ package = p, version = v }) end
-    add({ package = "kubernetes-cni",
-      version = family == "debian" and var("kubernetes_cni_deb_version") or var("kubernetes_cni_rpm_version") })
+    -- unpinned (empty) from v1.24: whichever build kubelet depends on
+    local cni = family == "debian" and var("kubernetes_cni_deb_version", "") or var("kubernetes_cni_rpm_version", "")
+    add({ package = "kubernetes-cni", version = cni ~= "" and cni or nil })
   end
   local seen = { ["cloud-init"] = true }
   for _, list in ipairs({ COMMON[family], OVA[family] }) do

@@ -1,12 +1,16 @@
 -- kubernetes: kubelet, kubeadm, kubectl and the CNI plugins, pinned, plus
 -- the control-plane images pre-pulled (image-builder's kubernetes role).
 --
--- kubernetes_source_type:
---   "pkg"  packages from the Kubernetes apt/yum repository (pinned versions),
---          then `kubeadm config images pull`
+-- kubernetes_source_type (config.lua resolves "auto" from kubernetes_semver:
+-- pkg from v1.24, where pkgs.k8s.io starts, http before):
+--   "pkg"  packages from the Kubernetes apt/yum repository (pinned versions;
+--          kubernetes-cni pinned only when kubernetes_cni_*_version is set,
+--          cri-tools comes as kubeadm's dependency), then
+--          `kubeadm config images pull`
 --   "http" binaries from <kubernetes_http_source>/<semver>/bin/linux/amd64/,
 --          CNI from kubernetes_cni_http_source (needs kubernetes_cni_source_type
---          "http"), images imported from the release's tarballs with ctr
+--          "http"), crictl from crictl_http_source, images imported from the
+--          release's tarballs with ctr
 --   "skip" capil only: no steps at all (images without Kubernetes, and test
 --          builds that cannot reach the Kubernetes downloads)
 
@@ -47,34 +51,55 @@ ExecStart=
 ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
 ]]
 
+-- apt-key is deprecated (absent on newer Ubuntu): the key goes into its own
+-- keyring, named by the source line's signed-by.
+local KEYRING = "/etc/apt/keyrings/kubernetes-apt-keyring.gpg"
+
+-- The source line: pkgs.k8s.io is a flat repository ("URL /"); a "URL
+-- suite" value (the 2020 apt.kubernetes.io form) keeps its components.
+local function deb_line(repo)
+  local url, suite = repo:match("^(%S+)%s+(%S+)$")
+  if url then return ("deb [signed-by=%s] %s %s main\n"):format(KEYRING, url, suite) end
+  return ("deb [signed-by=%s] %s /\n"):format(KEYRING, repo)
+end
+
+-- "kubernetes-cni=1.4.0-1.1", or unpinned when the version is empty.
+local function pinned(name, sep, version)
+  return quote(version ~= "" and (name .. sep .. version) or name)
+end
+
 local function pkg_debian()
-  local v, cni = var("kubernetes_deb_version"), var("kubernetes_cni_deb_version")
+  local v, cni = var("kubernetes_deb_version"), var("kubernetes_cni_deb_version", "")
   return {
     {
       name = "add the Kubernetes apt key",
-      shell = "set -e\n"
-        .. download(var("kubernetes_deb_gpg_key"), "/tmp/kubernetes-apt-key.gpg") .. "\n"
-        .. "apt-key add /tmp/kubernetes-apt-key.gpg\nrm -f /tmp/kubernetes-apt-key.gpg",
+      shell = "set -e\nmkdir -p -m 0755 /etc/apt/keyrings\n"
+        .. download(var("kubernetes_deb_gpg_key"), "/tmp/kubernetes-apt-key") .. "\n"
+        -- pkgs.k8s.io serves an armored key; the 2020 one was binary
+        .. "if grep -q 'BEGIN PGP' /tmp/kubernetes-apt-key; then\n"
+        .. "  gpg --batch --yes --dearmor -o " .. KEYRING .. " /tmp/kubernetes-apt-key\n"
+        .. "else\n  cp /tmp/kubernetes-apt-key " .. KEYRING .. "\nfi\n"
+        .. "chmod 0644 " .. KEYRING .. "\nrm -f /tmp/kubernetes-apt-key",
     },
     {
       name = "add the Kubernetes apt repository",
       copy = { dest = "/etc/apt/sources.list.d/kubernetes.list", mode = "0644",
-        content = "deb " .. var("kubernetes_deb_repo") .. " main\n" },
+        content = deb_line(var("kubernetes_deb_repo")) },
     },
     {
       name = "install kubelet, kubeadm, kubectl and kubernetes-cni", timeout = 1800,
       env = { DEBIAN_FRONTEND = "noninteractive" },
       shell = "set -e\napt-get update\napt-get install -y --allow-downgrades "
         .. quote("kubelet=" .. v) .. " " .. quote("kubeadm=" .. v) .. " " .. quote("kubectl=" .. v) .. " "
-        .. quote("kubernetes-cni=" .. cni),
+        .. pinned("kubernetes-cni", "=", cni),
     },
   }
 end
 
 local function rpm_packages()
-  local v, cni = var("kubernetes_rpm_version"), var("kubernetes_cni_rpm_version")
+  local v, cni = var("kubernetes_rpm_version"), var("kubernetes_cni_rpm_version", "")
   return quote("kubelet-" .. v) .. " " .. quote("kubeadm-" .. v) .. " " .. quote("kubectl-" .. v) .. " "
-    .. quote("kubernetes-cni-" .. cni)
+    .. pinned("kubernetes-cni", "-", cni)
 end
 
 local function pkg_rpm(family)
@@ -119,6 +144,9 @@ local function http_install()
   local base = var("kubernetes_http_source") .. "/" .. semver .. "/bin/linux/" .. ARCH .. "/"
   local cni_url = var("kubernetes_cni_http_source") .. "/" .. cni .. "/cni-plugins-linux-" .. ARCH .. "-" .. cni
     .. ".tgz"
+  local crictl = var("crictl_version"):gsub("^v", "")
+  local crictl_url = var("crictl_http_source") .. "/v" .. crictl .. "/crictl-v" .. crictl .. "-linux-" .. ARCH
+    .. ".tar.gz"
   local images = {}
   for _, i in ipairs(PRIMARY_IMAGES) do images[#images + 1] = i end
   if flag("kubernetes_load_additional_imgs", false) then
@@ -135,6 +163,14 @@ local function http_install()
     imgs[#imgs + 1] = "rm -f /tmp/" .. i
   end
   return {
+    {
+      -- after containerd: its release tarball carries an older crictl
+      name = "install crictl into /usr/local/bin", timeout = 1800,
+      shell = "set -e\nmkdir -p -m 0755 /usr/local/bin\n"
+        .. download(crictl_url, "/tmp/crictl.tar.gz") .. "\n"
+        .. "tar -C /usr/local/bin --no-overwrite-dir -xzf /tmp/crictl.tar.gz crictl\n"
+        .. "chmod 0755 /usr/local/bin/crictl\nrm -f /tmp/crictl.tar.gz",
+    },
     {
       name = "link the CRI tools into /usr/bin",
       shell = "set -e\nfor t in ctr crictl critest; do ln -sf /usr/local/bin/$t /usr/bin/$t; done",
@@ -170,8 +206,10 @@ end
 -- `{{ name }}` substitutions work as they are).
 local function kubeadm_template_src()
   local t = var("kubeadm_template", "etc/kubeadm.yml")
-  if t == "etc/kubeadm.yml" then return "roles/templates/kubeadm.yml.tmpl" end
-  return t
+  if t ~= "etc/kubeadm.yml" then return t end
+  -- kubeadm 1.22 removed the v1beta1 API and reads v1beta3
+  local minor = tonumber(var("kubernetes_semver"):match("^v1%.(%d+)%.") or "99")
+  return minor < 22 and "roles/templates/kubeadm-v1beta1.yml.tmpl" or "roles/templates/kubeadm.yml.tmpl"
 end
 
 return function(ctx)

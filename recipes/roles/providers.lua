@@ -1,5 +1,5 @@
 -- providers: what a vSphere OVA needs to boot under Cluster API: cloud-init
--- with VMware's guestinfo datasource, VMware Tools settings, and unit
+-- with a VMware guestinfo datasource (its own from 21.3, else VMware's script), VMware Tools settings, and unit
 -- ordering between cloud-init and containerd (image-builder's providers
 -- role, vmware tasks plus the common ones).
 --
@@ -31,6 +31,17 @@ local AFTER_CONTAINERD = "[Unit]\nAfter=containerd.service\nWants=containerd.ser
 
 local SCRIPT = "/tmp/cloud-init-vmware.sh"
 
+-- cloud-init 21.3 and later carry DataSourceVMware (guestinfo included):
+-- it is listed first; OVF for vApp properties, NoCloud for `capil test` on
+-- QEMU (a cidata seed CD). Older cloud-init (CentOS 7's 19.4) gets VMware's
+-- legacy guestinfo datasource from its install script instead.
+local DATASOURCE_CFG = "/etc/cloud/cloud.cfg.d/99-capil-datasource.cfg"
+local DATASOURCE_LIST = "# capil: cloud-init's own VMware datasource first (cloud-init >= 21.3)\n"
+  .. "datasource_list: [ VMware, OVF, NoCloud, None ]\n"
+local HAS_VMWARE_DS = "v=$(cloud-init --version 2>&1 | grep -o '[0-9][0-9]*\\.[0-9][0-9]*' | head -n 1)\n"
+  .. "major=${v%%.*}; minor=${v#*.}\n"
+  .. "if [ -n \"$v\" ] && { [ \"$major\" -gt 21 ] || { [ \"$major\" -eq 21 ] && [ \"$minor\" -ge 3 ]; }; }; then"
+
 return function(ctx)
   local family = ctx.os.family
   local slug = var("guestinfo_datasource_slug", "https://raw.githubusercontent.com/vmware/cloud-init-vmware-guestinfo")
@@ -42,11 +53,18 @@ return function(ctx)
   local steps = {
     { name = "install cloud-init packages", timeout = 1800, shell = INSTALL[family] .. table.concat(pkgs, " ") },
     {
-      name = "install the VMware guestinfo datasource for cloud-init", timeout = 1800,
+      -- decided in the guest, after the upgrade: right whatever version the
+      -- distribution's updates brought
+      name = "VMware datasource for cloud-init (built in from 21.3, else the guestinfo script)", timeout = 1800,
       env = { REPO_SLUG = slug, GIT_REF = ref },
-      shell = "set -e\n" .. download(script_url, SCRIPT) .. "\n"
-        .. "bash -o errexit -o pipefail " .. SCRIPT .. "\n"
-        .. "rm -f " .. SCRIPT,
+      shell = "set -e\n" .. HAS_VMWARE_DS .. "\n"
+        .. "  printf '%s' " .. quote(DATASOURCE_LIST) .. " >" .. DATASOURCE_CFG .. "\n"
+        .. "  chmod 0644 " .. DATASOURCE_CFG .. "\n"
+        .. "else\n"
+        .. "  " .. download(script_url, SCRIPT) .. "\n"
+        .. "  bash -o errexit -o pipefail " .. SCRIPT .. "\n"
+        .. "  rm -f " .. SCRIPT .. "\n"
+        .. "fi",
     },
   }
   if family == "photon" then

@@ -3,6 +3,11 @@
 -- Variables: disable_public_repos, extra_repos (files on this machine),
 -- extra_debs / extra_rpms, redhat_epel_rpm, ssh_username; http_proxy,
 -- https_proxy and no_proxy reach every command through capil.roles.
+-- Where the packages come from is the recipe's: ubuntu_repo and
+-- ubuntu_security_repo (sources.list), centos_repo and redhat_epel_repo
+-- (the installed repo files rewritten: their mirrorlists are gone),
+-- photon_repo (Photon's repo files moved with the repositories). No URL
+-- lives here, so a mirror move is a one-line change in the recipe.
 
 -- The node's packages, per family (image-builder's common_debs,
 -- common_rpms and common_photon_rpms).
@@ -71,13 +76,11 @@ local function debian(ctx, steps)
   if ctx.os.distro == "ubuntu" then
     local release = UBUNTU_CODENAMES[ctx.os.version]
     if not release then error("setup: no Ubuntu codename known for version " .. ctx.os.version) end
+    local archive, security = var("ubuntu_repo"), var("ubuntu_security_repo")
     local lines = {}
     for _, l in ipairs({
-      "deb http://us.archive.ubuntu.com/ubuntu %s main restricted universe",
-      "deb http://us.archive.ubuntu.com/ubuntu %s-updates main restricted universe",
-      "deb http://us.archive.ubuntu.com/ubuntu %s-backports main restricted universe",
-      "deb http://security.ubuntu.com/ubuntu %s-security main restricted universe",
-    }) do lines[#lines + 1] = l:format(release) end
+      { archive, "" }, { archive, "-updates" }, { archive, "-backports" }, { security, "-security" },
+    }) do lines[#lines + 1] = ("deb %s %s%s main restricted universe"):format(l[1], release, l[2]) end
     steps[#steps + 1] = {
       name = "write apt sources.list",
       copy = { dest = "/etc/apt/sources.list", content = table.concat(lines, "\n") .. "\n", mode = "0644" },
@@ -102,12 +105,41 @@ local function debian(ctx, steps)
   end
 end
 
+-- Points yum's repo files at a base URL: mirrorlist/metalink lines
+-- commented out, baseurl lines (commented or not) whose path after the host
+-- starts with `path` rewritten to start with `base` instead.
+local function rebase_repos(glob, path, base)
+  local script = "s|^mirrorlist=|#mirrorlist=|; s|^metalink=|#metalink=|; "
+    .. "s|^#*baseurl=[a-z]*://[^/]*" .. path .. "|baseurl=" .. base .. "|"
+  return "set -e\nfor f in " .. glob .. "; do\n"
+    .. "  [ -e \"$f\" ] || continue\n"
+    .. "  sed -i -e " .. quote(script) .. " \"$f\"\n"
+    .. "done"
+end
+
 local function redhat(steps)
-  local epel = var("redhat_epel_rpm", "https://dl.fedoraproject.org/pub/epel/epel-release-latest-7.noarch.rpm")
+  -- CentOS 7 is archived: mirrorlist.centos.org is gone, the packages are
+  -- on the vault under the last point release
+  local centos = var("centos_repo", "")
+  if centos ~= "" then
+    steps[#steps + 1] = {
+      name = "point the CentOS repositories at " .. centos,
+      shell = rebase_repos("/etc/yum.repos.d/CentOS-*.repo", "/centos/$releasever", centos),
+    }
+  end
+  local epel = var("redhat_epel_rpm", "")
   if epel ~= "" then
     steps[#steps + 1] = {
       name = "add EPEL repository", unless = "rpm -q epel-release >/dev/null 2>&1",
       shell = "yum install -y " .. quote(epel),
+    }
+  end
+  -- EPEL 7's metalink and download mirrors no longer serve it
+  local epel_repo = var("redhat_epel_repo", "")
+  if epel_repo ~= "" then
+    steps[#steps + 1] = {
+      name = "point the EPEL repositories at " .. epel_repo,
+      shell = rebase_repos("/etc/yum.repos.d/epel*.repo", "/pub/epel/7", epel_repo),
     }
   end
   repo_steps(steps, { "/etc/yum.repos.d" }, "*.repo")
@@ -128,6 +160,21 @@ local function photon(steps)
       content = "PATH=$PATH:/usr/sbin:/usr/local/sbin\nexport PATH\n",
     },
   }
+  -- Photon's repositories left bintray (2021) and then packages.vmware.com
+  -- for Broadcom's host; distro-sync may bring back the package's files
+  local photon_repo = var("photon_repo", "")
+  local rebase
+  if photon_repo ~= "" then
+    rebase = {
+      name = "point the Photon repositories at " .. photon_repo,
+      shell = "set -e\nfor f in /etc/yum.repos.d/photon*.repo; do\n"
+        .. "  [ -e \"$f\" ] || continue\n"
+        .. "  sed -i -e " .. quote("s|^baseurl=https\\?://dl.bintray.com/vmware/|baseurl=" .. photon_repo
+          .. "/$releasever/|; s|^baseurl=https\\?://packages.vmware.com/photon/|baseurl=" .. photon_repo .. "/|")
+        .. " \"$f\"\ndone",
+    }
+    steps[#steps + 1] = rebase
+  end
   repo_steps(steps, { "/etc/yum.repos.d" }, "*.repo")
   -- image-builder: a new kernel removes the running one's /lib/modules, and
   -- later packages load modules, so reboot when distro-sync changed anything.
@@ -143,6 +190,9 @@ local function photon(steps)
   }
   steps[#steps + 1] = { name = "reboot after distro-sync", reboot = true, only_if = "test -f " .. SYNC_MARKER }
   steps[#steps + 1] = { name = "clear the distro-sync marker", shell = "rm -f " .. SYNC_MARKER }
+  if rebase then
+    steps[#steps + 1] = { name = rebase.name .. " (after distro-sync)", shell = rebase.shell }
+  end
   steps[#steps + 1] = {
     name = "install baseline packages", timeout = 3600,
     shell = "tdnf install -y " .. quoted(PHOTON_RPMS),

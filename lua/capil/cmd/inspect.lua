@@ -21,6 +21,7 @@ return {
         local e, err = cfg:explain(key)
         if not e then cli.fail("inspect: " .. err, 1) end
         local from = e.layer == "default" and "schema default"
+          or e.layer == "derived" and e.note .. " (derived)"
           or (e.where or e.file or e.layer) .. " (" .. e.layer .. ")"
         io.stdout:write(("%s = %s\n  from %s\n"):format(e.path or e.key,
           type(e.value) == "table" and json.encode(e.value) or tostring(e.value), from))
