@@ -32,6 +32,12 @@ describe("end-to-end build of the test OS #qemu #e2e", function()
     -- the OVA verifies, the checks passed, the timing split is recorded
     local v = capil.run({ "ova", "verify", ova })
     assert.equal(0, v.code, v.stdout .. v.stderr)
+    -- the OVF declares the node (image-builder's 2 CPUs, 2 cores per socket,
+    -- 2048 MiB, PVSCSI, VMXNET3), not this 1 GiB build VM
+    local facts = assert(require("capil.ova").inspect(ova))
+    assert.same({ 2, 2, 2048 }, { facts.hardware.cpus, facts.hardware.cores_per_socket, facts.hardware.memory_mb })
+    assert.matches("VirtualSCSI", facts.hardware.scsi)
+    assert.matches("VmxNet3", facts.hardware.nic)
     local report = json.read(dir .. "/report.json")
     assert.is_true(report.ok)
     assert.equal(9, report.checks.total)

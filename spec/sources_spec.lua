@@ -19,9 +19,23 @@ local FAMILY = { ["centos-7"] = "redhat", ["photon-3"] = "photon", ["ubuntu-1804
 local GONE = { "apt.kubernetes.io", "packages.cloud.google.com", "k8s.gcr.io", "mirrorlist.centos.org",
   "storage.googleapis.com/kubernetes-release" }
 
+-- A containerd that runs kubelet v1.26+ (CRI v1): the seed's 1.3.4 does not.
+-- The digest is a placeholder: plans are resolved, nothing is downloaded.
+local CONTAINERD_17 = { "containerd_version=1.7.22",
+  "containerd_url=https://github.com/containerd/containerd/releases/download/v1.7.22/"
+    .. "cri-containerd-1.7.22-linux-amd64.tar.gz",
+  "containerd_sha256=" .. ("ab"):rep(32) }
+
+local function with_containerd(vars)
+  for _, v in ipairs(CONTAINERD_17) do vars[#vars + 1] = v end
+  return vars
+end
+
 local function resolve(name, backend, semver)
   local r = assert(recipe.load(name))
-  local cfg = assert(config.resolve(r, { backend = backend, vars = semver and { "kubernetes_semver=" .. semver } }))
+  local vars = semver and { "kubernetes_semver=" .. semver } or nil
+  if semver and semver >= "v1.26" then with_containerd(vars) end
+  local cfg = assert(config.resolve(r, { backend = backend, vars = vars }))
   return cfg, assert(plan.resolve(cfg, backend))
 end
 
@@ -160,7 +174,7 @@ describe("package sources #unit", function()
   it("lets an explicit source type win over the version", function()
     local r = assert(recipe.load("ubuntu-2004"))
     local cfg = assert(config.resolve(r, { backend = "qemu",
-      vars = { "kubernetes_semver=v1.30.2", "kubernetes_source_type=http" } }))
+      vars = with_containerd({ "kubernetes_semver=v1.30.2", "kubernetes_source_type=http" }) }))
     assert.same({ "http", "http", "var" }, { cfg:get("kubernetes_source_type"), cfg:get("kubernetes_cni_source_type"),
       cfg:explain("kubernetes_source_type").layer })
     assert.equal("v1.2.0", cfg:get("kubernetes_cni_semver"))
@@ -182,6 +196,10 @@ describe("package sources #unit", function()
       assert.matches('kubernetes_series "v1.18" does not match kubernetes_semver v1.19.1: expected v1.19', e, 1, true)
       e = errors({ "kubernetes_semver=v1.30.2", "kubernetes_rpm_version=1.29.0" })
       assert.matches("expected 1.30.2", e, 1, true)
+      -- a kubelet the seed's containerd cannot run (CRI v1 from containerd 1.6)
+      assert.matches("containerd_version 1.3.4 cannot run the kubelet of kubernetes_semver v1.30.2: Kubernetes "
+        .. "v1.26 and later need containerd 1.6 or later", e, 1, true)
+      assert(config.resolve(assert(recipe.load("ubuntu-2004")), { backend = "qemu", vars = { "kubernetes_semver=v1.25.9" } }))
       -- pkg below v1.24 has no repository unless the user names one
       e = errors({ "kubernetes_source_type=pkg" })
       assert.matches("pkgs.k8s.io starts at v1.24", e, 1, true)
@@ -189,8 +207,8 @@ describe("package sources #unit", function()
 
     it("pass when consistent (image-builder's var files set them all)", function()
       local r = assert(recipe.load("ubuntu-2004"))
-      assert(config.resolve(r, { backend = "qemu", vars = { "kubernetes_semver=v1.30.2", "kubernetes_series=v1.30",
-        "kubernetes_deb_version=1.30.2-1.1", "kubernetes_rpm_version=1.30.2" } }))
+      assert(config.resolve(r, { backend = "qemu", vars = with_containerd({ "kubernetes_semver=v1.30.2",
+        "kubernetes_series=v1.30", "kubernetes_deb_version=1.30.2-1.1", "kubernetes_rpm_version=1.30.2" }) }))
       assert(config.resolve(r, { backend = "qemu", vars = { "kubernetes_semver=v1.16.14",
         "kubernetes_source_type=pkg", "kubernetes_deb_repo=https://mirror.example/kubernetes-xenial main" } }))
     end)

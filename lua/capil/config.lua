@@ -417,6 +417,20 @@ function M.derive_kubernetes(resolved, sources, errors)
     resolved[path] = d[path]
     sources[path] = { layer = "derived", note = what }
   end
+
+  -- kubelet v1.26 and later speak only CRI v1, which containerd has from
+  -- 1.6: the seed's containerd 1.3.4 would give an image whose kubelet
+  -- never starts
+  local k_minor = tonumber(semver:match("^v1%.(%d+)%."))
+  local cv = tostring(resolved["containerd.version"] or "")
+  local c_major, c_minor = cv:match("^v?(%d+)%.(%d+)")
+  if k_minor and k_minor >= 26 and c_major and tonumber(c_major) == 1 and tonumber(c_minor) < 6 then
+    local src = sources["containerd.version"] or {}
+    errors[#errors + 1] = ("%s: containerd_version %s cannot run the kubelet of kubernetes_semver %s: Kubernetes "
+      .. "v1.26 and later need containerd 1.6 or later (CRI v1); set containerd_version, containerd_url and "
+      .. "containerd_sha256 to a release from https://github.com/containerd/containerd/releases")
+      :format(src.where or src.file or src.layer or "config", cv, semver)
+  end
   for _, p in ipairs({ "kubernetes.source_type", "cni.source_type" }) do
     if resolved[p] == nil or resolved[p] == "auto" then
       from(p, ("kubernetes_semver %s (pkgs.k8s.io has v1.%d and later)"):format(semver, M.PKG_MIN_MINOR))

@@ -33,7 +33,7 @@ return function(ctx)
     error("containerd: containerd_sha256 must be 64 hex digits, got '" .. sha .. "'")
   end
   local version = var("containerd_version", "")
-  local pause = var("containerd_pause_image", "k8s.gcr.io/pause:3.2")
+  local pause = var("containerd_pause_image", "registry.k8s.io/pause:3.2")
   local additional = var("containerd_additional_settings", "")
   local config = "# capil: containerd configuration (config version 2; version 1 is the default)\n"
     .. "version = 2\n\n"
