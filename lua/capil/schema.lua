@@ -421,26 +421,40 @@ function M.check(field, v, all)
   return true
 end
 
---- Closest known field path to `path` (for "did you mean").
+--- Keys longer than this get no "did you mean".
+M.SUGGEST_MAX = 64
+
+--- Closest known field path to `path` (for "did you mean"), or nil.
+---@param path string
+---@return string?
 function M.suggest(path)
+  -- a long key is no typo of a field name: no suggestion (and no cost)
+  if #path > M.SUGGEST_MAX then return nil end
+  local limit = math.max(2, #path // 4)
+  -- edit distance, two rows, given up once every cell exceeds the limit
   local function dist(a, b)
-    local d = {}
-    for i = 0, #a do d[i] = { [0] = i } end
-    for j = 0, #b do d[0][j] = j end
+    if math.abs(#a - #b) > limit then return math.huge end
+    local prev, cur = {}, {}
+    for j = 0, #b do prev[j] = j end
     for i = 1, #a do
+      cur[0] = i
+      local ai, low = a:byte(i), i
       for j = 1, #b do
-        local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
-        d[i][j] = math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+        local v = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ai == b:byte(j) and 0 or 1))
+        cur[j] = v
+        if v < low then low = v end
       end
+      if low > limit then return math.huge end
+      prev, cur = cur, prev
     end
-    return d[#a][#b]
+    return prev[#b]
   end
   local best, bd = nil, math.huge
   for _, f in ipairs(F) do
     local dd = dist(path, f.path)
     if dd < bd then best, bd = f.path, dd end
   end
-  if bd <= math.max(2, #path // 4) then return best end
+  if bd <= limit then return best end
 end
 
 return M

@@ -1,0 +1,87 @@
+-- What capil shows a user when the input is wrong or hostile: a short
+-- message naming the input, never a traceback, an internal path, a table
+-- address or a secret, and never a hang. Every case runs the binary.
+local capil = require("support.capil")
+local peer = require("support.peer")
+local fs = require("capil.fs")
+local host = require("capil.core.host")
+
+-- Asserts that a run's output shows nothing internal.
+local function assert_clean(r)
+  local all = r.stdout .. r.stderr
+  assert.is_nil(all:find("stack traceback", 1, true), all)
+  assert.is_nil(all:find("lua/capil/", 1, true), all)
+  assert.is_nil(all:find("table: 0x", 1, true), all)
+  assert.is_nil(all:find("\27", 1, true), "an escape sequence reached the output")
+end
+
+describe("messages to the user #unit", function()
+  local dir
+  setup(function() dir = peer.dir("messages") end)
+  teardown(function() if dir then fs.remove(dir, { recursive = true }) end end)
+
+  local function recipe(name, body)
+    local path = dir .. "/" .. name .. ".lua"
+    assert(fs.write(path, body))
+    return path
+  end
+
+  local tiny = "spec/fixtures/recipes/tiny.lua"
+
+  it("never prints the password of a URL: inspect, --explain, errors", function()
+    local proxy = "http://bob:Pr0xy-S3cret@proxy.example:3128"
+    local r = capil.run({ "inspect", tiny, "--var", "http_proxy=" .. proxy, "--explain", "http_proxy" })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("common.http_proxy = http://bob:****@proxy.example:3128", r.stdout, 1, true)
+    r = capil.run({ "inspect", tiny, "--var", "http_proxy=" .. proxy })
+    assert.equal(0, r.code, r.stderr)
+    -- an error quoting the value: the password is a secret by then, in any form
+    r = capil.run({ "inspect", tiny, "--var", "http_proxy=" .. proxy, "--var", "cpus=Pr0xy-S3cret" })
+    assert.not_equal(0, r.code)
+    for _, out in ipairs({ r.stdout, r.stderr }) do
+      assert.is_nil(out:find("Pr0xy-S3cret", 1, true), out)
+    end
+    assert_clean(r)
+  end)
+
+  it("escapes escape sequences of recipe text before they reach the terminal", function()
+    local path = recipe("esc", 'return { name = "esc\\27]0;owned\\7", description = "x\\27[2J" }\n')
+    local r = capil.run({ "validate", path })
+    assert_clean(r)
+    r = capil.run({ "inspect", path })
+    assert_clean(r)
+  end)
+
+  it("reports 20,000 unknown fields and a 200 KB key fast, the first 50 and a count", function()
+    local lines = { "return {" }
+    for i = 1, 20000 do lines[#lines + 1] = ("  unknown_field_%d = 1,"):format(i) end
+    lines[#lines + 1] = "}"
+    local path = recipe("many", table.concat(lines, "\n") .. "\n")
+    local t0 = host.now()
+    local r = capil.run({ "validate", path }, { timeout = 30 })
+    local took = host.now() - t0
+    assert.equal(1, r.code)
+    assert.is_true(took < 3, ("took %.1f s"):format(took))
+    local n = select(2, r.stderr:gsub("unknown field '", ""))
+    assert.equal(50, n)
+    assert.matches("... and 19950 more unknown fields", r.stderr, 1, true)
+    assert_clean(r)
+
+    path = recipe("longkey", ('return { ["%s"] = 1 }\n'):format(("k"):rep(200000)))
+    t0 = host.now()
+    r = capil.run({ "validate", path }, { timeout = 30 })
+    assert.equal(1, r.code)
+    assert.is_true(host.now() - t0 < 3)
+    assert.is_true(#r.stderr < 2000, "the whole key printed")
+    assert_clean(r)
+  end)
+
+  it("takes a recipe key with pattern characters as text", function()
+    local path = recipe("pattern", 'return {\n  name = "p",\n  ["a(b%["] = 1,\n  ["x%"] = 2,\n}\n')
+    local r = capil.run({ "validate", path })
+    assert.equal(1, r.code)
+    assert.matches("pattern.lua:3: unknown field 'a(b%['", r.stderr, 1, true)
+    assert.matches("pattern.lua:4: unknown field 'x%'", r.stderr, 1, true)
+    assert_clean(r)
+  end)
+end)
