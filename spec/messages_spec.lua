@@ -84,4 +84,26 @@ describe("messages to the user #unit", function()
     assert.matches("pattern.lua:4: unknown field 'x%'", r.stderr, 1, true)
     assert_clean(r)
   end)
+
+  it("bounds durations, hardware sizes and checks a thumbprint's form, with a schema message", function()
+    local cases = {
+      { "ssh_timeout=" .. ("9"):rep(400) .. "s", "is longer than the maximum" },
+      { "ssh_timeout=" .. ("9"):rep(400), "is longer than the maximum" },
+      { "cpus=100000", "cpus: expected at most 768 (vSphere's limit), got 100000" },
+      { "memory=99999999999", "memory: expected at most 25165824 MiB (24 TiB, vSphere's limit)" },
+      { "disk_size=999999999999", "disk_size: expected at most 65011712 MiB (62 TiB, vSphere's limit)" },
+      { "thumbprint=nothex", "thumbprint: expected a SHA-256 fingerprint" },
+    }
+    for _, c in ipairs(cases) do
+      for _, cmd in ipairs({ "validate", "inspect" }) do
+        local r = capil.run({ cmd, tiny, "--backend", "vsphere", "--var", c[1] })
+        assert.not_equal(0, r.code, c[1])
+        assert.matches(c[2], r.stderr, 1, true)
+        assert.is_true(#r.stderr < 1000, r.stderr)
+        assert_clean(r)
+      end
+    end
+    local fp = ("ab:"):rep(31) .. "ab"
+    assert.equal(0, capil.run({ "validate", tiny, "--backend", "vsphere", "--var", "thumbprint=" .. fp }).code)
+  end)
 end)
