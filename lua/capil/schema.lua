@@ -243,7 +243,8 @@ local F = {
   { path = "remote.private_key_file", var = "remote_private_key_file", type = "string",
     description = "ESXi over SSH: log in with this key instead of remote_password" },
   { path = "remote.host_key", var = "remote_host_key", type = "string",
-    description = "ESXi over SSH: the host key, SHA256:... or a known_hosts path (default: accept a new host)" },
+    description = "ESXi over SSH: the host key, SHA256:... or a known_hosts path (default: capil's "
+      .. "$XDG_STATE_HOME/capil/known_hosts, trust on first use, a changed key refused)" },
   { path = "remote.vnc_port", var = "remote_vnc_port", type = "integer",
     description = "ESXi over SSH: the VM's VNC port (default: the first free one in 5900-5999)" },
   { path = "vsphere.server", var = "vcenter_server", type = "string", description = "vCenter (or ESXi) host name" },
