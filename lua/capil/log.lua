@@ -48,8 +48,12 @@ end
 --- Registers the password of every URL in `s` ("scheme://user:PASSWORD@host",
 --- a proxy's, a mirror's), whatever the variable holding it is called, in
 --- its written and its percent-decoded forms.
----@param s any
+---@param s any a string, or a list of them
 function M.secret_urls(s)
+  if type(s) == "table" then -- a list of URLs (mirrors)
+    for _, v in ipairs(s) do if type(v) == "string" then M.secret_urls(v) end end
+    return
+  end
   if type(s) ~= "string" then return end
   for pw in s:gmatch("://[^/?#@%s:]*:([^/?#@%s]+)@") do
     core.secret(pw)
