@@ -27,7 +27,8 @@
 --- * finalize_vm: keep the VM registered (keep_vm) or destroy it.
 ---
 --- Extra variables: remote_port (22), remote_private_key_file,
---- remote_host_key ("SHA256:..." or a known_hosts path; default accept-new),
+--- remote_host_key ("SHA256:..." or a known_hosts path; default capil's
+--- known_hosts, $XDG_STATE_HOME/capil/known_hosts: trust on first use),
 --- remote_vnc_port (default: the first free port in 5900-5999 by
 --- `esxcli network ip connection list`), remote_poll_interval (seconds, 2).
 --- Every remote failure names the host and the command.
@@ -72,10 +73,28 @@ end
 -- Settings and the remote shell                                          --
 -- ====================================================================== --
 
+--- The known_hosts file capil keeps for the ESXi hosts it logs in to:
+--- $XDG_STATE_HOME/capil/known_hosts, else ~/.local/state/capil/known_hosts.
+---@param getenv? fun(name: string): string?
+---@return string|nil
+function M.known_hosts_file(getenv)
+  getenv = getenv or os.getenv
+  local state = nonempty(getenv("XDG_STATE_HOME"))
+  if not state then
+    local home = nonempty(getenv("HOME"))
+    if not home then return nil end
+    state = home .. "/.local/state"
+  end
+  return state .. "/capil/known_hosts"
+end
+
 --- The SSH settings of a resolved configuration (esx.json's remote_*
---- variables plus the extras named in the module comment).
+--- variables plus the extras named in the module comment). The host key
+--- is pinned: remote_host_key, else capil's known_hosts file (trust on
+--- first use, a changed key refused before the password is sent).
 ---@param cfg table capil.config
-function M.settings(cfg)
+---@param getenv? fun(name: string): string? (default os.getenv)
+function M.settings(cfg, getenv)
   local g = function(k) return nonempty(cfg:get(k)) end
   local h = g("remote.host") or g("vsphere.server")
   -- remote_host may be a URL for the vSphere API (https://host[:port]/sdk)
@@ -84,7 +103,7 @@ function M.settings(cfg)
     host = h, port = tonumber(g("remote_port") or 22),
     user = g("remote.username") or g("vsphere.username") or "root",
     password = g("remote.password") or g("vsphere.password"),
-    key = g("remote_private_key_file"), host_key = g("remote_host_key"),
+    key = g("remote_private_key_file"), host_key = g("remote_host_key") or M.known_hosts_file(getenv),
     datastore = g("remote.datastore") or g("vsphere.datastore"),
     cache_dir = g("vsphere.cache_dir") or "capil_cache",
     vnc_port = tonumber(g("remote_vnc_port") or ""),
@@ -105,9 +124,32 @@ function M.connect(s)
   if not s.password and not s.key then
     return fail(("esx over SSH: %s: set remote_password or remote_private_key_file"):format(s.host), "ECONFIG")
   end
+  -- a known_hosts path (not a fingerprint, not accept-new): note whether
+  -- the host is in it yet, to say so loudly when its key is first trusted
+  local kh = s.host_key and s.host_key ~= "accept-new" and not s.host_key:match("^SHA256:") and s.host_key
+  local known
+  if kh then
+    local ok, merr = fs.mkdir(fs.dirname(kh), 448) -- 0700
+    if not ok then return fail(("esx over SSH: %s: known hosts: %s"):format(s.host, merr), "ECONFIG") end
+    local name = s.port == 22 and s.host or ("[%s]:%d"):format(s.host, s.port)
+    for line in (fs.read(kh) or ""):gmatch("[^\n]+") do
+      if line:sub(1, #name + 1) == name .. " " then known = true break end
+    end
+  end
   local sess, err, code = ssh.connect({ host = s.host, port = s.port, user = s.user, password = s.password,
     key = s.key, host_key = s.host_key, timeout = 30 })
-  if not sess then return fail(("esx over SSH: %s@%s:%d: %s"):format(s.user, s.host, s.port, err), code) end
+  if not sess then
+    if code == "SSH_HOSTKEY" then
+      err = err .. (kh and "; if the host was reinstalled, check the new fingerprint on its console and set "
+        .. "remote_host_key to it" or "; check the fingerprint on the host's console and set remote_host_key")
+    end
+    return fail(("esx over SSH: %s@%s:%d: %s"):format(s.user, s.host, s.port, err), code)
+  end
+  if kh and not known then
+    log.warn("esx over SSH: %s:%d is a new host: trusting its host key %s on first use (saved in %s); "
+      .. "a different key will be refused. To pin it, set remote_host_key=%s", s.host, s.port,
+      sess.host_key_fingerprint, kh, sess.host_key_fingerprint)
+  end
   log.info("esx over SSH: connected to %s@%s:%d (%s)", s.user, s.host, s.port, sess.host_key_fingerprint or "")
   return setmetatable({ s = s, session = sess, host = s.host,
     volume = "/vmfs/volumes/" .. s.datastore }, Remote)

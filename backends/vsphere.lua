@@ -110,6 +110,10 @@ function M.connect(s)
     return fail(("%s: %s: set username and password (var file, --var, or GOVC_USERNAME/GOVC_PASSWORD)")
       :format(s.kind, s.server), "ECONFIG")
   end
+  if s.server:match("^[Hh][Tt][Tt][Pp]://") then
+    log.warn("%s: %s is plain http: the password (and every datastore upload) crosses the network in clear; "
+      .. "use https://", s.kind, s.server)
+  end
   return vim25.connect({
     server = s.server, username = s.username, password = s.password,
     insecure = s.insecure, ca_file = s.ca_file, cert_sha256 = s.thumbprint,

@@ -62,50 +62,101 @@ static size_t secret_at(const char *s, size_t n) {
   return 0;
 }
 
+/* Length of the userinfo password of a URL whose "://" starts at s (of n
+** bytes left): in "scheme://user:PASSWORD@host" the PASSWORD is masked
+** whatever its name, so a proxy or mirror URL's credentials never print.
+** Sets *skip to the bytes before the password ("://user:"). */
+static size_t url_password_at(const char *s, size_t n, size_t *skip) {
+  if (n < 3 || memcmp(s, "://", 3) != 0) return 0;
+  size_t colon = 0, j = 3;
+  for (; j < n; j++) {
+    unsigned char c = (unsigned char)s[j];
+    if (c == '@') break;
+    if (c <= ' ' || c == '/' || c == '?' || c == '#' || c == '"' || c == '\'' || c == '<' || c == '>' ||
+        c == '\\' || c == 0x7f)
+      return 0;
+    if (c == ':' && !colon) colon = j;
+  }
+  if (j >= n || !colon || j == colon + 1) return 0;
+  *skip = colon + 1;
+  return j - colon - 1;
+}
+
+/* Where filtered text goes: a Lua buffer or a FILE. */
+typedef struct {
+  luaL_Buffer *b;
+  FILE *f;
+} Sink;
+
+static void emit(Sink *k, const char *s, size_t n) {
+  if (!n) return;
+  if (k->b) luaL_addlstring(k->b, s, n);
+  else fwrite(s, 1, n, k->f);
+}
+
+/* A control character from untrusted text (a recipe's, a server's) must
+** not reach a terminal as is: ESC would let it rewrite the screen or the
+** window title. C0 but newline and tab, DEL, and C1 (as UTF-8) show as \xNN.
+** Returns the bytes taken at s (0: not a control character). */
+static size_t control_at(const char *s, size_t n, char out[16]) {
+  unsigned char c = (unsigned char)s[0];
+  if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) {
+    snprintf(out, 16, "\\x%02x", c);
+    return 1;
+  }
+  if (c == 0xc2 && n > 1 && (unsigned char)s[1] >= 0x80 && (unsigned char)s[1] <= 0x9f) {
+    snprintf(out, 16, "\\u%04x", (unsigned char)s[1]);
+    return 2;
+  }
+  return 0;
+}
+
+/* The one filter every printed byte goes through: registered secrets and
+** URL passwords become "****"; with `escape`, control characters are
+** shown escaped. */
+static void filter(Sink *k, const char *s, size_t len, int escape) {
+  size_t i = 0, start = 0;
+  char esc[16];
+  pthread_mutex_lock(&secrets_mu);
+  while (i < len) {
+    size_t m = nsecrets ? secret_at(s + i, len - i) : 0, skip = 0, c;
+    if (m) {
+      emit(k, s + start, i - start);
+      emit(k, MASK, strlen(MASK));
+      i += m;
+      start = i;
+    } else if (s[i] == ':' && (m = url_password_at(s + i, len - i, &skip)) != 0) {
+      emit(k, s + start, i + skip - start);
+      emit(k, MASK, strlen(MASK));
+      i += skip + m;
+      start = i;
+    } else if (escape && (c = control_at(s + i, len - i, esc)) != 0) {
+      emit(k, s + start, i - start);
+      emit(k, esc, strlen(esc));
+      i += c;
+      start = i;
+    } else {
+      i++;
+    }
+  }
+  pthread_mutex_unlock(&secrets_mu);
+  emit(k, s + start, len - start);
+}
+
 void capil_redact_push(lua_State *L, const char *s, size_t len) {
   luaL_Buffer b;
   luaL_buffinit(L, &b);
-  pthread_mutex_lock(&secrets_mu);
-  if (nsecrets == 0) {
-    pthread_mutex_unlock(&secrets_mu);
-    luaL_addlstring(&b, s, len);
-    luaL_pushresult(&b);
-    return;
-  }
-  size_t i = 0, start = 0;
-  while (i < len) {
-    size_t m = secret_at(s + i, len - i);
-    if (m) {
-      luaL_addlstring(&b, s + start, i - start);
-      luaL_addstring(&b, MASK);
-      i += m;
-      start = i;
-    } else {
-      i++;
-    }
-  }
-  pthread_mutex_unlock(&secrets_mu);
-  luaL_addlstring(&b, s + start, len - start);
+  Sink k = {&b, NULL};
+  filter(&k, s, len, 0);
   luaL_pushresult(&b);
 }
 
+/* Writes s to f redacted and, as f is where messages go (stderr), with its
+** control characters escaped. */
 void capil_redact_fputs(const char *s, FILE *f) {
   if (!s) return;
-  size_t len = strlen(s), i = 0, start = 0;
-  pthread_mutex_lock(&secrets_mu);
-  while (i < len) {
-    size_t m = nsecrets ? secret_at(s + i, len - i) : 0;
-    if (m) {
-      fwrite(s + start, 1, i - start, f);
-      fputs(MASK, f);
-      i += m;
-      start = i;
-    } else {
-      i++;
-    }
-  }
-  pthread_mutex_unlock(&secrets_mu);
-  fwrite(s + start, 1, len - start, f);
+  Sink k = {NULL, f};
+  filter(&k, s, strlen(s), 1);
 }
 
 /* ====================================================================== */
@@ -310,19 +361,33 @@ static int l_redact(lua_State *L) {
   return 1;
 }
 
-/* log.write(s [, fd]) — writes s, redacted, to stderr (or fd 1), after
-** clearing a drawn progress bar. */
+/* log.write(s [, fd]) — writes s, redacted and with its control characters
+** escaped, to stderr (or fd 1), after clearing a drawn progress bar. */
 static int l_write(lua_State *L) {
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
   int fd = (int)luaL_optinteger(L, 2, 2);
   luaL_argcheck(L, fd == 1 || fd == 2, 2, "must be 1 or 2");
-  capil_redact_push(L, s, len);
-  s = lua_tolstring(L, -1, &len);
+  /* messages (stderr) are always escaped; results (stdout) when a
+  ** terminal shows them, so a redirected file keeps its bytes */
+  int escape = fd == 2 || isatty(1);
   clear_bar();
   FILE *f = fd == 1 ? stdout : stderr;
-  fwrite(s, 1, len, f);
+  Sink k = {NULL, f};
+  filter(&k, s, len, escape);
   fflush(f);
+  return 0;
+}
+
+/* log.control(seq) — writes a terminal control sequence (cursor moves of a
+** status display) to stderr as is, only when stderr is a terminal. The one
+** way escape sequences reach it: log.write escapes them. */
+static int l_control(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  if (!isatty(2)) return 0;
+  fwrite(s, 1, len, stderr);
+  fflush(stderr);
   return 0;
 }
 
@@ -350,6 +415,7 @@ static const luaL_Reg funcs[] = {
   {"secret", l_secret},
   {"redact", l_redact},
   {"write", l_write},
+  {"control", l_control},
   {"isatty", l_isatty},
   {"configure", l_configure},
   {"progress", l_progress},

@@ -403,6 +403,17 @@ static int check_known_hosts(Op *op, const char *path, const unsigned char *key,
   int r = libssh2_knownhost_checkp(kh, name, -1, (const char *)key, len,
                                    LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
                                    knownhost_type(type), &found);
+  /* a host known by a key of another type is no new host: an impostor
+  ** offering another key type must not pass for one */
+  if (r == LIBSSH2_KNOWNHOST_CHECK_NOTFOUND) {
+    struct libssh2_knownhost *e = NULL;
+    while (libssh2_knownhost_get(kh, &e, e) == 0)
+      if (e->name && strcmp(e->name, name) == 0) {
+        found = e;
+        r = LIBSSH2_KNOWNHOST_CHECK_MISMATCH;
+        break;
+      }
+  }
   int rc = 0;
   if (r == LIBSSH2_KNOWNHOST_CHECK_MISMATCH) {
     char expected[64] = "?";
@@ -415,8 +426,9 @@ static int check_known_hosts(Op *op, const char *path, const unsigned char *key,
     }
     rc = op_error(op, "SSH_HOSTKEY",
                   "host key for %s has changed: %s has %s, the server offers %s; refusing "
-                  "to connect (remove the old entry if the change is expected)",
-                  name, path, expected, s->fingerprint);
+                  "to connect (if the change is expected, remove the old entry: "
+                  "ssh-keygen -R '%s' -f %s)",
+                  name, path, expected, s->fingerprint, name, path);
   } else if (r == LIBSSH2_KNOWNHOST_CHECK_NOTFOUND) {
     rc = known_hosts_append(op, path, name, key, len);
   } else if (r != LIBSSH2_KNOWNHOST_CHECK_MATCH) {

@@ -6,6 +6,7 @@
 -- password shows in no command or log, and a failing command names the host.
 local esxi = require("support.esxi")
 local peer = require("support.peer")
+local sshd = require("support.sshd")
 local fs = require("capil.fs")
 local hash = require("capil.hash")
 local log = require("capil.log")
@@ -167,6 +168,42 @@ describe("esx over SSH #esx #ssh", function()
     local run = new_run({ "remote_password=", "remote_private_key_file=" .. host.key })
     assert(esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" }))
     assert.equal("cached", run.report.iso_upload)
+  end)
+
+  it("pins the host key without remote_host_key: trusted on first use, a changed key refused", function()
+    local state = tmp .. "/state"
+    local env = { XDG_STATE_HOME = state, HOME = "/nonexistent" }
+    local getenv = function(k) return env[k] end
+    local kh = state .. "/capil/known_hosts"
+    local s = esx_ssh.settings(new_run({ "remote_host_key=" }).cfg, getenv)
+    assert.equal(kh, s.host_key)
+    local before = #(fs.read(tmp .. "/build.log") or "")
+    local remote = assert(esx_ssh.connect(s))
+    remote.session:close()
+    local logged = (fs.read(tmp .. "/build.log") or ""):sub(before + 1)
+    assert.matches("new host: trusting its host key " .. host.fingerprint:gsub("%p", "%%%0"), logged)
+    assert.equal(tonumber("700", 8), fs.stat(state .. "/capil").mode)
+    local saved = assert(fs.read(kh))
+    assert.matches("^%[127%.0%.0%.1%]:" .. host.port .. " ssh%-", saved)
+    -- the second time: known, no notice
+    before = #(fs.read(tmp .. "/build.log") or "")
+    remote = assert(esx_ssh.connect(s))
+    remote.session:close()
+    assert.is_nil((fs.read(tmp .. "/build.log") or ""):sub(before + 1):find("new host", 1, true))
+    -- the host "changes" its key: refused, naming both fingerprints and the fix
+    local other = sshd.keygen(tmp, "other_host_key")
+    local other_pub = assert(fs.read(other .. ".pub")):match("^(%S+ %S+)")
+    assert(fs.write(kh, ("[127.0.0.1]:%d %s\n"):format(host.port, other_pub)))
+    local ok, err, code = esx_ssh.connect(s)
+    assert.is_nil(ok)
+    assert.equal("SSH_HOSTKEY", code)
+    assert.matches("host key for [127.0.0.1]:" .. host.port .. " has changed", err, 1, true)
+    assert.matches(host.fingerprint, err, 1, true)
+    assert.matches("ssh-keygen -R", err, 1, true)
+    assert.matches("remote_host_key", err, 1, true)
+    local old_fp = assert(proc.run({ argv = { "ssh-keygen", "-l", "-f", other .. ".pub" } })).stdout:match("(SHA256:%S+)")
+    assert.matches(old_fp, err, 1, true)
+    assert.is_nil(err:find(PASSWORD, 1, true))
   end)
 
   it("never puts the password in a remote command or a log line", function()

@@ -64,6 +64,34 @@ describe("log #unit", function()
     assert.equal("report: password=****\n", r.stdout)
   end)
 
+  it("masks the password of any URL, registered or not, and secret_urls registers it", function()
+    local r = run([[
+      local log = require("capil.log")
+      log.warn("proxy http://bob:Pr0xy-pw@proxy:3128/ and https://u:p%%40ss@h/x")
+      log.secret_urls("http://alice:Al1ce-pw@mirror/")
+      log.warn("plain Al1ce-pw; user only http://bob@h/; port http://h:8080/; host:port a:b@c")
+      io.stdout:write(log.redact("ftp://x:y-secret@z"), "\n")
+    ]])
+    assert.equal(0, r.code)
+    assert.equal("warn: proxy http://bob:****@proxy:3128/ and https://u:****@h/x\n"
+      .. "warn: plain ****; user only http://bob@h/; port http://h:8080/; host:port a:b@c\n", r.stderr)
+    assert.equal("ftp://x:****@z\n", r.stdout)
+  end)
+
+  it("escapes control characters of messages: no escape sequence reaches the terminal", function()
+    local r = run([[
+      local log = require("capil.log")
+      log.warn("title \27]0;pwned\7 clear \27[2J cr \r del \127 c1 \194\155 tab\tnewline")
+      log.control("\27[1A") -- written only to a terminal
+      error("bad \27[31m red")
+    ]])
+    assert.equal(1, r.code)
+    assert.is_nil(r.stderr:find("\27", 1, true), r.stderr)
+    assert.matches("warn: title \\x1b]0;pwned\\x07 clear \\x1b[2J cr \\x0d del \\x7f c1 \\u009b tab\tnewline\n",
+      r.stderr, 1, true)
+    assert.matches("bad \\x1b[31m red", r.stderr, 1, true)
+  end)
+
   it("masks the longest secret first and ignores too-short values", function()
     local r = run([[
       local log = require("capil.log")

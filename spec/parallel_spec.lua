@@ -232,7 +232,9 @@ describe("parallel builds and bundles #vsphere #parallel", function()
       entries[i] = ("{ recipe = %q, vars = { build_name = 'intr%d' } }"):format(fixture(), i)
     end
     -- the builds wait in the boot command, with their VMs created
-    local bundle = write_bundle("interrupt.lua", entries, ", vars = { boot_wait = '120s' }")
+    -- a password among the bundle's vars: it must not show in the children's argv
+    local bundle = write_bundle("interrupt.lua", entries, (", vars = { boot_wait = '120s', password = %q }"):format(
+      PASSWORD))
     local out = tmp .. "/out-intr"
     local report = tmp .. "/intr-report.json"
     local console = tmp .. "/intr-console.log"
@@ -257,6 +259,23 @@ describe("parallel builds and bundles #vsphere #parallel", function()
     end
     local vms = names_in(sim)
     for _, n in ipairs(names) do assert.equal(1, vms[n], n) end
+    -- every local user can read /proc/<pid>/cmdline: no secret travels there
+    local children, var_files = 0, {}
+    for _, pid in ipairs(fs.list("/proc") or {}) do
+      local stat = pid:match("^%d+$") and fs.read("/proc/" .. pid .. "/stat")
+      local ppid = stat and stat:match("^%d+ %b() %S+ (%d+)")
+      if ppid and tonumber(ppid) == p.pid then
+        local cmdline = assert(fs.read("/proc/" .. pid .. "/cmdline"))
+        children = children + 1
+        assert.is_nil(cmdline:find(PASSWORD, 1, true), "a child's argv holds the password")
+        local vf = cmdline:match("%-%-var%-file%z([^%z]*capil%-vars[^%z]*)")
+        assert.is_string(vf, "no private var file in " .. cmdline:gsub("%z", " "))
+        assert.equal(tonumber("600", 8), assert(fs.stat(vf)).mode)
+        assert.equal(tonumber("700", 8), assert(fs.stat(fs.dirname(vf))).mode)
+        var_files[#var_files + 1] = vf
+      end
+    end
+    assert.equal(2, children)
     assert(p:kill("INT"))
     local st = assert(p:wait({ timeout = 60 }))
     p:close()
@@ -272,6 +291,7 @@ describe("parallel builds and bundles #vsphere #parallel", function()
     vms = names_in(sim)
     for _, n in ipairs(names) do assert.is_nil(vms[n], n .. " left in the simulator") end
     assert.same({}, work_dirs(out))
+    for _, vf in ipairs(var_files) do assert.is_false(fs.exists(vf), vf .. " left behind") end
   end)
 
   it("--fail-fast interrupts the running builds and skips the queued ones", function()

@@ -121,11 +121,13 @@ describe("capil upload, images, download #gcs", function()
     assert.matches("photon-3-kube-v1.18.8.ova.sha256 is missing", r.stderr, 1, true)
 
     assert(fs.write(dir .. "/photon-3-kube-v1.18.8.ova.sha256", assert(hash.file(dir .. "/photon-3-kube-v1.18.8.ova"))))
-    local before = fake.stats().bytes_received
+    local before, tokens = fake.stats().bytes_received, fake.stats().tokens_issued
     r = capil_gcs({ "upload", dir, "--key-file", key.path, "--dry-run" })
     assert.equal(0, r.code, r.stderr)
     assert.matches("would upload", r.stderr, 1, true)
     assert.equal(before, fake.stats().bytes_received)
+    -- a dry run uses no credentials: no token is fetched
+    assert.equal(tokens, fake.stats().tokens_issued)
 
     r = capil_gcs({ "upload", dir, "--chunk-size", "0.3", "--key-file", key.path })
     assert.equal(2, r.code)

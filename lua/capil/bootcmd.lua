@@ -67,18 +67,36 @@ local UNITS = { ns = 1e-9, us = 1e-6, ["µs"] = 1e-6, ms = 1e-3, s = 1, m = 60, 
 ---@param s string
 ---@return number|nil, string?
 function M.duration(s)
-  if s:match("^%d+$") then return tonumber(s) end
   if s == "" then return nil, "empty duration" end
   local total, pos = 0, 1
-  while pos <= #s do
-    local num, unit, nxt = s:match("^(%d+%.?%d*)(%a+)()", pos)
-    if not num then return nil, ("invalid duration '%s'"):format(s) end
-    local mult = UNITS[unit]
-    if not mult then return nil, ("invalid duration unit '%s' in '%s'"):format(unit, s) end
-    total = total + tonumber(num) * mult
-    pos = nxt
+  if s:match("^%d+$") then
+    total = tonumber(s)
+  else
+    while pos <= #s do
+      local num, unit, nxt = s:match("^(%d+%.?%d*)(%a+)()", pos)
+      if not num then return nil, ("invalid duration '%s'"):format(M.shorten(s)) end
+      local mult = UNITS[unit]
+      if not mult then return nil, ("invalid duration unit '%s' in '%s'"):format(M.shorten(unit), M.shorten(s)) end
+      total = total + tonumber(num) * mult
+      pos = nxt
+    end
+  end
+  -- bounded, so every duration that validates is a finite number of seconds
+  -- a timer, a plan and its JSON can hold
+  if total ~= total or total > M.MAX_DURATION then
+    return nil, ("duration '%s' is longer than the maximum, %dh"):format(M.shorten(s), M.MAX_DURATION // 3600)
   end
   return total
+end
+
+--- The longest duration accepted: a year, in seconds.
+M.MAX_DURATION = 366 * 24 * 3600
+
+--- `s` cut to 64 characters for a message.
+---@param s string
+function M.shorten(s)
+  if #s <= 64 then return s end
+  return s:sub(1, 60) .. ("... (%d characters)"):format(#s)
 end
 
 -- ====================================================================== --

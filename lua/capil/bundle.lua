@@ -26,6 +26,12 @@ local KEYS = {
   stages = "stages",
 }
 
+-- A table key as a message shows it (a table or function key has no name).
+local function key_text(k)
+  if type(k) == "string" or math.type(k) then return tostring(k) end
+  return "<a " .. type(k) .. ">"
+end
+
 local function is_array(t)
   return type(t) == "table" and (rawget(t, 1) ~= nil or next(t) == nil)
 end
@@ -76,7 +82,7 @@ local function check(entry, where, errors)
     local kind = KEYS[k]
     if not kind then
       errors[#errors + 1] = ("%s: unknown key '%s' (recipe, backend, vars, var_files, stages)"):format(where,
-        tostring(k))
+        key_text(k))
     elseif kind == "string" then
       if type(v) ~= "string" or v == "" then
         errors[#errors + 1] = ("%s: %s must be a non-empty string"):format(where, k)
@@ -91,7 +97,7 @@ local function check(entry, where, errors)
         for vk, vv in pairs(v) do
           local tv = type(vv)
           if type(vk) ~= "string" or not (tv == "string" or tv == "number" or tv == "boolean") then
-            errors[#errors + 1] = ("%s: vars.%s must be a string, number or boolean"):format(where, tostring(vk))
+            errors[#errors + 1] = ("%s: vars.%s must be a string, number or boolean"):format(where, key_text(vk))
           else
             out.vars[vk] = tostring(vv)
           end
@@ -111,12 +117,16 @@ local function check(entry, where, errors)
         end
       end
     elseif kind == "stages" then
-      if type(v) == "table" and is_array(v) then
+      local names = type(v) == "table" and is_array(v)
+      for _, x in ipairs(names and v or {}) do
+        if type(x) ~= "string" then names = false end
+      end
+      if names then
         out.stages = table.concat(v, ",")
       elseif type(v) == "string" then
         out.stages = v
       else
-        errors[#errors + 1] = ("%s: stages must be \"build,test\" or a list"):format(where)
+        errors[#errors + 1] = ("%s: stages must be \"build,test\" or a list of stage names"):format(where)
       end
     end
   end

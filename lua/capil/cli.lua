@@ -23,6 +23,14 @@ local GLOBAL_OPTIONS = {
   { name = "version", help = "print the version" },
 }
 
+-- Option values of a known kind are checked here, once, so a command never
+-- meets them malformed deep inside a client: a URL is an http(s) URL.
+local function check_value(cmd, o, v)
+  if o.arg == "URL" and not v:match("^https?://[^%s/?#]+") then
+    M.fail(("%s: option '--%s' expects an http(s) URL, got '%s'"):format(cmd, o.name, v), 2)
+  end
+end
+
 --- Parses `args` against an option list: {name=, short=, arg="VALUE",
 --- multi=true, help=}. Returns options (dashes kept in names) and the
 --- positional arguments; "--" ends the options. Unknown options fail with
@@ -73,6 +81,7 @@ function M.parse(args, spec, cmd, stop_at_positional)
           v = args[i]
           if v == nil then M.fail(("%s: option '--%s' needs a value (%s)"):format(cmd, o.name, o.arg), 2) end
         end
+        check_value(cmd, o, v)
         set(o, v)
       else
         if inline ~= nil then M.fail(("%s: option '--%s' takes no value"):format(cmd, o.name), 2) end

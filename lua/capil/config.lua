@@ -260,7 +260,9 @@ function M.resolve(recipe, opts)
   end
   for k, raw in pairs(extra) do
     if schema.is_secret_name(k) and type(raw) == "string" and raw ~= "" then log.secret(raw) end
+    log.secret_urls(raw)
   end
+  for _, raw in pairs(values) do log.secret_urls(raw) end
 
   -- coerce and check
   local resolved = {}
@@ -532,7 +534,9 @@ function Config:register_secrets()
   end
   for k, v in pairs(self.extra) do
     if schema.is_secret_name(k) and type(v) == "string" and v ~= "" then log.secret(v) end
+    log.secret_urls(v)
   end
+  for _, v in pairs(self.values) do log.secret_urls(v) end
 end
 
 return M

@@ -45,7 +45,24 @@ function M.secret(value)
   return value
 end
 
---- `s` with every registered secret replaced by `****`.
+--- Registers the password of every URL in `s` ("scheme://user:PASSWORD@host",
+--- a proxy's, a mirror's), whatever the variable holding it is called, in
+--- its written and its percent-decoded forms.
+---@param s any a string, or a list of them
+function M.secret_urls(s)
+  if type(s) == "table" then -- a list of URLs (mirrors)
+    for _, v in ipairs(s) do if type(v) == "string" then M.secret_urls(v) end end
+    return
+  end
+  if type(s) ~= "string" then return end
+  for pw in s:gmatch("://[^/?#@%s:]*:([^/?#@%s]+)@") do
+    core.secret(pw)
+    core.secret((pw:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)))
+  end
+end
+
+--- `s` with every registered secret, and every URL's password, replaced
+--- by `****`.
 ---@param s any
 ---@return string
 function M.redact(s)
@@ -139,6 +156,14 @@ end
 ---@param opts {label: string, total?: integer, mode?: string, interval?: number}
 function M.progress(opts)
   return core.progress(opts)
+end
+
+--- Writes a terminal control sequence (a status display's cursor moves) to
+--- stderr as is, only when it is a terminal; everything else written is
+--- escaped.
+---@param seq string
+function M.control(seq)
+  core.control(seq)
 end
 
 --- Prints a line for the user on stdout (results, not diagnostics), redacted.

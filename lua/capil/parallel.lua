@@ -76,6 +76,31 @@ function M.builds(args, opts)
   return list
 end
 
+-- The private directory of this run's child var files (0700, removed at
+-- exit by capil.cleanup).
+local private_dir
+
+-- Writes a child's variables ("k=v" strings, later ones winning) to a var
+-- file only this user can read; the child gets them as its last
+-- --var-file, so they still win over every other var file as --var did.
+local function private_var_file(index, vars)
+  if not (private_dir and fs.exists(private_dir)) then
+    local dir, err = fs.tempdir({ prefix = "capil-vars" })
+    if not dir then return nil, err end
+    private_dir = dir
+  end
+  local data = {}
+  for _, kv in ipairs(vars) do
+    local k, v = kv:match("^([^=]+)=(.*)$")
+    if not k then return nil, ("--var %s: expected NAME=VALUE"):format(log.redact(kv)) end
+    data[k] = v
+  end
+  local path = ("%s/build-%d.json"):format(private_dir, index)
+  local ok, err = fs.write(path, json.encode(data), { mode = 384 }) -- 0600
+  if not ok then return nil, err end
+  return path
+end
+
 --- Resolves every build in the parent, before any starts: recipe, config
 --- and plan must load, stages be known, and no two builds may share an
 --- output directory (the same recipe twice needs distinct build_name vars).
@@ -126,7 +151,17 @@ function M.prepare(builds, opts, check_stages, g)
       for _, k in ipairs(FORWARD_FLAGS) do if opts[k] then argv[#argv + 1] = "--" .. k end end
       for _, s in ipairs(opts.suite or {}) do argv[#argv + 1] = "--suite" argv[#argv + 1] = s end
       for _, f in ipairs(var_files) do argv[#argv + 1] = "--var-file" argv[#argv + 1] = f end
-      for _, v in ipairs(vars) do argv[#argv + 1] = "--var" argv[#argv + 1] = v end
+      -- the variables (passwords among them) go through a private var file,
+      -- never the command line, which every local user can read in /proc
+      if #vars > 0 then
+        local path, verr = private_var_file(b.index, vars)
+        if not path then
+          errors[#errors + 1] = ("%s: %s"):format(what, verr)
+        else
+          argv[#argv + 1] = "--var-file"
+          argv[#argv + 1] = path
+        end
+      end
       b.argv = argv
     end
   end
@@ -172,7 +207,7 @@ function Display:line(s)
 end
 
 function Display:clear()
-  if self.drawn > 0 then corelog.write(("\27[%dA\27[J"):format(self.drawn)) end
+  if self.drawn > 0 then corelog.control(("\27[%dA\27[J"):format(self.drawn)) end
   self.drawn = 0
 end
 
@@ -181,12 +216,13 @@ function Display:draw(force)
   local now = host.now()
   if not force and now - self.last < 1 then return end
   self.last = now
-  local out = {}
-  if self.drawn > 0 then out[1] = ("\27[%dA"):format(self.drawn) end
+  -- the cursor moves go as control sequences, the text (recipe names) through
+  -- log.write, which escapes what it may hold
+  if self.drawn > 0 then corelog.control(("\27[%dA"):format(self.drawn)) end
   for _, b in ipairs(self.builds) do
-    out[#out + 1] = "\r\27[2K" .. label(b, #self.builds) .. ": " .. state_text(b, now) .. "\n"
+    corelog.control("\r\27[2K")
+    corelog.write(label(b, #self.builds) .. ": " .. state_text(b, now) .. "\n")
   end
-  corelog.write(table.concat(out))
   self.drawn = #self.builds
 end
 

@@ -20,19 +20,32 @@ function M.locate(ref, dir)
   return (dir or M.DEFAULT_DIR) .. "/" .. ref .. ".lua"
 end
 
+-- The lines of the last source looked into (one recipe's errors look up
+-- many fields in the same text).
+local cached_source, cached_lines
+local function lines_of(source)
+  if source ~= cached_source then
+    cached_lines = {}
+    for line in (source .. "\n"):gmatch("([^\n]*)\n") do cached_lines[#cached_lines + 1] = line end
+    cached_source = source
+  end
+  return cached_lines
+end
+
 -- Best-effort line of a field in the recipe source: the line of the last
 -- path component's key after the line of the section key.
 local function find_line(source, path)
   if not source then return nil end
-  local lines = {}
-  for line in (source .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = line end
+  local lines = lines_of(source)
   local start = 1
-  for part in path:gmatch("[^%.]+") do
+  for raw in path:gmatch("[^%.]+") do
+    -- a key is text, not a pattern: "(", "%" or "[" in it match themselves
+    local part = raw:gsub("%W", "%%%0")
     local found
     for i = start, #lines do
       local l = lines[i]
-      if l:match("^%s*" .. part .. "%s*=") or l:match("[{,]%s*" .. part .. "%s*=")
-        or l:match('%["' .. part .. '"%]%s*=') then
+      if l:find(raw, 1, true) and (l:match("^%s*" .. part .. "%s*=") or l:match("[{,]%s*" .. part .. "%s*=")
+        or l:match('%["' .. part .. '"%]%s*=')) then
         found = i
         break
       end
@@ -48,25 +61,51 @@ local function where(file, source, path)
   return line and ("%s:%d"):format(file, line) or file
 end
 
--- Flattens a recipe table into {path = value}; appends errors for unknown
--- fields. `vars` is free-form (extra variables).
-local function flatten(t, prefix, out, errors, file, source)
+-- At most this many unknown fields are reported (each with its line and a
+-- suggestion); the rest are counted.
+M.MAX_ERRORS = 50
+
+-- Flattens a recipe table into {path = value}; collects the unknown fields
+-- (paths) and the keys that are not names. `vars` is free-form.
+local function flatten(t, prefix, out, unknown, bad_keys)
   for k, v in pairs(t) do
     if type(k) ~= "string" then
-      errors[#errors + 1] = ("%s: %s: keys must be names, got %s"):format(file, prefix ~= "" and prefix or "(top)", tostring(k))
+      bad_keys[#bad_keys + 1] = ("%s: keys must be names, got %s"):format(prefix ~= "" and prefix or "(top)",
+        math.type(k) and tostring(k) or type(k))
     else
       local path = prefix == "" and k or (prefix .. "." .. k)
       if schema.by_path[path] then
         out[path] = v
       elseif prefix == "" and schema.sections[k] and type(v) == "table" then
-        flatten(v, path, out, errors, file, source)
+        flatten(v, path, out, unknown, bad_keys)
       else
-        local hint = schema.suggest(path)
-        errors[#errors + 1] = ("%s: unknown field '%s'%s"):format(where(file, source, path), path,
-          hint and (" (did you mean '" .. hint .. "'?)") or "")
+        unknown[#unknown + 1] = path
       end
     end
   end
+end
+
+-- The errors of the unknown fields and keys, sorted: the first
+-- MAX_ERRORS with their line and a suggestion, then a count of the rest,
+-- so a recipe of 20,000 wrong keys is reported in the time of 50.
+local function field_errors(unknown, bad_keys, file, source)
+  table.sort(unknown)
+  table.sort(bad_keys)
+  local errors = {}
+  for _, e in ipairs(bad_keys) do
+    if #errors >= M.MAX_ERRORS then break end
+    errors[#errors + 1] = ("%s: %s"):format(file, e)
+  end
+  for _, path in ipairs(unknown) do
+    if #errors >= M.MAX_ERRORS then break end
+    local hint = schema.suggest(path)
+    local shown = #path > 200 and (path:sub(1, 200) .. ("... (%d bytes)"):format(#path)) or path
+    errors[#errors + 1] = ("%s: unknown field '%s'%s"):format(where(file, source, path), shown,
+      hint and (" (did you mean '" .. hint .. "'?)") or "")
+  end
+  local more = #unknown + #bad_keys - #errors
+  if more > 0 then errors[#errors + 1] = ("%s: ... and %d more unknown fields"):format(file, more) end
+  return errors
 end
 
 --- Loads a recipe and the chain it extends.
@@ -91,9 +130,9 @@ function M.load(ref, opts)
   if type(data) ~= "table" then
     return nil, { ("%s: a recipe must return a table, got %s"):format(file, type(data)) }
   end
-  local errors, fields = {}, {}
-  flatten(data, "", fields, errors, file, source)
-  if #errors > 0 then return nil, errors end
+  local fields, unknown, bad_keys = {}, {}, {}
+  flatten(data, "", fields, unknown, bad_keys)
+  if #unknown + #bad_keys > 0 then return nil, field_errors(unknown, bad_keys, file, source) end
 
   local r = { file = file, files = {}, fields = {}, sources = {}, source_text = source, lines = {} }
   if type(fields.extends) == "string" then

@@ -84,9 +84,13 @@ function M.upload(dir, opts)
   if not info then return nil, err, code end
   local bucket = opts.bucket or gcs.DEFAULT_BUCKET
   local url = gcs.public_url(bucket, info.object, opts.endpoint)
+  -- a dry run uses no credentials (no token is fetched): it reads the
+  -- public checksum only
   local client
-  client, err, code = gcs.client({ endpoint = opts.endpoint, key_file = opts.key_file })
-  if not client then return nil, err, code end
+  if not opts.dry_run then
+    client, err, code = gcs.client({ endpoint = opts.endpoint, key_file = opts.key_file })
+    if not client then return nil, err, code end
+  end
   local remote = remote_sum(client, bucket, info.object, opts.endpoint)
   if remote == info.sha256 then
     log.info("upload: gs://%s/%s has the same sha256 (%s); skipping the upload", bucket, info.object, info.sha256)
@@ -152,6 +156,11 @@ function M.download(what, opts)
   opts = opts or {}
   local url = what
   if not what:match("^https?://") then
+    -- a version names a folder of the bucket: no path, no blank
+    if not what:match("^v?%d[%w%.%-+_]*$") then
+      return nil, ("download: expected a Kubernetes version (v1.30.2, a CI version) or an http(s) URL, got '%s'")
+        :format(what), "EUSAGE"
+    end
     local images, err, code = M.list(gcs.path_for(what):match("^(%a+)/"), {
       bucket = opts.bucket, endpoint = opts.endpoint, key_file = opts.key_file, version = what })
     if not images then return nil, err, code end

@@ -10,6 +10,12 @@ local M = {}
 -- from the variables. Types: string, integer, boolean, duration ("10s", "1h30m"), list (of
 -- strings), table (free-form map), any. `enum`, `pattern` and `check` narrow
 -- them.
+-- Upper bounds of a VM's hardware: vSphere 8's limits (768 vCPUs, 24 TiB
+-- of memory, 62 TiB virtual disks), in the fields' units (MiB).
+local MAX_CPUS = 768
+local MAX_MEMORY = 24 * 1024 * 1024
+local MAX_DISK = 62 * 1024 * 1024
+
 local F = {
   -- identity
   { path = "name", var = "build_name", type = "string", required = true, pattern = "^[%w][%w%.%-_]*$",
@@ -59,10 +65,15 @@ local F = {
     description = "volume label of that CD (cidata for NoCloud, OEMDRV for kickstart)" },
 
   -- hardware
-  { path = "hardware.cpus", var = "cpus", type = "integer", default = 1, min = 1, description = "virtual CPUs" },
-  { path = "hardware.cores", var = "cpu_cores", type = "integer", default = 1, min = 1, description = "cores per socket" },
-  { path = "hardware.memory", var = "memory", type = "integer", default = 2048, min = 256, description = "memory in MiB" },
+  { path = "hardware.cpus", var = "cpus", type = "integer", default = 1, min = 1,
+    max = MAX_CPUS, max_why = " (vSphere's limit)", description = "virtual CPUs" },
+  { path = "hardware.cores", var = "cpu_cores", type = "integer", default = 1, min = 1,
+    max = MAX_CPUS, max_why = " (vSphere's limit)", description = "cores per socket" },
+  { path = "hardware.memory", var = "memory", type = "integer", default = 2048, min = 256,
+    max = MAX_MEMORY, max_why = " MiB (24 TiB, vSphere's limit)",
+    description = "memory in MiB" },
   { path = "hardware.disk_size", var = "disk_size", type = "integer", default = 20480, min = 1024,
+    max = MAX_DISK, max_why = " MiB (62 TiB, vSphere's limit)",
     description = "disk size in MiB (the OVF capacity follows it)" },
   { path = "hardware.firmware", var = "firmware", type = "string", default = "bios", enum = { "bios", "efi" },
     description = "bios or efi" },
@@ -100,11 +111,13 @@ local F = {
   -- not the build VM's size (hardware.*). image-builder fixed these in its
   -- template (no variables); the defaults are its values. kubeadm's
   -- control-plane preflight needs 2 CPUs.
-  { path = "ovf.cpus", var = "ovf_cpus", type = "integer", default = 2, min = 1,
+  { path = "ovf.cpus", var = "ovf_cpus", type = "integer", default = 2, min = 1, max = MAX_CPUS, max_why = " (vSphere's limit)",
     description = "virtual CPUs of a deployed node (OVF; the build VM's are hardware.cpus)" },
   { path = "ovf.cores_per_socket", var = "ovf_cores_per_socket", type = "integer", default = 2, min = 1,
+    max = MAX_CPUS, max_why = " (vSphere's limit)",
     description = "cores per socket of a deployed node (OVF vmw:CoresPerSocket; must divide ovf.cpus)" },
   { path = "ovf.memory", var = "ovf_memory", type = "integer", default = 2048, min = 256,
+    max = MAX_MEMORY, max_why = " MiB (24 TiB, vSphere's limit)",
     description = "memory of a deployed node in MiB (OVF)" },
   { path = "ovf.disk_controller", var = "ovf_disk_controller_type", type = "string", default = "pvscsi",
     enum = { "pvscsi", "lsilogic" },
@@ -230,7 +243,8 @@ local F = {
   { path = "remote.private_key_file", var = "remote_private_key_file", type = "string",
     description = "ESXi over SSH: log in with this key instead of remote_password" },
   { path = "remote.host_key", var = "remote_host_key", type = "string",
-    description = "ESXi over SSH: the host key, SHA256:... or a known_hosts path (default: accept a new host)" },
+    description = "ESXi over SSH: the host key, SHA256:... or a known_hosts path (default: capil's "
+      .. "$XDG_STATE_HOME/capil/known_hosts, trust on first use, a changed key refused)" },
   { path = "remote.vnc_port", var = "remote_vnc_port", type = "integer",
     description = "ESXi over SSH: the VM's VNC port (default: the first free one in 5900-5999)" },
   { path = "vsphere.server", var = "vcenter_server", type = "string", description = "vCenter (or ESXi) host name" },
@@ -245,7 +259,7 @@ local F = {
   { path = "vsphere.insecure_connection", var = "insecure_connection", type = "boolean", default = false },
   { path = "vsphere.ca_file", var = "vcenter_ca_file", type = "string",
     description = "PEM file of the CA that signed the server's certificate (default: the system's)" },
-  { path = "vsphere.thumbprint", var = "thumbprint", type = "string",
+  { path = "vsphere.thumbprint", var = "thumbprint", type = "string", check = "sha256_fingerprint",
     description = "SHA-256 fingerprint of the server's certificate: trusted instead of the CA" },
   { path = "vsphere.cache_dir", var = "datastore_cache_dir", type = "string", default = "capil_cache",
     description = "datastore folder for uploaded ISOs, named by checksum and shared by builds" },
@@ -330,8 +344,12 @@ local TRUE = { ["true"] = true, ["True"] = true, ["TRUE"] = true, ["1"] = true, 
 local FALSE = { ["false"] = true, ["False"] = true, ["FALSE"] = true, ["0"] = true, no = true, [""] = true }
 local HEX_LEN = { sha256 = 64, sha1 = 40, sha512 = 128, md5 = 32 }
 
+-- A value quoted in a message, cut short: a 200 KB value is no message.
 local function show(v)
-  if type(v) == "string" then return ("%q"):format(v) end
+  if type(v) == "string" then
+    if #v > 80 then return ("%q... (%d characters)"):format(v:sub(1, 72), #v) end
+    return ("%q"):format(v)
+  end
   return tostring(v)
 end
 
@@ -348,8 +366,10 @@ function M.coerce(field, v)
   elseif t == "string" or t == "duration" then
     if type(v) == "number" or type(v) == "boolean" then v = tostring(v) end
     if type(v) ~= "string" then return nil, "expected a string, got " .. type(v) end
-    if t == "duration" and not require("capil.bootcmd").duration(v) then
-      return nil, "expected a duration like \"10s\" or \"1h30m\", got " .. show(v)
+    if t == "duration" then
+      local d, why = require("capil.bootcmd").duration(v)
+      if not d and why and why:find("maximum", 1, true) then return nil, why end
+      if not d then return nil, "expected a duration like \"10s\" or \"1h30m\", got " .. show(v) end
     end
     return v
   elseif t == "integer" then
@@ -398,6 +418,9 @@ function M.check(field, v, all)
   if field.min and type(v) == "number" and v < field.min then
     return nil, ("expected at least %d, got %d"):format(field.min, v)
   end
+  if field.max and type(v) == "number" and v > field.max then
+    return nil, ("expected at most %d%s, got %d"):format(field.max, field.max_why or "", v)
+  end
   local c = field.check
   if c == "url" and v ~= "" and not url_ok(v) then
     return nil, "expected an http(s):// or file:/// URL, got " .. show(v)
@@ -409,6 +432,8 @@ function M.check(field, v, all)
   elseif c == "installer_safe" and v:find("[%s'\"\\`$]") then
     -- written raw into kickstart, preseed and ks.json: no quoting survives all three
     return nil, "must not contain spaces, quotes, backslashes, backquotes or '$' (it is written into installer files)"
+  elseif c == "sha256_fingerprint" and v ~= "" and not (v:gsub(":", ""):match("^" .. ("%x"):rep(64) .. "$")) then
+    return nil, "expected a SHA-256 fingerprint (64 hex digits, colons allowed, as vSphere shows it), got " .. show(v)
   elseif c == "sha256" and v ~= "" and not (#v == 64 and v:match("^%x+$")) then
     return nil, "expected sha256 hex (64 characters), got " .. show(v)
   elseif c == "checksum" then
@@ -421,26 +446,40 @@ function M.check(field, v, all)
   return true
 end
 
---- Closest known field path to `path` (for "did you mean").
+--- Keys longer than this get no "did you mean".
+M.SUGGEST_MAX = 64
+
+--- Closest known field path to `path` (for "did you mean"), or nil.
+---@param path string
+---@return string?
 function M.suggest(path)
+  -- a long key is no typo of a field name: no suggestion (and no cost)
+  if #path > M.SUGGEST_MAX then return nil end
+  local limit = math.max(2, #path // 4)
+  -- edit distance, two rows, given up once every cell exceeds the limit
   local function dist(a, b)
-    local d = {}
-    for i = 0, #a do d[i] = { [0] = i } end
-    for j = 0, #b do d[0][j] = j end
+    if math.abs(#a - #b) > limit then return math.huge end
+    local prev, cur = {}, {}
+    for j = 0, #b do prev[j] = j end
     for i = 1, #a do
+      cur[0] = i
+      local ai, low = a:byte(i), i
       for j = 1, #b do
-        local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
-        d[i][j] = math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+        local v = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ai == b:byte(j) and 0 or 1))
+        cur[j] = v
+        if v < low then low = v end
       end
+      if low > limit then return math.huge end
+      prev, cur = cur, prev
     end
-    return d[#a][#b]
+    return prev[#b]
   end
   local best, bd = nil, math.huge
   for _, f in ipairs(F) do
     local dd = dist(path, f.path)
     if dd < bd then best, bd = f.path, dd end
   end
-  if bd <= math.max(2, #path // 4) then return best end
+  if bd <= limit then return best end
 end
 
 return M

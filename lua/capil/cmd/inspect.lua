@@ -23,15 +23,16 @@ return {
         local from = e.layer == "default" and "schema default"
           or e.layer == "derived" and e.note .. " (derived)"
           or (e.where or e.file or e.layer) .. " (" .. e.layer .. ")"
-        io.stdout:write(("%s = %s\n  from %s\n"):format(e.path or e.key,
+        -- log.out: redacted (secrets, URL passwords) and escaped on a terminal
+        log.out(("%s = %s\n  from %s"):format(e.path or e.key,
           type(e.value) == "table" and json.encode(e.value) or tostring(e.value), from))
-        if e.note then io.stdout:write(("  note: %s\n"):format(e.note)) end
-        if e.var and e.var ~= e.path then io.stdout:write(("  variable %s\n"):format(e.var)) end
-        if e.description then io.stdout:write(("  %s\n"):format(e.description)) end
+        if e.note then log.out(("  note: %s"):format(e.note)) end
+        if e.var and e.var ~= e.path then log.out(("  variable %s"):format(e.var)) end
+        if e.description then log.out(("  %s"):format(e.description)) end
       end
       return 0
     end
-    io.stdout:write(log.redact(json.encode(p, { indent = 2, sort_keys = true })), "\n")
+    log.out(json.encode(p, { indent = 2, sort_keys = true }))
     return 0
   end,
 }

@@ -172,7 +172,7 @@
 ---@field password? string (variable remote_password)
 ---@field port? integer ESXi over SSH: the host's SSH port (22) (variable remote_port)
 ---@field private_key_file? string ESXi over SSH: log in with this key instead of remote_password (variable remote_private_key_file)
----@field host_key? string ESXi over SSH: the host key, SHA256:... or a known_hosts path (default: accept a new host) (variable remote_host_key)
+---@field host_key? string ESXi over SSH: the host key, SHA256:... or a known_hosts path (default: capil's $XDG_STATE_HOME/capil/known_hosts, trust on first use, a changed key refused) (variable remote_host_key)
 ---@field vnc_port? integer ESXi over SSH: the VM's VNC port (default: the first free one in 5900-5999) (variable remote_vnc_port)
 
 ---@class capil.Recipe.vsphere
