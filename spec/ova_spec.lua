@@ -457,7 +457,7 @@ describe("ova #ova", function()
         "DISTRO_ARCH", "USER_NOTE" }, f.property_order)
       assert.same({ BUILD_TIMESTAMP = "1600000000", BUILD_DATE = "2020-09-13T12:26:40Z", CNI_VERSION = "v0.8.6",
         CONTAINERD_VERSION = "1.3.4", CUSTOM_ROLE = "false", IMAGE_BUILDER_VERSION = host.version,
-        KUBERNETES_SEMVER = "v1.16.14", KUBERNETES_SOURCE_TYPE = "pkg", DISTRO_NAME = "ubuntu",
+        KUBERNETES_SEMVER = "v1.16.14", KUBERNETES_SOURCE_TYPE = "http", DISTRO_NAME = "ubuntu",
         DISTRO_VERSION = "20.04", DISTRO_ARCH = "amd64", USER_NOTE = "a \"quoted\" <value> & more" }, f.properties)
       assert.is_true(f.eula)
       assert.truthy(text:find("&lt;test&gt; &amp; co", 1, true))

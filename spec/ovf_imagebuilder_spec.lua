@@ -119,6 +119,9 @@ local DIFFERENT = {
     property_keys = { capil = "BUILD_DATE BUILD_TIMESTAMP CNI_VERSION CONTAINERD_VERSION CUSTOM_ROLE DISTRO_ARCH "
       .. "DISTRO_NAME DISTRO_VERSION IMAGE_BUILDER_VERSION KUBERNETES_SEMVER KUBERNETES_SOURCE_TYPE",
       why = "DISTRO_NAME, DISTRO_VERSION and DISTRO_ARCH added, as image-builder itself later did" },
+    ["property.KUBERNETES_SOURCE_TYPE"] = { capil = "http", why = "v1.16.14 installs from the release "
+      .. "binaries on dl.k8s.io: the 2020 apt/yum repositories were shut down in 2024 and pkgs.k8s.io starts "
+      .. "at v1.24 (kubernetes_source_type auto; issue 14)" },
   },
   head = {
     ide_controllers = { capil = "1", why = "one IDE controller carries the CD-ROM; the second of vCenter's "
