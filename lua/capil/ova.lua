@@ -404,8 +404,9 @@ function M.verify(path, opts)
   opts = opts or {}
   local sidecar = path .. ".sha256"
   local want_whole = fs.exists(sidecar)
+  -- a FIFO or a device is refused by kind (a missing file: the reader says so)
   local okr, rerr, rcode = fs.check_regular(path, "OVA")
-  if not okr then return nil, "ova.verify: " .. rerr, rcode end
+  if not okr and rcode == "EFTYPE" then return nil, "ova.verify: " .. rerr, rcode end
   local r, err, code = archive.reader(path, { sha256 = want_whole })
   if not r then
     if code ~= "NOT_TAR" and code ~= "TRUNCATED" and code ~= "ARCHIVE" then
@@ -590,7 +591,7 @@ end
 ---@return table|nil facts, string? err, string? code
 function M.inspect(path)
   local okr, rerr, rcode = fs.check_regular(path, "OVA")
-  if not okr then return nil, "ova.inspect: " .. rerr, rcode end
+  if not okr and rcode == "EFTYPE" then return nil, "ova.inspect: " .. rerr, rcode end
   local r <close>, err, code = archive.reader(path)
   if not r then
     if code == "NOT_TAR" or code == "TRUNCATED" then
