@@ -42,6 +42,7 @@ M.PROPERTY_ORDER = { "BUILD_TIMESTAMP", "BUILD_DATE", "CNI_VERSION", "CONTAINERD
 M.USTAR_MAX_SIZE = 8 * 1024 ^ 3 - 1
 
 local MAX_OVF = 16 * 1024 * 1024
+M.MAX_OVF = MAX_OVF
 local MAX_MF = 1024 * 1024
 
 --- The largest EULA text file packed into the OVF.
@@ -648,6 +649,9 @@ end
 --- Where each member's data lies in an uncompressed tar (ustar, pax or GNU
 --- long names): {name, offset, size}, so a disk can be streamed straight
 --- from the OVA (http body_offset/body_length) without extracting it.
+--- Refused: a path that is not a regular file (EFTYPE), sparse members
+--- (SPARSE), sizes that are negative or past the end of the file.
+--- `M.MAX_OVF` bounds what a caller should read of a descriptor member.
 ---@param path string
 ---@return table[]|nil members, string? err, string? code
 function M.members(path)
@@ -717,6 +721,7 @@ function M.members(path)
         f:close()
         return nil, unsafe_error("ova.members", path, pending.path or name, unsafe)
       end
+      if data + size > st.size then return bad("member data past the end of the file (truncated OVA)", "TRUNCATED") end
       if kind == "0" or kind == "\0" then
         out[#out + 1] = { name = pending.path or name, offset = data, size = size }
       end
