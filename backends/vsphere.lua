@@ -848,6 +848,9 @@ function M.import(vc, inv, ova_path, opts)
   for _, m in ipairs(members) do by_name[m.name] = m end
   local desc = members[1] and members[1].name:match("%.ovf$") and members[1]
   if not desc then return fail(("deploy: %s: the first member is not an .ovf descriptor"):format(ova_path), "EOVA") end
+  if desc.size > ova.MAX_OVF then
+    return fail(("deploy: %s: descriptor larger than %d bytes"):format(ova_path, ova.MAX_OVF), "EOVA")
+  end
   local f = assert(io.open(ova_path, "rb"))
   f:seek("set", desc.offset)
   local text = f:read(desc.size)

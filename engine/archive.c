@@ -503,11 +503,13 @@ static int w_add_file(lua_State *L) {
   capil_opt_field(L, 4, "progress");
   struct capil_progress *prog = capil_progress_opt(L, -1);
   if (check_usable(L, w, "add_file")) return 3;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: opening a FIFO must not wait for a writer */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (fd < 0) return capil_fail_errno(L, errno, "writer:add_file: %s", path);
   struct stat st;
   int err = fstat(fd, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR
           : !S_ISREG(st.st_mode) ? EINVAL : 0;
+  if (!err && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) err = errno;
   if (err) {
     close(fd);
     return capil_fail_errno(L, err, "writer:add_file: %s", path);
@@ -634,6 +636,7 @@ typedef struct {
   int rerr;                 /* errno of a failed read(2) in the callback */
   int next_slot;
   int64_t size;             /* current member's size */
+  uint64_t pos;             /* bytes of the current member's data given out */
   uint64_t total;           /* bytes of archive read */
   Hasher h;
   int hash;
@@ -686,6 +689,25 @@ static int reader_fail(lua_State *L, Reader *r, int ud, const char *fn, const ch
   return capil_fail(L, r->fail_code, "%s", lua_tostring(L, -1));
 }
 
+/* Fails the reader with capil's own reason (not libarchive's), remembered
+** as reader_fail does. */
+static int reader_refuse(lua_State *L, Reader *r, int ud, const char *code, const char *why) {
+  snprintf(r->fail_code, sizeof r->fail_code, "%s", code);
+  lua_pushfstring(L, "archive.reader: %s: %s", r->path, why);
+  r->state = R_FAILED;
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, ud, 1);
+  return capil_fail(L, r->fail_code, "%s", lua_tostring(L, -1));
+}
+
+/* The refusal of a member whose data has holes (see r_next). */
+static int refuse_sparse(lua_State *L, Reader *r, int ud) {
+  char why[128];
+  snprintf(why, sizeof why, "member %d: a sparse tar member (GNU/pax sparse); "
+           "OVA members must be plain files", r->index);
+  return reader_refuse(L, r, ud, "SPARSE", why);
+}
+
 /* Returns the remembered failure. */
 static int reader_failed(lua_State *L, Reader *r, int ud) {
   lua_getiuservalue(L, ud, 1);
@@ -725,10 +747,18 @@ static int l_reader(lua_State *L) {
   snprintf(r->path, sizeof r->path, "%s", path);
   luaL_setmetatable(L, READER_MT);
 
-  r->fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: opening a FIFO must not wait for a writer */
+  r->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (r->fd < 0) return capil_fail_errno(L, errno, "archive.reader: %s", path);
   struct stat st;
   int err = fstat(r->fd, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR : 0;
+  if (!err && !S_ISREG(st.st_mode)) {
+    reader_release(r);
+    return capil_fail(L, "EFTYPE", "archive.reader: %s: is %s, not a regular file", path,
+                      S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISCHR(st.st_mode) ? "a character device"
+                      : S_ISBLK(st.st_mode) ? "a block device" : "not a plain file");
+  }
+  if (!err && fcntl(r->fd, F_SETFL, fcntl(r->fd, F_GETFL) & ~O_NONBLOCK) != 0) err = errno;
   if (!err && hash) err = hasher_init(&r->h, 1);
   if (err) {
     reader_release(r);
@@ -795,6 +825,21 @@ static int r_next(lua_State *L) {
   r->index++;
   r->state = R_MEMBER;
   r->size = archive_entry_size(e);
+  r->pos = 0;
+  /* OVF tools never write sparse members; their data would be the listed
+  ** blocks only, and a small archive could claim a huge disk */
+  if (archive_entry_sparse_count(e) > 0) {
+    const char *sname = archive_entry_pathname(e);
+    char why[512];
+    snprintf(why, sizeof why, "member %d (%.300s): a sparse tar member (GNU/pax sparse); "
+             "OVA members must be plain files", r->index, sname ? sname : "");
+    return reader_refuse(L, r, 1, "SPARSE", why);
+  }
+  if (r->size < 0) {
+    char why[64];
+    snprintf(why, sizeof why, "member %d: negative size in its header", r->index);
+    return reader_refuse(L, r, 1, "ARCHIVE", why);
+  }
   lua_createtable(L, 0, 7);
   const char *name = archive_entry_pathname(e);
   lua_pushstring(L, name ? name : "");
@@ -835,6 +880,7 @@ static int write_all(int fd, const void *p, size_t n, off_t at) {
 ** Reads the current member's data to its end, once: hashed, its first
 ** `keep` bytes returned as data (truncated=true when there was more), and
 ** written to out_path when given (created or truncated; removed on failure).
+** Data with holes (a sparse member) fails with code "SPARSE".
 */
 static int r_read_member(lua_State *L) {
   static const char *const opts[] = {"sha256", "keep", "out_path", "progress", NULL};
@@ -864,8 +910,8 @@ static int r_read_member(lua_State *L) {
   EVP_MD_CTX *ctx = NULL;
   if (want && (!(ctx = EVP_MD_CTX_new()) || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1))
     err = ENOMEM;
-  static const unsigned char zeros[4096];
   uint64_t done = 0;
+  int sparse = 0;
   size_t nkept = 0;
   int st = ARCHIVE_OK;
   while (!err) {
@@ -876,17 +922,8 @@ static int r_read_member(lua_State *L) {
     st = archive_read_data_block(r->a, &buf, &n, &off);
     if (st == ARCHIVE_EOF) break;
     if (st != ARCHIVE_OK) break;
-    /* a sparse member's holes read as zeros */
-    while (!err && (uint64_t)off > done) {
-      size_t z = (uint64_t)off - done > sizeof zeros ? sizeof zeros : (size_t)((uint64_t)off - done);
-      if (ctx) EVP_DigestUpdate(ctx, zeros, z);
-      if (nkept < kept_cap) {
-        size_t c = kept_cap - nkept < z ? kept_cap - nkept : z;
-        memset(kept + nkept, 0, c);
-        nkept += c;
-      }
-      done += z;
-    }
+    /* a hole: a sparse member (pax 1.0 maps show up only here) */
+    if (off < 0 || (uint64_t)off != done) { sparse = 1; break; }
     if (ctx) EVP_DigestUpdate(ctx, buf, n);
     if (nkept < kept_cap) {
       size_t c = kept_cap - nkept < n ? kept_cap - nkept : n;
@@ -897,6 +934,9 @@ static int r_read_member(lua_State *L) {
     done = (uint64_t)off + n;
     capil_progress_update(prog, done);
   }
+  /* a trailing hole, or data short of the header's size */
+  if (!err && !sparse && st == ARCHIVE_EOF && done != (uint64_t)size) sparse = 1;
+  if (sparse) st = ARCHIVE_FATAL;
   char hex[65] = "";
   if (ctx && !err && st == ARCHIVE_EOF && !final_hex(ctx, hex)) err = ENOMEM;
   EVP_MD_CTX_free(ctx);
@@ -910,6 +950,7 @@ static int r_read_member(lua_State *L) {
     return reader_fail(L, r, 1, "read_member", NULL);
   }
   if (err) return capil_fail_errno(L, err, "reader:read_member: %s", out_path ? out_path : r->path);
+  if (sparse) return refuse_sparse(L, r, 1);
   if (st != ARCHIVE_EOF) {
     char what[32];
     snprintf(what, sizeof what, "member %d", r->index);
@@ -935,8 +976,8 @@ static int r_read_member(lua_State *L) {
 /*
 ** r:read() -> chunk | nil (end of the member) | nil, msg, code
 ** The current member's data block by block (up to 1 MiB each), for
-** streaming it elsewhere (an upload) without a temp file. The holes of a
-** GNU sparse member are not expanded here (read_member does that).
+** streaming it elsewhere (an upload) without a temp file. A sparse member
+** is refused (code "SPARSE"), here as in read_member and next.
 */
 static int r_read(lua_State *L) {
   Reader *r = check_reader(L, 1);
@@ -950,12 +991,15 @@ static int r_read(lua_State *L) {
   size_t len;
   la_int64_t off;
   int st = archive_read_data_block(r->a, &buf, &len, &off);
+  if (st == ARCHIVE_EOF && r->pos != (uint64_t)r->size) return refuse_sparse(L, r, 1);
   if (st == ARCHIVE_EOF) {
     r->state = R_CONSUMED;
     lua_pushnil(L);
     return 1;
   }
   if (st != ARCHIVE_OK) return reader_fail(L, r, 1, "read", NULL);
+  if (off < 0 || (uint64_t)off != r->pos) return refuse_sparse(L, r, 1);
+  r->pos += len;
   lua_pushlstring(L, buf, len);
   return 1;
 }

@@ -197,14 +197,43 @@ static int *push_fd(lua_State *L) {
   return fd;
 }
 
-/* fs.read(path) -> data | nil, msg, code */
+/* What a file that is not a regular one is, for messages. */
+static const char *kind_phrase(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISSOCK(m)) return "a socket";
+  return "not a plain file";
+}
+
+/*
+** fs.read(path [, {max=bytes}]) -> data | nil, msg, code
+** With max, the file must be a regular file (code "EFTYPE": a FIFO or a
+** device would block or never end) of at most max bytes (code "EFBIG").
+** The open does not block on a FIFO: the type is checked on the open fd.
+*/
 static int l_read(lua_State *L) {
+  static const char *const opts[] = {"max", NULL};
   const char *path = luaL_checkstring(L, 1);
+  if (!lua_isnoneornil(L, 2)) capil_check_options(L, 2, "fs.read", opts);
+  lua_Integer max = capil_opt_integer(L, 2, "fs.read", "max", -1);
+  if (max < -1) return luaL_error(L, "fs.read: max must not be negative");
   int *fd = push_fd(L);
-  *fd = open(path, O_RDONLY | O_CLOEXEC);
+  *fd = open(path, O_RDONLY | O_CLOEXEC | (max >= 0 ? O_NONBLOCK | O_NOCTTY : 0));
   if (*fd < 0) return capil_fail_errno(L, errno, "fs.read: %s", path);
+  if (max >= 0) {
+    struct stat st;
+    if (fstat(*fd, &st) != 0) return capil_fail_errno(L, errno, "fs.read: %s", path);
+    if (!S_ISREG(st.st_mode))
+      return capil_fail(L, "EFTYPE", "fs.read: %s: is %s, not a regular file", path, kind_phrase(st.st_mode));
+    if (st.st_size > max)
+      return capil_fail(L, "EFBIG", "fs.read: %s: larger than %lld bytes", path, (long long)max);
+    fcntl(*fd, F_SETFL, fcntl(*fd, F_GETFL) & ~O_NONBLOCK);
+  }
   luaL_Buffer b;
   luaL_buffinit(L, &b);
+  size_t total = 0;
   for (;;) {
     char *p = luaL_prepbuffsize(&b, 65536);
     ssize_t n = read(*fd, p, 65536);
@@ -216,6 +245,13 @@ static int l_read(lua_State *L) {
       return capil_fail_errno(L, e, "fs.read: %s", path);
     }
     if (n == 0) break;
+    total += (size_t)n;
+    /* the file grew after the fstat */
+    if (max >= 0 && total > (size_t)max) {
+      close(*fd);
+      *fd = -1;
+      return capil_fail(L, "EFBIG", "fs.read: %s: larger than %lld bytes", path, (long long)max);
+    }
     luaL_addsize(&b, (size_t)n);
   }
   luaL_pushresult(&b);

@@ -27,7 +27,8 @@ function M.load(dir)
   local data = { dir = dir }
   for _, name in ipairs(FILES) do
     local path = dir .. "/" .. name
-    local text = fs.read(path)
+    local text, rerr, rcode = fs.read_file(path, { max = 4 * 1024 * 1024 })
+    if not text and rcode ~= "ENOENT" then return nil, "cloudinit: " .. rerr, rcode end
     if not text then
       return nil, ("cloudinit: %s: missing (%s is required to boot a built image for testing)"):format(path, name),
         "ENOENT"
@@ -51,11 +52,12 @@ end
 ---@return string|nil path, string? err, string? code
 function M.key(dir, key)
   local path = (key and key ~= "") and key or (dir .. "/id_ed25519.capi")
-  local text = fs.read(path)
+  local text, rerr, rcode = fs.read_file(path, { max = 1024 * 1024 })
+  if not text and rcode ~= "ENOENT" then return nil, "cloudinit: " .. rerr, rcode end
   if not text then
     return nil, ("cloudinit: %s: the test SSH key is missing (set test_ssh_private_key_file)"):format(path), "ENOENT"
   end
-  local pub = fs.read(path .. ".pub") or ""
+  local pub = fs.read_file(path .. ".pub", { max = 1024 * 1024 }) or ""
   if text:find("BEGIN RSA PRIVATE KEY", 1, true) or pub:match("^ssh%-rsa ") then
     return nil, ("cloudinit: %s is an RSA key: capil's SSH (libssh2 1.10) signs only with ssh-rsa (SHA-1), "
       .. "which OpenSSH 8.8 and later refuse; use %s/id_ed25519.capi (plain ssh can still use the RSA key)")

@@ -39,12 +39,16 @@ local function path_of(key)
   return f and f.path
 end
 
+--- The largest var file read (they hold a few dozen variables).
+M.MAX_VAR_FILE = 16 * 1024 * 1024
+
 -- Reads a JSON var file into a list of {key, value} entries (object order
 -- does not matter within one file).
 local function read_var_file(path)
-  local data, err = json.read(path)
+  local data, err = json.read(path, { max = M.MAX_VAR_FILE })
   if data == nil then
-    return nil, ("%s: %s"):format(path, (err or "unreadable"):gsub("^json%.[%w_]+: ", ""))
+    -- json.read's message already names the path
+    return nil, (tostring(err):gsub("^json%.read: ", ""))
   end
   if type(data) ~= "table" or json.is_array(data) then
     return nil, ("%s: a var file must be a JSON object of variables"):format(path)

@@ -22,6 +22,47 @@ function M.tempdir(opts)
   return path
 end
 
+local KIND = { directory = "a directory", fifo = "a FIFO", char = "a character device",
+  block = "a block device", socket = "a socket" }
+
+-- "WHAT PATH: detail" from a core message "fs.fn: PATH: detail".
+local function named(what, err)
+  local rest = tostring(err):gsub("^fs%.%w+: ", "")
+  return what and (what .. " " .. rest) or rest
+end
+
+--- Reads a file capil was given by path (a var file, a recipe, an EULA, a
+--- checksum file): it must be a regular file (a FIFO or a device would
+--- block or never end; code EFTYPE) of at most `max` bytes (code EFBIG).
+--- Messages read "WHAT PATH: is a FIFO, not a regular file".
+---@param path string
+---@param opts {max: integer, what?: string}
+---@return string|nil data, string? err, string? code
+function M.read_file(path, opts)
+  if type(path) ~= "string" then error("fs.read_file: path must be a string", 2) end
+  if type(opts) ~= "table" or math.type(opts.max) ~= "integer" or opts.max < 0 then
+    error("fs.read_file: opts.max (a byte count) is required", 2)
+  end
+  local data, err, code = core.read(path, { max = opts.max })
+  if not data then return nil, named(opts.what, err), code end
+  return data
+end
+
+--- Checks that a path capil will open and stream (an OVA, a VMDK) is a
+--- regular file: true, or nil, "WHAT PATH: is a FIFO, not a regular file", code.
+---@param path string
+---@param what? string
+---@return true|nil ok, string? err, string? code
+function M.check_regular(path, what)
+  local st, err, code = core.stat(path)
+  if not st then return nil, named(what, err), code end
+  if st.type ~= "file" then
+    return nil, ("%s%s: is %s, not a regular file"):format(what and (what .. " ") or "", path,
+      KIND[st.type] or "not a plain file"), "EFTYPE"
+  end
+  return true
+end
+
 --- Joins path parts with "/".
 ---@param ... string
 function M.join(...)

@@ -165,7 +165,7 @@ end
 -- Nothing of the file's content goes into a message.
 local function load_key_file(path, source)
   local function bad(what) return nil, ("gcs: %s: %s"):format(path, what), "EKEY" end
-  local text, rerr = fs.read(path)
+  local text, rerr = fs.read_file(path, { max = 1024 * 1024 })
   if not text then
     return bad("cannot read the key file (" .. (tostring(rerr):match(":%s*([^:]*)$") or "?") .. ")")
   end

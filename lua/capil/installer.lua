@@ -27,7 +27,7 @@ function M.render(src, files, dest, vars)
     if rel:find("..", 1, true) or rel:sub(1, 1) == "/" then
       return nil, ("installer: %s: file names must stay inside %s"):format(rel, src)
     end
-    local text, err = fs.read(src .. "/" .. rel)
+    local text, err = fs.read_file(src .. "/" .. rel, { max = 4 * 1024 * 1024 })
     if not text then return nil, "installer: " .. err end
     local out, terr = template.render(text, vars, src .. "/" .. rel)
     if not out then return nil, "installer: " .. terr end

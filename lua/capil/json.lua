@@ -70,14 +70,21 @@ function M.is_array(v)
   return type(v) == "table" and getmetatable(v) == core.array_mt
 end
 
+--- The largest JSON file json.read takes unless told (var files, build
+--- manifests, state files are far smaller).
+M.MAX_FILE = 16 * 1024 * 1024
+
 --- Reads and decodes a JSON file; errors name the file:
---- `json.read: vsphere.json: line 3, column 7: ...`.
+--- `json.read: vsphere.json: line 3, column 7: ...`. The file must be a
+--- regular file of at most `max` bytes (default M.MAX_FILE; codes EFTYPE,
+--- EFBIG).
 ---@param path string
+---@param opts? {max?: integer}
 ---@return any|nil value, string? err, string? code
-function M.read(path)
-  local fs = require("capil.core.fs")
-  local text, err, code = fs.read(path)
-  if not text then return nil, err, code end
+function M.read(path, opts)
+  local fs = require("capil.fs")
+  local text, err, code = fs.read_file(path, { max = opts and opts.max or M.MAX_FILE })
+  if not text then return nil, "json.read: " .. err, code end
   local v, perr, pcode = core.decode(text)
   if v == nil then
     return nil, ("json.read: %s: %s"):format(path, (perr:gsub("^json%.decode: ", ""))), pcode

@@ -199,6 +199,73 @@ local HW_DEFAULTS = { cpus = 2, cores_per_socket = 2, memory_mb = 2048, firmware
 
 local function int(v) return v and math.tointeger(tonumber(v)) end
 
+-- A JSON value's kind, for messages.
+local function kind_of(v)
+  if json.is_null(v) then return "null" end
+  if json.is_array(v) then return "an array" end
+  if type(v) == "table" then return "an object" end
+  return type(v)
+end
+
+--- The custom_data keys whose values become part of file names (the OVA's,
+--- the upload's object name).
+M.NAME_KEYS = { "build_name", "kubernetes_semver", "dataplaneapi_version" }
+
+--- Why a name from a manifest cannot be part of a file name, or nil: not a
+--- string, empty, "." or "..", or holding a "/", a backslash or a control
+--- character (it would point outside the build directory).
+---@param v any
+---@return string|nil why
+function M.bad_name(v)
+  if type(v) ~= "string" then return ("expected a string, got %s"):format(kind_of(v)) end
+  if v == "" then return "is empty" end
+  if v == "." or v == ".." then return ("is %q"):format(v) end
+  if v:find("[/\\%z\1-\31\127]") then return ("%q holds a '/', a backslash or a control character"):format(v) end
+  return nil
+end
+
+--- Checks the shape of a build entry before anything of it becomes a path:
+--- custom_data an object of strings (numbers and booleans tolerated), the
+--- name keys safe file names, files[].name relative paths inside the build
+--- directory. nil and a message naming the field otherwise.
+---@param build table
+---@return true|nil ok, string? err
+function M.check_build(build)
+  local cd = build.custom_data
+  if cd ~= nil and (type(cd) ~= "table" or json.is_array(cd) or json.is_null(cd)) then
+    return nil, ("manifest: custom_data must be an object, got %s"):format(kind_of(cd))
+  end
+  for k, v in pairs(cd or {}) do
+    if type(v) ~= "string" and type(v) ~= "number" and type(v) ~= "boolean" then
+      return nil, ("manifest: custom_data.%s must be a string, got %s"):format(tostring(k), kind_of(v))
+    end
+  end
+  for _, k in ipairs(M.NAME_KEYS) do
+    local v = cd and cd[k]
+    local why = v ~= nil and M.bad_name(type(v) == "number" and tostring(v) or v)
+    if why then return nil, ("manifest: custom_data.%s %s"):format(k, why) end
+  end
+  for i, f in ipairs(build.files or {}) do
+    local name = type(f) == "table" and f.name
+    if type(name) ~= "string" then
+      return nil, ("manifest: files[%d].name must be a string, got %s"):format(i - 1,
+        type(f) == "table" and kind_of(name) or kind_of(f))
+    end
+    local bad = name == "" or name:sub(1, 1) == "/" or name:find("[\\%z\1-\31\127]")
+    for part in name:gmatch("[^/]+") do bad = bad or part == ".." end
+    if bad then
+      return nil, ("manifest: files[%d].name %q is not a relative path inside the build directory"):format(i - 1, name)
+    end
+    if f.sha256 ~= nil and type(f.sha256) ~= "string" then
+      return nil, ("manifest: files[%d].sha256 must be a string, got %s"):format(i - 1, kind_of(f.sha256))
+    end
+    if f.size ~= nil and math.type(f.size) ~= "integer" then
+      return nil, ("manifest: files[%d].size must be an integer, got %s"):format(i - 1, kind_of(f.size))
+    end
+  end
+  return true
+end
+
 --- The `ova.pack` options that rebuild a build's OVA in `dir` from its
 --- manifest entry (what image-build-ova.py did): names
 --- `<build_name>-kube-<semver>.{ovf,mf,ova}`, the VirtualSystem named after
@@ -209,6 +276,8 @@ local function int(v) return v and math.tointeger(tonumber(v)) end
 ---@param dir string the build directory
 ---@return table|nil opts, string? err
 function M.pack_options(build, dir)
+  local okb, berr = M.check_build(build)
+  if not okb then return nil, berr end
   local cd = build.custom_data or {}
   if not cd.build_name or not cd.kubernetes_semver then
     return nil, "manifest: custom_data lacks build_name or kubernetes_semver"
@@ -243,7 +312,11 @@ function M.pack_options(build, dir)
   local disks = {}
   for _, f in ipairs(build.files or {}) do
     if type(f.name) == "string" and f.name:match("%.vmdk$") then
-      disks[#disks + 1] = { path = fs.join(dir, f.name), sha256 = f.sha256, size = f.size }
+      local sha = f.sha256
+      if sha ~= nil and not (#sha == 64 and sha:match("^%x+$")) then
+        return nil, ("manifest: files[].sha256 of %s is not 64 hex digits"):format(f.name)
+      end
+      disks[#disks + 1] = { path = fs.join(dir, f.name), sha256 = sha, size = f.size }
     end
   end
   if #disks == 0 then return nil, "manifest: the build lists no .vmdk file" end

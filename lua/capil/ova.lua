@@ -42,7 +42,13 @@ M.PROPERTY_ORDER = { "BUILD_TIMESTAMP", "BUILD_DATE", "CNI_VERSION", "CONTAINERD
 M.USTAR_MAX_SIZE = 8 * 1024 ^ 3 - 1
 
 local MAX_OVF = 16 * 1024 * 1024
+M.MAX_OVF = MAX_OVF
 local MAX_MF = 1024 * 1024
+
+--- The largest EULA text file packed into the OVF.
+M.MAX_EULA = 1024 * 1024
+--- The largest `.ova.sha256` file read (it holds one hex digest).
+M.MAX_SHA256_FILE = 4096
 
 -- ====================================================================== --
 -- Manifest (.mf) text                                                    --
@@ -252,27 +258,47 @@ function M.pack(opts)
   local eula = opts.eula
   if not eula and opts.eula_file then
     local err, code
-    eula, err, code = fs.read(opts.eula_file)
-    if not eula then return nil, "ova.pack: eula_file: " .. err, code end
+    eula, err, code = fs.read_file(opts.eula_file, { max = M.MAX_EULA, what = "EULA" })
+    if not eula then return nil, "ova.pack: " .. err, code end
   end
   local ovf_text = ovf.descriptor(descriptor_params(opts, name, disks, eula))
   local entries = { { name = fs.basename(ovf_path), sha256 = hash.digest("sha256", ovf_text) } }
   for _, d in ipairs(disks) do entries[#entries + 1] = { name = d.name, sha256 = d.sha256 } end
   local mf_text = M.mf_text(entries)
-  for path, text in pairs({ [ovf_path] = ovf_text, [mf_path] = mf_text }) do
-    local ok, err, code = fs.write(path, text)
-    if not ok then return nil, err, code end
+  -- the old checksum goes first: until both renames below are done, no
+  -- .ova.sha256 can vouch for an OVA it was not computed from
+  if fs.exists(sha_path) then
+    local ok, err, code = fs.remove(sha_path)
+    if not ok then return nil, "ova.pack: " .. err, code end
+  end
+  local written = {}
+  local function unwrite()
+    for _, p in ipairs(written) do fs.remove(p) end
+  end
+  for _, m in ipairs({ { ovf_path, ovf_text }, { mf_path, mf_text } }) do
+    local ok, err, code = fs.write(m[1], m[2])
+    if not ok then
+      unwrite()
+      return nil, err, code
+    end
+    written[#written + 1] = m[1]
   end
 
   local big = false
   for _, d in ipairs(disks) do big = big or d.size > M.USTAR_MAX_SIZE end
   if big then log.warn("ova.pack: a disk of 8 GiB or more needs a pax size header; the rest stays ustar") end
   local tmp = ("%s.part.%d"):format(opts.ova, proc.getpid())
+  local sha_tmp = ("%s.part.%d"):format(sha_path, proc.getpid())
   local w, werr, wcode = archive.writer(tmp, { format = big and "pax" or "ustar", sync = opts.sync or false })
-  if not w then return nil, werr, wcode end
+  if not w then
+    unwrite()
+    return nil, werr, wcode
+  end
   local undo = cleanup.push("partial OVA " .. tmp, function()
     w:abort()
     fs.remove(tmp)
+    fs.remove(sha_tmp)
+    unwrite()
   end)
   local function fail(err, code)
     undo:run()
@@ -286,18 +312,31 @@ function M.pack(opts)
   for _, d in ipairs(disks) do
     log.info("packing %s into %s", d.name, fs.basename(opts.ova))
     local bar = opts.progress ~= false and log.progress({ label = "ova " .. d.name, total = d.size }) or nil
-    local ok, err, code = w:add_file(d.name, d.path, { progress = bar })
+    -- the digest the manifest will carry is checked against the bytes
+    -- written (hashed on the helper thread as they stream by)
+    local ok, err, code = w:add_file(d.name, d.path, { progress = bar, expect_sha256 = d.sha256 })
     if bar then bar:close() end
-    if not ok then return fail(err, code) end
+    if not ok then
+      if code == "CHECKSUM" then
+        err = ("ova.pack: %s: its SHA-256 is not the recorded %s (%s): the disk changed since it was "
+          .. "exported, or the build manifest is wrong; no OVA written"):format(d.path, d.sha256,
+          (tostring(err):match("SHA%-256 is (%x+)") or "?"))
+      end
+      return fail(err, code)
+    end
   end
   local sum, err, code = w:close()
   if not sum then return fail(err, code) end
   local ok
+  ok, err, code = fs.write(sha_tmp, sum.sha256)
+  if not ok then return fail(err, code) end
+  -- both renames, or (on failure or Ctrl-C before the second) the OVA
+  -- without any checksum file: never a new OVA beside an old checksum
   ok, err, code = fs.rename(tmp, opts.ova)
   if not ok then return fail(err, code) end
+  ok, err, code = fs.rename(sha_tmp, sha_path)
+  if not ok then return fail(err, code) end
   undo:cancel()
-  ok, err, code = fs.write(sha_path, sum.sha256)
-  if not ok then return nil, err, code end
   log.info("wrote %s (%d bytes, sha256 %s)", opts.ova, sum.size, sum.sha256)
   local out = {}
   for i, d in ipairs(disks) do out[i] = { name = d.name, path = d.path, size = d.size, sha256 = d.sha256 } end
@@ -366,6 +405,9 @@ function M.verify(path, opts)
   opts = opts or {}
   local sidecar = path .. ".sha256"
   local want_whole = fs.exists(sidecar)
+  -- a FIFO or a device is refused by kind (a missing file: the reader says so)
+  local okr, rerr, rcode = fs.check_regular(path, "OVA")
+  if not okr and rcode == "EFTYPE" then return nil, "ova.verify: " .. rerr, rcode end
   local r, err, code = archive.reader(path, { sha256 = want_whole })
   if not r then
     if code ~= "NOT_TAR" and code ~= "TRUNCATED" and code ~= "ARCHIVE" then
@@ -423,9 +465,11 @@ function M.verify(path, opts)
   local whole
   if complete and want_whole then
     whole = r:sha256()
-    local recorded = fs.read(sidecar) or ""
-    local hex = recorded:match("^%s*(%x+)")
-    if not hex or hex:lower() ~= whole then
+    local recorded, serr = fs.read_file(sidecar, { max = M.MAX_SHA256_FILE, what = ".sha256 file" })
+    local hex = recorded and recorded:match("^%s*(%x+)")
+    if not recorded then
+      problem(nil, "%s", serr)
+    elseif not hex or hex:lower() ~= whole then
       problem(fs.basename(sidecar), "holds %q, but the OVA's SHA-256 is %s", recorded:sub(1, 80), whole)
     end
   end
@@ -547,6 +591,8 @@ end
 ---@param path string
 ---@return table|nil facts, string? err, string? code
 function M.inspect(path)
+  local okr, rerr, rcode = fs.check_regular(path, "OVA")
+  if not okr and rcode == "EFTYPE" then return nil, "ova.inspect: " .. rerr, rcode end
   local r <close>, err, code = archive.reader(path)
   if not r then
     if code == "NOT_TAR" or code == "TRUNCATED" then
@@ -603,15 +649,22 @@ end
 --- Where each member's data lies in an uncompressed tar (ustar, pax or GNU
 --- long names): {name, offset, size}, so a disk can be streamed straight
 --- from the OVA (http body_offset/body_length) without extracting it.
+--- Refused: a path that is not a regular file (EFTYPE), sparse members
+--- (SPARSE), sizes that are negative or past the end of the file.
+--- `M.MAX_OVF` bounds what a caller should read of a descriptor member.
 ---@param path string
 ---@return table[]|nil members, string? err, string? code
 function M.members(path)
+  local st, serr, scode = fs.stat(path)
+  if not st then return nil, "ova.members: " .. tostring(serr):gsub("^fs%.stat: ", ""), scode end
+  local ok, rerr, rcode = fs.check_regular(path, "OVA")
+  if not ok then return nil, "ova.members: " .. rerr, rcode end
   local f, oerr = io.open(path, "rb")
   if not f then return nil, "ova.members: " .. tostring(oerr), "ENOENT" end
   local out, pending, pos = {}, {}, 0
-  local function bad(why)
+  local function bad(why, code)
     f:close()
-    return nil, ("ova.members: %s: %s at byte %d"):format(path, why, pos), "NOT_TAR"
+    return nil, ("ova.members: %s: %s at byte %d"):format(path, why, pos), code or "NOT_TAR"
   end
   while true do
     local h = f:read(512)
@@ -621,25 +674,42 @@ function M.members(path)
     local size_field = h:sub(125, 136)
     local size
     if size_field:byte(1) >= 0x80 then -- GNU base-256
+      -- 0x80 then a positive big-endian number; 0xff (negative) and sizes
+      -- past the file are refused (a negative size would seek backwards)
+      if size_field:byte(1) ~= 0x80 or size_field:sub(2, 4) ~= "\0\0\0" then
+        return bad("invalid base-256 member size", "ARCHIVE")
+      end
       size = 0
-      for i = 2, 12 do size = size * 256 + size_field:byte(i) end
+      for i = 5, 12 do size = size * 256 + size_field:byte(i) end
     else
       size = tonumber(size_field:match("^[%s0]*([0-7]*)"), 8) or 0
     end
+    if size < 0 or size > st.size then return bad("member size past the end of the file", "ARCHIVE") end
     local kind = h:sub(157, 157)
+    if kind == "S" then return bad("a sparse tar member (GNU sparse); OVA members must be plain files", "SPARSE") end
     local name = h:sub(1, 100):match("^[^%z]*")
     local prefix = h:sub(346, 500):match("^[^%z]*")
     if prefix ~= "" then name = prefix .. "/" .. name end
     local data = pos + 512
     local padded = (size + 511) // 512 * 512
     if kind == "x" or kind == "L" then
+      if size > MAX_MF then return bad("extended header larger than " .. MAX_MF .. " bytes", "ARCHIVE") end
       local body = f:read(size) or ""
       if kind == "L" then
         pending.path = body:match("^[^%z]*")
       else
         for rec in body:gmatch("%d+ ([^\n]*)\n") do
           local k, v = rec:match("^([^=]+)=(.*)$")
-          if k == "path" then pending.path = v elseif k == "size" then pending.size = tonumber(v) end
+          if k == "path" then
+            pending.path = v
+          elseif k == "size" then
+            pending.size = v:match("^%d+$") and math.tointeger(tonumber(v))
+            if not pending.size or pending.size > st.size then
+              return bad("invalid pax size " .. M.shown(v:sub(1, 40)), "ARCHIVE")
+            end
+          elseif k:match("^GNU%.sparse%.") then
+            return bad("a sparse tar member (pax GNU.sparse); OVA members must be plain files", "SPARSE")
+          end
         end
       end
       f:seek("set", data + padded)
@@ -651,6 +721,7 @@ function M.members(path)
         f:close()
         return nil, unsafe_error("ova.members", path, pending.path or name, unsafe)
       end
+      if data + size > st.size then return bad("member data past the end of the file (truncated OVA)", "TRUNCATED") end
       if kind == "0" or kind == "\0" then
         out[#out + 1] = { name = pending.path or name, offset = data, size = size }
       end

@@ -242,28 +242,39 @@ local function rasd(item, name)
   return e and xml.text(e)
 end
 
---- Parses a descriptor into facts: name, references, disks (with capacity
---- in bytes), os, hardware, networks, properties, product. Returns nil and an
---- error for malformed XML or a document that is not an OVF envelope.
----@param text string
----@return table|nil, string?
-function M.parse(text)
-  local root, err = xml.parse(text)
-  if not root then return nil, err end
-  if root.name ~= "Envelope" or root.ns ~= OVF then
-    return nil, ("ovf.parse: the root element is {%s}%s, not an OVF Envelope"):format(root.ns or "", root.name)
-  end
+-- A descriptor the parser cannot take: raised inside parse_envelope as a
+-- table, so it is told apart from a bug, and returned as the error.
+local Malformed = {}
+
+local function malformed(fmt, ...)
+  error(setmetatable({ msg = fmt:format(...) }, Malformed), 0)
+end
+
+-- A count (a size in bytes, an id, a quantity): digits only, and small
+-- enough to be an integer; absent stays nil. `what` names it in the error.
+local function whole(v, what)
+  if v == nil then return nil end
+  local n = v:match("^%s*(%d+)%s*$")
+  n = n and math.tointeger(tonumber(n))
+  if not n then malformed("%s is %q, not a whole number", what, v:sub(1, 40)) end
+  return n
+end
+
+local function parse_envelope(root)
   local f = { references = {}, disks = {}, networks = {}, properties = {}, property_order = {}, hardware = {} }
   for _, file in ipairs(xml.children(xml.find(root, "References", OVF) or {}, "File", OVF)) do
-    f.references[#f.references + 1] = { id = oattr(file, "id"), href = oattr(file, "href"),
-      size = tonumber(oattr(file, "size")) }
+    local id = oattr(file, "id")
+    f.references[#f.references + 1] = { id = id, href = oattr(file, "href"),
+      size = whole(oattr(file, "size"), ("File %s: ovf:size"):format(tostring(id))) }
   end
   for _, d in ipairs(xml.children(xml.find(root, "DiskSection", OVF) or {}, "Disk", OVF)) do
     local units = oattr(d, "capacityAllocationUnits") or "byte"
     local cap = tonumber(oattr(d, "capacity"))
     f.disks[#f.disks + 1] = { disk_id = oattr(d, "diskId"), file_ref = oattr(d, "fileRef"), capacity = cap,
       units = units, capacity_bytes = cap and unit_factor(units) and math.tointeger(cap * unit_factor(units)),
-      populated_size = tonumber(oattr(d, "populatedSize")), format = oattr(d, "format") }
+      populated_size = whole(oattr(d, "populatedSize"),
+        ("Disk %s: ovf:populatedSize"):format(tostring(oattr(d, "diskId")))),
+      format = oattr(d, "format") }
   end
   for _, n in ipairs(xml.children(xml.find(root, "NetworkSection", OVF) or {}, "Network", OVF)) do
     f.networks[#f.networks + 1] = oattr(n, "name")
@@ -274,8 +285,8 @@ function M.parse(text)
   local os = xml.find(vs, "OperatingSystemSection", OVF)
   if os then
     local desc = xml.find(os, "Description", OVF)
-    f.os = { id = tonumber(oattr(os, "id")), version = oattr(os, "version"), os_type = xml.attr(os, VMW, "osType"),
-      description = desc and xml.text(desc) }
+    f.os = { id = whole(oattr(os, "id"), "OperatingSystemSection: ovf:id"), version = oattr(os, "version"),
+      os_type = xml.attr(os, VMW, "osType"), description = desc and xml.text(desc) }
   end
   local ann = xml.find(vs, "AnnotationSection", OVF)
   f.annotation = ann and xml.find(ann, "Annotation", OVF) and xml.text(xml.find(ann, "Annotation", OVF))
@@ -286,20 +297,24 @@ function M.parse(text)
     f.hardware.system_type = vt and xml.text(vt)
     f.hardware.config = {}
     for _, c in ipairs(xml.children(hw, "Config", VMW)) do
-      f.hardware.config[xml.attr(c, VMW, "key")] = xml.attr(c, VMW, "value")
+      local key = xml.attr(c, VMW, "key")
+      if not key then malformed("VirtualHardwareSection: a vmw:Config has no vmw:key") end
+      f.hardware.config[key] = xml.attr(c, VMW, "value")
     end
     f.hardware.firmware = f.hardware.config.firmware or "bios"
     f.hardware.items = {}
     for _, item in ipairs(xml.children(hw, "Item", OVF)) do
-      local t = tonumber(rasd(item, "ResourceType"))
+      local label = ("Item %s"):format(tostring(rasd(item, "InstanceID") or #f.hardware.items + 1))
+      local t = whole(rasd(item, "ResourceType"), label .. ": rasd:ResourceType")
       local it = { type = t, subtype = rasd(item, "ResourceSubType"), name = rasd(item, "ElementName"),
-        quantity = tonumber(rasd(item, "VirtualQuantity")), host_resource = rasd(item, "HostResource"),
+        quantity = whole(rasd(item, "VirtualQuantity"), label .. ": rasd:VirtualQuantity"),
+        host_resource = rasd(item, "HostResource"),
         connection = rasd(item, "Connection") }
       f.hardware.items[#f.hardware.items + 1] = it
       if t == 3 then
         f.hardware.cpus = it.quantity
         local cps = xml.find(item, "CoresPerSocket", VMW)
-        f.hardware.cores_per_socket = cps and tonumber(xml.text(cps)) or 1
+        f.hardware.cores_per_socket = cps and whole(xml.text(cps), label .. ": vmw:CoresPerSocket") or 1
       elseif t == 4 then
         f.hardware.memory_mb = it.quantity
       elseif t == 6 then
@@ -324,6 +339,25 @@ function M.parse(text)
   end
   f.eula = xml.find(vs, "EulaSection", OVF) ~= nil
   return f
+end
+
+--- Parses a descriptor into facts: name, references, disks (with capacity
+--- in bytes), os, hardware, networks, properties, product. Returns nil and an
+--- error for malformed XML, a document that is not an OVF envelope, or
+--- values capil cannot take (a size that is not a whole number, a
+--- vmw:Config without a key).
+---@param text string
+---@return table|nil, string?
+function M.parse(text)
+  local root, err = xml.parse(text)
+  if not root then return nil, err end
+  if root.name ~= "Envelope" or root.ns ~= OVF then
+    return nil, ("ovf.parse: the root element is {%s}%s, not an OVF Envelope"):format(root.ns or "", root.name)
+  end
+  local ok, f, ferr = pcall(parse_envelope, root)
+  if ok then return f, ferr end
+  if getmetatable(f) == Malformed then return nil, "ovf.parse: " .. f.msg end
+  error(f, 0)
 end
 
 return M

@@ -11,6 +11,9 @@ local M = {}
 
 M.DEFAULT_DIR = "recipes"
 
+--- The largest recipe file read (recipes are a page or two of Lua).
+M.MAX_FILE = 4 * 1024 * 1024
+
 --- Resolves a recipe reference: a path (has "/" or ends in .lua) or a name
 --- looked up as <dir>/<name>.lua.
 ---@param ref string
@@ -121,9 +124,10 @@ function M.load(ref, opts)
   local seen = opts._seen or {}
   if seen[file] then return nil, { ("%s: extends itself (a cycle: %s)"):format(file, file) } end
   seen[file] = true
-  local source, rerr = fs.read(file)
+  local source, rerr = fs.read_file(file, { max = M.MAX_FILE })
   if not source then
-    return nil, { ("%s: cannot read the recipe: %s"):format(file, rerr:gsub("^fs%.read: [^:]*: ", "")) }
+    local why = rerr:sub(1, #file + 2) == file .. ": " and rerr:sub(#file + 3) or rerr
+    return nil, { ("%s: cannot read the recipe: %s"):format(file, why) }
   end
   local data, err = sandbox.run_file(file, sandbox.environment(), { source = source })
   if data == nil and err then return nil, { err } end
@@ -136,10 +140,14 @@ function M.load(ref, opts)
 
   local r = { file = file, files = {}, fields = {}, sources = {}, source_text = source, lines = {} }
   if type(fields.extends) == "string" then
-    -- a name is looked up beside the extending recipe, then in the recipes dir
+    -- a relative path ("x.lua", "../base/x.lua") is relative to the extending
+    -- recipe's directory; a bare name is looked up beside it, then in the
+    -- recipes dir
     local base_ref = fields.extends
-    local here = file:match("^(.*)/[^/]*$") or "."
-    if not (base_ref:find("/", 1, true) or base_ref:match("%.lua$")) and not fs.exists(M.locate(base_ref, here)) then
+    local here = fs.dirname(file)
+    if base_ref:find("/", 1, true) or base_ref:match("%.lua$") then
+      if base_ref:sub(1, 1) ~= "/" and here ~= "." then base_ref = fs.join(here, base_ref) end
+    elseif not fs.exists(M.locate(base_ref, here)) then
       here = opts.dir or M.DEFAULT_DIR
     end
     local base, berrs = M.load(base_ref, { dir = here, _seen = seen })

@@ -31,6 +31,8 @@ function M.build_info(dir)
   local b
   b, err = manifest.latest(m)
   if not b then return fail(("%s: %s"):format(mpath, err), "EMANIFEST") end
+  local okb, berr = manifest.check_build(b)
+  if not okb then return fail(("%s: %s"):format(mpath, berr:gsub("^manifest: ", "")), "EMANIFEST") end
   local cd = b.custom_data or {}
   local info = { dir = dir, kind = cd.build_type == "node" and "node" or (cd.build_type or "node") }
   local base
@@ -48,10 +50,11 @@ function M.build_info(dir)
   info.ova = ("%s/%s.ova"):format(dir, info.name)
   info.sha256_file = info.ova .. ".sha256"
   if not fs.exists(info.ova) then return fail(("%s: the OVA %s is missing"):format(dir, info.ova), "ENOENT") end
-  local text = fs.read(info.sha256_file)
-  if not text then
+  if not fs.exists(info.sha256_file) then
     return fail(("%s: %s is missing (run `capil ova pack %s` to write it)"):format(dir, info.sha256_file, dir), "ENOENT")
   end
+  local text, terr, tcode = fs.read_file(info.sha256_file, { max = 4096, what = ".sha256 file" })
+  if not text then return fail(terr, tcode) end
   info.sha256 = text:match("^%s*(%x+)")
   if not info.sha256 or #info.sha256 ~= 64 then
     return fail(("%s: does not start with a SHA-256 digest"):format(info.sha256_file), "EDIGEST")

@@ -306,19 +306,17 @@ end
 -- Loading and resolving
 -- ---------------------------------------------------------------------------
 
+-- A file or directory that is there (opening a FIFO to find out would block).
 local function readable(path)
-  local f = io.open(path, "rb")
-  if not f then return false end
-  f:close()
-  return true
+  local st = require("capil.fs").stat(path)
+  return st ~= nil and (st.type == "file" or st.type == "directory")
 end
 
+--- The largest template a role renders.
+M.MAX_TEMPLATE = 4 * 1024 * 1024
+
 local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local s = f:read("a")
-  f:close()
-  return s
+  return require("capil.fs").read_file(path, { max = M.MAX_TEMPLATE })
 end
 
 local function dirname(p)

@@ -140,16 +140,17 @@ end
 ---@param env table
 ---@param opts? {budget?: integer, source?: string, code?: boolean}
 ---@return any|nil, string?
+M.MAX_FILE = 4 * 1024 * 1024
+
 function M.run_file(path, env, opts)
   opts = opts or {}
   local chunk, err
   if opts.source then
     chunk, err = load(opts.source, "@" .. path, "t", env)
   else
-    local f, ferr = io.open(path, "r")
-    if not f then return nil, ferr end
-    local src = f:read("a")
-    f:close()
+    -- a regular file of bounded size: a FIFO or /dev/zero would hang
+    local src, ferr = require("capil.fs").read_file(path, { max = M.MAX_FILE })
+    if not src then return nil, ferr end
     chunk, err = load(src, "@" .. path, "t", env)
   end
   if not chunk then return nil, err end

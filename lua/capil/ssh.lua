@@ -37,10 +37,10 @@ local function check_opts(fn, opts, allowed, level)
   return opts
 end
 
+-- A regular file is there (opening a FIFO to find out would block).
 local function exists(path)
-  local f = io.open(path, "r")
-  if f then f:close() end
-  return f ~= nil
+  local st = require("capil.fs").stat(path)
+  return st ~= nil and st.type == "file"
 end
 
 ---@class capil.ssh.ConnectOpts

@@ -202,7 +202,7 @@ local shown = http.redact_url
 local function fetch_checksum(url)
   local text, err
   if url:match("^file://") then
-    text, err = fs.read((url:gsub("^file://", "")))
+    text, err = fs.read_file((url:gsub("^file://", "")), { max = 16 * 1024 * 1024 })
   else
     local resp, herr = http.request({ url = url, timeout = 120 })
     text, err = resp and resp.body, herr

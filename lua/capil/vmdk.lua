@@ -104,6 +104,12 @@ end
 ---@param path string
 ---@return table|nil info, string? err, string? code
 function M.read_header(path)
+  -- a FIFO or a device would block the open or never end
+  local kind = fs.stat(path)
+  if kind and kind.type ~= "file" then
+    local _, rerr, rcode = fs.check_regular(path, "VMDK")
+    return nil, "vmdk.read_header: " .. rerr, rcode
+  end
   local f, err = io.open(path, "rb")
   if not f then
     local st, serr, scode = fs.stat(path)

@@ -70,7 +70,7 @@ local function pack(opts, args)
   if not po then cli.fail(("ova pack: %s: %s"):format(path, perr:gsub("^manifest: ", "")), 1) end
   log.info("packing %s (build %s of %s)", po.ova, build.packer_run_uuid or "?", path)
   if opts.eula then
-    local text, eerr = fs.read(opts.eula)
+    local text, eerr = fs.read_file(opts.eula, { max = ova.MAX_EULA, what = "EULA" })
     if not text then cli.fail("ova pack: --eula: " .. eerr, 1) end
     po.eula = text
   end
