@@ -10,6 +10,8 @@ local log = require("capil.log")
 local proc = require("capil.proc")
 local vmdk = require("capil.vmdk")
 local vmdkw = require("capil.core.vmdkw")
+local capil = require("spec.support.capil")
+local host = require("capil.core.host")
 
 local GRAIN = 65536
 local MiB = 1024 * 1024
@@ -234,5 +236,45 @@ describe("vmdk writer #unit #qemuimg", function()
       "vmdk.write: unknown option 'job'")
     assert.has_error(function() vmdkw.write(src, tmp .. "/y.vmdk", { adapter_type = "nvme" }) end)
     assert.has_error(function() vmdkw.write(src, tmp .. "/y.vmdk", { jobs = 0 }) end)
+  end)
+
+  describe("the command", function()
+    it("has help and converts", function()
+      local h = capil.run({ "help", "vmdk" })
+      assert.equal(0, h.code)
+      assert.truthy(h.stdout:find("vmdk convert SRC OUT.vmdk", 1, true))
+      local src = tmp .. "/cmd.raw"
+      sparse(src, 4 * MiB)
+      put(src, MiB, "data")
+      local r = capil.run({ "vmdk", "convert", src, tmp .. "/cmd.vmdk", "--jobs", "2", "--adapter-type", "buslogic",
+        "--hwversion", "17" })
+      assert.equal(0, r.code, r.stderr)
+      local info = assert(vmdk.read_header(tmp .. "/cmd.vmdk"))
+      assert.truthy(info.descriptor:find('ddb.adapterType = "buslogic"', 1, true))
+      assert.truthy(info.descriptor:find('ddb.virtualHWVersion = "17"', 1, true))
+      local bad = capil.run({ "vmdk", "convert", src, tmp .. "/x.vmdk", "--adapter-type", "nvme" })
+      assert.equal(2, bad.code)
+      assert.truthy(bad.stderr:find("nvme", 1, true))
+    end)
+
+    it("stops on SIGINT and leaves no temp and no output", function()
+      local src = tmp .. "/big.raw"
+      local f = assert(io.open(src, "wb"))
+      for _ = 1, 96 do f:write(hash.random(MiB)) end
+      f:close()
+      local out = tmp .. "/big.vmdk"
+      local p = assert(proc.spawn({ argv = { capil.exe, "vmdk", "convert", src, out, "--jobs", "1" },
+        stdout = "null", stderr = "null" }))
+      local part = ("%s.part.%d"):format(out, p.pid)
+      local t0 = host.now()
+      while not fs.exists(part) and host.now() - t0 < 20 do host.sleep(0.01) end
+      assert.is_true(fs.exists(part), "the writer did not start")
+      assert(p:kill("INT"))
+      local st = assert(p:wait({ timeout = 20 }))
+      assert.equal(130, st.code)
+      assert.is_false(fs.exists(part))
+      assert.is_false(fs.exists(out))
+      p:close()
+    end)
   end)
 end)
