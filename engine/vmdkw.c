@@ -61,7 +61,7 @@
 #define GRAIN_MARKER_BYTES 12u
 #define MAX_JOBS 64
 #define SLOTS_PER_JOB 8
-#define MAX_SLOTS 192
+#define MAX_SLOTS 128
 #define OUTBUF_BYTES (1u << 20)
 
 /* exported for spec/c/vmdkw_test.c */
