@@ -1,0 +1,599 @@
+/*
+** vmdkw.c — capil.core.vmdkw: writes a streamOptimized VMDK (the only disk
+** kind an OVA may carry) from a raw disk image, in C, on zlib.
+**
+** Layout written (VMware "Virtual Disk Format 5.0", stream-optimized
+** compressed sparse extent; every item starts on a 512-byte sector):
+**
+**   sector 0    SparseExtentHeader, gdOffset = GD_AT_END
+**   sector 1    the embedded descriptor (DESC_SECTORS sectors)
+**   sector 128  (overHead) grains, in LBA order, each a grain marker
+**               {lba u64, size u32} then `size` bytes of zlib stream;
+**               after the grains of one grain table's span: a GT marker
+**               {numSectors u64 = 4, size u32 = 0, type u32 = 1} and the GT
+**   then        GD marker (type 2) and the grain directory,
+**               footer marker (type 3) and the footer (the header again,
+**               with the real gdOffset), end-of-stream marker (type 0).
+**
+** Grains are 64 KiB (128 sectors), 512 entries per grain table. A grain
+** that is all zeros is not written (its GTE stays 0), nor is a grain table
+** whose grains all are (its GD entry stays 0). Each grain is compressed as
+** qemu's block/vmdk.c does, zlib's compress() at Z_DEFAULT_COMPRESSION: an
+** RFC 1950 stream, so the output is the size qemu-img's is.
+**
+** The source is read on the calling thread, walking its data extents with
+** SEEK_DATA/SEEK_HOLE so a hole is never read; a pool of worker threads
+** compresses; the calling thread writes the grains strictly in order. At
+** most `slots` grains are in flight (jobs * 8, capped), each holding one
+** 64 KiB input and one compressed buffer, so memory stays bounded whatever
+** the disk's size. Output goes to "<out>.part.<pid>", renamed on success and
+** removed on failure or Ctrl-C.
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <zlib.h>
+
+#include "capil.h"
+
+#define SECTOR 512u
+#define GRAIN_SECTORS 128u
+#define GRAIN_BYTES (GRAIN_SECTORS * SECTOR)
+#define GTES_PER_GT 512u
+#define GT_SECTORS (GTES_PER_GT * 4u / SECTOR)
+#define DESC_OFFSET 1u
+#define DESC_SECTORS 20u
+#define OVERHEAD_SECTORS GRAIN_SECTORS
+#define GD_AT_END UINT64_MAX
+#define FLAG_NL_DETECT (1u << 0)
+#define FLAG_COMPRESSED (1u << 16)
+#define FLAG_MARKERS (1u << 17)
+#define MARKER_EOS 0u
+#define MARKER_GT 1u
+#define MARKER_GD 2u
+#define MARKER_FOOTER 3u
+#define GRAIN_MARKER_BYTES 12u
+#define MAX_JOBS 64
+#define SLOTS_PER_JOB 8
+#define MAX_SLOTS 128
+#define OUTBUF_BYTES (1u << 20)
+
+/* exported for spec/c/vmdkw_test.c */
+uint64_t capil_vmdk_cylinders(uint64_t sectors, const char *adapter);
+void capil_vmdk_header(unsigned char h[SECTOR], uint64_t capacity, uint64_t gd_offset);
+int capil_vmdk_descriptor(char *buf, size_t size, uint32_t cid, uint64_t capacity,
+                          const char *name, const char *adapter, int hwversion);
+
+/* ====================================================================== */
+/* Header and descriptor                                                  */
+/* ====================================================================== */
+
+static void put_u16(unsigned char *p, uint16_t v) { p[0] = v & 0xff; p[1] = v >> 8; }
+static void put_u32(unsigned char *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static void put_u64(unsigned char *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Cylinders of the disk's CHS geometry as qemu computes them: 63 sectors
+** per track, 16 heads for IDE and 255 for the SCSI adapters, no clamping. */
+uint64_t capil_vmdk_cylinders(uint64_t sectors, const char *adapter) {
+  uint64_t heads = strcmp(adapter, "ide") == 0 ? 16 : 255;
+  return sectors / (heads * 63);
+}
+
+/* The 512-byte SparseExtentHeader of a stream-optimized extent. */
+void capil_vmdk_header(unsigned char h[SECTOR], uint64_t capacity, uint64_t gd_offset) {
+  memset(h, 0, SECTOR);
+  memcpy(h, "KDMV", 4);
+  put_u32(h + 4, 3);
+  put_u32(h + 8, FLAG_NL_DETECT | FLAG_COMPRESSED | FLAG_MARKERS);
+  put_u64(h + 12, capacity);
+  put_u64(h + 20, GRAIN_SECTORS);
+  put_u64(h + 28, DESC_OFFSET);
+  put_u64(h + 36, DESC_SECTORS);
+  put_u32(h + 44, GTES_PER_GT);
+  put_u64(h + 48, 0);           /* rgdOffset: no redundant GD in a stream */
+  put_u64(h + 56, gd_offset);
+  put_u64(h + 64, OVERHEAD_SECTORS);
+  h[72] = 0;                    /* uncleanShutdown */
+  h[73] = '\n'; h[74] = ' '; h[75] = '\r'; h[76] = '\n';
+  put_u16(h + 77, 1);           /* compressAlgorithm: deflate */
+}
+
+/* The embedded descriptor, with the DDB entries qemu-img writes (which
+** vSphere reads); returns its length, or -1 when it does not fit. */
+int capil_vmdk_descriptor(char *buf, size_t size, uint32_t cid, uint64_t capacity,
+                          const char *name, const char *adapter, int hwversion) {
+  int n = snprintf(buf, size,
+    "# Disk DescriptorFile\n"
+    "version=1\n"
+    "CID=%08x\n"
+    "parentCID=ffffffff\n"
+    "createType=\"streamOptimized\"\n"
+    "\n"
+    "# Extent description\n"
+    "RW %llu SPARSE \"%s\"\n"
+    "\n"
+    "# The Disk Data Base\n"
+    "#DDB\n"
+    "\n"
+    "ddb.virtualHWVersion = \"%d\"\n"
+    "ddb.geometry.cylinders = \"%llu\"\n"
+    "ddb.geometry.heads = \"%d\"\n"
+    "ddb.geometry.sectors = \"63\"\n"
+    "ddb.adapterType = \"%s\"\n"
+    "ddb.toolsVersion = \"2147483647\"\n",
+    cid, (unsigned long long)capacity, name, hwversion,
+    (unsigned long long)capil_vmdk_cylinders(capacity, adapter),
+    strcmp(adapter, "ide") == 0 ? 16 : 255, adapter);
+  return n < 0 || (size_t)n >= size ? -1 : n;
+}
+
+/* ====================================================================== */
+/* The pipeline: read (caller) -> compress (workers) -> write (caller)    */
+/* ====================================================================== */
+
+enum { SLOT_FREE, SLOT_FILLED, SLOT_BUSY, SLOT_DONE };
+
+typedef struct {
+  int state;
+  uint64_t grain;               /* index of the grain in the disk */
+  unsigned char *in;            /* GRAIN_BYTES */
+  unsigned char *out;           /* marker + zlib stream, sector padded */
+  size_t out_len;               /* 0: an all-zero grain, nothing to write */
+  int zerr;                     /* a zlib failure */
+} Slot;
+
+typedef struct {
+  pthread_mutex_t mu;
+  pthread_cond_t work;          /* a slot was filled, or stop */
+  pthread_cond_t done;          /* a slot was compressed */
+  Slot *slots;
+  int nslots, level;
+  uint64_t next_fill, next_take; /* sequence numbers (slot = seq % nslots) */
+  int stop;
+  size_t out_cap;
+} Pool;
+
+static int all_zero(const unsigned char *p, size_t n) {
+  static const unsigned char z[4096];
+  for (size_t i = 0; i < n; i += sizeof z)
+    if (memcmp(p + i, z, n - i < sizeof z ? n - i : sizeof z) != 0) return 0;
+  return 1;
+}
+
+/* Compresses one grain into its slot: grain marker + zlib stream, padded
+** with zeros to a sector. The deflate state is reset, not rebuilt, per grain
+** (compress() would allocate ~270 KiB each time); the bytes are the same. */
+static void compress_slot(Slot *s, z_stream *z, size_t out_cap) {
+  s->zerr = 0;
+  if (all_zero(s->in, GRAIN_BYTES)) { s->out_len = 0; return; }
+  deflateReset(z);
+  z->next_in = s->in;
+  z->avail_in = GRAIN_BYTES;
+  z->next_out = s->out + GRAIN_MARKER_BYTES;
+  z->avail_out = (uInt)(out_cap - GRAIN_MARKER_BYTES);
+  if (deflate(z, Z_FINISH) != Z_STREAM_END) { s->zerr = 1; s->out_len = 0; return; }
+  size_t clen = z->total_out;
+  put_u64(s->out, s->grain * GRAIN_SECTORS);
+  put_u32(s->out + 8, (uint32_t)clen);
+  size_t len = GRAIN_MARKER_BYTES + clen;
+  size_t padded = (len + SECTOR - 1) / SECTOR * SECTOR;
+  memset(s->out + len, 0, padded - len);
+  s->out_len = padded;
+}
+
+static void *worker(void *arg) {
+  Pool *p = arg;
+  z_stream z;
+  memset(&z, 0, sizeof z);
+  int zok = deflateInit(&z, p->level) == Z_OK;
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    while (!p->stop && p->next_take == p->next_fill) pthread_cond_wait(&p->work, &p->mu);
+    if (p->stop) break;
+    Slot *s = &p->slots[p->next_take++ % (uint64_t)p->nslots];
+    s->state = SLOT_BUSY;
+    pthread_mutex_unlock(&p->mu);
+    if (zok) compress_slot(s, &z, p->out_cap);
+    else { s->zerr = 1; s->out_len = 0; }
+    pthread_mutex_lock(&p->mu);
+    s->state = SLOT_DONE;
+    pthread_cond_broadcast(&p->done);
+  }
+  pthread_mutex_unlock(&p->mu);
+  if (zok) deflateEnd(&z);
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Output: buffered sequential writes, every item sector-aligned          */
+/* ---------------------------------------------------------------------- */
+
+typedef struct {
+  int fd;
+  unsigned char *buf;
+  size_t used;
+  uint64_t offset;              /* bytes written or buffered so far */
+} Out;
+
+static int out_flush(Out *o) {
+  size_t off = 0;
+  while (off < o->used) {
+    ssize_t n = write(o->fd, o->buf + off, o->used - off);
+    if (n < 0) {
+      if (errno == EINTR && !capil_interrupted()) continue;
+      return errno == EINTR ? EINTR : errno;
+    }
+    off += (size_t)n;
+  }
+  o->used = 0;
+  return 0;
+}
+
+static int out_put(Out *o, const void *data, size_t n) {
+  const unsigned char *d = data;
+  while (n) {
+    if (o->used == OUTBUF_BYTES) {
+      int err = out_flush(o);
+      if (err) return err;
+    }
+    size_t k = OUTBUF_BYTES - o->used < n ? OUTBUF_BYTES - o->used : n;
+    memcpy(o->buf + o->used, d, k);
+    o->used += k;
+    o->offset += k;
+    d += k;
+    n -= k;
+  }
+  return 0;
+}
+
+/* A metadata marker sector: {numSectors u64, size u32 = 0, type u32}. */
+static int out_marker(Out *o, uint64_t sectors, uint32_t type) {
+  unsigned char m[SECTOR];
+  memset(m, 0, sizeof m);
+  put_u64(m, sectors);
+  put_u32(m + 12, type);
+  return out_put(o, m, sizeof m);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The job                                                                 */
+/* ---------------------------------------------------------------------- */
+
+typedef struct {
+  const char *src, *out, *tmp, *adapter;
+  const char *name;             /* the extent's file name in the descriptor */
+  int jobs, hwversion, level;
+  struct capil_progress *prog;
+  /* results */
+  uint64_t size, bytes, grains_written, grains_zero;
+  const char *what;             /* the file an errno refers to */
+  int zerr;
+} Job;
+
+/* Finds the next grain at or after `g` holding data: SEEK_DATA from the
+** grain's start, remembering the data extent's end (SEEK_HOLE) so that
+** consecutive data grains cost no syscall. Returns 0 with *next = the
+** grain, or 0 with *next = ngrains when no data is left, or an errno. */
+static int next_data_grain(int fd, uint64_t g, uint64_t ngrains, uint64_t size,
+                           uint64_t *data_end, int *seekable, uint64_t *next) {
+  if (g >= ngrains) { *next = ngrains; return 0; }
+  uint64_t pos = g * GRAIN_BYTES;
+  if (!*seekable || pos < *data_end) { *next = g; return 0; }
+  off_t d = lseek(fd, (off_t)pos, SEEK_DATA);
+  if (d < 0) {
+    if (errno == ENXIO) { *next = ngrains; return 0; }
+    if (errno == EINVAL || errno == ENOTSUP) { *seekable = 0; *next = g; return 0; }
+    return errno;
+  }
+  off_t h = lseek(fd, d, SEEK_HOLE);
+  if (h < 0) return errno;
+  *data_end = (uint64_t)h < size ? (uint64_t)h : size;
+  *next = (uint64_t)d / GRAIN_BYTES;
+  return 0;
+}
+
+/* Reads grain g (zero-padded past the end of the disk); 0 or an errno. */
+static int read_grain(int fd, uint64_t g, uint64_t size, unsigned char *buf) {
+  uint64_t pos = g * GRAIN_BYTES;
+  size_t want = size - pos < GRAIN_BYTES ? (size_t)(size - pos) : GRAIN_BYTES;
+  size_t got = 0;
+  while (got < want) {
+    ssize_t n = pread(fd, buf + got, want - got, (off_t)(pos + got));
+    if (n < 0) {
+      if (errno == EINTR && !capil_interrupted()) continue;
+      return errno;
+    }
+    if (n == 0) break;            /* the file shrank: the rest reads as zeros */
+    got += (size_t)n;
+  }
+  memset(buf + got, 0, GRAIN_BYTES - got);
+  return 0;
+}
+
+/* Writes the grain table of the span that just ended (when it holds any
+** grain) and records its sector in the GD. */
+static int flush_gt(Out *o, uint32_t *gt, int *gt_used, uint32_t *gd, uint64_t gt_index) {
+  if (!*gt_used) return 0;
+  int err = out_marker(o, GT_SECTORS, MARKER_GT);
+  if (err) return err;
+  if (o->offset / SECTOR > UINT32_MAX) return EFBIG;
+  gd[gt_index] = (uint32_t)(o->offset / SECTOR);
+  unsigned char le[GTES_PER_GT * 4];
+  for (unsigned i = 0; i < GTES_PER_GT; i++) put_u32(le + 4 * i, gt[i]);
+  err = out_put(o, le, sizeof le);
+  memset(gt, 0, GTES_PER_GT * sizeof *gt);
+  *gt_used = 0;
+  return err;
+}
+
+/* Runs the whole conversion; 0 or an errno (EINTR when interrupted; EIO with
+** j->zerr for a zlib failure). Frees everything it allocates. */
+static int run_job(Job *j, int in, int outfd) {
+  struct stat st;
+  if (fstat(in, &st) != 0) { j->what = j->src; return errno; }
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) { j->what = j->src; return EINVAL; }
+  uint64_t size = (uint64_t)st.st_size;
+  if (S_ISBLK(st.st_mode)) {
+    off_t end = lseek(in, 0, SEEK_END);
+    if (end < 0) { j->what = j->src; return errno; }
+    size = (uint64_t)end;
+  }
+  j->size = size;
+  uint64_t capacity = (size + SECTOR - 1) / SECTOR;
+  uint64_t ngrains = (size + GRAIN_BYTES - 1) / GRAIN_BYTES;
+  uint64_t ngts = (ngrains + GTES_PER_GT - 1) / GTES_PER_GT;
+  uint64_t gd_sectors = (ngts * 4 + SECTOR - 1) / SECTOR;
+  capil_progress_total(j->prog, size);
+
+  uint32_t cid;
+  if (getrandom(&cid, sizeof cid, 0) != sizeof cid) cid = (uint32_t)getpid() ^ (uint32_t)st.st_ino;
+  char desc[DESC_SECTORS * SECTOR];
+  memset(desc, 0, sizeof desc);
+  if (capil_vmdk_descriptor(desc, sizeof desc, cid, capacity, j->name, j->adapter, j->hwversion) < 0) {
+    j->what = j->out;
+    return ENAMETOOLONG;
+  }
+
+  int err = 0, started = 0;
+  Pool p;
+  memset(&p, 0, sizeof p);
+  p.nslots = j->jobs * SLOTS_PER_JOB > MAX_SLOTS ? MAX_SLOTS : j->jobs * SLOTS_PER_JOB;
+  p.level = j->level;
+  p.out_cap = (GRAIN_MARKER_BYTES + compressBound(GRAIN_BYTES) + SECTOR - 1) / SECTOR * SECTOR;
+  Out o = {outfd, malloc(OUTBUF_BYTES), 0, 0};
+  uint32_t *gd = calloc(ngts ? ngts : 1, sizeof *gd);
+  uint32_t *gt = calloc(GTES_PER_GT, sizeof *gt);
+  p.slots = calloc((size_t)p.nslots, sizeof *p.slots);
+  pthread_t tids[MAX_JOBS];
+  if (!o.buf || !gd || !gt || !p.slots) err = ENOMEM;
+  for (int i = 0; !err && i < p.nslots; i++) {
+    p.slots[i].in = malloc(GRAIN_BYTES);
+    p.slots[i].out = malloc(p.out_cap);
+    if (!p.slots[i].in || !p.slots[i].out) err = ENOMEM;
+  }
+  pthread_mutex_init(&p.mu, NULL);
+  pthread_cond_init(&p.work, NULL);
+  pthread_cond_init(&p.done, NULL);
+  for (; !err && started < j->jobs; started++)
+    if ((err = pthread_create(&tids[started], NULL, worker, &p)) != 0) break;
+  if (err) j->what = j->out;
+
+  /* header and descriptor, then zeros up to the first grain */
+  unsigned char h[SECTOR];
+  if (!err) {
+    capil_vmdk_header(h, capacity, GD_AT_END);
+    err = out_put(&o, h, sizeof h);
+    if (!err) err = out_put(&o, desc, sizeof desc);
+    static const unsigned char zeros[SECTOR];
+    while (!err && o.offset < OVERHEAD_SECTORS * SECTOR) err = out_put(&o, zeros, sizeof zeros);
+    if (err) j->what = j->out;
+  }
+
+  posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
+  uint64_t scan = 0, data_end = 0, write_seq = 0, cur_gt = 0;
+  int seekable = 1, gt_used = 0, eof = 0;
+  while (!err) {
+    if (capil_interrupted()) { err = EINTR; break; }
+    /* fill free slots with the next data grains */
+    while (!eof && p.next_fill - write_seq < (uint64_t)p.nslots) {
+      uint64_t g = ngrains;
+      if ((err = next_data_grain(in, scan, ngrains, size, &data_end, &seekable, &g)) != 0) {
+        j->what = j->src;
+        break;
+      }
+      if (g >= ngrains) { eof = 1; break; }
+      Slot *s = &p.slots[p.next_fill % (uint64_t)p.nslots];
+      s->grain = g;
+      if ((err = read_grain(in, g, size, s->in)) != 0) { j->what = j->src; break; }
+      scan = g + 1;
+      pthread_mutex_lock(&p.mu);
+      s->state = SLOT_FILLED;
+      p.next_fill++;
+      pthread_cond_signal(&p.work);
+      pthread_mutex_unlock(&p.mu);
+    }
+    if (err) break;
+    if (write_seq == p.next_fill) {
+      if (eof) break;
+      continue;
+    }
+    /* write the oldest grain in flight, in order */
+    Slot *s = &p.slots[write_seq % (uint64_t)p.nslots];
+    pthread_mutex_lock(&p.mu);
+    while (s->state != SLOT_DONE) pthread_cond_wait(&p.done, &p.mu);
+    pthread_mutex_unlock(&p.mu);
+    if (s->zerr) { j->zerr = 1; err = EIO; j->what = j->out; break; }
+    if (s->out_len) {
+      uint64_t gti = s->grain / GTES_PER_GT;
+      if (gti != cur_gt) {
+        if ((err = flush_gt(&o, gt, &gt_used, gd, cur_gt)) != 0) { j->what = j->out; break; }
+        cur_gt = gti;
+      }
+      if (o.offset / SECTOR > UINT32_MAX) { err = EFBIG; j->what = j->out; break; }
+      gt[s->grain % GTES_PER_GT] = (uint32_t)(o.offset / SECTOR);
+      gt_used = 1;
+      if ((err = out_put(&o, s->out, s->out_len)) != 0) { j->what = j->out; break; }
+      j->grains_written++;
+    } else {
+      j->grains_zero++;
+    }
+    s->state = SLOT_FREE;
+    write_seq++;
+    uint64_t done = (s->grain + 1) * GRAIN_BYTES;
+    capil_progress_update(j->prog, done < size ? done : size);
+  }
+
+  /* stop the workers (they finish the grain in hand) */
+  pthread_mutex_lock(&p.mu);
+  p.stop = 1;
+  pthread_cond_broadcast(&p.work);
+  pthread_mutex_unlock(&p.mu);
+  for (int i = 0; i < started; i++) pthread_join(tids[i], NULL);
+
+  /* the last GT, the GD, the footer and the end-of-stream marker */
+  if (!err) {
+    j->what = j->out;
+    err = flush_gt(&o, gt, &gt_used, gd, cur_gt);
+    if (!err) err = out_marker(&o, gd_sectors, MARKER_GD);
+    uint64_t gd_offset = o.offset / SECTOR;
+    for (uint64_t i = 0; !err && i < ngts; i++) {
+      unsigned char le[4];
+      put_u32(le, gd[i]);
+      err = out_put(&o, le, 4);
+    }
+    static const unsigned char zeros[SECTOR];
+    if (!err && o.offset % SECTOR) err = out_put(&o, zeros, SECTOR - o.offset % SECTOR);
+    if (!err) err = out_marker(&o, 1, MARKER_FOOTER);
+    if (!err) {
+      capil_vmdk_header(h, capacity, gd_offset);
+      err = out_put(&o, h, sizeof h);
+    }
+    if (!err) err = out_marker(&o, 0, MARKER_EOS);
+    if (!err) err = out_flush(&o);
+    if (!err && fsync(outfd) != 0) err = errno;
+    j->bytes = o.offset;
+  }
+
+  for (int i = 0; p.slots && i < p.nslots; i++) { free(p.slots[i].in); free(p.slots[i].out); }
+  free(p.slots);
+  free(gd);
+  free(gt);
+  free(o.buf);
+  pthread_mutex_destroy(&p.mu);
+  pthread_cond_destroy(&p.work);
+  pthread_cond_destroy(&p.done);
+  return err;
+}
+
+/* ====================================================================== */
+/* Lua                                                                    */
+/* ====================================================================== */
+
+static const char *const ADAPTERS[] = {"ide", "buslogic", "lsilogic", "legacyESX", NULL};
+
+/*
+** vmdkw.write(src, out, {jobs=, adapter_type=, hwversion=, level=, name=,
+**   progress=}) -> {bytes=, size=, grains=, zero_grains=} | nil, msg, code
+** src: a raw disk (regular file or block device). out is written as
+** "<out>.part.<pid>" and renamed when complete. jobs: compressing threads
+** (default: online cores); level: zlib level (default 6, qemu's); name: the
+** extent's file name in the descriptor (default: out's basename).
+*/
+static int l_write(lua_State *L) {
+  static const char *const opts[] = {"jobs", "adapter_type", "hwversion", "level", "name",
+                                     "progress", NULL};
+  Job j;
+  memset(&j, 0, sizeof j);
+  j.src = luaL_checkstring(L, 1);
+  j.out = luaL_checkstring(L, 2);
+  if (!lua_isnoneornil(L, 3)) capil_check_options(L, 3, "vmdkw.write", opts);
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_Integer jobs = capil_opt_integer(L, 3, "vmdkw.write", "jobs", cores > 0 ? cores : 1);
+  if (jobs < 1 || jobs > MAX_JOBS) return luaL_error(L, "vmdkw.write: jobs must be 1 to %d", MAX_JOBS);
+  j.jobs = (int)jobs;
+  j.adapter = capil_opt_string(L, 3, "vmdkw.write", "adapter_type", "lsilogic", NULL);
+  int known = 0;
+  for (int i = 0; ADAPTERS[i]; i++) known |= strcmp(ADAPTERS[i], j.adapter) == 0;
+  if (!known)
+    return luaL_error(L, "vmdkw.write: unknown adapter_type '%s' (ide, buslogic, lsilogic, legacyESX)",
+                      j.adapter);
+  lua_Integer hw = capil_opt_integer(L, 3, "vmdkw.write", "hwversion", 15);
+  if (hw < 1 || hw > 1000) return luaL_error(L, "vmdkw.write: hwversion must be 1 to 1000");
+  j.hwversion = (int)hw;
+  lua_Integer level = capil_opt_integer(L, 3, "vmdkw.write", "level", Z_DEFAULT_COMPRESSION);
+  if (level < -1 || level > 9) return luaL_error(L, "vmdkw.write: level must be -1 to 9");
+  j.level = (int)level;
+  const char *base = strrchr(j.out, '/');
+  j.name = capil_opt_string(L, 3, "vmdkw.write", "name", base ? base + 1 : j.out, NULL);
+  if (strchr(j.name, '"') || strchr(j.name, '\n'))
+    return luaL_error(L, "vmdkw.write: name must not contain quotes or newlines");
+  capil_opt_field(L, 3, "progress");
+  j.prog = capil_progress_opt(L, -1);
+  lua_pushfstring(L, "%s.part.%d", j.out, (int)getpid());
+  j.tmp = lua_tostring(L, -1);   /* anchored on the stack until we return */
+
+  /* from here to the results nothing raises: every resource is freed first */
+  int in = open(j.src, O_RDONLY | O_CLOEXEC);
+  if (in < 0) return capil_fail_errno(L, errno, "vmdkw.write: %s", j.src);
+  int outfd = open(j.tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (outfd < 0) {
+    int e = errno;
+    close(in);
+    return capil_fail_errno(L, e, "vmdkw.write: %s", j.tmp);
+  }
+  int err = run_job(&j, in, outfd);
+  close(in);
+  if (close(outfd) != 0 && !err) { err = errno; j.what = j.out; }
+  if (!err && rename(j.tmp, j.out) != 0) { err = errno; j.what = j.out; }
+  if (err) unlink(j.tmp);
+
+  if (err == EINTR) return capil_fail(L, "EINTR", "vmdkw.write: %s: interrupted", j.out);
+  if (err == EIO && j.zerr) return capil_fail(L, "ZLIB", "vmdkw.write: %s: deflate failed", j.out);
+  if (err == EFBIG)
+    return capil_fail(L, "EFBIG", "vmdkw.write: %s: over 2 TiB of compressed data (a sparse "
+                      "extent addresses sectors with 32 bits)", j.out);
+  if (err == EINVAL && j.what == j.src)
+    return capil_fail(L, "EINVAL", "vmdkw.write: %s: not a regular file or block device", j.src);
+  if (err) return capil_fail_errno(L, err, "vmdkw.write: %s", j.what ? j.what : j.out);
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, (lua_Integer)j.bytes);
+  lua_setfield(L, -2, "bytes");
+  lua_pushinteger(L, (lua_Integer)j.size);
+  lua_setfield(L, -2, "size");
+  lua_pushinteger(L, (lua_Integer)j.grains_written);
+  lua_setfield(L, -2, "grains");
+  lua_pushinteger(L, (lua_Integer)j.grains_zero);
+  lua_setfield(L, -2, "zero_grains");
+  return 1;
+}
+
+/* vmdkw.cylinders(sectors, adapter) -> integer: the geometry written */
+static int l_cylinders(lua_State *L) {
+  lua_Integer s = luaL_checkinteger(L, 1);
+  const char *a = luaL_checkstring(L, 2);
+  lua_pushinteger(L, (lua_Integer)capil_vmdk_cylinders((uint64_t)s, a));
+  return 1;
+}
+
+static const luaL_Reg funcs[] = {
+  {"write", l_write},
+  {"cylinders", l_cylinders},
+  {NULL, NULL}
+};
+
+int luaopen_capil_core_vmdkw(lua_State *L) {
+  luaL_newlib(L, funcs);
+  lua_pushinteger(L, GRAIN_BYTES);
+  lua_setfield(L, -2, "GRAIN_BYTES");
+  return 1;
+}
