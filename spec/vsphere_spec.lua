@@ -331,7 +331,9 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.gues
 ]]):format(varfile, ref)
     local out = capil.run({ capil.script(tmp, "props.lua", script) })
     assert.equal(0, out.code, out.stderr)
-    assert.equal("2\t512\tother5xLinux64Guest\timported-node\n", out.stdout)
+    -- the OVF declares the node (ovf.cpus, ovf.memory: image-builder's 2 CPUs
+    -- and 2048 MiB), not the 512 MiB build VM
+    assert.equal("2\t2048\tother5xLinux64Guest\timported-node\n", out.stdout)
   end)
 
   it("capil test deploys the build's OVA, injects cloud-init, logs in; capil ssh reaches the kept VM", function()
