@@ -68,8 +68,11 @@ typedef struct {
 ** The disk side of a file transfer, on a helper thread: done on curl's
 ** thread, SHA-256 and disk I/O would stall the network between reads. Chunks
 ** pass through a ring of SLOTS buffers: for downloads the write callback
-** fills slots that the thread writes out and hashes, for uploads the thread
-** reads and hashes slots that the read callback drains.
+** fills slots that the thread writes out and hashes. For uploads the thread
+** reads slots ahead of the read callback, which drains them, and hashes each
+** slot only once it has been handed to curl: the digest covers exactly the
+** bytes sent (whatever was read ahead and never sent is not in it), and the
+** sender waits for the hash only when every slot is still unhashed.
 */
 typedef struct {
   pthread_t thread;
@@ -80,6 +83,7 @@ typedef struct {
   size_t off;                 /* bytes filled of the head slot (downloads),
                                  taken from the tail slot (uploads) */
   unsigned head, tail;        /* slots published, slots consumed (ever) */
+  unsigned hashed;            /* uploads: consumed slots hashed (<= tail) */
   int fd, upload, running, done, quit, err;
   uint64_t left;              /* bytes the reader may still read */
   EVP_MD_CTX *md;
@@ -233,29 +237,49 @@ static int write_all(int fd, const char *p, size_t n) {
   return 0;
 }
 
-/* Fills whole slots from the file (short only at its end), hashing them. */
+/* Reads one slot from the file (short only at its end), unlocked; then
+** publishes it. Called with d->mu held. */
+static void reader_fill(Disk *d) {
+  char *buf = d->slot[d->head % SLOTS];
+  pthread_mutex_unlock(&d->mu);
+  size_t got = 0, want = d->left < BUFFER_SIZE ? (size_t)d->left : BUFFER_SIZE;
+  int err = 0;
+  while (got < want) {
+    ssize_t r = read(d->fd, buf + got, want - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) { err = r < 0 ? errno : 0; break; }
+    got += (size_t)r;
+  }
+  d->left -= got;
+  pthread_mutex_lock(&d->mu);
+  d->err = err;
+  if (got) d->len[d->head++ % SLOTS] = got;
+  if (got < BUFFER_SIZE || d->left == 0) d->done = 1;
+  pthread_cond_broadcast(&d->cv);
+}
+
+/*
+** Upload side: reads slots ahead of the sender and hashes the slots it has
+** consumed, which frees them. Reading comes first while the sender has less
+** than half the ring ready, so it never waits on a hash it could overlap.
+*/
 static void *disk_reader(void *ud) {
   Disk *d = ud;
   pthread_mutex_lock(&d->mu);
-  while (!d->quit && !d->done && !d->err) {
-    if (d->head - d->tail == SLOTS) { pthread_cond_wait(&d->cv, &d->mu); continue; }
-    char *buf = d->slot[d->head % SLOTS];
-    pthread_mutex_unlock(&d->mu);
-    size_t got = 0, want = d->left < BUFFER_SIZE ? (size_t)d->left : BUFFER_SIZE;
-    int err = 0;
-    while (got < want) {
-      ssize_t r = read(d->fd, buf + got, want - got);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) { err = r < 0 ? errno : 0; break; }
-      got += (size_t)r;
+  while (!d->quit) {
+    int can_read = !d->done && !d->err && d->head - d->hashed < SLOTS;
+    int can_hash = d->hashed != d->tail;
+    if (can_read && (!can_hash || d->head - d->tail < SLOTS / 2)) {
+      reader_fill(d);
+    } else if (can_hash) {
+      unsigned i = d->hashed % SLOTS;
+      pthread_mutex_unlock(&d->mu);
+      EVP_DigestUpdate(d->md, d->slot[i], d->len[i]);
+      pthread_mutex_lock(&d->mu);
+      d->hashed++;
+    } else {
+      pthread_cond_wait(&d->cv, &d->mu);
     }
-    EVP_DigestUpdate(d->md, buf, got);
-    d->left -= got;
-    pthread_mutex_lock(&d->mu);
-    d->err = err;
-    if (got) d->len[d->head++ % SLOTS] = got;
-    if (got < BUFFER_SIZE || d->left == 0) d->done = 1;
-    pthread_cond_broadcast(&d->cv);
   }
   pthread_mutex_unlock(&d->mu);
   return NULL;
@@ -292,7 +316,7 @@ static int disk_start(Disk *d, int fd, EVP_MD_CTX *md, int upload, uint64_t limi
   d->left = limit;
   d->md = md;
   d->upload = upload;
-  d->head = d->tail = 0;
+  d->head = d->tail = d->hashed = 0;
   d->off = 0;
   d->done = d->quit = d->err = 0;
   pthread_mutex_init(&d->mu, NULL);
@@ -308,7 +332,8 @@ static int disk_start(Disk *d, int fd, EVP_MD_CTX *md, int upload, uint64_t limi
 }
 
 /* Ends the thread: `finish` lets a writer drain the ring first (else what it
-** holds is dropped). Returns the thread's errno, or 0. */
+** holds is dropped); an upload's digest is completed with the bytes the
+** read callback took. Returns the thread's errno, or 0. */
 static int disk_stop(Disk *d, int finish) {
   if (!d->running) return d->err;
   pthread_mutex_lock(&d->mu);
@@ -324,6 +349,11 @@ static int disk_stop(Disk *d, int finish) {
   pthread_mutex_destroy(&d->mu);
   pthread_cond_destroy(&d->cv);
   d->running = 0;
+  if (d->upload) { /* what was sent and not hashed yet, to the byte */
+    for (; d->hashed != d->tail; d->hashed++)
+      EVP_DigestUpdate(d->md, d->slot[d->hashed % SLOTS], d->len[d->hashed % SLOTS]);
+    if (d->off) EVP_DigestUpdate(d->md, d->slot[d->tail % SLOTS], d->off);
+  }
   return d->err;
 }
 
@@ -355,28 +385,33 @@ static int disk_put(Disk *d, const char *p, size_t n) {
   return 0;
 }
 
-/* Upload side: copies up to n bytes out of the ring; 0 at the end of the
-** file. Returns -1 with the reader's errno in *err. */
+/* Upload side: copies up to n bytes out of the ring, across as many ready
+** slots as fit (curl's buffer holds four), waiting only when none is ready;
+** 0 at the end of the file. Returns -1 with the reader's errno in *err. */
 static ssize_t disk_get(Disk *d, char *p, size_t n, int *err) {
   pthread_mutex_lock(&d->mu);
   while (d->tail == d->head && !d->done && !d->err) pthread_cond_wait(&d->cv, &d->mu);
   *err = d->err;
-  int empty = d->tail == d->head;
+  unsigned ready = d->head; /* slots before it are ours to read */
   pthread_mutex_unlock(&d->mu);
   if (*err) return -1;
-  if (empty) return 0;
-  unsigned i = d->tail % SLOTS;
-  size_t k = d->len[i] - d->off < n ? d->len[i] - d->off : n;
-  memcpy(p, d->slot[i] + d->off, k);
-  d->off += k;
-  if (d->off == d->len[i]) {
-    d->off = 0;
+  unsigned tail = d->tail;  /* only this thread moves it */
+  size_t got = 0;
+  while (got < n && tail != ready) {
+    unsigned i = tail % SLOTS;
+    size_t k = d->len[i] - d->off < n - got ? d->len[i] - d->off : n - got;
+    memcpy(p + got, d->slot[i] + d->off, k);
+    got += k;
+    d->off += k;
+    if (d->off == d->len[i]) { d->off = 0; tail++; }
+  }
+  if (tail != d->tail) {
     pthread_mutex_lock(&d->mu);
-    d->tail++;
+    d->tail = tail;
     pthread_cond_broadcast(&d->cv);
     pthread_mutex_unlock(&d->mu);
   }
-  return (ssize_t)k;
+  return (ssize_t)got;
 }
 
 /* ====================================================================== */
@@ -505,7 +540,7 @@ static size_t on_header(char *data, size_t size, size_t n, void *ud) {
   return len;
 }
 
-/* Streams body_file to curl from the disk thread, which hashes it. */
+/* Streams body_file to curl from the disk thread, which hashes what it took. */
 static size_t on_read(char *buf, size_t size, size_t n, void *ud) {
   Transfer *t = ud;
   int err;

@@ -322,6 +322,102 @@ describe("http #http", function()
       assert.is_false(fs.exists(p))
     end)
 
+    it("verifies an upload's sha256 against hash.file of the source, whole and sliced", function()
+      local hash = require("capil.hash")
+      local src = out .. "/verified.bin"
+      run({ "openssl", "rand", "-out", src, tostring(24 * MiB + 4097) }) -- several rings of buffers
+      local sum = assert(hash.file(src))
+      local r = assert(core.request({ method = "PUT", url = srv.url("/dav/verified.bin"), body_file = src,
+                                      sha256 = sum:upper() }))
+      assert.equal(201, r.status)
+      assert.equal(24 * MiB + 4097, r.size)
+      assert.equal(sum, r.digest)
+      assert.equal(sum, assert(hash.file(srv.root .. "/dav/verified.bin")))
+      -- the Lua layer, over the same path
+      r = assert(http.request({ method = "PUT", url = srv.url("/dav/verified.bin"), body_file = src, sha256 = sum }))
+      assert.equal(sum, r.digest)
+      -- a wrong sha256 fails with the digest of what was sent
+      local err, code
+      r, err, code = core.request({ method = "PUT", url = srv.url("/dav/verified.bin"), body_file = src,
+                                   sha256 = string.rep("0", 64) })
+      assert.is_nil(r)
+      assert.equal("EDIGEST", code)
+      assert.matches("SHA%-256 mismatch: got " .. sum, err)
+      -- a slice off every buffer boundary: the digest is the slice's
+      local off, len = 3 * MiB + 11, 9 * MiB + 513
+      r = assert(core.request({ method = "PUT", url = srv.url("/dav/verified-slice.bin"), body_file = src,
+                                body_offset = off, body_length = len }))
+      assert.equal(len, r.size)
+      local slice_sum = assert(hash.file(srv.root .. "/dav/verified-slice.bin"))
+      assert.equal(slice_sum, r.digest)
+      r = assert(core.request({ method = "PUT", url = srv.url("/dav/verified-slice.bin"), body_file = src,
+                                body_offset = off, body_length = len, sha256 = slice_sum }))
+      assert.equal(slice_sum, r.digest)
+      -- a rewound (307) upload is hashed once, from the start of the slice
+      r = assert(core.request({ method = "PUT", url = srv.url("/redirect-put"), body_file = src,
+                                body_offset = off, body_length = len, sha256 = slice_sum,
+                                headers = { Expect = "" } }))
+      assert.is_true(r.status == 201 or r.status == 204) -- moved.bin may be there already
+      assert.equal(slice_sum, r.digest)
+      assert.equal(slice_sum, assert(hash.file(srv.root .. "/dav/moved.bin")))
+    end)
+
+    it("stops an upload on Ctrl-C promptly: exit 130", function()
+      local src = out .. "/interrupted-up.bin"
+      run({ "openssl", "rand", "-out", src, tostring(64 * MiB) })
+      -- a server that takes the headers and 1 MiB of the body, then stops
+      -- reading, so the upload stalls mid-body until interrupted
+      local listening, took = out .. "/sink.listening", out .. "/sink.took"
+      fs.remove(listening)
+      fs.remove(took)
+      local port = peer.free_port()
+      local sink = assert(proc.spawn({ argv = { "python3", "-c", [[
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(1)
+open(sys.argv[2], "w").close()
+c, _ = s.accept()
+got = 0
+while got < 1 << 20:
+    b = c.recv(65536)
+    if not b:
+        break
+    got += len(b)
+open(sys.argv[3], "w").write(str(got))
+time.sleep(60)
+]], tostring(port), listening, took }, stdout = "null", stderr = "null" }))
+      local script = out .. "/interrupt-up.lua"
+      assert(fs.write(script, ([[
+        local r, err, code = require("capil.core.http").request({ method = "PUT", url = %q,
+          body_file = %q, sha256 = string.rep("0", 64), headers = { Expect = "" } })
+        io.stderr:write("returned ", tostring(code), "\n")
+      ]]):format(("http://127.0.0.1:%d/up.bin"):format(port), src)))
+      local deadline = host.now() + 10
+      while not fs.exists(listening) do
+        assert(host.now() < deadline, "the sink did not start")
+        host.sleep(0.01)
+      end
+      local child = assert(proc.spawn({ argv = { assert(host.exepath()), script },
+                                        stdout = "null", stderr = "null" }))
+      while not fs.exists(took) do
+        assert(host.now() < deadline, "the upload did not start")
+        host.sleep(0.01)
+      end
+      host.sleep(0.2) -- capil now waits on a full socket
+      local t0 = host.now()
+      assert(child:kill("INT"))
+      local st = assert(child:wait({ timeout = 5 }))
+      local took_s = host.now() - t0
+      child:close()
+      sink:kill("TERM")
+      sink:wait({ timeout = 5 })
+      sink:close()
+      assert.equal(130, st.code)
+      assert.is_true(took_s < 1, ("exited %.2f s after Ctrl-C"):format(took_s))
+    end)
+
     it("calls tick with the bytes moved while a transfer runs; false stops it", function()
       local p = target("ticked.bin")
       local seen = {}
