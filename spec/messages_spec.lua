@@ -28,6 +28,20 @@ describe("messages to the user #unit", function()
 
   local tiny = "spec/fixtures/recipes/tiny.lua"
 
+  it("validate: a recipe nested past the parser's C stack, and escapes in a recipe's error", function()
+    local deep = recipe("deep", "return " .. ("{"):rep(100000) .. ("}"):rep(100000))
+    local r = capil.run({ "validate", deep, tiny })
+    assert.equal(1, r.code)
+    assert_clean(r)
+    assert.matches(deep .. ": cannot be read as Lua: nested too deeply", r.stderr, 1, true)
+    assert.matches(tiny .. ": ok", r.stdout, 1, true)
+    local esc = recipe("esc", 'error("x\\27[31mred")')
+    r = capil.run({ "validate", esc })
+    assert.equal(1, r.code)
+    assert_clean(r)
+    assert.matches("x\\x1b[31mred", r.stderr, 1, true)
+  end)
+
   it("never prints the password of a URL: inspect, --explain, errors", function()
     local proxy = "http://bob:Pr0xy-S3cret@proxy.example:3128"
     local r = capil.run({ "inspect", tiny, "--var", "http_proxy=" .. proxy, "--explain", "http_proxy" })

@@ -171,4 +171,10 @@ function M.out(s)
   core.write(tostring(s) .. "\n", 1)
 end
 
+--- Prints a line on stderr as it is (no level prefix), redacted and with
+--- control characters escaped: lists of errors a command reports itself.
+function M.err(s)
+  core.write(tostring(s) .. "\n", 2)
+end
+
 return M

@@ -142,16 +142,30 @@ end
 ---@return any|nil, string?
 M.MAX_FILE = 4 * 1024 * 1024
 
+-- Compiles recipe text. The parser can raise instead of returning (a
+-- nesting deep enough to exhaust the C stack): that is the file's fault,
+-- reported as such, never a traceback.
+local function compile(src, path, env)
+  local ok, chunk, err = pcall(load, src, "@" .. path, "t", env)
+  if not ok then chunk, err = nil, tostring(chunk) end
+  if not chunk and not err:find(path, 1, true) then
+    -- the parser's C stack ran out: no line to point at
+    err = ("%s: cannot be read as Lua: %s"):format(path,
+      err == "C stack overflow" and "nested too deeply (C stack overflow)" or err)
+  end
+  return chunk, err
+end
+
 function M.run_file(path, env, opts)
   opts = opts or {}
   local chunk, err
   if opts.source then
-    chunk, err = load(opts.source, "@" .. path, "t", env)
+    chunk, err = compile(opts.source, path, env)
   else
     -- a regular file of bounded size: a FIFO or /dev/zero would hang
     local src, ferr = require("capil.fs").read_file(path, { max = M.MAX_FILE })
     if not src then return nil, ferr end
-    chunk, err = load(src, "@" .. path, "t", env)
+    chunk, err = compile(src, path, env)
   end
   if not chunk then return nil, err end
   return M.run(chunk, path, { budget = opts.budget, code = opts.code })

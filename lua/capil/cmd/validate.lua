@@ -1,6 +1,7 @@
 --- capil validate — schema and plan check of recipes, no side effects.
 local build_options = require("capil.build_options")
 local cli = require("capil.cli")
+local log = require("capil.log")
 
 return {
   summary = "check recipes against the schema and resolve their plans (no side effects)",
@@ -13,10 +14,10 @@ return {
     for _, ref in ipairs(args) do
       local r, cfg_or_errs = build_options.load(ref, opts)
       if r then
-        io.stdout:write(("%s: ok\n"):format(r.file))
+        log.out(("%s: ok"):format(r.file))
       else
         bad = bad + 1
-        for _, e in ipairs(cfg_or_errs) do io.stderr:write(require("capil.log").redact(e), "\n") end
+        for _, e in ipairs(cfg_or_errs) do log.err(e) end
       end
     end
     return bad == 0 and 0 or 1
