@@ -286,7 +286,8 @@ function M.parse(text)
     f.hardware.system_type = vt and xml.text(vt)
     f.hardware.config = {}
     for _, c in ipairs(xml.children(hw, "Config", VMW)) do
-      f.hardware.config[xml.attr(c, VMW, "key")] = xml.attr(c, VMW, "value")
+      local key = xml.attr(c, VMW, "key")
+      if key then f.hardware.config[key] = xml.attr(c, VMW, "value") end
     end
     f.hardware.firmware = f.hardware.config.firmware or "bios"
     f.hardware.items = {}
