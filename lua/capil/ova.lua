@@ -622,7 +622,11 @@ function M.members(path)
     local size
     if size_field:byte(1) >= 0x80 then -- GNU base-256
       size = 0
-      for i = 2, 12 do size = size * 256 + size_field:byte(i) end
+      for i = 2, 12 do
+        -- an overflow would wrap to a negative size (and seek backwards forever)
+        if size > (math.maxinteger - 255) // 256 then return bad("member size out of range") end
+        size = size * 256 + size_field:byte(i)
+      end
     else
       size = tonumber(size_field:match("^[%s0]*([0-7]*)"), 8) or 0
     end
@@ -639,7 +643,12 @@ function M.members(path)
       else
         for rec in body:gmatch("%d+ ([^\n]*)\n") do
           local k, v = rec:match("^([^=]+)=(.*)$")
-          if k == "path" then pending.path = v elseif k == "size" then pending.size = tonumber(v) end
+          if k == "path" then
+            pending.path = v
+          elseif k == "size" then
+            pending.size = v:match("^%d+$") and math.tointeger(tonumber(v))
+            if not pending.size then return bad("invalid pax size '" .. v:sub(1, 40) .. "'") end
+          end
         end
       end
       f:seek("set", data + padded)
