@@ -222,7 +222,19 @@ function M.resolve(recipe, opts)
   -- 3. the recipe (and what it extends)
   for p, v in pairs(recipe.fields) do
     if p == "vars" then
-      for k, x in pairs(v) do set(k, x, "recipe", recipe.sources[p]) end
+      local at = recipe.lines and recipe.lines[p] or recipe.sources[p] or "recipe"
+      if type(v) ~= "table" then
+        errors[#errors + 1] = ("%s: vars: expected a table of name = value, got a %s"):format(at, type(v))
+      else
+        for k, x in pairs(v) do
+          if type(k) == "string" then
+            set(k, x, "recipe", recipe.sources[p])
+          else
+            errors[#errors + 1] = ("%s: vars: keys must be variable names, got %s (a list entry?)"):format(at,
+              tostring(k))
+          end
+        end
+      end
     else
       values[p] = v
       sources[p] = { layer = "recipe", file = recipe.sources[p], where = recipe.lines[p] }

@@ -115,7 +115,7 @@ end
 --- Returns {name=, file=, files={...base first}, fields={path=raw value},
 --- sources={path=file}, source_text=} or nil and a list of error messages.
 ---@param ref string recipe name or path
----@param opts? {dir?: string, _seen?: table}
+---@param opts? {dir?: string, source?: string, _seen?: table} `source`: the recipe's text, not read from `ref` (the fuzz harness)
 ---@return table|nil recipe
 ---@return string[]? errors
 function M.load(ref, opts)
@@ -124,7 +124,8 @@ function M.load(ref, opts)
   local seen = opts._seen or {}
   if seen[file] then return nil, { ("%s: extends itself (a cycle: %s)"):format(file, file) } end
   seen[file] = true
-  local source, rerr = fs.read_file(file, { max = M.MAX_FILE })
+  local source, rerr = opts.source, nil
+  if not source then source, rerr = fs.read_file(file, { max = M.MAX_FILE }) end
   if not source then
     local why = rerr:sub(1, #file + 2) == file .. ": " and rerr:sub(#file + 3) or rerr
     return nil, { ("%s: cannot read the recipe: %s"):format(file, why) }

@@ -1,0 +1,4 @@
+return {
+  name = "x",
+  vars = { "http://us.archive.ubuntu.com/ubuntu" },
+}

@@ -1,0 +1,4 @@
+return {
+  name = "x",
+  vars = "ubuntu_repo=http://x",
+}
