@@ -241,4 +241,22 @@ function M.main(args)
   return code
 end
 
+--- Runs a command made of subcommands (`capil ova pack`, `capil vmdk
+--- convert`): `subs` maps each name to its {options=}, `run` to its
+--- function(opts, args); `order` lists the names for messages.
+---@param group string
+---@param args string[]
+---@param subs table<string, {options: table}>
+---@param run table<string, fun(opts: table, args: string[]): integer>
+---@param order string[]
+function M.subcommand(group, args, subs, run, order)
+  local name = args[1]
+  local list = table.concat(order, ", ")
+  if not name then M.fail(("%s: name a subcommand: %s (see 'capil help %s')"):format(group, list, group), 2) end
+  local sub = subs[name]
+  if not sub then M.fail(("%s: unknown subcommand '%s' (%s)"):format(group, name, list), 2) end
+  local opts, rest = M.parse({ table.unpack(args, 2) }, sub.options, group .. " " .. name)
+  return run[name](opts, rest)
+end
+
 return M

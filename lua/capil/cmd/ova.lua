@@ -145,11 +145,6 @@ return {
   options = {},
   stop_at_positional = true,
   run = function(_, args)
-    local name = args[1]
-    if not name then cli.fail("ova: name a subcommand: pack, verify or inspect (see 'capil help ova')", 2) end
-    local sub = SUB[name]
-    if not sub then cli.fail(("ova: unknown subcommand '%s' (pack, verify, inspect)"):format(name), 2) end
-    local opts, rest = cli.parse({ table.unpack(args, 2) }, sub.options, "ova " .. name)
-    return RUN[name](opts, rest)
+    return cli.subcommand("ova", args, SUB, RUN, { "pack", "verify", "inspect" })
   end,
 }

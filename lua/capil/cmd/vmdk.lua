@@ -62,11 +62,6 @@ return {
   options = {},
   stop_at_positional = true,
   run = function(_, args)
-    local name = args[1]
-    if not name then cli.fail("vmdk: name a subcommand: convert (see 'capil help vmdk')", 2) end
-    local sub = SUB[name]
-    if not sub then cli.fail(("vmdk: unknown subcommand '%s' (convert)"):format(name), 2) end
-    local opts, rest = cli.parse({ table.unpack(args, 2) }, sub.options, "vmdk " .. name)
-    return RUN[name](opts, rest)
+    return cli.subcommand("vmdk", args, SUB, RUN, { "convert" })
   end,
 }
