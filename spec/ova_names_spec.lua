@@ -88,6 +88,18 @@ describe("OVA member names #unit", function()
     nothing_outside()
   end)
 
+  it("a pax header record without '=' is a clear error, not a traceback (a fuzz finding)", function()
+    local p = dir .. "/out/pax.ova"
+    assert(fs.copy("fuzz/corpus/ova/regress-pax-record-without-equals.tar", p))
+    local m, err = ova.members(p)
+    assert.is_nil(m)
+    assert.matches("malformed pax header record", err, 1, true)
+    local r = capil.run({ "test", p, "--output", dir .. "/out/pax-test" }, { timeout = 60 })
+    assert.equal(1, r.code)
+    assert.matches("malformed pax header record", r.stdout .. r.stderr, 1, true)
+    assert.is_nil((r.stdout .. r.stderr):find("stack traceback", 1, true))
+  end)
+
   it("an absolute member alone is refused too", function()
     local p = dir .. "/out/abs.ova"
     make_ova(p, { { "a.ovf", "<x/>" }, { abs_name, "KDMV" } })

@@ -700,7 +700,9 @@ function M.members(path)
       else
         for rec in body:gmatch("%d+ ([^\n]*)\n") do
           local k, v = rec:match("^([^=]+)=(.*)$")
-          if k == "path" then
+          if not k then
+            return bad("malformed pax header record " .. M.shown(rec:sub(1, 40)), "ARCHIVE")
+          elseif k == "path" then
             pending.path = v
           elseif k == "size" then
             pending.size = v:match("^%d+$") and math.tointeger(tonumber(v))
