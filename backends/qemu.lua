@@ -5,11 +5,11 @@
 --- once, user networking with SSH forwarded to a free loopback port, the
 --- serial console in the build's log directory, QMP on a unix socket for
 --- control and typing, and VNC on loopback only.
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local host = require("capil.core.host")
-local qmp = require("capil.qmp")
-local log = require("capil.log")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local runtime = require("capil.core.runtime")
+local qmp = require("capil.sys.qmp")
+local log = require("capil.sys.log")
 
 local M = {}
 
@@ -107,11 +107,11 @@ function M.create(opts)
   vm.qmp_path = opts.workdir .. "/qmp.sock"
   vm.serial_log = (opts.log_dir or opts.workdir) .. "/serial.log"
   vm.hint = "see the serial log " .. vm.serial_log
-  vm.ssh_port = assert(host.free_port())
+  vm.ssh_port = assert(runtime.free_port())
   -- VNC for watching or debugging a build: loopback only, a free display
   if opts.vnc_display == nil then
     for d = 0, 99 do
-      if not host.port_open("127.0.0.1", 5900 + d, 0.05) then opts.vnc_display = d break end
+      if not runtime.port_open("127.0.0.1", 5900 + d, 0.05) then opts.vnc_display = d break end
     end
   end
   vm.disk = opts.disk or (opts.workdir .. "/disk.qcow2")
@@ -174,7 +174,7 @@ function VM:start()
   if not p then return nil, "qemu: starting " .. QEMU .. ": " .. err, code end
   self.process = p
   -- with --keep-on-error this label is what the user is shown
-  self.cleanup = require("capil.cleanup").push(("QEMU %s (pid %d): ssh -p %d <user>@127.0.0.1, serial log %s"):format(
+  self.cleanup = require("capil.sys.cleanup").push(("QEMU %s (pid %d): ssh -p %d <user>@127.0.0.1, serial log %s"):format(
     self.name, p.pid, self.ssh_port, self.serial_log), function()
     self:kill()
   end)
@@ -202,30 +202,30 @@ function VM:exit_reason()
   if tail and tail ~= "" then return "QEMU said: " .. tail end
 end
 
---- Types boot-command events (capil.bootcmd.parse) as QMP chords with
+--- Types boot-command events (capil.build.bootcmd.parse) as QMP chords with
 --- `interval` seconds between keys; waits are honoured. Returns true or nil, err.
 function VM:type_keys(events, interval)
-  for _, c in ipairs(require("capil.bootcmd").to_qmp(events)) do
+  for _, c in ipairs(require("capil.build.bootcmd").to_qmp(events)) do
     if c.wait then
-      local ok, err, code = host.sleep(c.wait)
+      local ok, err, code = runtime.sleep(c.wait)
       if not ok then return nil, err, code end
     else
       local ok, err, code = self.qmp:send_keys(c.keys)
       if not ok then return nil, ("qemu: typing into %s: %s"):format(self.name, err), code end
-      if interval and interval > 0 then host.sleep(interval) end
+      if interval and interval > 0 then runtime.sleep(interval) end
     end
   end
   return true
 end
 
 --- Types boot-command events through the VM's loopback VNC display instead
---- of QMP (the way a hypervisor without QMP is typed into; capil.vnc), with
+--- of QMP (the way a hypervisor without QMP is typed into; capil.sys.vnc), with
 --- `interval` seconds between keys. Returns true or nil, err, code.
 function VM:type_keys_vnc(events, interval)
   if not self.opts.vnc_display then
     return nil, ("qemu: %s has no VNC display"):format(self.name), "EINVAL"
   end
-  local s, err, code = require("capil.vnc").connect({ host = "127.0.0.1", port = 5900 + self.opts.vnc_display,
+  local s, err, code = require("capil.sys.vnc").connect({ host = "127.0.0.1", port = 5900 + self.opts.vnc_display,
     timeout = 30 })
   if not s then return nil, ("qemu: typing into %s: %s"):format(self.name, err), code end
   local ok, terr, tcode = s:type(events, interval)

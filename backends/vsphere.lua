@@ -26,13 +26,13 @@
 ---   image-govc-cloudinit.sh: snapshots "new" and "cloudinit", base64
 ---   guestinfo user-data and meta-data), attach an existing VM to drive it
 ---   like a build VM (power on, guest IP, power off).
-local vim25 = require("capil.vim25")
-local http = require("capil.http")
-local fs = require("capil.fs")
-local log = require("capil.log")
-local host = require("capil.core.host")
-local cleanup = require("capil.cleanup")
-local bootcmd = require("capil.bootcmd")
+local vim25 = require("capil.vsphere.vim25")
+local http = require("capil.sys.http")
+local fs = require("capil.sys.fs")
+local log = require("capil.sys.log")
+local runtime = require("capil.core.runtime")
+local cleanup = require("capil.sys.cleanup")
+local bootcmd = require("capil.build.bootcmd")
 
 local M = {}
 
@@ -59,7 +59,7 @@ end
 --- The connection and placement settings of a resolved configuration.
 --- `kind` is "vsphere" or "esx" (ESXi: remote_* variables win, and the
 --- datacenter is ha-datacenter).
----@param cfg table capil.config
+---@param cfg table capil.build.config
 ---@param kind? string
 function M.settings(cfg, kind)
   local g = function(p) return nonempty(cfg:get(p)) end
@@ -93,7 +93,7 @@ end
 ---@return table|nil settings, string? err
 function M.settings_from_vars(opts)
   local kind = opts.backend or "vsphere"
-  local cfg, err = require("capil.config").from_vars({ backend = kind, var_files = opts.var_files, vars = opts.vars,
+  local cfg, err = require("capil.build.config").from_vars({ backend = kind, var_files = opts.var_files, vars = opts.vars,
     config_dir = opts.config_dir, getenv = opts.getenv })
   if not cfg then return nil, err end
   return M.settings(cfg, kind)
@@ -319,7 +319,7 @@ function M.upload(vc, inv, local_path, path, opts)
       return nil, ("%s: MakeDirectory %s: %s"):format(vc.server, ds_path(inv, dir), err), code
     end
   end
-  local part = ("%s.%d-%d.part"):format(path, require("capil.proc").getpid(), math.random(1, 1e9))
+  local part = ("%s.%d-%d.part"):format(path, require("capil.sys.proc").getpid(), math.random(1, 1e9))
   local undo = cleanup.push(("datastore file %s"):format(ds_path(inv, part)), function() delete_file(vc, inv, part) end)
   local progress <close> = log.progress({ label = "upload " .. fs.basename(path) })
   local r, err, code = ds_request(vc, { method = "PUT", url = M.folder_url(vc, inv, part), body_file = local_path,
@@ -549,7 +549,7 @@ function VM:type_keys(events, interval)
   local calls = 0
   for _, b in ipairs(bootcmd.to_usb(events)) do
     if b.wait then
-      local ok, err, code = host.sleep(b.wait)
+      local ok, err, code = runtime.sleep(b.wait)
       if not ok then return nil, err, code end
     else
       for i = 1, #b.codes, M.BATCH do
@@ -565,13 +565,13 @@ function VM:type_keys(events, interval)
         local n, err, code = self.vc:call("PutUsbScanCodes", self.ref, { spec = spec })
         if not n then
           -- one retry after a pause: a console busy with the boot menu
-          host.sleep(math.max(interval or 0, 1))
+          runtime.sleep(math.max(interval or 0, 1))
           n, err, code = self.vc:call("PutUsbScanCodes", self.ref, { spec = spec })
           calls = calls + 1
         end
         calls = calls + 1
         if not n then return nil, ("%s: PutUsbScanCodes: %s"):format(self.name, err), code end
-        if interval and interval > 0 then host.sleep(interval) end
+        if interval and interval > 0 then runtime.sleep(interval) end
       end
     end
   end
@@ -635,11 +635,11 @@ end
 function VM:ssh_address(timeout)
   local st = self.settings
   timeout = math.min(timeout or st.ip_wait_timeout, st.ip_wait_timeout)
-  local deadline = host.now() + timeout
+  local deadline = runtime.now() + timeout
   local seen, since
   log.info("%s: waiting up to %g s for the guest IP (NIC %d, %s)", self.name, timeout, st.nic, st.ip_cidr)
   while true do
-    local left = deadline - host.now()
+    local left = deadline - runtime.now()
     if left <= 0 then
       return nil, ("vsphere: VM %s: no usable guest IP after %g s%s (VMware Tools must run in the guest; link-local "
         .. "and APIPA addresses do not count)"):format(self.name, timeout, seen and (", last " .. seen) or ""), "ETIMEDOUT"
@@ -650,13 +650,13 @@ function VM:ssh_address(timeout)
     if not p then return nil, ("%s: reading guest.net: %s"):format(self.name, err), code end
     local ip = M.pick_ip(p["guest.net"], p["guest.ipAddress"], st.ip_cidr, st.nic)
     if ip and ip == seen then
-      if host.now() - since >= st.ip_settle then
+      if runtime.now() - since >= st.ip_settle then
         log.info("%s: guest IP %s", self.name, ip)
         self.ip = ip
         return { host = ip, port = st.ssh_port }
       end
     elseif ip then
-      seen, since = ip, host.now()
+      seen, since = ip, runtime.now()
       log.debug("%s: guest IP %s, settling for %g s", self.name, ip, st.ip_settle)
     else
       -- block on the property collector until guest.net changes (or a while)
@@ -666,7 +666,7 @@ function VM:ssh_address(timeout)
       if wcode == "EINTR" then return nil, werr, wcode end
     end
     if ip then
-      local ok, serr, scode = host.sleep(math.min(st.ip_settle > 0 and st.ip_settle / 2 or 0.2, 1, math.max(left, 0)))
+      local ok, serr, scode = runtime.sleep(math.min(st.ip_settle > 0 and st.ip_settle / 2 or 0.2, 1, math.max(left, 0)))
       if not ok then return nil, serr, scode end
     end
   end
@@ -841,7 +841,7 @@ end
 --- (MarkAsTemplate afterwards), progress_interval (s). Returns a VM handle.
 function M.import(vc, inv, ova_path, opts)
   opts = opts or {}
-  local ova, ovf = require("capil.ova"), require("capil.ovf")
+  local ova, ovf = require("capil.format.ova"), require("capil.format.ovf")
   local members, merr, mcode = ova.members(ova_path)
   if not members then return nil, merr, mcode end
   local by_name = {}
@@ -980,10 +980,10 @@ end
 --- is an inventory path under the datacenter's vm folder ("team/node-1").
 --- Not found: nil, "vsphere: no VM named 'x' in datacenter D" (with similar
 --- names, if any), "ENOTFOUND"; several VMs of that name: "EAMBIGUOUS".
----@param vc table a capil.vim25 session
+---@param vc table a capil.vsphere.vim25 session
 ---@param inv table from M.resolve
 ---@param name string
----@return capil.vim25.Ref|nil ref, string? err, string? code
+---@return capil.vsphere.vim25.Ref|nil ref, string? err, string? code
 function M.find_vm(vc, inv, name)
   if type(name) ~= "string" or name == "" then error("vsphere.find_vm: name must be a non-empty string", 2) end
   local where = ("in datacenter %s"):format(inv.dc_name)
@@ -1032,8 +1032,8 @@ local CLOUDINIT_OPTS = { userdata = true, metadata = true, name = true }
 --- no quotes, no line breaks); take the snapshot "cloudinit".
 --- Returns {created_new=, reverted=, removed={names...}} or nil, err (naming
 --- the VM and the call), code.
----@param vc table a capil.vim25 session
----@param ref capil.vim25.Ref the VM
+---@param vc table a capil.vsphere.vim25 session
+---@param ref capil.vsphere.vim25.Ref the VM
 ---@param opts {userdata: string, metadata: string, name?: string}
 ---@return table|nil result, string? err, string? code
 function M.cloudinit(vc, ref, opts)
@@ -1045,7 +1045,7 @@ function M.cloudinit(vc, ref, opts)
   if type(opts.userdata) ~= "string" or type(opts.metadata) ~= "string" then
     error("vsphere.cloudinit: userdata and metadata must be strings", 2)
   end
-  local hashlib = require("capil.hash")
+  local hashlib = require("capil.sys.hash")
   local label = "vsphere: VM " .. (opts.name or tostring(ref))
   local function failed(call, err, code) return nil, ("%s: %s: %s"):format(label, call, err), code end
   local function task(method, this, args)
@@ -1125,10 +1125,10 @@ end
 --- `s` is M.settings(...) (or a table with its ip_* fields, nic and
 --- ssh_port); missing fields take the schema's defaults. Nothing destroys
 --- an attached VM unless its destroy() is called.
----@param vc table a capil.vim25 session
+---@param vc table a capil.vsphere.vim25 session
 ---@param inv table from M.resolve
 ---@param s table settings
----@param ref capil.vim25.Ref
+---@param ref capil.vsphere.vim25.Ref
 ---@param name string
 ---@return table vm
 function M.attach(vc, inv, s, ref, name)

@@ -11,11 +11,11 @@
 --- Fusion bundle. Errors are `nil, msg, code`: ENOTOOL (a tool is missing:
 --- the message says what to install), EVMRUN (vmrun failed: its message),
 --- EVDISK (vmware-vdiskmanager failed), ETIMEDOUT (no guest IP in time).
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local host = require("capil.core.host")
-local hash = require("capil.hash")
-local log = require("capil.log")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local runtime = require("capil.core.runtime")
+local hash = require("capil.sys.hash")
+local log = require("capil.sys.log")
 
 local M = {}
 
@@ -147,7 +147,7 @@ local function vnc_port(ip, min, max)
   local start = (b:byte(1) * 256 + b:byte(2)) % n
   for i = 0, n - 1 do
     local p = min + (start + i) % n
-    if not host.port_open(ip, p, 0.05) then return p end
+    if not runtime.port_open(ip, p, 0.05) then return p end
   end
 end
 
@@ -289,7 +289,7 @@ function M.create(opts)
     serial_log = (opts.log_dir or dir) .. "/serial.log", ssh_port = get("ssh.port") or 22 }, VM)
   vm.hint = "see the serial log " .. vm.serial_log
   -- everything under dir goes at cleanup, the VM stopped first
-  vm.cleanup = require("capil.cleanup").push(("Workstation VM %s (%s)"):format(name, vm.vmx), function()
+  vm.cleanup = require("capil.sys.cleanup").push(("Workstation VM %s (%s)"):format(name, vm.vmx), function()
     vm:destroy()
   end)
 
@@ -375,10 +375,10 @@ function VM:start()
   return true
 end
 
---- Types boot-command events over the VM's VNC server (capil.vnc).
+--- Types boot-command events over the VM's VNC server (capil.sys.vnc).
 function VM:type_keys(events, interval)
   local host_ip = self.vnc.ip == "0.0.0.0" and "127.0.0.1" or self.vnc.ip
-  local s, err, code = require("capil.vnc").connect({ host = host_ip, port = self.vnc.port,
+  local s, err, code = require("capil.sys.vnc").connect({ host = host_ip, port = self.vnc.port,
     password = self.vnc.password, timeout = 60 })
   if not s then return nil, ("workstation: typing into %s: %s"):format(self.name, err), code end
   local ok, terr, tcode = s:type(events, interval)
@@ -392,7 +392,7 @@ end
 ---@return {host: string, port: integer}|nil addr, string? err, string? code
 function VM:ssh_address(timeout)
   timeout = timeout or 600
-  local deadline = host.now() + timeout
+  local deadline = runtime.now() + timeout
   local last
   while true do
     local r, err = M.vmrun(self.tools, { "getGuestIPAddress", self.vmx }, 60)
@@ -406,11 +406,11 @@ function VM:ssh_address(timeout)
     if not alive then
       return nil, ("workstation: %s stopped before it reported an IP address: %s"):format(self.name, why), "EVMRUN"
     end
-    if host.now() + M.IP_POLL > deadline then
+    if runtime.now() + M.IP_POLL > deadline then
       return nil, ("workstation: %s reported no IP address within %g s (VMware Tools / open-vm-tools running in "
         .. "the guest?); last: %s"):format(self.name, timeout, tostring(last)), "ETIMEDOUT"
     end
-    local ok, serr, scode = host.sleep(M.IP_POLL)
+    local ok, serr, scode = runtime.sleep(M.IP_POLL)
     if not ok then return nil, serr, scode end
   end
 end
@@ -428,13 +428,13 @@ end
 
 --- Waits up to `timeout` seconds for the VM to stop; true or nil, ETIMEDOUT.
 function VM:wait_exit(timeout)
-  local deadline = host.now() + (timeout or 60)
+  local deadline = runtime.now() + (timeout or 60)
   while true do
     if not self:alive() then return true end
-    if host.now() >= deadline then
+    if runtime.now() >= deadline then
       return nil, ("workstation: %s still running after %g s"):format(self.name, timeout or 60), "ETIMEDOUT"
     end
-    local ok, err, code = host.sleep(math.min(1, math.max(deadline - host.now(), 0.01)))
+    local ok, err, code = runtime.sleep(math.min(1, math.max(deadline - runtime.now(), 0.01)))
     if not ok then return nil, err, code end
   end
 end
@@ -513,10 +513,10 @@ end
 --- Prepares a built (powered-off) VM for the test stage as image-builder's
 --- image-post-create-config.sh did: snapshot `new` (unless listed), the
 --- 2-vCPU edit then snapshot `2cpu`, the guestinfo cloud-init keys then
---- snapshot `cloudinit` (capil.cloudinit.vmx). A second call changes
+--- snapshot `cloudinit` (capil.test.cloudinit.vmx). A second call changes
 --- nothing. Returns what was done ({new=, cpus=, guestinfo=}).
 ---@param vmx_path string
----@param data capil.cloudinit.Data
+---@param data capil.test.cloudinit.Data
 ---@param opts? {tools?: capil.workstation.Tools}
 ---@return table|nil done, string? err, string? code
 function M.prepare_test(vmx_path, data, opts)
@@ -537,7 +537,7 @@ function M.prepare_test(vmx_path, data, opts)
   end
   local text, rerr, rcode = fs.read(vmx_path)
   if not text then return nil, ("workstation: %s: %s"):format(vmx_path, rerr), rcode end
-  local final, changed = require("capil.cloudinit").vmx(text, data)
+  local final, changed = require("capil.test.cloudinit").vmx(text, data)
   if changed.cpus then
     -- the CPU edit alone first: the guestinfo lines are the last four appended
     local cpu_text = final

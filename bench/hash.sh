@@ -49,7 +49,7 @@ best_of() {
 }
 
 echo "SHA-256 of $SIZE_MB MiB, warm cache, best of $RUNS:"
-best_of capil "$CAPIL" -e 'print(assert(require("capil.hash").file((...), "sha256")))' "$FILE"
+best_of capil "$CAPIL" -e 'print(assert(require("capil.sys.hash").file((...), "sha256")))' "$FILE"
 t_capil=$best sum_capil=$sum
 best_of openssl openssl dgst -sha256 "$FILE"
 t_openssl=$best sum_openssl=$sum

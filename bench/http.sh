@@ -43,7 +43,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 mkdir -p "$dir/www/dav" "$dir/tmp"
-port=$("$CAPIL" -e 'print((require("capil.core.host").free_port()))')
+port=$("$CAPIL" -e 'print((require("capil.core.runtime").free_port()))')
 user=
 [ "$(id -u)" = 0 ] && user="user root;"
 cat >"$dir/nginx.conf" <<EOF
@@ -86,7 +86,7 @@ url="http://127.0.0.1:$port"
 
 cat >"$dir/bench.lua" <<'EOF'
 -- capil side: one request, the digest on stdout
-local http = require("capil.http")
+local http = require("capil.sys.http")
 local mode, url, path, sum = arg[1], arg[2], arg[3], arg[4]
 local r, err
 if mode == "get" then

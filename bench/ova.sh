@@ -46,7 +46,7 @@ cat "$DISK" >/dev/null # warm the page cache
 DISK_SHA=$(openssl dgst -sha256 -r "$DISK" | cut -c1-64)
 
 cat >"$DIR/pack.lua" <<'EOF'
-local ova = require("capil.ova")
+local ova = require("capil.format.ova")
 local out, disk, sha = ...
 local r = assert(ova.pack({
   ova = out, disks = { { path = disk, sha256 = sha ~= "" and sha or nil } }, progress = false,

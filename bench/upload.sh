@@ -47,13 +47,13 @@ head -c "$((SIZE_MB * 1024 * 1024))" /dev/urandom >"$build/$name.ova"
 sum=$(sha256sum "$build/$name.ova" | cut -d' ' -f1)
 echo "$sum" >"$build/$name.ova.sha256"
 "$CAPIL" -e '
-  local m = require("capil.manifest")
+  local m = require("capil.format.manifest")
   assert(m.append(arg[1] .. "/packer-manifest.json", m.build({ name = "qemu", builder_type = "qemu",
     files = { { name = arg[2] .. ".ova", size = 0 } },
     custom_data = { build_name = "bench", build_type = "node", kubernetes_semver = "v1.16.14" } })))' \
   "$build" "$name"
 
-port=$("$CAPIL" -e 'print((require("capil.core.host").free_port()))')
+port=$("$CAPIL" -e 'print((require("capil.core.runtime").free_port()))')
 node "$here/spec/support/gcs/fake.js" "$port" "$dir/fake" "{}" >"$dir/fake.log" 2>&1 &
 fake_pid=$!
 ep="http://127.0.0.1:$port"

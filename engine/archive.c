@@ -1,7 +1,7 @@
 /*
 ** archive.c — capil.core.archive: tar archives on libarchive, written and
 ** read as streams. Generic (no OVF knowledge): an OVA is a ustar tar whose
-** members capil.ova puts in order.
+** members capil.format.ova puts in order.
 **
 ** The writer streams each file once. Member data is read into one of a few
 ** 1 MiB slots, written to the archive file from there and handed to a helper

@@ -21,8 +21,8 @@
 extern const luaL_Reg capil_core_modules[];
 
 struct capil_embedded {
-  const char *module;   /* "capil.http" */
-  const char *path;     /* "lua/capil/http.lua", for chunk names */
+  const char *module;   /* "capil.sys.http" */
+  const char *path;     /* "lua/capil/sys/http.lua", for chunk names */
   const char *data;
   size_t size;
 };

@@ -178,7 +178,7 @@ static int l_write(lua_State *L) {
 
 /* A file descriptor owned by a userdata, so a Lua error (out of memory
 ** while growing a buffer) cannot leak it: __gc closes it. */
-#define FD_MT "capil.fs.Fd"
+#define FD_MT "capil.sys.fs.Fd"
 
 static int fd_gc(lua_State *L) {
   int *fd = luaL_checkudata(L, 1, FD_MT);

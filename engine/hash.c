@@ -28,7 +28,7 @@
 
 #include "capil.h"
 
-#define DIGEST_MT "capil.hash.Digest"
+#define DIGEST_MT "capil.sys.hash.Digest"
 #define FILE_BUFSIZE (1 << 20)
 #define MAX_FILE_ALGS 8
 

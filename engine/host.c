@@ -1,7 +1,7 @@
 /*
 ** host.c — the Lua state capil runs in: C modules in package.preload, the
 ** Lua library found embedded or on disk, Ctrl-C turned into a Lua error that
-** unwinds to the cleanups, and the `capil.core.host` module.
+** unwinds to the cleanups, and the `capil.core.runtime` module.
 */
 #include <errno.h>
 #include <limits.h>
@@ -221,7 +221,7 @@ void capil_host_clear_interrupt(lua_State *L) {
 }
 
 /*
-** Runs the cleanup stack (lua/capil/cleanup.lua) if anything was registered.
+** Runs the cleanup stack (lua/capil/sys/cleanup.lua) if anything was registered.
 ** Ctrl-C during the cleanups is counted, not obeyed, until the third press.
 */
 void capil_host_cleanup(lua_State *L, const char *reason) {
@@ -229,8 +229,8 @@ void capil_host_cleanup(lua_State *L, const char *reason) {
   capil_host_clear_interrupt(L);
   cleaning = 1;
   int top = lua_gettop(L);
-  /* lua/capil/cleanup.lua keeps itself in the registry (see there) */
-  if (lua_getfield(L, LUA_REGISTRYINDEX, "capil.cleanup") == LUA_TTABLE &&
+  /* lua/capil/sys/cleanup.lua keeps itself in the registry (see there) */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "capil.sys.cleanup") == LUA_TTABLE &&
       lua_getfield(L, -1, "run_all") == LUA_TFUNCTION) {
     lua_pushstring(L, reason);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
@@ -268,7 +268,7 @@ static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 }
 
 /* ====================================================================== */
-/* capil.core.host                                                        */
+/* capil.core.runtime                                                        */
 /* ====================================================================== */
 
 /* host.interrupted() -> signal number, or false */
@@ -456,7 +456,7 @@ static const luaL_Reg host_funcs[] = {
   {NULL, NULL}
 };
 
-static int luaopen_capil_core_host(lua_State *L) {
+static int luaopen_capil_core_runtime(lua_State *L) {
   luaL_newlib(L, host_funcs);
   lua_pushliteral(L, CAPIL_VERSION);
   lua_setfield(L, -2, "version");
@@ -483,8 +483,8 @@ lua_State *capil_host_new(void) {
     lua_pushcfunction(L, m->func);
     lua_setfield(L, -2, m->name);
   }
-  lua_pushcfunction(L, luaopen_capil_core_host);
-  lua_setfield(L, -2, "capil.core.host");
+  lua_pushcfunction(L, luaopen_capil_core_runtime);
+  lua_setfield(L, -2, "capil.core.runtime");
   lua_pop(L, 1);
 
   char buf[PATH_MAX];

@@ -25,8 +25,8 @@
 
 #include "capil.h"
 
-#define SESSION_MT "capil.http.Session"
-#define TRANSFER_MT "capil.http.Transfer"
+#define SESSION_MT "capil.sys.http.Session"
+#define TRANSFER_MT "capil.sys.http.Transfer"
 
 #define BUFFER_SIZE (512 * 1024)      /* curl's receive buffer */
 #define UPLOAD_BUFFER_SIZE (2 * 1024 * 1024) /* curl's send buffer: its maximum */

@@ -19,8 +19,8 @@
 
 #include "capil.h"
 
-#define NULL_MT "capil.json.null"
-#define BOX_MT "capil.json.Box"
+#define NULL_MT "capil.sys.json.null"
+#define BOX_MT "capil.sys.json.Box"
 
 /* upvalues shared by decode and encode */
 #define UV_NULL lua_upvalueindex(1)

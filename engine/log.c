@@ -180,7 +180,7 @@ static void clear_bar(void) {
 /* Progress                                                               */
 /* ====================================================================== */
 
-#define PROGRESS_MT "capil.log.Progress"
+#define PROGRESS_MT "capil.sys.log.Progress"
 
 enum { PMODE_NONE, PMODE_BAR, PMODE_LINE };
 

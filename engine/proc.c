@@ -19,7 +19,7 @@
 
 #include "capil.h"
 
-#define PROCESS_MT "capil.proc.Process"
+#define PROCESS_MT "capil.sys.proc.Process"
 
 typedef struct {
   pid_t pid;

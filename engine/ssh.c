@@ -34,7 +34,7 @@
 
 #include "capil.h"
 
-#define SESSION_MT "capil.ssh.Session"
+#define SESSION_MT "capil.sys.ssh.Session"
 #define CHUNK (256 * 1024)     /* SFTP transfer buffer */
 #define GRACE 1.0              /* seconds a cleanup step may wait on the server */
 

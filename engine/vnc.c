@@ -20,7 +20,7 @@
 
 #include "capil.h"
 
-#define SESSION_MT "capil.vnc.Session"
+#define SESSION_MT "capil.sys.vnc.Session"
 
 typedef struct {
   int fd;

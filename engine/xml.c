@@ -1,6 +1,6 @@
 /*
 ** xml.c — capil.core.xml: an expat parser that builds a Lua tree, and the
-** escaping the writer (lua/capil/xml.lua) relies on.
+** escaping the writer (lua/capil/sys/xml.lua) relies on.
 **
 ** Tree: an element is a table {name =, ns =, prefix =, attrs =, nsmap =,
 ** [1..n] = children}, children being strings (text) or elements. With
@@ -28,7 +28,7 @@
 
 #include "capil.h"
 
-#define PARSER_MT "capil.xml.Parser"
+#define PARSER_MT "capil.sys.xml.Parser"
 
 /* separates URI, local name and prefix in expat's names: 0x01 cannot occur
 ** in an XML 1.0 document, not even as a character reference */

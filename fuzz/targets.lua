@@ -10,7 +10,7 @@ end
 
 -- Harness limits: an endless loop in a recipe costs 1 M instructions, not
 -- 10 M, and a recipe may not hold more than 64 MiB.
-local sandbox = require("capil.sandbox")
+local sandbox = require("capil.build.sandbox")
 sandbox.BUDGET = 1000000
 sandbox.MEMORY = 64 * 1024 * 1024
 
@@ -23,9 +23,9 @@ local function temp_file(data)
   return TMP
 end
 
-local recipe = require("capil.recipe")
-local config = require("capil.config")
-local plan = require("capil.plan")
+local recipe = require("capil.build.recipe")
+local config = require("capil.build.config")
+local plan = require("capil.build.plan")
 local BACKENDS = {}
 for name in pairs(plan.BACKENDS) do BACKENDS[#BACKENDS + 1] = name end
 table.sort(BACKENDS)
@@ -50,7 +50,7 @@ function T.recipe(data)
   if not p then invariant(type(perrs) == "table" and #perrs > 0, "plan.resolve: nil without errors") end
 end
 
-local json = require("capil.json")
+local json = require("capil.sys.json")
 
 --- (2) JSON decode; a decoded value encodes, and that decodes to the same.
 function T.json(data)
@@ -66,7 +66,7 @@ function T.json(data)
   invariant(text == text2, "encode/decode round trip differs: %q vs %q", text:sub(1, 200), text2:sub(1, 200))
 end
 
-local xml = require("capil.xml")
+local xml = require("capil.sys.xml")
 
 local function walk_xml(el, depth)
   invariant(xml.is_element(el), "a parsed element without a name")
@@ -86,7 +86,7 @@ function T.xml(data)
   walk_xml(root, 0)
 end
 
-local bootcmd = require("capil.bootcmd")
+local bootcmd = require("capil.build.bootcmd")
 
 --- (4) boot command parse, then every encoder.
 function T.bootcmd(data)
@@ -102,7 +102,7 @@ function T.bootcmd(data)
   bootcmd.to_rfb(events)
 end
 
-local ova = require("capil.ova")
+local ova = require("capil.format.ova")
 
 --- (5) an OVA (tar) file: the member index and the streaming verify.
 function T.ova(data)
@@ -116,7 +116,7 @@ function T.ova(data)
     tostring(report.ok), #report.problems)
 end
 
-local ovf = require("capil.ovf")
+local ovf = require("capil.format.ovf")
 
 --- (6) OVF descriptor parse.
 function T.ovf(data)
@@ -124,7 +124,7 @@ function T.ovf(data)
   if not facts then invariant(type(err) == "string", "ovf.parse: nil without a message") end
 end
 
-local vmdk = require("capil.vmdk")
+local vmdk = require("capil.format.vmdk")
 
 --- (7) VMDK header (and descriptor) from the bytes, and from a file.
 function T.vmdk(data)

@@ -5,10 +5,10 @@
 -- traceback, no internal path, no `table: 0x`, nothing written outside.
 local capil = require("spec.support.capil")
 local peer = require("spec.support.peer")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local json = require("capil.json")
-local ovf = require("capil.ovf")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local json = require("capil.sys.json")
+local ovf = require("capil.format.ovf")
 
 local function assert_clean(r)
   local all = r.stdout .. r.stderr
@@ -50,7 +50,7 @@ describe("archives and files #unit", function()
       sh({ "dd", "if=/dev/urandom", "of=" .. d .. "/sp.vmdk", "bs=65536", "count=1", "conv=notrunc" })
       local head = assert(proc.run({ argv = { "head", "-c", "65536", d .. "/sp.vmdk" }, timeout = 10 })).stdout
       local mf = ("SHA256(sp.ovf)= %s\nSHA256(sp.vmdk)= %s\n"):format(
-        require("capil.hash").digest("sha256", DESCRIPTOR), require("capil.hash").digest("sha256", head))
+        require("capil.sys.hash").digest("sha256", DESCRIPTOR), require("capil.sys.hash").digest("sha256", head))
       assert(fs.write(d .. "/sp.mf", mf))
       local args = { "tar", "--sparse", "-cf", name .. ".ova" }
       for _, a in ipairs(format) do table.insert(args, 2, a) end
@@ -69,7 +69,7 @@ describe("archives and files #unit", function()
         assert.matches("member 3 %(sp%.vmdk%): a sparse tar member %(GNU/pax sparse%); OVA members must be plain files",
           r.stdout)
         assert.is_nil(r.stdout:find("ok:", 1, true))
-        local m, err, code = require("capil.ova").members(path)
+        local m, err, code = require("capil.format.ova").members(path)
         assert.is_nil(m)
         assert.equal("SPARSE", code)
         assert.matches("a sparse tar member", err, 1, true)
@@ -95,7 +95,7 @@ open(sys.argv[1], "wb").write(raw)
       assert.equal(1, r.code)
       assert.matches("member 2: .*negative size", r.stdout)
       local script = capil.script(dir, "members.lua", ([[
-local m, err, code = require("capil.ova").members(%q)
+local m, err, code = require("capil.format.ova").members(%q)
 print(m, err, code)
 ]]):format(path))
       r = run({ script }, 10)
@@ -109,7 +109,7 @@ print(m, err, code)
     setup(function()
       disk = dir .. "/src.vmdk"
       sh({ "qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=streamOptimized", disk, "16M" })
-      disk_sha = require("capil.hash").file(disk, "sha256")
+      disk_sha = require("capil.sys.hash").file(disk, "sha256")
     end)
 
     local function build_dir(name, custom_data, files)

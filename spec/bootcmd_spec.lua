@@ -1,4 +1,4 @@
-local bootcmd = require("capil.bootcmd")
+local bootcmd = require("capil.build.bootcmd")
 
 local function keys(events)
   local t = {}

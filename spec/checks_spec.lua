@@ -1,6 +1,6 @@
-local checks = require("capil.checks")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
+local checks = require("capil.build.checks")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
 
 local VARS = dofile("spec/fixtures/roles/vars.lua")
 

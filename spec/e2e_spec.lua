@@ -7,12 +7,12 @@
 local capil = require("support.capil")
 local fixtures = require("support.fixtures")
 local peer = require("support.peer")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local hash = require("capil.hash")
-local json = require("capil.json")
-local ssh = require("capil.ssh")
-local host = require("capil.core.host")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local hash = require("capil.sys.hash")
+local json = require("capil.sys.json")
+local ssh = require("capil.sys.ssh")
+local runtime = require("capil.core.runtime")
 local nginx = require("support.nginx")
 
 -- The seed document's /etc/cni/net.d/10-mynet.conf, as its heredoc wrote it.
@@ -34,7 +34,7 @@ describe("end-to-end build of the test OS #qemu #e2e", function()
     assert.equal(0, v.code, v.stdout .. v.stderr)
     -- the OVF declares the node (image-builder's 2 CPUs, 2 cores per socket,
     -- 2048 MiB, PVSCSI, VMXNET3), not this 1 GiB build VM
-    local facts = assert(require("capil.ova").inspect(ova))
+    local facts = assert(require("capil.format.ova").inspect(ova))
     assert.same({ 2, 2, 2048 }, { facts.hardware.cpus, facts.hardware.cores_per_socket, facts.hardware.memory_mb })
     assert.matches("VirtualSCSI", facts.hardware.scsi)
     assert.matches("VmxNet3", facts.hardware.nic)
@@ -79,7 +79,7 @@ describe("end-to-end build of the test OS #qemu #e2e", function()
     finally(function()
       if state and state.pid and proc.alive(state.pid) then
         proc.kill(state.pid)
-        for _ = 1, 50 do if not proc.alive(state.pid) then break end host.sleep(0.1) end
+        for _ = 1, 50 do if not proc.alive(state.pid) then break end runtime.sleep(0.1) end
         if proc.alive(state.pid) then proc.kill(state.pid, "KILL") end
       end
     end)
@@ -96,7 +96,7 @@ describe("end-to-end build of the test OS #qemu #e2e", function()
     for _, st in ipairs(by.cni.steps) do if st.name == "smoke" then smoke = st end end
     assert.matches("10%.22%.%d+%.%d+", smoke.detail)
     assert.truthy(#fs.list(dir .. "/test/junit") > 0)
-    local junit = assert(require("capil.xml").parse(assert(fs.read(dir .. "/test/junit.xml"))))
+    local junit = assert(require("capil.sys.xml").parse(assert(fs.read(dir .. "/test/junit.xml"))))
     assert.equal("0", junit.attrs.failures)
     assert.is_true(json.read(dir .. "/report.json").test.ok)
     assert.equal(disk_sum, assert(hash.file(disk, "sha256")), "capil test modified the build's disk")
@@ -175,14 +175,14 @@ describe("end-to-end build of the test OS #qemu #e2e", function()
     for _ = 1, 300 do
       qpid = tonumber((fs.read(errf) or ""):match("QEMU running %(pid (%d+)"))
       if qpid then break end
-      host.sleep(0.1)
+      runtime.sleep(0.1)
     end
     assert.is_number(qpid, fs.read(errf))
     assert(p:kill("INT"))
     local st = assert(p:wait({ timeout = 60 }))
     p:close()
     assert.equal(130, st.code, fs.read(errf))
-    for _ = 1, 50 do if not proc.alive(qpid) then break end host.sleep(0.1) end
+    for _ = 1, 50 do if not proc.alive(qpid) then break end runtime.sleep(0.1) end
     assert.is_false(proc.alive(qpid), "QEMU survived Ctrl-C")
     assert.is_false(fs.exists(b .. "/test/vm"), "the overlay survived Ctrl-C")
   end)

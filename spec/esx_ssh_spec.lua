@@ -7,14 +7,14 @@
 local esxi = require("support.esxi")
 local peer = require("support.peer")
 local sshd = require("support.sshd")
-local fs = require("capil.fs")
-local hash = require("capil.hash")
-local log = require("capil.log")
-local proc = require("capil.proc")
-local bootcmd = require("capil.bootcmd")
-local config = require("capil.config")
+local fs = require("capil.sys.fs")
+local hash = require("capil.sys.hash")
+local log = require("capil.sys.log")
+local proc = require("capil.sys.proc")
+local bootcmd = require("capil.build.bootcmd")
+local config = require("capil.build.config")
 local esx = require("capil.backends.esx")
-local esx_ssh = require("capil.backends.esx_ssh")
+local esx_ssh = require("capil.backends.esx.ssh")
 
 local PASSWORD = "Esx-r00t'pw $x"
 local VM = "esx-ssh-kube-v1.16.14"
@@ -42,7 +42,7 @@ describe("esx over SSH #esx #ssh", function()
     if tmp then fs.remove(tmp, { recursive = true }) end
   end)
 
-  -- the sessions the runs opened (busted exits without capil.cleanup)
+  -- the sessions the runs opened (busted exits without capil.sys.cleanup)
   local runs = {}
   -- each test starts with no VM on the host
   before_each(function()

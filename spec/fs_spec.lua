@@ -1,5 +1,5 @@
-local fs = require("capil.fs")
-local proc = require("capil.proc")
+local fs = require("capil.sys.fs")
+local proc = require("capil.sys.proc")
 
 describe("fs #unit", function()
   local dir
@@ -76,7 +76,7 @@ describe("fs #unit", function()
   end)
 
   it("registers temp dirs for removal at cleanup", function()
-    local cleanup = require("capil.cleanup")
+    local cleanup = require("capil.sys.cleanup")
     local before = cleanup.count()
     local t = assert(fs.tempdir({ prefix = "capil-spec-reg" }))
     assert.equal(before + 1, cleanup.count())

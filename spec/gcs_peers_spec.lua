@@ -1,15 +1,15 @@
 -- The GCS test peers themselves (spec/support/gcs.lua), driven with raw
--- capil.http requests: the firebase-tools Storage emulator for simple
+-- capil.sys.http requests: the firebase-tools Storage emulator for simple
 -- uploads, metadata, downloads and listing; our fake for the resumable
 -- protocol, faults, tokens and 403.
 local gcs = require("support.gcs")
 local peer = require("support.peer")
-local http = require("capil.http")
-local json = require("capil.json")
-local hash = require("capil.hash")
-local fs = require("capil.fs")
-local proc = require("capil.proc")
-local host = require("capil.core.host")
+local http = require("capil.sys.http")
+local json = require("capil.sys.json")
+local hash = require("capil.sys.hash")
+local fs = require("capil.sys.fs")
+local proc = require("capil.sys.proc")
+local runtime = require("capil.core.runtime")
 
 local UNIT = 256 * 1024
 
@@ -59,7 +59,7 @@ describe("gcs peers #gcs", function()
       'end',
     }, "\n")))
     local r = assert(proc.run({
-      argv = { host.exepath(), script }, env_add = { PATH = dir, CAPIL_FIXTURES = dir .. "/fixtures" },
+      argv = { runtime.exepath(), script }, env_add = { PATH = dir, CAPIL_FIXTURES = dir .. "/fixtures" },
     }))
     assert.equal(0, r.code, r.stderr)
     local lines = {}

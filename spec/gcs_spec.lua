@@ -1,14 +1,14 @@
--- spec/gcs_spec.lua — capil.gcs: image-builder's paths and names, the JWT
+-- spec/gcs_spec.lua — capil.publish.gcs: image-builder's paths and names, the JWT
 -- bearer assertion (checked with the openssl CLI), chunk arithmetic; the
 -- resumable upload, credentials and errors against our fake of GCS
 -- (spec/support/gcs.lua: resumable protocol, drops, 503/429, a token
 -- endpoint); objects, listing and downloads against the firebase-tools
 -- Storage emulator.
-local gcs = require("capil.gcs")
-local hash = require("capil.hash")
-local json = require("capil.json")
-local fs = require("capil.fs")
-local proc = require("capil.proc")
+local gcs = require("capil.publish.gcs")
+local hash = require("capil.sys.hash")
+local json = require("capil.sys.json")
+local fs = require("capil.sys.fs")
+local proc = require("capil.sys.proc")
 
 local KiB, MiB = 1024, 1024 * 1024
 
@@ -212,7 +212,7 @@ describe("gcs credentials #gcs #unit", function()
     assert.equal("authorized_user", c.auth.kind)
     assert.equal("https://oauth2.googleapis.com/token", c.auth.token_uri)
     -- secrets are registered as soon as the file is read
-    assert.equal("x **** y", require("capil.log").redact("x refresh-1 y"))
+    assert.equal("x **** y", require("capil.sys.log").redact("x refresh-1 y"))
   end)
 end)
 
@@ -221,7 +221,7 @@ describe("gcs without a GCE metadata server #gcs", function()
   -- server's path stands in for another cloud's metadata service at the
   -- same address: it answers, but not with `Metadata-Flavor: Google`
   local httpd = require("capil.core.httpd")
-  local host = require("capil.core.host")
+  local runtime = require("capil.core.runtime")
   local dir, srv
   lazy_setup(function()
     dir = assert(fs.tempdir({ prefix = "capil-spec-gcs-md" }))
@@ -242,7 +242,7 @@ describe("gcs without a GCE metadata server #gcs", function()
     local reqs = srv:requests()
     for _ = 1, 100 do
       if #reqs > 0 then break end
-      host.sleep(0.01)
+      runtime.sleep(0.01)
       reqs = srv:requests()
     end
     assert.equal(1, #reqs)
@@ -252,7 +252,7 @@ describe("gcs without a GCE metadata server #gcs", function()
   end)
 
   it("goes on without credentials when nothing answers at the metadata address", function()
-    local port = assert(host.free_port())
+    local port = assert(runtime.free_port())
     local c = assert(gcs.client({ getenv = env({ GCE_METADATA_HOST = "127.0.0.1:" .. port }) }))
     assert.is_nil((c:token()))
     assert.equal("anonymous", c.auth.kind)
@@ -429,7 +429,7 @@ describe("gcs resumable uploads against the fake #gcs", function()
     local k = new_key(short.token_uri)
     local sc = assert(gcs.client({ endpoint = short.endpoint, key_file = k.path, getenv = env({}) }))
     assert.is_table(sc:put_small("b", "one", "1"))
-    require("capil.core.host").sleep(1.1)
+    require("capil.core.runtime").sleep(1.1)
     assert.is_table(sc:put_small("b", "two", "2"))
     assert.equal(2, #short.stats().assertions)
     -- the server expires the tokens it issued: the next call is refused once, then renewed
@@ -449,7 +449,7 @@ describe("gcs resumable uploads against the fake #gcs", function()
     assert.equal("metadata", mc.auth.kind)
     local token = mc:token()
     assert.is_string(token)
-    assert.equal("x **** y", require("capil.log").redact("x " .. token .. " y"))
+    assert.equal("x **** y", require("capil.sys.log").redact("x " .. token .. " y"))
   end)
 
   it("uses an authorized-user file's refresh token", function()
@@ -481,7 +481,7 @@ describe("gcs resumable uploads against the fake #gcs", function()
       if not l:match("^%-%-%-%-%-") then lines[#lines + 1] = l end
     end
     local script = capil.script(dir, "up.lua", [[
-      local gcs = require("capil.gcs")
+      local gcs = require("capil.publish.gcs")
       local c = assert(gcs.client({ endpoint = arg[1], key_file = arg[2] }))
       assert(c:put_small("images", "x", "data"))
     ]])

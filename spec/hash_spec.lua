@@ -1,6 +1,6 @@
-local hash = require("capil.hash")
-local fs = require("capil.fs")
-local proc = require("capil.proc")
+local hash = require("capil.sys.hash")
+local fs = require("capil.sys.fs")
+local proc = require("capil.sys.proc")
 
 -- Runs a command that must succeed; returns its stdout.
 local function run(argv, stdin)
@@ -200,7 +200,7 @@ describe("hash #unit", function()
     end)
 
     it("reports progress", function()
-      local log = require("capil.log")
+      local log = require("capil.sys.log")
       local p = log.progress({ label = "hash", mode = "line", interval = 3600 })
       assert(hash.file(path, "md5", { progress = p }))
       local state = p:state()

@@ -1,6 +1,6 @@
 local capil = require("support.capil")
 local peer = require("support.peer")
-local fs = require("capil.fs")
+local fs = require("capil.sys.fs")
 
 describe("host: capil as a Lua interpreter #unit", function()
   local dir
@@ -49,7 +49,7 @@ describe("host: capil as a Lua interpreter #unit", function()
     assert.matches("library embedded", r.stdout, 1, true)
     -- every embedded module compiles and loads
     r = capil.run({ "-e", [[
-      local _, mods = require("capil.core.host").library()
+      local _, mods = require("capil.core.runtime").library()
       for _, m in ipairs(mods) do
         if not m:match("^capil%.cmd%.") then require(m) end
       end
@@ -70,8 +70,8 @@ describe("host: capil as a Lua interpreter #unit", function()
 end)
 
 describe("host: cleanups and Ctrl-C #unit", function()
-  local proc = require("capil.proc")
-  local host = require("capil.core.host")
+  local proc = require("capil.sys.proc")
+  local runtime = require("capil.core.runtime")
   local dir
   setup(function() dir = peer.dir("intr") end)
 
@@ -79,9 +79,9 @@ describe("host: cleanups and Ctrl-C #unit", function()
   -- cleanup, prints "ready <tempdir> <childpid>", then blocks in `how`.
   local function start(how)
     local s = capil.script(dir, "block-" .. how .. ".lua", ([[
-      local fs = require("capil.fs")
-      local proc = require("capil.proc")
-      local cleanup = require("capil.cleanup")
+      local fs = require("capil.sys.fs")
+      local proc = require("capil.sys.proc")
+      local cleanup = require("capil.sys.cleanup")
       local tmp = assert(fs.tempdir({ parent = %q }))
       local child = assert(proc.spawn({ argv = { "sleep", "60" } }))
       cleanup.push("sleep child", function() child:close() end)
@@ -95,7 +95,7 @@ describe("host: cleanups and Ctrl-C #unit", function()
       elseif %q == "pcall" then
         while true do pcall(function() for _ = 1, 1e9 do end end) end
       else
-        require("capil.core.host").sleep(60)
+        require("capil.core.runtime").sleep(60)
       end
     ]]):format(dir, dir .. "/marker-" .. how, how, how))
     local p = assert(proc.spawn({ argv = { capil.exe, s }, stdout = "pipe", stderr = "pipe" }))
@@ -114,9 +114,9 @@ describe("host: cleanups and Ctrl-C #unit", function()
       local p, tmp, child = start(how)
       assert.is_true(fs.exists(tmp))
       assert(p:kill("INT"))
-      local t0 = host.now()
+      local t0 = runtime.now()
       local st = assert(p:wait({ timeout = 15 }))
-      assert.is_true(host.now() - t0 < 15)
+      assert.is_true(runtime.now() - t0 < 15)
       assert.equal(130, st.code)
       assert.equal("cleaned", fs.read(dir .. "/marker-" .. how))
       assert.is_false(fs.exists(tmp))
@@ -127,7 +127,7 @@ describe("host: cleanups and Ctrl-C #unit", function()
 
   it("runs cleanups on a normal exit and after an error", function()
     local s = capil.script(dir, "err-cleanup.lua", ([[
-      local cleanup = require("capil.cleanup")
+      local cleanup = require("capil.sys.cleanup")
       cleanup.push("marker", function() io.open(%q, "w"):close() end)
       local h = cleanup.push("cancelled", function() io.open(%q, "w"):close() end)
       h:cancel()

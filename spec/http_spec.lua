@@ -1,12 +1,12 @@
--- spec/http_spec.lua — capil.core.http and capil.http against a real nginx
+-- spec/http_spec.lua — capil.core.http and capil.sys.http against a real nginx
 -- (Debian's, with the dav module for PUT) on 127.0.0.1, plain and TLS with a
 -- CA made here by the openssl CLI.
 local core = require("capil.core.http")
-local http = require("capil.http")
-local log = require("capil.log")
-local fs = require("capil.fs")
-local proc = require("capil.proc")
-local host = require("capil.core.host")
+local http = require("capil.sys.http")
+local log = require("capil.sys.log")
+local fs = require("capil.sys.fs")
+local proc = require("capil.sys.proc")
+local runtime = require("capil.core.runtime")
 local nginx = require("support.nginx")
 local peer = require("support.peer")
 
@@ -307,12 +307,12 @@ describe("http #http", function()
         local r, err, code = require("capil.core.http").request({ url = %q, out_file = %q })
         io.stderr:write("returned ", tostring(code), "\n")
       ]]):format(srv.url("/slow/big.bin"), p)))
-      local child = assert(proc.spawn({ argv = { assert(host.exepath()), script },
+      local child = assert(proc.spawn({ argv = { assert(runtime.exepath()), script },
                                         stdout = "null", stderr = "null" }))
-      local deadline = host.now() + 10
+      local deadline = runtime.now() + 10
       while not (fs.stat(p .. ".part") or {}).size or fs.stat(p .. ".part").size == 0 do
-        assert(host.now() < deadline, "the download did not start")
-        host.sleep(0.01)
+        assert(runtime.now() < deadline, "the download did not start")
+        runtime.sleep(0.01)
       end
       assert(child:kill("INT"))
       local st = assert(child:wait({ timeout = 5 })) -- the body alone takes a minute
@@ -323,7 +323,7 @@ describe("http #http", function()
     end)
 
     it("verifies an upload's sha256 against hash.file of the source, whole and sliced", function()
-      local hash = require("capil.hash")
+      local hash = require("capil.sys.hash")
       local src = out .. "/verified.bin"
       run({ "openssl", "rand", "-out", src, tostring(24 * MiB + 4097) }) -- several rings of buffers
       local sum = assert(hash.file(src))
@@ -394,22 +394,22 @@ time.sleep(60)
           body_file = %q, sha256 = string.rep("0", 64), headers = { Expect = "" } })
         io.stderr:write("returned ", tostring(code), "\n")
       ]]):format(("http://127.0.0.1:%d/up.bin"):format(port), src)))
-      local deadline = host.now() + 10
+      local deadline = runtime.now() + 10
       while not fs.exists(listening) do
-        assert(host.now() < deadline, "the sink did not start")
-        host.sleep(0.01)
+        assert(runtime.now() < deadline, "the sink did not start")
+        runtime.sleep(0.01)
       end
-      local child = assert(proc.spawn({ argv = { assert(host.exepath()), script },
+      local child = assert(proc.spawn({ argv = { assert(runtime.exepath()), script },
                                         stdout = "null", stderr = "null" }))
       while not fs.exists(took) do
-        assert(host.now() < deadline, "the upload did not start")
-        host.sleep(0.01)
+        assert(runtime.now() < deadline, "the upload did not start")
+        runtime.sleep(0.01)
       end
-      host.sleep(0.2) -- capil now waits on a full socket
-      local t0 = host.now()
+      runtime.sleep(0.2) -- capil now waits on a full socket
+      local t0 = runtime.now()
       assert(child:kill("INT"))
       local st = assert(child:wait({ timeout = 5 }))
-      local took_s = host.now() - t0
+      local took_s = runtime.now() - t0
       child:close()
       sink:kill("TERM")
       sink:wait({ timeout = 5 })
@@ -442,7 +442,7 @@ time.sleep(60)
     end)
 
     it("fails with ECONNREFUSED on a closed port and EDNS on an unknown host", function()
-      local port = assert(host.free_port())
+      local port = assert(runtime.free_port())
       local r, err, code = core.request({ url = ("http://127.0.0.1:%d/"):format(port) })
       assert.is_nil(r)
       assert.equal("ECONNREFUSED", code)
@@ -601,15 +601,15 @@ time.sleep(60)
 
     it("waits what Retry-After asks on 429", function()
       local before = srv.count("/status/429")
-      local t0 = host.now()
+      local t0 = runtime.now()
       local _, _, code = http.request({ url = srv.url("/status/429"), retries = 1, backoff = 0.01 })
       assert.equal("HTTP_429", code)
       assert.equal(before + 2, srv.count("/status/429"))
-      assert.is_true(host.now() - t0 >= 0.9)
+      assert.is_true(runtime.now() - t0 >= 0.9)
     end)
 
     it("retries a refused connection, then reports ECONNREFUSED", function()
-      local port = assert(host.free_port())
+      local port = assert(runtime.free_port())
       local r, _, code = http.request({ url = ("http://127.0.0.1:%d/"):format(port), retries = 1, backoff = 0.01 })
       assert.is_nil(r)
       assert.equal("ECONNREFUSED", code)

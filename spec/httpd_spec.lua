@@ -1,7 +1,7 @@
 local httpd = require("capil.core.httpd")
-local installer = require("capil.installer")
+local installer = require("capil.build.installer")
 local net = require("capil.core.net")
-local fs = require("capil.fs")
+local fs = require("capil.sys.fs")
 local peer = require("support.peer")
 
 -- A raw request, so paths reach the server exactly as written (curl would
@@ -28,7 +28,7 @@ describe("httpd: the installer file server #unit", function()
     assert(fs.mkdir(dir .. "/7"))
     assert(fs.write(dir .. "/7/ks.cfg", "install\ntext\n"))
     assert(fs.write(outside .. "/secret", "not for guests"))
-    assert(require("capil.proc").run({ argv = { "ln", "-s", outside .. "/secret", dir .. "/escape" } }))
+    assert(require("capil.sys.proc").run({ argv = { "ln", "-s", outside .. "/secret", dir .. "/escape" } }))
   end)
 
   it("serves the directory's files with GET and HEAD", function()

@@ -1,5 +1,5 @@
-local template = require("capil.template")
-local json = require("capil.json")
+local template = require("capil.util.template")
+local json = require("capil.sys.json")
 
 local function read(path)
   local f = assert(io.open(path, "rb"))

@@ -1,4 +1,4 @@
-local json = require("capil.json")
+local json = require("capil.sys.json")
 
 describe("json #unit", function()
   describe("decode", function()
@@ -206,7 +206,7 @@ describe("json #unit", function()
   end)
 
   describe("files", function()
-    local fs = require("capil.fs")
+    local fs = require("capil.sys.fs")
     local dir
     before_each(function() dir = assert(fs.tempdir({ prefix = "capil-json-spec" })) end)
     after_each(function() assert(fs.remove(dir, { recursive = true })) end)

@@ -11,7 +11,7 @@ end
 describe("log #unit", function()
   it("writes levels to stderr; debug only when verbose", function()
     local r = run([[
-      local log = require("capil.log")
+      local log = require("capil.sys.log")
       log.info("building %s", "vm-1")
       log.warn("slow")
       log.debug("hidden")
@@ -25,7 +25,7 @@ describe("log #unit", function()
 
   it("writes one JSON object per line in json format", function()
     local r = run([[
-      local log = require("capil.log")
+      local log = require("capil.sys.log")
       log.configure({ format = "json" })
       log.log("info", 'quote " and\nnewline', { vm = "vm-1", n = 3 })
     ]])
@@ -39,14 +39,14 @@ describe("log #unit", function()
   end)
 
   it("--log-format json and --quiet apply to commands", function()
-    local r = capil.run({ "--quiet", "-e", "require('capil.log').info('x')" })
+    local r = capil.run({ "--quiet", "-e", "require('capil.sys.log').info('x')" })
     assert.equal("", r.stderr)
   end)
 
   it("never shows a secret: in log lines, errors, files, reports", function()
     local dir = require("support.peer").dir("secret")
     local r = run(([[
-      local log = require("capil.log")
+      local log = require("capil.sys.log")
       log.secret("s3cr3t-Passw0rd")
       assert(log.add_file(%q))
       log.info("login as admin with s3cr3t-Passw0rd")
@@ -55,7 +55,7 @@ describe("log #unit", function()
       error("Login failed for s3cr3t-Passw0rd")
     ]]):format(dir .. "/build.log"))
     assert.equal(1, r.code)
-    for _, text in ipairs({ r.stdout, r.stderr, require("capil.fs").read(dir .. "/build.log") }) do
+    for _, text in ipairs({ r.stdout, r.stderr, require("capil.sys.fs").read(dir .. "/build.log") }) do
       assert.not_matches("s3cr3t", text, 1, true)
     end
     assert.matches("login as admin with ****", r.stderr, 1, true)
@@ -66,7 +66,7 @@ describe("log #unit", function()
 
   it("masks the password of any URL, registered or not, and secret_urls registers it", function()
     local r = run([[
-      local log = require("capil.log")
+      local log = require("capil.sys.log")
       log.warn("proxy http://bob:Pr0xy-pw@proxy:3128/ and https://u:p%%40ss@h/x")
       log.secret_urls("http://alice:Al1ce-pw@mirror/")
       log.warn("plain Al1ce-pw; user only http://bob@h/; port http://h:8080/; host:port a:b@c")
@@ -80,7 +80,7 @@ describe("log #unit", function()
 
   it("escapes control characters of messages: no escape sequence reaches the terminal", function()
     local r = run([[
-      local log = require("capil.log")
+      local log = require("capil.sys.log")
       log.warn("title \27]0;pwned\7 clear \27[2J cr \r del \127 c1 \194\155 tab\tnewline")
       log.control("\27[1A") -- written only to a terminal
       error("bad \27[31m red")
@@ -94,7 +94,7 @@ describe("log #unit", function()
 
   it("masks the longest secret first and ignores too-short values", function()
     local r = run([[
-      local log = require("capil.log")
+      local log = require("capil.sys.log")
       log.secret("abcd")
       log.secret("abcdefgh")
       log.secret("ab")
@@ -105,10 +105,10 @@ describe("log #unit", function()
 
   it("prints plain progress lines when stderr is not a terminal", function()
     local r = run([[
-      local log = require("capil.log")
-      local host = require("capil.core.host")
+      local log = require("capil.sys.log")
+      local runtime = require("capil.core.runtime")
       local p = log.progress({ label = "download disk.vmdk", total = 1000, interval = 0.05 })
-      for i = 1, 4 do host.sleep(0.06) p:update(i * 250) end
+      for i = 1, 4 do runtime.sleep(0.06) p:update(i * 250) end
       p:close()
       p:close()
     ]])
@@ -120,7 +120,7 @@ describe("log #unit", function()
 
   it("prints no progress in quiet mode", function()
     local r = run([[
-      local log = require("capil.log")
+      local log = require("capil.sys.log")
       log.configure({ quiet = true })
       local p = log.progress({ label = "x", total = 10, interval = 0.01 })
       p:update(5) p:close()

@@ -3,8 +3,8 @@
 -- address or a secret, and never a hang. Every case runs the binary.
 local capil = require("support.capil")
 local peer = require("support.peer")
-local fs = require("capil.fs")
-local host = require("capil.core.host")
+local fs = require("capil.sys.fs")
+local runtime = require("capil.core.runtime")
 
 -- Asserts that a run's output shows nothing internal.
 local function assert_clean(r)
@@ -71,9 +71,9 @@ describe("messages to the user #unit", function()
     for i = 1, 20000 do lines[#lines + 1] = ("  unknown_field_%d = 1,"):format(i) end
     lines[#lines + 1] = "}"
     local path = recipe("many", table.concat(lines, "\n") .. "\n")
-    local t0 = host.now()
+    local t0 = runtime.now()
     local r = capil.run({ "validate", path }, { timeout = 30 })
-    local took = host.now() - t0
+    local took = runtime.now() - t0
     assert.equal(1, r.code)
     assert.is_true(took < 3, ("took %.1f s"):format(took))
     local n = select(2, r.stderr:gsub("unknown field '", ""))
@@ -82,10 +82,10 @@ describe("messages to the user #unit", function()
     assert_clean(r)
 
     path = recipe("longkey", ('return { ["%s"] = 1 }\n'):format(("k"):rep(200000)))
-    t0 = host.now()
+    t0 = runtime.now()
     r = capil.run({ "validate", path }, { timeout = 30 })
     assert.equal(1, r.code)
-    assert.is_true(host.now() - t0 < 3)
+    assert.is_true(runtime.now() - t0 < 3)
     assert.is_true(#r.stderr < 2000, "the whole key printed")
     assert_clean(r)
   end)

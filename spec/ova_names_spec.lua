@@ -2,10 +2,10 @@
 -- the member, and nothing is written outside the output directory.
 local capil = require("spec.support.capil")
 local peer = require("spec.support.peer")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local ova = require("capil.ova")
-local ovf = require("capil.ovf")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local ova = require("capil.format.ova")
+local ovf = require("capil.format.ovf")
 
 -- Writes a ustar OVA with python3's tarfile (it writes any name as given).
 local function make_ova(path, members)
@@ -16,7 +16,7 @@ local function make_ova(path, members)
     "        t.addfile(ti, io.BytesIO(d))" }
   local enc = {}
   for _, m in ipairs(members) do
-    enc[#enc + 1] = require("capil.json").encode({ m[1], m[2] })
+    enc[#enc + 1] = require("capil.sys.json").encode({ m[1], m[2] })
   end
   local r = assert(proc.run({ argv = { "python3", "-c", table.concat(lines, "\n"), path },
     stdin = "[" .. table.concat(enc, ",") .. "]", timeout = 30 }))

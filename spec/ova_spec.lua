@@ -3,23 +3,23 @@
 -- streamOptimized: a few MiB), GNU tar, sha256sum, xmllint and qemu-img
 -- check what capil wrote. Needs qemu-utils and libxml2-utils.
 local archive = require("capil.core.archive")
-local build_options = require("capil.build_options")
-local fs = require("capil.fs")
-local hash = require("capil.hash")
-local host = require("capil.core.host")
-local json = require("capil.json")
-local log = require("capil.log")
-local manifest = require("capil.manifest")
-local ova = require("capil.ova")
-local ovf = require("capil.ovf")
-local proc = require("capil.proc")
-local template = require("capil.template")
-local vmdk = require("capil.vmdk")
+local build_options = require("capil.build.loader")
+local fs = require("capil.sys.fs")
+local hash = require("capil.sys.hash")
+local runtime = require("capil.core.runtime")
+local json = require("capil.sys.json")
+local log = require("capil.sys.log")
+local manifest = require("capil.format.manifest")
+local ova = require("capil.format.ova")
+local ovf = require("capil.format.ovf")
+local proc = require("capil.sys.proc")
+local template = require("capil.util.template")
+local vmdk = require("capil.format.vmdk")
 local capil = require("support.capil")
 
 local NAME = "ubuntu-2004-kube-v1.16.14"
 local GiB = 1024 ^ 3
-local VARS = { build_timestamp = "1600000000", build_date = "2020-09-13T12:26:40Z", capil_version = host.version }
+local VARS = { build_timestamp = "1600000000", build_date = "2020-09-13T12:26:40Z", capil_version = runtime.version }
 
 -- Runs a command that must succeed; returns its stdout.
 local function run(argv, opts)
@@ -456,7 +456,7 @@ describe("ova #ova", function()
         "IMAGE_BUILDER_VERSION", "KUBERNETES_SEMVER", "KUBERNETES_SOURCE_TYPE", "DISTRO_NAME", "DISTRO_VERSION",
         "DISTRO_ARCH", "USER_NOTE" }, f.property_order)
       assert.same({ BUILD_TIMESTAMP = "1600000000", BUILD_DATE = "2020-09-13T12:26:40Z", CNI_VERSION = "v0.8.6",
-        CONTAINERD_VERSION = "1.3.4", CUSTOM_ROLE = "false", IMAGE_BUILDER_VERSION = host.version,
+        CONTAINERD_VERSION = "1.3.4", CUSTOM_ROLE = "false", IMAGE_BUILDER_VERSION = runtime.version,
         KUBERNETES_SEMVER = "v1.16.14", KUBERNETES_SOURCE_TYPE = "http", DISTRO_NAME = "ubuntu",
         DISTRO_VERSION = "20.04", DISTRO_ARCH = "amd64", USER_NOTE = "a \"quoted\" <value> & more" }, f.properties)
       assert.is_true(f.eula)
@@ -544,14 +544,14 @@ describe("ova #ova", function()
       local d2 = fresh_dir("pack-interrupt")
       local target = d2 .. "/" .. NAME .. ".ova"
       local script = capil.script(d2, "pack.lua", ([[
-        local fs = require("capil.fs")
-        local host = require("capil.core.host")
-        local ova = require("capil.ova")
-        local part = %q .. ".part." .. require("capil.proc").getpid()
-        local t0 = host.now()
+        local fs = require("capil.sys.fs")
+        local runtime = require("capil.core.runtime")
+        local ova = require("capil.format.ova")
+        local part = %q .. ".part." .. require("capil.sys.proc").getpid()
+        local t0 = runtime.now()
         while not fs.exists(part) do
-          if host.now() - t0 > 20 then os.exit(3) end
-          host.sleep(0.01)
+          if runtime.now() - t0 > 20 then os.exit(3) end
+          runtime.sleep(0.01)
         end
         local r, err, code = ova.pack({ ova = %q, disks = { { path = %q, sha256 = %q } }, progress = false,
           os = { ovf_id = 94, os_type = "ubuntu64Guest" },
@@ -564,9 +564,9 @@ describe("ova #ova", function()
       local part = target .. ".part." .. child.pid
       run({ "mkfifo", part })
       local holder = assert(proc.spawn({ argv = { "sh", "-c", 'exec sleep 30 0<>"$1"', "sh", part } }))
-      local t0 = host.now()
-      while not fs.exists(d2 .. "/" .. NAME .. ".mf") and host.now() - t0 < 20 do host.sleep(0.02) end
-      host.sleep(0.3)
+      local t0 = runtime.now()
+      while not fs.exists(d2 .. "/" .. NAME .. ".mf") and runtime.now() - t0 < 20 do runtime.sleep(0.02) end
+      runtime.sleep(0.3)
       assert.is_true(child:running())
       child:kill("INT")
       local st = assert(child:wait({ timeout = 20 }))
@@ -810,7 +810,7 @@ describe("ova #ova", function()
       for _, k in ipairs(manifest.KEYS) do assert.equal("string", type(cd[k]), k) end
       for _, k in ipairs(manifest.EXTRA_KEYS) do assert.equal("string", type(cd[k]), k) end
       assert.equal("1600000000", cd.build_timestamp)
-      assert.equal(host.version, cd.ib_version)
+      assert.equal(runtime.version, cd.ib_version)
       assert.equal("40960", cd.disk_size_mb)
       assert.equal("pvscsi", cd.disk_controller)
       assert.equal("94", cd.ovf_os_id)

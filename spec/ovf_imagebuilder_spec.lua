@@ -1,20 +1,20 @@
 -- capil's OVF against image-builder's, fact by fact: an OVA is packed by
 -- capil from the plan of the seed recipe ubuntu-2004 (backend qemu) and a
 -- small VMDK made with qemu-img, its descriptor is read back out of the OVA
--- and parsed with capil.xml, and every fact a deployment reads is compared
+-- and parsed with capil.sys.xml, and every fact a deployment reads is compared
 -- with what image-builder's template writes for the same build. The
 -- differences that remain are listed below, each with its reason; the spec
 -- fails when any other fact differs, or when a listed one stops differing
 -- (then the list is stale). docs/image-differences.md explains each one.
 -- Needs qemu-utils (qemu-img).
-local build_options = require("capil.build_options")
-local fs = require("capil.fs")
-local log = require("capil.log")
-local ova = require("capil.ova")
-local proc = require("capil.proc")
-local template = require("capil.template")
-local vmdk = require("capil.vmdk")
-local xml = require("capil.xml")
+local build_options = require("capil.build.loader")
+local fs = require("capil.sys.fs")
+local log = require("capil.sys.log")
+local ova = require("capil.format.ova")
+local proc = require("capil.sys.proc")
+local template = require("capil.util.template")
+local vmdk = require("capil.format.vmdk")
+local xml = require("capil.sys.xml")
 
 local NS = {
   ovf = "http://schemas.dmtf.org/ovf/envelope/1",

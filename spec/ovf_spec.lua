@@ -1,11 +1,11 @@
 -- The OVF descriptor: generated from real plans, checked by xmllint and
 -- parsed back into the same facts. Needs libxml2-utils (xmllint).
-local build_options = require("capil.build_options")
-local fs = require("capil.fs")
-local ova = require("capil.ova")
-local ovf = require("capil.ovf")
-local proc = require("capil.proc")
-local template = require("capil.template")
+local build_options = require("capil.build.loader")
+local fs = require("capil.sys.fs")
+local ova = require("capil.format.ova")
+local ovf = require("capil.format.ovf")
+local proc = require("capil.sys.proc")
+local template = require("capil.util.template")
 
 local VARS = { build_timestamp = "1600000000", build_date = "2020-09-13T12:26:40Z", capil_version = "0.1.0" }
 

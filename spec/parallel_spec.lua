@@ -7,12 +7,12 @@ local capil = require("support.capil")
 local vcsim = require("support.vcsim")
 local sshd = require("support.sshd")
 local peer = require("support.peer")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local hash = require("capil.hash")
-local host = require("capil.core.host")
-local json = require("capil.json")
-local xml = require("capil.xml")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local hash = require("capil.sys.hash")
+local runtime = require("capil.core.runtime")
+local json = require("capil.sys.json")
+local xml = require("capil.sys.xml")
 
 local PASSWORD = "Vc-par4llel!pw"
 local SEMVER = "v1.16.14"
@@ -134,7 +134,7 @@ describe("parallel builds and bundles #vsphere #parallel", function()
     local isodir = tmp .. "/isos"
     assert(fs.mkdir(isodir))
     assert(fs.copy(iso, isodir .. "/installer.iso"))
-    local srv = assert(require("capil.installer").serve({ dir = isodir }))
+    local srv = assert(require("capil.build.installer").serve({ dir = isodir }))
     local url = ("http://127.0.0.1:%d/installer.iso"):format(srv.port)
     -- the variables in the bundle's defaults: the command line's --var would win over the entry's
     local bundle = write_bundle("four.lua", entries, common_defaults({ ("iso_url = %q"):format(url) }))
@@ -244,7 +244,7 @@ describe("parallel builds and bundles #vsphere #parallel", function()
     local p = assert(proc.spawn({ argv = a, stdin = "null", stdout = console, stderr = "stdout",
       env_add = { XDG_CACHE_HOME = tmp .. "/cache" } }))
     local names = { "intr1-kube-" .. SEMVER, "intr2-kube-" .. SEMVER }
-    local deadline = host.now() + 60
+    local deadline = runtime.now() + 60
     local function both_waiting()
       for _, n in ipairs(names) do
         local l = fs.read(("%s/%s/logs/build.log"):format(out, n)) or ""
@@ -254,8 +254,8 @@ describe("parallel builds and bundles #vsphere #parallel", function()
     end
     while not both_waiting() do
       assert(p:running(), "the parent exited early: " .. (fs.read(console) or ""))
-      assert(host.now() < deadline, "the builds did not reach the boot command: " .. (fs.read(console) or ""))
-      host.sleep(0.2)
+      assert(runtime.now() < deadline, "the builds did not reach the boot command: " .. (fs.read(console) or ""))
+      runtime.sleep(0.2)
     end
     local vms = names_in(sim)
     for _, n in ipairs(names) do assert.equal(1, vms[n], n) end
@@ -384,7 +384,7 @@ describe("parallel builds and bundles #vsphere #parallel", function()
 end)
 
 describe("bundle loading #unit #parallel", function()
-  local bundle = require("capil.bundle")
+  local bundle = require("capil.build.bundle")
   local tmp
 
   setup(function() tmp = peer.dir("bundle-unit") end)

@@ -5,11 +5,11 @@
 local capil = require("support.capil")
 local fixtures = require("support.fixtures")
 local peer = require("support.peer")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local hash = require("capil.hash")
-local host = require("capil.core.host")
-local json = require("capil.json")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local hash = require("capil.sys.hash")
+local runtime = require("capil.core.runtime")
+local json = require("capil.sys.json")
 
 local function tiny_args(out, extra)
   local t = fixtures.tiny()
@@ -64,7 +64,7 @@ describe("pipeline on QEMU with the tiny guest #qemu", function()
     assert_clean(out, r.stderr)
     -- the installer server lived only while the build ran
     local port = tonumber(r.stderr:match("installer files served on [%d%.]+:(%d+)"))
-    assert.is_nil(host.port_open("127.0.0.1", port, 0.5))
+    assert.is_nil(runtime.port_open("127.0.0.1", port, 0.5))
   end)
 
   it("fails when SSH never comes up, naming the serial log", function()
@@ -76,11 +76,11 @@ describe("pipeline on QEMU with the tiny guest #qemu", function()
   end)
 
   it("fails fast when the guest powers off during the wait", function()
-    local t0 = host.now()
+    local t0 = runtime.now()
     local r = capil.run(tiny_args(out, { "capil.nossh=1", "capil.poweroff=3", "--var", "ssh_timeout=300s" }),
       { timeout = 120 })
     assert.equal(1, r.code)
-    assert.is_true(host.now() - t0 < 60, "did not fail fast")
+    assert.is_true(runtime.now() - t0 < 60, "did not fail fast")
     assert.matches("QEMU exited", r.stderr, 1, true)
     assert.matches("serial.log", r.stderr, 1, true)
     assert_clean(out .. "/tiny-kube-v1.16.14", r.stderr)
@@ -100,18 +100,18 @@ describe("pipeline on QEMU with the tiny guest #qemu", function()
     for _, a in ipairs(tiny_args(out, { "capil.nossh=1", "--var", "ssh_timeout=300s" })) do argv[#argv + 1] = a end
     local p = assert(proc.spawn({ argv = argv, stdout = "pipe", stderr = "pipe" }))
     local err = ""
-    local deadline = host.now() + 60
-    while not err:find("waiting up to", 1, true) and host.now() < deadline do
+    local deadline = runtime.now() + 60
+    while not err:find("waiting up to", 1, true) and runtime.now() < deadline do
       local stream, chunk = p:read({ timeout = 5 })
       if stream == "stderr" then err = err .. chunk end
     end
     assert.matches("waiting up to", err, 1, true)
     local pid = qemu_pid(err)
     assert.is_true(proc.alive(pid))
-    local t0 = host.now()
+    local t0 = runtime.now()
     assert(p:kill("INT"))
     local st = assert(p:wait({ timeout = 15 }))
-    assert.is_true(host.now() - t0 < 15)
+    assert.is_true(runtime.now() - t0 < 15)
     assert.equal(130, st.code)
     p:close()
     assert.is_false(proc.alive(pid))

@@ -1,5 +1,5 @@
-local proc = require("capil.proc")
-local host = require("capil.core.host")
+local proc = require("capil.sys.proc")
+local runtime = require("capil.core.runtime")
 
 describe("proc #unit", function()
   it("runs argv arrays and captures output and exit code", function()
@@ -34,13 +34,13 @@ describe("proc #unit", function()
   end)
 
   it("returns a distinct timeout result and kills the child", function()
-    local t0 = host.now()
+    local t0 = runtime.now()
     local r, err, code, partial = proc.run({ argv = { "sh", "-c", "echo started; exec sleep 30" }, timeout = 0.5 })
     assert.is_nil(r)
     assert.equal("ETIMEDOUT", code)
     assert.equal("proc.run: sh timed out after 0.5 s", err)
     assert.equal("started\n", partial.stdout)
-    assert.is_true(host.now() - t0 < 5)
+    assert.is_true(runtime.now() - t0 < 5)
   end)
 
   it("reports a missing program with ENOENT and its name", function()
@@ -122,28 +122,28 @@ describe("proc daemons and exec #unit", function()
 
   it("a daemon gets its own session and outlives the capil that started it", function()
     local r = capil.run({ "-e", [[
-      local p = assert(require("capil.proc").spawn({ argv = { "sleep", "30" }, stdin = "null", stdout = "null",
+      local p = assert(require("capil.sys.proc").spawn({ argv = { "sleep", "30" }, stdin = "null", stdout = "null",
         stderr = "null", daemon = true }))
       p:detach()
       print(p.pid)]] })
     assert.equal(0, r.code, r.stderr)
     local pid = assert(tonumber(r.stdout))
     finally(function() if proc.alive(pid) then proc.kill(pid, "KILL") end end)
-    host.sleep(0.3)
+    runtime.sleep(0.3)
     assert.is_true(proc.alive(pid), "the daemon died with its parent")
     assert.equal(pid, session_of(pid))
     -- an ordinary child dies with the capil that started it (PDEATHSIG)
     r = capil.run({ "-e", [[
-      local p = assert(require("capil.proc").spawn({ argv = { "sleep", "30" }, stdin = "null", stdout = "null", stderr = "null" }))
+      local p = assert(require("capil.sys.proc").spawn({ argv = { "sleep", "30" }, stdin = "null", stdout = "null", stderr = "null" }))
       p:detach()
       print(p.pid)]] })
     local child = assert(tonumber(r.stdout))
-    for _ = 1, 50 do if not proc.alive(child) then break end host.sleep(0.1) end
+    for _ = 1, 50 do if not proc.alive(child) then break end runtime.sleep(0.1) end
     assert.is_false(proc.alive(child))
   end)
 
   it("exec replaces the process, or returns the reason", function()
-    local r = capil.run({ "-e", [[io.write("before ") require("capil.proc").exec({ "sh", "-c", "echo ran; exit 7" })]] })
+    local r = capil.run({ "-e", [[io.write("before ") require("capil.sys.proc").exec({ "sh", "-c", "echo ran; exit 7" })]] })
     assert.equal(7, r.code)
     assert.equal("before ran\n", r.stdout)
     local _, err, code = proc.exec({ "/nonexistent/capil-nothing" })

@@ -1,8 +1,8 @@
 local qemu = require("capil.backends.qemu")
-local installer = require("capil.installer")
+local installer = require("capil.build.installer")
 local peer = require("support.peer")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
 
 local function has_pair(argv, flag, value)
   for i = 1, #argv - 1 do if argv[i] == flag and argv[i + 1] == value then return true end end

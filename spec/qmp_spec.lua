@@ -1,7 +1,7 @@
-local qmp = require("capil.qmp")
-local proc = require("capil.proc")
+local qmp = require("capil.sys.qmp")
+local proc = require("capil.sys.proc")
 local peer = require("support.peer")
-local bootcmd = require("capil.bootcmd")
+local bootcmd = require("capil.build.bootcmd")
 
 -- A real QEMU, paused (-S), with no disks: enough for the machine protocol.
 describe("qmp against QEMU #qemu", function()

@@ -1,7 +1,7 @@
-local recipe = require("capil.recipe")
-local config = require("capil.config")
-local plan = require("capil.plan")
-local bootcmd = require("capil.bootcmd")
+local recipe = require("capil.build.recipe")
+local config = require("capil.build.config")
+local plan = require("capil.build.plan")
+local bootcmd = require("capil.build.bootcmd")
 
 local function resolve(name, backend, opts)
   local r = assert(recipe.load(name))
@@ -218,7 +218,7 @@ end)
 
 describe("schema outputs #unit", function()
   local generate = require("capil.cmd.schema").generate
-  local fs = require("capil.fs")
+  local fs = require("capil.sys.fs")
   it("the committed docs and LuaLS annotations match the schema", function()
     assert.equal(generate.markdown(), fs.read("docs/recipes.md"))
     assert.equal(generate.luals(), fs.read("lua/capil/types/recipe.lua"))
@@ -226,7 +226,7 @@ describe("schema outputs #unit", function()
 
   it("every schema field with a variable is unique and documented", function()
     local seen = {}
-    for _, f in ipairs(require("capil.schema").fields) do
+    for _, f in ipairs(require("capil.build.schema").fields) do
       if f.var then
         assert.is_nil(seen[f.var], f.var)
         seen[f.var] = true

@@ -42,7 +42,7 @@ describe("repl #unit", function()
   end)
 
   it("pretty-prints nested tables with cycles", function()
-    local pretty = require("capil.pretty")
+    local pretty = require("capil.util.pretty")
     local t = { name = "vm", disks = { { size = 20 } } }
     t.self = t
     assert.equal('{\n  disks = {\n    {\n      size = 20,\n    },\n  },\n  name = "vm",\n  self = <cycle>,\n}',
@@ -51,15 +51,15 @@ describe("repl #unit", function()
 end)
 
 describe("repl interruption #unit", function()
-  local proc = require("capil.proc")
-  local host = require("capil.core.host")
+  local proc = require("capil.sys.proc")
+  local runtime = require("capil.core.runtime")
 
   it("Ctrl-C stops the running code and the REPL goes on", function()
     local p = assert(proc.spawn({ argv = { capil.exe, "repl" }, stdin = "pipe", stdout = "pipe", stderr = "pipe" }))
     assert(p:write("print('looping') while true do end\n"))
     local out = ""
-    local deadline = host.now() + 20
-    while not out:find("looping\n", 1, true) and host.now() < deadline do
+    local deadline = runtime.now() + 20
+    while not out:find("looping\n", 1, true) and runtime.now() < deadline do
       local stream, chunk = p:read({ timeout = 5 })
       if stream == "stdout" then out = out .. chunk end
     end

@@ -1,6 +1,6 @@
-local roles = require("capil.roles")
-local fs = require("capil.fs")
-local hash = require("capil.hash")
+local roles = require("capil.build.roles")
+local fs = require("capil.sys.fs")
+local hash = require("capil.sys.hash")
 
 local VARS = dofile("spec/fixtures/roles/vars.lua")
 
@@ -296,7 +296,7 @@ describe("roles #unit", function()
   end
 
   it("produces shell that parses with the real /bin/sh, for every family and source", function()
-    local proc = require("capil.proc")
+    local proc = require("capil.sys.proc")
     local variants = {
       {},
       { kubernetes_source_type = "http", kubernetes_cni_source_type = "http", kubernetes_load_additional_imgs = "true",

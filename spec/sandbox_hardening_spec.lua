@@ -4,8 +4,8 @@
 -- traceback), and a recipe loaded after it in the same process must behave.
 local capil = require("spec.support.capil")
 local peer = require("spec.support.peer")
-local proc = require("capil.proc")
-local host = require("capil.core.host")
+local proc = require("capil.sys.proc")
+local runtime = require("capil.core.runtime")
 
 local GOOD = "recipes/ubuntu-2004.lua"
 
@@ -87,9 +87,9 @@ return { name = ("abc"):upper() }
   describe("the budget", function()
     it("pcall cannot swallow it", function()
       local p = write("pcall.lua", "while true do pcall(function() while true do end end) end\n")
-      local t0 = host.now()
+      local t0 = runtime.now()
       validate_pair(p, "pcall%.lua:1: stopped after 10 million instructions")
-      assert.is_true(host.now() - t0 < 10)
+      assert.is_true(runtime.now() - t0 < 10)
     end)
 
     it("xpcall and its handler cannot either", function()
@@ -152,20 +152,20 @@ return {}
       local p = write(name, body)
       local h = assert(proc.spawn({ argv = { capil.exe, "validate", p }, stdin = "null", stdout = "null",
         stderr = p .. ".err" }))
-      host.sleep(0.5)
+      runtime.sleep(0.5)
       return h, p .. ".err"
     end
 
     local function stops_within(h, errfile, sig, code)
       assert.is_true(h:running())
       assert(h:kill(sig))
-      local t0 = host.now()
+      local t0 = runtime.now()
       local st = assert(h:wait({ timeout = 3 }))
-      local took = host.now() - t0
+      local took = runtime.now() - t0
       h:close()
       assert.is_true(took < 1, ("took %.2f s"):format(took))
       assert.equal(code, st.code)
-      local stderr = assert(require("capil.fs").read(errfile))
+      local stderr = assert(require("capil.sys.fs").read(errfile))
       assert.matches("interrupted", stderr)
       assert.is_nil(stderr:find("stack traceback", 1, true), stderr)
     end

@@ -3,10 +3,10 @@
 -- pkgs.k8s.io starts) and on a local and a vSphere backend, installs from
 -- pkgs.k8s.io or dl.k8s.io, pulls from registry.k8s.io, and reaches no host
 -- that was shut down.
-local recipe = require("capil.recipe")
-local config = require("capil.config")
-local plan = require("capil.plan")
-local json = require("capil.json")
+local recipe = require("capil.build.recipe")
+local config = require("capil.build.config")
+local plan = require("capil.build.plan")
+local json = require("capil.sys.json")
 local capil = require("support.capil")
 
 local SEEDS = { "centos-7", "photon-3", "ubuntu-1804", "ubuntu-2004" }

@@ -1,14 +1,14 @@
--- Specs for capil.ssh / capil.core.ssh against a real OpenSSH sshd on
+-- Specs for capil.sys.ssh / capil.core.ssh against a real OpenSSH sshd on
 -- 127.0.0.1 (spec/support/sshd.lua). Password logins cannot succeed here: root
 -- has no password and sshd runs without PAM, so only the refusal is tested.
-local ssh = require("capil.ssh")
+local ssh = require("capil.sys.ssh")
 local core = require("capil.core.ssh")
 local sshd = require("support.sshd")
 local peer = require("support.peer")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local log = require("capil.log")
-local host = require("capil.core.host")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local log = require("capil.sys.log")
+local runtime = require("capil.core.runtime")
 
 local function sha256sum(path)
   local r = assert(proc.run({ argv = { "sha256sum", path } }))
@@ -35,7 +35,7 @@ describe("ssh #ssh", function()
   local server, scratch
   local dirs = {}
 
-  -- A temp dir removed in teardown (busted's os.exit skips capil.cleanup).
+  -- A temp dir removed in teardown (busted's os.exit skips capil.sys.cleanup).
   local function tempdir(name)
     local d = peer.dir(name)
     dirs[#dirs + 1] = d
@@ -122,12 +122,12 @@ describe("ssh #ssh", function()
 
     it("times out with ETIMEDOUT and the session stays usable", function()
       local pidfile = scratch .. "/sleep.pid"
-      local t0 = host.now()
+      local t0 = runtime.now()
       local r, err, code = s:exec("echo $$ > " .. pidfile .. "; exec sleep 10", { timeout = 1 })
       assert.is_nil(r)
       assert.equal("ETIMEDOUT", code)
       assert.matches("timed out after 1 s", err, 1, true)
-      assert.is_true(host.now() - t0 < 5)
+      assert.is_true(runtime.now() - t0 < 5)
       assert.equal("still here\n", assert(s:exec("echo still here")).stdout)
       -- the remote command is left running (documented): end it here
       assert(proc.kill(assert(tonumber(assert(fs.read(pidfile)))), "KILL"))
@@ -275,8 +275,8 @@ describe("ssh #ssh", function()
       local agent = assert(proc.spawn({ argv = { "ssh-agent", "-D", "-a", sock }, stdin = "null",
                                         stdout = "null", stderr = "null" }))
       finally(function() agent:close(1) end)
-      local deadline = host.now() + 5
-      while not fs.exists(sock) and host.now() < deadline do host.sleep(0.02) end
+      local deadline = runtime.now() + 5
+      while not fs.exists(sock) and runtime.now() < deadline do runtime.sleep(0.02) end
       local added = assert(proc.run({ argv = { "ssh-add", server.key }, env_add = { SSH_AUTH_SOCK = sock } }))
       assert.equal(0, added.code)
       -- libssh2 finds the agent through SSH_AUTH_SOCK: run in a child capil
@@ -285,9 +285,9 @@ describe("ssh #ssh", function()
           user = %q, agent = true, timeout = 10}
         io.write(s and "in" or (code .. ": " .. err))
       ]]):format(server.port, server.user)
-      local r = assert(proc.run({ argv = { host.exepath(), "-e", script }, env_add = { SSH_AUTH_SOCK = sock } }))
+      local r = assert(proc.run({ argv = { runtime.exepath(), "-e", script }, env_add = { SSH_AUTH_SOCK = sock } }))
       assert.equal("in", r.stdout)
-      r = assert(proc.run({ argv = { host.exepath(), "-e", script },
+      r = assert(proc.run({ argv = { runtime.exepath(), "-e", script },
                             env_add = { SSH_AUTH_SOCK = dir .. "/no-agent" } }))
       assert.matches("^SSH_AUTH: .*ssh%-agent %(not reachable", r.stdout)
     end)
@@ -386,13 +386,13 @@ describe("ssh #ssh", function()
         proc.kill(srv.pid, "CONT")
         srv.stop()
       end)
-      local t0 = host.now()
+      local t0 = runtime.now()
       local s, err, code = core.connect({ host = "127.0.0.1", port = srv.port, user = srv.user,
                                          key = srv.key, timeout = 1 })
       assert.is_nil(s)
       assert.equal("ETIMEDOUT", code)
       assert.matches("handshake", err, 1, true)
-      assert.is_true(host.now() - t0 < 4)
+      assert.is_true(runtime.now() - t0 < 4)
       local ok, werr, wcode = ssh.wait({ host = "127.0.0.1", port = srv.port, timeout = 1, interval = 0.2 })
       assert.is_nil(ok)
       assert.equal("ETIMEDOUT", wcode)
@@ -400,11 +400,11 @@ describe("ssh #ssh", function()
     end)
 
     it("retries transient failures", function()
-      local t0 = host.now()
+      local t0 = runtime.now()
       local s, _, code = ssh.connect(opts({ port = peer.free_port(), retries = 2, retry_delay = 0.1 }))
       assert.is_nil(s)
       assert.equal("ECONNREFUSED", code)
-      assert.is_true(host.now() - t0 >= 0.2)
+      assert.is_true(runtime.now() - t0 >= 0.2)
     end)
 
     it("raises on misuse", function()
@@ -424,12 +424,12 @@ describe("ssh #ssh", function()
     end)
 
     it("times out on a closed port within the timeout", function()
-      local t0 = host.now()
+      local t0 = runtime.now()
       local ok, err, code = ssh.wait({ host = "127.0.0.1", port = peer.free_port(), timeout = 0.5, interval = 0.1 })
       assert.is_nil(ok)
       assert.equal("ETIMEDOUT", code)
       assert.matches("refused", err, 1, true)
-      assert.is_true(host.now() - t0 < 3)
+      assert.is_true(runtime.now() - t0 < 3)
     end)
   end)
 
@@ -459,13 +459,13 @@ describe("ssh #ssh", function()
         local s = assert(ssh.connect{host = "127.0.0.1", port = %d, user = %q, key = %q, timeout = 10})
         s:exec("echo $$ > %s; exec sleep 30")
       ]]):format(server.port, server.user, server.key, pidfile)
-      local p = assert(proc.spawn({ argv = { host.exepath(), "-e", script }, stdin = "null",
+      local p = assert(proc.spawn({ argv = { runtime.exepath(), "-e", script }, stdin = "null",
                                     stdout = "null", stderr = "null" }))
       finally(function() p:close(0.5) end)
-      local deadline = host.now() + 10
-      while not fs.exists(pidfile) and host.now() < deadline do host.sleep(0.05) end
+      local deadline = runtime.now() + 10
+      while not fs.exists(pidfile) and runtime.now() < deadline do runtime.sleep(0.05) end
       assert.is_true(fs.exists(pidfile))
-      host.sleep(0.1)
+      runtime.sleep(0.1)
       assert(p:kill("INT"))
       local st = assert(p:wait({ timeout = 5 }))
       assert.equal(128 + 2, st.code)

@@ -1,4 +1,4 @@
--- Specs for capil.suites: the pure helpers (#unit), and the suites run over
+-- Specs for capil.test.suites: the pure helpers (#unit), and the suites run over
 -- SSH against a real OpenSSH sshd on 127.0.0.1 (spec/support/sshd.lua, which
 -- logs in as the current user: root here, so no sudo) with downloads served
 -- by a real nginx (spec/support/nginx.lua). What must write /etc (the cni
@@ -7,13 +7,13 @@
 -- is never touched. The cni smoke step (a bridge ADD/DEL in a netns) would act
 -- on the host's network, so here only its refusal of a guest without iptables
 -- is tested; the e2e spec runs it for real in the Debian QEMU guest.
-local suites = require("capil.suites")
-local schema = require("capil.schema")
-local json = require("capil.json")
-local ssh = require("capil.ssh")
-local fs = require("capil.fs")
-local hash = require("capil.hash")
-local proc = require("capil.proc")
+local suites = require("capil.test.suites")
+local schema = require("capil.build.schema")
+local json = require("capil.sys.json")
+local ssh = require("capil.sys.ssh")
+local fs = require("capil.sys.fs")
+local hash = require("capil.sys.hash")
+local proc = require("capil.sys.proc")
 local sshd = require("support.sshd")
 local nginx = require("support.nginx")
 local peer = require("support.peer")

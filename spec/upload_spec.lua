@@ -6,10 +6,10 @@
 local capil = require("support.capil")
 local peers = require("support.gcs")
 local peer = require("support.peer")
-local fs = require("capil.fs")
-local hash = require("capil.hash")
-local manifest = require("capil.manifest")
-local proc = require("capil.proc")
+local fs = require("capil.sys.fs")
+local hash = require("capil.sys.hash")
+local manifest = require("capil.format.manifest")
+local proc = require("capil.sys.proc")
 
 local MiB = 1024 * 1024
 
@@ -88,7 +88,7 @@ describe("capil upload, images, download #gcs", function()
     assert.matches("ci%s+v1%.17%.0%-rc%.1%s+ubuntu%-2004%-kube%-v1%.17%.0%-rc%.1%.ova", r.stdout)
     r = capil_gcs({ "images", "ci", "--json", "--key-file", key.path })
     assert.equal(0, r.code, r.stderr)
-    local list = assert(require("capil.json").decode(r.stdout))
+    local list = assert(require("capil.sys.json").decode(r.stdout))
     assert.equal(1, #list)
     assert.equal("ci", list[1].kind)
     assert.equal(64, #list[1].sha256)
@@ -99,7 +99,7 @@ describe("capil upload, images, download #gcs", function()
     local broken = tmp .. "/broken-key.json"
     local text = assert(fs.read(key.path))
     assert(fs.write(broken, (text:gsub('"private_key": "[^"]*"', '"private_key": "-----BEGIN PRIVATE KEY-----\\nAAAA"'))))
-    local private = assert(require("capil.json").read(key.path)).private_key
+    local private = assert(require("capil.sys.json").read(key.path)).private_key
     local r = capil_gcs({ "upload", dir, "--key-file", broken })
     assert.equal(1, r.code)
     assert.matches("broken%-key%.json", r.stderr)

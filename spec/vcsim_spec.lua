@@ -1,13 +1,13 @@
 -- spec/vcsim_spec.lua — the vSphere simulator peer itself (spec/support/vcsim):
--- vcsim plus our shim, driven with raw SOAP envelopes over capil.http, so
+-- vcsim plus our shim, driven with raw SOAP envelopes over capil.sys.http, so
 -- the specs of the vim25 client can rely on what it does.
 local vcsim = require("support.vcsim")
-local http = require("capil.http")
-local xml = require("capil.xml")
-local hash = require("capil.hash")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local host = require("capil.core.host")
+local http = require("capil.sys.http")
+local xml = require("capil.sys.xml")
+local hash = require("capil.sys.hash")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local runtime = require("capil.core.runtime")
 
 -- Sends one SOAP call; returns {status, el = the response element or the
 -- Fault, fault = the fault type or nil, faultstring} (or nil, err, code).
@@ -79,12 +79,12 @@ end
 -- Polls f() until it returns a truthy value (state changes the simulator
 -- makes on its own clock); fails after `secs`.
 local function eventually(secs, f)
-  local deadline = host.now() + secs
+  local deadline = runtime.now() + secs
   while true do
     local v = f()
     if v then return v end
-    assert(host.now() < deadline, "condition not met in time")
-    host.sleep(0.05)
+    assert(runtime.now() < deadline, "condition not met in time")
+    runtime.sleep(0.05)
   end
 end
 

@@ -1,10 +1,10 @@
 -- spec/vim25_spec.lua — the vim25 SOAP client: serialisation and parsing
 -- (unit), then sessions, properties, inventory, tasks, waits, re-login,
 -- retries, keep-alive, logout and TLS against the vSphere simulator.
-local vim25 = require("capil.vim25")
-local xml = require("capil.xml")
-local host = require("capil.core.host")
-local proc = require("capil.proc")
+local vim25 = require("capil.vsphere.vim25")
+local xml = require("capil.sys.xml")
+local runtime = require("capil.core.runtime")
+local proc = require("capil.sys.proc")
 
 local ref, obj = vim25.ref, vim25.obj
 
@@ -377,7 +377,7 @@ describe("vim25 against the simulator #vsphere", function()
   end)
 
   it("reports a server that is not there", function()
-    local port = host.free_port()
+    local port = runtime.free_port()
     local c, err, code = vim25.connect({ server = "127.0.0.1:" .. port, scheme = "http", username = USER,
       password = PASS, timeout = 5 })
     assert.is_nil(c)
@@ -540,16 +540,16 @@ describe("vim25 against the simulator #vsphere", function()
   end)
 
   it("logs calls at debug level without their bodies", function()
-    local log = require("capil.log")
-    local dir = require("capil.fs").tempdir({ prefix = "capil-spec-vim25" })
+    local log = require("capil.sys.log")
+    local dir = require("capil.sys.fs").tempdir({ prefix = "capil-spec-vim25" })
     local path = dir .. "/build.log"
     local close = assert(log.add_file(path))
     local c = assert(connect())
     assert.is_truthy(c:find("/DC0"))
     assert.is_true(c:logout())
     close()
-    local text = assert(require("capil.fs").read(path))
-    require("capil.fs").remove(dir, { recursive = true })
+    local text = assert(require("capil.sys.fs").read(path))
+    require("capil.sys.fs").remove(dir, { recursive = true })
     assert.matches("vim25: Login SessionManager:SessionManager", text, 1, true)
     assert.matches("vim25: FindByInventoryPath SearchIndex:SearchIndex", text, 1, true)
     assert.is_nil(text:find(PASS, 1, true))
@@ -570,7 +570,7 @@ describe("vim25 against the simulator #vsphere", function()
 
   it("imports an OVF: CreateImportSpec, its ImportSpec back into ImportVApp, an NFC lease", function()
     local c = session()
-    local text = require("capil.ovf").descriptor({ name = "vim25-imp", annotation = "a & <b>", properties = {},
+    local text = require("capil.format.ovf").descriptor({ name = "vim25-imp", annotation = "a & <b>", properties = {},
       os = { ovf_id = 94, ovf_version = "", os_type = "ubuntu64Guest", display_name = "Ubuntu" },
       hardware = { cpus = 2, cores_per_socket = 1, memory_mb = 512, firmware = "bios", disk_controller = "pvscsi",
         vmx_version = 15 },
@@ -600,7 +600,7 @@ describe("vim25 against the simulator #vsphere", function()
     local url = d.url:gsub("^https?://%*", c.scheme .. "://" .. c.server)
     local opts = c:transfer_options({ separate = true })
     opts.method, opts.url, opts.body = "PUT", url, ("x"):rep(1000)
-    assert(require("capil.http").request(opts))
+    assert(require("capil.sys.http").request(opts))
     assert.is_nil(select(2, c:call("HttpNfcLeaseProgress", lease, { percent = 50 })))
     assert.is_nil(select(2, c:call("HttpNfcLeaseComplete", lease)))
     local vm = assert(c:find("/DC0/vm/vim25-imp"))
@@ -669,7 +669,7 @@ describe("vim25 against the simulator #vsphere", function()
     local dc = assert(c:find("/DC0"))
     assert.is_nil(c.stats.by_method.CurrentTime)
     sim:reset_calls()
-    host.sleep(0.3)
+    runtime.sleep(0.3)
     assert.are.equal(dc, c:find("/DC0"))
     assert.are.equal(1, c.stats.by_method.CurrentTime)
     assert.are.equal(1, sim:calls().CurrentTime)
@@ -679,14 +679,14 @@ describe("vim25 against the simulator #vsphere", function()
     -- on request (long steps between calls)
     assert.is_true(c:keepalive())
     assert.are.equal(1, c.stats.by_method.CurrentTime)
-    host.sleep(0.3)
+    runtime.sleep(0.3)
     assert.is_true(c:keepalive())
     assert.are.equal(2, c.stats.by_method.CurrentTime)
     assert.is_true(c:logout())
   end)
 
   it("logs out from the run's cleanup, once", function()
-    local cleanup = require("capil.cleanup")
+    local cleanup = require("capil.sys.cleanup")
     local n = cleanup.count()
     local c = assert(connect())
     assert.are.equal(n + 1, cleanup.count())

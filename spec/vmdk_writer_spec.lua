@@ -3,15 +3,15 @@
 -- VMDK identical to its source, `info` sees streamOptimized and the size,
 -- and the grain tables read back here name exactly the grains that
 -- `qemu-img map` reports allocated.
-local fs = require("capil.fs")
-local hash = require("capil.hash")
-local json = require("capil.json")
-local log = require("capil.log")
-local proc = require("capil.proc")
-local vmdk = require("capil.vmdk")
+local fs = require("capil.sys.fs")
+local hash = require("capil.sys.hash")
+local json = require("capil.sys.json")
+local log = require("capil.sys.log")
+local proc = require("capil.sys.proc")
+local vmdk = require("capil.format.vmdk")
 local vmdkw = require("capil.core.vmdkw")
 local capil = require("spec.support.capil")
-local host = require("capil.core.host")
+local runtime = require("capil.core.runtime")
 
 local GRAIN = 65536
 local MiB = 1024 * 1024
@@ -266,8 +266,8 @@ describe("vmdk writer #unit #qemuimg", function()
       local p = assert(proc.spawn({ argv = { capil.exe, "vmdk", "convert", src, out, "--jobs", "1" },
         stdout = "null", stderr = "null" }))
       local part = ("%s.part.%d"):format(out, p.pid)
-      local t0 = host.now()
-      while not fs.exists(part) and host.now() - t0 < 20 do host.sleep(0.01) end
+      local t0 = runtime.now()
+      while not fs.exists(part) and runtime.now() - t0 < 20 do runtime.sleep(0.01) end
       assert.is_true(fs.exists(part), "the writer did not start")
       assert(p:kill("INT"))
       local st = assert(p:wait({ timeout = 20 }))

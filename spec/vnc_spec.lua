@@ -1,10 +1,10 @@
-local vnc = require("capil.vnc")
+local vnc = require("capil.sys.vnc")
 local core = require("capil.core.vnc")
-local bootcmd = require("capil.bootcmd")
+local bootcmd = require("capil.build.bootcmd")
 local qemu = require("capil.backends.qemu")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local host = require("capil.core.host")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local runtime = require("capil.core.runtime")
 local peer = require("support.peer")
 local fixtures = require("support.fixtures")
 local nginx = require("support.nginx")
@@ -14,7 +14,7 @@ local sshd = require("support.sshd")
 local function free_displays(n)
   local out = {}
   for d = 20, 99 do
-    if not host.port_open("127.0.0.1", 5900 + d, 0.05) then out[#out + 1] = d end
+    if not runtime.port_open("127.0.0.1", 5900 + d, 0.05) then out[#out + 1] = d end
     if #out == n then return table.unpack(out) end
   end
   error("no free VNC display")
@@ -36,10 +36,10 @@ describe("vnc against QEMU #vnc #qemu", function()
     vm = assert(qemu.create({ workdir = dir, name = "vnc-typing", iso = iso, disk_mb = 64, accel = "tcg",
       memory_mb = 512, vnc_display = (free_displays(1)) }))
     assert(vm:start())
-    local deadline = host.now() + 90
+    local deadline = runtime.now() + 90
     while not (fs.read(vm.serial_log) or ""):find("boot: ", 1, true) do
-      assert(host.now() < deadline and vm:running(), "no ISOLINUX boot: prompt: " .. (fs.read(vm.serial_log) or ""))
-      host.sleep(0.2)
+      assert(runtime.now() < deadline and vm:running(), "no ISOLINUX boot: prompt: " .. (fs.read(vm.serial_log) or ""))
+      runtime.sleep(0.2)
     end
     -- nothing listens there: the installer only has to print the URL it got
     local url = ("http://10.0.2.2:%d/VNC-Marker_42/a.b/ks=Q.cfg"):format(peer.free_port())
@@ -47,11 +47,11 @@ describe("vnc against QEMU #vnc #qemu", function()
     assert(vm:type_keys_vnc(events, 0.05))
     local want = "capil-installer: fetching answer file " .. url .. "\n"
     local text
-    deadline = host.now() + 120
+    deadline = runtime.now() + 120
     repeat
-      host.sleep(0.5)
+      runtime.sleep(0.5)
       text = (fs.read(vm.serial_log) or ""):gsub("\r", "")
-    until text:find("capil-installer: fetching answer file", 1, true) or host.now() > deadline or not vm:running()
+    until text:find("capil-installer: fetching answer file", 1, true) or runtime.now() > deadline or not vm:running()
     assert.truthy(text:find(want, 1, true), text:sub(-2000))
   end)
 
@@ -102,7 +102,7 @@ describe("vnc against QEMU #vnc #qemu", function()
     for _ = 1, 3 do
       ok, kerr, kcode = s:key(0x61, true)
       if not ok then break end
-      host.sleep(0.1)
+      runtime.sleep(0.1)
     end
     assert.is_nil(ok)
     assert.is_truthy(kcode == "ECONNRESET" or kcode == "EPIPE", kcode)
@@ -168,7 +168,7 @@ describe("vnc failures #vnc #unit", function()
       for _ = 1, 50 do
         got = fs.read(server.keys) or ""
         if #got >= #want then break end
-        host.sleep(0.05)
+        runtime.sleep(0.05)
       end
       assert.equal(want, got)
     end)

@@ -10,15 +10,15 @@ local vcsim = require("support.vcsim")
 local esxi = require("support.esxi")
 local sshd = require("support.sshd")
 local peer = require("support.peer")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local hash = require("capil.hash")
-local host = require("capil.core.host")
-local json = require("capil.json")
-local bootcmd = require("capil.bootcmd")
-local template = require("capil.template")
-local recipe = require("capil.recipe")
-local vim25 = require("capil.vim25")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local hash = require("capil.sys.hash")
+local runtime = require("capil.core.runtime")
+local json = require("capil.sys.json")
+local bootcmd = require("capil.build.bootcmd")
+local template = require("capil.util.template")
+local recipe = require("capil.build.recipe")
+local vim25 = require("capil.vsphere.vim25")
 local vsphere_backend = require("capil.backends.vsphere")
 
 local PASSWORD = "Vc-s3cret!pw"
@@ -275,10 +275,10 @@ describe("vSphere backend against the simulator #vsphere", function()
       for _, x in ipairs(args(out, { "--var", "boot_wait=2s", "--var", "keep_vm=false" })) do a[#a + 1] = x end
       return a
     end)(), stdout = tmp .. "/relogin.out", stderr = "stdout", env_add = { XDG_CACHE_HOME = tmp .. "/cache" } }))
-    local deadline = host.now() + 60
+    local deadline = runtime.now() + 60
     while #by_name(sim, BUILD) == before do
-      assert(host.now() < deadline, "the VM never appeared")
-      host.sleep(0.05)
+      assert(runtime.now() < deadline, "the VM never appeared")
+      runtime.sleep(0.05)
     end
     assert.is_true(sim:drop_sessions() >= 1)
     local st = assert(p:wait({ timeout = 120 }))
@@ -297,12 +297,12 @@ describe("vSphere backend against the simulator #vsphere", function()
     for _, x in ipairs(args(out, { "--var", "boot_wait=3s" }, { varfile = vf })) do argv[#argv + 1] = x end
     local p = assert(proc.spawn({ argv = argv, stdout = tmp .. "/stopped.out", stderr = "stdout",
       env_add = { XDG_CACHE_HOME = tmp .. "/cache" } }))
-    local deadline = host.now() + 60
+    local deadline = runtime.now() + 60
     -- capil has seen its power-on task finish (the simulator's own state can
     -- say poweredOn while capil still waits for the task): the boot wait
     while not (fs.read(tmp .. "/stopped.out") or ""):find(BUILD .. ": powered on", 1, true) do
-      assert(host.now() < deadline, "the VM never powered on: " .. (fs.read(tmp .. "/stopped.out") or ""))
-      host.sleep(0.05)
+      assert(runtime.now() < deadline, "the VM never powered on: " .. (fs.read(tmp .. "/stopped.out") or ""))
+      runtime.sleep(0.05)
     end
     lone:stop() -- during the boot wait
     local st = assert(p:wait({ timeout = 120 }))
@@ -325,7 +325,7 @@ describe("vSphere backend against the simulator #vsphere", function()
 local vsphere = require("capil.backends.vsphere")
 local s = assert(vsphere.settings_from_vars({ var_files = { %q } }))
 local vc = assert(vsphere.connect(s))
-local p = assert(vc:props(require("capil.vim25").ref("VirtualMachine", %q),
+local p = assert(vc:props(require("capil.vsphere.vim25").ref("VirtualMachine", %q),
   { "config.hardware.numCPU", "config.hardware.memoryMB", "config.guestId", "name" }))
 print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.guestId"], p.name)
 ]]):format(varfile, ref)

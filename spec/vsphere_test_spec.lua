@@ -5,10 +5,10 @@
 -- a build VM (power on, guest IP from "VMware Tools").
 local vcsim = require("support.vcsim")
 local peer = require("support.peer")
-local fs = require("capil.fs")
-local json = require("capil.json")
-local hash = require("capil.hash")
-local vim25 = require("capil.vim25")
+local fs = require("capil.sys.fs")
+local json = require("capil.sys.json")
+local hash = require("capil.sys.hash")
+local vim25 = require("capil.vsphere.vim25")
 local vsphere = require("capil.backends.vsphere")
 
 local PASSWORD = "Vc-t3st!pw"

@@ -2,12 +2,12 @@
 -- vmware-vdiskmanager (spec/support/vmware_standin.lua: no VMware product
 -- runs here). The disks are real VMDKs made by qemu-img behind the stand-in.
 local ws = require("capil.backends.workstation")
-local build_options = require("capil.build_options")
+local build_options = require("capil.build.loader")
 local standin = require("support.vmware_standin")
 local peer = require("support.peer")
-local fs = require("capil.fs")
-local log = require("capil.log")
-local proc = require("capil.proc")
+local fs = require("capil.sys.fs")
+local log = require("capil.sys.log")
+local proc = require("capil.sys.proc")
 
 local RECIPES = "spec/fixtures/recipes"
 
@@ -84,7 +84,7 @@ describe("Workstation backend #workstation #unit", function()
 
     it("capil inspect --backend local resolves through PATH in a real child process", function()
       local sd = standin.new()
-      local exe = require("capil.core.host").exepath()
+      local exe = require("capil.core.runtime").exepath()
       local function backend_of(path)
         local r = assert(proc.run({ argv = { exe, "inspect", "testos", "--recipes-dir", RECIPES, "--backend", "local" },
           env_add = { PATH = path, VMWARE_VMRUN = "" }, timeout = 60 }))
@@ -218,14 +218,14 @@ describe("Workstation backend #workstation #unit", function()
       local server = peer.start({ name = "rfb-standin", port = port, log = dir .. "/server.log",
         argv = { "python3", "spec/support/rfb_server.py", tostring(port), "003.007", "none", dir .. "/keys.log" } })
       finally(server.stop)
-      local events = assert(require("capil.bootcmd").parse("ok<enter>"))
+      local events = assert(require("capil.build.bootcmd").parse("ok<enter>"))
       assert.is_true(vm:type_keys(events, 0))
       -- the stand-in logs what it has read; wait for all of it, then compare
       local want, got = "1 6f\n0 6f\n1 6b\n0 6b\n1 ff0d\n0 ff0d\n", ""
       for _ = 1, 100 do
         got = fs.read(dir .. "/keys.log") or ""
         if #got >= #want then break end
-        require("capil.core.host").sleep(0.05)
+        require("capil.core.runtime").sleep(0.05)
       end
       assert.equal(want, got)
       vm:destroy()
@@ -302,7 +302,7 @@ describe("Workstation backend #workstation #unit", function()
       local vmx = ws.vmx_parse(fs.read(vm.vmx))
       assert.equal("2", vmx.numvcpus)
       assert.equal("base64", vmx["guestinfo.userdata.encoding"])
-      assert.equal(data.userdata, require("capil.hash").base64_decode(vmx["guestinfo.userdata"]))
+      assert.equal(data.userdata, require("capil.sys.hash").base64_decode(vmx["guestinfo.userdata"]))
       local T = "vmrun | -T | ws | "
       assert.same({ T .. "listSnapshots | " .. vm.vmx, T .. "snapshot | " .. vm.vmx .. " | new",
         T .. "snapshot | " .. vm.vmx .. " | 2cpu", T .. "snapshot | " .. vm.vmx .. " | cloudinit" }, sd.calls())
@@ -357,7 +357,7 @@ describe("a Workstation build end to end through the stand-ins #workstation", fu
     local sshd = require("support.sshd")
     local buildenv = require("support.buildenv")
     local capil = require("support.capil")
-    local json = require("capil.json")
+    local json = require("capil.sys.json")
     local sd = standin.new({ ip_after = 1, ip = "127.0.0.1", display = true })
     finally(function() sd.stop_display() end)
     local tmp = require("support.peer").dir("ws-build")

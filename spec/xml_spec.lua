@@ -1,4 +1,4 @@
-local xml = require("capil.xml")
+local xml = require("capil.sys.xml")
 
 local SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 local VIM = "urn:vim25"
@@ -6,7 +6,7 @@ local VIM = "urn:vim25"
 -- A RetrievePropertiesEx response as the vSphere simulator (govmomi vcsim)
 -- writes it: the XMLSchema-instance namespace bound, on each element that
 -- needs it, to the prefix "XMLSchema-instance", not "xsi".
-local VCSIM_RESPONSE = assert(require("capil.fs").read("spec/fixtures/vcsim_retrieve_properties.xml"))
+local VCSIM_RESPONSE = assert(require("capil.sys.fs").read("spec/fixtures/vcsim_retrieve_properties.xml"))
 
 describe("xml #unit", function()
   describe("parse", function()

@@ -2,8 +2,8 @@
 --- option parser the subcommands share. Subcommands are modules
 --- `capil.cmd.<name>` returning {summary=, usage=, help=, options=, run=}, so
 --- later commands are added without touching C.
-local log = require("capil.log")
-local host = require("capil.core.host")
+local log = require("capil.sys.log")
+local runtime = require("capil.core.runtime")
 
 local M = {}
 
@@ -114,7 +114,7 @@ end
 --- Names of the available subcommands, sorted.
 function M.commands()
   local names, seen = {}, {}
-  local root, embedded = host.library()
+  local root, embedded = runtime.library()
   if root == "embedded" then
     for _, m in ipairs(embedded) do
       local n = m:match("^capil%.cmd%.([%w_%-]+)$")
@@ -144,7 +144,7 @@ end
 
 function M.usage()
   local lines = {
-    "capil " .. host.version .. " — build Cluster API node images from Lua recipes",
+    "capil " .. runtime.version .. " — build Cluster API node images from Lua recipes",
     "",
     "Usage:",
     "  capil [global options] COMMAND [options] [args]",

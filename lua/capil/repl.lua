@@ -4,8 +4,8 @@
 --- code without leaving the REPL, Tab completes names and fields, history is
 --- kept in $XDG_STATE_HOME/capil/history (~/.local/state/capil/history).
 local core = require("capil.core.repl")
-local log = require("capil.log")
-local pretty = require("capil.pretty")
+local log = require("capil.sys.log")
+local pretty = require("capil.util.pretty")
 
 local M = {}
 
@@ -20,9 +20,9 @@ end
 
 -- Modules bound by name in the REPL environment, loaded on first use.
 local LAZY = {
-  fs = "capil.fs", proc = "capil.proc", log = "capil.log", json = "capil.json",
-  xml = "capil.xml", hash = "capil.hash", http = "capil.http", ssh = "capil.ssh",
-  pretty = "capil.pretty", cleanup = "capil.cleanup",
+  fs = "capil.sys.fs", proc = "capil.sys.proc", log = "capil.sys.log", json = "capil.sys.json",
+  xml = "capil.sys.xml", hash = "capil.sys.hash", http = "capil.sys.http", ssh = "capil.sys.ssh",
+  pretty = "capil.util.pretty", cleanup = "capil.sys.cleanup",
 }
 
 --- A fresh environment: globals, the capil modules by short name, and
@@ -117,7 +117,7 @@ function M.eval(chunk, out)
   if not results[1] then
     core.clear_interrupt()
     local msg = tostring(results[2])
-    if require("capil.core.host").interrupted() or msg:match("interrupted") then
+    if require("capil.core.runtime").interrupted() or msg:match("interrupted") then
       msg = "interrupted"
     end
     out:write(log.redact(msg), "\n")

@@ -2,7 +2,7 @@
 -- (image-builder's setup role, which node.yml pulls in as node's dependency).
 -- Variables: disable_public_repos, extra_repos (files on this machine),
 -- extra_debs / extra_rpms, redhat_epel_rpm, ssh_username; http_proxy,
--- https_proxy and no_proxy reach every command through capil.roles.
+-- https_proxy and no_proxy reach every command through capil.build.roles.
 -- Where the packages come from is the recipe's: ubuntu_repo and
 -- ubuntu_security_repo (sources.list), centos_repo and redhat_epel_repo
 -- (the installed repo files rewritten: their mirrorlists are gone),

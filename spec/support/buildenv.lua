@@ -1,9 +1,9 @@
 -- spec/support/buildenv.lua — what the simulator builds need on this side:
 -- an "ISO" (any file: the simulator's VMs never boot it) and the real
 -- streamOptimized VMDK the simulator's export serves, made with qemu-img.
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local hash = require("capil.hash")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local hash = require("capil.sys.hash")
 
 local M = {}
 

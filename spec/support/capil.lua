@@ -1,11 +1,11 @@
 -- spec/support/capil.lua — runs the capil binary under test (the one running
 -- these specs: build/capil or build-asan/capil) as a child process.
-local proc = require("capil.proc")
-local host = require("capil.core.host")
+local proc = require("capil.sys.proc")
+local runtime = require("capil.core.runtime")
 
 local M = {}
 
-M.exe = assert(host.exepath())
+M.exe = assert(runtime.exepath())
 
 --- Runs `capil args...`; returns {code, stdout, stderr}.
 ---@param args string[]
@@ -25,7 +25,7 @@ end
 ---@param dir string
 function M.assert_no_leftovers(dir)
   local assert = require("luassert")
-  for _, f in ipairs(require("capil.fs").list(dir) or {}) do
+  for _, f in ipairs(require("capil.sys.fs").list(dir) or {}) do
     assert.is_nil(f:match("^%.work"), "work dir left: " .. f)
     assert.is_nil(f:match("%.ova$"), "OVA left: " .. f)
     assert.is_nil(f:match("%.part"), "partial file left: " .. f)

@@ -3,8 +3,8 @@
 -- kubernetes/test/bin/ginkgo as a /bin/sh script that checks it received
 -- exactly the words of the seed document's ginkgo command line and writes
 -- JUnit reports as ginkgo would, plus a placeholder e2e_node.test.
-local fs = require("capil.fs")
-local proc = require("capil.proc")
+local fs = require("capil.sys.fs")
+local proc = require("capil.sys.proc")
 
 local M = {}
 

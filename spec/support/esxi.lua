@@ -12,8 +12,8 @@
 -- temp dir.
 local peer = require("support.peer")
 local sshd = require("support.sshd")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
 
 local M = {}
 
@@ -82,7 +82,7 @@ function M.start(opts)
   --- Runs a command line on the stand-in host (as root): changes to its
   --- files go through the overlay, never into the upper layer behind its back.
   function handle.exec(cmd)
-    local sess = assert(require("capil.ssh").connect({ host = "127.0.0.1", port = port, user = "root",
+    local sess = assert(require("capil.sys.ssh").connect({ host = "127.0.0.1", port = port, user = "root",
       password = opts.password, host_key = fingerprint, timeout = 10 }))
     local res = assert(sess:exec(cmd))
     sess:close()

@@ -8,9 +8,9 @@
 -- and helpers to run QEMU with them: fixtures.qemu_argv(opts) builds the
 -- command line (TCG: KVM cannot run guests on these machines),
 -- fixtures.qemu(opts) starts it and returns a handle stopped by PID.
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local host = require("capil.core.host")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local runtime = require("capil.core.runtime")
 
 local M = {}
 
@@ -140,7 +140,7 @@ function M.qemu_argv(opts)
     if not ARGV_OPTS[k] then error(("fixtures.qemu_argv: unknown option '%s'"):format(k), 2) end
   end
   if not opts.serial then error("fixtures.qemu_argv: option 'serial' is required", 2) end
-  local port = opts.ssh_port or assert(host.free_port())
+  local port = opts.ssh_port or assert(runtime.free_port())
   local argv = {
     "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max",
     "-m", tostring(opts.memory or 256), "-smp", tostring(opts.smp or 1),
@@ -171,7 +171,7 @@ end
 
 ---@class fixtures.VM
 ---@field pid integer
----@field process any the capil.proc process
+---@field process any the capil.sys.proc process
 ---@field ssh_port integer
 ---@field serial string the serial log file
 ---@field dir string its scratch directory (removed by stop)
@@ -202,16 +202,16 @@ function M.qemu(opts)
   --- Waits until the serial log matches `pattern` (a Lua pattern); returns
   --- the capture or true, or nil and the log's tail on timeout or exit.
   function vm.wait_serial(pattern, timeout)
-    local deadline = host.now() + (timeout or 60)
+    local deadline = runtime.now() + (timeout or 60)
     while true do
       local text = vm.serial_text()
       local m = text:match(pattern)
       if m then return m end
-      if not p:running() or host.now() > deadline then
+      if not p:running() or runtime.now() > deadline then
         return nil, ("no %q in the serial log (%s):\n%s"):format(pattern,
           p:running() and "timeout" or "QEMU exited", text:sub(-3000))
       end
-      host.sleep(0.2)
+      runtime.sleep(0.2)
     end
   end
 

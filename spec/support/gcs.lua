@@ -19,11 +19,11 @@
 --   f.inject{ action = "drop", at_bytes = { 300000, 900000 } }
 --   ... f.stats().resent_bytes ... f.stop()
 local peer = require("support.peer")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local http = require("capil.http")
-local json = require("capil.json")
-local hash = require("capil.hash")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local http = require("capil.sys.http")
+local json = require("capil.sys.json")
+local hash = require("capil.sys.hash")
 
 local M = {}
 

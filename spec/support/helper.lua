@@ -6,6 +6,6 @@ package.path = "spec/?.lua;" .. package.path
 -- first so temp dirs and child processes of the specs are removed.
 local exit = os.exit
 os.exit = function(...) -- luacheck: ignore 122
-  require("capil.cleanup").run_all("exit")
+  require("capil.sys.cleanup").run_all("exit")
   return exit(...)
 end

@@ -5,8 +5,8 @@
 -- through spec/support/peer.lua; master_process on, one worker, so a test can
 -- kill the worker and let the master respawn it.
 local peer = require("support.peer")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
 
 local M = {}
 
@@ -72,11 +72,11 @@ http {
     log = dir .. "/stdout.log",
   })
   if tls_port then
-    local host = require("capil.core.host")
-    local deadline = host.now() + 5
-    while not host.port_open("127.0.0.1", tls_port, 0.2) do
-      assert(host.now() < deadline, "nginx did not listen on its TLS port")
-      host.sleep(0.02)
+    local runtime = require("capil.core.runtime")
+    local deadline = runtime.now() + 5
+    while not runtime.port_open("127.0.0.1", tls_port, 0.2) do
+      assert(runtime.now() < deadline, "nginx did not listen on its TLS port")
+      runtime.sleep(0.02)
     end
   end
   local server = { port = port, tls_port = tls_port, dir = dir, root = root, pid = handle.pid }
@@ -112,13 +112,13 @@ http {
   --- request has been logged: nginx logs a request just after answering it,
   --- so a client can otherwise see a response before its log line exists.
   function server.count(uri)
-    local host = require("capil.core.host")
+    local runtime = require("capil.core.runtime")
     local marks = #server.hits("/__marker")
     assert(require("capil.core.http").request({ url = server.url("/__marker") }))
-    local deadline = host.now() + 3
+    local deadline = runtime.now() + 3
     while #server.hits("/__marker") <= marks do
-      assert(host.now() < deadline, "nginx did not log the marker request")
-      host.sleep(0.005)
+      assert(runtime.now() < deadline, "nginx did not log the marker request")
+      runtime.sleep(0.005)
     end
     return #server.hits(uri)
   end

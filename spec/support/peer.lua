@@ -1,9 +1,9 @@
 -- spec/support/peer.lua — starts a real server for a test (sshd, nginx, ...)
 -- on 127.0.0.1, waits until its port accepts connections, and stops it by
 -- PID. Every peer the specs use goes through here.
-local proc = require("capil.proc")
-local host = require("capil.core.host")
-local fs = require("capil.fs")
+local proc = require("capil.sys.proc")
+local runtime = require("capil.core.runtime")
+local fs = require("capil.sys.fs")
 
 local M = {}
 
@@ -12,12 +12,12 @@ function M.dir(prefix)
   return assert(fs.tempdir({ prefix = "capil-spec-" .. (prefix or "peer") }))
 end
 
-M.free_port = function() return assert(host.free_port()) end
+M.free_port = function() return assert(runtime.free_port()) end
 
 --- Starts argv; returns a handle {pid, port, log, stop=fn} once `port`
 --- accepts TCP connections on 127.0.0.1, or raises with the peer's log.
 --- `dir`: the peer's scratch directory, removed by stop() (busted ends with
---- os.exit, so capil.cleanup would not run).
+--- os.exit, so capil.sys.cleanup would not run).
 ---@param opts {name: string, argv: string[], port: integer, log?: string, cwd?: string, env_add?: table, timeout?: number, dir?: string}
 function M.start(opts)
   local logpath = opts.log or (M.dir(opts.name) .. "/" .. opts.name .. ".log")
@@ -25,16 +25,16 @@ function M.start(opts)
     argv = opts.argv, cwd = opts.cwd, env_add = opts.env_add,
     stdin = "null", stdout = logpath, stderr = "stdout",
   }))
-  local deadline = host.now() + (opts.timeout or 10)
-  while not host.port_open("127.0.0.1", opts.port, 0.2) do
-    if not p:running() or host.now() > deadline then
+  local deadline = runtime.now() + (opts.timeout or 10)
+  while not runtime.port_open("127.0.0.1", opts.port, 0.2) do
+    if not p:running() or runtime.now() > deadline then
       p:close(0.5)
       local f = io.open(logpath)
       local out = f and f:read("a") or ""
       if f then f:close() end
       error(("%s did not listen on 127.0.0.1:%d:\n%s"):format(opts.name, opts.port, out), 2)
     end
-    host.sleep(0.02)
+    runtime.sleep(0.02)
   end
   local handle = { pid = p.pid, port = opts.port, log = logpath, process = p }
   function handle.stop()

@@ -3,10 +3,10 @@
 -- in a temp dir, listening on 127.0.0.1:<free port>, stopped by PID.
 -- Logins are as the current user (root here, with PermitRootLogin
 -- prohibit-password), with keys made by ssh-keygen. stop() also removes the
--- temp dir: busted ends with os.exit, so capil.cleanup would not run.
+-- temp dir: busted ends with os.exit, so capil.sys.cleanup would not run.
 local peer = require("support.peer")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
 
 local M = {}
 

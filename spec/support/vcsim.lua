@@ -9,12 +9,12 @@
 --   local sim = vcsim.start{ username = "admin", password = "secret", tls = true }
 --   -- sim.url, sim.server, sim.ca_file, ...; sim:calls(), sim:keys(), sim:stop()
 local peer = require("support.peer")
-local proc = require("capil.proc")
-local fs = require("capil.fs")
-local http = require("capil.http")
-local json = require("capil.json")
-local hash = require("capil.hash")
-local host = require("capil.core.host")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local http = require("capil.sys.http")
+local json = require("capil.sys.json")
+local hash = require("capil.sys.hash")
+local runtime = require("capil.core.runtime")
 
 local M = {}
 
@@ -202,17 +202,17 @@ function M.start(opts)
   end
   sim.handle, sim.pid = handle, handle.pid
   -- the shim is installed just after the port opens: wait for the URL line
-  local deadline = host.now() + 10
+  local deadline = runtime.now() + 10
   local line
   repeat
     line = (fs.read(sim.log) or ""):match("VCSIM_URL=(%S+)")
     if not line then
-      if host.now() > deadline or not handle.process:running() then
+      if runtime.now() > deadline or not handle.process:running() then
         local out = fs.read(sim.log) or ""
         sim:stop()
         error("vcsim did not print VCSIM_URL:\n" .. out, 2)
       end
-      host.sleep(0.01)
+      runtime.sleep(0.01)
     end
   until line
   sim.base = line:match("^(https?://[^/]+)")

@@ -9,7 +9,7 @@
 -- with the running VMs and snapshots kept in files. getGuestIPAddress fails
 -- with VMware's "Error: The VMware Tools are not running…" `ip_after` times,
 -- then prints `ip`. Not a model of VMware beyond these lines.
-local fs = require("capil.fs")
+local fs = require("capil.sys.fs")
 
 local M = {}
 
@@ -64,7 +64,7 @@ esac
 
 local function write_exec(path, text)
   assert(fs.write(path, text))
-  assert(require("capil.proc").run({ argv = { "chmod", "755", path } }).code == 0)
+  assert(require("capil.sys.proc").run({ argv = { "chmod", "755", path } }).code == 0)
 end
 
 --- Creates the stand-in. opts: ip_after (failures before the IP, default
@@ -105,7 +105,7 @@ function M.new(opts)
   --- Stops a display left running (a test that failed half-way).
   function s.stop_display()
     local pid = tonumber(fs.read(dir .. "/rfb.pid") or "")
-    if pid and require("capil.proc").alive(pid) then require("capil.proc").kill(pid) end
+    if pid and require("capil.sys.proc").alive(pid) then require("capil.sys.proc").kill(pid) end
   end
   return s
 end

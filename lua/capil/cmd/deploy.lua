@@ -1,7 +1,7 @@
 --- capil deploy — imports an OVA into vSphere (or ESXi) as a VM or template.
-local build_options = require("capil.build_options")
+local build_options = require("capil.build.loader")
 local cli = require("capil.cli")
-local log = require("capil.log")
+local log = require("capil.sys.log")
 
 return {
   summary = "import an OVA into vSphere or ESXi as a VM or a template",
@@ -30,7 +30,7 @@ new VM's managed object reference. On failure the lease is aborted.]],
     if backend ~= "vsphere" and backend ~= "esx" then
       cli.fail(("deploy: backend %s cannot import OVAs (vsphere or esx)"):format(backend), 2)
     end
-    if not require("capil.fs").exists(args[1]) then cli.fail(("deploy: %s: no such file"):format(args[1]), 1) end
+    if not require("capil.sys.fs").exists(args[1]) then cli.fail(("deploy: %s: no such file"):format(args[1]), 1) end
     local vsphere = require("capil.backends." .. backend)
     local s, serr = vsphere.settings_from_vars({ backend = backend, var_files = opts["var-file"],
       vars = build_options.vars(opts) })

@@ -1,7 +1,7 @@
 --- capil download — fetches an uploaded image, verified against its .sha256.
-local release = require("capil.release")
+local release = require("capil.publish.release")
 local cli = require("capil.cli")
-local log = require("capil.log")
+local log = require("capil.sys.log")
 
 return {
   summary = "download an image by version or URL, resumable, verified against its .sha256",

@@ -1,8 +1,8 @@
 --- capil images — lists uploaded images (the `gsutil ls` of image-builder's docs).
-local release = require("capil.release")
+local release = require("capil.publish.release")
 local cli = require("capil.cli")
-local log = require("capil.log")
-local json = require("capil.json")
+local log = require("capil.sys.log")
+local json = require("capil.sys.json")
 
 local function human(n)
   if not n then return "?" end

@@ -1,8 +1,8 @@
 --- capil inspect — the resolved plan as JSON, or where one value came from.
-local build_options = require("capil.build_options")
+local build_options = require("capil.build.loader")
 local cli = require("capil.cli")
-local json = require("capil.json")
-local log = require("capil.log")
+local json = require("capil.sys.json")
+local log = require("capil.sys.log")
 
 local options = { { name = "explain", arg = "KEY", multi = true,
   help = "show a value's layer and file (a variable or field path)" } }

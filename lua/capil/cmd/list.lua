@@ -1,9 +1,9 @@
 --- capil list — the recipes and the backends they build on (image-builder's `make help`).
 local cli = require("capil.cli")
-local fs = require("capil.fs")
-local log = require("capil.log")
-local recipe = require("capil.recipe")
-local plan = require("capil.plan")
+local fs = require("capil.sys.fs")
+local log = require("capil.sys.log")
+local recipe = require("capil.build.recipe")
+local plan = require("capil.build.plan")
 
 return {
   summary = "list recipes and backends",

@@ -1,10 +1,10 @@
 --- capil ova — pack an OVA from a build directory, verify one, inspect one.
 local cli = require("capil.cli")
-local fs = require("capil.fs")
-local json = require("capil.json")
-local log = require("capil.log")
-local manifest = require("capil.manifest")
-local ova = require("capil.ova")
+local fs = require("capil.sys.fs")
+local json = require("capil.sys.json")
+local log = require("capil.sys.log")
+local manifest = require("capil.format.manifest")
+local ova = require("capil.format.ova")
 
 local SUB = {
   pack = {

@@ -1,9 +1,9 @@
 --- capil repl — a Lua prompt with the capil modules loaded and, with a
 --- vSphere configuration, a live session bound to `vc`.
 local repl = require("capil.repl")
-local host = require("capil.core.host")
+local runtime = require("capil.core.runtime")
 local cli = require("capil.cli")
-local log = require("capil.log")
+local log = require("capil.sys.log")
 
 -- Opens the vSphere session the options describe, or nil when they name no
 -- server and no backend was asked for.
@@ -16,12 +16,12 @@ local function vsphere_bindings(opts)
   if not asked then return nil end
   local vsphere = require("capil.backends." .. (backend or "vsphere"))
   local s, serr = vsphere.settings_from_vars({ backend = backend or "vsphere", var_files = opts["var-file"],
-    vars = require("capil.build_options").vars(opts) })
+    vars = require("capil.build.loader").vars(opts) })
   if not s then cli.fail("repl: " .. serr, 2) end
   if not s.server and not backend then return nil end
   local vc, err = vsphere.connect(s)
   if not vc then cli.fail(err, 1) end
-  local b = { vc = vc, vim25 = require("capil.vim25"), vsphere = vsphere }
+  local b = { vc = vc, vim25 = require("capil.vsphere.vim25"), vsphere = vsphere }
   local inv, ierr = vsphere.resolve(vc, s)
   if inv then b.inv = inv else log.warn("inventory not resolved (inv is unset): %s", ierr) end
   return b, ("connected to %s as %s (%s)"):format(vc.server, s.username,
@@ -60,7 +60,7 @@ print their type and message; the password is never shown.]],
       history = opts["no-history"] and false or nil,
       bindings = bindings,
       words = bindings and bindings.vim25.methods() or nil,
-      banner = ("capil %s (%s) — Ctrl-D to leave%s"):format(host.version, host.lua_version,
+      banner = ("capil %s (%s) — Ctrl-D to leave%s"):format(runtime.version, runtime.lua_version,
         hello and ("\n" .. hello .. "; try vc:props(vc:find(\"/<datacenter>/vm/<name>\"), {\"runtime.powerState\"})") or ""),
     })
     if bindings then bindings.vc:logout() end

@@ -1,8 +1,8 @@
 --- capil run — builds an image from a recipe on a backend.
-local build_options = require("capil.build_options")
-local pipeline = require("capil.pipeline")
+local build_options = require("capil.build.loader")
+local pipeline = require("capil.build.pipeline")
 local cli = require("capil.cli")
-local log = require("capil.log")
+local log = require("capil.sys.log")
 
 local options = {
   { name = "keep-on-error", help = "after a failure, keep the VM and files and print how to reach them" },
@@ -37,17 +37,17 @@ end
 for _, o in ipairs(build_options.options) do options[#options + 1] = o end
 
 -- Several builds (--all, a bundle, more than one recipe, or any of the
--- options only they take): one child process per build, see capil.parallel.
+-- options only they take): one child process per build, see capil.build.parallel.
 local function wants_parallel(opts, args)
   if opts.all or opts.jobs or opts["fail-fast"] or opts.only or opts.except or opts.report or opts.junit then
     return true
   end
   if #args ~= 1 then return #args > 1 end
-  return require("capil.bundle").is_bundle(args[1])
+  return require("capil.build.bundle").is_bundle(args[1])
 end
 
 local function run_parallel(opts, args, g)
-  local parallel = require("capil.parallel")
+  local parallel = require("capil.build.parallel")
   local jobs = 1
   if opts.jobs then
     jobs = tonumber(opts.jobs)
@@ -131,14 +131,14 @@ name.]],
     local wants = {}
     for _, st in ipairs(todo) do wants[st] = true end
     if wants.test then
-      local imagetest = require("capil.imagetest")
+      local imagetest = require("capil.test.imagetest")
       local tr, terr, tcode = imagetest.run({ target = plan.output_dir, backend = plan.backend, cfg = cfg,
         suites = imagetest.suite_list(opts.suite), cache_dir = build_options.cache_dir(), output_root = opts.output })
       if not tr then cli.fail(terr, tcode == "EUSAGE" and 2 or 1) end
       if imagetest.summarise(tr) ~= 0 then return 1 end
     end
     if wants.upload then
-      local up, uerr = require("capil.release").upload(plan.output_dir, { bucket = opts.bucket,
+      local up, uerr = require("capil.publish.release").upload(plan.output_dir, { bucket = opts.bucket,
         key_file = opts["key-file"], endpoint = opts["gcs-endpoint"] })
       if not up then cli.fail(uerr, 1) end
       log.out(up.url)

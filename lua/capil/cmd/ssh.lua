@@ -1,10 +1,10 @@
 --- capil ssh — logs in to a test VM as capv with the test key (image-ssh.sh).
-local build_options = require("capil.build_options")
+local build_options = require("capil.build.loader")
 local cli = require("capil.cli")
-local log = require("capil.log")
-local fs = require("capil.fs")
-local json = require("capil.json")
-local proc = require("capil.proc")
+local log = require("capil.sys.log")
+local fs = require("capil.sys.fs")
+local json = require("capil.sys.json")
+local proc = require("capil.sys.proc")
 
 -- Where the VM answers: {host, port, user?, key?, what}, from a kept test
 -- VM's test/vm.json, or (vSphere, ESXi) from the named VM's guest IP.
@@ -60,7 +60,7 @@ local function private_copy(key)
   local text = assert(fs.read(key))
   local dir = build_options.cache_dir() .. "/keys"
   assert(fs.mkdir(dir, 448))
-  local path = ("%s/%s-%s"):format(dir, require("capil.hash").digest("sha256", text):sub(1, 16), fs.basename(key))
+  local path = ("%s/%s-%s"):format(dir, require("capil.sys.hash").digest("sha256", text):sub(1, 16), fs.basename(key))
   if not fs.exists(path) then assert(fs.write(path, text, { mode = 384 })) end
   return path
 end
@@ -96,7 +96,7 @@ from a 0600 copy in the cache when the checkout's file is group-readable.]],
     local target = table.remove(args, 1)
     if not target then cli.fail("ssh: name a build directory or a VM", 2) end
     local backend = build_options.resolve_backend(opts.backend)
-    local cfg, err = require("capil.config").from_vars({ backend = backend, var_files = opts["var-file"],
+    local cfg, err = require("capil.build.config").from_vars({ backend = backend, var_files = opts["var-file"],
       vars = build_options.vars(opts) })
     if not cfg then cli.fail("ssh: " .. err, 2) end
     local where
@@ -106,12 +106,12 @@ from a 0600 copy in the cache when the checkout's file is group-readable.]],
     local key = opts.key or where.key
     if not key then
       local kerr
-      key, kerr = require("capil.cloudinit").key(cfg:get("cloudinit_dir"), cfg:get("test_ssh_private_key_file"))
+      key, kerr = require("capil.test.cloudinit").key(cfg:get("cloudinit_dir"), cfg:get("test_ssh_private_key_file"))
       if not key then cli.fail(kerr, 1) end
     end
     if not fs.exists(key) then cli.fail(("ssh: %s: the private key is missing"):format(key), 1) end
     if #args > 0 then
-      local s, serr, code = require("capil.ssh").connect({ host = where.host, port = where.port, user = user,
+      local s, serr, code = require("capil.sys.ssh").connect({ host = where.host, port = where.port, user = user,
         key = key, timeout = 30, host_key = "accept-new" })
       if not s then
         local hint = code == "SSH_AUTH" and (" (is %s the key cloud-init authorized for %s?)"):format(key, user) or ""

@@ -1,8 +1,8 @@
 --- capil test — boots a built image with the test cloud-init data and runs
---- the test suites over SSH (capil.imagetest).
-local build_options = require("capil.build_options")
+--- the test suites over SSH (capil.test.imagetest).
+local build_options = require("capil.build.loader")
 local cli = require("capil.cli")
-local imagetest = require("capil.imagetest")
+local imagetest = require("capil.test.imagetest")
 
 local options = {
   { name = "backend", short = "b", arg = "NAME", help = "qemu (default), vsphere, esx" },
@@ -46,7 +46,7 @@ and a deployed copy destroyed, unless --keep.]],
     local backend = build_options.resolve_backend(opts.backend)
     local vars = build_options.vars(opts)
     if opts.cloudinit then vars[#vars + 1] = "cloudinit_dir=" .. opts.cloudinit end
-    local cfg, err = require("capil.config").from_vars({ backend = backend, var_files = opts["var-file"],
+    local cfg, err = require("capil.build.config").from_vars({ backend = backend, var_files = opts["var-file"],
       vars = vars })
     if not cfg then cli.fail("test: " .. err, 2) end
     local report, rerr, code = imagetest.run({

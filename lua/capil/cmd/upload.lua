@@ -1,8 +1,8 @@
 --- capil upload — publishes a build's OVA to GCS (image-builder's
 --- hack/image-upload.py, natively).
-local release = require("capil.release")
+local release = require("capil.publish.release")
 local cli = require("capil.cli")
-local log = require("capil.log")
+local log = require("capil.sys.log")
 
 return {
   summary = "upload a build's OVA and its .sha256 to GCS, skipped when unchanged",

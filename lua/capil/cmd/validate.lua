@@ -1,7 +1,7 @@
 --- capil validate — schema and plan check of recipes, no side effects.
-local build_options = require("capil.build_options")
+local build_options = require("capil.build.loader")
 local cli = require("capil.cli")
-local log = require("capil.log")
+local log = require("capil.sys.log")
 
 return {
   summary = "check recipes against the schema and resolve their plans (no side effects)",

@@ -1,8 +1,8 @@
 --- capil vmdk — make a streamOptimized VMDK (the disk an OVA carries).
 local cli = require("capil.cli")
-local host = require("capil.core.host")
-local log = require("capil.log")
-local vmdk = require("capil.vmdk")
+local runtime = require("capil.core.runtime")
+local log = require("capil.sys.log")
+local vmdk = require("capil.format.vmdk")
 
 local SUB = {
   convert = {
@@ -44,10 +44,10 @@ local function convert(opts, args)
   if at and at ~= "lsilogic" and at ~= "ide" and at ~= "buslogic" and at ~= "legacyESX" then
     cli.fail(("vmdk convert: unknown --adapter-type '%s' (lsilogic, ide, buslogic, legacyESX)"):format(at), 2)
   end
-  local started = host.now()
+  local started = runtime.now()
   local r, err = vmdk.write(args[1], args[2], { jobs = jobs, adapter_type = at, hwversion = hw, progress = true })
   if not r then cli.fail(err, 1) end
-  local now = host.now()
+  local now = runtime.now()
   log.out(("%s: %d bytes, %d grains written, %d all-zero grains skipped, %.1f s"):format(
     args[2], r.bytes, r.grains, r.zero_grains, now - started))
   return 0

@@ -1,0 +1,550 @@
+--- capil.build.parallel — several builds at once, one child process per build
+--- (capil re-executing itself: `capil run RECIPE ...`), at most `jobs` at a
+--- time. Each child has its own Lua state, output directory and logs; the
+--- parent shows one status line per build, forwards Ctrl-C to every child
+--- and waits for their cleanups, then writes a JSON report and JUnit XML
+--- built from the children's own reports (output/<build>/report.json).
+---
+--- What builds never share: output dirs and VM names (two builds with the
+--- same <name>-kube-<semver> are refused before anything starts), temp dirs
+--- (mkdtemp under each output dir), installer HTTP ports (each server binds
+--- port 0), SSH ports (QEMU: a free loopback port per VM), datastore upload
+--- names (per build, then moved), the ISO cache (per-pid temp + rename, and
+--- a lock so one build downloads while the others wait).
+local build_options = require("capil.build.loader")
+local bundle = require("capil.build.bundle")
+local cleanup = require("capil.sys.cleanup")
+local fs = require("capil.sys.fs")
+local json = require("capil.sys.json")
+local log = require("capil.sys.log")
+local proc = require("capil.sys.proc")
+local runtime = require("capil.core.runtime")
+local corelog = require("capil.core.log")
+
+local M = {}
+
+-- Options of `capil run` a child gets as they were given (per-build ones,
+-- backend, vars, var files and stages, are set per build).
+local FORWARD = { "recipes-dir", "output", "bucket", "key-file", "gcs-endpoint" }
+local FORWARD_FLAGS = { "keep-on-error", "insecure" }
+
+-- Seconds a child gets to finish its cleanups after Ctrl-C before its
+-- process group is killed.
+M.INTERRUPT_GRACE = 300
+
+-- ====================================================================== --
+-- Preparing the builds                                                   --
+-- ====================================================================== --
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys)
+  return keys
+end
+
+--- The builds of a `capil run` with several recipes, `--all` or a bundle:
+--- `{recipe=, backend=?, vars={}, var_files={}, stages=?, index=}` in order,
+--- filtered by --only/--except. nil and a list of errors for a bundle that
+--- does not load.
+---@param args string[] positional arguments
+---@param opts table parsed options
+function M.builds(args, opts)
+  local list = {}
+  if opts.all then
+    local dir = opts["recipes-dir"] or "recipes"
+    for _, n in ipairs(require("capil.build.recipe").list(dir)) do list[#list + 1] = { recipe = n, vars = {}, var_files = {} } end
+    if #list == 0 then return nil, { ("run --all: no recipes in %s"):format(dir) } end
+  end
+  for _, a in ipairs(args) do
+    if bundle.is_bundle(a) then
+      local bs, errs = bundle.load(a)
+      if not bs then return nil, errs end
+      for _, b in ipairs(bs) do b.bundle = a list[#list + 1] = b end
+    else
+      list[#list + 1] = { recipe = a, vars = {}, var_files = {} }
+    end
+  end
+  local function set(s)
+    if not s then return nil end
+    local t = {}
+    for n in s:gmatch("[^,%s]+") do t[n] = true end
+    return t
+  end
+  list = bundle.filter(list, set(opts.only), set(opts.except))
+  for i, b in ipairs(list) do b.index = i end
+  return list
+end
+
+-- The private directory of this run's child var files (0700, removed at
+-- exit by capil.sys.cleanup).
+local private_dir
+
+-- Writes a child's variables ("k=v" strings, later ones winning) to a var
+-- file only this user can read; the child gets them as its last
+-- --var-file, so they still win over every other var file as --var did.
+local function private_var_file(index, vars)
+  if not (private_dir and fs.exists(private_dir)) then
+    local dir, err = fs.tempdir({ prefix = "capil-vars" })
+    if not dir then return nil, err end
+    private_dir = dir
+  end
+  local data = {}
+  for _, kv in ipairs(vars) do
+    local k, v = kv:match("^([^=]+)=(.*)$")
+    if not k then return nil, ("--var %s: expected NAME=VALUE"):format(log.redact(kv)) end
+    data[k] = v
+  end
+  local path = ("%s/build-%d.json"):format(private_dir, index)
+  local ok, err = fs.write(path, json.encode(data), { mode = 384 }) -- 0600
+  if not ok then return nil, err end
+  return path
+end
+
+--- Resolves every build in the parent, before any starts: recipe, config
+--- and plan must load, stages be known, and no two builds may share an
+--- output directory (the same recipe twice needs distinct build_name vars).
+--- Fills b.plan, b.name, b.backend, b.stages, b.argv. nil and errors.
+---@param builds table[]
+---@param opts table
+---@param check_stages fun(s: string?): table|nil, string?
+---@param g? table global options (--verbose and --log-format go to the children)
+function M.prepare(builds, opts, check_stages, g)
+  local errors, by_dir = {}, {}
+  local exe = { assert(runtime.exepath()) }
+  if g and g.verbose then exe[#exe + 1] = "--verbose" end
+  if g and g["log-format"] then exe[#exe + 1] = "--log-format" exe[#exe + 1] = g["log-format"] end
+  for _, b in ipairs(builds) do
+    local what = b.bundle and ("%s: entry %d (%s)"):format(b.bundle, b.index, b.recipe) or b.recipe
+    local vars = {}
+    for _, k in ipairs(sorted_keys(b.vars)) do vars[#vars + 1] = k .. "=" .. b.vars[k] end
+    -- the command line's --var wins over the bundle's vars; its var files come first
+    for _, v in ipairs(opts.var or {}) do vars[#vars + 1] = v end
+    local var_files = {}
+    for _, f in ipairs(opts["var-file"] or {}) do var_files[#var_files + 1] = f end
+    for _, f in ipairs(b.var_files) do var_files[#var_files + 1] = f end
+    -- the command line wins over the bundle (--backend, --stages, --var)
+    b.backend = build_options.resolve_backend(opts.backend or b.backend)
+    b.stages = opts.stages or b.stages or "build"
+    local order, serr = check_stages(b.stages)
+    if not order then errors[#errors + 1] = ("%s: %s"):format(what, serr) end
+    b.stage_list = order or {}
+    local bopts = { backend = b.backend, var = vars, ["var-file"] = var_files }
+    for _, k in ipairs(FORWARD) do bopts[k] = opts[k] end
+    for _, k in ipairs(FORWARD_FLAGS) do bopts[k] = opts[k] end
+    local r, cfg, plan = build_options.load(b.recipe, bopts)
+    if not r then
+      for _, e in ipairs(cfg) do errors[#errors + 1] = ("%s: %s"):format(what, e) end
+    else
+      b.name, b.recipe_name, b.plan = plan.build_version, r.name, plan
+      local other = by_dir[plan.output_dir]
+      if other then
+        errors[#errors + 1] = ("%s: builds %s into %s, as build %d does: give one a distinct build_name var"):format(
+          what, plan.build_version, plan.output_dir, other.index)
+      end
+      by_dir[plan.output_dir] = b
+      local argv = { table.unpack(exe) }
+      for _, x in ipairs({ "run", b.recipe, "--backend", b.backend, "--stages", b.stages }) do argv[#argv + 1] = x end
+      for _, k in ipairs(FORWARD) do
+        if opts[k] then argv[#argv + 1] = "--" .. k argv[#argv + 1] = opts[k] end
+      end
+      for _, k in ipairs(FORWARD_FLAGS) do if opts[k] then argv[#argv + 1] = "--" .. k end end
+      for _, s in ipairs(opts.suite or {}) do argv[#argv + 1] = "--suite" argv[#argv + 1] = s end
+      for _, f in ipairs(var_files) do argv[#argv + 1] = "--var-file" argv[#argv + 1] = f end
+      -- the variables (passwords among them) go through a private var file,
+      -- never the command line, which every local user can read in /proc
+      if #vars > 0 then
+        local path, verr = private_var_file(b.index, vars)
+        if not path then
+          errors[#errors + 1] = ("%s: %s"):format(what, verr)
+        else
+          argv[#argv + 1] = "--var-file"
+          argv[#argv + 1] = path
+        end
+      end
+      b.argv = argv
+    end
+  end
+  if #errors > 0 then return nil, errors end
+  return builds
+end
+
+-- ====================================================================== --
+-- Status display                                                         --
+-- ====================================================================== --
+
+local function label(b, n)
+  return ("[%d/%d] %s on %s"):format(b.index, n, b.name or b.recipe, b.backend)
+end
+
+local function state_text(b, now)
+  if b.status == "running" then return ("running %.0f s"):format(now - b.t0) end
+  if b.status == "queued" then return "queued" end
+  if b.status == "ok" then return ("ok in %.0f s"):format(b.seconds) end
+  if b.status == "skipped" then return "skipped (--fail-fast)" end
+  return ("%s in %.0f s"):format(b.status, b.seconds or 0)
+end
+
+local Display = {}
+Display.__index = Display
+
+-- A status block redrawn in place on a terminal, plain lines otherwise.
+local function display(builds, quiet, json_lines)
+  return setmetatable({ builds = builds, tty = corelog.isatty(2) and not quiet and not json_lines, quiet = quiet,
+    json = json_lines, drawn = 0, last = 0 }, Display)
+end
+
+function Display:line(s)
+  if self.quiet then return end
+  if self.json then return log.info(s) end
+  if self.tty then
+    self:clear()
+    corelog.write(s .. "\n")
+    self:draw(true)
+  else
+    corelog.write(s .. "\n")
+  end
+end
+
+function Display:clear()
+  if self.drawn > 0 then corelog.control(("\27[%dA\27[J"):format(self.drawn)) end
+  self.drawn = 0
+end
+
+function Display:draw(force)
+  if not self.tty then return end
+  local now = runtime.now()
+  if not force and now - self.last < 1 then return end
+  self.last = now
+  -- the cursor moves go as control sequences, the text (recipe names) through
+  -- log.write, which escapes what it may hold
+  if self.drawn > 0 then corelog.control(("\27[%dA"):format(self.drawn)) end
+  for _, b in ipairs(self.builds) do
+    corelog.control("\r\27[2K")
+    corelog.write(label(b, #self.builds) .. ": " .. state_text(b, now) .. "\n")
+  end
+  self.drawn = #self.builds
+end
+
+-- ====================================================================== --
+-- Children                                                               --
+-- ====================================================================== --
+
+local function start(b, disp, n)
+  local dir = b.plan.output_dir
+  assert(fs.mkdir(dir .. "/logs"))
+  -- a report left by an earlier run must not pass for this one's
+  fs.remove(dir .. "/report.json")
+  fs.remove(dir .. "/test/report.json")
+  b.console = dir .. "/logs/capil.log"
+  local p, err = proc.spawn({ argv = b.argv, stdin = "null", stdout = b.console, stderr = "stdout", group = true })
+  b.t0 = runtime.now()
+  if not p then
+    b.status, b.seconds, b.error = "failed", 0, err
+    disp:line(("%s: failed to start: %s"):format(label(b, n), err))
+    return
+  end
+  b.proc, b.pid, b.status = p, p.pid, "running"
+  if not disp.tty then disp:line(("%s: started (pid %d, log %s)"):format(label(b, n), p.pid, b.console)) end
+end
+
+-- The last "capil: ..." line a child printed: its error when it failed
+-- outside the pipeline (a test stage, an upload).
+local function last_error(path)
+  local text = fs.read(path) or ""
+  local msg
+  for line in text:gmatch("[^\n]+") do
+    local m = line:match("^capil: (.*)$") or line:match("^error: (.*)$")
+    if m then msg = m end
+  end
+  return msg
+end
+
+-- Collects what a finished child left: its exit status, its build report
+-- and test report.
+local function collect(b, status, interrupted)
+  b.seconds = runtime.now() - b.t0
+  b.exit_code = status and status.code
+  local dir = b.plan.output_dir
+  local rep = json.read(dir .. "/report.json")
+  b.report = type(rep) == "table" and rep or nil
+  local trep = json.read(dir .. "/test/report.json")
+  b.test_report = type(trep) == "table" and trep or nil
+  if b.exit_code == 0 then
+    b.status = "ok"
+  elseif interrupted or b.exit_code == 130 or b.exit_code == 143 then
+    b.status = "interrupted"
+  else
+    b.status = "failed"
+  end
+  if b.status ~= "ok" then
+    b.error = (b.report and b.report.error) or (b.test_report and b.test_report.error) or last_error(b.console)
+      or (b.status == "interrupted" and "interrupted") or ("exit code " .. tostring(b.exit_code))
+  end
+end
+
+-- Sends SIGINT to every running child and waits for each to finish its
+-- cleanups (killing its process group after `grace` seconds).
+local function interrupt_all(builds, grace)
+  for _, b in ipairs(builds) do
+    if b.status == "running" then b.proc:kill("INT") end
+  end
+  for _, b in ipairs(builds) do
+    if b.status == "running" then
+      local st = b.proc:wait({ timeout = grace })
+      if not st then
+        b.proc:killgroup("KILL")
+        st = b.proc:wait({ timeout = 10 })
+      end
+      b.proc:killgroup("TERM") -- what the child may have left in its group (it should have left nothing)
+      collect(b, st, true)
+    end
+  end
+end
+
+-- ====================================================================== --
+-- Reports                                                                --
+-- ====================================================================== --
+
+local function write_atomic(path, text)
+  local dir = fs.dirname(path)
+  assert(fs.mkdir(dir))
+  local tmp = ("%s.%d.tmp"):format(path, proc.getpid())
+  local ok, err = fs.write(tmp, text)
+  if ok then ok, err = fs.rename(tmp, path) end
+  if not ok then
+    fs.remove(tmp)
+    return nil, err
+  end
+  return true
+end
+
+-- The outcome of each stage of a build: {name=, status="ok"|"failed"|
+-- "skipped"|"interrupted", seconds=, error=}.
+local function stage_results(b)
+  local out = {}
+  local rep, trep = b.report, b.test_report
+  for _, st in ipairs(b.stage_list) do
+    local r = { name = st }
+    if st == "build" then
+      if rep then
+        r.status, r.seconds, r.error = rep.ok and "ok" or "failed", rep.seconds, rep.error
+        if not rep.ok and b.status == "interrupted" then r.status = "interrupted" end
+      else
+        r.status = b.status == "ok" and "ok" or (b.status == "running" and "interrupted") or b.status
+        r.error = r.status ~= "ok" and b.error or nil
+      end
+    elseif st == "test" then
+      if trep then
+        r.status, r.seconds, r.error = trep.ok and "ok" or "failed", trep.seconds, trep.error
+      elseif out[#out].status == "ok" and b.status ~= "ok" then
+        r.status, r.error = b.status, b.error
+      else
+        r.status = out[#out].status == "ok" and "ok" or "skipped"
+      end
+    elseif st == "upload" then
+      if out[#out].status ~= "ok" then r.status = "skipped"
+      elseif b.status == "ok" then r.status = "ok"
+      else r.status, r.error = b.status, b.error end
+    end
+    if r.status == "skipped" then r.error = nil end
+    out[#out + 1] = r
+  end
+  return out
+end
+
+-- The image checks of a build: the build's own (checks step) and the test
+-- stage's suites, as {name=, ok=, seconds=, detail=}.
+local function check_results(b)
+  local out = {}
+  for _, c in ipairs(b.report and b.report.checks and b.report.checks.results or {}) do
+    out[#out + 1] = { name = "check " .. tostring(c.name), ok = c.ok, seconds = c.seconds, detail = c.detail }
+  end
+  for _, su in ipairs(b.test_report and b.test_report.suites or {}) do
+    for _, s in ipairs(su.steps or {}) do
+      out[#out + 1] = { name = ("%s: %s"):format(su.name, tostring(s.name)), ok = s.ok, seconds = s.seconds,
+        detail = s.detail }
+    end
+  end
+  return out
+end
+
+local function artifacts(b)
+  local a = b.report and b.report.artifacts
+  if type(a) ~= "table" then return json.array({}) end
+  local out = {}
+  if a.ova then out[#out + 1] = { kind = "ova", path = a.ova, sha256 = a.sha256, size = a.size } end
+  for _, d in ipairs(a.disks or {}) do
+    out[#out + 1] = { kind = "disk", path = d.path, name = d.name, sha256 = d.sha256, size = d.size }
+  end
+  return out
+end
+
+--- The run report: totals and one entry per build.
+---@param builds table[]
+---@param info {seconds: number, interrupted: boolean, jobs: integer}
+function M.report(builds, info)
+  local r = { capil_version = runtime.version, jobs = info.jobs, seconds = math.floor(info.seconds * 1000 + 0.5) / 1000,
+    interrupted = info.interrupted, builds = {}, total = #builds, passed = 0, failed = 0,
+    counts = { ok = 0, failed = 0, interrupted = 0, skipped = 0 } }
+  for _, b in ipairs(builds) do
+    local steps = {}
+    for _, s in ipairs(b.report and b.report.steps or {}) do
+      steps[#steps + 1] = { id = s.id, kind = s.kind, seconds = s.seconds, status = s.status, error = s.error }
+    end
+    local e = {
+      index = b.index, recipe = b.recipe_name or b.recipe, recipe_ref = b.recipe, bundle = b.bundle,
+      build = b.name, backend = b.backend, status = b.status, pid = b.pid, exit_code = b.exit_code,
+      seconds = b.seconds and math.floor(b.seconds * 1000 + 0.5) / 1000, output_dir = b.plan and b.plan.output_dir,
+      log = b.plan and (b.plan.output_dir .. "/logs/build.log"), console = b.console,
+      stages = stage_results(b), steps = #steps > 0 and steps or json.array({}), artifacts = artifacts(b),
+      checks = check_results(b), error = b.error and log.redact(b.error) or nil,
+    }
+    if #e.checks == 0 then e.checks = json.array({}) end
+    -- failed counts every build that did not pass; counts tells them apart
+    if b.status == "ok" then r.passed = r.passed + 1 else r.failed = r.failed + 1 end
+    r.counts[b.status] = (r.counts[b.status] or 0) + 1
+    r.builds[#r.builds + 1] = e
+  end
+  r.ok = r.failed == 0
+  return r
+end
+
+local function xml_escape(s)
+  return (tostring(s):gsub("[&<>\"]", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;" }))
+end
+
+--- JUnit XML of a run report: a testsuite per build, a testcase per stage
+--- and per image check.
+---@param report table from M.report
+---@return string
+function M.junit(report)
+  local body, total, failures, skipped = {}, 0, 0, 0
+  for _, e in ipairs(report.builds) do
+    local suite = ("%s on %s"):format(e.build or e.recipe, e.backend)
+    local cases = {}
+    for _, st in ipairs(e.stages) do
+      cases[#cases + 1] = { name = "stage " .. st.name, status = st.status, seconds = st.seconds, detail = st.error }
+    end
+    for _, c in ipairs(e.checks) do
+      cases[#cases + 1] = { name = c.name, status = c.ok and "ok" or "failed", seconds = c.seconds, detail = c.detail }
+    end
+    local f, sk = 0, 0
+    for _, c in ipairs(cases) do
+      if c.status == "skipped" then sk = sk + 1 elseif c.status ~= "ok" then f = f + 1 end
+    end
+    local secs = e.seconds or 0
+    total, failures, skipped = total + #cases, failures + f, skipped + sk
+    body[#body + 1] = ('  <testsuite name="%s" tests="%d" failures="%d" errors="0" skipped="%d" time="%.3f">'):format(
+      xml_escape(suite), #cases, f, sk, secs)
+    for _, c in ipairs(cases) do
+      body[#body + 1] = ('    <testcase classname="%s" name="%s" time="%.3f">'):format(xml_escape(suite),
+        xml_escape(c.name), c.seconds or 0)
+      if c.status == "skipped" then
+        body[#body + 1] = "      <skipped/>"
+      elseif c.status ~= "ok" then
+        body[#body + 1] = ('      <failure message="%s" type="%s"/>'):format(
+          xml_escape(log.redact(c.detail or c.status)), xml_escape(c.status))
+      end
+      body[#body + 1] = "    </testcase>"
+    end
+    body[#body + 1] = "  </testsuite>"
+  end
+  local out = { '<?xml version="1.0" encoding="UTF-8"?>',
+    ('<testsuites name="capil run" tests="%d" failures="%d" skipped="%d" time="%.3f">'):format(total, failures,
+      skipped, report.seconds or 0) }
+  for _, l in ipairs(body) do out[#out + 1] = l end
+  out[#out + 1] = "</testsuites>"
+  return table.concat(out, "\n") .. "\n"
+end
+
+-- ====================================================================== --
+-- Running                                                                --
+-- ====================================================================== --
+
+--- Runs prepared builds, at most `o.jobs` at once. o: jobs, fail_fast,
+--- report (path), junit (path), quiet, json (status as JSON log lines). Returns the exit status: 0 all
+--- passed, 1 some failed. Ctrl-C: the children get SIGINT, their cleanups
+--- finish, the reports are written, and capil exits 130 (the host's
+--- interrupt path runs this module's cleanup).
+---@param builds table[] from M.prepare
+---@param o {jobs: integer, fail_fast?: boolean, report?: string, junit?: string, quiet?: boolean, json?: boolean}
+---@return integer
+function M.run(builds, o)
+  local n = #builds
+  local disp = display(builds, o.quiet, o.json)
+  local t_start = runtime.now()
+  for _, b in ipairs(builds) do b.status = "queued" end
+  local finished = false
+  local function write_reports(interrupted)
+    if finished then return end
+    finished = true
+    local rep = M.report(builds, { seconds = runtime.now() - t_start, interrupted = interrupted, jobs = o.jobs })
+    if o.report then
+      local ok, err = write_atomic(o.report, log.redact(json.encode(rep, { indent = 2, sort_keys = true })) .. "\n")
+      if not ok then log.error("report: %s", err) end
+    end
+    if o.junit then
+      local ok, err = write_atomic(o.junit, M.junit(rep))
+      if not ok then log.error("junit: %s", err) end
+    end
+    return rep
+  end
+  -- Ctrl-C unwinds the loop below; the host then runs the cleanups, and
+  -- this one forwards the interrupt and waits for the children
+  local guard = cleanup.push("parallel builds", function()
+    disp:clear()
+    corelog.write("capil: interrupted: stopping the running builds and waiting for their cleanups\n")
+    interrupt_all(builds, M.INTERRUPT_GRACE)
+    for _, b in ipairs(builds) do if b.status == "queued" then b.status = "skipped" end end
+    disp.tty = false
+    for _, b in ipairs(builds) do
+      if b.status == "interrupted" then disp:line(("%s: interrupted"):format(label(b, n))) end
+    end
+    write_reports(true)
+  end)
+
+  local next_i, running, stop = 1, 0, false
+  while true do
+    while not stop and next_i <= n and running < o.jobs do
+      local b = builds[next_i]
+      next_i = next_i + 1
+      start(b, disp, n)
+      if b.status == "running" then running = running + 1 end
+    end
+    if running == 0 then break end
+    for _, b in ipairs(builds) do
+      if b.status == "running" and not b.proc:running() then
+        running = running - 1
+        collect(b, b.proc:wait())
+        b.proc:close()
+        local msg = ("%s: %s"):format(label(b, n), state_text(b, runtime.now()))
+        if b.status ~= "ok" then
+          msg = msg .. (": %s\n    log: %s"):format(log.redact(b.error or "?"), b.plan.output_dir .. "/logs/build.log")
+        end
+        disp:line(msg)
+        if b.status ~= "ok" and o.fail_fast and not stop then
+          stop = true
+          disp:line("--fail-fast: stopping the other builds")
+          interrupt_all(builds, M.INTERRUPT_GRACE)
+          running = 0
+          for _, x in ipairs(builds) do
+            if x.status == "interrupted" then disp:line(("%s: interrupted"):format(label(x, n))) end
+          end
+        end
+      end
+    end
+    disp:draw()
+    if running > 0 then runtime.sleep(0.2) end
+  end
+  for _, b in ipairs(builds) do if b.status == "queued" then b.status = "skipped" end end
+  guard:cancel()
+  disp:draw(true)
+  local rep = write_reports(false)
+  disp.tty = false
+  disp:line(("%d of %d builds passed in %.0f s"):format(rep.passed, n, runtime.now() - t_start))
+  if o.report then disp:line("report: " .. o.report) end
+  return rep.failed == 0 and 0 or 1
+end
+
+return M

@@ -1,0 +1,418 @@
+--- capil.build.pipeline — executes a plan (capil.build.plan.resolve) step by step on a
+--- backend, records every step in a run report (status, duration, and
+--- whether the time went to the guest, to external tools, or to capil
+--- itself), and leaves cleanups registered for everything it creates, so a
+--- failure or Ctrl-C removes the VM, temp files and servers (unless
+--- --keep-on-error).
+local fs = require("capil.sys.fs")
+local http = require("capil.sys.http")
+local hash = require("capil.sys.hash")
+local log = require("capil.sys.log")
+local runtime = require("capil.core.runtime")
+local json = require("capil.sys.json")
+local bootcmd = require("capil.build.bootcmd")
+local template = require("capil.util.template")
+local installer = require("capil.build.installer")
+local guest = require("capil.build.guest")
+
+local M = {}
+
+-- Where each step's time goes: guest (waiting on the VM's own work), tool
+-- (qemu-img, downloads), engine (capil's own work).
+local TIME_CLASS = {
+  fetch_iso = "tool", serve_installer = "engine", create_vm = "engine", boot_command = "guest",
+  wait_ssh = "guest", provision = "guest", checks = "guest", shutdown = "guest", export_disk = "tool",
+  pack_ova = "engine", build_manifest = "engine", upload_media = "tool", finalize_vm = "engine",
+}
+
+local H = {} -- step handlers: H[kind](run, step) -> true | nil, err, code
+
+local function fail(msg, code) return nil, msg, code or "ESTEP" end
+
+-- ====================================================================== --
+-- Media and installer                                                    --
+-- ====================================================================== --
+
+local function verify(path, kind, want)
+  local got, err = hash.file(path, kind)
+  if not got then return nil, err end
+  if got:lower() ~= want:lower() then return nil, ("%s checksum %s, expected %s"):format(kind, got, want) end
+  return true
+end
+
+-- Takes the ISO cache lock for `path`, so parallel builds that need the
+-- same ISO download it once: the others wait, then find it cached. The lock
+-- is a directory `<path>.lock` holding the owner's pid, made by renaming a
+-- populated temp dir into place (rename(2) fails onto a non-empty
+-- directory, so one build wins). A lock whose owner died is taken over.
+-- The lock only saves work: correctness comes from downloading to a
+-- per-pid temp file that is verified, then renamed into place, so even two
+-- downloads never leave a half file under the cache name. Returns a
+-- cleanup handle (release with :run()), or nil and a message on timeout.
+local function lock_cache(path, timeout)
+  local proc = require("capil.sys.proc")
+  local lockdir = path .. ".lock"
+  local deadline = runtime.now() + timeout
+  local told = false
+  while true do
+    local tmp = assert(fs.tempdir({ parent = fs.dirname(path), prefix = ".lock", keep = true }))
+    assert(fs.write(tmp .. "/pid", tostring(proc.getpid())))
+    if fs.rename(tmp, lockdir) then
+      return require("capil.sys.cleanup").push("ISO cache lock " .. lockdir, function()
+        fs.remove(lockdir, { recursive = true })
+      end)
+    end
+    fs.remove(tmp, { recursive = true })
+    local owner = tonumber(fs.read(lockdir .. "/pid") or "")
+    if owner and not proc.alive(owner) then
+      log.warn("ISO cache: removing the lock of pid %d, which is gone", owner)
+      fs.remove(lockdir, { recursive = true })
+    elseif runtime.now() > deadline then
+      return nil, ("ISO cache %s: still locked by pid %s after %g s"):format(path, tostring(owner), timeout)
+    else
+      if not told then
+        log.info("ISO cache: waiting for pid %s, which is fetching %s", tostring(owner), fs.basename(path))
+        told = true
+      end
+      local ok, err, code = runtime.sleep(0.5)
+      if not ok then return nil, err, code end
+    end
+  end
+end
+
+-- The cached ISO when its stamp says it was verified.
+local function cached_iso(path, checksum)
+  local st = fs.stat(path)
+  return st and fs.read(path .. ".verified") == ("%d %s"):format(st.size, checksum)
+end
+
+function H.fetch_iso(run, step)
+  local path = step.cache_path
+  local stamp = path .. ".verified"
+  if cached_iso(path, step.checksum) then
+    run.iso = path
+    log.info("ISO %s (cached, verified)", path)
+    return true
+  end
+  local lock
+  local failures = {}
+  for _, url in ipairs(step.urls) do
+    local local_path = url:match("^file://(/.*)$")
+    local ok, err
+    if local_path then
+      ok, err = verify(local_path, step.checksum_type, step.checksum)
+      if ok then
+        run.iso = local_path
+        log.info("ISO %s (local file, %s verified)", local_path, step.checksum_type)
+        return true
+      end
+    else
+      assert(fs.mkdir(fs.dirname(path)))
+      if not lock then
+        local lerr, lcode
+        lock, lerr, lcode = lock_cache(path, step.timeout)
+        if not lock then return fail(lerr, lcode or "EISO") end
+        -- another build may have fetched it while this one waited
+        if cached_iso(path, step.checksum) then
+          lock:run()
+          run.iso = path
+          log.info("ISO %s (cached by a parallel build, verified)", path)
+          return true
+        end
+      end
+      local tmp = ("%s.%d.download"):format(path, require("capil.sys.proc").getpid())
+      local progress <close> = log.progress({ label = "download " .. fs.basename(url) })
+      local r
+      r, err = http.request({ url = url, out_file = tmp, resume = true, timeout = step.timeout, progress = progress,
+        sha256 = step.checksum_type == "sha256" and step.checksum or nil })
+      if r then
+        ok, err = verify(tmp, step.checksum_type, step.checksum)
+        if ok then
+          assert(fs.rename(tmp, path))
+          assert(fs.write(stamp, ("%d %s"):format(fs.stat(path).size, step.checksum)))
+          lock:run()
+          run.iso = path
+          return true
+        end
+      end
+      fs.remove(tmp)
+    end
+    failures[#failures + 1] = ("  %s: %s"):format(url, err)
+    log.warn("ISO from %s failed: %s", url, err)
+  end
+  if lock then lock:run() end
+  return fail("no ISO URL gave a file with the expected checksum:\n" .. table.concat(failures, "\n"), "EISO")
+end
+
+function H.serve_installer(run, step)
+  local dir = run.workdir .. "/http"
+  assert(fs.mkdir(dir))
+  local vars = run.cfg:vars()
+  local ok, err = installer.render(step.dir, step.files, dir, vars)
+  if not ok then return fail(err) end
+  if step.cd_files and #step.cd_files > 0 then
+    local cd_dir = run.workdir .. "/cd"
+    local rok, rerr = installer.render(step.dir, step.cd_files, cd_dir, vars)
+    if not rok then return fail(rerr) end
+    local iso, ierr, icode = installer.make_iso(cd_dir, run.workdir .. "/cd.iso", step.cd_label)
+    if not iso then return fail(ierr, icode) end
+    run.cd_iso = iso
+    log.info("installer files also on a CD labelled %s", step.cd_label)
+  end
+  local srv, serr, code = installer.serve({ dir = dir, bind = step.bind })
+  if not srv then return fail(serr, code) end
+  run.http = { server = srv, port = srv.port, auto = step.advertise == "auto" and not run.backend.traits.http_ip,
+    ip = step.advertise ~= "auto" and step.advertise or run.backend.traits.http_ip or "127.0.0.1" }
+  log.info("installer files served on %s:%d (guest uses http://%s:%d/)", srv.address, srv.port, run.http.ip, srv.port)
+  return true
+end
+
+-- ====================================================================== --
+-- The VM                                                                 --
+-- ====================================================================== --
+
+function H.create_vm(run, step)
+  local b = run.backend
+  local accel
+  if b.accel then
+    local why
+    accel, why = b.accel(step.accel, run.cache_dir)
+    log.info("%s: accelerator %s (%s)", step.vm_name, accel, why)
+    run.report.accel = accel
+  end
+  local vm, err, code = b.create({
+    workdir = run.workdir, log_dir = run.log_dir, name = step.vm_name, cpus = step.cpus,
+    memory_mb = step.memory_mb, disk_mb = step.disk_mb, iso = run.iso, accel = accel,
+    kernel = step.kernel, initrd = step.initrd, append = step.append,
+    disk_interface = step.disk_interface, network_card = step.nic_model,
+    extra_cdroms = run.cd_iso and { run.cd_iso } or nil,
+    step = step, run = run,
+  })
+  if not vm then return fail(err, code) end
+  run.vm = vm
+  return vm:start()
+end
+
+function H.boot_command(run, step)
+  log.info("%s: waiting %g s before typing the boot command", run.vm.name, step.wait)
+  local ok, err, code = runtime.sleep(step.wait)
+  if not ok then return fail(err, code) end
+  local text, terr = template.render(step.command,
+    { http_ip = run.http and run.http.ip or "", http_port = run.http and run.http.port or 0, name = run.vm.name })
+  if not text then return fail("boot command: " .. terr) end
+  local events, perr = bootcmd.parse(text)
+  if not events then return fail("boot command: " .. perr) end
+  local s = bootcmd.summary(events)
+  log.info("%s: typing the boot command (%d keys, %d waits)", run.vm.name, s.keys, s.waits)
+  run.report.typed_keys = s.keys
+  local typed, terr2, tcode, calls = run.vm:type_keys(events, step.key_interval)
+  if calls then run.report.typing_calls = calls end
+  return typed, terr2, tcode
+end
+
+-- The guest's SSH address (the backend may wait for it: a vSphere guest IP),
+-- then a login; the wait fails fast when the VM stops (vm:alive()).
+local function connect(run, timeout)
+  local vm = run.vm
+  local deadline = runtime.now() + timeout
+  local addr, err, code = vm:ssh_address(timeout)
+  if not addr then return nil, err, code end
+  run.target = { host = addr.host, port = addr.port, user = run.cfg:get("ssh_username") }
+  return guest.wait_ssh({
+    host = addr.host, port = addr.port, user = run.cfg:get("ssh_username"),
+    password = run.cfg:get("ssh_password"), key = run.cfg:get("ssh_private_key_file"),
+    timeout = timeout, deadline = deadline, alive = function() return vm:alive() end,
+    what = vm.name, hint = vm.hint,
+  })
+end
+
+function H.wait_ssh(run, step)
+  log.info("%s: waiting up to %g s for SSH as %s", run.vm.name, step.timeout, step.username)
+  local s, err, code = connect(run, step.timeout)
+  if not s then return fail(err, code) end
+  run.session = s
+  log.info("%s: SSH is up (%s)", run.vm.name, s.host_key_fingerprint or "")
+  return true
+end
+
+function H.provision(run, step)
+  local counts = { ran = 0, skipped = 0 }
+  local ctx = {
+    reconnect = function() return connect(run, 900) end,
+    target = run.target,
+  }
+  local current
+  for _, s in ipairs(step.steps) do
+    if s.role ~= current then
+      current = s.role
+      log.info("%s: role %s", run.vm.name, current)
+    end
+    -- hours of provisioning must not let a hypervisor session expire
+    if run.vm.keepalive then run.vm:keepalive() end
+    local r, err, code = guest.run_step(run.session, s, ctx)
+    if not r then return fail(err, code) end
+    if type(err) == "table" then run.session = err end -- a reboot step reconnected
+    if r == "skipped" then counts.skipped = counts.skipped + 1 else counts.ran = counts.ran + 1 end
+  end
+  run.report.provision = counts
+  return true
+end
+
+function H.checks(run, step)
+  local results, ok = guest.run_checks(run.session, step.checks, run.plan_os)
+  local failed = {}
+  for _, r in ipairs(results) do
+    if not r.ok then failed[#failed + 1] = ("  %s: %s"):format(r.name, r.detail or "failed") end
+  end
+  run.report.checks = { total = #results, failed = #failed, results = results }
+  if not ok then return fail(("%d of %d image checks failed:\n%s"):format(#failed, #results, table.concat(failed, "\n")), "ECHECK") end
+  log.info("%s: %d image checks passed", run.vm.name, #results)
+  return true
+end
+
+function H.shutdown(run, step)
+  local vm = run.vm
+  log.info("%s: shutting down", vm.name)
+  if run.session then
+    -- the password goes to sudo on stdin, never on a command line
+    run.session:exec(step.command, { stdin = (run.cfg:get("ssh_password") or "") .. "\n", timeout = 60 })
+    run.session:close()
+    run.session = nil
+  end
+  if vm:wait_exit(step.timeout) then return true end
+  log.warn("%s: still running %g s after the shutdown command; powering it off", vm.name, step.timeout)
+  local ok = vm:power_off(60)
+  if not ok then return fail(vm.name .. ": would not power off") end
+  return true
+end
+
+-- ====================================================================== --
+-- Artifacts                                                              --
+-- ====================================================================== --
+
+function H.export_disk(run, step)
+  assert(fs.mkdir(fs.dirname(step.path)))
+  local ok, err, code = run.vm:export(step.path, { adapter_type = step.adapter_type, hwversion = step.hwversion })
+  if not ok then return fail(err, code) end
+  -- the digest the OVA's manifest needs, recorded as the disk is produced
+  -- (a backend that streams the disk hashes it on the way)
+  local sum = type(ok) == "table" and ok.sha256
+  if not sum then
+    local herr
+    sum, herr = hash.file(step.path, "sha256")
+    if not sum then return fail(herr) end
+  end
+  run.disks = { { path = step.path, sha256 = sum, size = fs.stat(step.path).size } }
+  log.info("%s: exported %s (%d bytes)", run.vm.name, step.path, run.disks[1].size)
+  return true
+end
+
+function H.pack_ova(run, step)
+  local ova = require("capil.format.ova")
+  local opts = {}
+  for k, v in pairs(step) do opts[k] = v end
+  -- the run fills what the plan could not know (build time, capil version)
+  opts.properties = {}
+  for k, v in pairs(step.properties) do
+    local r, err = template.render(tostring(v), run.build_info, "OVF property " .. k)
+    if not r then return fail(err) end
+    opts.properties[k] = r
+  end
+  opts.disks = run.disks
+  local r, err, code = ova.pack(opts)
+  if not r then return fail(err, code) end
+  run.ova = r
+  log.info("packed %s (sha256 %s)", r.ova, r.sha256)
+  return true
+end
+
+function H.build_manifest(run, step)
+  local manifest = require("capil.format.manifest")
+  local ostep
+  for _, s in ipairs(run.plan.steps) do if s.kind == "pack_ova" then ostep = s end end
+  local cd = manifest.custom_data(run.plan, run.build_info, ostep and ostep.user_properties)
+  local files = {}
+  for _, d in ipairs(run.disks or {}) do
+    files[#files + 1] = { name = fs.basename(d.path), size = d.size, sha256 = d.sha256 }
+  end
+  if run.ova then files[#files + 1] = { name = fs.basename(run.ova.ova), size = run.ova.size, sha256 = run.ova.sha256 } end
+  local m, err, code = manifest.append(step.path, manifest.build({
+    name = run.plan.backend, builder_type = run.plan.backend, files = files,
+    artifact_id = run.plan.build_version, custom_data = cd,
+    build_time = tonumber(run.build_info.build_timestamp),
+  }))
+  if not m then return fail(err, code) end
+  return true
+end
+
+-- ====================================================================== --
+-- Running                                                                --
+-- ====================================================================== --
+
+--- Runs `plan` with configuration `cfg`. opts: keep_on_error, cache_dir.
+--- Returns the report (report.ok tells the outcome).
+function M.run(plan, cfg, opts)
+  opts = opts or {}
+  -- a backend that does not exist yet is a clear error; one that fails to
+  -- load is a bug and raises with its own message
+  local ok_b, backend = pcall(require, "capil.backends." .. plan.backend)
+  if not ok_b then
+    if not tostring(backend):find("module 'capil.backends." .. plan.backend .. "' not found", 1, true) then
+      error(backend, 0)
+    end
+    return nil, ("backend '%s' is not available yet in this capil (qemu, vsphere, esx and workstation are)"):format(plan.backend), "ENOTSUP"
+  end
+  assert(fs.mkdir(plan.output_dir))
+  local log_dir = plan.output_dir .. "/logs"
+  assert(fs.mkdir(log_dir))
+  local close_log = log.add_file(log_dir .. "/build.log")
+  local now = os.time()
+  local run = {
+    plan = plan, cfg = cfg, backend = backend, cache_dir = opts.cache_dir, log_dir = log_dir,
+    workdir = assert(fs.tempdir({ parent = plan.output_dir, prefix = ".work" })),
+    plan_os = { family = cfg:get("distro.family"), distro = cfg:get("distro.name"), version = cfg:get("distro.version") },
+    build_info = { build_timestamp = tostring(now), build_date = os.date("!%Y-%m-%dT%H:%M:%SZ", now),
+      capil_version = runtime.version, output_dir = plan.output_dir, build_version = plan.build_version },
+    report = { recipe = plan.recipe, backend = plan.backend, build_version = plan.build_version, steps = {} },
+  }
+  require("capil.sys.cleanup").keep_on_error(opts.keep_on_error)
+  local t_start = runtime.now()
+  local totals = { guest = 0, tool = 0, engine = 0 }
+  local ok, err, code = true, nil, nil
+  for _, step in ipairs(plan.steps) do
+    -- a backend may bring steps of its own (vSphere: upload_media, finalize_vm)
+    local handler = backend.steps and backend.steps[step.kind] or H[step.kind]
+    local t0 = runtime.now()
+    log.debug("step %s (%s)", step.id, step.kind)
+    if not handler then
+      ok, err, code = nil, ("step %s: unknown kind %s"):format(step.id, step.kind), "ESTEP"
+    else
+      ok, err, code = handler(run, step)
+    end
+    local dt = runtime.now() - t0
+    local class = TIME_CLASS[step.kind] or "engine"
+    totals[class] = totals[class] + dt
+    run.report.steps[#run.report.steps + 1] = { id = step.id, kind = step.kind, class = class,
+      seconds = math.floor(dt * 1000 + 0.5) / 1000, status = ok and "ok" or "failed",
+      error = not ok and log.redact(err or "") or nil }
+    if not ok then
+      err = ("step %s failed: %s"):format(step.id, err or "?")
+      break
+    end
+  end
+  local wall = runtime.now() - t_start
+  run.report.seconds = math.floor(wall * 1000 + 0.5) / 1000
+  run.report.time = { guest = totals.guest, tool = totals.tool, engine = totals.engine }
+  run.report.ok = ok and true or false
+  run.report.error = not ok and log.redact(err) or nil
+  if run.ova then run.report.artifacts = run.ova end
+  if run.session then run.session:close() end
+  if ok and run.vm and run.vm.kill then run.vm:kill() end
+  if run.http and run.http.server.running then run.http.server:close() end
+  fs.write(plan.output_dir .. "/report.json", log.redact(json.encode(run.report, { indent = 2, sort_keys = true })) .. "\n")
+  if close_log then close_log() end
+  if not ok then return nil, err, code, run.report end
+  return run.report
+end
+
+return M

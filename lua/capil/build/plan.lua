@@ -1,0 +1,243 @@
+--- capil.build.plan — `plan.resolve(cfg, backend, opts)`: the resolved
+--- configuration becomes an ordered list of concrete steps with every URL,
+--- checksum, path, name and timeout decided. Pure: no I/O, no clock, no
+--- network, so a plan can be printed (`capil inspect`) and tested without a
+--- hypervisor. Values only known at run time (the installer server's port,
+--- the build timestamp) stay as named placeholders the executor fills in.
+--- Secrets are never copied into the plan: steps name the variable instead.
+local bootcmd = require("capil.build.bootcmd")
+local template = require("capil.util.template")
+
+local M = {}
+
+-- What the plan needs to know of each backend until the backends own it:
+-- how keys are typed, where the guest finds the builder, how the disk is
+-- exported, which guest id is used.
+M.BACKENDS = {
+  qemu = { encoder = "qmp", http_ip = "10.0.2.2", export = "qemu-img", guest_id = "vsphere",
+    description = "QEMU/KVM on this machine (TCG when KVM cannot run guests)" },
+  vsphere = { encoder = "usb", export = "nfc", guest_id = "vsphere",
+    description = "vCenter >= 6.5 through the vSphere API" },
+  esx = { encoder = "usb", export = "nfc", guest_id = "vsphere",
+    description = "a standalone ESXi host through the vSphere API (over SSH on a free licence)" },
+  workstation = { encoder = "rfb", export = "vdiskmanager", guest_id = "workstation",
+    description = "VMware Workstation (Linux) or Fusion (macOS) with vmrun" },
+}
+
+-- Stand-ins for the installer server's address when a plan is resolved.
+M.PROBE_VARS = { http_ip = "192.0.2.1", http_port = 8000 }
+
+local ADAPTER = { pvscsi = "lsilogic", lsilogic = "lsilogic" }
+
+--- Artifact names of a build: output/<name>-kube-<semver>/<name>-kube-<semver>.{ova,...}
+---@param name string
+---@param semver string
+---@param output_root? string
+function M.artifacts(name, semver, output_root)
+  local version = ("%s-kube-%s"):format(name, semver)
+  local dir = (output_root or "output") .. "/" .. version
+  local base = dir .. "/" .. version
+  return {
+    build_version = version, output_dir = dir,
+    ova = base .. ".ova", ovf = base .. ".ovf", mf = base .. ".mf", sha256 = base .. ".ova.sha256",
+    vmdk = base .. "-disk-0.vmdk", manifest = dir .. "/packer-manifest.json",
+    log = dir .. "/build.log", report = dir .. "/report.json",
+  }
+end
+
+local function seconds(d)
+  return assert(bootcmd.duration(d), "plan: invalid duration " .. tostring(d))
+end
+
+--- The ISO URLs in the order they are tried: a single `iso_url` (var file
+--- override) first, then the recipe's list, without duplicates.
+local function iso_urls(cfg)
+  local urls, seen = {}, {}
+  local function add(u)
+    if u and u ~= "" and not seen[u] then seen[u] = true urls[#urls + 1] = u end
+  end
+  add(cfg:get("iso.url"))
+  for _, u in ipairs(cfg:get("iso.urls") or {}) do add(u) end
+  return urls
+end
+
+--- The devices a QEMU VM presents: the declared VMware controller and NIC
+--- (backends/qemu.lua maps them to QEMU's models), or virtio where
+--- qemu_disk_interface / qemu_nic_model opt in. Used for build and test VMs.
+---@return {disk: string, nic: string}
+function M.qemu_devices(cfg)
+  local function pick(setting, declared)
+    if cfg:get(setting) == "virtio" then return "virtio" end
+    return cfg:get(declared)
+  end
+  return { disk = pick("build.qemu_disk_interface", "hardware.disk_controller"),
+    nic = pick("build.qemu_nic_model", "hardware.network_card") }
+end
+
+--- The facts roles and checks see.
+function M.context(cfg, backend)
+  return {
+    vars = cfg:vars(),
+    os = { family = cfg:get("distro.family"), distro = cfg:get("distro.name"), version = cfg:get("distro.version") },
+    builder = backend,
+  }
+end
+
+--- Resolves the plan. opts: output_root ("output"), cache_dir (ISO cache),
+--- recipes_dir ("recipes"), stages ({"build"}).
+--- Returns the plan or nil and a list of errors.
+---@param cfg table from capil.build.config.resolve
+---@param backend string
+---@param opts? table
+---@return table|nil, string[]?
+function M.resolve(cfg, backend, opts)
+  opts = opts or {}
+  local traits = M.BACKENDS[backend]
+  if not traits then
+    local names = {}
+    for n in pairs(M.BACKENDS) do names[#names + 1] = n end
+    table.sort(names)
+    return nil, { ("unknown backend '%s' (one of: %s)"):format(tostring(backend), table.concat(names, ", ")) }
+  end
+  local errors = {}
+  local recipes_dir = opts.recipes_dir or "recipes"
+  local name, semver = cfg:get("name"), cfg:get("kubernetes.semver")
+  local art = M.artifacts(name, semver, opts.output_root)
+  local ctx = M.context(cfg, backend)
+  local iso_sum = cfg:get("iso.checksum"):lower()
+
+  -- the boot command must parse now, with placeholder server values (the
+  -- key count in the plan is for these; the real address may differ in length)
+  local command = table.concat(cfg:get("boot.command"))
+  local probe_vars = { name = art.build_version }
+  for k, v in pairs(M.PROBE_VARS) do probe_vars[k] = v end
+  local probe, perr = template.render(command, probe_vars)
+  local events
+  if probe then events, perr = bootcmd.parse(probe) end
+  if not events then errors[#errors + 1] = ("%s: boot.command: %s"):format(cfg.recipe.file, perr) end
+
+  local steps = {}
+  local function add(step) steps[#steps + 1] = step end
+
+  add({ id = "fetch-iso", kind = "fetch_iso", urls = iso_urls(cfg), checksum = iso_sum,
+    checksum_type = cfg:get("iso.checksum_type"),
+    cache_path = ("%s/iso/%s.iso"):format(opts.cache_dir or "~/.cache/capil", iso_sum), timeout = 7200 })
+
+  add({ id = "installer", kind = "serve_installer",
+    dir = recipes_dir .. "/" .. cfg:get("installer.dir"), files = cfg:get("installer.files"),
+    bind = cfg:get("build.http_bind_address"), advertise = cfg:get("build.http_ip") or traits.http_ip or "auto",
+    template_vars = { "ssh_username", "ssh_password" },
+    cd_files = cfg:get("installer.cd_files"), cd_label = cfg:get("installer.cd_label") })
+
+  if traits.export == "nfc" then
+    -- the ISO (and the installer CD) go to the datastore, named by checksum
+    add({ id = "upload-media", kind = "upload_media", checksum = iso_sum, cache_dir = cfg:get("vsphere.cache_dir") })
+  end
+
+  local qemu_dev = backend == "qemu" and M.qemu_devices(cfg) or nil
+  add({ id = "create-vm", kind = "create_vm", vm_name = art.build_version,
+    guest_os = traits.guest_id == "workstation" and cfg:get("guest_os.workstation") or cfg:get("guest_os.vsphere"),
+    cpus = cfg:get("hardware.cpus"), cores_per_socket = cfg:get("hardware.cores"),
+    memory_mb = cfg:get("hardware.memory"), disk_mb = cfg:get("hardware.disk_size"),
+    disk_thin = cfg:get("hardware.disk_thin"), firmware = cfg:get("hardware.firmware"),
+    disk_controller = cfg:get("hardware.disk_controller"), network_card = cfg:get("hardware.network_card"),
+    network = cfg:get("build.network") or "", vmx_version = cfg:get("hardware.vmx_version"),
+    headless = cfg:get("build.headless"), accel = backend == "qemu" and cfg:get("build.qemu_accel") or nil,
+    disk_interface = qemu_dev and qemu_dev.disk, nic_model = qemu_dev and qemu_dev.nic,
+    kernel = cfg:get("build.qemu_kernel"), initrd = cfg:get("build.qemu_initrd"), append = cfg:get("build.qemu_append") })
+
+  local summary = events and bootcmd.summary(events) or {}
+  add({ id = "boot", kind = "boot_command", wait = seconds(cfg:get("boot.wait")),
+    key_interval = seconds(cfg:get("boot.key_interval")), encoder = traits.encoder,
+    command = command, keys = summary.keys, waits = summary.waits })
+
+  add({ id = "wait-ssh", kind = "wait_ssh", username = cfg:get("ssh.username"), password_var = "ssh_password",
+    key_file = cfg:get("ssh.private_key_file"),
+    timeout = seconds(cfg:get("ssh.timeout")) })
+
+  -- provisioning: roles, then the checks
+  local roles = require("capil.build.roles")
+  local order = cfg:get("roles") or roles.default_order(ctx.vars)
+  local dirs = { recipes_dir .. "/roles" }
+  if recipes_dir ~= "recipes" then dirs[2] = "recipes/roles" end
+  local role_steps, rerr = roles.expand(order, ctx, { dirs = dirs, recipes_dir = recipes_dir })
+  if not role_steps then
+    errors[#errors + 1] = rerr
+  else
+    add({ id = "provision", kind = "provision", roles = order, steps = role_steps })
+  end
+  local checks = require("capil.build.checks")
+  local files = {}
+  for _, set in ipairs(cfg:get("checks") or {}) do
+    local f = ("%s/checks/%s.lua"):format(recipes_dir, set)
+    if recipes_dir ~= "recipes" and not require("capil.sys.fs").exists(f) then f = ("recipes/checks/%s.lua"):format(set) end
+    files[#files + 1] = f
+  end
+  local list, cerr = checks.load(ctx, { files = files })
+  if not list then errors[#errors + 1] = cerr else add({ id = "checks", kind = "checks", checks = list }) end
+
+  -- the build user is locked before the shutdown (image-builder's
+  -- shutdown_command wrapper); the password goes to sudo on stdin
+  local user = cfg:get("ssh.username")
+  local shutdown = cfg:get("shutdown_command")
+  add({ id = "shutdown", kind = "shutdown",
+    command = user == "root" and shutdown or ("sudo -S -E sh -c 'usermod -L %s && %s'"):format(user, shutdown),
+    stdin_var = "ssh_password", timeout = seconds(cfg:get("shutdown_timeout")) })
+
+  add({ id = "export", kind = "export_disk", method = traits.export, path = art.vmdk,
+    subformat = "streamOptimized", adapter_type = ADAPTER[cfg:get("hardware.disk_controller")],
+    hwversion = cfg:get("hardware.vmx_version") })
+
+  if traits.export == "nfc" then
+    add({ id = "finalize", kind = "finalize_vm", convert_to_template = cfg:get("build.convert_to_template"),
+      keep_vm = cfg:get("build.keep_vm") or cfg:get("build.convert_to_template") })
+  end
+
+  local properties = {}
+  for k, v in pairs(cfg:get("ovf.properties") or {}) do properties[k] = tostring(v) end
+  -- the OVF describes the node deployed from it (ovf.*), not the build VM
+  -- (hardware.*): a 1-CPU build VM still makes a 2-CPU node, which kubeadm's
+  -- control-plane preflight needs. Disk size, firmware and hardware version
+  -- are the build's: they are properties of the disk and of what it boots.
+  local ovf_cpus, ovf_cores = cfg:get("ovf.cpus"), cfg:get("ovf.cores_per_socket")
+  if ovf_cpus % ovf_cores ~= 0 then
+    errors[#errors + 1] = ("%s: ovf.cores_per_socket: %d CPUs (ovf.cpus) cannot be split into sockets of %d cores"
+      .. " (set ovf_cores_per_socket to a divisor of ovf_cpus)"):format(cfg.recipe.file, ovf_cpus, ovf_cores)
+  end
+  add({ id = "ova", kind = "pack_ova", ovf = art.ovf, mf = art.mf, ova = art.ova, sha256 = art.sha256,
+    eula_file = cfg:get("ovf.eula_file"), user_properties = properties,
+    disks = { art.vmdk },
+    os = { ovf_id = cfg:get("guest_os.ovf_id"), ovf_version = cfg:get("guest_os.ovf_version"),
+      os_type = cfg:get("guest_os.vsphere"), display_name = cfg:get("os_display_name") },
+    hardware = { cpus = ovf_cpus, cores_per_socket = ovf_cores,
+      memory_mb = cfg:get("ovf.memory"), disk_mb = cfg:get("hardware.disk_size"),
+      firmware = cfg:get("hardware.firmware"), disk_controller = cfg:get("ovf.disk_controller"),
+      network_card = cfg:get("ovf.network_card"), vmx_version = cfg:get("hardware.vmx_version") },
+    properties = {
+      BUILD_TIMESTAMP = "{{build_timestamp}}", BUILD_DATE = "{{build_date}}",
+      CNI_VERSION = cfg:get("cni.semver"), CONTAINERD_VERSION = cfg:get("containerd.version"),
+      CUSTOM_ROLE = cfg:get("common.custom_role") and "true" or "false",
+      IMAGE_BUILDER_VERSION = "{{capil_version}}", KUBERNETES_SEMVER = semver,
+      KUBERNETES_SOURCE_TYPE = cfg:get("kubernetes.source_type"),
+      DISTRO_NAME = cfg:get("distro.name"), DISTRO_VERSION = cfg:get("distro.version"),
+      DISTRO_ARCH = cfg:get("distro.arch"),
+    } })
+
+  add({ id = "manifest", kind = "build_manifest", path = art.manifest,
+    custom_data = {
+      build_name = name, build_type = "node", build_timestamp = "{{build_timestamp}}", build_date = "{{build_date}}",
+      containerd_version = cfg:get("containerd.version"), kubernetes_cni_semver = cfg:get("cni.semver"),
+      kubernetes_semver = semver, kubernetes_source_type = cfg:get("kubernetes.source_type"),
+      ib_version = "{{capil_version}}", guest_os_type = cfg:get("guest_os.workstation"),
+      vsphere_guest_os_type = cfg:get("guest_os.vsphere"), os_name = cfg:get("os_display_name"),
+      custom_role = cfg:get("common.custom_role") and "true" or "false",
+    } })
+
+  if #errors > 0 then return nil, errors end
+  return {
+    recipe = name, file = cfg.recipe.file, backend = backend, build_version = art.build_version,
+    output_dir = art.output_dir, artifacts = art, steps = steps,
+  }
+end
+
+return M
