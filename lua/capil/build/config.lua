@@ -507,6 +507,15 @@ function Config:get(key)
   return self.extra[key]
 end
 
+--- The image-builder variable name of a path (or of a variable name: itself).
+---@param key string
+---@return string
+function Config.var_name(_, key)
+  local path = path_of(key)
+  local f = path and schema.by_path[path]
+  return f and f.var or key
+end
+
 --- The flat variable table roles and templates see: image-builder names,
 --- values as Packer passed them (strings; booleans "true"/"false"; lists
 --- space-joined).
