@@ -237,7 +237,7 @@ function M.resolve(cfg, backend, opts)
 
   if #errors > 0 then return nil, errors end
   -- every configuration value the backend uses (secrets as their variable)
-  local settings = b.settings and registry.plan_settings(b, cfg) or {}
+  local settings = type(b.settings) == "table" and registry.plan_settings(b, cfg) or {}
   return {
     recipe = name, file = cfg.recipe.file, backend = backend, build_version = art.build_version,
     output_dir = art.output_dir, artifacts = art, steps = steps, settings = settings,

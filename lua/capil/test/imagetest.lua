@@ -279,7 +279,7 @@ function M.run(o)
   local close_log = log.add_file(t.test_dir .. "/test.log")
   local run = {
     target = t, backend = o.backend, keep = o.keep and true or false, cache_dir = o.cache_dir, data = data,
-    settings = b.settings and registry.live_settings(b, cfg) or {},
+    settings = type(b.settings) == "table" and registry.live_settings(b, cfg) or {},
     secret = function(var) return cfg:get(var) end,
     vm_settings = M.vm_settings(cfg, b.traits), test_vm_name = cfg:get("test_vm_name"),
     test_dir = t.test_dir, work = t.test_dir .. "/vm", state = {},
