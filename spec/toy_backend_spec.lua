@@ -95,36 +95,39 @@ describe("a toy backend: one module and its registration line #unit", function()
     end)())
   end)
 
-  it("builds the testos plan on this machine's sshd: create, boot, SSH, provision, export, OVA", function()
-    local tmp = peer.dir("toy")
+  -- The testos plan for "toy" against a fresh sshd; the host is no guest to
+  -- check or lock: no checks, a harmless shutdown command.
+  local function toy_plan(tmp)
     local key = sshd.keygen(tmp, "guest_ed25519")
     local server = sshd.start({ authorized = { key } })
-    finally(function() server.stop() end)
     local iso = tmp .. "/toy.iso"
     assert(fs.write(iso, "not really an ISO\n"))
-    local probe = tmp .. "/probe"
-
-    local loader = require("capil.build.loader")
     local r = assert(require("capil.build.recipe").load("spec/fixtures/recipes/testos.lua"))
     local cfg = assert(require("capil.build.config").resolve(r, { backend = "toy", config_dir = "recipes/config",
       getenv = function() return nil end, vars = {
         "iso_url=file://" .. iso, "iso_checksum=" .. assert(hash.file(iso)), "boot_wait=0s",
         "ssh_username=" .. server.user, "ssh_private_key_file=" .. key, "ssh_port=" .. server.port, "disk_size=1024",
-        "roles=probe", "probe_file=" .. probe,
+        "roles=probe", "probe_file=" .. tmp .. "/probe",
       } }))
-    local plan, errs = loader.plan(cfg, "toy", { recipes_dir = "spec/fixtures/recipes", output_root = tmp .. "/out",
-      cache_dir = tmp .. "/cache" })
+    local plan, errs = require("capil.build.loader").plan(cfg, "toy", { recipes_dir = "spec/fixtures/recipes",
+      output_root = tmp .. "/out", cache_dir = tmp .. "/cache" })
     assert(plan, errs and table.concat(errs, "\n"))
-    -- the plan carries the toy's setting; the pipeline hands it over
-    assert.same({ ssh_port = server.port }, plan.settings)
-    -- the host is no guest to check or lock: no checks, a harmless shutdown command
     local steps = {}
     for _, s in ipairs(plan.steps) do
       if s.kind == "shutdown" then s.command = "true" end
       if s.kind ~= "checks" then steps[#steps + 1] = s end
     end
     plan.steps = steps
+    return plan, cfg, server, iso
+  end
 
+  it("builds the testos plan on this machine's sshd: create, boot, SSH, provision, export, OVA", function()
+    local tmp = peer.dir("toy")
+    local plan, cfg, server, iso = toy_plan(tmp)
+    finally(function() server.stop() end)
+    local probe = tmp .. "/probe"
+    -- the plan carries the toy's setting; the pipeline hands it over
+    assert.same({ ssh_port = server.port }, plan.settings)
     local report, err = require("capil.build.pipeline").run(plan, cfg, { cache_dir = tmp .. "/cache" })
     assert(report, err)
     assert.is_true(report.ok)
@@ -150,5 +153,26 @@ describe("a toy backend: one module and its registration line #unit", function()
     assert.same({ "start", "type_keys", "wait_exit" }, vm.calls)
     assert.equal(iso, vm.ctx.state.iso)
     assert.is_true(vm.destroyed)
+  end)
+
+  it("fails a step with the path and reason when the disk cannot be written, and a run before its first step", function()
+    local tmp = peer.dir("toy-io")
+    local plan, cfg, server = toy_plan(tmp)
+    finally(function() server.stop() end)
+    assert(fs.write(tmp .. "/file", "x"))
+    for _, s in ipairs(plan.steps) do
+      if s.kind == "export_disk" then s.path = tmp .. "/file/disk.vmdk" end
+    end
+    local report, err, _, partial = require("capil.build.pipeline").run(plan, cfg, { cache_dir = tmp .. "/cache" })
+    assert.is_nil(report)
+    assert.matches("step export failed: fs.mkdir: " .. tmp .. "/file: ", err, 1, true)
+    assert.is_false(partial.ok)
+    assert.equal("failed", partial.steps[#partial.steps].status)
+    -- an output directory that cannot be made: no step runs, no traceback
+    plan.output_dir = tmp .. "/file/out"
+    local r2, err2, code2 = require("capil.build.pipeline").run(plan, cfg, {})
+    assert.is_nil(r2)
+    assert.matches("output directory: fs.mkdir: " .. tmp .. "/file/out: ", err2, 1, true)
+    assert.equal("ENOTDIR", code2)
   end)
 end)
