@@ -25,9 +25,8 @@ end
 
 local recipe = require("capil.build.recipe")
 local config = require("capil.build.config")
-local plan = require("capil.build.plan")
-local BACKENDS = {}
-for name in pairs(plan.BACKENDS) do BACKENDS[#BACKENDS + 1] = name end
+local loader = require("capil.build.loader")
+local BACKENDS = require("capil.backend").names()
 table.sort(BACKENDS)
 
 --- (1) recipe text → sandboxed load → config → plan (what `capil validate`
@@ -46,7 +45,7 @@ function T.recipe(data)
     invariant(type(cerrs) == "table" and #cerrs > 0, "config.resolve: nil without errors")
     return
   end
-  local p, perrs = plan.resolve(cfg, backend, { recipes_dir = "recipes", cache_dir = "/nonexistent/cache" })
+  local p, perrs = loader.plan(cfg, backend, { recipes_dir = "recipes", cache_dir = "/nonexistent/cache" })
   if not p then invariant(type(perrs) == "table" and #perrs > 0, "plan.resolve: nil without errors") end
 end
 

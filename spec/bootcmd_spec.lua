@@ -35,6 +35,10 @@ describe("bootcmd #unit", function()
       keys(assert(bootcmd.parse("<wait><wait5><wait10><wait1m30s><wait500ms><wait7><wait1h>"))))
     assert.is_nil(bootcmd.duration("5x"))
     assert.equal(5400.25, bootcmd.duration("1h30m250ms"))
+    -- a duration the schema already coerced is seconds
+    assert.equal(90, bootcmd.duration(90))
+    assert.is_nil(bootcmd.duration(-1))
+    assert.is_nil(bootcmd.duration({}))
   end)
 
   it("rejects unknown tokens with their position, never typing them", function()

@@ -1,12 +1,13 @@
 local recipe = require("capil.build.recipe")
 local config = require("capil.build.config")
+local loader = require("capil.build.loader")
 local plan = require("capil.build.plan")
 local bootcmd = require("capil.build.bootcmd")
 
 local function resolve(name, backend, opts)
   local r = assert(recipe.load(name))
   local cfg = assert(config.resolve(r, { backend = backend or "qemu", vars = opts and opts.vars }))
-  return cfg, assert(plan.resolve(cfg, backend or "qemu"))
+  return cfg, assert(loader.plan(cfg, backend or "qemu"))
 end
 
 local function step(p, id)
@@ -175,7 +176,7 @@ describe("seed recipes #unit", function()
     assert.equal(40960, cfg:get("disk_size"))
     assert.equal("nfs-common", cfg:vars().extra_debs)
     assert.equal("36f15879bd9dfd061cd588620a164a82972663fdd148cce1f70d57d314c21b73", cfg:get("iso_checksum"))
-    local p = assert(plan.resolve(cfg, "qemu"))
+    local p = assert(loader.plan(cfg, "qemu"))
     assert.equal("output/custom-ubuntu-kube-v1.16.14", p.output_dir)
     assert.equal(40960, step(p, "create-vm").disk_mb)
   end)

@@ -5,7 +5,6 @@
 -- that was shut down.
 local recipe = require("capil.build.recipe")
 local config = require("capil.build.config")
-local plan = require("capil.build.plan")
 local json = require("capil.sys.json")
 local capil = require("support.capil")
 
@@ -36,7 +35,7 @@ local function resolve(name, backend, semver)
   local vars = semver and { "kubernetes_semver=" .. semver } or nil
   if semver and semver >= "v1.26" then with_containerd(vars) end
   local cfg = assert(config.resolve(r, { backend = backend, vars = vars }))
-  return cfg, assert(plan.resolve(cfg, backend))
+  return cfg, assert(require("capil.build.loader").plan(cfg, backend))
 end
 
 -- The provisioning steps of a plan, and one by name.

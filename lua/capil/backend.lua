@@ -32,6 +32,9 @@ M.REGISTERED = {
 ---@field http_ip? string where the guest reaches capil's installer server (QEMU's user network: 10.0.2.2); nil: discovered
 ---@field remote? boolean VMs live on a server and are found by name (deploy, repl, ssh, test of a VM)
 ---@field qemu_devices? boolean the VM presents QEMU devices chosen from the recipe's controller and NIC (plan.qemu_devices)
+---@field govc_env? boolean govc's environment (GOVC_URL, GOVC_USERNAME, ...) sets variables (capil.build.config)
+---@field var_file? string its shared var file in recipes/config/ (vsphere.json, esx.json), read after the common ones
+---@field process? string the VM is a local process of this name (QEMU): a test VM kept with its pid blocks a new test
 
 --- One configuration value a backend uses. `paths` are tried in order (schema
 --- paths or variable names); the first set and non-empty wins, else

@@ -63,10 +63,16 @@ M.layouts = { us = US }
 local UNITS = { ns = 1e-9, us = 1e-6, ["µs"] = 1e-6, ms = 1e-3, s = 1, m = 60, h = 3600 }
 
 --- Parses a Go duration ("1m30s", "500ms", "10s") or a bare number of
---- seconds; returns seconds or nil and an error.
----@param s string
+--- seconds; returns seconds or nil and an error. A number (a duration the
+--- schema already coerced) is taken as seconds.
+---@param s string|number
 ---@return number|nil, string?
 function M.duration(s)
+  if type(s) == "number" then
+    if s ~= s or s < 0 or s > M.MAX_DURATION then return nil, ("duration %s s is out of range"):format(tostring(s)) end
+    return s
+  end
+  if type(s) ~= "string" then return nil, ("expected a duration, got %s"):format(type(s)) end
   if s == "" then return nil, "empty duration" end
   local total, pos = 0, 1
   if s:match("^%d+$") then

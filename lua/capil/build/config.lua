@@ -1,11 +1,13 @@
 --- capil.build.config — configuration layering. Lowest to highest:
 ---   1. default   schema defaults
 ---   2. shared    recipes/config/*.json (image-builder's packer/config and
----                packer/ova files; esx.json/vsphere.json for those backends)
+---                packer/ova files; the backend's own file, its traits.var_file:
+---                esx.json, vsphere.json)
 ---   3. recipe    the OS recipe (and what it extends)
 ---      env       govc's GOVC_URL, GOVC_USERNAME, GOVC_PASSWORD, GOVC_INSECURE
 ---                (and GOVC_DATACENTER, _DATASTORE, _NETWORK, _RESOURCE_POOL,
----                _FOLDER, _HOST), below var files
+---                _FOLDER, _HOST), below var files, for a backend whose
+---                traits.govc_env says so
 ---   4. var-file  every file of PACKER_VAR_FILES (space-separated), then each
 ---                --var-file, in order: last wins (image-builder's rule)
 ---   5. var       --var key=value
@@ -20,7 +22,14 @@ local template = require("capil.util.template")
 local M = {}
 
 M.SHARED_FILES = { "kubernetes.json", "cni.json", "containerd.json", "common.json", "packer-common.json" }
-M.BACKEND_FILES = { esx = "esx.json", vsphere = "vsphere.json" }
+
+-- The traits of the backend called `name` (capil.backend), or an empty
+-- table for no or an unknown backend (plan.resolve reports that one).
+local function traits_of(name)
+  local backend = require("capil.backend")
+  if not name or not backend.known(name) then return {} end
+  return backend.get(name).traits or {}
+end
 
 -- Variables of image-builder's shared files that its Packer templates never
 -- read: applying them would make capil's build differ from image-builder's.
@@ -126,13 +135,14 @@ function M.from_vars(opts)
     local p = path_of(k)
     if p then raw[p] = v else extra[k] = v end
   end
-  local base = (opts.config_dir or "recipes/config") .. "/" .. (M.BACKEND_FILES[opts.backend or ""] or "")
-  if M.BACKEND_FILES[opts.backend or ""] and require("capil.sys.fs").exists(base) then
+  local traits = traits_of(opts.backend)
+  local base = (opts.config_dir or "recipes/config") .. "/" .. (traits.var_file or "")
+  if traits.var_file and require("capil.sys.fs").exists(base) then
     local data, err = read_var_file(base)
     if not data then return nil, err end
     for k, v in pairs(data) do set(k, v) end
   end
-  if opts.backend == "vsphere" or opts.backend == "esx" then
+  if traits.govc_env then
     for k, v in pairs(M.govc_env(getenv)) do set(k, v[1]) end
   end
   local files = M.packer_var_files(getenv("PACKER_VAR_FILES"))
@@ -147,7 +157,7 @@ function M.from_vars(opts)
     if not k then return nil, v end
     set(k, v)
   end
-  local values = {}
+  local values, texts = {}, {}
   for _, f in ipairs(schema.fields) do
     local v = raw[f.path]
     if v == nil then v = f.default end
@@ -157,9 +167,10 @@ function M.from_vars(opts)
       local ok, cwhy = schema.check(f, c, values)
       if not ok then return nil, ("%s: %s"):format(f.var or f.path, cwhy) end
       values[f.path] = c
+      if f.type == "duration" then texts[f.path] = tostring(v) end
     end
   end
-  local cfg = setmetatable({ values = values, extra = extra, sources = {}, extra_sources = {} }, Config)
+  local cfg = setmetatable({ values = values, texts = texts, extra = extra, sources = {}, extra_sources = {} }, Config)
   cfg:register_secrets()
   return cfg
 end
@@ -199,7 +210,8 @@ function M.resolve(recipe, opts)
   local dir = opts.config_dir or "recipes/config"
   local files = {}
   for _, f in ipairs(M.SHARED_FILES) do files[#files + 1] = dir .. "/" .. f end
-  if M.BACKEND_FILES[opts.backend] then files[#files + 1] = dir .. "/" .. M.BACKEND_FILES[opts.backend] end
+  local traits = traits_of(opts.backend)
+  if traits.var_file then files[#files + 1] = dir .. "/" .. traits.var_file end
   local unread = {}
   for _, path in ipairs(files) do
     local data, err = read_var_file(path)
@@ -242,7 +254,7 @@ function M.resolve(recipe, opts)
   end
 
   -- govc's environment, for the backends that talk to vSphere
-  if opts.backend == "vsphere" or opts.backend == "esx" then
+  if traits.govc_env then
     for k, v in pairs(M.govc_env(opts.getenv)) do set(k, v[1], "env", v[2]) end
   end
 
@@ -280,12 +292,13 @@ function M.resolve(recipe, opts)
   end
   for _, raw in pairs(values) do log.secret_urls(raw) end
 
-  -- coerce and check
-  local resolved = {}
+  -- coerce and check; a duration keeps its text for vars() and --explain
+  local resolved, texts = {}, {}
   for _, f in ipairs(schema.fields) do
     local raw = values[f.path]
     if raw ~= nil then
       local v, why = schema.coerce(f, raw)
+      if v ~= nil and f.type == "duration" then texts[f.path] = tostring(raw) end
       if v == nil then
         local src = sources[f.path]
         errors[#errors + 1] = ("%s: %s: %s"):format(src.where or src.file or src.layer,
@@ -321,7 +334,7 @@ function M.resolve(recipe, opts)
   if #errors > 0 then return nil, errors end
 
   local cfg = setmetatable({
-    recipe = recipe, values = resolved, sources = sources, extra = extra, extra_sources = extra_src,
+    recipe = recipe, values = resolved, texts = texts, sources = sources, extra = extra, extra_sources = extra_src,
     backend = opts.backend,
   }, Config)
 
@@ -518,13 +531,14 @@ end
 
 --- The flat variable table roles and templates see: image-builder names,
 --- values as Packer passed them (strings; booleans "true"/"false"; lists
---- space-joined).
+--- space-joined; durations as written, "4h").
 function Config:vars()
   local out = {}
   for _, f in ipairs(schema.fields) do
     local v = self.values[f.path]
     if f.var and v ~= nil then
-      if type(v) == "boolean" then v = v and "true" or "false"
+      if f.type == "duration" then v = self:text(f.path)
+      elseif type(v) == "boolean" then v = v and "true" or "false"
       elseif type(v) == "table" then v = table.concat(v, " ")
       else v = tostring(v) end
       out[f.var] = v
@@ -534,14 +548,28 @@ function Config:vars()
   return out
 end
 
+--- A value as the user wrote it: a duration's text ("4h"; its value is
+--- seconds), other values as they are.
+---@param key string a schema path or variable name
+function Config:text(key)
+  local path = path_of(key)
+  local t = path and self.texts and self.texts[path]
+  if t then return t end
+  local v = self:get(key)
+  if path and type(v) == "number" and schema.by_path[path].type == "duration" then
+    return tostring(math.tointeger(v) or v)
+  end
+  return v
+end
+
 --- Where a value came from: {key, path, var, value, layer, file} (secret
---- values shown as "****").
+--- values shown as "****"; a duration as written).
 function Config:explain(key)
   local path = path_of(key)
   local src = path and self.sources[path] or self.extra_sources[key]
   if not src then return nil, ("unknown key '%s'"):format(key) end
   local f = path and schema.by_path[path]
-  local v = self:get(key)
+  local v = self:text(key)
   if (f and f.secret) or schema.is_secret_name(key) then v = (v ~= nil and v ~= "") and "****" or v end
   return {
     key = key, path = path, var = f and f.var or (not path and key) or nil,

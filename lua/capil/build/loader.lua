@@ -1,18 +1,30 @@
 --- capil.build.loader — the options every recipe command shares (--backend,
 --- --var-file, --var, PACKER_VAR_FILES) and loading a recipe through them
---- into a resolved configuration and plan, with all errors collected.
+--- into a resolved configuration and plan, with all errors collected. It
+--- does the file reading plan.resolve must not: the roles' steps and the
+--- checks (`inputs`), then resolves the plan (`plan`).
 local recipe = require("capil.build.recipe")
 local config = require("capil.build.config")
 local plan = require("capil.build.plan")
+local backend = require("capil.backend")
+local fs = require("capil.sys.fs")
 local cli = require("capil.cli")
 
 local M = {}
 
-M.DEFAULT_BACKEND = "qemu"
+-- The first registered backend is the default (qemu).
+M.DEFAULT_BACKEND = backend.REGISTERED[1]
+
+--- The --backend help: the registered names, the default marked, and `local`.
+---@return string
+function M.backend_help()
+  local names = backend.names()
+  names[1] = names[1] .. " (default)"
+  return table.concat(names, ", ") .. ", local (workstation when vmrun is found, else qemu)"
+end
 
 M.options = {
-  { name = "backend", short = "b", arg = "NAME",
-    help = "qemu (default), vsphere, esx, workstation, local (workstation when vmrun is found, else qemu)" },
+  { name = "backend", short = "b", arg = "NAME", help = M.backend_help() },
   { name = "var-file", arg = "FILE", multi = true,
     help = "JSON variables (image-builder format); after PACKER_VAR_FILES, last wins" },
   { name = "var", arg = "KEY=VALUE", multi = true, help = "one variable; wins over var files" },
@@ -44,14 +56,56 @@ end
 function M.resolve_backend(name, opts)
   if name == nil then return M.DEFAULT_BACKEND end
   if name ~= "local" then return name end
-  local tools, why = require("capil.backends.workstation").find_tools(opts)
+  local tools, why = assert(backend.get("workstation")).find_tools(opts)
   local log = require("capil.sys.log")
   if tools then
     log.info("--backend local: %s (%s)", "workstation", tools.vmrun)
     return "workstation"
   end
-  log.info("--backend local: qemu (%s)", why)
-  return "qemu"
+  log.info("--backend local: %s (%s)", M.DEFAULT_BACKEND, why)
+  return M.DEFAULT_BACKEND
+end
+
+--- What plan.resolve needs from files: the roles (expanded into steps) and
+--- the check sets, looked up in `recipes_dir` and then in recipes/.
+--- Never fails: a load error is carried in the result (role_error,
+--- checks_error) for plan.resolve to list with the others.
+---@param cfg table a resolved configuration
+---@param name string the backend name (roles see it as `builder`)
+---@param opts? {recipes_dir?: string}
+---@return capil.PlanInputs
+function M.inputs(cfg, name, opts)
+  opts = opts or {}
+  local recipes_dir = opts.recipes_dir or "recipes"
+  local ctx = plan.context(cfg, name)
+  local roles = require("capil.build.roles")
+  local out = { roles = cfg:get("roles") or roles.default_order(ctx.vars) }
+  local dirs = { recipes_dir .. "/roles" }
+  if recipes_dir ~= "recipes" then dirs[2] = "recipes/roles" end
+  out.role_steps, out.role_error = roles.expand(out.roles, ctx, { dirs = dirs, recipes_dir = recipes_dir })
+  local files = {}
+  for _, set in ipairs(cfg:get("checks") or {}) do
+    local f = ("%s/checks/%s.lua"):format(recipes_dir, set)
+    if recipes_dir ~= "recipes" and not fs.exists(f) then f = ("recipes/checks/%s.lua"):format(set) end
+    files[#files + 1] = f
+  end
+  out.checks, out.checks_error = require("capil.build.checks").load(ctx, { files = files })
+  return out
+end
+
+--- Loads the plan's inputs (M.inputs) and resolves the plan. opts as for
+--- plan.resolve (output_root, cache_dir, recipes_dir).
+---@param cfg table
+---@param name string a backend name
+---@param opts? table
+---@return table|nil plan, string[]? errors
+function M.plan(cfg, name, opts)
+  opts = opts or {}
+  if not backend.known(name) then return plan.resolve(cfg, name, opts) end -- its error names the known ones
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.loaded = M.inputs(cfg, name, opts)
+  return plan.resolve(cfg, name, o)
 end
 
 --- Loads `ref` with the shared options; returns recipe, cfg, plan or nil
@@ -60,18 +114,18 @@ end
 ---@param opts table parsed options
 function M.load(ref, opts)
   local dir = opts["recipes-dir"] or "recipes"
-  local backend = M.resolve_backend(opts.backend)
+  local name = M.resolve_backend(opts.backend)
   local r, errs = recipe.load(ref, { dir = dir })
   if not r then return nil, errs end
   -- a recipes dir without its own config/ uses the built-in one
   local config_dir = dir .. "/config"
-  if dir ~= "recipes" and not require("capil.sys.fs").exists(config_dir) then config_dir = "recipes/config" end
+  if dir ~= "recipes" and not fs.exists(config_dir) then config_dir = "recipes/config" end
   local cfg, cerrs = config.resolve(r, {
-    backend = backend, config_dir = config_dir, var_files = opts["var-file"],
+    backend = name, config_dir = config_dir, var_files = opts["var-file"],
     packer_var_files = os.getenv("PACKER_VAR_FILES"), vars = M.vars(opts),
   })
   if not cfg then return nil, cerrs end
-  local p, perrs = plan.resolve(cfg, backend, {
+  local p, perrs = M.plan(cfg, name, {
     recipes_dir = dir, output_root = opts.output,
     cache_dir = M.cache_dir(),
   })

@@ -4,6 +4,14 @@
 --- itself), and leaves cleanups registered for everything it creates, so a
 --- failure or Ctrl-C removes the VM, temp files and servers (unless
 --- --keep-on-error).
+---
+--- The backend is driven through the interface of capil.backend: it gets a
+--- capil.BuildContext (`run.ctx`: name, dirs, the plan's settings, secrets
+--- by variable, media, installer server, its own `state`, the report) and
+--- the plan's step: `prepare(ctx, step)` and `create(ctx, step)` for
+--- create_vm, `steps[kind](ctx, step)` for steps of its own, then the VM's
+--- methods. World failures (a full disk, a missing directory) fail the step
+--- with the path and reason, never a traceback.
 local fs = require("capil.sys.fs")
 local http = require("capil.sys.http")
 local hash = require("capil.sys.hash")
@@ -28,6 +36,12 @@ local TIME_CLASS = {
 local H = {} -- step handlers: H[kind](run, step) -> true | nil, err, code
 
 local function fail(msg, code) return nil, msg, code or "ESTEP" end
+
+-- `ok, err, code` of an fs call, as a step failure.
+local function io_ok(ok, err, code)
+  if ok then return ok end
+  return nil, tostring(err), code or "EIO"
+end
 
 -- ====================================================================== --
 -- Media and installer                                                    --
@@ -55,8 +69,13 @@ local function lock_cache(path, timeout)
   local deadline = runtime.now() + timeout
   local told = false
   while true do
-    local tmp = assert(fs.tempdir({ parent = fs.dirname(path), prefix = ".lock", keep = true }))
-    assert(fs.write(tmp .. "/pid", tostring(proc.getpid())))
+    local tmp, terr, tcode = fs.tempdir({ parent = fs.dirname(path), prefix = ".lock", keep = true })
+    if not tmp then return nil, "ISO cache lock: " .. tostring(terr), tcode end
+    local wok, werr, wcode = fs.write(tmp .. "/pid", tostring(proc.getpid()))
+    if not wok then
+      fs.remove(tmp, { recursive = true })
+      return nil, "ISO cache lock: " .. tostring(werr), wcode
+    end
     if fs.rename(tmp, lockdir) then
       return require("capil.sys.cleanup").push("ISO cache lock " .. lockdir, function()
         fs.remove(lockdir, { recursive = true })
@@ -90,7 +109,7 @@ function H.fetch_iso(run, step)
   local path = step.cache_path
   local stamp = path .. ".verified"
   if cached_iso(path, step.checksum) then
-    run.iso = path
+    run.ctx.media.iso = path
     log.info("ISO %s (cached, verified)", path)
     return true
   end
@@ -102,12 +121,13 @@ function H.fetch_iso(run, step)
     if local_path then
       ok, err = verify(local_path, step.checksum_type, step.checksum)
       if ok then
-        run.iso = local_path
+        run.ctx.media.iso = local_path
         log.info("ISO %s (local file, %s verified)", local_path, step.checksum_type)
         return true
       end
     else
-      assert(fs.mkdir(fs.dirname(path)))
+      local mok, merr, mcode = fs.mkdir(fs.dirname(path))
+      if not mok then return io_ok(mok, "ISO cache: " .. tostring(merr), mcode) end
       if not lock then
         local lerr, lcode
         lock, lerr, lcode = lock_cache(path, step.timeout)
@@ -115,7 +135,7 @@ function H.fetch_iso(run, step)
         -- another build may have fetched it while this one waited
         if cached_iso(path, step.checksum) then
           lock:run()
-          run.iso = path
+          run.ctx.media.iso = path
           log.info("ISO %s (cached by a parallel build, verified)", path)
           return true
         end
@@ -128,10 +148,16 @@ function H.fetch_iso(run, step)
       if r then
         ok, err = verify(tmp, step.checksum_type, step.checksum)
         if ok then
-          assert(fs.rename(tmp, path))
-          assert(fs.write(stamp, ("%d %s"):format(fs.stat(path).size, step.checksum)))
+          local rok, rerr, rcode = fs.rename(tmp, path)
+          local st = rok and fs.stat(path)
+          if rok then rok, rerr, rcode = fs.write(stamp, ("%d %s"):format(st and st.size or 0, step.checksum)) end
+          if not rok then
+            fs.remove(tmp)
+            lock:run()
+            return io_ok(nil, "ISO cache: " .. tostring(rerr), rcode)
+          end
           lock:run()
-          run.iso = path
+          run.ctx.media.iso = path
           return true
         end
       end
@@ -145,25 +171,31 @@ function H.fetch_iso(run, step)
 end
 
 function H.serve_installer(run, step)
-  local dir = run.workdir .. "/http"
-  assert(fs.mkdir(dir))
+  local ctx = run.ctx
+  local dir = ctx.workdir .. "/http"
+  local mok, merr, mcode = fs.mkdir(dir)
+  if not mok then return io_ok(mok, merr, mcode) end
   local vars = run.cfg:vars()
   local ok, err = installer.render(step.dir, step.files, dir, vars)
   if not ok then return fail(err) end
   if step.cd_files and #step.cd_files > 0 then
-    local cd_dir = run.workdir .. "/cd"
+    local cd_dir = ctx.workdir .. "/cd"
     local rok, rerr = installer.render(step.dir, step.cd_files, cd_dir, vars)
     if not rok then return fail(rerr) end
-    local iso, ierr, icode = installer.make_iso(cd_dir, run.workdir .. "/cd.iso", step.cd_label)
+    local iso, ierr, icode = installer.make_iso(cd_dir, ctx.workdir .. "/cd.iso", step.cd_label)
     if not iso then return fail(ierr, icode) end
-    run.cd_iso = iso
+    ctx.media.cd_iso = iso
     log.info("installer files also on a CD labelled %s", step.cd_label)
   end
   local srv, serr, code = installer.serve({ dir = dir, bind = step.bind })
   if not srv then return fail(serr, code) end
-  run.http = { server = srv, port = srv.port, auto = step.advertise == "auto" and not run.backend.traits.http_ip,
-    ip = step.advertise ~= "auto" and step.advertise or run.backend.traits.http_ip or "127.0.0.1" }
-  log.info("installer files served on %s:%d (guest uses http://%s:%d/)", srv.address, srv.port, run.http.ip, srv.port)
+  run.server = srv
+  -- the plan's advertised address (the backend's traits.http_ip, or
+  -- http_ip); "auto": a backend may set ctx.http.ip (the host's address on
+  -- the VM's network)
+  ctx.http = { port = srv.port, auto = step.advertise == "auto",
+    ip = step.advertise ~= "auto" and step.advertise or "127.0.0.1" }
+  log.info("installer files served on %s:%d (guest uses http://%s:%d/)", srv.address, srv.port, ctx.http.ip, srv.port)
   return true
 end
 
@@ -173,21 +205,11 @@ end
 
 function H.create_vm(run, step)
   local b = run.backend
-  local accel
-  if b.accel then
-    local why
-    accel, why = b.accel(step.accel, run.cache_dir)
-    log.info("%s: accelerator %s (%s)", step.vm_name, accel, why)
-    run.report.accel = accel
+  if b.prepare then
+    local ok, err, code = b.prepare(run.ctx, step)
+    if not ok then return fail(err, code) end
   end
-  local vm, err, code = b.create({
-    workdir = run.workdir, log_dir = run.log_dir, name = step.vm_name, cpus = step.cpus,
-    memory_mb = step.memory_mb, disk_mb = step.disk_mb, iso = run.iso, accel = accel,
-    kernel = step.kernel, initrd = step.initrd, append = step.append,
-    disk_interface = step.disk_interface, network_card = step.nic_model,
-    extra_cdroms = run.cd_iso and { run.cd_iso } or nil,
-    step = step, run = run,
-  })
+  local vm, err, code = b.create(run.ctx, step)
   if not vm then return fail(err, code) end
   run.vm = vm
   return vm:start()
@@ -197,8 +219,9 @@ function H.boot_command(run, step)
   log.info("%s: waiting %g s before typing the boot command", run.vm.name, step.wait)
   local ok, err, code = runtime.sleep(step.wait)
   if not ok then return fail(err, code) end
+  local srv = run.ctx.http
   local text, terr = template.render(step.command,
-    { http_ip = run.http and run.http.ip or "", http_port = run.http and run.http.port or 0, name = run.vm.name })
+    { http_ip = srv and srv.ip or "", http_port = srv and srv.port or 0, name = run.vm.name })
   if not text then return fail("boot command: " .. terr) end
   local events, perr = bootcmd.parse(text)
   if not events then return fail("boot command: " .. perr) end
@@ -211,16 +234,17 @@ function H.boot_command(run, step)
 end
 
 -- The guest's SSH address (the backend may wait for it: a vSphere guest IP),
--- then a login; the wait fails fast when the VM stops (vm:alive()).
-local function connect(run, timeout)
+-- then a login as the plan's wait-ssh step says (`ssh`: its username,
+-- password_var, key_file); the wait fails fast when the VM stops (vm:alive()).
+local function connect(run, ssh, timeout)
   local vm = run.vm
   local deadline = runtime.now() + timeout
   local addr, err, code = vm:ssh_address(timeout)
   if not addr then return nil, err, code end
-  run.target = { host = addr.host, port = addr.port, user = run.cfg:get("ssh_username") }
+  run.target = { host = addr.host, port = addr.port, user = ssh.username }
   return guest.wait_ssh({
-    host = addr.host, port = addr.port, user = run.cfg:get("ssh_username"),
-    password = run.cfg:get("ssh_password"), key = run.cfg:get("ssh_private_key_file"),
+    host = addr.host, port = addr.port, user = ssh.username,
+    password = ssh.password_var and run.ctx.secret(ssh.password_var) or nil, key = ssh.key_file,
     timeout = timeout, deadline = deadline, alive = function() return vm:alive() end,
     what = vm.name, hint = vm.hint,
   })
@@ -228,7 +252,8 @@ end
 
 function H.wait_ssh(run, step)
   log.info("%s: waiting up to %g s for SSH as %s", run.vm.name, step.timeout, step.username)
-  local s, err, code = connect(run, step.timeout)
+  run.ssh = step
+  local s, err, code = connect(run, step, step.timeout)
   if not s then return fail(err, code) end
   run.session = s
   log.info("%s: SSH is up (%s)", run.vm.name, s.host_key_fingerprint or "")
@@ -238,7 +263,7 @@ end
 function H.provision(run, step)
   local counts = { ran = 0, skipped = 0 }
   local ctx = {
-    reconnect = function() return connect(run, 900) end,
+    reconnect = function() return connect(run, run.ssh, 900) end,
     target = run.target,
   }
   local current
@@ -275,7 +300,8 @@ function H.shutdown(run, step)
   log.info("%s: shutting down", vm.name)
   if run.session then
     -- the password goes to sudo on stdin, never on a command line
-    run.session:exec(step.command, { stdin = (run.cfg:get("ssh_password") or "") .. "\n", timeout = 60 })
+    local secret = step.stdin_var and run.ctx.secret(step.stdin_var)
+    run.session:exec(step.command, { stdin = (secret or "") .. "\n", timeout = 60 })
     run.session:close()
     run.session = nil
   end
@@ -291,7 +317,8 @@ end
 -- ====================================================================== --
 
 function H.export_disk(run, step)
-  assert(fs.mkdir(fs.dirname(step.path)))
+  local mok, merr, mcode = fs.mkdir(fs.dirname(step.path))
+  if not mok then return io_ok(mok, merr, mcode) end
   local ok, err, code = run.vm:export(step.path, { adapter_type = step.adapter_type, hwversion = step.hwversion })
   if not ok then return fail(err, code) end
   -- the digest the OVA's manifest needs, recorded as the disk is produced
@@ -302,7 +329,9 @@ function H.export_disk(run, step)
     sum, herr = hash.file(step.path, "sha256")
     if not sum then return fail(herr) end
   end
-  run.disks = { { path = step.path, sha256 = sum, size = fs.stat(step.path).size } }
+  local st, serr, scode = fs.stat(step.path)
+  if not st then return io_ok(nil, serr or (step.path .. ": missing after the export"), scode) end
+  run.disks = { { path = step.path, sha256 = sum, size = st.size } }
   log.info("%s: exported %s (%d bytes)", run.vm.name, step.path, run.disks[1].size)
   return true
 end
@@ -349,45 +378,65 @@ end
 -- Running                                                                --
 -- ====================================================================== --
 
+--- The capil.BuildContext a backend gets for a run of `plan`.
+---@param plan table
+---@param cfg table the configuration (read only for secrets, by variable)
+---@param o {workdir: string, log_dir: string, cache_dir?: string, report: table}
+---@return capil.BuildContext
+function M.context(plan, cfg, o)
+  return {
+    name = plan.build_version, workdir = o.workdir, log_dir = o.log_dir, cache_dir = o.cache_dir,
+    settings = plan.settings or {},
+    secret = function(var) return cfg:get(var) end,
+    media = {}, state = {}, report = o.report,
+  }
+end
+
 --- Runs `plan` with configuration `cfg`. opts: keep_on_error, cache_dir.
---- Returns the report (report.ok tells the outcome).
+--- Returns the report (report.ok tells the outcome), or nil, the message,
+--- its code and the report when there is one.
+---@param plan table from capil.build.plan.resolve
+---@param cfg table
+---@param opts? {keep_on_error?: boolean, cache_dir?: string}
+---@return table|nil report, string? err, string? code, table? partial
 function M.run(plan, cfg, opts)
   opts = opts or {}
-  -- a backend that does not exist yet is a clear error; one that fails to
-  -- load is a bug and raises with its own message
-  local ok_b, backend = pcall(require, "capil.backends." .. plan.backend)
-  if not ok_b then
-    if not tostring(backend):find("module 'capil.backends." .. plan.backend .. "' not found", 1, true) then
-      error(backend, 0)
-    end
-    return nil, ("backend '%s' is not available yet in this capil (qemu, vsphere, esx and workstation are)"):format(plan.backend), "ENOTSUP"
-  end
-  assert(fs.mkdir(plan.output_dir))
+  local backend, berr, bcode = require("capil.backend").get(plan.backend)
+  if not backend then return nil, berr, bcode end
+  local ok_o, oerr, ocode = fs.mkdir(plan.output_dir)
+  if not ok_o then return nil, "output directory: " .. tostring(oerr), ocode end
   local log_dir = plan.output_dir .. "/logs"
-  assert(fs.mkdir(log_dir))
+  ok_o, oerr, ocode = fs.mkdir(log_dir)
+  if not ok_o then return nil, "log directory: " .. tostring(oerr), ocode end
+  local workdir
+  workdir, oerr, ocode = fs.tempdir({ parent = plan.output_dir, prefix = ".work" })
+  if not workdir then return nil, "work directory: " .. tostring(oerr), ocode end
   local close_log = log.add_file(log_dir .. "/build.log")
   local now = os.time()
   local run = {
-    plan = plan, cfg = cfg, backend = backend, cache_dir = opts.cache_dir, log_dir = log_dir,
-    workdir = assert(fs.tempdir({ parent = plan.output_dir, prefix = ".work" })),
+    plan = plan, cfg = cfg, backend = backend,
     plan_os = { family = cfg:get("distro.family"), distro = cfg:get("distro.name"), version = cfg:get("distro.version") },
     build_info = { build_timestamp = tostring(now), build_date = os.date("!%Y-%m-%dT%H:%M:%SZ", now),
       capil_version = runtime.version, output_dir = plan.output_dir, build_version = plan.build_version },
     report = { recipe = plan.recipe, backend = plan.backend, build_version = plan.build_version, steps = {} },
   }
+  run.ctx = M.context(plan, cfg, { workdir = workdir, log_dir = log_dir, cache_dir = opts.cache_dir,
+    report = run.report })
   require("capil.sys.cleanup").keep_on_error(opts.keep_on_error)
   local t_start = runtime.now()
   local totals = { guest = 0, tool = 0, engine = 0 }
   local ok, err, code = true, nil, nil
   for _, step in ipairs(plan.steps) do
     -- a backend may bring steps of its own (vSphere: upload_media, finalize_vm)
-    local handler = backend.steps and backend.steps[step.kind] or H[step.kind]
+    local own = backend.steps and backend.steps[step.kind]
     local t0 = runtime.now()
     log.debug("step %s (%s)", step.id, step.kind)
-    if not handler then
-      ok, err, code = nil, ("step %s: unknown kind %s"):format(step.id, step.kind), "ESTEP"
+    if own then
+      ok, err, code = own(run.ctx, step)
+    elseif H[step.kind] then
+      ok, err, code = H[step.kind](run, step)
     else
-      ok, err, code = handler(run, step)
+      ok, err, code = nil, ("step %s: unknown kind %s"):format(step.id, step.kind), "ESTEP"
     end
     local dt = runtime.now() - t0
     local class = TIME_CLASS[step.kind] or "engine"
@@ -407,9 +456,18 @@ function M.run(plan, cfg, opts)
   run.report.error = not ok and log.redact(err) or nil
   if run.ova then run.report.artifacts = run.ova end
   if run.session then run.session:close() end
-  if ok and run.vm and run.vm.kill then run.vm:kill() end
-  if run.http and run.http.server.running then run.http.server:close() end
-  fs.write(plan.output_dir .. "/report.json", log.redact(json.encode(run.report, { indent = 2, sort_keys = true })) .. "\n")
+  -- a good run removes the build VM, unless the plan keeps it (finalize_vm's
+  -- keep_vm: a template or a VM left on the server)
+  local keep_vm = false
+  for _, s in ipairs(plan.steps) do if s.keep_vm then keep_vm = true end end
+  if ok and run.vm and not keep_vm then
+    local dok, derr = run.vm:destroy()
+    if not dok then log.warn("%s: %s", run.vm.name, tostring(derr)) end
+  end
+  if run.server and run.server.running then run.server:close() end
+  local wok, werr = fs.write(plan.output_dir .. "/report.json",
+    log.redact(json.encode(run.report, { indent = 2, sort_keys = true })) .. "\n")
+  if not wok then log.warn("report: %s", tostring(werr)) end
   if close_log then close_log() end
   if not ok then return nil, err, code, run.report end
   return run.report

@@ -1,28 +1,21 @@
 --- capil.build.plan — `plan.resolve(cfg, backend, opts)`: the resolved
 --- configuration becomes an ordered list of concrete steps with every URL,
---- checksum, path, name and timeout decided. Pure: no I/O, no clock, no
---- network, so a plan can be printed (`capil inspect`) and tested without a
---- hypervisor. Values only known at run time (the installer server's port,
---- the build timestamp) stay as named placeholders the executor fills in.
---- Secrets are never copied into the plan: steps name the variable instead.
+--- checksum, path, name, timeout and backend setting decided. Pure: no
+--- I/O, no clock, no network: what it needs from files (the roles' steps,
+--- the checks) is loaded before it by capil.build.loader and passed in
+--- `opts.loaded`. So a plan can be printed (`capil inspect`), compared with
+--- golden files (spec/golden/) and tested without a hypervisor. What a
+--- backend is comes from the registry (capil.backend: its traits and
+--- settings); `plan.settings` holds every configuration value the backend
+--- uses. Values only known at run time (the installer server's port, the
+--- build timestamp) stay as named placeholders the executor fills in.
+--- Secrets are never copied into the plan: steps and settings name the
+--- variable instead (`password_var`).
 local bootcmd = require("capil.build.bootcmd")
 local template = require("capil.util.template")
+local registry = require("capil.backend")
 
 local M = {}
-
--- What the plan needs to know of each backend until the backends own it:
--- how keys are typed, where the guest finds the builder, how the disk is
--- exported, which guest id is used.
-M.BACKENDS = {
-  qemu = { encoder = "qmp", http_ip = "10.0.2.2", export = "qemu-img", guest_id = "vsphere",
-    description = "QEMU/KVM on this machine (TCG when KVM cannot run guests)" },
-  vsphere = { encoder = "usb", export = "nfc", guest_id = "vsphere",
-    description = "vCenter >= 6.5 through the vSphere API" },
-  esx = { encoder = "usb", export = "nfc", guest_id = "vsphere",
-    description = "a standalone ESXi host through the vSphere API (over SSH on a free licence)" },
-  workstation = { encoder = "rfb", export = "vdiskmanager", guest_id = "workstation",
-    description = "VMware Workstation (Linux) or Fusion (macOS) with vmrun" },
-}
 
 -- Stand-ins for the installer server's address when a plan is resolved.
 M.PROBE_VARS = { http_ip = "192.0.2.1", http_port = 8000 }
@@ -45,6 +38,7 @@ function M.artifacts(name, semver, output_root)
   }
 end
 
+-- A duration setting: seconds already (the schema coerces durations).
 local function seconds(d)
   return assert(bootcmd.duration(d), "plan: invalid duration " .. tostring(d))
 end
@@ -74,6 +68,16 @@ function M.qemu_devices(cfg)
     nic = pick("build.qemu_nic_model", "hardware.network_card") }
 end
 
+--- The guest OS id a VM of a backend with `traits` is created with
+--- (traits.guest_id: guest_os.workstation or guest_os.vsphere).
+---@param cfg table
+---@param traits capil.BackendTraits
+---@return string
+function M.guest_os(cfg, traits)
+  if traits.guest_id == "workstation" then return cfg:get("guest_os.workstation") end
+  return cfg:get("guest_os.vsphere")
+end
+
 --- The facts roles and checks see.
 function M.context(cfg, backend)
   return {
@@ -83,27 +87,34 @@ function M.context(cfg, backend)
   }
 end
 
+--- What plan.resolve needs from files, loaded by capil.build.loader.inputs:
+--- the role order and its expanded steps, the checks, or the message of
+--- what failed to load.
+---@class capil.PlanInputs
+---@field roles string[] the role order
+---@field role_steps? table[] roles.expand's steps (nil when role_error)
+---@field role_error? string
+---@field checks? table[] checks.load's list (nil when checks_error)
+---@field checks_error? string
+
 --- Resolves the plan. opts: output_root ("output"), cache_dir (ISO cache),
---- recipes_dir ("recipes"), stages ({"build"}).
+--- recipes_dir ("recipes"), loaded (capil.PlanInputs, required: see
+--- capil.build.loader.plan, which loads and resolves).
 --- Returns the plan or nil and a list of errors.
 ---@param cfg table from capil.build.config.resolve
----@param backend string
----@param opts? table
+---@param backend string a registered backend name
+---@param opts {loaded: capil.PlanInputs, output_root?: string, cache_dir?: string, recipes_dir?: string}
 ---@return table|nil, string[]?
 function M.resolve(cfg, backend, opts)
   opts = opts or {}
-  local traits = M.BACKENDS[backend]
-  if not traits then
-    local names = {}
-    for n in pairs(M.BACKENDS) do names[#names + 1] = n end
-    table.sort(names)
-    return nil, { ("unknown backend '%s' (one of: %s)"):format(tostring(backend), table.concat(names, ", ")) }
-  end
+  local b, berr = registry.get(backend)
+  if not b then return nil, { berr } end
+  local loaded = assert(opts.loaded, "plan.resolve: opts.loaded is required (capil.build.loader.plan loads it)")
+  local traits = b.traits or {}
   local errors = {}
   local recipes_dir = opts.recipes_dir or "recipes"
   local name, semver = cfg:get("name"), cfg:get("kubernetes.semver")
   local art = M.artifacts(name, semver, opts.output_root)
-  local ctx = M.context(cfg, backend)
   local iso_sum = cfg:get("iso.checksum"):lower()
 
   -- the boot command must parse now, with placeholder server values (the
@@ -134,15 +145,15 @@ function M.resolve(cfg, backend, opts)
     add({ id = "upload-media", kind = "upload_media", checksum = iso_sum, cache_dir = cfg:get("vsphere.cache_dir") })
   end
 
-  local qemu_dev = backend == "qemu" and M.qemu_devices(cfg) or nil
+  local qemu_dev = traits.qemu_devices and M.qemu_devices(cfg) or nil
   add({ id = "create-vm", kind = "create_vm", vm_name = art.build_version,
-    guest_os = traits.guest_id == "workstation" and cfg:get("guest_os.workstation") or cfg:get("guest_os.vsphere"),
+    guest_os = M.guest_os(cfg, traits),
     cpus = cfg:get("hardware.cpus"), cores_per_socket = cfg:get("hardware.cores"),
     memory_mb = cfg:get("hardware.memory"), disk_mb = cfg:get("hardware.disk_size"),
     disk_thin = cfg:get("hardware.disk_thin"), firmware = cfg:get("hardware.firmware"),
     disk_controller = cfg:get("hardware.disk_controller"), network_card = cfg:get("hardware.network_card"),
     network = cfg:get("build.network") or "", vmx_version = cfg:get("hardware.vmx_version"),
-    headless = cfg:get("build.headless"), accel = backend == "qemu" and cfg:get("build.qemu_accel") or nil,
+    headless = cfg:get("build.headless"),
     disk_interface = qemu_dev and qemu_dev.disk, nic_model = qemu_dev and qemu_dev.nic,
     kernel = cfg:get("build.qemu_kernel"), initrd = cfg:get("build.qemu_initrd"), append = cfg:get("build.qemu_append") })
 
@@ -152,29 +163,20 @@ function M.resolve(cfg, backend, opts)
     command = command, keys = summary.keys, waits = summary.waits })
 
   add({ id = "wait-ssh", kind = "wait_ssh", username = cfg:get("ssh.username"), password_var = "ssh_password",
-    key_file = cfg:get("ssh.private_key_file"),
+    key_file = cfg:get("ssh.private_key_file"), port = cfg:get("ssh.port"),
     timeout = seconds(cfg:get("ssh.timeout")) })
 
-  -- provisioning: roles, then the checks
-  local roles = require("capil.build.roles")
-  local order = cfg:get("roles") or roles.default_order(ctx.vars)
-  local dirs = { recipes_dir .. "/roles" }
-  if recipes_dir ~= "recipes" then dirs[2] = "recipes/roles" end
-  local role_steps, rerr = roles.expand(order, ctx, { dirs = dirs, recipes_dir = recipes_dir })
-  if not role_steps then
-    errors[#errors + 1] = rerr
+  -- provisioning: roles, then the checks (loaded by capil.build.loader)
+  if loaded.role_steps then
+    add({ id = "provision", kind = "provision", roles = loaded.roles, steps = loaded.role_steps })
   else
-    add({ id = "provision", kind = "provision", roles = order, steps = role_steps })
+    errors[#errors + 1] = loaded.role_error or "plan: the roles were not loaded"
   end
-  local checks = require("capil.build.checks")
-  local files = {}
-  for _, set in ipairs(cfg:get("checks") or {}) do
-    local f = ("%s/checks/%s.lua"):format(recipes_dir, set)
-    if recipes_dir ~= "recipes" and not require("capil.sys.fs").exists(f) then f = ("recipes/checks/%s.lua"):format(set) end
-    files[#files + 1] = f
+  if loaded.checks then
+    add({ id = "checks", kind = "checks", checks = loaded.checks })
+  else
+    errors[#errors + 1] = loaded.checks_error or "plan: the checks were not loaded"
   end
-  local list, cerr = checks.load(ctx, { files = files })
-  if not list then errors[#errors + 1] = cerr else add({ id = "checks", kind = "checks", checks = list }) end
 
   -- the build user is locked before the shutdown (image-builder's
   -- shutdown_command wrapper); the password goes to sudo on stdin
@@ -234,9 +236,11 @@ function M.resolve(cfg, backend, opts)
     } })
 
   if #errors > 0 then return nil, errors end
+  -- every configuration value the backend uses (secrets as their variable)
+  local settings = type(b.settings) == "table" and registry.plan_settings(b, cfg) or {}
   return {
     recipe = name, file = cfg.recipe.file, backend = backend, build_version = art.build_version,
-    output_dir = art.output_dir, artifacts = art, steps = steps,
+    output_dir = art.output_dir, artifacts = art, steps = steps, settings = settings,
   }
 end
 

@@ -7,7 +7,8 @@
 local M = {}
 
 -- `late`: the value's {{ }} are filled when it is used (from the guest), not
--- from the variables. Types: string, integer, boolean, duration ("10s", "1h30m"), list (of
+-- from the variables. Types: string, integer, boolean, duration ("10s", "1h30m";
+-- coerced to a number of seconds), list (of
 -- strings), table (free-form map), any. `enum`, `pattern` and `check` narrow
 -- them.
 -- Upper bounds of a VM's hardware: vSphere 8's limits (768 vCPUs, 24 TiB
@@ -367,9 +368,12 @@ function M.coerce(field, v)
     if type(v) == "number" or type(v) == "boolean" then v = tostring(v) end
     if type(v) ~= "string" then return nil, "expected a string, got " .. type(v) end
     if t == "duration" then
+      -- a number of seconds; the text as written stays with the
+      -- configuration (Config:vars(), --explain)
       local d, why = require("capil.build.bootcmd").duration(v)
       if not d and why and why:find("maximum", 1, true) then return nil, why end
       if not d then return nil, "expected a duration like \"10s\" or \"1h30m\", got " .. show(v) end
+      return d
     end
     return v
   elseif t == "integer" then

@@ -3,7 +3,7 @@ local cli = require("capil.cli")
 local fs = require("capil.sys.fs")
 local log = require("capil.sys.log")
 local recipe = require("capil.build.recipe")
-local plan = require("capil.build.plan")
+local backend = require("capil.backend")
 
 return {
   summary = "list recipes and backends",
@@ -32,10 +32,12 @@ return {
     if #names == 0 then out[#out + 1] = "  (none in " .. dir .. ")" end
     out[#out + 1] = ""
     out[#out + 1] = "Backends:"
-    local bs = {}
-    for b in pairs(plan.BACKENDS) do bs[#bs + 1] = b end
+    local bs = backend.names()
     table.sort(bs)
-    for _, b in ipairs(bs) do out[#out + 1] = ("  %-16s %s"):format(b, plan.BACKENDS[b].description) end
+    for _, b in ipairs(bs) do
+      local mod = assert(backend.get(b))
+      out[#out + 1] = ("  %-16s %s"):format(b, mod.description or "")
+    end
     out[#out + 1] = ""
     out[#out + 1] = "Every recipe builds on every backend; `capil run --all` builds them all."
     log.out(table.concat(out, "\n"))

@@ -5,7 +5,7 @@ local cli = require("capil.cli")
 local imagetest = require("capil.test.imagetest")
 
 local options = {
-  { name = "backend", short = "b", arg = "NAME", help = "qemu (default), vsphere, esx" },
+  { name = "backend", short = "b", arg = "NAME", help = build_options.backend_help() },
   { name = "suite", arg = "LIST", multi = true, help = "comma-separated suites: cni, node-conformance "
     .. "(default: the test_suites variable; none: boot and log in only)" },
   { name = "keep", help = "leave the VM running (and a deployed copy in place); reach it with 'capil ssh'" },

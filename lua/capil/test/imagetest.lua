@@ -5,11 +5,12 @@
 --- image-builder's image-post-create-config.sh, image-govc-cloudinit.sh and
 --- the manual steps of "Testing Images".
 ---
---- QEMU: the build's VMDK (or the OVA's disk) under a copy-on-write qcow2
---- overlay, with a NoCloud seed ISO; the build output is never modified.
---- vSphere/ESXi: the OVA deployed as <build>-test (or an existing VM by
---- name), snapshot `new` made or reverted to, guestinfo.userdata/metadata set,
---- snapshot `cloudinit`, power on, guest IP. Afterwards the VM is powered off
+--- The test VM is the backend's business, through its test hooks
+--- (capil.backend's capil.TestHooks: prepare, record, finish) and a
+--- capil.TestRun: QEMU boots the build's VMDK (or the OVA's disk, `disk_of`)
+--- under a copy-on-write overlay with a NoCloud seed ISO; vSphere/ESXi
+--- deploy the OVA (or take a VM by name) with the data in guestinfo;
+--- Workstation makes a VM of the disk. Afterwards the VM is powered off
 --- and a deployed copy destroyed, unless `keep`; a kept VM is recorded in
 --- test/vm.json for `capil ssh`.
 local fs = require("capil.sys.fs")
@@ -21,7 +22,7 @@ local cleanup = require("capil.sys.cleanup")
 local cloudinit = require("capil.test.cloudinit")
 local guest = require("capil.build.guest")
 local schema = require("capil.build.schema")
-local bootcmd = require("capil.build.bootcmd")
+local registry = require("capil.backend")
 
 local M = {}
 
@@ -42,14 +43,15 @@ local function files_ending(dir, suffix)
   return out
 end
 
---- What `target` names: a build directory, an OVA, or (vSphere, ESXi) a VM.
---- Returns {kind = "build"|"ova"|"vm", name, dir (the build dir, if any),
---- vmdk, ova, test_dir} or nil and a message.
+--- What `target` names: a build directory, an OVA, or (a remote backend:
+--- vSphere, ESXi) a VM. Returns {kind = "build"|"ova"|"vm", name, dir (the
+--- build dir, if any), vmdk, ova, test_dir} or nil and a message.
 ---@param target string
 ---@param backend string
 ---@param output_root? string where results of a VM-name target go (default output)
 function M.resolve_target(target, backend, output_root)
-  local remote = backend == "vsphere" or backend == "esx"
+  local b = registry.known(backend) and registry.get(backend)
+  local remote = b and b.traits.remote
   if is_dir(target) then
     local dir = target:gsub("/+$", "")
     local t = { kind = "build", dir = dir, name = fs.basename(dir), test_dir = dir .. "/test" }
@@ -74,7 +76,8 @@ function M.resolve_target(target, backend, output_root)
   if remote then
     return { kind = "vm", name = target, test_dir = (output_root or "output") .. "/" .. target .. "/test" }
   end
-  return nil, ("test: %s: no such build directory or OVA (a VM name needs --backend vsphere or esx)"):format(target)
+  return nil, ("test: %s: no such build directory or OVA (a VM name needs --backend %s)"):format(target,
+    table.concat(registry.with("remote"), " or "))
 end
 
 --- The suite settings (the tests.* schema fields by variable name) from a
@@ -88,14 +91,16 @@ function M.settings(cfg)
 end
 
 -- ====================================================================== --
--- Backends                                                               --
+-- The test VM's disk                                                      --
 -- ====================================================================== --
 
-local Q = {} -- QEMU
-
--- The disk to boot: the build's VMDK, or the OVA's first disk extracted
--- into the test directory (removed afterwards).
-local function qemu_disk(t, work)
+--- The disk a local test VM boots: the build's VMDK, or the OVA's first
+--- disk extracted into `work` (as work/disk-1.vmdk: a name capil chose, the
+--- member's own is the OVA author's). For the backends' test hooks.
+---@param t table a target (M.resolve_target)
+---@param work string the test's work directory
+---@return string|nil path, string? err, string? code
+function M.disk_of(t, work)
   if t.vmdk then return fs.realpath(t.vmdk) end
   local ova = require("capil.format.ova")
   local members, err, code = ova.members(t.ova)
@@ -103,176 +108,60 @@ local function qemu_disk(t, work)
   local disk
   for _, m in ipairs(members) do if m.name:match("%.vmdk$") then disk = m break end end
   if not disk then return fail(("test: %s holds no .vmdk disk"):format(t.ova), "EOVA") end
-  -- a name capil chose: the member's own name is the OVA author's
   local path = work .. "/disk-1.vmdk"
-  local src = assert(io.open(t.ova, "rb"))
+  local src, serr = io.open(t.ova, "rb")
+  if not src then return fail("test: " .. tostring(serr), "EIO") end
   local dst, oerr = io.open(path .. ".tmp", "wb")
   if not dst then src:close() return fail("test: " .. tostring(oerr), "EIO") end
   src:seek("set", disk.offset)
   local left = disk.size
+  local werr
   while left > 0 do
     local chunk = src:read(math.min(left, 4 << 20))
     if not chunk then break end
-    dst:write(chunk)
+    local ok, e = dst:write(chunk)
+    if not ok then werr = e break end
     left = left - #chunk
   end
   src:close()
-  dst:close()
+  local cok, cerr = dst:close()
+  werr = werr or (not cok and cerr) or nil
+  if werr then
+    fs.remove(path .. ".tmp")
+    return fail(("test: %s: %s"):format(path, tostring(werr)), "EIO")
+  end
   if left > 0 then
     fs.remove(path .. ".tmp")
     return fail(("test: %s: %s is truncated"):format(t.ova, disk.name), "EOVA")
   end
-  assert(fs.rename(path .. ".tmp", path))
+  local rok, rerr, rcode = fs.rename(path .. ".tmp", path)
+  if not rok then
+    fs.remove(path .. ".tmp")
+    return nil, "test: " .. tostring(rerr), rcode or "EIO"
+  end
   log.info("test: extracted %s from %s", disk.name, t.ova)
   return path
 end
 
-function Q.prepare(run)
-  local t, cfg = run.target, run.cfg
-  local work = run.work
-  local disk, err, code = qemu_disk(t, work)
-  if not disk then return nil, err, code end
-  local overlay = work .. "/disk.qcow2"
-  fs.remove(overlay)
-  local r
-  r, err, code = proc.run({ argv = { "qemu-img", "create", "-q", "-f", "qcow2", "-F", "vmdk", "-b", disk, overlay },
-    timeout = 120 })
-  if not r then return nil, "test: qemu-img create: " .. err, code end
-  if r.code ~= 0 then return fail(("test: qemu-img create on %s: %s"):format(disk, r.stderr), "EQEMU") end
-  local seed
-  seed, err, code = cloudinit.seed_iso(run.data, work .. "/cidata.iso")
-  if not seed then return nil, err, code end
-  local qemu = require("capil.backends.qemu")
-  local accel, why = qemu.accel(cfg:get("build.qemu_accel"), run.cache_dir)
-  log.info("test: accelerator %s (%s)", accel, why)
-  local devices = require("capil.build.plan").qemu_devices(cfg)
-  local vm
-  vm, err, code = qemu.create({
-    workdir = work, log_dir = run.test_dir, name = t.name .. "-test", disk = overlay, disk_format = "qcow2",
+--- The hardware a test VM gets (capil.TestRun.vm_settings): the build's,
+--- with at least 2 CPUs and 2 GiB (kubeadm's preflight), on the devices the
+--- OVA declares.
+---@param cfg table
+---@param traits capil.BackendTraits
+---@return table
+function M.vm_settings(cfg, traits)
+  local plan = require("capil.build.plan")
+  local devices = plan.qemu_devices(cfg)
+  return {
     cpus = math.max(2, cfg:get("hardware.cpus") or 1), memory_mb = math.max(2048, cfg:get("hardware.memory") or 0),
-    accel = accel, extra_cdroms = { seed }, daemon = run.keep,
-    -- the hardware the OVA declares, as a vSphere deployment presents it
-    disk_interface = devices.disk, network_card = devices.nic,
-  })
-  if not vm then return nil, err, code end
-  run.vm = vm
-  return true
+    cores_per_socket = cfg:get("hardware.cores"),
+    guest_os = plan.guest_os(cfg, traits) or (traits.guest_id == "workstation" and "other-64" or "otherGuest64"),
+    firmware = cfg:get("hardware.firmware"), vmx_version = cfg:get("hardware.vmx_version"),
+    disk_controller = cfg:get("hardware.disk_controller"), network_card = cfg:get("hardware.network_card"),
+    network = cfg:get("build.network"), accel = cfg:get("build.qemu_accel"),
+    disk_interface = devices.disk, nic_model = devices.nic,
+  }
 end
-
-function Q.record(run)
-  local vm = run.vm
-  return { backend = "qemu", name = vm.name, pid = vm.process and vm.process.pid, workdir = run.work,
-    serial_log = vm.serial_log, qmp = vm.qmp_path }
-end
-
-function Q.finish(run)
-  local vm = run.vm
-  if not vm then return true end
-  if run.keep then
-    if vm.process then vm.process:detach() end
-    if vm.cleanup then vm.cleanup:cancel() vm.cleanup = nil end
-    if vm.qmp then vm.qmp:close() vm.qmp = nil end
-    return true
-  end
-  -- a guest that never came up gets no ACPI grace period
-  local ok = true
-  if run.logged_in then ok = vm:power_off(60) end
-  vm:kill()
-  return ok or fail(vm.name .. ": QEMU would not stop")
-end
-
-local V = {} -- vSphere and ESXi
-
-function V.prepare(run)
-  local t = run.target
-  local b = require("capil.backends." .. run.backend)
-  local s, err = b.settings(run.cfg, run.backend)
-  if not s then return fail(err, "ECONFIG") end
-  local vc, code
-  vc, err, code = b.connect(s)
-  if not vc then return nil, err, code end
-  run.vc = vc
-  local inv
-  inv, err, code = b.resolve(vc, s)
-  if not inv then return nil, err, code end
-  local name = t.kind == "vm" and t.name or (run.cfg:get("test_vm_name") or (t.name .. "-test"))
-  local ref = b.find_vm(vc, inv, name)
-  run.deployed = t.kind ~= "vm"
-  if ref then
-    log.info("test: using the existing VM %s (%s)", name, tostring(ref))
-  elseif t.kind == "vm" then
-    return b.find_vm(vc, inv, name) -- its message lists what exists
-  else
-    log.info("test: deploying %s as %s", t.ova, name)
-    local vm
-    vm, err, code = b.import(vc, inv, t.ova, { name = name })
-    if not vm then return nil, err, code end
-    ref = vm.ref
-  end
-  local vm = b.attach(vc, inv, s, ref, name)
-  run.vm = vm
-  if run.deployed then
-    vm.cleanup = cleanup.push(("VM %s (%s) on %s"):format(name, tostring(ref), vc.server), function() vm:destroy() end)
-  end
-  local snap
-  snap, err, code = b.cloudinit(vc, ref, { userdata = run.data.userdata, metadata = run.data.metadata, name = name })
-  if not snap then return nil, err, code end
-  run.report.snapshots = snap
-  return true
-end
-
-function V.record(run)
-  local vm = run.vm
-  return { backend = run.backend, name = vm.name, ref = tostring(vm.ref), server = run.vc and run.vc.server }
-end
-
-function V.finish(run)
-  local vm = run.vm
-  if not vm then return true end
-  if run.keep then
-    if vm.cleanup then vm.cleanup:cancel() vm.cleanup = nil end
-    return true
-  end
-  local ok, err, code = vm:power_off(60)
-  if ok and run.deployed then ok, err, code = vm:destroy() end
-  return ok, err, code
-end
-
-local W = {} -- Workstation and Fusion
-
--- A test VM of its own from the built disk, then image-post-create-config.sh:
--- snapshots new, 2cpu and cloudinit with the guestinfo lines in the .vmx.
-function W.prepare(run)
-  local t, cfg = run.target, run.cfg
-  local ws = require("capil.backends.workstation")
-  local disk, err, code = qemu_disk(t, run.work)
-  if not disk then return nil, err, code end
-  local vm
-  vm, err, code = ws.create({ workdir = run.work, name = t.name .. "-test", log_dir = run.test_dir, cfg = cfg,
-    source_disk = disk, step = {
-      cpus = math.max(2, cfg:get("hardware.cpus") or 1), cores_per_socket = cfg:get("hardware.cores"),
-      memory_mb = math.max(2048, cfg:get("hardware.memory") or 0),
-      guest_os = cfg:get("guest_os.workstation") or "other-64", vmx_version = cfg:get("hardware.vmx_version"),
-      firmware = cfg:get("hardware.firmware"), disk_controller = cfg:get("hardware.disk_controller"),
-      network_card = cfg:get("hardware.network_card"), network = cfg:get("build.network"),
-    } })
-  if not vm then return nil, err, code end
-  run.vm, run.deployed = vm, true
-  local snap
-  snap, err, code = ws.prepare_test(vm.vmx, run.data, { tools = vm.tools })
-  if not snap then return nil, err, code end
-  run.report.snapshots = snap
-  return true
-end
-
-function W.record(run)
-  return { backend = "workstation", name = run.vm.name, vmx = run.vm.vmx }
-end
-
--- the test VM is always capil's own copy: stopped and removed like a deployed one
-W.finish = V.finish
-
-local BACKENDS = { qemu = Q, vsphere = V, esx = V, workstation = W }
 
 -- ====================================================================== --
 -- The run                                                                --
@@ -350,11 +239,14 @@ end
 --- Returns the report (report.ok), or nil and a message when the target
 --- itself is wrong (nothing was started).
 function M.run(o)
-  local impl = BACKENDS[o.backend]
-  if not impl then
-    return fail(("test: backend %s cannot run tests in this capil (qemu, vsphere, esx, workstation)"):format(
-      o.backend), "ENOTSUP")
+  local b = registry.known(o.backend) and registry.get(o.backend)
+  if not (b and b.test) then
+    local can = {}
+    for _, n in ipairs(registry.names()) do if registry.get(n).test then can[#can + 1] = n end end
+    return fail(("test: backend %s cannot run tests in this capil (%s)"):format(o.backend,
+      table.concat(can, ", ")), "ENOTSUP")
   end
+  local hooks = b.test
   local t, terr = M.resolve_target(o.target, o.backend, o.output_root)
   if not t then return fail(terr, "EUSAGE") end
   local cfg = o.cfg
@@ -372,24 +264,33 @@ function M.run(o)
   if not data then return nil, derr, dcode end
   local key, kerr, kcode = cloudinit.key(dir, cfg:get("test_ssh_private_key_file"))
   if not key then return nil, kerr, kcode end
-  local boot_timeout = assert(bootcmd.duration(cfg:get("test_boot_timeout")))
+  local boot_timeout = cfg:get("test_boot_timeout") -- seconds (the schema coerces durations)
   local user = cfg:get("test_ssh_username")
 
-  -- a QEMU VM kept by an earlier `--keep` still runs on the overlay
+  -- a VM that is a local process (QEMU), kept by an earlier `--keep`, still
+  -- runs on the overlay
   local kept = json.read(t.test_dir .. "/vm.json")
-  if o.backend == "qemu" and type(kept) == "table" and kept.pid and proc.alive(kept.pid) then
-    return fail(("test: the VM kept by an earlier test of %s still runs (QEMU pid %d): stop it first "
-      .. "(capil ssh %s -- sudo poweroff)"):format(t.name, kept.pid, o.target), "EBUSY")
+  if type(kept) == "table" and kept.backend == o.backend and kept.pid and proc.alive(kept.pid) then
+    return fail(("test: the VM kept by an earlier test of %s still runs (%s pid %d): stop it first "
+      .. "(capil ssh %s -- sudo poweroff)"):format(t.name, b.traits.process or b.name, kept.pid, o.target), "EBUSY")
   end
-  assert(fs.mkdir(t.test_dir))
+  local mok, merr, mcode = fs.mkdir(t.test_dir)
+  if not mok then return nil, "test: " .. tostring(merr), mcode end
   local close_log = log.add_file(t.test_dir .. "/test.log")
   local run = {
-    target = t, cfg = cfg, backend = o.backend, keep = o.keep, cache_dir = o.cache_dir, data = data,
-    test_dir = t.test_dir, work = t.test_dir .. "/vm",
+    target = t, backend = o.backend, keep = o.keep and true or false, cache_dir = o.cache_dir, data = data,
+    settings = type(b.settings) == "table" and registry.live_settings(b, cfg) or {},
+    secret = function(var) return cfg:get(var) end,
+    vm_settings = M.vm_settings(cfg, b.traits), test_vm_name = cfg:get("test_vm_name"),
+    test_dir = t.test_dir, work = t.test_dir .. "/vm", state = {},
     report = { target = o.target, backend = o.backend, name = t.name, test_dir = t.test_dir, suites = {}, steps = {},
       started = os.date("!%Y-%m-%dT%H:%M:%SZ") },
   }
-  assert(fs.mkdir(run.work))
+  mok, merr, mcode = fs.mkdir(run.work)
+  if not mok then
+    if close_log then close_log() end
+    return nil, "test: " .. tostring(merr), mcode
+  end
   -- the overlay, seed and extracted disk go on failure or Ctrl-C too
   local work_cleanup = cleanup.push("test work dir " .. run.work, function()
     fs.remove(run.work, { recursive = true })
@@ -413,7 +314,7 @@ function M.run(o)
   end
 
   local session
-  step("prepare", function() return impl.prepare(run) end)
+  step("prepare", function() return hooks.prepare(run) end)
   step("boot", function()
     local ok, err, code = run.vm:start()
     if not ok then return nil, err, code end
@@ -450,23 +351,27 @@ function M.run(o)
   local state_file = t.test_dir .. "/vm.json"
   fs.remove(state_file)
   if run.vm and o.keep then
-    local rec = impl.record(run)
+    local rec = hooks.record(run)
     rec.ssh = run.address
     rec.user, rec.key = user, fs.realpath(key) or key
     fs.write(state_file, json.encode(rec, { indent = 2, sort_keys = true }) .. "\n")
   end
-  local fin_ok, fin_err = impl.finish(run)
+  local fin_ok, fin_err = hooks.finish(run)
   report.steps[#report.steps + 1] = { id = o.keep and "keep" or "shutdown", status = fin_ok and "ok" or "failed",
     error = not fin_ok and log.redact(fin_err or "?") or nil, seconds = 0 }
   if not fin_ok then failed = failed or fin_err end
   if o.keep then work_cleanup:cancel() else work_cleanup:run() end
-  if run.vc then run.vc:logout() end
 
   report.seconds = math.floor((runtime.now() - t_start) * 1000 + 0.5) / 1000
   report.ok = not failed
   report.error = failed and log.redact(failed) or nil
-  assert(fs.write(t.test_dir .. "/report.json", log.redact(json.encode(report, { indent = 2, sort_keys = true })) .. "\n"))
-  assert(fs.write(t.test_dir .. "/junit.xml", M.junit(report)))
+  local wok, werr, wcode = fs.write(t.test_dir .. "/report.json",
+    log.redact(json.encode(report, { indent = 2, sort_keys = true })) .. "\n")
+  if wok then wok, werr, wcode = fs.write(t.test_dir .. "/junit.xml", M.junit(report)) end
+  if not wok then
+    if close_log then close_log() end
+    return nil, "test: " .. tostring(werr), wcode
+  end
   -- the build's own report carries the outcome
   if t.dir and fs.exists(t.dir .. "/report.json") then
     local br = json.read(t.dir .. "/report.json")
