@@ -152,11 +152,12 @@ end
 
 -- A free TCP port in min..max on `ip` (nothing answers there), from a
 -- random place in the range so parallel builds rarely probe the same one
--- before either VM has opened it.
+-- before either VM has opened it. nil when none is free (or no randomness).
 local function vnc_port(ip, min, max)
   local n = max - min + 1
   if n < 1 then return nil end
-  local b = assert(hash.random(2))
+  local b = hash.random(2)
+  if not b then return nil end
   local start = (b:byte(1) * 256 + b:byte(2)) % n
   for i = 0, n - 1 do
     local p = min + (start + i) % n
@@ -167,7 +168,8 @@ end
 local ALNUM = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 local function random_password(n)
-  local bytes = assert(hash.random(n))
+  local bytes, err, code = hash.random(n)
+  if not bytes then return nil, err, code end
   local s = {}
   for i = 1, n do
     local b = bytes:byte(i) % #ALNUM + 1
@@ -299,8 +301,10 @@ local function make(o)
   end
   vm.vnc = { ip = ip, port = port }
   if not get("vnc_disable_password") then
-    vm.vnc.password = random_password(8)
-    log.secret(vm.vnc.password)
+    local pw, perr, pcode = random_password(8)
+    if not pw then return nil, ("workstation: %s: a VNC password: %s"):format(name, perr), pcode end
+    vm.vnc.password = pw
+    log.secret(pw)
   end
 
   if o.source_disk then
