@@ -4,7 +4,8 @@
 --- kernels). The VM gets a qcow2 disk, the installer ISO as a CD-ROM booted
 --- once, user networking with SSH forwarded to a free loopback port, the
 --- serial console in the build's log directory, QMP on a unix socket for
---- control and typing, and VNC on loopback only.
+--- control and typing, and VNC on loopback only. `M.test` boots a built
+--- disk under a copy-on-write overlay for `capil test`.
 local proc = require("capil.sys.proc")
 local fs = require("capil.sys.fs")
 local runtime = require("capil.core.runtime")
@@ -14,7 +15,13 @@ local log = require("capil.sys.log")
 local M = {}
 
 M.name = "qemu"
-M.traits = { encoder = "qmp", http_ip = "10.0.2.2", export = "qemu-img" }
+M.description = "QEMU/KVM on this machine (TCG when KVM cannot run guests)"
+---@type capil.BackendTraits
+M.traits = { encoder = "qmp", export = "qemu-img", http_ip = "10.0.2.2", guest_id = "vsphere", qemu_devices = true }
+---@type capil.Setting[]
+M.settings = {
+  { "accel", paths = { "build.qemu_accel" }, default = "auto" },
+}
 
 local QEMU = "qemu-system-x86_64"
 
@@ -50,6 +57,9 @@ end
 
 --- The accelerator to use: `qemu_accel` (auto, kvm, tcg); the probe result
 --- is cached per boot in $XDG_CACHE_HOME/capil/accel.
+---@param setting? string auto, kvm or tcg
+---@param cache_dir? string
+---@return string accel, string why
 function M.accel(setting, cache_dir)
   if setting == "kvm" or setting == "tcg" then return setting, "set by qemu_accel" end
   local cache = cache_dir and (cache_dir .. "/accel")
@@ -65,6 +75,20 @@ function M.accel(setting, cache_dir)
     fs.write(cache, ("%s %s %s"):format(boot_id, accel, why))
   end
   return accel, why
+end
+
+--- Before create_vm: chooses the accelerator (ctx.settings.accel, the probe
+--- cached in ctx.cache_dir), logs it, and keeps it in ctx.state.accel and
+--- the run report.
+---@param ctx capil.BuildContext
+---@param step table the plan's create_vm step
+---@return true
+function M.prepare(ctx, step)
+  local accel, why = M.accel(ctx.settings and ctx.settings.accel, ctx.cache_dir)
+  log.info("%s: accelerator %s (%s)", step.vm_name or ctx.name, accel, why)
+  ctx.state.accel = accel
+  if ctx.report then ctx.report.accel = accel end
+  return true
 end
 
 -- ====================================================================== --
@@ -93,21 +117,33 @@ M.NIC_DEVICES = { vmxnet3 = "vmxnet3", e1000 = "e1000", e1000e = "e1000e", virti
 local VM = {}
 VM.__index = VM
 
---- Prepares (does not start) a VM in `workdir`. opts: name, cpus,
---- memory_mb, disk_mb, iso (path, booted once), accel, log_dir,
---- disk_interface (M.DISK_DEVICES: pvscsi, lsilogic, virtio; default virtio)
---- and network_card (M.NIC_DEVICES; default virtio),
---- extra_drives ({path=, format=, readonly=}), disk (existing image to
---- boot instead of creating one: opts.disk_format), snapshot (boot the disk
---- copy-on-write), daemon (QEMU may outlive capil: a test VM kept running).
+--- Prepares (does not start) a VM from flat options (create and the test
+--- hook use it; so do specs). opts: workdir, name, cpus, memory_mb, disk_mb,
+--- iso (path, booted once), accel, log_dir, disk_interface (M.DISK_DEVICES:
+--- pvscsi, lsilogic, virtio; default virtio), network_card (M.NIC_DEVICES;
+--- default virtio), kernel/initrd/append (direct kernel boot), extra_cdroms,
+--- extra_drives ({path=, format=, readonly=}), disk (existing image to boot
+--- instead of creating one: opts.disk_format), snapshot (boot the disk
+--- copy-on-write), daemon (QEMU may outlive capil: a test VM kept running),
+--- vnc_display.
+---@param opts table
 ---@return table|nil vm, string? err, string? code
-function M.create(opts)
+function M.vm(opts)
+  if not M.DISK_DEVICES[opts.disk_interface or "virtio"] then
+    return nil, ("qemu: unknown disk_interface '%s' (pvscsi, lsilogic, virtio)"):format(opts.disk_interface), "EINVAL"
+  end
+  if not M.NIC_DEVICES[opts.network_card or "virtio"] then
+    return nil, ("qemu: unknown network_card '%s' (vmxnet3, e1000, e1000e, virtio)"):format(opts.network_card),
+      "EINVAL"
+  end
   local vm = setmetatable({ opts = opts, workdir = opts.workdir, name = opts.name }, VM)
   vm.installed = opts.kernel ~= nil -- a directly booted kernel has no install phase
   vm.qmp_path = opts.workdir .. "/qmp.sock"
   vm.serial_log = (opts.log_dir or opts.workdir) .. "/serial.log"
   vm.hint = "see the serial log " .. vm.serial_log
-  vm.ssh_port = assert(runtime.free_port())
+  local port, perr, pcode = runtime.free_port()
+  if not port then return nil, "qemu: no free port for SSH forwarding: " .. tostring(perr), pcode end
+  vm.ssh_port = port
   -- VNC for watching or debugging a build: loopback only, a free display
   if opts.vnc_display == nil then
     for d = 0, 99 do
@@ -115,6 +151,7 @@ function M.create(opts)
     end
   end
   vm.disk = opts.disk or (opts.workdir .. "/disk.qcow2")
+  vm.own_disk = not opts.disk
   if not opts.disk then
     local r, err, code = proc.run({ argv = { "qemu-img", "create", "-q", "-f", "qcow2", vm.disk, opts.disk_mb .. "M" },
       timeout = 60 })
@@ -122,6 +159,24 @@ function M.create(opts)
     if r.code ~= 0 then return nil, "qemu: qemu-img create " .. vm.disk .. ": " .. r.stderr, "EQEMU" end
   end
   return vm
+end
+
+--- Prepares (does not start) the build VM of the plan's create_vm step in
+--- ctx.workdir: the ISO (ctx.media.iso) booted once, the installer CD
+--- (ctx.media.cd_iso) beside it, the accelerator M.prepare chose.
+---@param ctx capil.BuildContext
+---@param step table the create_vm step: vm_name, cpus, memory_mb, disk_mb, disk_interface, nic_model, kernel, initrd, append
+---@return table|nil vm, string? err, string? code
+function M.create(ctx, step)
+  if not ctx.state.accel then M.prepare(ctx, step) end
+  local media = ctx.media or {}
+  return M.vm({
+    workdir = ctx.workdir, log_dir = ctx.log_dir, name = step.vm_name or ctx.name, cpus = step.cpus,
+    memory_mb = step.memory_mb, disk_mb = step.disk_mb, iso = media.iso, accel = ctx.state.accel,
+    kernel = step.kernel, initrd = step.initrd, append = step.append,
+    disk_interface = step.disk_interface, network_card = step.nic_model,
+    extra_cdroms = media.cd_iso and { media.cd_iso } or nil,
+  })
 end
 
 --- The QEMU command line (argv) for the VM.
@@ -135,7 +190,7 @@ function VM:argv()
     "-smp", tostring(o.cpus or 1), "-m", tostring(o.memory_mb or 1024))
   local disk = ("file=%s,format=%s,discard=unmap%s"):format(self.disk, o.disk_format or "qcow2",
     o.snapshot and ",snapshot=on" or "")
-  local devices = assert(M.DISK_DEVICES[o.disk_interface or "virtio"], "qemu: unknown disk_interface")
+  local devices = M.DISK_DEVICES[o.disk_interface or "virtio"] -- checked by M.vm
   if devices.hba then
     -- the disk hangs off the controller the OVF declares, as on vSphere
     add("-device", devices.hba .. ",id=hba0", "-drive", disk .. ",if=none,id=disk0",
@@ -143,7 +198,7 @@ function VM:argv()
   else
     add("-drive", disk .. ",if=virtio")
   end
-  local nic = assert(M.NIC_DEVICES[o.network_card or "virtio"], "qemu: unknown network_card")
+  local nic = M.NIC_DEVICES[o.network_card or "virtio"]
   add("-netdev", ("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22"):format(self.ssh_port), "-device", nic .. ",netdev=n0",
     "-display", "none", "-vga", "std", "-serial", "file:" .. self.serial_log,
     "-qmp", ("unix:%s,server=on,wait=off"):format(self.qmp_path))
@@ -278,6 +333,16 @@ function VM:kill()
   if self.cleanup then self.cleanup:cancel() self.cleanup = nil end
 end
 
+--- Stops QEMU (VM:kill) and removes what the VM made: its disk (not a disk
+--- it was given) and the QMP socket. Again is a no-op.
+---@return true
+function VM:destroy()
+  self:kill()
+  if self.own_disk then fs.remove(self.disk) end
+  fs.remove(self.qmp_path)
+  return true
+end
+
 --- After QEMU has exited: the next start boots from the disk only.
 function VM:mark_installed()
   self.installed = true
@@ -286,23 +351,95 @@ function VM:mark_installed()
   if self.cleanup then self.cleanup:cancel() self.cleanup = nil end
 end
 
---- Exports the disk as a streamOptimized VMDK with qemu-img.
+--- Exports the disk as a streamOptimized VMDK with qemu-img (capil.format.vmdk.convert).
+---@param path string
+---@param opts? {adapter_type?: string, hwversion?: integer, timeout?: number}
+---@return true|nil ok, string? err, string? code
 function VM:export(path, opts)
   opts = opts or {}
-  local o = ("subformat=streamOptimized,adapter_type=%s,hwversion=%d"):format(opts.adapter_type or "lsilogic",
-    opts.hwversion or 15)
-  local tmp = path .. ".tmp"
-  local r, err, code = proc.run({ argv = { "qemu-img", "convert", "-O", "vmdk", "-o", o, self.disk, tmp },
-    timeout = opts.timeout or 3600 })
-  if not r or r.code ~= 0 then
-    fs.remove(tmp)
-    return nil, ("qemu: qemu-img convert %s: %s"):format(self.disk, r and r.stderr or err), code or "EQEMU"
+  local info, err, code = require("capil.format.vmdk").convert(self.disk, path, { adapter_type = opts.adapter_type,
+    hwversion = opts.hwversion or 15, timeout = opts.timeout })
+  if not info then
+    return nil, ("qemu: exporting %s: %s"):format(self.disk, err), (code == nil or code == "QEMU_IMG") and "EQEMU" or code
   end
-  local ok, rerr, rcode = fs.rename(tmp, path)
-  if not ok then return nil, rerr, rcode end
   return true
 end
 
 M.VM = VM
+
+-- ====================================================================== --
+-- Testing a built image (capil test)                                     --
+-- ====================================================================== --
+
+---@type capil.TestHooks
+M.test = {}
+
+--- The test VM: the build's VMDK (or the OVA's disk) under a copy-on-write
+--- qcow2 overlay in run.work, the NoCloud seed ISO as a CD, the hardware the
+--- OVA declares as a vSphere deployment presents it (at least 2 vCPUs and
+--- 2 GiB). The build output is never modified.
+---@param run capil.TestRun
+---@return true|nil ok, string? err, string? code
+function M.test.prepare(run)
+  local t, vs, work = run.target, run.vm_settings or {}, run.work
+  local disk, err, code = require("capil.test.imagetest").disk_of(t, work)
+  if not disk then return nil, err, code end
+  local overlay = work .. "/disk.qcow2"
+  fs.remove(overlay)
+  local r
+  r, err, code = proc.run({ argv = { "qemu-img", "create", "-q", "-f", "qcow2", "-F", "vmdk", "-b", disk, overlay },
+    timeout = 120 })
+  if not r then return nil, "test: qemu-img create: " .. err, code end
+  if r.code ~= 0 then return nil, ("test: qemu-img create on %s: %s"):format(disk, r.stderr), "EQEMU" end
+  local seed
+  seed, err, code = require("capil.test.cloudinit").seed_iso(run.data, work .. "/cidata.iso")
+  if not seed then return nil, err, code end
+  local setting = vs.accel
+  if setting == nil and run.settings then setting = run.settings.accel end
+  local accel, why = M.accel(setting, run.cache_dir)
+  log.info("test: accelerator %s (%s)", accel, why)
+  if run.report then run.report.accel = accel end
+  local vm
+  vm, err, code = M.vm({
+    workdir = work, log_dir = run.test_dir, name = t.name .. "-test", disk = overlay, disk_format = "qcow2",
+    cpus = math.max(2, vs.cpus or 1), memory_mb = math.max(2048, vs.memory_mb or 0),
+    accel = accel, extra_cdroms = { seed }, daemon = run.keep,
+    -- the hardware the OVA declares, as a vSphere deployment presents it
+    disk_interface = vs.disk_interface, network_card = vs.nic_model,
+  })
+  if not vm then return nil, err, code end
+  run.vm = vm
+  return true
+end
+
+--- What test/vm.json keeps of a kept QEMU VM (capil ssh checks the pid).
+---@param run capil.TestRun
+---@return table
+function M.test.record(run)
+  local vm = run.vm
+  return { backend = "qemu", name = vm.name, pid = vm.process and vm.process.pid, workdir = run.work,
+    serial_log = vm.serial_log, qmp = vm.qmp_path }
+end
+
+--- A kept VM is left running on its own (QEMU detached); otherwise it is
+--- powered off (ACPI, when the guest came up) and QEMU stopped.
+---@param run capil.TestRun
+---@return true|nil ok, string? err, string? code
+function M.test.finish(run)
+  local vm = run.vm
+  if not vm then return true end
+  if run.keep then
+    if vm.process then vm.process:detach() end
+    if vm.cleanup then vm.cleanup:cancel() vm.cleanup = nil end
+    if vm.qmp then vm.qmp:close() vm.qmp = nil end
+    return true
+  end
+  -- a guest that never came up gets no ACPI grace period
+  local ok = true
+  if run.logged_in then ok = vm:power_off(60) end
+  vm:destroy()
+  if not ok then return nil, vm.name .. ": QEMU would not stop", "ETEST" end
+  return true
+end
 
 return M

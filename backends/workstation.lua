@@ -6,6 +6,7 @@
 --- VNC server (RemoteDisplay.vnc on loopback, with a random password that is
 --- registered as a secret). The disk is exported streamOptimized with
 --- `vmware-vdiskmanager -r … -t 5` (qemu-img when vdiskmanager is absent).
+--- `M.test` makes a test VM of its own from the built disk for `capil test`.
 ---
 --- Tools: VMWARE_VMRUN / VMWARE_VDISKMANAGER, else PATH, else (macOS) the
 --- Fusion bundle. Errors are `nil, msg, code`: ENOTOOL (a tool is missing:
@@ -20,7 +21,19 @@ local log = require("capil.sys.log")
 local M = {}
 
 M.name = "workstation"
-M.traits = { encoder = "rfb", export = "vdiskmanager" }
+M.description = "VMware Workstation (Linux) or Fusion (macOS) with vmrun"
+---@type capil.BackendTraits
+M.traits = { encoder = "rfb", export = "vdiskmanager", guest_id = "workstation" }
+---@type capil.Setting[]
+M.settings = {
+  { "vnc_bind_address", paths = { "build.vnc_bind_address" }, default = "127.0.0.1" },
+  { "vnc_port_min", paths = { "build.vnc_port_min" }, default = 5900 },
+  { "vnc_port_max", paths = { "build.vnc_port_max" }, default = 6000 },
+  { "vnc_disable_password", paths = { "build.vnc_disable_password" }, default = false },
+  { "disk_type_id", paths = { "build.disk_type_id" }, default = "0" },
+  { "configuration_parameters", paths = { "vsphere.configuration_parameters" } },
+  { "ssh_port", paths = { "ssh.port" }, default = 22 },
+}
 
 --- Where Fusion keeps its command-line tools.
 M.FUSION_DIR = "/Applications/VMware Fusion.app/Contents/Library"
@@ -139,11 +152,12 @@ end
 
 -- A free TCP port in min..max on `ip` (nothing answers there), from a
 -- random place in the range so parallel builds rarely probe the same one
--- before either VM has opened it.
+-- before either VM has opened it. nil when none is free (or no randomness).
 local function vnc_port(ip, min, max)
   local n = max - min + 1
   if n < 1 then return nil end
-  local b = assert(hash.random(2))
+  local b = hash.random(2)
+  if not b then return nil end
   local start = (b:byte(1) * 256 + b:byte(2)) % n
   for i = 0, n - 1 do
     local p = min + (start + i) % n
@@ -154,7 +168,8 @@ end
 local ALNUM = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 local function random_password(n)
-  local bytes = assert(hash.random(n))
+  local bytes, err, code = hash.random(n)
+  if not bytes then return nil, err, code end
   local s = {}
   for i = 1, n do
     local b = bytes:byte(i) % #ALNUM + 1
@@ -163,14 +178,10 @@ local function random_password(n)
   return table.concat(s)
 end
 
-local function writefile_atomic(path, text)
-  local tmp = path .. ".tmp"
-  local ok, err, code = fs.write(tmp, text)
-  if ok then ok, err, code = fs.rename(tmp, path) end
-  if not ok then
-    fs.remove(tmp)
-    return nil, ("workstation: writing %s: %s"):format(path, tostring(err)), code
-  end
+-- Writes a .vmx (or other file) atomically; the message names it.
+local function write_file(path, text)
+  local ok, err, code = fs.write_atomic(path, text)
+  if not ok then return nil, ("workstation: writing %s: %s"):format(path, tostring(err)), code end
   return true
 end
 
@@ -249,80 +260,87 @@ end
 local VM = {}
 VM.__index = VM
 
--- The setting `path` of the run's (or the caller's) resolved configuration.
-local function getter(opts)
-  local cfg = opts.cfg or (opts.run and opts.run.cfg)
-  return function(path)
-    if not cfg then return nil end
-    local v = cfg:get(path)
-    if v == "" then return nil end
-    return v
-  end
-end
-
--- opts.tools, or the tools found on this machine.
-local function tools_of(opts)
-  if opts and opts.tools then return opts.tools end
+-- The tools in the backend's state (found once, or given by a spec), else
+-- those found on this machine.
+local function tools_of(state)
+  if state and state.tools then return state.tools end
   return M.find_tools()
 end
 
---- Prepares (does not start) a VM in `<workdir>/<name>/`: the disk and the
---- .vmx. opts: workdir, name, log_dir, iso, extra_cdroms, step (the plan's
---- create_vm step: cpus, cores_per_socket, memory_mb, disk_mb, guest_os,
---- firmware, disk_controller, network_card, network, vmx_version, headless),
---- run or cfg (vnc_*, disk_type_id, configuration_parameters, ssh.port),
---- tools (default M.find_tools()), source_disk (a built VMDK, e.g. the
---- exported streamOptimized disk, converted into the VM's disk instead of
---- a blank one: a test VM).
----@return table|nil vm, string? err, string? code
-function M.create(opts)
-  local tools, terr, tcode = tools_of(opts)
-  if not tools then return nil, terr, tcode end
-  local get = getter(opts)
-  local step = opts.step or {}
-  local name = opts.name or step.vm_name
-  local dir = opts.workdir .. "/" .. name
+-- Prepares (does not start) a VM in `<o.workdir>/<o.name>/`: the disk and
+-- the .vmx. o: workdir, name, log_dir, tools, settings (M.settings by name),
+-- step (cpus, cores_per_socket, memory_mb, disk_mb, guest_os, firmware,
+-- disk_controller, network_card, network, vmx_version, headless), iso,
+-- cdroms (more ISOs), source_disk (a built VMDK converted into the VM's disk
+-- instead of a blank one: a test VM).
+local function make(o)
+  local set = o.settings or {}
+  local function get(k)
+    local v = set[k]
+    if v == "" then return nil end
+    return v
+  end
+  local tools, step, name = o.tools, o.step or {}, o.name
+  local dir = o.workdir .. "/" .. name
   local ok, err, code = fs.mkdir(dir)
   if not ok then return nil, ("workstation: %s: %s"):format(dir, err), code end
-  local vm = setmetatable({ name = name, dir = dir, tools = tools, opts = opts, step = step,
+  local vm = setmetatable({ name = name, dir = dir, tools = tools, step = step,
     vmx = dir .. "/" .. name .. ".vmx", disk = dir .. "/" .. name .. ".vmdk",
-    serial_log = (opts.log_dir or dir) .. "/serial.log", ssh_port = get("ssh.port") or 22 }, VM)
+    serial_log = (o.log_dir or dir) .. "/serial.log", ssh_port = get("ssh_port") or 22 }, VM)
   vm.hint = "see the serial log " .. vm.serial_log
   -- everything under dir goes at cleanup, the VM stopped first
   vm.cleanup = require("capil.sys.cleanup").push(("Workstation VM %s (%s)"):format(name, vm.vmx), function()
     vm:destroy()
   end)
 
-  local ip = get("build.vnc_bind_address") or "127.0.0.1"
-  local min, max = get("build.vnc_port_min") or 5900, get("build.vnc_port_max") or 6000
+  local ip = get("vnc_bind_address") or "127.0.0.1"
+  local min, max = get("vnc_port_min") or 5900, get("vnc_port_max") or 6000
   local port = vnc_port(ip, min, max)
   if not port then
     return nil, ("workstation: %s: no free VNC port on %s in %d-%d"):format(name, ip, min, max), "EADDRINUSE"
   end
   vm.vnc = { ip = ip, port = port }
-  if not get("build.vnc_disable_password") then
-    vm.vnc.password = random_password(8)
-    log.secret(vm.vnc.password)
+  if not get("vnc_disable_password") then
+    local pw, perr, pcode = random_password(8)
+    if not pw then return nil, ("workstation: %s: a VNC password: %s"):format(name, perr), pcode end
+    vm.vnc.password = pw
+    log.secret(pw)
   end
 
-  if opts.source_disk then
-    ok, err, code = vm:copy_disk(opts.source_disk, get("build.disk_type_id") or "0")
+  if o.source_disk then
+    ok, err, code = vm:copy_disk(o.source_disk, get("disk_type_id") or "0")
   else
-    ok, err, code = vm:create_disk(step.disk_mb or 20480, get("build.disk_type_id") or "0")
+    ok, err, code = vm:create_disk(step.disk_mb or 20480, get("disk_type_id") or "0")
   end
   if not ok then return nil, err, code end
 
   local entries = M.vmx_entries({
     name = name, guest_os = step.guest_os, vmx_version = step.vmx_version, firmware = step.firmware,
     cpus = step.cpus, cores_per_socket = step.cores_per_socket, memory_mb = step.memory_mb,
-    disk_controller = step.disk_controller, disk = name .. ".vmdk", iso = opts.iso, cdroms = opts.extra_cdroms,
+    disk_controller = step.disk_controller, disk = name .. ".vmdk", iso = o.iso, cdroms = o.cdroms,
     network_card = step.network_card, network = step.network, serial = vm.serial_log, vnc = vm.vnc,
-    extra = get("vsphere.configuration_parameters"),
+    extra = get("configuration_parameters"),
   })
-  ok, err, code = writefile_atomic(vm.vmx, M.vmx_encode(entries))
+  ok, err, code = write_file(vm.vmx, M.vmx_encode(entries))
   if not ok then return nil, err, code end
   log.info("%s: %s written (VNC on %s:%d%s)", name, vm.vmx, ip, port, vm.vnc.password and ", with a password" or "")
   return vm
+end
+
+--- Prepares (does not start) the build VM of the plan's create_vm step in
+--- `<ctx.workdir>/<vm_name>/`: a blank disk and the .vmx, with the ISO
+--- (ctx.media.iso) and the installer CD (ctx.media.cd_iso). The tools are
+--- ctx.state.tools, else found on this machine (and kept there).
+---@param ctx capil.BuildContext
+---@param step table the create_vm step: vm_name, cpus, cores_per_socket, memory_mb, disk_mb, guest_os, firmware, disk_controller, network_card, network, vmx_version, headless
+---@return table|nil vm, string? err, string? code
+function M.create(ctx, step)
+  local tools, terr, tcode = tools_of(ctx.state)
+  if not tools then return nil, terr, tcode end
+  ctx.state.tools = tools
+  local media = ctx.media or {}
+  return make({ workdir = ctx.workdir, log_dir = ctx.log_dir, name = step.vm_name or ctx.name, tools = tools,
+    settings = ctx.settings, step = step, iso = media.iso, cdroms = media.cd_iso and { media.cd_iso } or nil })
 end
 
 --- Creates the VM's disk: `vmware-vdiskmanager -c -s <mb>MB -a lsilogic -t
@@ -469,21 +487,27 @@ function VM:destroy()
 end
 
 --- Exports the disk as a streamOptimized VMDK at `path`:
---- `vmware-vdiskmanager -r <vmdk> -t 5 <tmp>`, or qemu-img when
---- vdiskmanager is absent, then renamed into place.
+--- `vmware-vdiskmanager -r <vmdk> -t 5 <tmp>` then renamed into place, or
+--- (vdiskmanager absent) qemu-img through capil.format.vmdk.convert.
+---@param path string
+---@param opts? {adapter_type?: string, hwversion?: integer, timeout?: number}
+---@return true|nil ok, string? err, string? code
 function VM:export(path, opts)
   opts = opts or {}
+  if not self.tools.vdiskmanager then
+    log.info("%s: vmware-vdiskmanager not found; converting the disk with qemu-img", self.name)
+    local info, err, code = require("capil.format.vmdk").convert(self.disk, path, {
+      adapter_type = opts.adapter_type, hwversion = opts.hwversion or 15, timeout = opts.timeout })
+    if not info then
+      return nil, ("workstation: exporting %s: %s"):format(self.disk, err),
+        (code == nil or code == "QEMU_IMG") and "EVDISK" or code
+    end
+    return true
+  end
   local tmp = path:gsub("%.vmdk$", "") .. ".tmp.vmdk"
   fs.remove(tmp)
-  local argv
-  if self.tools.vdiskmanager then
-    argv = { self.tools.vdiskmanager, "-r", self.disk, "-t", "5", tmp }
-  else
-    log.info("%s: vmware-vdiskmanager not found; converting the disk with qemu-img", self.name)
-    argv = { "qemu-img", "convert", "-O", "vmdk", "-o", ("subformat=streamOptimized,adapter_type=%s,hwversion=%d")
-      :format(opts.adapter_type or "lsilogic", opts.hwversion or 15), self.disk, tmp }
-  end
-  local r, err, code = proc.run({ argv = argv, timeout = opts.timeout or 3600 })
+  local r, err, code = proc.run({ argv = { self.tools.vdiskmanager, "-r", self.disk, "-t", "5", tmp },
+    timeout = opts.timeout or 3600 })
   if not r or r.code ~= 0 then
     fs.remove(tmp)
     return nil, ("workstation: exporting %s: %s"):format(self.disk, r and (r.stdout .. r.stderr):gsub("%s+$", "")
@@ -545,20 +569,77 @@ function M.prepare_test(vmx_path, data, opts)
       cpu_text = final:gsub("guestinfo%.userdata = [^\n]*\nguestinfo%.userdata%.encoding = [^\n]*\n"
         .. "guestinfo%.metadata = [^\n]*\nguestinfo%.metadata%.encoding = [^\n]*\n$", "")
     end
-    local ok, werr, wcode = writefile_atomic(vmx_path, cpu_text)
+    local ok, werr, wcode = write_file(vmx_path, cpu_text)
     if not ok then return nil, werr, wcode end
     ok, werr, wcode = snap("2cpu")
     if not ok then return nil, werr, wcode end
     done.cpus = true
   end
   if changed.guestinfo then
-    local ok, werr, wcode = writefile_atomic(vmx_path, final)
+    local ok, werr, wcode = write_file(vmx_path, final)
     if not ok then return nil, werr, wcode end
     ok, werr, wcode = snap("cloudinit")
     if not ok then return nil, werr, wcode end
     done.guestinfo = true
   end
   return done
+end
+
+---@type capil.TestHooks
+M.test = {}
+
+--- A test VM of its own from the built disk (run.target: the build's VMDK
+--- or the OVA's disk) with the test hardware (at least 2 vCPUs and 2 GiB),
+--- then image-post-create-config.sh: snapshots new, 2cpu and cloudinit with
+--- the guestinfo lines in the .vmx (M.prepare_test).
+---@param run capil.TestRun
+---@return true|nil ok, string? err, string? code
+function M.test.prepare(run)
+  local t, vs = run.target, run.vm_settings or {}
+  local tools, err, code = tools_of(run.state)
+  if not tools then return nil, err, code end
+  run.state.tools = tools
+  local disk
+  disk, err, code = require("capil.test.imagetest").disk_of(t, run.work)
+  if not disk then return nil, err, code end
+  local vm
+  vm, err, code = make({ workdir = run.work, name = t.name .. "-test", log_dir = run.test_dir, tools = tools,
+    settings = run.settings, source_disk = disk, step = {
+      cpus = math.max(2, vs.cpus or 1), cores_per_socket = vs.cores_per_socket,
+      memory_mb = math.max(2048, vs.memory_mb or 0), guest_os = vs.guest_os or "other-64",
+      vmx_version = vs.vmx_version, firmware = vs.firmware, disk_controller = vs.disk_controller,
+      network_card = vs.network_card, network = vs.network,
+    } })
+  if not vm then return nil, err, code end
+  run.vm = vm
+  local snap
+  snap, err, code = M.prepare_test(vm.vmx, run.data, { tools = tools })
+  if not snap then return nil, err, code end
+  run.report.snapshots = snap
+  return true
+end
+
+--- What test/vm.json keeps of a kept test VM.
+---@param run capil.TestRun
+---@return table
+function M.test.record(run)
+  return { backend = "workstation", name = run.vm.name, vmx = run.vm.vmx }
+end
+
+--- The test VM is always capil's own copy: kept (its cleanup cancelled), or
+--- powered off and removed.
+---@param run capil.TestRun
+---@return true|nil ok, string? err, string? code
+function M.test.finish(run)
+  local vm = run.vm
+  if not vm then return true end
+  if run.keep then
+    if vm.cleanup then vm.cleanup:cancel() vm.cleanup = nil end
+    return true
+  end
+  local ok, err, code = vm:power_off(60)
+  if ok then ok, err, code = vm:destroy() end
+  return ok, err, code
 end
 
 return M

@@ -1,4 +1,5 @@
 local qemu = require("capil.backends.qemu")
+local backend = require("capil.backend")
 local installer = require("capil.build.installer")
 local peer = require("support.peer")
 local proc = require("capil.sys.proc")
@@ -14,7 +15,7 @@ describe("QEMU backend command line #unit", function()
     local accel = qemu.probe_accel()
     assert.equal("tcg", accel) -- this machine's KVM (nested PVM) cannot run stock kernels
     local dir = peer.dir("qemuargv")
-    local vm = assert(qemu.create({ workdir = dir, name = "vm1", disk = dir .. "/d.qcow2", iso = "/x/inst.iso",
+    local vm = assert(qemu.vm({ workdir = dir, name = "vm1", disk = dir .. "/d.qcow2", iso = "/x/inst.iso",
       extra_cdroms = { dir .. "/cd.iso" }, accel = "tcg", cpus = 2, memory_mb = 1024 }))
     local argv = vm:argv()
     assert.is_true(has_pair(argv, "-accel", "tcg"))
@@ -37,7 +38,7 @@ describe("QEMU backend command line #unit", function()
     local mk = assert(proc.run({ argv = { "qemu-img", "create", "-q", "-f", "qcow2", dir .. "/d.qcow2", "64M" } }))
     assert.equal(0, mk.code, mk.stderr)
     local function argv(disk_interface, nic)
-      local vm = assert(qemu.create({ workdir = dir, name = "vm", disk = dir .. "/d.qcow2", accel = "tcg",
+      local vm = assert(qemu.vm({ workdir = dir, name = "vm", disk = dir .. "/d.qcow2", accel = "tcg",
         disk_interface = disk_interface, network_card = nic }))
       return vm:argv()
     end
@@ -69,6 +70,112 @@ describe("QEMU backend command line #unit", function()
     assert.equal(a1, a2)
     assert.not_matches("cached", why1, 1, true)
     assert.matches("cached", why2, 1, true)
+  end)
+
+  it("conforms to capil.backend and declares what the plan and the pipeline use", function()
+    assert.same({}, backend.check(qemu))
+    assert.equal(qemu, backend.get("qemu"))
+    assert.same({ encoder = "qmp", export = "qemu-img", http_ip = "10.0.2.2", guest_id = "vsphere",
+      qemu_devices = true }, qemu.traits)
+    assert.same({ { "accel", paths = { "build.qemu_accel" }, default = "auto" } }, qemu.settings)
+  end)
+
+  it("refuses an unknown disk interface or NIC with a message, not an assert", function()
+    local dir = peer.dir("qemubad")
+    local vm, err, code = qemu.vm({ workdir = dir, name = "vm", disk = dir .. "/d.qcow2", disk_interface = "ide" })
+    assert.is_nil(vm)
+    assert.equal("EINVAL", code)
+    assert.matches("unknown disk_interface 'ide'", err, 1, true)
+    vm, err, code = qemu.vm({ workdir = dir, name = "vm", disk = dir .. "/d.qcow2", network_card = "rtl8139" })
+    assert.is_nil(vm)
+    assert.equal("EINVAL", code)
+    assert.matches("unknown network_card 'rtl8139'", err, 1, true)
+  end)
+
+  it("prepare chooses the accelerator from ctx.settings; create builds the create_vm step's VM", function()
+    local dir = peer.dir("qemuctx")
+    local ctx = { name = "b1-kube-v1", workdir = dir, log_dir = dir .. "/logs", cache_dir = dir .. "/cache",
+      settings = { accel = "tcg" }, media = { iso = "/x/inst.iso", cd_iso = dir .. "/cd.iso" }, state = {}, report = {} }
+    local step = { kind = "create_vm", vm_name = "b1-kube-v1", cpus = 2, memory_mb = 1536, disk_mb = 64,
+      disk_interface = "pvscsi", nic_model = "vmxnet3" }
+    assert.is_true(qemu.prepare(ctx, step))
+    assert.equal("tcg", ctx.state.accel)
+    assert.equal("tcg", ctx.report.accel)
+    local vm = assert(qemu.create(ctx, step))
+    assert.equal("b1-kube-v1", vm.name)
+    assert.equal(dir .. "/logs/serial.log", vm.serial_log)
+    local argv = vm:argv()
+    assert.is_true(has_pair(argv, "-accel", "tcg"))
+    assert.is_true(has_pair(argv, "-smp", "2"))
+    assert.is_true(has_pair(argv, "-m", "1536"))
+    assert.is_true(has_pair(argv, "-device", "pvscsi,id=hba0"))
+    assert.is_true(has_pair(argv, "-device", "vmxnet3,netdev=n0"))
+    assert.is_true(has_pair(argv, "-drive", "file=/x/inst.iso,media=cdrom,readonly=on"))
+    assert.is_true(has_pair(argv, "-drive", ("file=%s/cd.iso,media=cdrom,readonly=on"):format(dir)))
+    -- its own disk goes with destroy; again is a no-op
+    assert.is_true(fs.exists(dir .. "/disk.qcow2"))
+    assert.is_true(vm:destroy())
+    assert.is_false(fs.exists(dir .. "/disk.qcow2"))
+    assert.is_true(vm:destroy())
+    -- without prepare, create chooses the accelerator itself (auto: probed and cached)
+    local ctx2 = { name = "b2", workdir = dir, cache_dir = dir .. "/cache", settings = { accel = "auto" },
+      media = {}, state = {}, report = {} }
+    local vm2 = assert(qemu.create(ctx2, { vm_name = "b2", disk_mb = 64 }))
+    assert.equal(qemu.probe_accel(), ctx2.state.accel)
+    assert.is_true(has_pair(vm2:argv(), "-accel", ctx2.state.accel))
+    vm2:destroy()
+  end)
+
+  it("exports a streamOptimized VMDK through vmdk.convert", function()
+    local dir = peer.dir("qemuexp")
+    local vm = assert(qemu.vm({ workdir = dir, name = "vm", disk_mb = 16 }))
+    local out = dir .. "/out.vmdk"
+    assert.is_true(vm:export(out, { adapter_type = "lsilogic", hwversion = 15 }))
+    local info = assert(require("capil.format.vmdk").read_header(out))
+    assert.equal("streamOptimized", info.create_type)
+    assert.is_true(info.stream_optimized)
+    -- a failure names the disk and keeps the backend's code
+    fs.remove(vm.disk)
+    local ok, err, code = vm:export(dir .. "/out2.vmdk")
+    assert.is_nil(ok)
+    assert.equal("EQEMU", code)
+    assert.matches("qemu: exporting " .. vm.disk, err, 1, true)
+    assert.is_false(fs.exists(dir .. "/out2.vmdk"))
+  end)
+
+  it("test hooks: an overlay on the build's VMDK with the seed CD; record; finish without a start", function()
+    local dir = peer.dir("qemutest")
+    local build = dir .. "/img-kube-v1"
+    assert(fs.mkdir(build))
+    local mk = assert(proc.run({ argv = { "qemu-img", "create", "-q", "-f", "vmdk", build .. "/img-kube-v1-disk-0.vmdk",
+      "16M" } }))
+    assert.equal(0, mk.code, mk.stderr)
+    local t = assert(require("capil.test.imagetest").resolve_target(build, "qemu"))
+    local run = { target = t, settings = { accel = "auto" }, work = build .. "/test/vm", test_dir = build .. "/test",
+      cache_dir = dir .. "/cache", keep = false, state = {}, report = {},
+      data = { dir = dir, userdata = "#cloud-config\n", metadata = "instance-id: t1\n" },
+      vm_settings = { cpus = 1, memory_mb = 1024, accel = "tcg", disk_interface = "lsilogic", nic_model = "e1000" } }
+    assert(fs.mkdir(run.work))
+    assert(qemu.test.prepare(run))
+    local vm = run.vm
+    assert.equal("img-kube-v1-test", vm.name)
+    assert.equal("tcg", run.report.accel)
+    local argv = vm:argv()
+    assert.is_true(has_pair(argv, "-smp", "2"))
+    assert.is_true(has_pair(argv, "-m", "2048"))
+    assert.is_true(has_pair(argv, "-device", "mptsas1068,id=hba0"))
+    assert.is_true(has_pair(argv, "-device", "e1000,netdev=n0"))
+    assert.is_true(has_pair(argv, "-drive", ("file=%s/disk.qcow2,format=qcow2,discard=unmap,if=none,id=disk0"):format(
+      run.work)))
+    assert.is_true(has_pair(argv, "-drive", ("file=%s/cidata.iso,media=cdrom,readonly=on"):format(run.work)))
+    local info = assert(proc.run({ argv = { "qemu-img", "info", run.work .. "/disk.qcow2" } }))
+    assert.matches("backing file: " .. fs.realpath(t.vmdk), info.stdout, 1, true)
+    assert.same({ backend = "qemu", name = "img-kube-v1-test", workdir = run.work, serial_log = vm.serial_log,
+      qmp = vm.qmp_path }, qemu.test.record(run))
+    assert.is_true(qemu.test.finish(run))
+    -- the overlay is the test's, not the VM's own disk: the work dir keeps it until imagetest removes it
+    assert.is_true(fs.exists(run.work .. "/disk.qcow2"))
+    assert.is_true(fs.exists(t.vmdk))
   end)
 
   it("makes the labelled second CD for HTTP-free installs", function()

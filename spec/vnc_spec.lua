@@ -33,7 +33,7 @@ describe("vnc against QEMU #vnc #qemu", function()
 
   it("types a boot line at the installer ISO's prompt: every key arrives, Shift included", function()
     local iso = fixtures.installer_iso()
-    vm = assert(qemu.create({ workdir = dir, name = "vnc-typing", iso = iso, disk_mb = 64, accel = "tcg",
+    vm = assert(qemu.vm({ workdir = dir, name = "vnc-typing", iso = iso, disk_mb = 64, accel = "tcg",
       memory_mb = 512, vnc_display = (free_displays(1)) }))
     assert(vm:start())
     local deadline = runtime.now() + 90

@@ -2,6 +2,7 @@
 -- vmware-vdiskmanager (spec/support/vmware_standin.lua: no VMware product
 -- runs here). The disks are real VMDKs made by qemu-img behind the stand-in.
 local ws = require("capil.backends.workstation")
+local backend = require("capil.backend")
 local build_options = require("capil.build.loader")
 local standin = require("support.vmware_standin")
 local peer = require("support.peer")
@@ -21,13 +22,22 @@ local function fixture(vars, var_files)
   error("no create_vm step")
 end
 
+-- The backend's settings as the plan carries them.
+local function settings_of(cfg, plan)
+  return plan.settings or backend.plan_settings(ws, cfg)
+end
+
+-- The build VM of the fixture's create_vm step, through the contract:
+-- create(ctx, step) with the stand-in's tools in ctx.state.
 local function create(sd, opts)
   opts = opts or {}
-  local cfg, step = fixture(opts.vars, opts.var_files)
+  local cfg, step, plan = fixture(opts.vars, opts.var_files)
   local dir = peer.dir("ws")
   local tools = assert(ws.find_tools({ env = sd.env }))
-  local vm, err, code = ws.create({ workdir = dir, log_dir = dir, step = step, cfg = cfg, tools = tools,
-    iso = "/isos/installer.iso", extra_cdroms = opts.cdroms })
+  local ctx = { name = step.vm_name, workdir = dir, log_dir = dir, cache_dir = dir .. "/cache",
+    settings = settings_of(cfg, plan), media = { iso = "/isos/installer.iso", cd_iso = opts.cd_iso },
+    state = { tools = tools }, report = {} }
+  local vm, err, code = ws.create(ctx, step)
   return vm, err, code, dir
 end
 
@@ -96,10 +106,57 @@ describe("Workstation backend #workstation #unit", function()
     end)
   end)
 
+  describe("the contract", function()
+    it("conforms to capil.backend and reads its settings from the plan, not the config", function()
+      assert.same({}, backend.check(ws))
+      assert.equal(ws, backend.get("workstation"))
+      assert.same({ encoder = "rfb", export = "vdiskmanager", guest_id = "workstation" }, ws.traits)
+      local cfg, _, plan = fixture({ "vnc_port_min=5990", "vnc_port_max=5999", "disk_type_id=1", "ssh_port=2222",
+        "vnc_bind_address=127.0.0.2", "vnc_disable_password=true" })
+      local s = settings_of(cfg, plan)
+      assert.equal(5990, s.vnc_port_min)
+      assert.equal(5999, s.vnc_port_max)
+      assert.equal("1", s.disk_type_id)
+      assert.equal(2222, s.ssh_port)
+      assert.equal("127.0.0.2", s.vnc_bind_address)
+      assert.is_true(s.vnc_disable_password)
+      -- the defaults
+      s = settings_of(fixture())
+      assert.equal(5900, s.vnc_port_min)
+      assert.equal(6000, s.vnc_port_max)
+      assert.equal("0", s.disk_type_id)
+      assert.equal(22, s.ssh_port)
+      assert.equal("127.0.0.1", s.vnc_bind_address)
+      assert.is_false(s.vnc_disable_password)
+    end)
+
+    it("finds the tools itself when ctx.state has none, and keeps them there", function()
+      local sd = standin.new()
+      local _, step, plan = fixture()
+      local dir = peer.dir("wsfind")
+      local saved = os.getenv
+      -- find_tools reads VMWARE_VMRUN / PATH through os.getenv
+      os.getenv = function(k) -- luacheck: ignore 122
+        if k == "VMWARE_VMRUN" then return sd.vmrun end
+        if k == "VMWARE_VDISKMANAGER" then return sd.vdiskmanager end
+        return saved(k)
+      end
+      local ctx = { name = step.vm_name, workdir = dir, log_dir = dir, settings = plan.settings or {}, media = {},
+        state = {}, report = {} }
+      local ok, vm, err = pcall(ws.create, ctx, step)
+      os.getenv = saved -- luacheck: ignore 122
+      assert(ok, vm)
+      assert(vm, err)
+      assert.equal(sd.vmrun, ctx.state.tools.vmrun)
+      assert.equal(ctx.state.tools, vm.tools)
+      vm:destroy()
+    end)
+  end)
+
   describe(".vmx", function()
     it("has the expected keys for the fixture recipe and a disk made by vdiskmanager", function()
       local sd = standin.new()
-      local vm, err = create(sd, { cdroms = { "/work/cd.iso" } })
+      local vm, err = create(sd, { cd_iso = "/work/cd.iso" })
       assert(vm, err)
       local vmx = ws.vmx_parse(assert(fs.read(vm.vmx)))
       local want = {
@@ -121,7 +178,7 @@ describe("Workstation backend #workstation #unit", function()
       assert.matches("^%w%w%w%w%w%w%w%w$", vmx["RemoteDisplay.vnc.password"])
       assert.equal(vm.vnc.password, vmx["RemoteDisplay.vnc.password"])
       -- written atomically: no temp file left
-      assert.is_false(fs.exists(vm.vmx .. ".tmp"))
+      for _, n in ipairs(fs.list(vm.dir)) do assert.not_matches("%.tmp", n) end
       -- the disk, through vdiskmanager, a real VMDK
       assert.same({ ("vmware-vdiskmanager | -c | -s | 3072MB | -a | lsilogic | -t | 0 | %s"):format(vm.disk) },
         sd.calls())
@@ -315,25 +372,48 @@ describe("Workstation backend #workstation #unit", function()
       vm:destroy()
     end)
 
-    it("makes a test VM from the exported disk, then prepares it", function()
+    it("test hooks: a test VM from the exported disk, prepared; record; finish removes it", function()
       local sd = standin.new()
       local built = assert(create(sd))
-      local out = built.dir .. "/exported.vmdk"
+      local build = peer.dir("wstest") .. "/img-kube-v1"
+      assert(fs.mkdir(build))
+      local out = build .. "/img-kube-v1-disk-0.vmdk"
       assert(built:export(out))
-      local cfg, step = fixture()
-      local dir = peer.dir("wstest")
-      local vm = assert(ws.create({ workdir = dir, name = "t-test", step = step, cfg = cfg, tools = built.tools,
-        source_disk = out }))
-      local calls = sd.calls()
-      assert.equal(("vmware-vdiskmanager | -r | %s | -t | 0 | %s"):format(out, vm.disk), calls[#calls])
-      assert.matches("^KDMV", fs.read(vm.disk):sub(1, 4))
       built:destroy()
+      local cfg, step, plan = fixture()
+      local t = assert(require("capil.test.imagetest").resolve_target(build, "workstation"))
+      local run = { target = t, settings = settings_of(cfg, plan), work = build .. "/test/vm", test_dir = build .. "/test",
+        keep = false, data = data, state = { tools = built.tools }, report = {},
+        vm_settings = { cpus = step.cpus, memory_mb = step.memory_mb, cores_per_socket = step.cores_per_socket,
+          guest_os = step.guest_os, firmware = step.firmware, vmx_version = step.vmx_version,
+          disk_controller = step.disk_controller, network_card = step.network_card, network = step.network } }
+      assert(fs.mkdir(run.work))
+      sd.reset_calls()
+      assert(ws.test.prepare(run))
+      local vm = run.vm
+      assert.equal("img-kube-v1-test", vm.name)
+      local calls = sd.calls()
+      assert.equal(("vmware-vdiskmanager | -r | %s | -t | 0 | %s"):format(fs.realpath(out), vm.disk), calls[1])
+      assert.matches("^KDMV", fs.read(vm.disk):sub(1, 4))
       local vmx = ws.vmx_parse(fs.read(vm.vmx))
       assert.equal("FALSE", vmx["ide1:0.present"])
       assert.is_nil(vmx["ide1:0.fileName"])
-      assert(ws.prepare_test(vm.vmx, data, { tools = vm.tools }))
-      assert.equal("base64", ws.vmx_parse(fs.read(vm.vmx))["guestinfo.metadata.encoding"])
-      vm:destroy()
+      assert.equal("2048", vmx.memsize) -- at least 2 GiB for the test
+      assert.equal("debian12-64", vmx.guestOS)
+      assert.equal("base64", vmx["guestinfo.metadata.encoding"])
+      assert.same({ new = true, cpus = false, guestinfo = true }, run.report.snapshots)
+      assert.same({ backend = "workstation", name = vm.name, vmx = vm.vmx }, ws.test.record(run))
+      assert(vm:start())
+      assert.is_true(ws.test.finish(run))
+      assert.same({}, sd.running())
+      assert.is_false(fs.exists(vm.dir))
+      -- kept: nothing stopped, nothing removed
+      run.vm, run.keep, run.report = nil, true, {}
+      assert(ws.test.prepare(run))
+      assert.is_true(ws.test.finish(run))
+      assert.is_true(fs.exists(run.vm.vmx))
+      assert.is_nil(run.vm.cleanup)
+      run.vm:destroy()
     end)
 
     it("skips 2cpu when the VM already has 2 vCPUs", function()

@@ -63,6 +63,23 @@ function M.check_regular(path, what)
   return true
 end
 
+--- Writes `data` to `path` atomically: into `<path>.tmp.<pid>`, then renamed
+--- over `path` (the temp is removed on failure). opts.mode: the file's mode.
+---@param path string
+---@param data string
+---@param opts? {mode?: integer}
+---@return true|nil ok, string? err, string? code
+function M.write_atomic(path, data, opts)
+  local tmp = ("%s.tmp.%d"):format(path, require("capil.core.proc").getpid())
+  local ok, err, code = core.write(tmp, data, { mode = opts and opts.mode, sync = false })
+  if ok then ok, err, code = core.rename(tmp, path) end
+  if not ok then
+    core.remove(tmp)
+    return nil, err, code
+  end
+  return true
+end
+
 --- Joins path parts with "/".
 ---@param ... string
 function M.join(...)
