@@ -17,7 +17,8 @@ local M = {}
 M.name = "qemu"
 M.description = "QEMU/KVM on this machine (TCG when KVM cannot run guests)"
 ---@type capil.BackendTraits
-M.traits = { encoder = "qmp", export = "qemu-img", http_ip = "10.0.2.2", guest_id = "vsphere", qemu_devices = true }
+M.traits = { encoder = "qmp", export = "qemu-img", http_ip = "10.0.2.2", guest_id = "vsphere", qemu_devices = true,
+  process = "QEMU" }
 ---@type capil.Setting[]
 M.settings = {
   { "accel", paths = { "build.qemu_accel" }, default = "auto" },

@@ -416,8 +416,4 @@ function M.summarise(report)
   return 1
 end
 
---- The disk a test boots: the build's VMDK, or the OVA's first disk
---- extracted into `work` (for the backends' test hooks; minimal export).
-M.disk_of = qemu_disk
-
 return M
