@@ -26,6 +26,7 @@ local log = require("capil.sys.log")
 local proc = require("capil.sys.proc")
 local cleanup = require("capil.sys.cleanup")
 local vmdkw = require("capil.core.vmdkw")
+local optcheck = require("capil.util.opts").check
 
 local M = {}
 
@@ -142,17 +143,14 @@ end
 --- a temp name beside `dst` and renamed when complete (removed on Ctrl-C).
 --- `adapter_type` (lsilogic, default; ide, buslogic, legacyESX) and
 --- `hwversion` (the VM's vmx version) go into the VMDK's descriptor.
+local CONVERT_OPTS = { adapter_type = true, hwversion = true, src_format = true, timeout = true }
+
 ---@param src string
 ---@param dst string
 ---@param opts? {adapter_type?: string, hwversion?: integer|string, src_format?: string, timeout?: number}
 ---@return table|nil info header facts of dst, string? err, string? code
 function M.convert(src, dst, opts)
-  opts = opts or {}
-  for k in pairs(opts) do
-    if k ~= "adapter_type" and k ~= "hwversion" and k ~= "src_format" and k ~= "timeout" then
-      error(("vmdk.convert: unknown option '%s'"):format(k), 2)
-    end
-  end
+  opts = optcheck(opts, CONVERT_OPTS, "vmdk.convert")
   local o = { "subformat=streamOptimized", "adapter_type=" .. (opts.adapter_type or "lsilogic") }
   if opts.hwversion then o[#o + 1] = "hwversion=" .. tostring(opts.hwversion) end
   local tmp = ("%s.part.%d"):format(dst, proc.getpid())
@@ -203,9 +201,7 @@ end
 function M.write(src, out, opts)
   opts = opts or {}
   if type(src) ~= "string" or type(out) ~= "string" then error("vmdk.write: src and out must be paths", 2) end
-  for k in pairs(opts) do
-    if not WRITE_OPTS[k] then error(("vmdk.write: unknown option '%s'"):format(k), 2) end
-  end
+  optcheck(opts, WRITE_OPTS, "vmdk.write")
   local format = opts.src_format or sniff_format(src)
   if format ~= "raw" and format ~= "qcow2" then
     error(("vmdk.write: src_format must be raw or qcow2, not '%s'"):format(tostring(format)), 2)

@@ -16,6 +16,7 @@
 --- `max_size` (256 MiB); nothing external is ever fetched. Whitespace-only
 --- text nodes are dropped unless `keep_whitespace = true`.
 local core = require("capil.core.xml")
+local optcheck = require("capil.util.opts").check
 
 local M = {}
 
@@ -208,16 +209,13 @@ end
 --- "{uri}local" attribute gets a declared or generated prefix.
 --- `indent` (a string or a number of spaces) puts element-only content on
 --- separate lines; `declaration` (default true) writes the XML declaration.
+local WRITE_OPTS = { indent = true, declaration = true }
+
 ---@param root table
 ---@param opts? {indent?: string|integer, declaration?: boolean}
 ---@return string
 function M.write(root, opts)
-  opts = opts or {}
-  for k in pairs(opts) do
-    if k ~= "indent" and k ~= "declaration" then
-      error(("xml.write: unknown option '%s'"):format(k), 2)
-    end
-  end
+  opts = optcheck(opts, WRITE_OPTS, "xml.write")
   local indent = opts.indent
   if type(indent) == "number" then indent = (" "):rep(indent) end
   local out = {}
