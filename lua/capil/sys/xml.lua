@@ -24,8 +24,51 @@ M.XML_NS = core.XML_NS
 M.XSI = "http://www.w3.org/2001/XMLSchema-instance"
 M.XSD = "http://www.w3.org/2001/XMLSchema"
 
+--- `s` escaped for element text: `& < > " '` as entities, CR as `&#13;`.
+--- Raises on invalid UTF-8 and on characters XML 1.0 cannot carry.
+---@type fun(s: string): string
 M.escape = core.escape
+--- As `escape`, plus TAB and LF as references (an attribute value keeps them).
+---@type fun(s: string): string
 M.escape_attr = core.escape_attr
+
+-- What XML 1.0 cannot carry, as U+FFFD: bytes that are not UTF-8, and
+-- control characters other than TAB, LF and CR (and U+FFFE, U+FFFF).
+local function carryable(s)
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local ok, cp = pcall(utf8.codepoint, s, i)
+    if not ok then
+      out[#out + 1] = "\u{FFFD}"
+      i = i + 1
+    else
+      local size = #utf8.char(cp)
+      if (cp < 0x20 and cp ~= 9 and cp ~= 10 and cp ~= 13) or cp == 0xFFFE or cp == 0xFFFF then
+        out[#out + 1] = "\u{FFFD}"
+      else
+        out[#out + 1] = s:sub(i, i + size - 1)
+      end
+      i = i + size
+    end
+  end
+  return table.concat(out)
+end
+
+--- `v` (any value, through tostring) escaped as `escape_attr` does, but
+--- never raising: what XML 1.0 cannot carry (invalid UTF-8, control
+--- characters such as a terminal's ESC) becomes U+FFFD first. For text from
+--- outside written into a report that must be written whatever the text
+--- holds (guest output in a JUnit failure message).
+---@param v any
+---@return string
+function M.escape_attr_lossy(v)
+  local s = tostring(v)
+  local ok, r = pcall(core.escape_attr, s)
+  if ok then return r end
+  ok, r = pcall(core.escape_attr, carryable(s))
+  if ok then return r end
+  return core.escape_attr((s:gsub("[^\t\n\r\32-\126]", "?"))) -- ASCII: cannot fail
+end
 
 --- Parses a document into its root element.
 ---@param s string

@@ -278,9 +278,7 @@ local BACKENDS = { qemu = Q, vsphere = V, esx = V, workstation = W }
 -- The run                                                                --
 -- ====================================================================== --
 
-local function xml_escape(s)
-  return (tostring(s):gsub("[&<>\"]", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;" }))
-end
+local xml_escape = require("capil.sys.xml").escape_attr_lossy
 
 --- JUnit XML of a test report: one testsuite for capil's own steps (prepare,
 --- boot, login, shutdown) and one per suite, a testcase per step.
