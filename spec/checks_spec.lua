@@ -1,4 +1,6 @@
 local checks = require("capil.build.checks")
+local roles = require("capil.build.roles")
+local shell_quote = require("capil.util.text").shell_quote
 local proc = require("capil.sys.proc")
 local fs = require("capil.sys.fs")
 
@@ -35,24 +37,29 @@ local function write(path, text)
 end
 
 describe("checks #unit", function()
-  describe("quote", function()
+  describe("quote (capil.util.shell_quote, the helper role and check files call)", function()
+    it("is the helper role and check files see as quote", function()
+      assert.equal(shell_quote, roles.helpers({}).quote)
+      assert.is_nil(checks.quote)
+    end)
+
     it("leaves plain words alone and single-quotes the rest", function()
-      assert.equal("containerd", checks.quote("containerd"))
-      assert.equal("/etc/kubernetes-version", checks.quote("/etc/kubernetes-version"))
-      assert.equal("''", checks.quote(""))
-      assert.equal("'a b'", checks.quote("a b"))
-      assert.equal("'FOO=bar'", checks.quote("FOO=bar"))
-      assert.equal("''\\''; rm -rf /'", checks.quote("'; rm -rf /"))
-      assert.equal("'$(id)`id`\"x\"'", checks.quote("$(id)`id`\"x\""))
-      assert.equal("42", checks.quote(42))
-      assert.has_error(function() checks.quote("a\0b") end)
-      assert.has_error(function() checks.quote(nil) end)
+      assert.equal("containerd", shell_quote("containerd"))
+      assert.equal("/etc/kubernetes-version", shell_quote("/etc/kubernetes-version"))
+      assert.equal("''", shell_quote(""))
+      assert.equal("'a b'", shell_quote("a b"))
+      assert.equal("'FOO=bar'", shell_quote("FOO=bar"))
+      assert.equal("''\\''; rm -rf /'", shell_quote("'; rm -rf /"))
+      assert.equal("'$(id)`id`\"x\"'", shell_quote("$(id)`id`\"x\""))
+      assert.equal("42", shell_quote(42))
+      assert.has_error(function() shell_quote("a\0b") end)
+      assert.has_error(function() shell_quote(nil) end)
     end)
 
     it("round-trips hostile strings through a real shell", function()
       local hostile = { "'; rm -rf /", "$(touch pwned)", "`id`", "a\nb", "\\'\"*?[]~#&|;<>()", " lead", "-n", "" }
       for _, s in ipairs(hostile) do
-        local r = sh("printf '%s' " .. checks.quote(s))
+        local r = sh("printf '%s' " .. shell_quote(s))
         assert.equal(0, r.code)
         assert.equal(s, r.stdout)
       end

@@ -30,6 +30,32 @@ describe("fs #unit", function()
     assert.equal("ENOENT", code)
   end)
 
+  it("write_atomic: replaces a file whole, leaves no temp, and removes the temp when the rename fails", function()
+    local path = dir .. "/report.json"
+    assert.is_true(fs.write_atomic(path, "old"))
+    assert.is_true(fs.write_atomic(path, ("y"):rep(70000), { mode = 384 }))
+    assert.equal(("y"):rep(70000), fs.read(path))
+    assert.equal(384, fs.stat(path).mode)
+    assert.is_true(fs.write_atomic(path, ""))
+    assert.equal("", fs.read(path))
+    assert.equal(420, fs.stat(path).mode) -- a new file: 0644 unless told
+    -- the rename fails (a non-empty directory is in the way): the temp goes
+    assert(fs.mkdir(dir .. "/busy/inside"))
+    local ok, err, code = fs.write_atomic(dir .. "/busy", "x")
+    assert.is_nil(ok)
+    assert.is_string(code)
+    assert.matches("^fs%.write_atomic: " .. dir:gsub("%p", "%%%0") .. "/busy: ", err)
+    assert.same({ "busy", "report.json" }, fs.list(dir))
+    ok, err, code = fs.write_atomic(dir .. "/missing/file", "x")
+    assert.is_nil(ok)
+    assert.equal("ENOENT", code)
+    assert.matches(dir .. "/missing/file", err, 1, true)
+    assert.has_error(function() fs.write_atomic(path, "x", { mdoe = 384 }) end,
+      "fs.write_atomic: unknown option 'mdoe'")
+    assert.has_error(function() fs.write_atomic(path, "x", { mode = "0644" }) end)
+    assert.has_error(function() fs.write_atomic(path, nil) end, "fs.write_atomic: data must be a string")
+  end)
+
   it("copies files keeping the mode, and refuses directories", function()
     assert(fs.write(dir .. "/src", ("data"):rep(300000), { mode = 448 }))
     assert(fs.copy(dir .. "/src", dir .. "/dst"))

@@ -147,6 +147,33 @@ describe("ova #ova", function()
       assert.has_error(function() vmdk.convert(raw, dir .. "/x.vmdk", { adaptor = "ide" }) end,
         "vmdk.convert: unknown option 'adaptor'")
     end)
+
+    it("converts what the backends export (a qcow2, their hwversion) with progress, and fails with qemu-img's stderr", function()
+      local dir = fresh_dir("conv-backend")
+      local q = dir .. "/disk.qcow2"
+      run({ "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, q })
+      local updates, total = 0, nil
+      local handle = { update = function(_, done, t)
+        updates, total = updates + 1, t
+        assert.is_true(done >= 0 and done <= t)
+      end }
+      local info = assert(vmdk.convert(q, dir .. "/out.vmdk", { adapter_type = "ide", hwversion = 17,
+        src_format = "qcow2", timeout = 600, progress = handle }))
+      assert.is_true(info.stream_optimized)
+      assert.equal(40 * GiB, info.capacity)
+      assert.truthy(info.descriptor:find('ddb.adapterType = "ide"', 1, true))
+      assert.truthy(info.descriptor:find('ddb.virtualHWVersion = "17"', 1, true))
+      assert.is_true(updates > 0)
+      assert.equal(fs.stat(q).size, total)
+      assert.same({ "disk.qcow2", "out.vmdk" }, fs.list(dir))
+      -- probing (no src_format) reads the qcow2 too; progress = true makes its own bar
+      assert(vmdk.convert(q, dir .. "/probed.vmdk", { progress = true }))
+      -- with progress, qemu-img's stderr still makes the message
+      local _, err, code = vmdk.convert(dir .. "/absent.qcow2", dir .. "/y.vmdk", { progress = handle })
+      assert.equal("QEMU_IMG", code)
+      assert.truthy(err:find("^vmdk%.convert: qemu%-img failed %(exit 1%): .*absent%.qcow2"), err)
+      assert.same({ "disk.qcow2", "out.vmdk", "probed.vmdk" }, fs.list(dir))
+    end)
   end)
 
   describe("archive", function()

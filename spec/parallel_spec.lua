@@ -437,3 +437,36 @@ describe("bundle loading #unit #parallel", function()
     assert.same({ "a", "c" }, names(bundle.filter(bs, nil, { b = true })))
   end)
 end)
+
+describe("run reports #unit #parallel", function()
+  local parallel = require("capil.build.parallel")
+
+  it("writes JUnit that parses whatever a guest printed into a failure", function()
+    local detail = "expected \"active\", got '\27[31mfailed\27[0m' <x> & \255\n2nd line"
+    local rep = { seconds = 3, builds = { {
+      build = "ubuntu-2004", recipe = "ubuntu-2004", backend = "qemu", seconds = 2,
+      stages = { { name = "build", status = "ok", seconds = 1 }, { name = "export", status = "skipped" } },
+      checks = { { name = "service containerd", ok = false, seconds = 0.5, detail = detail } },
+    } } }
+    local doc = assert(xml.parse(parallel.junit(rep)))
+    assert.equal("3", doc.attrs.tests)
+    assert.equal("1", doc.attrs.failures)
+    local suite = assert(xml.find(doc, "testsuite"))
+    assert.equal("ubuntu-2004 on qemu", suite.attrs.name)
+    local R = "\239\191\189"
+    local failure
+    for _, case in ipairs(xml.children(suite, "testcase")) do
+      failure = failure or xml.find(case, "failure")
+    end
+    assert.equal("expected \"active\", got '" .. R .. "[31mfailed" .. R .. "[0m' <x> & " .. R .. "\n2nd line",
+      failure.attrs.message)
+  end)
+
+  it("writes the reports atomically, making their directory", function()
+    local dir = assert(fs.tempdir({ prefix = "capil-spec-reports" }))
+    local out = dir .. "/deep/er/junit.xml"
+    assert.equal(0, parallel.run({}, { jobs = 1, junit = out, quiet = true }))
+    assert(xml.parse(assert(fs.read(out))))
+    assert.same({ "junit.xml" }, fs.list(dir .. "/deep/er"))
+  end)
+end)

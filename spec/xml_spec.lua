@@ -224,6 +224,27 @@ describe("xml #unit", function()
     end)
   end)
 
+  describe("escape_attr_lossy", function()
+    it("escapes as escape_attr does, and takes any value", function()
+      assert.equal("tab&#9;nl&#10;cr&#13;&amp;&quot;&apos;&lt;&gt;", xml.escape_attr_lossy("tab\tnl\ncr\r&\"'<>"))
+      assert.equal("h\195\169", xml.escape_attr_lossy("h\195\169"))
+      assert.equal("42", xml.escape_attr_lossy(42))
+      assert.equal("failed", xml.escape_attr_lossy("failed"))
+    end)
+
+    it("never raises: what XML cannot carry becomes U+FFFD", function()
+      local R = "\239\191\189"
+      assert.equal(R .. "[31mred" .. R .. "[0m", xml.escape_attr_lossy("\27[31mred\27[0m"))
+      assert.equal("a" .. R .. "b", xml.escape_attr_lossy("a\xffb"))
+      assert.equal("ok" .. R, xml.escape_attr_lossy("ok\0"))
+      assert.equal(R .. R .. R .. " &amp; " .. R .. R, xml.escape_attr_lossy("\237\160\128 & \192\175"))
+      assert.equal(R, xml.escape_attr_lossy("\239\191\191"))
+      -- the result always parses back to the text (with the replacements)
+      local doc = assert(xml.parse('<a v="' .. xml.escape_attr_lossy("x\1y\n'z'") .. '"/>'))
+      assert.equal("x" .. R .. "y\n'z'", doc.attrs.v)
+    end)
+  end)
+
   describe("write", function()
     local function envelope()
       return xml.element("soapenv:Envelope", { ["xmlns:soapenv"] = SOAP, ["xmlns:xsi"] = xml.XSI }, {

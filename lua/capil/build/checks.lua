@@ -7,7 +7,11 @@
 --- files need root, and goss ran with use_sudo) and
 --- hands `{code, stdout, stderr}` to `evaluate`, which says pass or fail with
 --- "expected X, got Y". Every value put into a command goes through
---- `checks.quote`.
+--- `capil.util.text.shell_quote` (the `quote` helper of role and check files).
+local roles = require("capil.build.roles")
+local sandbox = require("capil.build.sandbox")
+local quote = require("capil.util.text").shell_quote
+
 local M = {}
 
 --- One check. Exactly one of command, service, package, absent_package,
@@ -46,20 +50,8 @@ local KEYS = {
 local COMMON = { name = "string", timeout = "number", become = "boolean" }
 
 -- ---------------------------------------------------------------------------
--- Shell quoting
+-- Patterns
 -- ---------------------------------------------------------------------------
-
---- Quotes `s` as one POSIX sh word: single quotes, each `'` written `'\''`.
---- Raises on NUL (no shell word can hold it).
----@param s string|number
----@return string
-function M.quote(s)
-  if type(s) == "number" then s = tostring(s) end
-  if type(s) ~= "string" then error("checks.quote: expected a string, got " .. type(s), 2) end
-  if s:find("%z") then error("checks.quote: string contains NUL", 2) end
-  if s ~= "" and not s:find("[^%w_%-%./:@,+]") then return s end
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
 
 --- Escapes Lua pattern magic characters, so `stdout_matches` can hold a
 --- literal version string.
@@ -171,8 +163,6 @@ end
 ---@return capil.build.checks.Check[]|nil, string?
 function M.load(ctx, opts)
   opts = opts or {}
-  local roles = require("capil.build.roles")
-  local sandbox = require("capil.build.sandbox")
   local c = roles.context(ctx)
   local out = {}
   for _, file in ipairs(opts.files or { "recipes/checks/node.lua" }) do
@@ -222,7 +212,7 @@ end
 -- Package queries print one "installed <version>" line per installed
 -- version and nothing else, whatever the package manager.
 local function package_query(name, family)
-  local q = M.quote(name)
+  local q = quote(name)
   if family == "debian" then
     return ("dpkg-query -W -f='${Status}|${Version}\\n' %s 2>/dev/null"
       .. " | awk -F'|' '$1 ~ / installed$/ { print \"installed \" $2 }'"):format(q)
@@ -246,16 +236,16 @@ function M.compile(check, os)
   if kind == "command" then
     return check.command
   elseif kind == "service" then
-    local u = M.quote(check.service)
+    local u = quote(check.service)
     return ("printf 'enabled=%%s\\n' \"$(systemctl is-enabled %s 2>/dev/null)\"; "
       .. "printf 'active=%%s\\n' \"$(systemctl is-active %s 2>/dev/null)\""):format(u, u)
   elseif kind == "package" or kind == "absent_package" then
     return package_query(check[kind], family)
   elseif kind == "kernel_param" then
     -- /proc/sys directly: minimal systems have no sysctl (procps)
-    return "cat " .. M.quote("/proc/sys/" .. check.kernel_param:gsub("%.", "/"))
+    return "cat " .. quote("/proc/sys/" .. check.kernel_param:gsub("%.", "/"))
   elseif kind == "file" then
-    local f = M.quote(check.file)
+    local f = quote(check.file)
     local parts = {
       ("if [ -e %s ]; then echo exists=yes; else echo exists=no; exit 0; fi"):format(f),
     }
@@ -264,7 +254,7 @@ function M.compile(check, os)
     end
     if check.contains then
       parts[#parts + 1] = ("if grep -qF -e %s %s; then echo contains=yes; else echo contains=no; fi")
-        :format(M.quote(check.contains), f)
+        :format(quote(check.contains), f)
     end
     return table.concat(parts, "; ")
   end

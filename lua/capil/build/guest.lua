@@ -10,7 +10,7 @@ local proc = require("capil.sys.proc")
 local log = require("capil.sys.log")
 
 local M = {}
-local quote = checks.quote
+local quote = require("capil.util.text").shell_quote
 
 --- Waits until SSH answers on host:port and logs in. `alive()` is asked
 --- every few seconds: when it returns false (the VM powered off, QEMU

@@ -306,17 +306,11 @@ end
 -- Reports                                                                --
 -- ====================================================================== --
 
-local function write_atomic(path, text)
-  local dir = fs.dirname(path)
-  assert(fs.mkdir(dir))
-  local tmp = ("%s.%d.tmp"):format(path, proc.getpid())
-  local ok, err = fs.write(tmp, text)
-  if ok then ok, err = fs.rename(tmp, path) end
-  if not ok then
-    fs.remove(tmp)
-    return nil, err
-  end
-  return true
+-- A report file, its directory made first.
+local function write_report(path, text)
+  local ok, err, code = fs.mkdir(fs.dirname(path))
+  if not ok then return nil, err, code end
+  return fs.write_atomic(path, text)
 end
 
 -- The outcome of each stage of a build: {name=, status="ok"|"failed"|
@@ -410,9 +404,8 @@ function M.report(builds, info)
   return r
 end
 
-local function xml_escape(s)
-  return (tostring(s):gsub("[&<>\"]", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;" }))
-end
+-- Attribute values from builds and guests: escaped, never raising.
+local xml_escape = require("capil.sys.xml").escape_attr_lossy
 
 --- JUnit XML of a run report: a testsuite per build, a testcase per stage
 --- and per image check.
@@ -481,11 +474,11 @@ function M.run(builds, o)
     finished = true
     local rep = M.report(builds, { seconds = runtime.now() - t_start, interrupted = interrupted, jobs = o.jobs })
     if o.report then
-      local ok, err = write_atomic(o.report, log.redact(json.encode(rep, { indent = 2, sort_keys = true })) .. "\n")
+      local ok, err = write_report(o.report, log.redact(json.encode(rep, { indent = 2, sort_keys = true })) .. "\n")
       if not ok then log.error("report: %s", err) end
     end
     if o.junit then
-      local ok, err = write_atomic(o.junit, M.junit(rep))
+      local ok, err = write_report(o.junit, M.junit(rep))
       if not ok then log.error("junit: %s", err) end
     end
     return rep

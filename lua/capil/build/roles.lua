@@ -14,7 +14,7 @@
 ---   var(name [, default])  the variable as a string; an error when unset and no default
 ---   flag(name [, default]) "true"/"True"/"yes"/"1" → true, "false"/"no"/"0"/"" → false
 ---   words(name)            the variable split on whitespace (extra_debs, custom_role_names…)
----   quote(s)               POSIX shell single-quoting (capil.build.checks.quote)
+---   quote(s)               POSIX shell single-quoting (capil.util.text.shell_quote)
 ---   base64_decode(s)       for containerd_additional_settings
 ---   download(url, dest)    shell text fetching url to dest (curl, else wget)
 ---
@@ -27,7 +27,7 @@
 local sandbox = require("capil.build.sandbox")
 local template = require("capil.util.template")
 local hash = require("capil.sys.hash")
-local checks = require("capil.build.checks")
+local shell_quote = require("capil.util.text").shell_quote
 
 local M = {}
 
@@ -143,14 +143,14 @@ function M.helpers(vars)
     for w in (vars[name] or ""):gmatch("%S+") do t[#t + 1] = w end
     return t
   end
-  h.quote = checks.quote
+  h.quote = shell_quote
   function h.base64_decode(s)
     local out, err = hash.base64_decode(s)
     if not out then error("base64_decode: " .. tostring(err), 2) end
     return out
   end
   function h.download(url, dest)
-    local q, d = checks.quote(url), checks.quote(dest)
+    local q, d = shell_quote(url), shell_quote(dest)
     return ("if command -v curl >/dev/null 2>&1; then curl -fsSL --retry 5 -o %s %s; "
       .. "else wget -q -O %s %s; fi"):format(d, q, d, q)
   end

@@ -459,31 +459,9 @@ M.SUGGEST_MAX = 64
 function M.suggest(path)
   -- a long key is no typo of a field name: no suggestion (and no cost)
   if #path > M.SUGGEST_MAX then return nil end
-  local limit = math.max(2, #path // 4)
-  -- edit distance, two rows, given up once every cell exceeds the limit
-  local function dist(a, b)
-    if math.abs(#a - #b) > limit then return math.huge end
-    local prev, cur = {}, {}
-    for j = 0, #b do prev[j] = j end
-    for i = 1, #a do
-      cur[0] = i
-      local ai, low = a:byte(i), i
-      for j = 1, #b do
-        local v = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ai == b:byte(j) and 0 or 1))
-        cur[j] = v
-        if v < low then low = v end
-      end
-      if low > limit then return math.huge end
-      prev, cur = cur, prev
-    end
-    return prev[#b]
-  end
-  local best, bd = nil, math.huge
-  for _, f in ipairs(F) do
-    local dd = dist(path, f.path)
-    if dd < bd then best, bd = f.path, dd end
-  end
-  if bd <= limit then return best end
+  local names = {}
+  for i, f in ipairs(F) do names[i] = f.path end
+  return require("capil.util.text").closest(path, names, math.max(2, #path // 4))
 end
 
 return M

@@ -27,6 +27,7 @@ local log = require("capil.sys.log")
 local ovf = require("capil.format.ovf")
 local proc = require("capil.sys.proc")
 local vmdk = require("capil.format.vmdk")
+local optcheck = require("capil.util.opts").check
 
 local M = {}
 
@@ -216,9 +217,7 @@ end
 ---@return string? code
 function M.pack(opts)
   if type(opts) ~= "table" then error("ova.pack: options table expected", 2) end
-  for k in pairs(opts) do
-    if not PACK_OPTS[k] then error(("ova.pack: unknown option '%s'"):format(k), 2) end
-  end
+  optcheck(opts, PACK_OPTS, "ova.pack")
   if type(opts.ova) ~= "string" then error("ova.pack: option 'ova' (the OVA path) is required", 2) end
   if type(opts.disks) ~= "table" or #opts.disks == 0 then error("ova.pack: option 'disks' must list at least one disk", 2) end
   if type(opts.os) ~= "table" or type(opts.hardware) ~= "table" then

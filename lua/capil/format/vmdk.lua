@@ -26,8 +26,11 @@ local log = require("capil.sys.log")
 local proc = require("capil.sys.proc")
 local cleanup = require("capil.sys.cleanup")
 local vmdkw = require("capil.core.vmdkw")
+local optcheck = require("capil.util.opts").check
 
 local M = {}
+
+local CONVERT_OPTS = { adapter_type = true, hwversion = true, src_format = true, timeout = true, progress = true }
 
 M.SECTOR = 512
 M.FLAG_COMPRESSED = 1 << 16
@@ -138,34 +141,67 @@ function M.read_header(path)
   return info
 end
 
---- Converts any disk qemu-img reads into a streamOptimized VMDK, written to
---- a temp name beside `dst` and renamed when complete (removed on Ctrl-C).
---- `adapter_type` (lsilogic, default; ide, buslogic, legacyESX) and
---- `hwversion` (the VM's vmx version) go into the VMDK's descriptor.
+--- Converts any disk qemu-img reads into a streamOptimized VMDK with
+--- `qemu-img convert -O vmdk -o subformat=streamOptimized,...`: the one copy
+--- of that command (`ova pack --convert`, and the qemu and workstation
+--- backends' export). The VMDK is written to a temp name beside `dst`
+--- (`<dst>.part.<pid>`) and renamed over `dst` when complete; a failure or
+--- Ctrl-C removes the temp, and `dst` is never left half written.
+---
+--- Options (all optional; the signature and defaults are those of the
+--- first version, so older callers are unchanged):
+---   adapter_type  lsilogic (default), ide, buslogic, legacyESX: into the descriptor
+---   hwversion     the VM's vmx version, into the descriptor (none by default:
+---                 qemu-img writes 4; the backends pass their VM's, 15 when unset)
+---   src_format    the source's format for `-f` (raw, qcow2, vmdk...); by
+---                 default qemu-img probes it (never probe a raw disk a guest
+---                 wrote: pass "raw")
+---   timeout       seconds for qemu-img (default 3600)
+---   progress      a `log.progress{}` handle, or true for one labelled
+---                 "vmdk <name>": qemu-img's `-p` percentage, as a share of
+---                 the source file's size
+--- Failures: `nil, "vmdk.convert: qemu-img failed (exit N): <stderr>",
+--- "QEMU_IMG"`, proc.run's error (ENOENT when qemu-img is not installed,
+--- ETIMEDOUT), or the rename's, each with its code.
 ---@param src string
 ---@param dst string
----@param opts? {adapter_type?: string, hwversion?: integer|string, src_format?: string, timeout?: number}
----@return table|nil info header facts of dst, string? err, string? code
+---@param opts? {adapter_type?: string, hwversion?: integer|string, src_format?: string, timeout?: number, progress?: any}
+---@return table|nil info header facts of dst (vmdk.read_header), string? err, string? code
 function M.convert(src, dst, opts)
-  opts = opts or {}
-  for k in pairs(opts) do
-    if k ~= "adapter_type" and k ~= "hwversion" and k ~= "src_format" and k ~= "timeout" then
-      error(("vmdk.convert: unknown option '%s'"):format(k), 2)
-    end
-  end
+  if type(src) ~= "string" or type(dst) ~= "string" then error("vmdk.convert: src and dst must be paths", 2) end
+  opts = optcheck(opts, CONVERT_OPTS, "vmdk.convert")
   local o = { "subformat=streamOptimized", "adapter_type=" .. (opts.adapter_type or "lsilogic") }
   if opts.hwversion then o[#o + 1] = "hwversion=" .. tostring(opts.hwversion) end
   local tmp = ("%s.part.%d"):format(dst, proc.getpid())
   local argv = { "qemu-img", "convert" }
   if opts.src_format then argv[#argv + 1] = "-f" argv[#argv + 1] = opts.src_format end
+  local progress, own_progress = opts.progress, opts.progress == true
+  if progress then argv[#argv + 1] = "-p" end
   for _, a in ipairs({ "-O", "vmdk", "-o", table.concat(o, ","), src, tmp }) do argv[#argv + 1] = a end
+  local run = { argv = argv, timeout = opts.timeout or 3600 }
+  local stderr = {}
+  if progress then
+    if own_progress then progress = log.progress({ label = "vmdk " .. fs.basename(dst) }) end
+    local st = fs.stat(src)
+    local total = st and st.size > 0 and st.size or 10000
+    -- qemu-img -p writes "    (12.34/100%)\r" on stdout; a mark split
+    -- across two reads is one update missed, no more
+    run.on_output = function(stream, chunk)
+      if stream ~= "stdout" then stderr[#stderr + 1] = chunk return end
+      for pct in chunk:gmatch("%((%d+%.?%d*)/100%%%)") do
+        progress:update(math.floor(math.min(100, tonumber(pct)) / 100 * total), total)
+      end
+    end
+  end
   local undo = cleanup.push("partial VMDK " .. tmp, function() fs.remove(tmp) end)
   log.info("converting %s to a streamOptimized VMDK", src)
-  local r, err, code = proc.run({ argv = argv, timeout = opts.timeout or 3600 })
+  local r, err, code = proc.run(run)
+  if own_progress then progress:close() end
   if not r or r.code ~= 0 then
     undo:run()
     if r then
-      err = ("vmdk.convert: qemu-img failed (exit %d): %s"):format(r.code, (r.stderr:gsub("%s+$", "")))
+      local text = progress and table.concat(stderr) or r.stderr
+      err = ("vmdk.convert: qemu-img failed (exit %d): %s"):format(r.code, (text:gsub("%s+$", "")))
       code = "QEMU_IMG"
     end
     return nil, err, code
@@ -203,9 +239,7 @@ end
 function M.write(src, out, opts)
   opts = opts or {}
   if type(src) ~= "string" or type(out) ~= "string" then error("vmdk.write: src and out must be paths", 2) end
-  for k in pairs(opts) do
-    if not WRITE_OPTS[k] then error(("vmdk.write: unknown option '%s'"):format(k), 2) end
-  end
+  optcheck(opts, WRITE_OPTS, "vmdk.write")
   local format = opts.src_format or sniff_format(src)
   if format ~= "raw" and format ~= "qcow2" then
     error(("vmdk.write: src_format must be raw or qcow2, not '%s'"):format(tostring(format)), 2)

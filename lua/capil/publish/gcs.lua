@@ -41,6 +41,7 @@ local json = require("capil.sys.json")
 local log = require("capil.sys.log")
 local fs = require("capil.sys.fs")
 local runtime = require("capil.core.runtime")
+local optcheck = require("capil.util.opts").check
 
 local M = {}
 
@@ -243,11 +244,7 @@ local CLIENT_OPTS = {
 ---@param opts? {endpoint?: string, key_file?: string, anonymous?: boolean, getenv?: fun(name: string): string?, retries?: integer, ca_file?: string, backoff?: number}
 ---@return capil.publish.gcs.Client|nil client, string? err, string? code
 function M.client(opts)
-  opts = opts or {}
-  if type(opts) ~= "table" then error("gcs.client: options must be a table", 2) end
-  for k in pairs(opts) do
-    if not CLIENT_OPTS[k] then error(("gcs.client: unknown option '%s'"):format(tostring(k)), 2) end
-  end
+  opts = optcheck(opts, CLIENT_OPTS, "gcs.client")
   local getenv = opts.getenv or os.getenv
   local function env(name)
     local v = getenv(name)
@@ -597,10 +594,7 @@ local PUT_SMALL_OPTS = { content_type = true, metadata = true }
 function Client:put_small(bucket, name, data, opts)
   check_names("put_small", bucket, name)
   if type(data) ~= "string" then error("gcs.put_small: data must be a string", 2) end
-  opts = opts or {}
-  for k in pairs(opts) do
-    if not PUT_SMALL_OPTS[k] then error(("gcs.put_small: unknown option '%s'"):format(tostring(k)), 2) end
-  end
+  opts = optcheck(opts, PUT_SMALL_OPTS, "gcs.put_small")
   check_metadata("put_small", opts.metadata)
   local boundary
   repeat boundary = "capil-" .. hash.hex_encode(hash.random(12)) until not data:find(boundary, 1, true)
@@ -742,10 +736,7 @@ end
 function Client:upload(bucket, name, path, opts)
   check_names("upload", bucket, name)
   if type(path) ~= "string" then error("gcs.upload: path must be a string", 2) end
-  opts = opts or {}
-  for k in pairs(opts) do
-    if not UPLOAD_OPTS[k] then error(("gcs.upload: unknown option '%s'"):format(tostring(k)), 2) end
-  end
+  opts = optcheck(opts, UPLOAD_OPTS, "gcs.upload")
   check_metadata("upload", opts.metadata)
   local chunk = opts.chunk_size or M.CHUNK_SIZE
   if math.type(chunk) ~= "integer" or chunk <= 0 or chunk % M.CHUNK_QUANTUM ~= 0 then
@@ -940,10 +931,7 @@ local DOWNLOAD_OPTS = { progress = true, sha256 = true, retries = true }
 function Client:download(bucket, name, out_file, opts)
   check_names("download", bucket, name)
   if type(out_file) ~= "string" or out_file == "" then error("gcs.download: out_file must be a string", 2) end
-  opts = opts or {}
-  for k in pairs(opts) do
-    if not DOWNLOAD_OPTS[k] then error(("gcs.download: unknown option '%s'"):format(tostring(k)), 2) end
-  end
+  opts = optcheck(opts, DOWNLOAD_OPTS, "gcs.download")
   local obj, err, code = self:stat(bucket, name)
   if not obj then return nil, err, code end
   local sha256 = opts.sha256

@@ -3,6 +3,7 @@
 --- capil.sys.cleanup, so temp dirs go away on exit, failure or Ctrl-C.
 local core = require("capil.core.fs")
 local cleanup = require("capil.sys.cleanup")
+local optcheck = require("capil.util.opts").check
 
 local M = {}
 for k, v in pairs(core) do M[k] = v end
@@ -63,20 +64,27 @@ function M.check_regular(path, what)
   return true
 end
 
---- Writes `data` to `path` atomically: into `<path>.tmp.<pid>`, then renamed
---- over `path` (the temp is removed on failure). opts.mode: the file's mode.
+local WRITE_ATOMIC_OPTS = { mode = true }
+
+--- Writes `data` to `path` atomically: into a temp file beside it (same
+--- directory, so the same file system), fsynced, then renamed over `path`;
+--- readers see the old content or the new, never a part. On failure the
+--- temp file is removed and `path` is untouched. `opts.mode` is the new
+--- file's mode (default 0644). The directory must exist. (capil.core.fs's
+--- `write` does exactly this; this is the name that says so.)
 ---@param path string
 ---@param data string
 ---@param opts? {mode?: integer}
 ---@return true|nil ok, string? err, string? code
 function M.write_atomic(path, data, opts)
-  local tmp = ("%s.tmp.%d"):format(path, require("capil.core.proc").getpid())
-  local ok, err, code = core.write(tmp, data, { mode = opts and opts.mode, sync = false })
-  if ok then ok, err, code = core.rename(tmp, path) end
-  if not ok then
-    core.remove(tmp)
-    return nil, err, code
+  if type(path) ~= "string" then error("fs.write_atomic: path must be a string", 2) end
+  if type(data) ~= "string" then error("fs.write_atomic: data must be a string", 2) end
+  opts = optcheck(opts, WRITE_ATOMIC_OPTS, "fs.write_atomic")
+  if opts.mode ~= nil and math.type(opts.mode) ~= "integer" then
+    error("fs.write_atomic: opts.mode must be an integer (0644, not \"0644\")", 2)
   end
+  local ok, err, code = core.write(path, data, { mode = opts.mode, sync = true })
+  if not ok then return nil, (tostring(err):gsub("^fs%.write: ", "fs.write_atomic: ")), code end
   return true
 end
 

@@ -41,6 +41,7 @@ local core = require("capil.core.http")
 local log = require("capil.sys.log")
 local runtime = require("capil.core.runtime")
 local fs = require("capil.core.fs")
+local optcheck = require("capil.util.opts").check
 
 local M = {}
 
@@ -75,6 +76,9 @@ local LUA_OPTS = {
   retries = true, backoff = true, max_backoff = true, max_wait = true,
   ok_status = true, idempotent = true, session = true,
 }
+local ALL_OPTS = {}
+for k in pairs(CORE_OPTS) do ALL_OPTS[k] = true end
+for k in pairs(LUA_OPTS) do ALL_OPTS[k] = true end
 
 local REASONS = {
   [200] = "OK", [201] = "Created", [204] = "No Content", [206] = "Partial Content",
@@ -202,10 +206,10 @@ end
 ---@return capil.sys.http.Response? response the response of an HTTP error
 function M.request(opts)
   if type(opts) ~= "table" then error("http.request: options must be a table", 2) end
+  optcheck(opts, ALL_OPTS, "http.request")
   local call = {}
   for k, v in pairs(opts) do
-    if CORE_OPTS[k] then call[k] = v
-    elseif not LUA_OPTS[k] then error(("http.request: unknown option '%s'"):format(tostring(k)), 2) end
+    if CORE_OPTS[k] then call[k] = v end
   end
   if type(opts.url) ~= "string" then error("http.request: option 'url' is required", 2) end
   local d = M.defaults

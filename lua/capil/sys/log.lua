@@ -3,23 +3,21 @@
 --- registered with `log.secret` is replaced by `****` in every log line, in
 --- the errors the host prints, and in reports (`log.redact`).
 local core = require("capil.core.log")
+local optcheck = require("capil.util.opts").check
 
 local M = {}
 
 local LEVELS = { error = 1, warn = 2, info = 3, debug = 4, trace = 5 }
 local level = LEVELS.info
 local format = "text"
+local CONFIGURE_OPTS = { level = true, verbose = true, quiet = true, format = true }
 local sinks = {} -- extra files (build logs): always get every level, as text
 
 --- Sets the output: `level` ("error".."trace"), `verbose`/`quiet` shortcuts,
 --- `format` ("text" | "json").
 ---@param opts {level?: string, verbose?: boolean, quiet?: boolean, format?: string}
 function M.configure(opts)
-  for k in pairs(opts) do
-    if k ~= "level" and k ~= "verbose" and k ~= "quiet" and k ~= "format" then
-      error(("log.configure: unknown option '%s'"):format(k), 2)
-    end
-  end
+  opts = optcheck(opts, CONFIGURE_OPTS, "log.configure")
   if opts.level then
     level = LEVELS[opts.level] or error(("log.configure: unknown level '%s'"):format(opts.level), 2)
   end

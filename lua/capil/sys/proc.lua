@@ -3,6 +3,7 @@
 --- line-by-line output streaming, and returns `{code, signal, stdout, stderr}`;
 --- a timeout is a distinct result: `nil, msg, "ETIMEDOUT", partial`.
 local core = require("capil.core.proc")
+local optcheck = require("capil.util.opts").check
 
 local M = {}
 M.spawn = core.spawn
@@ -31,9 +32,7 @@ end
 ---@return string? err
 ---@return string? code
 function M.run(opts)
-  for k in pairs(opts) do
-    if not RUN_OPTS[k] then error(("proc.run: unknown option '%s'"):format(k), 2) end
-  end
+  opts = optcheck(opts, RUN_OPTS, "proc.run")
   if type(opts.argv) ~= "table" then error("proc.run: option 'argv' must be a table of strings", 2) end
   local p, err, code = core.spawn({
     argv = opts.argv, env = opts.env, env_add = opts.env_add, cwd = opts.cwd,

@@ -14,6 +14,8 @@
 local core = require("capil.core.ssh")
 local log = require("capil.sys.log")
 local runtime = require("capil.core.runtime")
+local text = require("capil.util.text")
+local optcheck = require("capil.util.opts").check
 
 local M = {}
 
@@ -27,15 +29,6 @@ local TRANSFER_OPTS = { mode = true, progress = true, timeout = true }
 
 -- Failures worth another try while a machine boots; never auth or host key.
 local TRANSIENT = { ECONNREFUSED = true, ETIMEDOUT = true, ECONNRESET = true, SSH_PROTOCOL = true }
-
-local function check_opts(fn, opts, allowed, level)
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then error(("%s: options must be a table"):format(fn), level + 1) end
-  for k in pairs(opts) do
-    if not allowed[k] then error(("%s: unknown option '%s'"):format(fn, tostring(k)), level + 1) end
-  end
-  return opts
-end
 
 -- A regular file is there (opening a FIFO to find out would block).
 local function exists(path)
@@ -94,17 +87,21 @@ function Session:closed()
   return self._s.closed
 end
 
--- POSIX shell words: name='value' with ' escaped.
+-- POSIX shell words: `export name=value;` with the value quoted. nil and
+-- what cannot be exported when a name is not a shell name or a value holds
+-- NUL (no shell word can).
 local function export_prefix(env)
   local names = {}
   for k in pairs(env) do
-    if not tostring(k):match("^[%a_][%w_]*$") then return nil, k end
+    if not tostring(k):match("^[%a_][%w_]*$") then return nil, ("env name '%s'"):format(tostring(k)) end
     names[#names + 1] = k
   end
   table.sort(names)
   local parts = {}
   for _, k in ipairs(names) do
-    parts[#parts + 1] = ("export %s='%s';"):format(k, tostring(env[k]):gsub("'", [['\'']]))
+    local v = tostring(env[k])
+    if v:find("%z") then return nil, ("the value of env '%s' (it holds NUL)"):format(k) end
+    parts[#parts + 1] = ("export %s=%s;"):format(k, text.shell_quote(v))
   end
   return table.concat(parts, " ") .. " "
 end
@@ -125,7 +122,7 @@ end
 ---@return string? err
 ---@return string? code
 function Session:exec(cmd, opts)
-  opts = check_opts("ssh.exec", opts, EXEC_OPTS, 2)
+  opts = optcheck(opts, EXEC_OPTS, "ssh.exec")
   if type(cmd) ~= "string" then error("ssh.exec: the command must be a string", 2) end
   local copts = { stdin = opts.stdin, env = opts.env, timeout = opts.timeout, pty = opts.pty,
                   on_output = opts.on_output }
@@ -144,7 +141,7 @@ function Session:exec(cmd, opts)
   if not r and code == "SSH_ENV" then
     local prefix, bad = export_prefix(opts.env)
     if not prefix then
-      return nil, ("ssh.exec: %s: env name '%s' cannot be exported"):format(cmd, tostring(bad)), "SSH_ENV"
+      return nil, ("ssh.exec: %s: %s cannot be exported"):format(cmd, bad), "SSH_ENV"
     end
     log.debug("ssh: the server refused env requests; exporting the variables in the command")
     copts.env = nil
@@ -185,7 +182,7 @@ end
 ---@return string? err
 ---@return string? code
 function Session:put(local_path, remote_path, opts)
-  opts = check_opts("ssh.put", opts, TRANSFER_OPTS, 2)
+  opts = optcheck(opts, TRANSFER_OPTS, "ssh.put")
   return transfer(self, "put", "upload " .. local_path:match("[^/]*$"), local_path, remote_path, opts)
 end
 
@@ -198,7 +195,7 @@ end
 ---@return string? err
 ---@return string? code
 function Session:get(remote_path, local_path, opts)
-  opts = check_opts("ssh.get", opts, TRANSFER_OPTS, 2)
+  opts = optcheck(opts, TRANSFER_OPTS, "ssh.get")
   if opts.mode then error("ssh.get: unknown option 'mode'", 2) end
   return transfer(self, "get", "download " .. remote_path:match("[^/]*$"), remote_path, local_path, opts)
 end
@@ -232,7 +229,7 @@ end
 ---@return string? err
 ---@return string? code
 function M.connect(opts)
-  check_opts("ssh.connect", opts, CONNECT_OPTS, 2)
+  optcheck(opts, CONNECT_OPTS, "ssh.connect")
   if type(opts) ~= "table" or type(opts.host) ~= "string" then
     error("ssh.connect: option 'host' is required", 2)
   end
@@ -273,7 +270,7 @@ end
 ---@return string banner_or_err
 ---@return string? code
 function M.wait(opts)
-  check_opts("ssh.wait", opts, { host = true, port = true, timeout = true, interval = true }, 2)
+  optcheck(opts, { host = true, port = true, timeout = true, interval = true }, "ssh.wait")
   local copts = { host = opts.host, port = opts.port or 22, timeout = opts.timeout or 300,
                   interval = opts.interval or 1 }
   log.debug("ssh: waiting for an SSH banner from %s:%d (up to %g s)", copts.host, copts.port, copts.timeout)

@@ -14,6 +14,7 @@ local core = require("capil.core.vnc")
 local runtime = require("capil.core.runtime")
 local bootcmd = require("capil.build.bootcmd")
 local log = require("capil.sys.log")
+local optcheck = require("capil.util.opts").check
 
 local M = {}
 
@@ -41,9 +42,7 @@ local OPTIONS = { host = true, port = true, password = true, timeout = true, sha
 ---@return capil.sys.vnc.Session|nil session, string? err, string? code
 function M.connect(opts)
   if type(opts) ~= "table" then error("vnc.connect: options table expected", 2) end
-  for k in pairs(opts) do
-    if not OPTIONS[k] then error(("vnc.connect: unknown option '%s'"):format(tostring(k)), 2) end
-  end
+  optcheck(opts, OPTIONS, "vnc.connect")
   log.secret(opts.password)
   local timeout = opts.timeout or 10
   local deadline = runtime.now() + timeout

@@ -16,6 +16,7 @@
 --- `max_size` (256 MiB); nothing external is ever fetched. Whitespace-only
 --- text nodes are dropped unless `keep_whitespace = true`.
 local core = require("capil.core.xml")
+local optcheck = require("capil.util.opts").check
 
 local M = {}
 
@@ -23,8 +24,51 @@ M.XML_NS = core.XML_NS
 M.XSI = "http://www.w3.org/2001/XMLSchema-instance"
 M.XSD = "http://www.w3.org/2001/XMLSchema"
 
+--- `s` escaped for element text: `& < > " '` as entities, CR as `&#13;`.
+--- Raises on invalid UTF-8 and on characters XML 1.0 cannot carry.
+---@type fun(s: string): string
 M.escape = core.escape
+--- As `escape`, plus TAB and LF as references (an attribute value keeps them).
+---@type fun(s: string): string
 M.escape_attr = core.escape_attr
+
+-- What XML 1.0 cannot carry, as U+FFFD: bytes that are not UTF-8, and
+-- control characters other than TAB, LF and CR (and U+FFFE, U+FFFF).
+local function carryable(s)
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local ok, cp = pcall(utf8.codepoint, s, i)
+    if not ok then
+      out[#out + 1] = "\u{FFFD}"
+      i = i + 1
+    else
+      local size = #utf8.char(cp)
+      if (cp < 0x20 and cp ~= 9 and cp ~= 10 and cp ~= 13) or cp == 0xFFFE or cp == 0xFFFF then
+        out[#out + 1] = "\u{FFFD}"
+      else
+        out[#out + 1] = s:sub(i, i + size - 1)
+      end
+      i = i + size
+    end
+  end
+  return table.concat(out)
+end
+
+--- `v` (any value, through tostring) escaped as `escape_attr` does, but
+--- never raising: what XML 1.0 cannot carry (invalid UTF-8, control
+--- characters such as a terminal's ESC) becomes U+FFFD first. For text from
+--- outside written into a report that must be written whatever the text
+--- holds (guest output in a JUnit failure message).
+---@param v any
+---@return string
+function M.escape_attr_lossy(v)
+  local s = tostring(v)
+  local ok, r = pcall(core.escape_attr, s)
+  if ok then return r end
+  ok, r = pcall(core.escape_attr, carryable(s))
+  if ok then return r end
+  return core.escape_attr((s:gsub("[^\t\n\r\32-\126]", "?"))) -- ASCII: cannot fail
+end
 
 --- Parses a document into its root element.
 ---@param s string
@@ -208,16 +252,13 @@ end
 --- "{uri}local" attribute gets a declared or generated prefix.
 --- `indent` (a string or a number of spaces) puts element-only content on
 --- separate lines; `declaration` (default true) writes the XML declaration.
+local WRITE_OPTS = { indent = true, declaration = true }
+
 ---@param root table
 ---@param opts? {indent?: string|integer, declaration?: boolean}
 ---@return string
 function M.write(root, opts)
-  opts = opts or {}
-  for k in pairs(opts) do
-    if k ~= "indent" and k ~= "declaration" then
-      error(("xml.write: unknown option '%s'"):format(k), 2)
-    end
-  end
+  opts = optcheck(opts, WRITE_OPTS, "xml.write")
   local indent = opts.indent
   if type(indent) == "number" then indent = (" "):rep(indent) end
   local out = {}

@@ -167,9 +167,7 @@ end
 -- The run                                                                --
 -- ====================================================================== --
 
-local function xml_escape(s)
-  return (tostring(s):gsub("[&<>\"]", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;" }))
-end
+local xml_escape = require("capil.sys.xml").escape_attr_lossy
 
 --- JUnit XML of a test report: one testsuite for capil's own steps (prepare,
 --- boot, login, shutdown) and one per suite, a testcase per step.

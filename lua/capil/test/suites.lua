@@ -22,7 +22,6 @@ local fs = require("capil.sys.fs")
 local log = require("capil.sys.log")
 local xml = require("capil.sys.xml")
 local json = require("capil.sys.json")
-local checks = require("capil.build.checks")
 local bootcmd = require("capil.build.bootcmd")
 local runtime = require("capil.core.runtime")
 
@@ -31,7 +30,7 @@ local M = {}
 --- The suites, in the order they run.
 M.NAMES = { "cni", "node-conformance" }
 
-local quote = checks.quote
+local quote = require("capil.util.text").shell_quote
 local HEX64 = ("%x"):rep(64)
 local VERSION_FILE = "/etc/kubernetes-version"
 local CNI_PLUGINS = { "bridge", "host-local", "loopback" }

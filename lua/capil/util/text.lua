@@ -3,8 +3,10 @@
 --- similar-name hints ("did you mean", "VMs named like").
 local M = {}
 
--- Characters that never need quoting in a POSIX sh word.
-local PLAIN = "^[%w_%-%./:@,+=]+$"
+-- Characters that never need quoting in a POSIX sh word. `=` is left out
+-- on purpose: `'kubelet=1.30.2-1.1'` and `sysctl -w 'k=v'` in role and
+-- check commands (and so in plans) stay as they always were.
+local PLAIN = "^[%w_%-%./:@,+]+$"
 
 --- Quotes `s` as one POSIX sh word: as is when it holds only safe
 --- characters, else in single quotes with each `'` written `'\''`. Raises
