@@ -136,9 +136,7 @@ local ARGV_OPTS = {
 ---@return string[] argv
 ---@return integer ssh_port
 function M.qemu_argv(opts)
-  for k in pairs(opts) do
-    if not ARGV_OPTS[k] then error(("fixtures.qemu_argv: unknown option '%s'"):format(k), 2) end
-  end
+  require("capil.util.opts").check(opts, ARGV_OPTS, "fixtures.qemu_argv")
   if not opts.serial then error("fixtures.qemu_argv: option 'serial' is required", 2) end
   local port = opts.ssh_port or assert(runtime.free_port())
   local argv = {

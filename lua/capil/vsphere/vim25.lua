@@ -1146,9 +1146,7 @@ end
 ---@return capil.vsphere.vim25.Client|nil, string? err, string? code, table? fault
 function M.connect(opts)
   if type(opts) ~= "table" then error("vim25.connect: options must be a table", 2) end
-  for k in pairs(opts) do
-    if not CONNECT_OPTS[k] then error(("vim25.connect: unknown option '%s'"):format(tostring(k)), 2) end
-  end
+  require("capil.util.opts").check(opts, CONNECT_OPTS, "vim25.connect")
   log.secret(opts.password)
   for _, k in ipairs({ "server", "username", "password" }) do
     if type(opts[k]) ~= "string" then error(("vim25.connect: option '%s' must be a string"):format(k), 2) end
