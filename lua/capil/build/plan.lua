@@ -38,10 +38,6 @@ function M.artifacts(name, semver, output_root)
   }
 end
 
--- A duration setting: seconds already (the schema coerces durations).
-local function seconds(d)
-  return assert(bootcmd.duration(d), "plan: invalid duration " .. tostring(d))
-end
 
 --- The ISO URLs in the order they are tried: a single `iso_url` (var file
 --- override) first, then the recipe's list, without duplicates.
@@ -158,13 +154,13 @@ function M.resolve(cfg, backend, opts)
     kernel = cfg:get("build.qemu_kernel"), initrd = cfg:get("build.qemu_initrd"), append = cfg:get("build.qemu_append") })
 
   local summary = events and bootcmd.summary(events) or {}
-  add({ id = "boot", kind = "boot_command", wait = seconds(cfg:get("boot.wait")),
-    key_interval = seconds(cfg:get("boot.key_interval")), encoder = traits.encoder,
+  add({ id = "boot", kind = "boot_command", wait = cfg:get("boot.wait"),
+    key_interval = cfg:get("boot.key_interval"), encoder = traits.encoder,
     command = command, keys = summary.keys, waits = summary.waits })
 
   add({ id = "wait-ssh", kind = "wait_ssh", username = cfg:get("ssh.username"), password_var = "ssh_password",
     key_file = cfg:get("ssh.private_key_file"), port = cfg:get("ssh.port"),
-    timeout = seconds(cfg:get("ssh.timeout")) })
+    timeout = cfg:get("ssh.timeout") })
 
   -- provisioning: roles, then the checks (loaded by capil.build.loader)
   if loaded.role_steps then
@@ -184,7 +180,7 @@ function M.resolve(cfg, backend, opts)
   local shutdown = cfg:get("shutdown_command")
   add({ id = "shutdown", kind = "shutdown",
     command = user == "root" and shutdown or ("sudo -S -E sh -c 'usermod -L %s && %s'"):format(user, shutdown),
-    stdin_var = "ssh_password", timeout = seconds(cfg:get("shutdown_timeout")) })
+    stdin_var = "ssh_password", timeout = cfg:get("shutdown_timeout") })
 
   add({ id = "export", kind = "export_disk", method = traits.export, path = art.vmdk,
     subformat = "streamOptimized", adapter_type = ADAPTER[cfg:get("hardware.disk_controller")],
