@@ -315,12 +315,16 @@ function M.attach(vc, inv, s, ref, name)
   return vm
 end
 
+--- The power state: "poweredOn", "poweredOff" or "suspended".
+---@return string|nil state, string? err, string? code
 function VM:power()
   local p, err, code = self.vc:props(self.ref, { "runtime.powerState" })
   if not p then return nil, err, code end
   return p["runtime.powerState"]
 end
 
+--- Powers the VM on.
+---@return true|nil, string?, string?
 function VM:start()
   local t, err, code = self.vc:call("PowerOnVM_Task", self.ref, {})
   if t then err, code = select(2, self.vc:task(t, 600)) end
@@ -335,10 +339,13 @@ function VM:keepalive()
   return self.vc:keepalive()
 end
 
+---@return boolean
 function VM:running()
   return self:power() == "poweredOn"
 end
 
+--- Whether the VM runs; false and why once it has stopped.
+---@return boolean, string?
 function VM:alive()
   local state, err = self:power()
   if state == "poweredOn" then return true end
@@ -348,6 +355,9 @@ end
 
 --- Types events with PutUsbScanCodes, M.BATCH key events per call. Returns
 --- true, nil, nil, the number of calls.
+---@param events table capil.build.bootcmd events
+---@param interval? number seconds between calls
+---@return true|nil, string?, string?, integer?
 function VM:type_keys(events, interval)
   local calls = 0
   for _, b in ipairs(bootcmd.to_usb(events)) do
@@ -396,6 +406,9 @@ end
 
 --- Whether `ip` is a usable guest address inside `cidr` (default
 --- 0.0.0.0/0): never link-local IPv6 or APIPA; IPv6 only when cidr is IPv6.
+---@param ip string
+---@param cidr? string
+---@return boolean
 function M.ip_usable(ip, cidr)
   cidr = cidr or "0.0.0.0/0"
   local net, bits = cidr:match("^(.-)/(%d+)$")
@@ -421,6 +434,11 @@ function M.ip_usable(ip, cidr)
 end
 
 --- The address of the chosen NIC from guest.net (or guest.ipAddress).
+---@param net table|nil guest.net
+---@param primary string|nil guest.ipAddress
+---@param cidr? string
+---@param nic? integer 0 = the first
+---@return string|nil
 function M.pick_ip(net, primary, cidr, nic)
   local list = vim25.list(net)
   local card = list[(nic or 0) + 1]
@@ -435,6 +453,8 @@ end
 
 --- Waits for the guest IP (VMware Tools), stable for ip_settle_timeout.
 --- Returns {host=, port=}.
+---@param timeout? number seconds (at most ip_wait_timeout)
+---@return {host: string, port: integer}|nil, string?, string?
 function VM:ssh_address(timeout)
   local st = self.settings
   timeout = math.min(timeout or st.ip_wait_timeout, st.ip_wait_timeout)
@@ -480,6 +500,8 @@ end
 -- ---------------------------------------------------------------------- --
 
 --- Waits until the VM is powered off; true, or nil on timeout.
+---@param timeout number seconds
+---@return true|nil, string?, string?
 function VM:wait_exit(timeout)
   local v, err, code = self.vc:wait(self.ref, "runtime.powerState", function(s) return s == "poweredOff" end, timeout)
   if v then return true end
@@ -487,6 +509,8 @@ function VM:wait_exit(timeout)
 end
 
 --- Asks the guest to shut down (VMware Tools), then powers off after `timeout`.
+---@param timeout? number seconds (default 60)
+---@return true|nil, string?, string?
 function VM:power_off(timeout)
   local state = self:power()
   if state == "poweredOff" then return true end
@@ -501,10 +525,15 @@ end
 --- Exports the VM's disk(s) through an HttpNfcLease (capil.vsphere.lease):
 --- `path` gets the first disk, further disks `<path minus .vmdk>-N.vmdk`.
 --- Returns {sha256=, size=, disks = {...}}.
+---@param path string
+---@param opts? {adapter_type?: string, hwversion?: integer, lease_timeout?: number, timeout?: number}
+---@return table|nil, string?, string?
 function VM:export(path, opts)
   return lease.export(self.vc, self.ref, self.name, path, opts)
 end
 
+--- Removes the build's CD-ROMs (the ISOs stay in the datastore cache).
+---@return true|nil, string?, string?
 function VM:remove_cdroms()
   local p, err, code = self.vc:props(self.ref, { "config.hardware.device" })
   if not p then return nil, err, code end
@@ -523,7 +552,8 @@ function VM:remove_cdroms()
   return true
 end
 
---- Powers the VM off and destroys it.
+--- Powers the VM off and destroys it (and cancels its cleanup).
+---@return true|nil, string?, string?
 function VM:destroy()
   if self.destroyed then return true end
   local state = self:power()
