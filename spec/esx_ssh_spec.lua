@@ -13,6 +13,7 @@ local log = require("capil.sys.log")
 local proc = require("capil.sys.proc")
 local bootcmd = require("capil.build.bootcmd")
 local config = require("capil.build.config")
+local backend = require("capil.backend")
 local esx = require("capil.backends.esx")
 local esx_ssh = require("capil.backends.esx.ssh")
 
@@ -42,26 +43,35 @@ describe("esx over SSH #esx #ssh", function()
     if tmp then fs.remove(tmp, { recursive = true }) end
   end)
 
-  -- the sessions the runs opened (busted exits without capil.sys.cleanup)
-  local runs = {}
+  -- the sessions the builds opened (busted exits without capil.sys.cleanup)
+  local ctxs = {}
   -- each test starts with no VM on the host
   before_each(function()
     host.exec("rm -rf " .. DIR .. " /var/lib/esxi-standin/vms /var/lib/esxi-standin/next-vmid")
   end)
   after_each(function()
-    for _, run in ipairs(runs) do if run.esx then run.esx:close() end end
-    runs = {}
+    for _, ctx in ipairs(ctxs) do if ctx.state.remote then ctx.state.remote:close() end end
+    ctxs = {}
   end)
 
-  local function new_run(extra)
+  -- the esx backend's settings from variables, as a plan carries them
+  -- (the password as its variable, read through ctx.secret)
+  local function settings(vars)
+    local cfg = assert(config.from_vars({ backend = "esx", vars = vars }))
+    return backend.plan_settings(esx, cfg), function(var) return cfg:get(var) end
+  end
+
+  -- a BuildContext as the pipeline hands it to the backend
+  local function new_ctx(extra)
     local vars = { "remote_type=ssh", "remote_host=127.0.0.1", "remote_port=" .. host.port,
       "remote_username=root", "remote_password=" .. PASSWORD, "remote_datastore=datastore1",
       "remote_host_key=" .. host.fingerprint, "remote_vnc_port=" .. rfb.port, "remote_poll_interval=0.05" }
     for _, v in ipairs(extra or {}) do vars[#vars + 1] = v end
-    local cfg = assert(config.from_vars({ backend = "esx", vars = vars }))
-    local run = { cfg = cfg, iso = iso, plan = { backend = "esx", build_version = VM }, report = {}, workdir = tmp }
-    runs[#runs + 1] = run
-    return run
+    local s, secret = settings(vars)
+    local ctx = { name = VM, settings = s, secret = secret, media = { iso = iso }, state = {}, report = {},
+      workdir = tmp, log_dir = tmp, cache_dir = tmp }
+    ctxs[#ctxs + 1] = ctx
+    return ctx
   end
 
   local STEP = { vm_name = VM, cpus = 2, memory_mb = 2048, disk_mb = 16, guest_os = "ubuntu64Guest",
@@ -69,20 +79,21 @@ describe("esx over SSH #esx #ssh", function()
 
   it("runs create, start, IP, stop, export and cleanup as vim-cmd/vmkfstools/esxcli commands", function()
     host.reset()
-    local run = new_run()
-    run.http = { auto = true, ip = "192.0.2.1", port = 8000 }
-    assert(esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" }))
-    assert.equal("127.0.0.1", run.http.ip) -- this machine as the host sees it
-    assert.equal("uploaded", run.report.iso_upload)
-    assert.equal(("/vmfs/volumes/datastore1/capil_cache/%s.iso"):format(sum), run.remote_iso)
-    local vm = assert(esx.create({ run = run, step = STEP }))
-    run.vm = vm
+    local ctx = new_ctx()
+    ctx.http = { auto = true, ip = "192.0.2.1", port = 8000 }
+    assert(esx.steps.upload_media(ctx, { checksum = sum, cache_dir = "capil_cache" }))
+    assert.equal("ssh", ctx.state.mode)
+    assert.equal("127.0.0.1", ctx.http.ip) -- this machine as the host sees it
+    assert.equal("uploaded", ctx.report.iso_upload)
+    assert.equal(("/vmfs/volumes/datastore1/capil_cache/%s.iso"):format(sum), ctx.state.remote_iso)
+    local vm = assert(esx.create(ctx, STEP))
+    assert.equal(vm, ctx.state.vm)
     assert.equal("1", vm.vmid)
     local vmx = host.exec("cat " .. DIR .. "/" .. VM .. ".vmx")
     assert.matches('displayName = "' .. VM .. '"', vmx, 1, true)
     assert.matches('numvcpus = "2"', vmx, 1, true)
     assert.matches('memSize = "2048"', vmx, 1, true)
-    assert.matches('sata0:0.fileName = "' .. run.remote_iso .. '"', vmx, 1, true)
+    assert.matches('sata0:0.fileName = "' .. ctx.state.remote_iso .. '"', vmx, 1, true)
     assert.matches('RemoteDisplay.vnc.port = "' .. rfb.port .. '"', vmx, 1, true)
     assert(vm:start())
     assert(vm:type_keys(assert(bootcmd.parse("ok<enter>")), 0))
@@ -99,7 +110,7 @@ describe("esx over SSH #esx #ssh", function()
     assert(vm:export(out, { adapter_type = "lsilogic" }))
     local info = assert(proc.run({ argv = { "qemu-img", "info", out } }))
     assert.matches("streamOptimized", info.stdout, 1, true)
-    assert(esx.steps.finalize_vm(run, { keep_vm = false }))
+    assert(esx.steps.finalize_vm(ctx, { keep_vm = false }))
     assert.equal("", host.exec("ls /vmfs/volumes/datastore1 | grep -v capil_cache; true"))
     assert.same({
       ("vmkfstools -c 16M -d thin -a pvscsi %s/%s.vmdk"):format(DIR, VM),
@@ -117,12 +128,12 @@ describe("esx over SSH #esx #ssh", function()
   end)
 
   it("skips the ISO upload when the datastore has it (same size, checksum marker)", function()
-    local run = new_run()
-    assert(esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" }))
-    assert.equal("cached", run.report.iso_upload)
+    local ctx = new_ctx()
+    assert(esx.steps.upload_media(ctx, { checksum = sum, cache_dir = "capil_cache" }))
+    assert.equal("cached", ctx.report.iso_upload)
     -- a different file under the same name is uploaded again
     host.exec(("echo truncated > /vmfs/volumes/datastore1/capil_cache/%s.iso"):format(sum))
-    local again = new_run()
+    local again = new_ctx()
     assert(esx.steps.upload_media(again, { checksum = sum, cache_dir = "capil_cache" }))
     assert.equal("uploaded", again.report.iso_upload)
     assert.equal(tostring(fs.stat(iso).size),
@@ -130,13 +141,12 @@ describe("esx over SSH #esx #ssh", function()
   end)
 
   it("picks a free VNC port from esxcli when none is set", function()
-    local run = new_run()
-    local cfg = assert(config.from_vars({ backend = "esx", vars = { "remote_type=ssh", "remote_host=127.0.0.1",
+    local ctx = new_ctx()
+    ctx.settings, ctx.secret = settings({ "remote_type=ssh", "remote_host=127.0.0.1",
       "remote_port=" .. host.port, "remote_username=root", "remote_password=" .. PASSWORD,
-      "remote_datastore=datastore1", "remote_host_key=" .. host.fingerprint } }))
-    run.cfg = cfg
-    assert(esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" }))
-    local vm = assert(esx.create({ run = run, step = STEP }))
+      "remote_datastore=datastore1", "remote_host_key=" .. host.fingerprint })
+    assert(esx.steps.upload_media(ctx, { checksum = sum, cache_dir = "capil_cache" }))
+    local vm = assert(esx.create(ctx, STEP))
     assert.equal(5901, vm.vnc.port) -- the stand-in's esxcli lists 5900 as taken
     assert.matches('RemoteDisplay.vnc.port = "5901"', host.exec("cat " .. DIR .. "/" .. VM .. ".vmx"), 1, true)
     assert(vm:destroy())
@@ -145,9 +155,9 @@ describe("esx over SSH #esx #ssh", function()
   it("names the host and the command when registervm fails, and leaves no VM directory", function()
     host.fail("registervm")
     finally(function() host.fail("registervm", false) end)
-    local run = new_run()
-    assert(esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" }))
-    local vm, err, code = esx.create({ run = run, step = STEP })
+    local ctx = new_ctx()
+    assert(esx.steps.upload_media(ctx, { checksum = sum, cache_dir = "capil_cache" }))
+    local vm, err, code = esx.create(ctx, STEP)
     assert.is_nil(vm)
     assert.equal("EESXCMD", code)
     assert.matches("127.0.0.1: `vim-cmd solo/registervm " .. DIR .. "/" .. VM .. ".vmx` failed (exit 1)", err, 1, true)
@@ -157,17 +167,17 @@ describe("esx over SSH #esx #ssh", function()
   end)
 
   it("fails a wrong password as SSH_AUTH naming user@host:port", function()
-    local run = new_run({ "remote_password=wrong-pw" })
-    local ok, err, code = esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" })
+    local ctx = new_ctx({ "remote_password=wrong-pw" })
+    local ok, err, code = esx.steps.upload_media(ctx, { checksum = sum, cache_dir = "capil_cache" })
     assert.is_nil(ok)
     assert.equal("SSH_AUTH", code)
     assert.matches("root@127.0.0.1:" .. host.port, err, 1, true)
   end)
 
   it("logs in with remote_private_key_file instead of a password", function()
-    local run = new_run({ "remote_password=", "remote_private_key_file=" .. host.key })
-    assert(esx.steps.upload_media(run, { checksum = sum, cache_dir = "capil_cache" }))
-    assert.equal("cached", run.report.iso_upload)
+    local ctx = new_ctx({ "remote_password=", "remote_private_key_file=" .. host.key })
+    assert(esx.steps.upload_media(ctx, { checksum = sum, cache_dir = "capil_cache" }))
+    assert.equal("cached", ctx.report.iso_upload)
   end)
 
   it("pins the host key without remote_host_key: trusted on first use, a changed key refused", function()
@@ -175,7 +185,8 @@ describe("esx over SSH #esx #ssh", function()
     local env = { XDG_STATE_HOME = state, HOME = "/nonexistent" }
     local getenv = function(k) return env[k] end
     local kh = state .. "/capil/known_hosts"
-    local s = esx_ssh.settings(new_run({ "remote_host_key=" }).cfg, getenv)
+    local ctx = new_ctx({ "remote_host_key=" })
+    local s = esx_ssh.connection(ctx.settings, ctx.secret, getenv)
     assert.equal(kh, s.host_key)
     local before = #(fs.read(tmp .. "/build.log") or "")
     local remote = assert(esx_ssh.connect(s))
@@ -223,6 +234,7 @@ describe("esx over SSH #esx #ssh", function()
     assert.matches('sata0:0.deviceType = "cdrom-image"', text, 1, true)
     assert.equal("10.0.0.5", esx_ssh.guest_ip('ipAddress = "169.254.1.1",\n ipAddress = "10.0.0.5",'))
     assert.is_nil(esx_ssh.guest_ip("ipAddress = <unset>,"))
-    assert.equal("'it'\\''s'", esx_ssh.quote("it's"))
+    -- the ESXi shell's words are quoted by capil.util.text
+    assert.equal("'it'\\''s'", require("capil.util.text").shell_quote("it's"))
   end)
 end)

@@ -172,8 +172,8 @@ describe("messages to the user #unit", function()
 
   it("warns that an http:// vCenter gets the password in clear", function()
     local r = capil.run({ "-e", [[
-      local vs = require("capil.backends.vsphere")
-      assert(not vs.connect({ kind = "vsphere", server = "http://127.0.0.1:1", username = "u", password = "pw-in-clear" }))
+      local session = require("capil.vsphere.session")
+      assert(not session.connect({ server = "http://127.0.0.1:1", username = "u", password = "pw-in-clear" }))
     ]] })
     assert.equal(0, r.code, r.stderr)
     assert.matches("warn: vsphere: http://127.0.0.1:1 is plain http: the password", r.stderr, 1, true)

@@ -20,6 +20,11 @@ local template = require("capil.util.template")
 local recipe = require("capil.build.recipe")
 local vim25 = require("capil.vsphere.vim25")
 local vsphere_backend = require("capil.backends.vsphere")
+local session = require("capil.vsphere.session")
+local inventory = require("capil.vsphere.inventory")
+local testvm = require("capil.vsphere.testvm")
+local backend = require("capil.backend")
+local config = require("capil.build.config")
 
 local PASSWORD = "Vc-s3cret!pw"
 local BUILD = "vsphere-fixture-kube-v1.16.14"
@@ -178,6 +183,69 @@ describe("vSphere backend against the simulator #vsphere", function()
     assert.matches("already on the datastore", r2.stderr, 1, true)
   end)
 
+  -- a BuildContext as the pipeline hands it to a backend: the plan's
+  -- settings (the password as its variable, read through ctx.secret)
+  local function new_ctx(b, name, vf, vars)
+    local cfg = assert(config.from_vars({ backend = b.name, var_files = { vf }, vars = vars, config_dir = tmp,
+      getenv = function() return nil end }))
+    return { name = name, workdir = tmp, log_dir = tmp, cache_dir = tmp .. "/cache",
+      settings = backend.plan_settings(b, cfg), secret = function(var) return cfg:get(var) end,
+      media = { iso = iso, cd_iso = iso }, http = { auto = true, ip = "192.0.2.1", port = 8000 }, state = {},
+      report = {} }
+  end
+
+  local function create_step(name)
+    return { id = "create-vm", kind = "create_vm", vm_name = name, guest_os = "otherGuest64", cpus = 1,
+      memory_mb = 256, disk_mb = 64, disk_controller = "pvscsi", network_card = "vmxnet3", vmx_version = 13 }
+  end
+
+  it("drives the backend through the contract without the pipeline: upload, create, type, IP, export, finalize",
+    function()
+    local b = vsphere_backend
+    assert.same({}, backend.check(b))
+    local name = "contract-vm"
+    local ctx = new_ctx(b, name, varfile, { "ssh_port=" .. ssh.port, "ip_settle_timeout=0.2s" })
+    -- the plan carries the password's variable, never the password
+    assert.is_nil(ctx.settings.password)
+    assert.equal("password", ctx.settings.password_var)
+    assert.is_nil(json.encode(ctx.settings):find(PASSWORD, 1, true))
+    assert(b.steps.upload_media(ctx, { id = "upload-media", kind = "upload_media", checksum = iso_sum,
+      cache_dir = "capil_cache" }))
+    assert.equal("127.0.0.1", ctx.http.ip) -- this machine as the server sees it
+    assert.is_table(ctx.state.vc)
+    assert.equal("DC0", ctx.state.inv.dc_name)
+    assert.equal(("[LocalDS_0] capil_cache/%s.iso"):format(iso_sum), ctx.state.remote_iso)
+    assert.matches("^%[LocalDS_0%] capil_cache/contract%-vm%-%d+%-cd%.iso$", ctx.state.remote_cd)
+    assert.is_string(ctx.report.iso_upload)
+    local vm = assert(b.create(ctx, create_step(name)))
+    assert.equal(vm, ctx.state.vm)
+    local p = assert(ctx.state.vc:props(vm.ref, { "config.extraConfig", "config.hardware.device" }))
+    assert.equal("built-by-capil", vim25.option(p["config.extraConfig"], "guestinfo.capil.test"))
+    local cdroms = 0
+    for _, d in ipairs(vim25.list(p["config.hardware.device"])) do
+      if d._type == "VirtualCdrom" then cdroms = cdroms + 1 end
+    end
+    assert.equal(2, cdroms)
+    assert(vm:start())
+    local ok, _, _, calls = vm:type_keys(assert(bootcmd.parse("ok<enter>")), 0)
+    assert.is_true(ok)
+    assert.equal(1, calls)
+    assert.same({ host = "127.0.0.1", port = ssh.port }, assert(vm:ssh_address(30)))
+    assert(vm:power_off(1))
+    local r = assert(vm:export(tmp .. "/contract-disk.vmdk", { adapter_type = "lsilogic", hwversion = 13 }))
+    assert.equal(assert(hash.file(vmdk)), r.sha256)
+    assert(b.steps.finalize_vm(ctx, { id = "finalize", kind = "finalize_vm", keep_vm = false }))
+    assert.same({}, by_name(sim, name))
+  end)
+
+  it("names the step order when create_vm comes before upload_media", function()
+    local ctx = new_ctx(vsphere_backend, "early-vm", varfile)
+    local vm, err, code = vsphere_backend.create(ctx, create_step("early-vm"))
+    assert.is_nil(vm)
+    assert.equal("ESTEP", code)
+    assert.matches("create_vm before upload_media", err, 1, true)
+  end)
+
   it("chains the upload stage: --stages build,upload puts the OVA in GCS", function()
     local gcs_peers = require("support.gcs")
     local fake = gcs_peers.fake()
@@ -322,9 +390,9 @@ describe("vSphere backend against the simulator #vsphere", function()
     local ref = r.stdout:match("^VirtualMachine:(%S+) imported%-node")
     assert.is_string(ref, r.stdout)
     local script = ([[
-local vsphere = require("capil.backends.vsphere")
-local s = assert(vsphere.settings_from_vars({ var_files = { %q } }))
-local vc = assert(vsphere.connect(s))
+local session = require("capil.vsphere.session")
+local s = assert(session.settings_from_vars({ var_files = { %q } }))
+local vc = assert(session.connect(s))
 local p = assert(vc:props(require("capil.vsphere.vim25").ref("VirtualMachine", %q),
   { "config.hardware.numCPU", "config.hardware.memoryMB", "config.guestId", "name" }))
 print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.guestId"], p.name)
@@ -354,11 +422,11 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.gues
     assert.same({ host = "127.0.0.1", port = ssh.port }, vm.ssh)
 
     -- what the guest would read: the snapshots and the four guestinfo keys
-    local s = assert(vsphere_backend.settings_from_vars({ var_files = { varfile } }))
-    local vc = assert(vsphere_backend.connect(s))
+    local s = assert(session.settings_from_vars({ var_files = { varfile } }))
+    local vc = assert(session.connect(s))
     finally(function() vc:logout() end)
-    local inv = assert(vsphere_backend.resolve(vc, s))
-    local ref = assert(vsphere_backend.find_vm(vc, inv, BUILD .. "-test"))
+    local inv = assert(inventory.resolve(vc, s))
+    local ref = assert(testvm.find_vm(vc, inv, BUILD .. "-test"))
     local p = assert(vc:props(ref, { "snapshot.rootSnapshotList", "config.extraConfig", "runtime.powerState" }))
     local roots = vim25.list(p["snapshot.rootSnapshotList"])
     assert.equal("new", roots[1].name)
@@ -379,7 +447,7 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.gues
       "--var", "ssh_port=" .. ssh.port, "--user", ssh.user, "--key", key, "--", "echo", "by-name" })
     assert.equal(0, who.code, who.stderr)
     assert.equal("by-name\n", who.stdout)
-    local vm1 = assert(vsphere_backend.find_vm(vc, inv, "DC0_H0_VM1"))
+    local vm1 = assert(testvm.find_vm(vc, inv, "DC0_H0_VM1"))
     if assert(vc:props(vm1, { "runtime.powerState" }))["runtime.powerState"] ~= "poweredOff" then
       assert(vc:call_task("PowerOffVM_Task", vm1, {}, 60))
     end
@@ -394,7 +462,7 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.gues
     report = json.read(dir .. "/test/report.json")
     assert.same({ created_new = false, reverted = true, removed = { "cloudinit" } }, report.snapshots)
     assert.is_false(fs.exists(dir .. "/test/vm.json"))
-    local _, ferr, fcode = vsphere_backend.find_vm(vc, inv, BUILD .. "-test")
+    local _, ferr, fcode = testvm.find_vm(vc, inv, BUILD .. "-test")
     assert.equal("ENOTFOUND", fcode, ferr)
     assert.is_true(json.read(dir .. "/report.json").test.ok)
   end)
@@ -462,6 +530,49 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.gues
   end)
 
   describe("ESXi", function()
+    it("drives the esx backend through the contract over the API (ha-datacenter), and over SSH on RestrictedVersion",
+      function()
+      local esx_b = require("capil.backends.esx")
+      assert.same({}, backend.check(esx_b))
+      local esx = vcsim.start({ esx = true, username = "root", password = PASSWORD, guest_ip = "127.0.0.1",
+        export_disk = vmdk })
+      finally(function() esx:stop() end)
+      local vf = tmp .. "/esx-contract.json"
+      assert(json.write(vf, { remote_host = esx.url, remote_username = "root", remote_password = PASSWORD,
+        remote_datastore = "LocalDS_0", vcenter_server = "https://ignored.invalid", datastore = "ignored" }))
+      local ctx = new_ctx(esx_b, "esx-contract-vm", vf)
+      assert.equal("remote_password", ctx.settings.password_var)
+      assert.equal("ha-datacenter", ctx.settings.datacenter)
+      assert(esx_b.steps.upload_media(ctx, { checksum = iso_sum, cache_dir = "capil_cache" }))
+      assert.equal("api", ctx.state.mode)
+      assert.equal("ha-datacenter", ctx.state.inv.dc_name)
+      local vm = assert(esx_b.create(ctx, create_step("esx-contract-vm")))
+      assert(esx_b.steps.finalize_vm(ctx, { keep_vm = false }))
+      assert.is_true(vm.destroyed)
+
+      -- a free licence: the API refuses, the build goes over SSH
+      local esx_host = esxi.start({ password = PASSWORD, datastore = "LocalDS_0" })
+      finally(function() esx_host.stop() end)
+      local free = vcsim.start({ esx = true, restricted = true, username = "root", password = PASSWORD })
+      finally(function() free:stop() end)
+      local vf2 = tmp .. "/esx-contract-free.json"
+      assert(json.write(vf2, { remote_host = free.url, remote_username = "root", remote_password = PASSWORD,
+        remote_datastore = "LocalDS_0", remote_port = tostring(esx_host.port), remote_host_key = esx_host.fingerprint,
+        remote_vnc_port = "5999", remote_poll_interval = "0.1" }))
+      local fctx = new_ctx(esx_b, "esx-contract-free", vf2)
+      fctx.media.cd_iso = nil
+      assert(esx_b.steps.upload_media(fctx, { checksum = iso_sum, cache_dir = "capil_cache" }))
+      assert.equal("ssh", fctx.state.mode)
+      assert.is_true(fctx.state.restricted)
+      assert.is_nil(fctx.state.vc)
+      assert.equal(("/vmfs/volumes/LocalDS_0/capil_cache/%s.iso"):format(iso_sum), fctx.state.remote_iso)
+      local svm = assert(esx_b.create(fctx, create_step("esx-contract-free")))
+      assert.equal("1", svm.vmid)
+      assert(esx_b.steps.finalize_vm(fctx, { keep_vm = false }))
+      assert.matches("vim-cmd vmsvc/unregister 1", table.concat(esx_host.argv(), "\n"), 1, true)
+      fctx.state.remote:close()
+    end)
+
     it("builds on a standalone host (ha-datacenter) with --backend esx", function()
       local esx = vcsim.start({ esx = true, username = "root", password = PASSWORD, guest_ip = "127.0.0.1",
         export_disk = vmdk })

@@ -10,6 +10,9 @@ local json = require("capil.sys.json")
 local hash = require("capil.sys.hash")
 local vim25 = require("capil.vsphere.vim25")
 local vsphere = require("capil.backends.vsphere")
+local session = require("capil.vsphere.session")
+local inventory = require("capil.vsphere.inventory")
+local testvm = require("capil.vsphere.testvm")
 
 local PASSWORD = "Vc-t3st!pw"
 local USERDATA = assert(fs.read("cloudinit/user-data"))
@@ -37,9 +40,9 @@ describe("vSphere image test: VMs, cloud-init snapshots, guest IP #vsphere", fun
     local vf = tmp .. "/vsphere.json"
     assert(json.write(vf, { vcenter_server = sim.url, username = sim.username, password = PASSWORD,
       datacenter = "DC0", cluster = "DC0_C0", datastore = "LocalDS_0", ip_settle_timeout = "0.2s", ssh_port = "2222" }))
-    s = assert(vsphere.settings_from_vars({ var_files = { vf }, config_dir = tmp, getenv = function() return nil end }))
-    vc = assert(vsphere.connect(s))
-    inv = assert(vsphere.resolve(vc, s))
+    s = assert(session.settings_from_vars({ var_files = { vf }, config_dir = tmp, getenv = function() return nil end }))
+    vc = assert(session.connect(s))
+    inv = assert(inventory.resolve(vc, s))
   end)
 
   teardown(function()
@@ -61,26 +64,26 @@ describe("vSphere image test: VMs, cloud-init snapshots, guest IP #vsphere", fun
 
   describe("find_vm", function()
     it("finds a VM anywhere in the datacenter's vm folder", function()
-      local ref = assert(vsphere.find_vm(vc, inv, "DC0_H0_VM0"))
+      local ref = assert(testvm.find_vm(vc, inv, "DC0_H0_VM0"))
       assert.equal(assert(vc:find("/DC0/vm/DC0_H0_VM0")), ref)
       assert.equal("VirtualMachine", ref.type)
     end)
 
     it("names the datacenter and similar VMs when none has the name", function()
-      local ref, err, code = vsphere.find_vm(vc, inv, "DC0_H0_VM7")
+      local ref, err, code = testvm.find_vm(vc, inv, "DC0_H0_VM7")
       assert.is_nil(ref)
       assert.equal("ENOTFOUND", code)
       assert.matches("vsphere: no VM named 'DC0_H0_VM7' in datacenter DC0 (similar: ", err, 1, true)
       assert.matches("DC0_H0_VM0", err, 1, true)
-      ref, err, code = vsphere.find_vm(vc, inv, "quite-another-name")
+      ref, err, code = testvm.find_vm(vc, inv, "quite-another-name")
       assert.is_nil(ref)
       assert.equal("ENOTFOUND", code)
       assert.equal("vsphere: no VM named 'quite-another-name' in datacenter DC0", err)
     end)
 
     it("takes a folder path, and a VM only", function()
-      assert.equal(assert(vc:find("/DC0/vm/DC0_H0_VM1")), assert(vsphere.find_vm(vc, inv, "/DC0/vm/DC0_H0_VM1")))
-      local ref, err, code = vsphere.find_vm(vc, inv, "nosuch/DC0_H0_VM1")
+      assert.equal(assert(vc:find("/DC0/vm/DC0_H0_VM1")), assert(testvm.find_vm(vc, inv, "/DC0/vm/DC0_H0_VM1")))
+      local ref, err, code = testvm.find_vm(vc, inv, "nosuch/DC0_H0_VM1")
       assert.is_nil(ref)
       assert.equal("ENOTFOUND", code)
       assert.matches("no VM at 'nosuch/DC0_H0_VM1' in datacenter DC0", err, 1, true)
@@ -89,10 +92,10 @@ describe("vSphere image test: VMs, cloud-init snapshots, guest IP #vsphere", fun
 
   describe("cloudinit", function()
     it("powers a running VM off, takes 'new', writes base64 guestinfo and takes 'cloudinit'", function()
-      local ref = assert(vsphere.find_vm(vc, inv, "DC0_H0_VM0"))
+      local ref = assert(testvm.find_vm(vc, inv, "DC0_H0_VM0"))
       assert.equal("poweredOn", power(ref)) -- vcsim starts its VMs running
       sim:reset_calls()
-      local r = assert(vsphere.cloudinit(vc, ref, { userdata = USERDATA, metadata = METADATA, name = "DC0_H0_VM0" }))
+      local r = assert(testvm.cloudinit(vc, ref, { userdata = USERDATA, metadata = METADATA, name = "DC0_H0_VM0" }))
       assert.same({ created_new = true, reverted = false, removed = {} }, r)
       assert.equal("poweredOff", power(ref))
       assert.equal(1, sim:calls().PowerOffVM_Task)
@@ -108,13 +111,13 @@ describe("vSphere image test: VMs, cloud-init snapshots, guest IP #vsphere", fun
     end)
 
     it("reverts to 'new' and replaces everything after it on the next run", function()
-      local ref = assert(vsphere.find_vm(vc, inv, "DC0_H0_VM0"))
+      local ref = assert(testvm.find_vm(vc, inv, "DC0_H0_VM0"))
       local first = current(ref)
       assert(vc:call_task("CreateSnapshot_Task", ref, { name = "other", memory = false, quiesce = false }))
       assert.equal("new(cloudinit(other))", tree(ref))
       local userdata = USERDATA .. "# second run\n"
       sim:reset_calls()
-      local r = assert(vsphere.cloudinit(vc, ref, { userdata = userdata, metadata = METADATA }))
+      local r = assert(testvm.cloudinit(vc, ref, { userdata = userdata, metadata = METADATA }))
       assert.is_true(r.reverted)
       assert.is_false(r.created_new)
       table.sort(r.removed)
@@ -133,9 +136,9 @@ describe("vSphere image test: VMs, cloud-init snapshots, guest IP #vsphere", fun
     end)
 
     it("names the VM and the call when a task fails", function()
-      local ref = assert(vsphere.find_vm(vc, inv, "DC0_C0_RP0_VM1"))
+      local ref = assert(testvm.find_vm(vc, inv, "DC0_C0_RP0_VM1"))
       sim:inject({ method = "ReconfigVM_Task", action = "fault", fault = "InvalidState" })
-      local r, err, code = vsphere.cloudinit(vc, ref, { userdata = USERDATA, metadata = METADATA,
+      local r, err, code = testvm.cloudinit(vc, ref, { userdata = USERDATA, metadata = METADATA,
         name = "DC0_C0_RP0_VM1" })
       assert.is_nil(r)
       assert.is_string(code)
@@ -146,14 +149,14 @@ describe("vSphere image test: VMs, cloud-init snapshots, guest IP #vsphere", fun
     it("rejects unknown options", function()
       local ref = assert(vc:find("/DC0/vm/DC0_H0_VM1"))
       assert.has_error(function()
-        vsphere.cloudinit(vc, ref, { userdata = "", metadata = "", user_data = "x" })
+        testvm.cloudinit(vc, ref, { userdata = "", metadata = "", user_data = "x" })
       end, "vsphere.cloudinit: unknown option 'user_data'")
     end)
   end)
 
   describe("attach", function()
     it("drives an existing VM: power on, guest IP from VMware Tools, power off", function()
-      local ref = assert(vsphere.find_vm(vc, inv, "DC0_H0_VM0"))
+      local ref = assert(testvm.find_vm(vc, inv, "DC0_H0_VM0"))
       assert.equal("poweredOff", power(ref)) -- after cloudinit
       local vm = vsphere.attach(vc, inv, s, ref, "DC0_H0_VM0")
       assert.is_true(vm:keepalive())
@@ -168,7 +171,7 @@ describe("vSphere image test: VMs, cloud-init snapshots, guest IP #vsphere", fun
 
     it("times out naming the backend, the VM and the wait when no IP comes", function()
       -- running since the simulator started: its "VMware Tools" never report
-      local ref = assert(vsphere.find_vm(vc, inv, "DC0_C0_RP0_VM0"))
+      local ref = assert(testvm.find_vm(vc, inv, "DC0_C0_RP0_VM0"))
       assert.equal("poweredOn", power(ref))
       local vm = vsphere.attach(vc, inv, s, ref, "DC0_C0_RP0_VM0")
       local addr, err, code = vm:ssh_address(1)
@@ -176,5 +179,79 @@ describe("vSphere image test: VMs, cloud-init snapshots, guest IP #vsphere", fun
       assert.equal("ETIMEDOUT", code)
       assert.matches("vsphere: VM DC0_C0_RP0_VM0: no usable guest IP after 1 s", err, 1, true)
     end)
+  end)
+end)
+
+describe("vSphere test hooks (capil.TestRun) #vsphere", function()
+  local backend = require("capil.backend")
+  local tmp, sim, s
+
+  setup(function()
+    tmp = peer.dir("vsphere-hooks-spec")
+    sim = vcsim.start({ username = "u", password = PASSWORD, guest_ip = "127.0.0.1", guest_ip_delay = 0.2 })
+    local vf = tmp .. "/vsphere.json"
+    assert(json.write(vf, { vcenter_server = sim.url, username = "u", password = PASSWORD, datacenter = "DC0",
+      cluster = "DC0_C0", datastore = "LocalDS_0", insecure_connection = "true", ip_settle_timeout = "0.2s",
+      ssh_port = "2222" }))
+    s = assert(session.settings_from_vars({ var_files = { vf }, config_dir = tmp, getenv = function() return nil end }))
+  end)
+
+  teardown(function()
+    if sim then sim:stop() end
+    if tmp then fs.remove(tmp, { recursive = true }) end
+  end)
+
+  local function new_run(target, extra)
+    local run = { target = target, settings = s, secret = function() return nil end, keep = false, work = tmp,
+      test_dir = tmp .. "/test", state = {}, report = {}, data = { userdata = USERDATA, metadata = METADATA } }
+    for k, v in pairs(extra or {}) do run[k] = v end
+    return run
+  end
+
+  it("conform to the backend interface, for vsphere and esx", function()
+    assert.same({}, backend.check(vsphere))
+    assert.same({}, backend.check(require("capil.backends.esx")))
+  end)
+
+  it("drive an existing VM by name: cloud-init, power on, guest IP, power off, never destroyed", function()
+    local run = new_run({ kind = "vm", name = "DC0_H0_VM1" })
+    assert(vsphere.test.prepare(run))
+    assert.same({ created_new = true, reverted = false, removed = {} }, run.report.snapshots)
+    local rec = vsphere.test.record(run)
+    assert.equal("vsphere", rec.backend)
+    assert.equal("DC0_H0_VM1", rec.name)
+    assert.matches("^VirtualMachine:", rec.ref)
+    assert.is_string(rec.server)
+    assert(run.vm:start())
+    assert.same({ host = "127.0.0.1", port = 2222 }, assert(run.vm:ssh_address(20)))
+    local vc = run.state.vc
+    assert(vsphere.test.finish(run))
+    assert.is_true(vc.closed) -- logged out
+    local check = assert(session.connect(s))
+    finally(function() check:logout() end)
+    local ref = assert(testvm.find_vm(check, assert(inventory.resolve(check, s)), "DC0_H0_VM1"))
+    assert.equal("poweredOff", assert(check:props(ref, { "runtime.powerState" }))["runtime.powerState"])
+  end)
+
+  it("name the VM that is not there, with similar names", function()
+    local run = new_run({ kind = "vm", name = "DC0_H0_VM9" })
+    local ok, err, code = vsphere.test.prepare(run)
+    assert.is_nil(ok)
+    assert.equal("ENOTFOUND", code)
+    assert.matches("no VM named 'DC0_H0_VM9' in datacenter DC0 (similar: ", err, 1, true)
+    assert(vsphere.test.finish(run))
+  end)
+
+  it("use the OVA's copy named test_vm_name when it exists, and remove it afterwards", function()
+    local run = new_run({ kind = "ova", name = "node", ova = tmp .. "/never-read.ova" },
+      { test_vm_name = "DC0_C0_RP0_VM1" })
+    assert(vsphere.test.prepare(run))
+    assert.is_true(run.state.deployed)
+    assert.equal("DC0_C0_RP0_VM1", run.vm.name)
+    assert(vsphere.test.finish(run))
+    local check = assert(session.connect(s))
+    finally(function() check:logout() end)
+    local _, _, code = testvm.find_vm(check, assert(inventory.resolve(check, s)), "DC0_C0_RP0_VM1")
+    assert.equal("ENOTFOUND", code)
   end)
 end)

@@ -1,53 +1,82 @@
 --- capil.backends.esx — a standalone ESXi host. A licensed host speaks the
 --- same vSphere API as vCenter (hostd answers /sdk, datacenter
---- `ha-datacenter`): the vsphere backend with the esx.json variables
+--- `ha-datacenter`): the vsphere backend's steps with the esx.json variables
 --- (remote_host, remote_username, remote_password, remote_datastore) winning
 --- over vsphere.json's. A free-licence host refuses the write API
 --- (RestrictedVersion): the build then switches to SSH (vim-cmd, vmkfstools,
 --- esxcli; capil.backends.esx.ssh) with the same credentials, as Packer's
 --- esx5 mode did. `remote_type=ssh` goes over SSH from the start.
+---
+--- upload_media decides the path and records it in ctx.state.mode ("api"
+--- or "ssh"; ctx.state.restricted when the API refused); create_vm and
+--- finalize_vm follow it.
 local vsphere = require("capil.backends.vsphere")
 local esx_ssh = require("capil.backends.esx.ssh")
 local log = require("capil.sys.log")
 
-local M = setmetatable({ name = "esx" }, { __index = vsphere })
+local M = {}
 
---- Whether the configuration asks for SSH from the start (remote_type=ssh).
----@param cfg table capil.build.config
-function M.wants_ssh(cfg)
-  return cfg:get("remote.type") == "ssh"
+M.name = "esx"
+M.description = "a standalone ESXi host through the vSphere API (over SSH on a free licence)"
+M.traits = { encoder = "usb", export = "nfc", guest_id = "vsphere", remote = true }
+M.settings = vsphere.settings_for("esx")
+-- the VM class of the API path; the SSH path's VMs are esx_ssh.VM
+M.VM = vsphere.VM
+M.test = vsphere.test_hooks("esx")
+
+--- Whether the settings ask for SSH from the start (remote_type=ssh).
+---@param s table the backend's settings
+---@return boolean
+function M.wants_ssh(s)
+  return s.remote_type == "ssh"
 end
 
-M.steps = setmetatable({}, { __index = vsphere.steps })
+M.steps = {}
 
-function M.steps.upload_media(run, step)
-  if M.wants_ssh(run.cfg) then
-    run.esx_ssh = true
+--- Puts the media on the host: over the vSphere API, or over SSH
+--- (remote_type=ssh, or when the API answers RestrictedVersion).
+---@param ctx capil.BuildContext
+---@param step table the plan's upload_media step
+---@return true|nil, string?, string?
+function M.steps.upload_media(ctx, step)
+  local st = ctx.state
+  st.kind = "esx"
+  if M.wants_ssh(ctx.settings) then
+    st.mode = "ssh"
     log.info("esx: remote_type=ssh: building over SSH (vim-cmd)")
-    return esx_ssh.steps.upload_media(run, step)
+    return esx_ssh.upload_media(ctx, step)
   end
-  local ok, err, code = vsphere.steps.upload_media(run, step)
+  st.mode = "api"
+  local ok, err, code = vsphere.steps.upload_media(ctx, step)
   if ok or code ~= "ERESTRICTED" then return ok, err, code end
-  local server = run.vc and run.vc.server or "the host"
+  local server = st.vc and st.vc.server or "the host"
   log.warn("esx: %s refuses the vSphere write API (RestrictedVersion: a free licence); building over SSH "
     .. "(vim-cmd) instead (remote_type=ssh skips this attempt)", server)
-  if run.vc and run.vc.logout then pcall(run.vc.logout, run.vc) end
-  run.vc, run.inv = nil, nil
-  run.esx_ssh, run.esx_restricted = true, true
-  local sok, serr, scode = esx_ssh.steps.upload_media(run, step)
+  if st.vc and st.vc.logout then pcall(st.vc.logout, st.vc) end
+  st.vc, st.inv = nil, nil
+  st.mode, st.restricted = "ssh", true
+  local sok, serr, scode = esx_ssh.upload_media(ctx, step)
   if sok then return sok end
   return nil, ("%s refuses the vSphere write API (RestrictedVersion: a free-licence ESXi), and the SSH fallback "
     .. "failed: %s"):format(server, serr), scode
 end
 
-function M.create(opts)
-  if opts.run.esx_ssh then return esx_ssh.create(opts) end
-  return vsphere.create(opts)
+--- Creates the build VM on the path upload_media chose.
+---@param ctx capil.BuildContext
+---@param step table the plan's create_vm step
+---@return table|nil vm, string? err, string? code
+function M.create(ctx, step)
+  if ctx.state.mode == "ssh" then return esx_ssh.create(ctx, step) end
+  return vsphere.create(ctx, step)
 end
 
-function M.steps.finalize_vm(run, step)
-  if run.esx_ssh then return esx_ssh.steps.finalize_vm(run, step) end
-  return vsphere.steps.finalize_vm(run, step)
+--- Keeps or destroys the build VM (and, over the API, makes it a template).
+---@param ctx capil.BuildContext
+---@param step table the plan's finalize_vm step
+---@return true|nil, string?, string?
+function M.steps.finalize_vm(ctx, step)
+  if ctx.state.mode == "ssh" then return esx_ssh.finalize_vm(ctx, step) end
+  return vsphere.steps.finalize_vm(ctx, step)
 end
 
 return M

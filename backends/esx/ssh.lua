@@ -4,6 +4,10 @@
 --- vmkfstools and esxcli. The esx backend switches here on RestrictedVersion,
 --- or at once with `remote_type=ssh`. The steps:
 ---
+--- It is not a backend of its own: capil.backends.esx calls upload_media,
+--- create and finalize_vm here with its BuildContext, and the session and
+--- the VM live in ctx.state (remote, remote_iso, remote_cd, vm).
+---
 --- * upload_media: one libssh2 session to remote_host (remote_username with
 ---   remote_password, or remote_private_key_file; the password goes to
 ---   libssh2's password auth, never to a command line); the ISO goes over
@@ -21,9 +25,9 @@
 ---   password random per build.
 --- * SSH address: `vim-cmd vmsvc/get.guest` until VMware Tools report an
 ---   ipAddress.
---- * export: the vSphere export (ExportVm) when the host is licensed
----   (remote_type=ssh), else the vmdk descriptor and its extents over SFTP,
----   then `qemu-img convert` to a streamOptimized vmdk.
+--- * export: the vSphere export (ExportVm, capil.vsphere.lease) when the
+---   host is licensed (remote_type=ssh), else the vmdk descriptor and its
+---   extents over SFTP, then `qemu-img convert` to a streamOptimized vmdk.
 --- * finalize_vm: keep the VM registered (keep_vm) or destroy it.
 ---
 --- Extra variables: remote_port (22), remote_private_key_file,
@@ -38,10 +42,9 @@ local log = require("capil.sys.log")
 local proc = require("capil.sys.proc")
 local runtime = require("capil.core.runtime")
 local cleanup = require("capil.sys.cleanup")
+local text = require("capil.util.text")
 
 local M = {}
-
-M.name = "esx_ssh"
 
 local VM = {}
 VM.__index = VM
@@ -52,21 +55,6 @@ local function fail(msg, code) return nil, msg, code or "EESXSSH" end
 local function nonempty(v)
   if v == nil or v == "" then return nil end
   return v
-end
-
---- Quotes a word for the ESXi shell (busybox sh).
----@param s string|number
----@return string
-function M.quote(s)
-  s = tostring(s)
-  if s:match("^[%w%./_%-=:,+@]+$") then return s end
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
-local function cmdline(argv)
-  local out = {}
-  for i, a in ipairs(argv) do out[i] = M.quote(a) end
-  return table.concat(out, " ")
 end
 
 -- ====================================================================== --
@@ -88,27 +76,32 @@ function M.known_hosts_file(getenv)
   return state .. "/capil/known_hosts"
 end
 
---- The SSH settings of a resolved configuration (esx.json's remote_*
---- variables plus the extras named in the module comment). The host key
---- is pinned: remote_host_key, else capil's known_hosts file (trust on
---- first use, a changed key refused before the password is sent).
----@param cfg table capil.build.config
+--- The SSH connection of the esx backend's settings (`s`: server,
+--- username, password or password_var, datastore, cache_dir, ssh_port and
+--- the remote_* ones named in the module comment). The host key is pinned:
+--- remote_host_key, else capil's known_hosts file (trust on first use, a
+--- changed key refused before the password is sent).
+---@param s table the esx backend's settings
+---@param secret? fun(var: string): string|nil reads password_var when the password is not in place
 ---@param getenv? fun(name: string): string? (default os.getenv)
-function M.settings(cfg, getenv)
-  local g = function(k) return nonempty(cfg:get(k)) end
-  local h = g("remote.host") or g("vsphere.server")
+---@return table
+function M.connection(s, secret, getenv)
+  local h = nonempty(s.server)
   -- remote_host may be a URL for the vSphere API (https://host[:port]/sdk)
   if h then h = h:match("^%a+://%[?([^/%]]+)%]?:%d+") or h:match("^%a+://([^/:]+)") or h end
+  local password = nonempty(s.password)
+  if not password and s.password_var and secret then password = nonempty(secret(s.password_var)) end
   return {
-    host = h, port = tonumber(g("remote_port") or 22),
-    user = g("remote.username") or g("vsphere.username") or "root",
-    password = g("remote.password") or g("vsphere.password"),
-    key = g("remote_private_key_file"), host_key = g("remote_host_key") or M.known_hosts_file(getenv),
-    datastore = g("remote.datastore") or g("vsphere.datastore"),
-    cache_dir = g("vsphere.cache_dir") or "capil_cache",
-    vnc_port = tonumber(g("remote_vnc_port") or ""),
-    poll = tonumber(g("remote_poll_interval") or "") or 2,
-    ssh_port = tonumber(cfg:get("ssh.port") or 22),
+    host = h, port = tonumber(nonempty(s.remote_port) or 22),
+    user = nonempty(s.username) or "root",
+    password = password,
+    key = nonempty(s.remote_private_key_file),
+    host_key = nonempty(s.remote_host_key) or M.known_hosts_file(getenv),
+    datastore = nonempty(s.datastore),
+    cache_dir = nonempty(s.cache_dir) or "capil_cache",
+    vnc_port = tonumber(nonempty(s.remote_vnc_port) or ""),
+    poll = tonumber(nonempty(s.remote_poll_interval) or "") or 2,
+    ssh_port = tonumber(s.ssh_port or 22),
   }
 end
 
@@ -116,7 +109,7 @@ local Remote = {}
 Remote.__index = Remote
 
 --- Opens the SSH session to the ESXi host.
----@param s table from M.settings
+---@param s table from M.connection
 ---@return table|nil remote, string? err, string? code
 function M.connect(s)
   if not s.host then return fail("esx over SSH: no host: set remote_host", "ECONFIG") end
@@ -161,7 +154,7 @@ end
 ---@param opts? {ok_codes?: table<integer, boolean>, timeout?: number}
 function Remote:run(cmd, opts)
   opts = opts or {}
-  local line = type(cmd) == "table" and cmdline(cmd) or cmd
+  local line = type(cmd) == "table" and text.shell_join(cmd) or cmd
   log.debug("esx %s: %s", self.host, line)
   local r, err, code = self.session:exec(line, { timeout = opts.timeout or 300 })
   if not r then return fail(("%s: `%s`: %s"):format(self.host, line, err), code) end
@@ -196,8 +189,8 @@ function Remote:upload_iso(local_path, checksum, cache_dir)
   local marker = path .. ".sha256"
   local st = fs.stat(local_path)
   if not st then return fail(("ISO %s: not found"):format(local_path), "ENOENT") end
-  local out = self:run(("cat %s 2>/dev/null; stat -c %%s %s 2>/dev/null; true"):format(M.quote(marker),
-    M.quote(path)))
+  local out = self:run(("cat %s 2>/dev/null; stat -c %%s %s 2>/dev/null; true"):format(text.shell_quote(marker),
+    text.shell_quote(path)))
   if out then
     local sum, size = out:match("^%s*(%x+)%s+(%d+)")
     if sum == checksum and tonumber(size) == st.size then
@@ -210,9 +203,14 @@ function Remote:upload_iso(local_path, checksum, cache_dir)
   log.info("%s: uploading %s to %s", self.host, local_path, path)
   ok, err, code = self:put(local_path, path, { progress = true })
   if not ok then return nil, err, code end
-  local tmp = fs.tempdir({ prefix = "esx-marker" })
-  assert(fs.write(tmp .. "/m", checksum .. "\n"))
-  ok, err, code = self:put(tmp .. "/m", marker)
+  local tmp, terr = fs.tempdir({ prefix = "esx-marker" })
+  if not tmp then return fail(("checksum marker: %s"):format(terr), "EIO") end
+  local wok, werr = fs.write(tmp .. "/m", checksum .. "\n")
+  if wok then
+    ok, err, code = self:put(tmp .. "/m", marker)
+  else
+    ok, err, code = fail(("checksum marker: %s"):format(werr), "EIO")
+  end
   fs.remove(tmp, { recursive = true })
   if not ok then return nil, err, code end
   return path, "uploaded"
@@ -284,37 +282,40 @@ end
 -- Steps                                                                  --
 -- ====================================================================== --
 
-M.steps = {}
-
---- Connects and puts the ISO (and the installer CD) on the datastore.
-function M.steps.upload_media(run, step)
-  local s = M.settings(run.cfg)
+--- Connects and puts the ISO (and the installer CD) on the datastore:
+--- ctx.state.remote (the session), .remote_iso, .remote_cd.
+---@param ctx capil.BuildContext
+---@param step table the plan's upload_media step (checksum, cache_dir)
+---@return true|nil, string?, string?
+function M.upload_media(ctx, step)
+  local st = ctx.state
+  local s = M.connection(ctx.settings, ctx.secret)
   local r, err, code = M.connect(s)
   if not r then return nil, err, code end
-  run.esx = r
+  st.remote = r
   cleanup.push("SSH session to " .. s.host, function() r:close() end)
   -- the installer server's address as the host's network sees this machine:
   -- the client end of this SSH connection (unless http_ip was set)
-  if run.http and run.http.auto then
+  if ctx.http and ctx.http.auto then
     local out = r:run("echo $SSH_CONNECTION")
     local ip = out and out:match("^(%S+)")
     if ip then
-      run.http.ip = ip
+      ctx.http.ip = ip
       log.info("installer files: the guest uses http://%s:%d/ (this machine's address towards %s)", ip,
-        run.http.port, s.host)
+        ctx.http.port, s.host)
     end
   end
+  local cache_dir = step.cache_dir or s.cache_dir
   local path, how
-  path, how, code = r:upload_iso(run.iso, step.checksum, step.cache_dir or s.cache_dir)
+  path, how, code = r:upload_iso(ctx.media.iso, step.checksum, cache_dir)
   if not path then return nil, how, code end
-  run.remote_iso = path
-  run.report.iso_upload = how
-  if run.cd_iso then
-    local name = ("%s/%s/%s-%d-cd.iso"):format(r.volume, step.cache_dir or s.cache_dir, run.plan.build_version,
-      math.random(1, 1e9))
-    local ok, uerr, ucode = r:put(run.cd_iso, name)
+  st.remote_iso = path
+  ctx.report.iso_upload = how
+  if ctx.media.cd_iso then
+    local name = ("%s/%s/%s-%d-cd.iso"):format(r.volume, cache_dir, ctx.name, math.random(1, 1e9))
+    local ok, uerr, ucode = r:put(ctx.media.cd_iso, name)
     if not ok then return nil, uerr, ucode end
-    run.remote_cd = name
+    st.remote_cd = name
     cleanup.push(("%s: %s"):format(s.host, name), function() r:run({ "rm", "-f", name }) end)
   end
   return true
@@ -332,18 +333,23 @@ local function free_vnc_port(r)
 end
 
 -- Writes the .vmx, makes the disk, registers the VM and opens the VNC ports.
-local function make(vm, r, step)
+local function make(vm, r, step, ctx)
   local ok, err, code = r:run({ "mkdir", "-p", vm.dir })
   if not ok then return nil, err, code end
-  local text = M.vmx({ name = vm.name, guest_os = step.guest_os, cpus = step.cpus,
+  local vmx_text = M.vmx({ name = vm.name, guest_os = step.guest_os, cpus = step.cpus,
     cores_per_socket = step.cores_per_socket,
     memory_mb = step.memory_mb, vmx_version = step.vmx_version, firmware = step.firmware,
     disk_controller = step.disk_controller, network_card = step.network_card, network = step.network,
-    disk = vm.name .. ".vmdk", isos = { vm.run.remote_iso, vm.run.remote_cd }, vnc = vm.vnc,
-    extra = vm.run.cfg:get("vsphere.configuration_parameters") })
-  local tmp = fs.tempdir({ prefix = "esx-vmx" })
-  assert(fs.write(tmp .. "/" .. vm.name .. ".vmx", text, { mode = 384 }))
-  ok, err, code = r:put(tmp .. "/" .. vm.name .. ".vmx", vm.vmx)
+    disk = vm.name .. ".vmdk", isos = { ctx.state.remote_iso, ctx.state.remote_cd }, vnc = vm.vnc,
+    extra = ctx.settings.configuration_parameters })
+  local tmp, terr = fs.tempdir({ prefix = "esx-vmx" })
+  if not tmp then return fail(("%s: .vmx: %s"):format(vm.name, terr), "EIO") end
+  local wok, werr = fs.write(tmp .. "/" .. vm.name .. ".vmx", vmx_text, { mode = 384 })
+  if wok then
+    ok, err, code = r:put(tmp .. "/" .. vm.name .. ".vmx", vm.vmx)
+  else
+    ok, err, code = fail(("%s: .vmx: %s"):format(vm.name, werr), "EIO")
+  end
   fs.remove(tmp, { recursive = true })
   if not ok then return nil, err, code end
   ok, err, code = r:run({ "vmkfstools", "-c", ("%dM"):format(step.disk_mb), "-d",
@@ -363,11 +369,14 @@ local function make(vm, r, step)
   return true
 end
 
---- Creates and registers the build VM (pipeline create_vm); opts.run holds
---- the SSH session (upload_media) and the uploaded media.
-function M.create(opts)
-  local run, step = opts.run, opts.step
-  local r = run.esx
+--- Creates and registers the build VM (the plan's create_vm step) with the
+--- SSH session and the media upload_media left in ctx.state; sets
+--- ctx.state.vm.
+---@param ctx capil.BuildContext
+---@param step table the plan's create_vm step
+---@return table|nil vm, string? err, string? code
+function M.create(ctx, step)
+  local r = ctx.state.remote
   if not r then return fail("esx over SSH: create_vm before upload_media (no session)", "ESTEP") end
   local name = step.vm_name
   local dir = ("%s/%s"):format(r.volume, name)
@@ -375,23 +384,30 @@ function M.create(opts)
   local vnc = { port = r.s.vnc_port or free_vnc_port(r), password = ("%08x"):format(math.random(0, 0x7fffffff)) }
   if not vnc.port then return fail(("%s: no free VNC port in 5900-5999"):format(r.host), "EESXCMD") end
   log.secret(vnc.password)
-  local vm = setmetatable({ r = r, name = name, dir = dir, vmx = vmx_path, vnc = vnc, run = run, s = r.s }, VM)
+  -- the export tries the vSphere API unless the host refused it
+  local vm = setmetatable({ r = r, name = name, dir = dir, vmx = vmx_path, vnc = vnc, s = r.s,
+    restricted = ctx.state.restricted, api_settings = ctx.settings, secret = ctx.secret }, VM)
   vm.hint = ("the VM %s on %s: check its console"):format(name, r.host)
   -- the cleanup goes first: a half-made directory is removed as well
   vm.cleanup = cleanup.push(("VM %s on %s"):format(name, r.host), function() vm:destroy() end)
-  local ok, err, code = make(vm, r, step)
+  local ok, err, code = make(vm, r, step, ctx)
   if not ok then
     -- undo what was made (the directory, a registration) at once
     vm.cleanup:run()
     return nil, err, code
   end
   log.info("%s: registered on %s as vmid %s (VNC port %d)", name, r.host, vm.vmid, vnc.port)
+  ctx.state.vm = vm
   return vm
 end
 
 --- Keeps the VM (keep_vm) or destroys it; templates need the vSphere API.
-function M.steps.finalize_vm(run, step)
-  local vm = run.vm
+---@param ctx capil.BuildContext
+---@param step table the plan's finalize_vm step
+---@return true|nil, string?, string?
+function M.finalize_vm(ctx, step)
+  local vm = ctx.state.vm
+  if not vm then return fail("esx over SSH: finalize_vm before create_vm (no VM)", "ESTEP") end
   if step.convert_to_template then
     log.warn("%s: convert_to_template needs the vSphere API, which %s refuses; the VM stays a VM", vm.name, vm.r.host)
   end
@@ -497,17 +513,16 @@ function VM:power_off()
   return true
 end
 
---- The vSphere API's export (ExportVm + NFC lease, capil.backends.vsphere)
+--- The vSphere API's export (ExportVm + NFC lease, capil.vsphere.lease)
 --- of a licensed host built over SSH (remote_type=ssh): hostd's moref of a
 --- VM is its vmid. Returns the export result or nil and why not.
 function VM:export_vim25(path, opts)
-  local vsphere = require("capil.backends.vsphere")
+  local session = require("capil.vsphere.session")
   local vim25 = require("capil.vsphere.vim25")
-  local vc, err = vsphere.connect(vsphere.settings(self.run.cfg, "esx"))
+  local vc, err = session.connect(self.api_settings or {}, { kind = "esx", secret = self.secret })
   if not vc then return nil, err end
-  local vvm = setmetatable({ vc = vc, ref = vim25.ref("VirtualMachine", self.vmid), name = self.name }, vsphere.VM)
   local r
-  r, err = vvm:export(path, opts)
+  r, err = require("capil.vsphere.lease").export(vc, vim25.ref("VirtualMachine", self.vmid), self.name, path, opts)
   vc:logout()
   return r, err
 end
@@ -519,19 +534,20 @@ end
 ---@param opts? {adapter_type?: string, hwversion?: integer}
 function VM:export(path, opts)
   opts = opts or {}
-  if not self.run.esx_restricted then
+  if not self.restricted then
     local r, err = self:export_vim25(path, opts)
     if r then return r end
     log.warn("%s: the vSphere export did not work (%s); downloading the disk over SFTP instead", self.name, err)
   end
-  local tmp = fs.tempdir({ parent = fs.dirname(path), prefix = ".esx-disk" })
+  local tmp, terr = fs.tempdir({ parent = fs.dirname(path), prefix = ".esx-disk" })
+  if not tmp then return fail(("%s: export: %s"):format(self.name, terr), "EIO") end
   local undo = cleanup.push("temp dir " .. tmp, function() fs.remove(tmp, { recursive = true }) end)
   local desc = ("%s/%s.vmdk"):format(self.dir, self.name)
   local ok, err, code = self.r:get(desc, tmp .. "/disk.vmdk")
   if not ok then undo:run() return nil, err, code end
-  local text = fs.read(tmp .. "/disk.vmdk") or ""
+  local descriptor = fs.read(tmp .. "/disk.vmdk") or ""
   -- the extents the descriptor names (a thin disk on VMFS: one "-flat" file)
-  for extent in text:gmatch('\nRW %d+ %u+ "([^"]+)"') do
+  for extent in descriptor:gmatch('\nRW %d+ %u+ "([^"]+)"') do
     local base = extent:match("[^/]+$")
     ok, err, code = self.r:get(self.dir .. "/" .. base, tmp .. "/" .. base, { progress = true })
     if not ok then undo:run() return nil, err, code end

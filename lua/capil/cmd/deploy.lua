@@ -26,22 +26,24 @@ new VM's managed object reference. On failure the lease is aborted.]],
   },
   run = function(opts, args)
     if #args ~= 1 then cli.fail("deploy: name one OVA file", 2) end
-    local backend = opts.backend or "vsphere"
-    if backend ~= "vsphere" and backend ~= "esx" then
-      cli.fail(("deploy: backend %s cannot import OVAs (vsphere or esx)"):format(backend), 2)
+    local backend = require("capil.backend")
+    local kind = opts.backend or "vsphere"
+    if not (backend.known(kind) and backend.get(kind).traits.remote) then
+      cli.fail(("deploy: backend %s cannot import OVAs (%s)"):format(kind,
+        table.concat(backend.with("remote"), " or ")), 2)
     end
     if not require("capil.sys.fs").exists(args[1]) then cli.fail(("deploy: %s: no such file"):format(args[1]), 1) end
-    local vsphere = require("capil.backends." .. backend)
-    local s, serr = vsphere.settings_from_vars({ backend = backend, var_files = opts["var-file"],
+    local session = require("capil.vsphere.session")
+    local s, serr = session.settings_from_vars({ backend = kind, var_files = opts["var-file"],
       vars = build_options.vars(opts) })
     if not s then cli.fail("deploy: " .. serr, 2) end
-    local vc, err = vsphere.connect(s)
+    local vc, err = session.connect(s, { kind = kind })
     if not vc then cli.fail(err, 1) end
     local inv
-    inv, err = vsphere.resolve(vc, s)
+    inv, err = require("capil.vsphere.inventory").resolve(vc, s)
     if not inv then cli.fail(err, 1) end
     local vm
-    vm, err = vsphere.import(vc, inv, args[1], { name = opts.name, template = opts.template })
+    vm, err = require("capil.vsphere.deploy").import(vc, inv, args[1], { name = opts.name, template = opts.template })
     if not vm then cli.fail(err, 1) end
     log.out(("%s %s"):format(tostring(vm.ref), vm.name))
     return 0

@@ -5,24 +5,36 @@ local runtime = require("capil.core.runtime")
 local cli = require("capil.cli")
 local log = require("capil.sys.log")
 
+-- The backends whose VMs live on a server ("vsphere or esx").
+local function remote_names()
+  return table.concat(require("capil.backend").with("remote"), " or ")
+end
+
 -- Opens the vSphere session the options describe, or nil when they name no
 -- server and no backend was asked for.
 local function vsphere_bindings(opts)
-  local backend = opts.backend
-  if backend and backend ~= "vsphere" and backend ~= "esx" then
-    cli.fail(("repl: backend %s has no session to bind (vsphere or esx)"):format(backend), 2)
+  local backend = require("capil.backend")
+  local name = opts.backend
+  if name and not (backend.known(name) and backend.get(name).traits.remote) then
+    cli.fail(("repl: backend %s has no session to bind (%s)"):format(name, remote_names()), 2)
   end
-  local asked = backend or opts["var-file"] or opts.var or os.getenv("GOVC_URL")
+  local asked = name or opts["var-file"] or opts.var or os.getenv("GOVC_URL")
   if not asked then return nil end
-  local vsphere = require("capil.backends." .. (backend or "vsphere"))
-  local s, serr = vsphere.settings_from_vars({ backend = backend or "vsphere", var_files = opts["var-file"],
+  local kind = name or "vsphere"
+  local session = require("capil.vsphere.session")
+  local s, serr = session.settings_from_vars({ backend = kind, var_files = opts["var-file"],
     vars = require("capil.build.loader").vars(opts) })
   if not s then cli.fail("repl: " .. serr, 2) end
-  if not s.server and not backend then return nil end
-  local vc, err = vsphere.connect(s)
+  if not s.server and not name then return nil end
+  local vc, err = session.connect(s, { kind = kind })
   if not vc then cli.fail(err, 1) end
+  -- the vSphere modules, by topic (vsphere.deploy.import, vsphere.testvm.find_vm, ...)
+  local vsphere = { backend = backend.get(kind) }
+  for _, m in ipairs({ "session", "inventory", "datastore", "lease", "deploy", "testvm" }) do
+    vsphere[m] = require("capil.vsphere." .. m)
+  end
   local b = { vc = vc, vim25 = require("capil.vsphere.vim25"), vsphere = vsphere }
-  local inv, ierr = vsphere.resolve(vc, s)
+  local inv, ierr = vsphere.inventory.resolve(vc, s)
   if inv then b.inv = inv else log.warn("inventory not resolved (inv is unset): %s", ierr) end
   return b, ("connected to %s as %s (%s)"):format(vc.server, s.username,
     vc.about and vc.about.fullName or "vim25")
@@ -44,7 +56,9 @@ GOVC_USERNAME, GOVC_PASSWORD, GOVC_INSECURE) the session is opened first:
                       vc:find("/DC0/vm/name"), vc:props(ref, {"runtime.powerState"}),
                       vc:wait(ref, path, fn, timeout), vc:task(task)
   inv                 the resolved placement (datacenter, folder, pool, datastore, network)
-  vim25, vsphere      the client module and the backend (vsphere.import, ...)
+  vim25               the client module
+  vsphere             the vSphere modules: vsphere.deploy.import, vsphere.testvm.find_vm,
+                      vsphere.inventory, .datastore, .lease, .session; vsphere.backend
 Method names complete with Tab (after vc: or inside vc:call("...)). Faults
 print their type and message; the password is never shown.]],
   options = {

@@ -25,22 +25,22 @@ local function locate(target, backend, cfg)
     return { host = rec.ssh.host, port = rec.ssh.port, user = rec.user, key = rec.key,
       what = ("%s VM %s"):format(rec.backend or "?", rec.name or dir) }
   end
-  if backend ~= "vsphere" and backend ~= "esx" then
-    return nil, ("ssh: %s: no such build directory (a VM name needs --backend vsphere or esx)"):format(target)
+  local backends = require("capil.backend")
+  local b = backends.known(backend) and backends.get(backend)
+  if not (b and b.traits.remote) then
+    return nil, ("ssh: %s: no such build directory (a VM name needs --backend %s)"):format(target,
+      table.concat(backends.with("remote"), " or "))
   end
-  local b = require("capil.backends." .. backend)
-  local s, err = b.settings(cfg, backend)
-  if not s then return nil, err end
-  local vc
-  vc, err = b.connect(s)
+  local s = backends.live_settings(b, cfg)
+  local vc, err = require("capil.vsphere.session").connect(s, { kind = backend })
   if not vc then return nil, err end
   local inv
-  inv, err = b.resolve(vc, s)
+  inv, err = require("capil.vsphere.inventory").resolve(vc, s)
   if not inv then return nil, err end
   local ref
-  ref, err = b.find_vm(vc, inv, target)
+  ref, err = require("capil.vsphere.testvm").find_vm(vc, inv, target)
   if not ref then return nil, err end
-  local vm = b.attach(vc, inv, s, ref, target)
+  local vm = require("capil.backends.vsphere").attach(vc, inv, s, ref, target)
   if vm:power() ~= "poweredOn" then
     return nil, ("ssh: %s VM %s is not powered on (start it, or run 'capil test %s --backend %s --keep')")
       :format(backend, target, target, backend)
@@ -63,10 +63,6 @@ local function private_copy(key)
   local path = ("%s/%s-%s"):format(dir, require("capil.sys.hash").digest("sha256", text):sub(1, 16), fs.basename(key))
   if not fs.exists(path) then assert(fs.write(path, text, { mode = 384 })) end
   return path
-end
-
-local function shell_join(words)
-  return table.concat(words, " ")
 end
 
 return {
@@ -117,7 +113,8 @@ from a 0600 copy in the cache when the checkout's file is group-readable.]],
         local hint = code == "SSH_AUTH" and (" (is %s the key cloud-init authorized for %s?)"):format(key, user) or ""
         cli.fail(("ssh: %s (%s@%s:%d): %s%s"):format(where.what, user, where.host, where.port, serr, hint), 1)
       end
-      local r, xerr = s:exec(shell_join(args), { on_output = function(stream, chunk)
+      -- the words joined as OpenSSH joins them: the remote shell parses the line
+      local r, xerr = s:exec(table.concat(args, " "), { on_output = function(stream, chunk)
         local f = stream == "stderr" and io.stderr or io.stdout
         f:write(chunk)
         f:flush()

@@ -1,0 +1,185 @@
+--- capil.vsphere.inventory — placement in a vSphere inventory: the
+--- datacenter, VM folder, compute resource (cluster or host), resource
+--- pool, datastore and network a build or an import uses, found by the
+--- names in a backend's settings, with what exists named when one is not.
+local vim25 = require("capil.vsphere.vim25")
+local log = require("capil.sys.log")
+
+local M = {}
+
+local function fail(msg, code) return nil, msg, code or "EVSPHERE" end
+
+-- The children of a folder-like object of one type: {name = Ref}.
+local function children(vc, ref, want)
+  local p, err, code = vc:props(ref, { "childEntity" })
+  if not p then return nil, err, code end
+  local out = {}
+  for _, c in ipairs(vim25.list(p.childEntity)) do
+    if not want or c.type == want then
+      local n = vc:props(c, { "name" })
+      if n then out[n.name] = c end
+    end
+  end
+  return out
+end
+
+local function names(t)
+  local l = {}
+  for k in pairs(t) do l[#l + 1] = k end
+  table.sort(l)
+  return table.concat(l, ", ")
+end
+
+-- Finds path or explains what exists at its parent.
+local function find(vc, path, what, var)
+  local ref, err, code = vc:find(path)
+  if ref then return ref end
+  if code ~= "ENOENT" then return nil, err, code end
+  local parent = path:match("^(.*)/[^/]*$")
+  local hint = ""
+  if parent and parent ~= "" then
+    local pref = vc:find(parent)
+    if pref then
+      local kids = children(vc, pref)
+      if kids and next(kids) then hint = " (there: " .. names(kids) .. ")" end
+    end
+  end
+  return nil, ("%s %s not found%s; check %s"):format(what, path, hint, var), "ENOENT"
+end
+
+--- An absolute inventory path, or one relative to base.
+---@param base string
+---@param p string
+---@return string
+function M.under(base, p)
+  if p:sub(1, 1) == "/" then return p end
+  return base .. "/" .. p
+end
+
+--- Resolves the placement: {datacenter, dc_name, dc_path, folder, compute,
+--- pool, host?, datastore, ds_name, network = {ref, name, backing}}. `s`
+--- holds the names (datacenter, folder, cluster, host, resource_pool,
+--- datastore, network; each may be unset when there is only one).
+---@param vc table a capil.vsphere.vim25 session
+---@param s table the backend's settings
+---@return table|nil inv, string? err, string? code
+function M.resolve(vc, s)
+  local inv = {}
+  local dc_name = s.datacenter
+  if not dc_name then
+    local dcs, err, code = children(vc, vc.content.rootFolder, "Datacenter")
+    if not dcs then return nil, err, code end
+    local list = {}
+    for n in pairs(dcs) do list[#list + 1] = n end
+    if #list ~= 1 then
+      return fail(("%s: %d datacenters (%s): set datacenter"):format(s.server, #list, names(dcs)), "ECONFIG")
+    end
+    dc_name = list[1]
+  end
+  local dc_path = dc_name:sub(1, 1) == "/" and dc_name or "/" .. dc_name
+  local err, code
+  inv.datacenter, err, code = find(vc, dc_path, "datacenter", "datacenter")
+  if not inv.datacenter then return nil, err, code end
+  inv.dc_name = dc_path:match("([^/]+)$")
+  inv.dc_path = dc_path
+
+  inv.folder, err, code = find(vc, s.folder and M.under(dc_path .. "/vm", s.folder) or dc_path .. "/vm", "folder", "folder")
+  if not inv.folder then return nil, err, code end
+
+  -- compute: a cluster, a host (standalone or in a cluster), or the only one
+  local compute
+  if s.cluster then
+    compute, err, code = find(vc, M.under(dc_path .. "/host", s.cluster), "cluster", "cluster")
+    if not compute then return nil, err, code end
+  elseif s.host then
+    local r = vc:find(M.under(dc_path .. "/host", s.host))
+    if r and r.type == "HostSystem" then
+      inv.host = r
+      local p, perr, pcode = vc:props(r, { "parent" })
+      if not p then return nil, perr, pcode end
+      compute = p.parent
+    elseif r then
+      compute = r
+      local p = vc:props(r, { "host" })
+      inv.host = p and vim25.list(p.host)[1]
+    else
+      -- a host inside a cluster: /dc/host/<cluster>/<host>
+      local hosts, herr, hcode = vc:find(dc_path .. "/host")
+      if not hosts then return nil, herr, hcode end
+      local clusters = children(vc, hosts) or {}
+      for cname in pairs(clusters) do
+        local h = vc:find(dc_path .. "/host/" .. cname .. "/" .. s.host)
+        if h and h.type == "HostSystem" then
+          inv.host, compute = h, clusters[cname]
+          break
+        end
+      end
+      if not compute then
+        return fail(("host %s not found under %s/host (there: %s); check host"):format(s.host, dc_path, names(clusters)),
+          "ENOENT")
+      end
+    end
+  else
+    local hosts, herr, hcode = vc:find(dc_path .. "/host")
+    if not hosts then return nil, herr, hcode end
+    local all = children(vc, hosts) or {}
+    local list = {}
+    for n in pairs(all) do list[#list + 1] = n end
+    if #list ~= 1 then
+      return fail(("%s: %d compute resources (%s): set cluster or host"):format(dc_path, #list, names(all)), "ECONFIG")
+    end
+    compute = all[list[1]]
+  end
+  inv.compute = compute
+  if s.resource_pool then
+    local c, cerr, ccode = vc:props(compute, { "name" })
+    if not c then return nil, cerr, ccode end
+    local cname = c.name
+    inv.pool, err, code = find(vc, M.under(dc_path .. "/host/" .. cname .. "/Resources", s.resource_pool),
+      "resource pool", "resource_pool")
+    if not inv.pool then return nil, err, code end
+  else
+    local p, perr, pcode = vc:props(compute, { "resourcePool" })
+    if not p then return nil, perr, pcode end
+    inv.pool = p.resourcePool
+  end
+
+  -- datastore: named, or the only one
+  local ds_name = s.datastore
+  if not ds_name then
+    local folder, ferr, fcode = vc:find(dc_path .. "/datastore")
+    if not folder then return nil, ferr, fcode end
+    local all = children(vc, folder, "Datastore") or {}
+    local list = {}
+    for n in pairs(all) do list[#list + 1] = n end
+    if #list ~= 1 then
+      return fail(("%s: %d datastores (%s): set datastore"):format(dc_path, #list, names(all)), "ECONFIG")
+    end
+    ds_name = list[1]
+  end
+  inv.datastore, err, code = find(vc, M.under(dc_path .. "/datastore", ds_name), "datastore", "datastore")
+  if not inv.datastore then return nil, err, code end
+  inv.ds_name = ds_name:match("([^/]+)$")
+
+  -- network: named, else "VM Network"
+  local net_name = s.network or "VM Network"
+  local net
+  net, err, code = find(vc, M.under(dc_path .. "/network", net_name), "network", "network")
+  if not net then return nil, err, code end
+  inv.network = { ref = net, name = net_name:match("([^/]+)$") }
+  if net.type == "DistributedVirtualPortgroup" then
+    local p, perr, pcode = vc:props(net, { "key", "config.distributedVirtualSwitch" })
+    if not p then return nil, perr, pcode end
+    local sw, serr, scode = vc:props(p["config.distributedVirtualSwitch"], { "uuid" })
+    if not sw then return nil, serr, scode end
+    inv.network.backing = vim25.obj("VirtualEthernetCardDistributedVirtualPortBackingInfo", {
+      port = vim25.obj("DistributedVirtualSwitchPortConnection", { switchUuid = sw.uuid, portgroupKey = p.key }) })
+  else
+    inv.network.backing = vim25.obj("VirtualEthernetCardNetworkBackingInfo", { deviceName = inv.network.name,
+      network = net })
+  end
+  log.info("%s: datacenter %s, datastore %s, network %s", s.server, inv.dc_name, inv.ds_name, inv.network.name)
+  return inv
+end
+
+return M

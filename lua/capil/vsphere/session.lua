@@ -1,0 +1,69 @@
+--- capil.vsphere.session — opening a vim25 session from a backend's
+--- settings (capil.backends.vsphere's `settings`: server, username,
+--- password, insecure_connection, thumbprint, ca_file), and those settings
+--- for commands that run without a recipe (capil repl, deploy, ssh, test).
+local vim25 = require("capil.vsphere.vim25")
+local log = require("capil.sys.log")
+
+local M = {}
+
+local function fail(msg, code) return nil, msg, code or "EVSPHERE" end
+
+--- The password of settings `s`: in place (live settings), else read through
+--- `secret` from the variable the plan names (`password_var`).
+---@param s table
+---@param secret? fun(var: string): string|nil
+---@return string|nil
+function M.password(s, secret)
+  local p = s.password
+  if (p == nil or p == "") and s.password_var and secret then p = secret(s.password_var) end
+  if p == "" then return nil end
+  return p
+end
+
+--- Opens a vim25 session with the settings. opts.kind ("vsphere" or "esx")
+--- names the backend in messages; opts.secret reads the password when the
+--- settings carry only its variable (a build's plan settings).
+---@param s table the backend's settings
+---@param opts? {kind?: string, secret?: fun(var: string): string|nil}
+---@return table|nil vc, string? err, string? code
+function M.connect(s, opts)
+  opts = opts or {}
+  local kind = opts.kind or "vsphere"
+  local var = kind == "esx" and "remote_host" or "vcenter_server"
+  if not s.server or s.server == "" then
+    return fail(("%s: no server: set %s (in a var file, with --var, or GOVC_URL)"):format(kind, var), "ECONFIG")
+  end
+  local password = M.password(s, opts.secret)
+  if not s.username or s.username == "" or not password then
+    return fail(("%s: %s: set username and password (var file, --var, or GOVC_USERNAME/GOVC_PASSWORD)")
+      :format(kind, s.server), "ECONFIG")
+  end
+  if s.server:match("^[Hh][Tt][Tt][Pp]://") then
+    log.warn("%s: %s is plain http: the password (and every datastore upload) crosses the network in clear; "
+      .. "use https://", kind, s.server)
+  end
+  return vim25.connect({
+    server = s.server, username = s.username, password = password,
+    insecure = s.insecure_connection and true or false, ca_file = s.ca_file, cert_sha256 = s.thumbprint,
+  })
+end
+
+--- Settings without a recipe (capil repl, capil deploy, capil ssh):
+--- recipes/config's vsphere.json or esx.json < govc's environment <
+--- PACKER_VAR_FILES < var files < --var, by image-builder variable name.
+--- The backend's settings with the password in place (never print them).
+---@param opts {backend?: string, var_files?: string[], vars?: string[], config_dir?: string, getenv?: function}
+---@return table|nil settings, string? err
+function M.settings_from_vars(opts)
+  local backend = require("capil.backend")
+  local kind = opts.backend or "vsphere"
+  local b, berr = backend.get(kind)
+  if not b then return nil, berr end
+  local cfg, err = require("capil.build.config").from_vars({ backend = kind, var_files = opts.var_files,
+    vars = opts.vars, config_dir = opts.config_dir, getenv = opts.getenv })
+  if not cfg then return nil, err end
+  return backend.live_settings(b, cfg)
+end
+
+return M
