@@ -46,7 +46,8 @@ local M = {}
 
 M.name = "vsphere"
 M.description = "vCenter >= 6.5 through the vSphere API"
-M.traits = { encoder = "usb", export = "nfc", guest_id = "vsphere", remote = true }
+M.traits = { encoder = "usb", export = "nfc", guest_id = "vsphere", remote = true, govc_env = true,
+  var_file = "vsphere.json" }
 
 --- Key events per PutUsbScanCodes call (waits split batches as well).
 M.BATCH = 64
@@ -56,17 +57,6 @@ VM.__index = VM
 M.VM = VM
 
 local function fail(msg, code) return nil, msg, code or "EVSPHERE" end
-
--- A duration setting in seconds: a number, or (until the schema coerces
--- durations to seconds) a Go-style string ("30m", "5s"); unset: `default`.
--- TODO(issue 16): remove the string case once plan settings carry numbers.
-local function seconds(v, default, what)
-  if v == nil or v == "" then return default end
-  if type(v) == "number" then return v end
-  local n, err = bootcmd.duration(tostring(v))
-  if not n then error(("vsphere: %s: %s"):format(what, err), 3) end
-  return n
-end
 
 -- ====================================================================== --
 -- Settings                                                               --
@@ -263,8 +253,8 @@ function M.new_vm(vc, inv, ref, name, s)
   s = s or {}
   local vm = setmetatable({ vc = vc, inv = inv, ref = ref, name = name,
     settings = {
-      ip_wait_timeout = seconds(s.ip_wait_timeout, 1800, "ip_wait_timeout"),
-      ip_settle = seconds(s.ip_settle_timeout, 5, "ip_settle_timeout"),
+      ip_wait_timeout = s.ip_wait_timeout or 1800,
+      ip_settle = s.ip_settle_timeout or 5,
       ip_cidr = s.ip_wait_address or "0.0.0.0/0", nic = s.nic or 0, ssh_port = s.ssh_port or 22,
     } }, VM)
   vm.hint = ("the VM %s (%s) on %s: check its console"):format(name, tostring(ref), vc.server)

@@ -18,7 +18,8 @@ local M = {}
 
 M.name = "esx"
 M.description = "a standalone ESXi host through the vSphere API (over SSH on a free licence)"
-M.traits = { encoder = "usb", export = "nfc", guest_id = "vsphere", remote = true }
+M.traits = { encoder = "usb", export = "nfc", guest_id = "vsphere", remote = true, govc_env = true,
+  var_file = "esx.json" }
 M.settings = vsphere.settings_for("esx")
 -- the VM class of the API path; the SSH path's VMs are esx_ssh.VM
 M.VM = vsphere.VM
