@@ -18,9 +18,13 @@ local function locate(target, backend, cfg)
     if type(rec) ~= "table" or type(rec.ssh) ~= "table" then
       return nil, ("ssh: %s has no running test VM: start one with 'capil test %s --keep'"):format(dir, dir)
     end
-    if rec.backend == "qemu" and not (rec.pid and proc.alive(rec.pid)) then
-      return nil, ("ssh: the test VM of %s (QEMU pid %s) is no longer running: start it again with "
-        .. "'capil test %s --keep'"):format(dir, tostring(rec.pid), dir)
+    -- a backend whose test VM is a local process (QEMU) records its pid
+    local registry = require("capil.backend")
+    local rb = registry.known(rec.backend) and registry.get(rec.backend)
+    local process = rb and rb.traits.process
+    if process and not (rec.pid and proc.alive(rec.pid)) then
+      return nil, ("ssh: the test VM of %s (%s pid %s) is no longer running: start it again with "
+        .. "'capil test %s --keep'"):format(dir, process, tostring(rec.pid), dir)
     end
     return { host = rec.ssh.host, port = rec.ssh.port, user = rec.user, key = rec.key,
       what = ("%s VM %s"):format(rec.backend or "?", rec.name or dir) }

@@ -21,6 +21,23 @@ function M.password(s, secret)
   return p
 end
 
+--- The variable a user sets for the server of backend `kind`: the first
+--- path of its `server` setting, by image-builder name (vsphere:
+--- vcenter_server, esx: remote_host).
+---@param kind string
+---@return string
+function M.server_var(kind)
+  local registry = require("capil.backend")
+  local b = registry.known(kind) and registry.get(kind)
+  for _, s in ipairs(b and b.settings or {}) do
+    if s[1] == "server" then
+      local f = require("capil.build.schema").by_path[s.paths[1]]
+      return f and f.var or s.paths[1]
+    end
+  end
+  return "vcenter_server"
+end
+
 --- Opens a vim25 session with the settings. opts.kind ("vsphere" or "esx")
 --- names the backend in messages; opts.secret reads the password when the
 --- settings carry only its variable (a build's plan settings).
@@ -30,7 +47,7 @@ end
 function M.connect(s, opts)
   opts = opts or {}
   local kind = opts.kind or "vsphere"
-  local var = kind == "esx" and "remote_host" or "vcenter_server"
+  local var = M.server_var(kind)
   if not s.server or s.server == "" then
     return fail(("%s: no server: set %s (in a var file, with --var, or GOVC_URL)"):format(kind, var), "ECONFIG")
   end
