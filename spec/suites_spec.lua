@@ -30,7 +30,12 @@ local SEED_ARGS = conformance.SEED_ARGS
 local function settings(extra)
   local s = {}
   for _, f in ipairs(schema.fields) do
-    if f.path:match("^tests%.") and f.var then s[f.var] = f.default end
+    -- as a resolved configuration holds them (durations in seconds)
+    if f.path:match("^tests%.") and f.var and f.default ~= nil then
+      local v, err = schema.coerce(f, f.default)
+      assert(err == nil, err)
+      s[f.var] = v
+    end
   end
   for k, v in pairs(extra or {}) do s[k] = v end
   return s

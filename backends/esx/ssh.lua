@@ -39,7 +39,6 @@
 local ssh = require("capil.sys.ssh")
 local fs = require("capil.sys.fs")
 local log = require("capil.sys.log")
-local proc = require("capil.sys.proc")
 local runtime = require("capil.core.runtime")
 local cleanup = require("capil.sys.cleanup")
 local text = require("capil.util.text")
@@ -552,13 +551,10 @@ function VM:export(path, opts)
     ok, err, code = self.r:get(self.dir .. "/" .. base, tmp .. "/" .. base, { progress = true })
     if not ok then undo:run() return nil, err, code end
   end
-  local o = ("subformat=streamOptimized,adapter_type=%s,hwversion=%d"):format(opts.adapter_type or "lsilogic",
-    opts.hwversion or 15)
-  local r = proc.run({ argv = { "qemu-img", "convert", "-O", "vmdk", "-o", o, tmp .. "/disk.vmdk", path } })
+  local info, cerr = require("capil.format.vmdk").convert(tmp .. "/disk.vmdk", path,
+    { adapter_type = opts.adapter_type, hwversion = opts.hwversion or 15, src_format = "vmdk" })
   undo:run()
-  if not r or r.code ~= 0 then
-    return fail(("%s: qemu-img convert of %s: %s"):format(self.name, desc, r and r.stderr or "?"), "ETOOL")
-  end
+  if not info then return fail(("%s: converting %s: %s"):format(self.name, desc, cerr), "ETOOL") end
   return true
 end
 

@@ -194,10 +194,7 @@ local FAKE_OPTS = { token = true, expires_in = true, forbidden_buckets = true, j
 ---@param opts? {token?: boolean, expires_in?: number, forbidden_buckets?: string[], jwt_public_key?: string}
 ---@return gcs.Fake
 function M.fake(opts)
-  opts = opts or {}
-  for k in pairs(opts) do
-    if not FAKE_OPTS[k] then error(("gcs.fake: unknown option '%s'"):format(tostring(k)), 2) end
-  end
+  opts = require("capil.util.opts").check(opts, FAKE_OPTS, "gcs.fake")
   need_node("gcs.fake", 18)
   local o = {
     token = opts.token and true or false, expires_in = opts.expires_in,

@@ -151,10 +151,7 @@ local START_OPTS = {
 ---@param opts? {username?: string, password?: string, tls?: boolean, esx?: boolean, restricted?: boolean, guest_ip?: string, guest_ip_delay?: number, session_idle?: number, trace?: boolean, export_disk?: string}
 ---@return vcsim.Sim
 function M.start(opts)
-  opts = opts or {}
-  for k in pairs(opts) do
-    if not START_OPTS[k] then error(("vcsim.start: unknown option '%s'"):format(tostring(k)), 2) end
-  end
+  opts = require("capil.util.opts").check(opts, START_OPTS, "vcsim.start")
   local bin = M.build()
   local dir = peer.dir("vcsim")
   assert(fs.mkdir(dir .. "/tmp"))

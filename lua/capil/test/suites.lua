@@ -22,7 +22,6 @@ local fs = require("capil.sys.fs")
 local log = require("capil.sys.log")
 local xml = require("capil.sys.xml")
 local json = require("capil.sys.json")
-local bootcmd = require("capil.build.bootcmd")
 local runtime = require("capil.core.runtime")
 
 local M = {}
@@ -308,10 +307,11 @@ local function upload(session, path, remote, expected, opts)
   return true
 end
 
+-- A duration setting: seconds (the schema coerces durations); unset: `default`.
 local function seconds_of(v, default)
-  if type(v) == "number" then return v end
   if v == nil or v == "" then return default end
-  return bootcmd.duration(v) or error(("suites: invalid duration '%s'"):format(tostring(v)), 3)
+  if type(v) ~= "number" then error(("suites: duration '%s' is not a number of seconds"):format(tostring(v)), 3) end
+  return v
 end
 
 -- ====================================================================== --

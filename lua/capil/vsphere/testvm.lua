@@ -98,9 +98,7 @@ local CLOUDINIT_OPTS = { userdata = true, metadata = true, name = true }
 function M.cloudinit(vc, ref, opts)
   if not vim25.is_ref(ref) then error("vsphere.cloudinit: ref must be a Ref", 2) end
   if type(opts) ~= "table" then error("vsphere.cloudinit: opts must be a table", 2) end
-  for k in pairs(opts) do
-    if not CLOUDINIT_OPTS[k] then error(("vsphere.cloudinit: unknown option '%s'"):format(tostring(k)), 2) end
-  end
+  require("capil.util.opts").check(opts, CLOUDINIT_OPTS, "vsphere.cloudinit")
   if type(opts.userdata) ~= "string" or type(opts.metadata) ~= "string" then
     error("vsphere.cloudinit: userdata and metadata must be strings", 2)
   end
