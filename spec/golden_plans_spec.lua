@@ -23,13 +23,7 @@ local ENV = {
 
 -- The seed recipes' names (recipes/*.lua), sorted.
 local function seed_recipes()
-  local out = {}
-  for _, n in ipairs(assert(fs.list("recipes"))) do
-    local name = n:match("^(.+)%.lua$")
-    if name then out[#out + 1] = name end
-  end
-  table.sort(out)
-  return out
+  return require("capil.build.recipe").list("recipes")
 end
 
 -- The plan of `name` on `b` as the golden file holds it.
