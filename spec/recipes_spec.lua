@@ -63,8 +63,9 @@ local GOLDEN = {
 }
 
 describe("seed recipes #unit", function()
-  it("are the four image-builder OSes", function()
-    assert.same({ "centos-7", "photon-3", "ubuntu-1804", "ubuntu-2004" }, recipe.list())
+  it("are the four image-builder OSes of 2020, beside the current ones (spec/current_recipes_spec.lua)", function()
+    assert.same({ "centos-7", "photon-3", "photon-5", "rockylinux-9", "ubuntu-1804", "ubuntu-2004",
+      "ubuntu-2204", "ubuntu-2204-efi", "ubuntu-2404", "ubuntu-2404-efi" }, recipe.list())
   end)
 
   for name, g in pairs(GOLDEN) do

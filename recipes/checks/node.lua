@@ -22,6 +22,32 @@ local OVA = {
   photon = { "open-vm-tools", "cloud-init", "cloud-utils", "python3-netifaces" },
 }
 
+-- The current releases' lists, as the setup and providers roles install
+-- them (image-builder's roles/node/defaults, 2026): Red Hat 8 and later,
+-- Photon 5; Ubuntu 24.04 has no python3-distutils.
+local COMMON_EL8 = { "audit", "ca-certificates", "conntrack-tools", "chrony", "curl", "jq", "nftables",
+  "open-vm-tools", "python3-netifaces", "python3-pip", "python3-requests", "socat", "sysstat", "yum-utils" }
+local OVA_EL8 = { "open-vm-tools", "cloud-init", "cloud-utils-growpart" }
+local COMMON_PHOTON5 = { "audit", "apparmor-parser", "chrony", "conntrack-tools", "curl", "distrib-compat",
+  "ebtables", "jq", "logrotate", "net-tools", "openssl-c_rehash", "open-vm-tools", "python3-pip", "rng-tools",
+  "socat", "tar", "unzip" }
+
+-- The package lists of this release.
+local function package_lists(os_)
+  local major = tonumber(tostring(os_.version or ""):match("^(%d+)")) or 0
+  local family = os_.family
+  if family == "redhat" and major >= 8 then return COMMON_EL8, OVA_EL8 end
+  if family == "photon" and major >= 5 then return COMMON_PHOTON5, OVA.photon end
+  if family == "debian" and os_.distro == "ubuntu" and major >= 24 then
+    local common = {}
+    for _, p in ipairs(COMMON.debian) do
+      if p ~= "python3-distutils" then common[#common + 1] = p end
+    end
+    return common, OVA.debian
+  end
+  return COMMON[family], OVA[family]
+end
+
 local KERNEL_PARAMS = {
   { "net.bridge.bridge-nf-call-iptables", "1" },
   { "net.ipv6.conf.all.forwarding", "1" },
@@ -94,7 +120,7 @@ return function(ctx)
     add({ package = "kubernetes-cni", version = cni ~= "" and cni or nil })
   end
   local seen = { ["cloud-init"] = true }
-  for _, list in ipairs({ COMMON[family], OVA[family] }) do
+  for _, list in ipairs({ package_lists(ctx.os) }) do
     for _, p in ipairs(list) do
       if not seen[p] then
         seen[p] = true

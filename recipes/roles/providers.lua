@@ -14,6 +14,10 @@ local CLOUD_INIT_PACKAGES = {
   photon = { "cloud-init", "cloud-utils", "python3-netifaces" },
 }
 
+-- Red Hat 8 and later have no python2-pip (image-builder's vmware-redhat
+-- tasks, 2026: cloud-init and cloud-utils-growpart)
+local CLOUD_INIT_PACKAGES_EL8 = { "cloud-init", "cloud-utils-growpart" }
+
 local INSTALL = {
   debian = "DEBIAN_FRONTEND=noninteractive apt-get install -y ",
   redhat = "yum install -y ",
@@ -48,7 +52,11 @@ return function(ctx)
   local ref = var("guestinfo_datasource_ref", "v1.3.1")
   local script_url = var("guestinfo_datasource_script", slug .. "/" .. ref .. "/install.sh")
   local pkgs = {}
-  for i, p in ipairs(CLOUD_INIT_PACKAGES[family]) do pkgs[i] = quote(p) end
+  local list = CLOUD_INIT_PACKAGES[family]
+  if family == "redhat" and (tonumber(tostring(ctx.os.version or ""):match("^(%d+)")) or 0) >= 8 then
+    list = CLOUD_INIT_PACKAGES_EL8
+  end
+  for i, p in ipairs(list) do pkgs[i] = quote(p) end
 
   local steps = {
     { name = "install cloud-init packages", timeout = 1800, shell = INSTALL[family] .. table.concat(pkgs, " ") },

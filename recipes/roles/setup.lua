@@ -27,7 +27,34 @@ local PHOTON_RPMS = {
   "rng-tools", "socat", "tar", "unzip",
 }
 
-local UBUNTU_CODENAMES = { ["16.04"] = "xenial", ["18.04"] = "bionic", ["20.04"] = "focal", ["22.04"] = "jammy" }
+-- The same lists for the current releases, image-builder's at 2026
+-- (roles/node/defaults/main.yml): Red Hat 8 and later (Rocky 9) are
+-- common_rpms + rh8_rpms + common_virt_rpms (chrony for ntp, python3-*
+-- names), Photon 5 is common_photon_rpms + photon_5_rpms +
+-- common_virt_photon_rpms.
+local RPMS_EL8 = {
+  "audit", "ca-certificates", "conntrack-tools", "chrony", "jq", "python3-pip", "socat", "sysstat",
+  "curl", "yum-utils", "nftables", "python3-netifaces", "python3-requests", "open-vm-tools",
+}
+local PHOTON5_RPMS = {
+  "audit", "apparmor-parser", "conntrack-tools", "chrony", "dbus-python3", "distrib-compat", "ebtables",
+  "net-tools", "openssl-c_rehash", "python3-pygobject", "python3-pip", "rng-tools", "socat", "tar", "unzip",
+  "curl", "jq", "logrotate", "open-vm-tools",
+}
+
+-- The major version of a release ("9", "5.0", "22.04"), 0 when unknown.
+local function major(version)
+  return tonumber(tostring(version or ""):match("^(%d+)")) or 0
+end
+
+local UBUNTU_CODENAMES = {
+  ["16.04"] = "xenial", ["18.04"] = "bionic", ["20.04"] = "focal", ["22.04"] = "jammy", ["24.04"] = "noble",
+}
+
+-- Packages a release no longer has: Python 3.12 (Ubuntu 24.04) dropped
+-- distutils, and python3-distutils with it (image-builder's common_debs
+-- no longer lists it).
+local DEBS_GONE = { ["24.04"] = { ["python3-distutils"] = true } }
 
 -- Marker left by the distro-sync step when it changed something; the
 -- reboot step runs only when it is there.
@@ -86,6 +113,10 @@ local function debian(ctx, steps)
       copy = { dest = "/etc/apt/sources.list", content = table.concat(lines, "\n") .. "\n", mode = "0644" },
     }
   end
+  local gone, debs = DEBS_GONE[ctx.os.version] or {}, {}
+  for _, p in ipairs(DEBS) do
+    if not gone[p] then debs[#debs + 1] = p end
+  end
   repo_steps(steps, { "/etc/apt", "/etc/apt/sources.list.d" }, "*.list")
   steps[#steps + 1] = { name = "update apt cache", env = APT_ENV, shell = APT_WAIT .. "\napt-get update" }
   steps[#steps + 1] = {
@@ -94,7 +125,7 @@ local function debian(ctx, steps)
   }
   steps[#steps + 1] = {
     name = "install baseline packages", env = APT_ENV, timeout = 3600,
-    shell = APT_WAIT .. "\n" .. APT_GET .. " install " .. quoted(DEBS),
+    shell = APT_WAIT .. "\n" .. APT_GET .. " install " .. quoted(debs),
   }
   local extra = words("extra_debs")
   if #extra > 0 then
@@ -117,7 +148,7 @@ local function rebase_repos(glob, path, base)
     .. "done"
 end
 
-local function redhat(steps)
+local function redhat(ctx, steps)
   -- CentOS 7 is archived: mirrorlist.centos.org is gone, the packages are
   -- on the vault under the last point release
   local centos = var("centos_repo", "")
@@ -144,14 +175,15 @@ local function redhat(steps)
   end
   repo_steps(steps, { "/etc/yum.repos.d" }, "*.repo")
   steps[#steps + 1] = { name = "yum update", timeout = 3600, shell = "yum update -y '*'" }
-  steps[#steps + 1] = { name = "install baseline packages", timeout = 3600, shell = "yum install -y " .. quoted(RPMS) }
+  local rpms = major(ctx.os.version) >= 8 and RPMS_EL8 or RPMS
+  steps[#steps + 1] = { name = "install baseline packages", timeout = 3600, shell = "yum install -y " .. quoted(rpms) }
   local extra = words("extra_rpms")
   if #extra > 0 then
     steps[#steps + 1] = { name = "install extra packages", timeout = 3600, shell = "yum install -y " .. quoted(extra) }
   end
 end
 
-local function photon(steps)
+local function photon(ctx, steps)
   local user = var("ssh_username", "builder")
   steps[#steps + 1] = {
     name = "add sbin directories to the build user's PATH",
@@ -195,7 +227,7 @@ local function photon(steps)
   end
   steps[#steps + 1] = {
     name = "install baseline packages", timeout = 3600,
-    shell = "tdnf install -y " .. quoted(PHOTON_RPMS),
+    shell = "tdnf install -y " .. quoted(major(ctx.os.version) >= 5 and PHOTON5_RPMS or PHOTON_RPMS),
   }
   local extra = words("extra_rpms")
   if #extra > 0 then
@@ -206,7 +238,7 @@ end
 return function(ctx)
   local steps = {}
   if ctx.os.family == "debian" then debian(ctx, steps)
-  elseif ctx.os.family == "redhat" then redhat(steps)
-  else photon(steps) end
+  elseif ctx.os.family == "redhat" then redhat(ctx, steps)
+  else photon(ctx, steps) end
   return steps
 end

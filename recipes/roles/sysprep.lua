@@ -42,7 +42,30 @@ local function repo_steps(steps, dirs, suffix)
   end
 end
 
-local function debian(steps)
+-- What Ubuntu's live-server installer (subiquity, 22.04 and later) leaves
+-- in cloud-init's configuration for the first boot: 99-installer.cfg pins
+-- the datasource to the install's (NoCloud; it also outranks the providers
+-- role's 99-capil-datasource.cfg), the others turn off cloud-init's
+-- network configuration and keep the install's apt sources. image-builder
+-- issue 1104 (22.04 images came up on NoCloud); the files its sysprep
+-- role removes (roles/sysprep/tasks/debian.yml, 2026).
+local SUBIQUITY_CLOUD_CFG = {
+  "/etc/cloud/cloud.cfg.d/99-installer.cfg",
+  "/etc/cloud/cloud.cfg.d/subiquity-disable-cloudinit-networking.cfg",
+  "/etc/cloud/cloud.cfg.d/00-subiquity-disable-cloudinit-networking.cfg",
+  "/etc/cloud/cloud.cfg.d/curtin-preserve-sources.cfg",
+  "/etc/cloud/cloud.cfg.d/90-installer-network.cfg",
+  "/etc/cloud/ds-identify.cfg",
+}
+
+local function debian(ctx, steps)
+  local major = tonumber((ctx.os.version or ""):match("^(%d+)%.")) or 0
+  if ctx.os.distro == "ubuntu" and major >= 22 then
+    steps[#steps + 1] = {
+      name = "remove the installer's cloud-init configuration (datasource, network, sources)",
+      shell = "rm -f " .. table.concat(SUBIQUITY_CLOUD_CFG, " "),
+    }
+  end
   repo_steps(steps, { "/etc/apt", "/etc/apt/sources.list.d" }, "*.list")
   steps[#steps + 1] = { name = "stop rsyslog", shell = "systemctl stop rsyslog || true" }
   steps[#steps + 1] = {
@@ -112,7 +135,7 @@ return function(ctx)
   local lastlog_mode = family == "debian" and "0664" or "0644"
 
   local steps = {}
-  if family == "debian" then debian(steps)
+  if family == "debian" then debian(ctx, steps)
   elseif family == "redhat" then redhat(steps)
   else photon(steps) end
 
