@@ -481,6 +481,12 @@ function M.run(plan, cfg, opts)
     if not dok then log.warn("%s: %s", run.vm.name, tostring(derr)) end
   end
   if run.server and run.server.running then run.server:close() end
+  -- the rendered answer files may hold the clear password: they go with
+  -- the server (the seed CD too once the VM is gone; a VM kept after a
+  -- failure still has it attached, and its work directory goes at exit)
+  fs.remove(workdir .. "/http", { recursive = true })
+  fs.remove(workdir .. "/cd", { recursive = true })
+  if ok then fs.remove(workdir .. "/cd.iso") end
   local wok, werr = fs.write(plan.output_dir .. "/report.json",
     log.redact(json.encode(run.report, { indent = 2, sort_keys = true })) .. "\n")
   if not wok then log.warn("report: %s", tostring(werr)) end
