@@ -122,7 +122,8 @@ VM.__index = VM
 --- hook use it; so do specs). opts: workdir, name, cpus, memory_mb, disk_mb,
 --- iso (path, booted once), accel, log_dir, disk_interface (M.DISK_DEVICES:
 --- pvscsi, lsilogic, virtio; default virtio), network_card (M.NIC_DEVICES;
---- default virtio), kernel/initrd/append (direct kernel boot), extra_cdroms,
+--- default virtio), kernel/initrd/append (direct kernel boot), extra_cdroms
+--- (on cd_bus: "ide", the default, or "sata": an ich9-ahci controller),
 --- extra_drives ({path=, format=, readonly=}), disk (existing image to boot
 --- instead of creating one: opts.disk_format), snapshot (boot the disk
 --- copy-on-write), daemon (QEMU may outlive capil: a test VM kept running),
@@ -176,7 +177,7 @@ function M.create(ctx, step)
     memory_mb = step.memory_mb, disk_mb = step.disk_mb, iso = media.iso, accel = ctx.state.accel,
     kernel = step.kernel, initrd = step.initrd, append = step.append,
     disk_interface = step.disk_interface, network_card = step.nic_model,
-    extra_cdroms = media.cd_iso and { media.cd_iso } or nil,
+    extra_cdroms = media.cd_iso and { media.cd_iso } or nil, cd_bus = step.cd_bus,
   })
 end
 
@@ -213,8 +214,19 @@ function VM:argv()
     -- the installer CD boots once; its reboot comes back from the disk
     add("-drive", ("file=%s,media=cdrom,readonly=on"):format(o.iso), "-boot", "order=c,once=d")
   end
-  for _, iso in ipairs(o.extra_cdroms or {}) do
-    add("-drive", ("file=%s,media=cdrom,readonly=on"):format(iso))
+  if o.cd_bus == "sata" and o.extra_cdroms and #o.extra_cdroms > 0 then
+    -- an AHCI controller of its own: the drive hangs off its ports (the
+    -- bus Photon 5's installer finds its ks.json on)
+    add("-device", "ich9-ahci,id=ahci0")
+    for i, iso in ipairs(o.extra_cdroms) do
+      add("-drive", ("file=%s,media=cdrom,readonly=on,if=none,id=cd%d"):format(iso, i),
+        "-device", ("ide-cd,drive=cd%d,bus=ahci0.%d"):format(i, i - 1))
+    end
+  else
+    -- if=ide: an ide-cd on the IDE bus
+    for _, iso in ipairs(o.extra_cdroms or {}) do
+      add("-drive", ("file=%s,media=cdrom,readonly=on"):format(iso))
+    end
   end
   for _, d in ipairs(o.extra_drives or {}) do
     add("-drive", ("file=%s,if=virtio,format=%s%s"):format(d.path, d.format or "raw", d.readonly and ",readonly=on" or ""))

@@ -208,8 +208,10 @@ local function connectable()
   return vim25.obj("VirtualDeviceConnectInfo", { startConnected = true, allowGuestControl = true, connected = true })
 end
 
--- The VirtualMachineConfigSpec of a build VM.
-local function config_spec(step, inv, iso_paths, extra)
+-- The VirtualMachineConfigSpec of a build VM: the install ISO on the
+-- default IDE controller (key 200), the seed CD (seed_path) beside it, or
+-- on a VirtualAHCIController of its own when the step's cd_bus is "sata".
+local function config_spec(step, inv, iso_paths, extra, seed_path)
   local devices = {}
   local function add(dev, file_op)
     devices[#devices + 1] = vim25.obj("VirtualDeviceConfigSpec", { operation = "add", fileOperation = file_op,
@@ -222,9 +224,19 @@ local function config_spec(step, inv, iso_paths, extra)
       thinProvisioned = step.disk_thin ~= false }) }), "create")
   add(vim25.obj(NIC[step.network_card] or NIC.vmxnet3, { key = -102, backing = inv.network.backing,
     connectable = connectable(), addressType = "generated" }))
-  for i, iso in ipairs(iso_paths) do
-    add(vim25.obj("VirtualCdrom", { key = -102 - i, controllerKey = 200, unitNumber = i - 1,
-      backing = vim25.obj("VirtualCdromIsoBackingInfo", { fileName = iso }), connectable = connectable() }))
+  local cds = {}
+  for i, iso in ipairs(iso_paths) do cds[#cds + 1] = { iso = iso, controller = 200, unit = i - 1 } end
+  if seed_path then
+    if step.cd_bus == "sata" then
+      add(vim25.obj("VirtualAHCIController", { key = -110, busNumber = 0 }))
+      cds[#cds + 1] = { iso = seed_path, controller = -110, unit = 0 }
+    else
+      cds[#cds + 1] = { iso = seed_path, controller = 200, unit = #cds }
+    end
+  end
+  for i, cd in ipairs(cds) do
+    add(vim25.obj("VirtualCdrom", { key = -102 - i, controllerKey = cd.controller, unitNumber = cd.unit,
+      backing = vim25.obj("VirtualCdromIsoBackingInfo", { fileName = cd.iso }), connectable = connectable() }))
   end
   local options = {}
   local keys = {}
@@ -271,9 +283,7 @@ function M.create(ctx, step)
   local st = ctx.state
   local vc, inv = st.vc, st.inv
   if not vc then return fail("vsphere: create_vm before upload_media (no session)", "ESTEP") end
-  local isos = { st.remote_iso }
-  if st.remote_cd then isos[2] = st.remote_cd end
-  local spec = config_spec(step, inv, isos, ctx.settings.configuration_parameters)
+  local spec = config_spec(step, inv, { st.remote_iso }, ctx.settings.configuration_parameters, st.remote_cd)
   log.info("%s: creating the VM in %s (%d CPUs, %d MiB, %d MiB disk)", step.vm_name, inv.dc_name, step.cpus,
     step.memory_mb, step.disk_mb)
   local task, err, code = vc:call("CreateVM_Task", inv.folder, { config = spec, pool = inv.pool, host = inv.host })

@@ -186,7 +186,8 @@ local function write_file(path, text)
 end
 
 --- The .vmx entries of a build VM, in order. `s` holds the create_vm plan
---- step's fields plus: iso, cdroms (more ISOs), disk (file name), serial
+--- step's fields (cd_bus: "ide", the default, or "sata" for the cdroms)
+--- plus: iso, cdroms (more ISOs), disk (file name), serial
 --- (path), vnc = {ip, port, password?}, extra (configuration_parameters).
 ---@param s table
 ---@return {[1]: string, [2]: any}[]
@@ -217,8 +218,12 @@ function M.vmx_entries(s)
     add("ide1:0.deviceType", "cdrom-image")
     add("ide1:0.fileName", s.iso)
   end
+  local sata = s.cd_bus == "sata" and #(s.cdroms or {}) > 0
+  -- the install ISO keeps ide1:0; the seed CD takes unit 1 of its bus
+  -- (ide1:1, or sata0:1 on an AHCI controller of its own)
+  if sata then add("sata0.present", true) end
   for i, iso in ipairs(s.cdroms or {}) do
-    local dev = ("ide1:%d"):format(i)
+    local dev = (sata and "sata0:%d" or "ide1:%d"):format(i)
     add(dev .. ".present", true)
     add(dev .. ".deviceType", "cdrom-image")
     add(dev .. ".fileName", iso)
@@ -318,6 +323,7 @@ local function make(o)
     name = name, guest_os = step.guest_os, vmx_version = step.vmx_version, firmware = step.firmware,
     cpus = step.cpus, cores_per_socket = step.cores_per_socket, memory_mb = step.memory_mb,
     disk_controller = step.disk_controller, disk = name .. ".vmdk", iso = o.iso, cdroms = o.cdroms,
+    cd_bus = step.cd_bus,
     network_card = step.network_card, network = step.network, serial = vm.serial_log, vnc = vm.vnc,
     extra = get("configuration_parameters"),
   })

@@ -1,12 +1,14 @@
 /*
 ** hash.c — capil.core.hash: digests (OpenSSL EVP, plus CRC32C for GCS),
 ** files hashed in C with large sequential reads, HMAC, RS256 signatures for
-** service-account JWTs, random bytes, and the hex/base64/base64url codecs.
+** service-account JWTs, random bytes, SHA-512 crypt ("$6$", libcrypt's
+** crypt_r) for installer password hashes, and the hex/base64/base64url codecs.
 **
 ** A digest value comes out in one of three formats: "hex" (the default),
 ** "raw" bytes, or "base64". CRC32C's value is its 4 bytes big-endian, so
 ** final("base64") is the form GCS puts in x-goog-hash.
 */
+#include <crypt.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -668,6 +670,42 @@ static int l_random(lua_State *L) {
   return 1;
 }
 
+/* hash.crypt_sha512(password, salt) -> "$6$<salt>$<hash>" | nil, msg, "CRYPTO"
+** SHA-512 crypt (the /etc/shadow form installers take: `openssl passwd -6`),
+** 5000 rounds. The salt is 1..16 characters of [./0-9A-Za-z]; the password
+** must not contain NUL. The buffer that held the password is wiped. */
+static int l_crypt_sha512(lua_State *L) {
+  size_t plen, slen;
+  const char *pw = luaL_checklstring(L, 1, &plen);
+  const char *salt = luaL_checklstring(L, 2, &slen);
+  luaL_argcheck(L, memchr(pw, 0, plen) == NULL, 1, "must not contain NUL");
+  luaL_argcheck(L, slen >= 1 && slen <= 16, 2, "must be 1..16 characters");
+  for (size_t i = 0; i < slen; i++) {
+    unsigned char c = (unsigned char)salt[i];
+    int ok = c == '.' || c == '/' || (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+    luaL_argcheck(L, ok, 2, "must be characters of [./0-9A-Za-z]");
+  }
+  char setting[3 + 16 + 1];
+  memcpy(setting, "$6$", 3);
+  memcpy(setting + 3, salt, slen);
+  setting[3 + slen] = 0;
+  struct crypt_data *data = calloc(1, sizeof(*data));
+  if (!data) return crypto_fail(L, "hash.crypt_sha512: %s", "out of memory");
+  const char *out = crypt_r(pw, setting, data);
+  if (!out || out[0] != '$' || strncmp(out, "$6$", 3) != 0) {
+    explicit_bzero(data, sizeof(*data));
+    free(data);
+    lua_pushnil(L);
+    lua_pushstring(L, "hash.crypt_sha512: libcrypt has no SHA-512 crypt");
+    lua_pushstring(L, "CRYPTO");
+    return 3;
+  }
+  lua_pushstring(L, out);
+  explicit_bzero(data, sizeof(*data));
+  free(data);
+  return 1;
+}
+
 /* ====================================================================== */
 /* Registration                                                           */
 /* ====================================================================== */
@@ -680,6 +718,7 @@ static const luaL_Reg funcs[] = {
   {"sign_rs256", l_sign_rs256},
   {"verify_rs256", l_verify_rs256},
   {"random", l_random},
+  {"crypt_sha512", l_crypt_sha512},
   {"base64_encode", l_base64_encode},
   {"base64_decode", l_base64_decode},
   {"base64url_encode", l_base64url_encode},

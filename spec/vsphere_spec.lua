@@ -238,6 +238,35 @@ describe("vSphere backend against the simulator #vsphere", function()
     assert.same({}, by_name(sim, name))
   end)
 
+  it("puts the seed CD on a SATA (AHCI) controller of its own when cd_bus is sata", function()
+    local b = vsphere_backend
+    local name = "sata-seed-vm"
+    local ctx = new_ctx(b, name, varfile, { "ssh_port=" .. ssh.port })
+    assert(b.steps.upload_media(ctx, { id = "upload-media", kind = "upload_media", checksum = iso_sum,
+      cache_dir = "capil_cache" }))
+    -- the seed ISO is per build, beside the install ISO, removed at cleanup
+    local seed = ctx.state.remote_cd
+    assert.matches("^%[LocalDS_0%] capil_cache/sata%-seed%-vm%-%d+%-cd%.iso$", seed)
+    local pending = table.concat(require("capil.sys.cleanup").pending(), "\n")
+    assert.matches("datastore file " .. seed, pending, 1, true)
+    local step = create_step(name)
+    step.cd_bus = "sata"
+    local vm = assert(b.create(ctx, step))
+    local p = assert(ctx.state.vc:props(vm.ref, { "config.hardware.device" }))
+    local ahci, cds = nil, {}
+    for _, d in ipairs(vim25.list(p["config.hardware.device"])) do
+      if d._type == "VirtualAHCIController" then ahci = d end
+      if d._type == "VirtualCdrom" then cds[d.backing.fileName] = d end
+    end
+    assert.is_table(ahci, "no AHCI controller")
+    assert.is_table(cds[seed], "no CD-ROM backed by the seed ISO")
+    assert.equal(tostring(ahci.key), tostring(cds[seed].controllerKey))
+    local install = assert(cds[ctx.state.remote_iso], "no CD-ROM backed by the install ISO")
+    assert.not_equal(tostring(ahci.key), tostring(install.controllerKey))
+    assert(b.steps.finalize_vm(ctx, { id = "finalize", kind = "finalize_vm", keep_vm = false }))
+    assert.same({}, by_name(sim, name))
+  end)
+
   it("names the step order when create_vm comes before upload_media", function()
     local ctx = new_ctx(vsphere_backend, "early-vm", varfile)
     local vm, err, code = vsphere_backend.create(ctx, create_step("early-vm"))

@@ -225,8 +225,9 @@ local NIC = { vmxnet3 = "vmxnet3", e1000 = "e1000", e1000e = "e1000e" }
 --- The text of a build VM's .vmx (a small writer of our own, kept apart so
 --- a shared one can replace it). opts: name, guest_os, cpus,
 --- cores_per_socket, memory_mb, vmx_version, firmware, disk_controller,
---- network_card, network, disk (file name), isos (datastore paths), vnc
---- ({port, password}), extra (key = value).
+--- network_card, network, disk (file name), isos (datastore paths, on
+--- SATA from sata0:0), seed_iso (the installer CD: on cd_bus "sata" the
+--- next SATA unit, else ide1:0), vnc ({port, password}), extra (key = value).
 ---@param opts table
 ---@return string
 function M.vmx(opts)
@@ -254,11 +255,15 @@ function M.vmx(opts)
   set("ethernet0.networkName", nonempty(opts.network) or "VM Network")
   set("ethernet0.addressType", "generated")
   set("sata0.present", "TRUE")
-  for i, iso in ipairs(opts.isos or {}) do
-    local dev = ("sata0:%d"):format(i - 1)
-    set(dev .. ".present", "TRUE")
-    set(dev .. ".deviceType", "cdrom-image")
-    set(dev .. ".fileName", iso)
+  local cds = {}
+  for i, iso in ipairs(opts.isos or {}) do cds[#cds + 1] = { ("sata0:%d"):format(i - 1), iso } end
+  if opts.seed_iso then
+    cds[#cds + 1] = { opts.cd_bus == "sata" and ("sata0:%d"):format(#cds) or "ide1:0", opts.seed_iso }
+  end
+  for _, cd in ipairs(cds) do
+    set(cd[1] .. ".present", "TRUE")
+    set(cd[1] .. ".deviceType", "cdrom-image")
+    set(cd[1] .. ".fileName", cd[2])
   end
   set("tools.syncTime", "TRUE")
   if opts.vnc then
@@ -339,7 +344,8 @@ local function make(vm, r, step, ctx)
     cores_per_socket = step.cores_per_socket,
     memory_mb = step.memory_mb, vmx_version = step.vmx_version, firmware = step.firmware,
     disk_controller = step.disk_controller, network_card = step.network_card, network = step.network,
-    disk = vm.name .. ".vmdk", isos = { ctx.state.remote_iso, ctx.state.remote_cd }, vnc = vm.vnc,
+    disk = vm.name .. ".vmdk", isos = { ctx.state.remote_iso }, seed_iso = ctx.state.remote_cd,
+    cd_bus = step.cd_bus, vnc = vm.vnc,
     extra = ctx.settings.configuration_parameters })
   local tmp, terr = fs.tempdir({ prefix = "esx-vmx" })
   if not tmp then return fail(("%s: .vmx: %s"):format(vm.name, terr), "EIO") end

@@ -16,6 +16,59 @@ local log = require("capil.sys.log")
 
 local M = {}
 
+-- The layers where a user sets a value (capil.build.config): a password
+-- there is the user's; one from the schema default or the shared config
+-- (image-builder's packer-common.json "builder") is public and is replaced
+-- by a random one per build.
+local USER_LAYERS = { recipe = true, env = true, ["var-file"] = true, var = true }
+
+--- Whether the build password is the user's (set by a recipe, a var file
+--- or --var) rather than the public default, which capil replaces with a
+--- random one per build.
+---@param cfg table from capil.build.config.resolve
+---@return boolean
+function M.password_is_set(cfg)
+  local src = cfg.sources and cfg.sources["ssh.password"]
+  return src ~= nil and USER_LAYERS[src.layer] == true
+end
+
+-- URL-safe, and safe in every installer file (schema check installer_safe)
+local function random_text(nbytes)
+  local hash = require("capil.sys.hash")
+  local ok, bytes, err, code = pcall(hash.random, nbytes)
+  if not ok then return nil, "installer: random bytes: " .. tostring(bytes), "CRYPTO" end
+  if not bytes then return nil, "installer: random bytes: " .. tostring(err), code or "CRYPTO" end
+  return (hash.base64url_encode(bytes):gsub("=", ""))
+end
+
+--- The build user's password for one build and its SHA-512 crypt hash
+--- (`$6$<salt>$…`, for answer files that take a hash): the user's password
+--- when set (M.password_is_set), else 24 random bytes as URL-safe text
+--- (32 characters; image-builder's hack/set-ssh-password.sh draws 16
+--- alphanumerics). The password is registered as a secret before this
+--- returns, so no log line, error or report can show it.
+---@param cfg table from capil.build.config.resolve
+---@return {password: string, hash: string, random: boolean}|nil, string? err, string? code
+function M.build_password(cfg)
+  local hash = require("capil.sys.hash")
+  local password, random = cfg:get("ssh.password"), false
+  if not M.password_is_set(cfg) or password == nil or password == "" then
+    local err, code
+    password, err, code = random_text(24)
+    if not password then return nil, err, code end
+    random = true
+  end
+  -- "builder" (image-builder's public default, also the user name) is no secret
+  if password ~= "builder" then log.secret(password) end
+  -- the salt is 16 characters of [./0-9A-Za-z] (crypt's alphabet)
+  local salt, serr, scode = random_text(12)
+  if not salt then return nil, serr, scode end
+  salt = salt:gsub("[-_]", { ["-"] = ".", ["_"] = "/" })
+  local crypted, cerr, ccode = hash.crypt_sha512(password, salt)
+  if not crypted then return nil, "installer: " .. tostring(cerr), ccode end
+  return { password = password, hash = crypted, random = random }
+end
+
 --- Renders `files` (relative to `src`) with `vars` into `dest`, keeping
 --- the relative paths. Returns true or nil and an error naming the file.
 ---@param src string template directory (recipes/http/<distro>)

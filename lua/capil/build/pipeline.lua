@@ -176,6 +176,11 @@ function H.serve_installer(run, step)
   local mok, merr, mcode = fs.mkdir(dir)
   if not mok then return io_ok(mok, merr, mcode) end
   local vars = run.cfg:vars()
+  -- the build's password (random unless set) and its SHA-512 crypt hash
+  if run.password then
+    vars.ssh_password = run.password.password
+    vars.ssh_password_hash = run.password.hash
+  end
   local ok, err = installer.render(step.dir, step.files, dir, vars)
   if not ok then return fail(err) end
   if step.cd_files and #step.cd_files > 0 then
@@ -381,13 +386,19 @@ end
 --- The capil.BuildContext a backend gets for a run of `plan`.
 ---@param plan table
 ---@param cfg table the configuration (read only for secrets, by variable)
----@param o {workdir: string, log_dir: string, cache_dir?: string, report: table}
+--- `o.secrets` holds values decided at run time by variable (the build's
+--- random ssh_password); they win over the configuration's.
+---@param o {workdir: string, log_dir: string, cache_dir?: string, report: table, secrets?: table<string, string>}
 ---@return capil.BuildContext
 function M.context(plan, cfg, o)
+  local overrides = o.secrets or {}
   return {
     name = plan.build_version, workdir = o.workdir, log_dir = o.log_dir, cache_dir = o.cache_dir,
     settings = plan.settings or {},
-    secret = function(var) return cfg:get(var) end,
+    secret = function(var)
+      if overrides[var] ~= nil then return overrides[var] end
+      return cfg:get(var)
+    end,
     media = {}, state = {}, report = o.report,
   }
 end
@@ -403,6 +414,10 @@ function M.run(plan, cfg, opts)
   opts = opts or {}
   local backend, berr, bcode = require("capil.backend").get(plan.backend)
   if not backend then return nil, berr, bcode end
+  -- the build user's password, random per build unless set: a secret
+  -- before anything of this run prints
+  local password, perr, pcode = installer.build_password(cfg)
+  if not password then return nil, perr, pcode end
   local ok_o, oerr, ocode = fs.mkdir(plan.output_dir)
   if not ok_o then return nil, "output directory: " .. tostring(oerr), ocode end
   local log_dir = plan.output_dir .. "/logs"
@@ -414,14 +429,15 @@ function M.run(plan, cfg, opts)
   local close_log = log.add_file(log_dir .. "/build.log")
   local now = os.time()
   local run = {
-    plan = plan, cfg = cfg, backend = backend,
+    plan = plan, cfg = cfg, backend = backend, password = password,
     plan_os = { family = cfg:get("distro.family"), distro = cfg:get("distro.name"), version = cfg:get("distro.version") },
     build_info = { build_timestamp = tostring(now), build_date = os.date("!%Y-%m-%dT%H:%M:%SZ", now),
       capil_version = runtime.version, output_dir = plan.output_dir, build_version = plan.build_version },
     report = { recipe = plan.recipe, backend = plan.backend, build_version = plan.build_version, steps = {} },
   }
   run.ctx = M.context(plan, cfg, { workdir = workdir, log_dir = log_dir, cache_dir = opts.cache_dir,
-    report = run.report })
+    report = run.report, secrets = { ssh_password = password.password } })
+  if password.random then log.info("build user %s: a random password for this build", cfg:get("ssh.username")) end
   require("capil.sys.cleanup").keep_on_error(opts.keep_on_error)
   local t_start = runtime.now()
   local totals = { guest = 0, tool = 0, engine = 0 }
@@ -465,6 +481,12 @@ function M.run(plan, cfg, opts)
     if not dok then log.warn("%s: %s", run.vm.name, tostring(derr)) end
   end
   if run.server and run.server.running then run.server:close() end
+  -- the rendered answer files may hold the clear password: they go with
+  -- the server (the seed CD too once the VM is gone; a VM kept after a
+  -- failure still has it attached, and its work directory goes at exit)
+  fs.remove(workdir .. "/http", { recursive = true })
+  fs.remove(workdir .. "/cd", { recursive = true })
+  if ok then fs.remove(workdir .. "/cd.iso") end
   local wok, werr = fs.write(plan.output_dir .. "/report.json",
     log.redact(json.encode(run.report, { indent = 2, sort_keys = true })) .. "\n")
   if not wok then log.warn("report: %s", tostring(werr)) end

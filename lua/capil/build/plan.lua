@@ -74,6 +74,35 @@ function M.guest_os(cfg, traits)
   return cfg:get("guest_os.vsphere")
 end
 
+--- The shutdown step. The build user goes with its sudoers entries before
+--- the shutdown, as image-builder's shutdown_command wrapper does since
+--- CVE-2024-9486 (images/capi/packer/ova/packer-node.json: `userdel -f -r
+--- USER && rm -f /etc/sudoers.d/USER && rm -f
+--- /etc/sudoers.d/90-cloud-init-users && SHUTDOWN`), so no image ships a
+--- login with a known password (capil also removes `90-USER`, the name
+--- the installer fixture writes); `keep_build_user` keeps it, locked
+--- (`usermod -L`). The password goes to sudo on stdin, never on a command
+--- line. A root build user is neither deleted nor locked.
+---@param cfg table
+---@return table step
+function M.shutdown_step(cfg)
+  local user = cfg:get("ssh.username")
+  local shutdown = cfg:get("shutdown_command")
+  local command, user_action = shutdown, "none"
+  if user ~= "root" then
+    if cfg:get("ssh.keep_user") then
+      user_action = "lock"
+      command = ("sudo -S -E sh -c 'usermod -L %s && %s'"):format(user, shutdown)
+    else
+      user_action = "delete"
+      command = ("sudo -S -E sh -c 'userdel -f -r %s && rm -f /etc/sudoers.d/%s /etc/sudoers.d/90-%s"
+        .. " /etc/sudoers.d/90-cloud-init-users && %s'"):format(user, user, user, shutdown)
+    end
+  end
+  return { id = "shutdown", kind = "shutdown", command = command, build_user = user_action,
+    stdin_var = "ssh_password", timeout = cfg:get("shutdown_timeout") }
+end
+
 --- The facts roles and checks see.
 function M.context(cfg, backend)
   return {
@@ -133,7 +162,9 @@ function M.resolve(cfg, backend, opts)
   add({ id = "installer", kind = "serve_installer",
     dir = recipes_dir .. "/" .. cfg:get("installer.dir"), files = cfg:get("installer.files"),
     bind = cfg:get("build.http_bind_address"), advertise = cfg:get("build.http_ip") or traits.http_ip or "auto",
-    template_vars = { "ssh_username", "ssh_password" },
+    template_vars = { "ssh_username", "ssh_password", "ssh_password_hash" },
+    -- "random": a new password per build (capil.build.installer.build_password)
+    ssh_password = require("capil.build.installer").password_is_set(cfg) and "set" or "random",
     cd_files = cfg:get("installer.cd_files"), cd_label = cfg:get("installer.cd_label") })
 
   if traits.export == "nfc" then
@@ -142,6 +173,7 @@ function M.resolve(cfg, backend, opts)
   end
 
   local qemu_dev = traits.qemu_devices and M.qemu_devices(cfg) or nil
+  local has_cd = #(cfg:get("installer.cd_files") or {}) > 0
   add({ id = "create-vm", kind = "create_vm", vm_name = art.build_version,
     guest_os = M.guest_os(cfg, traits),
     cpus = cfg:get("hardware.cpus"), cores_per_socket = cfg:get("hardware.cores"),
@@ -151,7 +183,8 @@ function M.resolve(cfg, backend, opts)
     network = cfg:get("build.network") or "", vmx_version = cfg:get("hardware.vmx_version"),
     headless = cfg:get("build.headless"),
     disk_interface = qemu_dev and qemu_dev.disk, nic_model = qemu_dev and qemu_dev.nic,
-    kernel = cfg:get("build.qemu_kernel"), initrd = cfg:get("build.qemu_initrd"), append = cfg:get("build.qemu_append") })
+    kernel = cfg:get("build.qemu_kernel"), initrd = cfg:get("build.qemu_initrd"), append = cfg:get("build.qemu_append"),
+    cd_bus = has_cd and cfg:get("installer.cd_bus") or nil })
 
   local summary = events and bootcmd.summary(events) or {}
   add({ id = "boot", kind = "boot_command", wait = cfg:get("boot.wait"),
@@ -174,13 +207,7 @@ function M.resolve(cfg, backend, opts)
     errors[#errors + 1] = loaded.checks_error or "plan: the checks were not loaded"
   end
 
-  -- the build user is locked before the shutdown (image-builder's
-  -- shutdown_command wrapper); the password goes to sudo on stdin
-  local user = cfg:get("ssh.username")
-  local shutdown = cfg:get("shutdown_command")
-  add({ id = "shutdown", kind = "shutdown",
-    command = user == "root" and shutdown or ("sudo -S -E sh -c 'usermod -L %s && %s'"):format(user, shutdown),
-    stdin_var = "ssh_password", timeout = cfg:get("shutdown_timeout") })
+  add(M.shutdown_step(cfg))
 
   add({ id = "export", kind = "export_disk", method = traits.export, path = art.vmdk,
     subformat = "streamOptimized", adapter_type = ADAPTER[cfg:get("hardware.disk_controller")],

@@ -64,6 +64,8 @@ local F = {
     description = "files under installer.dir also put, rendered, on a second CD (HTTP-free installs; Packer's cd_files)" },
   { path = "installer.cd_label", var = "cd_label", type = "string", default = "cidata",
     description = "volume label of that CD (cidata for NoCloud, OEMDRV for kickstart)" },
+  { path = "installer.cd_bus", var = "cd_bus", type = "string", default = "ide", enum = { "ide", "sata" },
+    description = "bus of that CD's drive on every backend (Photon 5's installer finds it on SATA only)" },
 
   -- hardware
   { path = "hardware.cpus", var = "cpus", type = "integer", default = 1, min = 1,
@@ -91,7 +93,10 @@ local F = {
   { path = "ssh.username", var = "ssh_username", type = "string", default = "builder",
     pattern = "^[a-z_][a-z0-9_%-]*$", description = "build user created by the installer" },
   { path = "ssh.password", var = "ssh_password", type = "string", default = "builder", secret = true,
-    check = "installer_safe", description = "build user's password (locked before shutdown)" },
+    check = "installer_safe",
+    description = "build user's password; unless a recipe, var file or --var sets it, random per build" },
+  { path = "ssh.keep_user", var = "keep_build_user", type = "boolean", default = false,
+    description = "keep the build user (locked) in the image instead of deleting it and its sudoers entry" },
   { path = "ssh.private_key_file", var = "ssh_private_key_file", type = "string",
     description = "log in with this key (ed25519 or ECDSA) instead of the password" },
   { path = "ssh.port", var = "ssh_port", type = "integer", default = 22,

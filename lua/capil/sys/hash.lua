@@ -25,6 +25,13 @@ M.base64url_decode = core.base64url_decode
 M.hex_encode = core.hex_encode
 M.hex_decode = core.hex_decode
 
+--- SHA-512 crypt (`$6$<salt>$<hash>`, 5000 rounds: what `openssl passwd -6
+--- -salt SALT` prints and /etc/shadow, kickstart `--iscrypted`, Photon's
+--- ks.json and cloud-init's `passwd` take). `salt` is 1..16 characters of
+--- [./0-9A-Za-z]. Returns the hash, or nil, a message and "CRYPTO".
+---@type fun(password: string, salt: string): string|nil, string?, string?
+M.crypt_sha512 = core.crypt_sha512
+
 --- A running digest: `hash.new("sha256"):update(a):update(b):final()`.
 ---@class capil.sys.hash.Digest
 ---@field update fun(self: capil.sys.hash.Digest, data: string): capil.sys.hash.Digest

@@ -58,6 +58,7 @@
 ---@field files string[] files under installer.dir rendered and served (kickstart, preseed, ks.json)
 ---@field cd_files? string[] files under installer.dir also put, rendered, on a second CD (HTTP-free installs; Packer's cd_files) (variable cd_files)
 ---@field cd_label? string volume label of that CD (cidata for NoCloud, OEMDRV for kickstart) (variable cd_label)
+---@field cd_bus? "ide"|"sata" bus of that CD's drive on every backend (Photon 5's installer finds it on SATA only) (variable cd_bus)
 
 ---@class capil.Recipe.hardware
 ---@field cpus? integer virtual CPUs (variable cpus)
@@ -72,7 +73,8 @@
 
 ---@class capil.Recipe.ssh
 ---@field username? string build user created by the installer (variable ssh_username)
----@field password? string build user's password (locked before shutdown) (variable ssh_password)
+---@field password? string build user's password; unless a recipe, var file or --var sets it, random per build (variable ssh_password)
+---@field keep_user? boolean keep the build user (locked) in the image instead of deleting it and its sudoers entry (variable keep_build_user)
 ---@field private_key_file? string log in with this key (ed25519 or ECDSA) instead of the password (variable ssh_private_key_file)
 ---@field port? integer the guest's SSH port (vSphere, ESXi; QEMU forwards its own) (variable ssh_port)
 ---@field timeout? string how long to wait for SSH after the boot command (variable ssh_timeout)
