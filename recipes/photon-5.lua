@@ -31,9 +31,8 @@ return {
     },
   },
   -- 5/ks.json on the seed CD (label cidata), nothing served over HTTP.
-  -- image-builder attaches that CD-ROM on SATA (cdrom_type "sata"): with
-  -- capil's installer.cd_bus field this recipe sets it to "sata".
-  installer = { dir = "http/photon", files = {}, cd_files = { "5/ks.json" }, cd_label = "cidata" },
+  -- image-builder attaches that CD-ROM on SATA (cdrom_type "sata"); so does this recipe.
+  installer = { dir = "http/photon", files = {}, cd_files = { "5/ks.json" }, cd_label = "cidata", cd_bus = "sata" },
   shutdown_command = "shutdown now",
   -- Kubernetes from pkgs.k8s.io at image-builder's current default
   -- (images/capi/packer/config/kubernetes.json: v1.36.1)
