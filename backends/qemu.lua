@@ -122,8 +122,14 @@ M.NIC_DEVICES = { vmxnet3 = "vmxnet3", e1000 = "e1000", e1000e = "e1000e", virti
 -- is false in capil's OVF too). The code image is shared read-only; each VM
 -- gets its own copy of the variable store in its workdir, so the boot entry
 -- an installer writes survives its reboot and never leaks into another build.
--- OVMF needs no q35 machine: QEMU's default i440fx (pc) boots it.
-M.OVMF = { code = "/usr/share/OVMF/OVMF_CODE_4M.fd", vars = "/usr/share/OVMF/OVMF_VARS_4M.fd", package = "ovmf" }
+-- OVMF needs no q35 machine: QEMU's default i440fx (pc) boots it, with the
+-- IDE CD-ROM, AHCI and virtio. Debian's build maps no disk behind QEMU's
+-- pvscsi or mptsas1068 (its UEFI shell says "map: No mapping found"; the
+-- same disk on virtio-scsi or AHCI is a BLK device and a boot option), so an
+-- EFI VM's SCSI disk hangs off virtio-scsi (`scsi_hba`): still a SCSI disk,
+-- /dev/sda, to the guest, driven by virtio_scsi instead of vmw_pvscsi/mptsas.
+M.OVMF = { code = "/usr/share/OVMF/OVMF_CODE_4M.fd", vars = "/usr/share/OVMF/OVMF_VARS_4M.fd", package = "ovmf",
+  scsi_hba = "virtio-scsi-pci" }
 
 --- The OVMF images an EFI VM boots, checked readable, or nil, a message
 --- naming the Debian package to install, and "ENOENT".
@@ -175,6 +181,11 @@ function M.vm(opts)
     -- a fresh, writable variable store per VM (the package's file is root's, 0644)
     local ok, cerr, ccode = fs.copy(ovmf.vars, vm.efi_vars, { mode = tonumber("600", 8) })
     if not ok then return nil, "qemu: copying the OVMF variable store: " .. tostring(cerr), ccode end
+    if M.DISK_DEVICES[opts.disk_interface or "virtio"].hba then
+      vm.hba = M.OVMF.scsi_hba
+      log.info("%s: EFI: the %s disk hangs off %s, as OVMF boots no disk on QEMU's %s (the guest still sees "
+        .. "a SCSI disk)", opts.name, opts.disk_interface, vm.hba, M.DISK_DEVICES[opts.disk_interface].hba)
+    end
   end
   vm.installed = opts.kernel ~= nil -- a directly booted kernel has no install phase
   vm.qmp_path = opts.workdir .. "/qmp.sock"
@@ -237,7 +248,7 @@ function VM:argv()
   local devices = M.DISK_DEVICES[o.disk_interface or "virtio"] -- checked by M.vm
   if devices.hba then
     -- the disk hangs off the controller the OVF declares, as on vSphere
-    add("-device", devices.hba .. ",id=hba0", "-drive", disk .. ",if=none,id=disk0",
+    add("-device", (self.hba or devices.hba) .. ",id=hba0", "-drive", disk .. ",if=none,id=disk0",
       "-device", devices.disk .. ",drive=disk0,bus=hba0.0")
   else
     add("-drive", disk .. ",if=virtio")

@@ -63,6 +63,9 @@ describe("QEMU with OVMF #unit", function()
       "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"))
     assert.is_true(has_pair(argv, "-drive", ("if=pflash,format=raw,unit=1,file=%s/efivars.fd"):format(dir)))
     assert.equal(2, count(argv, "^if=pflash"))
+    -- Debian's OVMF boots no disk on pvscsi or mptsas1068: the SCSI disk hangs off virtio-scsi
+    assert.is_true(has_pair(argv, "-device", "virtio-scsi-pci,id=hba0"))
+    assert.is_true(has_pair(argv, "-device", "scsi-hd,drive=disk0,bus=hba0.0"))
     -- the copy: the package's store, writable by us only, not the package's file
     local st = assert(fs.stat(dir .. "/efivars.fd"))
     assert.equal(tonumber("600", 8), st.mode & tonumber("777", 8))
@@ -72,6 +75,7 @@ describe("QEMU with OVMF #unit", function()
       iso = "/x/inst.iso", disk_interface = "pvscsi", network_card = "vmxnet3" }))
     local b_argv = bios:argv()
     assert.equal(0, count(b_argv, "pflash"))
+    assert.is_true(has_pair(b_argv, "-device", "pvscsi,id=hba0"))
     assert.equal(#b_argv + 4, #argv)
     assert.is_nil(table.concat(argv, " "):find("-machine", 1, true))
     -- explicit bios is the default
@@ -286,5 +290,34 @@ describe("vSphere EFI on the simulator #vsphere", function()
     local bios_ova = pack("bios-node", "bios")
     local vm2 = assert(deploy.import(vc, inv, bios_ova, { name = "bios-node" }))
     assert.equal("bios", firmware_of(vm2.ref))
+  end)
+end)
+
+describe("QEMU boots OVMF #qemu", function()
+  it("starts an EFI VM whose OVMF boot manager finds the SCSI disk and the IDE CD-ROM (serial console)", function()
+    assert(fs.exists(qemu.OVMF.code), "needs Debian's ovmf package")
+    local runtime = require("capil.core.runtime")
+    local dir = peer.dir("efiboot")
+    -- an empty "installer CD": OVMF lists it and the blank disk, boots neither
+    local iso = dir .. "/empty.iso"
+    assert(fs.mkdir(dir .. "/logs"))
+    local mk = assert(proc.run({ argv = { "xorriso", "-as", "mkisofs", "-quiet", "-o", iso, "-V", "EMPTY", dir .. "/logs" },
+      timeout = 60 }))
+    assert.equal(0, mk.code, mk.stderr)
+    local vm = assert(qemu.vm({ workdir = dir, log_dir = dir .. "/logs", name = "efi-boot", disk_mb = 16, cpus = 1,
+      memory_mb = 256, accel = "tcg", firmware = "efi", iso = iso, disk_interface = "pvscsi",
+      network_card = "vmxnet3" }))
+    assert(vm:start())
+    local text, deadline
+    deadline = runtime.now() + 60
+    repeat
+      runtime.sleep(0.5)
+      text = fs.read(vm.serial_log) or ""
+    until (text:find("QEMU HARDDISK", 1, true) and text:find("DVD-ROM", 1, true)) or runtime.now() > deadline
+    vm:destroy()
+    -- OVMF's BdsDxe names each boot option it tries on the serial console:
+    -- the empty CD, the blank disk (the pvscsi disk, on virtio-scsi)
+    assert.matches('BdsDxe: failed to load Boot%d+ "UEFI QEMU DVD%-ROM', text)
+    assert.matches('BdsDxe: failed to load Boot%d+ "UEFI QEMU QEMU HARDDISK', text)
   end)
 end)
