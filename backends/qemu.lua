@@ -5,7 +5,8 @@
 --- once, user networking with SSH forwarded to a free loopback port, the
 --- serial console in the build's log directory, QMP on a unix socket for
 --- control and typing, and VNC on loopback only. `M.test` boots a built
---- disk under a copy-on-write overlay for `capil test`.
+--- disk under a copy-on-write overlay for `capil test`. `firmware = "efi"`
+--- boots OVMF (Debian's ovmf) with a private copy of its variable store.
 local proc = require("capil.sys.proc")
 local fs = require("capil.sys.fs")
 local runtime = require("capil.core.runtime")
@@ -115,6 +116,36 @@ M.DISK_DEVICES = {
 -- The NIC (recipe `network_card`; qemu_nic_model=virtio opts out).
 M.NIC_DEVICES = { vmxnet3 = "vmxnet3", e1000 = "e1000", e1000e = "e1000e", virtio = "virtio-net-pci" }
 
+-- EFI firmware (recipe `firmware = "efi"`): OVMF from Debian's `ovmf`
+-- package (2022.11-6+deb12u2 here; file names from `dpkg -L ovmf`), the
+-- 4 MiB flash images without Secure Boot (vSphere's bootOptions.efiSecureBootEnabled
+-- is false in capil's OVF too). The code image is shared read-only; each VM
+-- gets its own copy of the variable store in its workdir, so the boot entry
+-- an installer writes survives its reboot and never leaks into another build.
+-- OVMF needs no q35 machine: QEMU's default i440fx (pc) boots it, with the
+-- IDE CD-ROM, AHCI and virtio. Debian's build maps no disk behind QEMU's
+-- pvscsi or mptsas1068 (its UEFI shell says "map: No mapping found"; the
+-- same disk on virtio-scsi or AHCI is a BLK device and a boot option), so an
+-- EFI VM's SCSI disk hangs off virtio-scsi (`scsi_hba`): still a SCSI disk,
+-- /dev/sda, to the guest, driven by virtio_scsi instead of vmw_pvscsi/mptsas.
+M.OVMF = { code = "/usr/share/OVMF/OVMF_CODE_4M.fd", vars = "/usr/share/OVMF/OVMF_VARS_4M.fd", package = "ovmf",
+  scsi_hba = "virtio-scsi-pci" }
+
+--- The OVMF images an EFI VM boots, checked readable, or nil, a message
+--- naming the Debian package to install, and "ENOENT".
+---@return {code: string, vars: string}|nil ovmf, string? err, string? code
+function M.ovmf()
+  for _, k in ipairs({ "code", "vars" }) do
+    local f = io.open(M.OVMF[k], "rb")
+    if not f then
+      return nil, ("qemu: firmware efi needs OVMF, and %s is missing: install Debian's %s package "
+        .. "(apt-get install %s)"):format(M.OVMF[k], M.OVMF.package, M.OVMF.package), "ENOENT"
+    end
+    f:close()
+  end
+  return { code = M.OVMF.code, vars = M.OVMF.vars }
+end
+
 local VM = {}
 VM.__index = VM
 
@@ -127,7 +158,8 @@ VM.__index = VM
 --- extra_drives ({path=, format=, readonly=}), disk (existing image to boot
 --- instead of creating one: opts.disk_format), snapshot (boot the disk
 --- copy-on-write), daemon (QEMU may outlive capil: a test VM kept running),
---- vnc_display.
+--- vnc_display, firmware (bios, the default, or efi: OVMF, M.OVMF, with the
+--- variable store copied to workdir/efivars.fd).
 ---@param opts table
 ---@return table|nil vm, string? err, string? code
 function M.vm(opts)
@@ -138,7 +170,24 @@ function M.vm(opts)
     return nil, ("qemu: unknown network_card '%s' (vmxnet3, e1000, e1000e, virtio)"):format(opts.network_card),
       "EINVAL"
   end
+  local firmware = opts.firmware or "bios"
+  if firmware ~= "bios" and firmware ~= "efi" then
+    return nil, ("qemu: unknown firmware '%s' (bios, efi)"):format(tostring(firmware)), "EINVAL"
+  end
   local vm = setmetatable({ opts = opts, workdir = opts.workdir, name = opts.name }, VM)
+  if firmware == "efi" then
+    local ovmf, oerr, ocode = M.ovmf()
+    if not ovmf then return nil, oerr, ocode end
+    vm.efi_code, vm.efi_vars = ovmf.code, opts.workdir .. "/efivars.fd"
+    -- a fresh, writable variable store per VM (the package's file is root's, 0644)
+    local ok, cerr, ccode = fs.copy(ovmf.vars, vm.efi_vars, { mode = tonumber("600", 8) })
+    if not ok then return nil, "qemu: copying the OVMF variable store: " .. tostring(cerr), ccode end
+    if M.DISK_DEVICES[opts.disk_interface or "virtio"].hba then
+      vm.hba = M.OVMF.scsi_hba
+      log.info("%s: EFI: the %s disk hangs off %s, as OVMF boots no disk on QEMU's %s (the guest still sees "
+        .. "a SCSI disk)", opts.name, opts.disk_interface, vm.hba, M.DISK_DEVICES[opts.disk_interface].hba)
+    end
+  end
   vm.installed = opts.kernel ~= nil -- a directly booted kernel has no install phase
   vm.qmp_path = opts.workdir .. "/qmp.sock"
   vm.serial_log = (opts.log_dir or opts.workdir) .. "/serial.log"
@@ -167,7 +216,7 @@ end
 --- ctx.workdir: the ISO (ctx.media.iso) booted once, the installer CD
 --- (ctx.media.cd_iso) beside it, the accelerator M.prepare chose.
 ---@param ctx capil.BuildContext
----@param step table the create_vm step: vm_name, cpus, memory_mb, disk_mb, disk_interface, nic_model, kernel, initrd, append
+---@param step table the create_vm step: vm_name, cpus, memory_mb, disk_mb, disk_interface, nic_model, firmware, kernel, initrd, append
 ---@return table|nil vm, string? err, string? code
 function M.create(ctx, step)
   if not ctx.state.accel then M.prepare(ctx, step) end
@@ -176,7 +225,7 @@ function M.create(ctx, step)
     workdir = ctx.workdir, log_dir = ctx.log_dir, name = step.vm_name or ctx.name, cpus = step.cpus,
     memory_mb = step.memory_mb, disk_mb = step.disk_mb, iso = media.iso, accel = ctx.state.accel,
     kernel = step.kernel, initrd = step.initrd, append = step.append,
-    disk_interface = step.disk_interface, network_card = step.nic_model,
+    disk_interface = step.disk_interface, network_card = step.nic_model, firmware = step.firmware,
     extra_cdroms = media.cd_iso and { media.cd_iso } or nil, cd_bus = step.cd_bus,
   })
 end
@@ -190,12 +239,17 @@ function VM:argv()
   end
   add("-name", self.name, "-accel", o.accel or "tcg", "-cpu", (o.accel == "kvm") and "host" or "max",
     "-smp", tostring(o.cpus or 1), "-m", tostring(o.memory_mb or 1024))
+  if self.efi_vars then
+    -- OVMF (M.vm checked and copied it); BIOS VMs keep QEMU's SeaBIOS
+    add("-drive", ("if=pflash,format=raw,unit=0,readonly=on,file=%s"):format(self.efi_code),
+      "-drive", ("if=pflash,format=raw,unit=1,file=%s"):format(self.efi_vars))
+  end
   local disk = ("file=%s,format=%s,discard=unmap%s"):format(self.disk, o.disk_format or "qcow2",
     o.snapshot and ",snapshot=on" or "")
   local devices = M.DISK_DEVICES[o.disk_interface or "virtio"] -- checked by M.vm
   if devices.hba then
     -- the disk hangs off the controller the OVF declares, as on vSphere
-    add("-device", devices.hba .. ",id=hba0", "-drive", disk .. ",if=none,id=disk0",
+    add("-device", (self.hba or devices.hba) .. ",id=hba0", "-drive", disk .. ",if=none,id=disk0",
       "-device", devices.disk .. ",drive=disk0,bus=hba0.0")
   else
     add("-drive", disk .. ",if=virtio")
@@ -347,11 +401,12 @@ function VM:kill()
 end
 
 --- Stops QEMU (VM:kill) and removes what the VM made: its disk (not a disk
---- it was given) and the QMP socket. Again is a no-op.
+--- it was given), its EFI variable store and the QMP socket. Again is a no-op.
 ---@return true
 function VM:destroy()
   self:kill()
   if self.own_disk then fs.remove(self.disk) end
+  if self.efi_vars then fs.remove(self.efi_vars) end
   fs.remove(self.qmp_path)
   return true
 end
@@ -390,7 +445,8 @@ M.test = {}
 --- The test VM: the build's VMDK (or the OVA's disk) under a copy-on-write
 --- qcow2 overlay in run.work, the NoCloud seed ISO as a CD, the hardware the
 --- OVA declares as a vSphere deployment presents it (at least 2 vCPUs and
---- 2 GiB). The build output is never modified.
+--- 2 GiB) and the build's firmware (an EFI image boots OVMF with a fresh
+--- variable store, as a new vSphere VM does). The build output is never modified.
 ---@param run capil.TestRun
 ---@return true|nil ok, string? err, string? code
 function M.test.prepare(run)
@@ -418,7 +474,7 @@ function M.test.prepare(run)
     cpus = math.max(2, vs.cpus or 1), memory_mb = math.max(2048, vs.memory_mb or 0),
     accel = accel, extra_cdroms = { seed }, daemon = run.keep,
     -- the hardware the OVA declares, as a vSphere deployment presents it
-    disk_interface = vs.disk_interface, network_card = vs.nic_model,
+    disk_interface = vs.disk_interface, network_card = vs.nic_model, firmware = vs.firmware,
   })
   if not vm then return nil, err, code end
   run.vm = vm

@@ -111,8 +111,8 @@ local DIFFERENT = {
     disk_units = { capil = "byte * 2^20", why = "the capacity follows the disk (hardware.disk_size, MiB), "
       .. "not a fixed 20 GiB (image-builder #428, fixed the same way by its PR #498); the bytes are equal" },
     floppy = { capil = NONE, why = "no floppy drive: nothing in a node uses one (image-builder dropped it in 2020-09)" },
-    boot_order = { capil = "disk", why = "a BootOrderSection naming the disk, so an EFI OVA deploys as EFI "
-      .. "(image-builder #619; its template has one since)" },
+    boot_order = { capil = "disk", why = "a BootOrderSection naming the disk on BIOS images, as image-builder's "
+      .. "later template (its PR #353); none on EFI images, which it made vCenter deploy as BIOS (image-builder #619)" },
     storage_policy = { capil = NONE, why = "no vSAN storage policy group: the policy is the datastore's default "
       .. "wherever the OVA is deployed (image-builder dropped it in 2020-09)" },
     eula = { capil = NONE, why = "VMware's EULA is VMware's text, not capil's to ship: ovf.eula_file adds one" },

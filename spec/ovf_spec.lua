@@ -130,7 +130,26 @@ describe("ovf #ova", function()
     assert.equal("lsilogic", f.hardware.scsi)
     assert.is_true(f.eula)
     assert.truthy(text:find("Terms &amp; &lt;conditions&gt;\nline 2", 1, true))
+    -- image-builder #619: a BootOrderSection made vCenter deploy EFI OVAs as BIOS
+    assert.is_nil(text:find("BootOrderSection", 1, true))
+    assert.is_nil(f.boot_order)
+    local hw = assert(text:match("<VirtualHardwareSection>(.-)</VirtualHardwareSection>"))
+    assert.truthy(hw:find('\n      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>\n', 1, true))
+    assert.equal("false", f.hardware.config["bootOptions.efiSecureBootEnabled"])
+  end)
+
+  it("keeps the disk-first BootOrderSection on BIOS descriptors and refuses an unknown firmware", function()
+    local step = ova_step("ubuntu-2004", {})
+    local text = ovf.descriptor(params(step))
     assert.truthy(text:find('<vmw:BootOrderSection vmw:instanceId="5" vmw:type="disk">', 1, true))
+    local f = assert(ovf.parse(text))
+    assert.same({ type = "disk", instance_id = "5" }, f.boot_order)
+    assert.equal("bios", f.hardware.firmware)
+    local hw = {}
+    for k, v in pairs(step.hardware) do hw[k] = v end
+    hw.firmware = "uefi"
+    assert.has_error(function() ovf.descriptor(params(step, { hardware = hw })) end,
+      "ovf.descriptor: unknown firmware uefi (bios, efi)")
   end)
 
   it("escapes hostile values and refuses what XML cannot carry", function()

@@ -7,7 +7,9 @@
 --- VM's. Compared with image-builder's template: the disk capacity is the
 --- VMDK's (MiB, `byte * 2^20`), not a fixed 20 GiB; CPUs, cores, memory,
 --- SCSI controller and NIC are settable; the osType is the vSphere guest
---- id; the firmware (bios or efi) is written with a matching boot order.
+--- id; the firmware (bios or efi) is written as vmw:Config firmware, and an
+--- EFI descriptor has no BootOrderSection (image-builder #619: with one,
+--- vCenter deployed its EFI OVAs as BIOS).
 --- docs/image-differences.md lists every difference and its reason.
 local xml = require("capil.sys.xml")
 
@@ -121,7 +123,10 @@ function M.descriptor(p)
 
   hw = { cpus = int(hw.cpus, "hardware.cpus"), cores_per_socket = int(hw.cores_per_socket or 1, "hardware.cores_per_socket"),
     memory_mb = int(hw.memory_mb, "hardware.memory_mb"), vmx_version = int(hw.vmx_version, "hardware.vmx_version"),
-    firmware = hw.firmware, disk_controller = hw.disk_controller, network_card = hw.network_card or "vmxnet3" }
+    firmware = hw.firmware or "bios", disk_controller = hw.disk_controller, network_card = hw.network_card or "vmxnet3" }
+  if hw.firmware ~= "bios" and hw.firmware ~= "efi" then
+    error(("ovf.descriptor: unknown firmware %s (bios, efi)"):format(tostring(hw.firmware)), 2)
+  end
   local ctl = CONTROLLER[hw.disk_controller] or error("ovf.descriptor: unknown disk controller " .. tostring(hw.disk_controller))
   local nic = NIC[hw.network_card] or error("ovf.descriptor: unknown network card " .. tostring(hw.network_card))
   -- vSphere refuses a CPU count that is not whole sockets
@@ -166,7 +171,7 @@ function M.descriptor(p)
   instance = instance + 1
   items[#items + 1] = rasd_item({ AutomaticAllocation = "false", ElementName = "Video card", InstanceID = instance,
     ResourceType = 24, _config = { { "enable3DSupport", "false" }, { "videoRamSizeInKB", "4096" } } }, false)
-  local efi = hw.firmware == "efi"
+  local efi = hw.firmware == "efi" -- vSphere reads the firmware from this vmw:Config
   for _, kv in ipairs({
     { "flags.vbsEnabled", "false" }, { "cpuHotAddEnabled", "false" }, { "nestedHVEnabled", "false" },
     { "virtualSMCPresent", "false" }, { "flags.vvtdEnabled", "false" }, { "cpuHotRemoveEnabled", "false" },
@@ -201,10 +206,15 @@ function M.descriptor(p)
       o("Info", nil, "The kind of installed guest operating system"), o("Description", nil, os.display_name or ""),
     }),
     o("VirtualHardwareSection", nil, items),
-    -- boot from the disk first; vSphere reads the firmware from vmw:Config
-    el(VMW, "BootOrderSection", { ["{" .. VMW .. "}instanceId"] = tostring(disk_instance),
-      ["{" .. VMW .. "}type"] = "disk" }, { o("Info", nil, "Virtual hardware device boot order") }),
   }
+  if not efi then
+    -- BIOS: boot from the disk first. An EFI descriptor has none: with it,
+    -- vCenter deployed EFI OVAs as BIOS whatever vmw:Config firmware said
+    -- (image-builder #619, whose reporter got EFI by removing the section;
+    -- govmomi #2304 and Packer #9898 report the same section doing it)
+    vs[#vs + 1] = el(VMW, "BootOrderSection", { ["{" .. VMW .. "}instanceId"] = tostring(disk_instance),
+      ["{" .. VMW .. "}type"] = "disk" }, { o("Info", nil, "Virtual hardware device boot order") })
+  end
   if p.eula then
     vs[#vs + 1] = o("EulaSection", nil, { o("Info", nil, "End User License Agreement"), o("License", nil, p.eula) })
   end
@@ -338,11 +348,15 @@ local function parse_envelope(root)
     end
   end
   f.eula = xml.find(vs, "EulaSection", OVF) ~= nil
+  local boot = xml.find(vs, "BootOrderSection", VMW)
+  f.boot_order = boot and { type = xml.attr(boot, VMW, "type"), instance_id = xml.attr(boot, VMW, "instanceId") }
   return f
 end
 
 --- Parses a descriptor into facts: name, references, disks (with capacity
---- in bytes), os, hardware, networks, properties, product. Returns nil and an
+--- in bytes), os, hardware (firmware: vmw:Config firmware, else bios),
+--- networks, properties, product, boot_order ({type, instance_id} of a
+--- vmw:BootOrderSection, which an EFI descriptor should not have). Returns nil and an
 --- error for malformed XML, a document that is not an OVF envelope, or
 --- values capil cannot take (a size that is not a whole number, a
 --- vmw:Config without a key).

@@ -1,7 +1,8 @@
 --- capil.vsphere.deploy — an OVA becomes a VM (or a template) on vSphere or
 --- ESXi: CreateImportSpec from its descriptor (thin disks, every OVF network
 --- mapped to the placement's), ImportVApp, and each disk streamed straight
---- out of the OVA to the NFC lease (capil.vsphere.lease).
+--- out of the OVA to the NFC lease (capil.vsphere.lease). An EFI OVF's VM is
+--- created EFI even where the server's import spec dropped the firmware.
 local vim25 = require("capil.vsphere.vim25")
 local lease_mod = require("capil.vsphere.lease")
 local http = require("capil.sys.http")
@@ -56,6 +57,15 @@ function M.import(vc, inv, ova_path, opts)
     local msgs = {}
     for _, e in ipairs(vim25.list(spec.error)) do msgs[#msgs + 1] = e.localizedMessage or (e.fault and e.fault._type) end
     return fail(("deploy %s: the server rejects the OVF: %s"):format(name, table.concat(msgs, "; ")), "EOVF")
+  end
+  -- the OVF's firmware, whatever the server made of it: vCenter has deployed
+  -- EFI OVAs as BIOS (image-builder #619), and govmomi's simulator never
+  -- reads vmw:Config firmware into the import spec
+  local cs = spec.importSpec and spec.importSpec.configSpec
+  if facts.hardware.firmware == "efi" and type(cs) == "table" and cs.firmware ~= "efi" then
+    log.info("deploy %s: the OVF declares EFI firmware; the server's import spec says %s: importing as EFI", name,
+      tostring(cs.firmware or "nothing"))
+    cs.firmware = "efi"
   end
   local files = {}
   for _, item in ipairs(vim25.list(spec.fileItem)) do files[item.deviceId] = item end
