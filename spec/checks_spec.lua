@@ -261,6 +261,26 @@ describe("checks #unit", function()
       end
     end)
 
+    it("checks runc and config version 3 for containerd 2.x only", function()
+      local v2 = { containerd_version = "2.3.2", runc_version = "1.4.3" }
+      local list = assert(checks.load(ctx_for(OSES.ubuntu, v2)))
+      local runc = find(list, function(c) return c.command == "/usr/local/sbin/runc --version" end)
+      assert.truthy(("runc version 1.4.3\ncommit: v1.4.3-0-g0\nspec: 1.2.1\n"):find(runc.stdout_matches))
+      assert.falsy(("runc version 1.4.30\n"):find(runc.stdout_matches))
+      assert.falsy(("runc version 1.3.0\n"):find(runc.stdout_matches))
+      local cfg = find(list, function(c) return c.file == "/etc/containerd/config.toml" end)
+      assert.same({ true, "0644", "version = 3" }, { cfg.exists, cfg.mode, cfg.contains })
+      local version = find(list, function(c) return c.command == "containerd --version" end)
+      assert.truthy(("containerd github.com/containerd/containerd/v2 v2.3.2 abc\n"):find(version.stdout_matches))
+      for _, c in ipairs(list) do
+        local r = assert(proc.run({ argv = { "/bin/sh", "-n", "-c", checks.compile(c, OSES.ubuntu) }, timeout = 10 }))
+        assert.equal(0, r.code, c.name .. ": " .. r.stderr)
+      end
+      list = assert(checks.load(ctx_for(OSES.ubuntu)))
+      assert.is_nil(find(list, function(c) return c.command == "/usr/local/sbin/runc --version" end))
+      assert.is_nil(find(list, function(c) return c.file == "/etc/containerd/config.toml" end))
+    end)
+
     it("compiles every node check to shell that parses with the real /bin/sh", function()
       for _, os in pairs(OSES) do
         for _, source in ipairs({ "pkg", "http" }) do

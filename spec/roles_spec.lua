@@ -442,6 +442,157 @@ describe("roles #unit", function()
     end)
   end)
 
+  describe("containerd 2.x from its release (image-builder's containerd role)", function()
+    -- the new recipes' values (recipes/ubuntu-2204.lua)
+    local V2 = {
+      containerd_version = "2.3.2",
+      containerd_url = "https://github.com/containerd/containerd/releases/download/v2.3.2/"
+        .. "containerd-2.3.2-linux-amd64.tar.gz",
+      containerd_sha256 = "75625e6f6595bb95f3fb9c8123a60534af4a8d9b52d7617065967bcefe71a17a",
+      containerd_pause_image = "registry.k8s.io/pause:3.10.2",
+      runc_version = "1.4.3",
+      runc_sha256 = "f6ae8efc0fa40079e1475e97cbe9d1bd3f106a28d6af78a11d9f1bd565515e60",
+    }
+    local function v2(overrides)
+      local vars = {}
+      for k, v in pairs(V2) do vars[k] = v end
+      for k, v in pairs(overrides or {}) do vars[k] = v end
+      return vars
+    end
+    local CONFIG = "# capil: containerd configuration (config version 3, containerd 2.x)\n"
+      .. "version = 3\n\n"
+      .. "imports = [\"/etc/containerd/conf.d/*.toml\"]\n\n"
+      .. "[plugins]\n"
+      .. "  [plugins.'io.containerd.cri.v1.images'.pinned_images]\n"
+      .. "    sandbox = \"registry.k8s.io/pause:3.10.2\"\n"
+      .. "  [plugins.'io.containerd.cri.v1.images'.registry]\n"
+      .. "    config_path = '/etc/containerd/certs.d'\n"
+      .. "  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n"
+      .. "    runtime_type = 'io.containerd.runc.v2'\n"
+      .. "  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n"
+      .. "    SystemdCgroup = true\n"
+
+    it("unpacks bin/ into /usr/local, installs runc, containerd's unit and config version 3", function()
+      for _, os in ipairs({ OSES.ubuntu2004, OSES.centos7, OSES.photon3 }) do
+        local s = assert(roles.load("containerd", ctx_for(os, v2())))
+        local names = {}
+        for _, x in ipairs(s) do names[#names + 1] = x.name end
+        assert.same({ "install libseccomp", "download, verify and unpack containerd into /usr/local",
+          "download, verify and install runc into /usr/local/sbin", "containerd unit", "containerd boot order",
+          "containerd memory pressure", "containerd max tasks", "containerd configuration directories",
+          "containerd configuration", "crictl configuration", "enable and restart containerd",
+          "link the CRI tools into /usr/bin" }, names)
+
+        local dl = step(s, "download, verify and unpack containerd into /usr/local")
+        local sh = dl.shell
+        assert.truthy(sh:find("-o /tmp/containerd.tar.gz " .. V2.containerd_url .. ";", 1, true), sh)
+        local verify = sh:find("echo '" .. V2.containerd_sha256 .. "  /tmp/containerd.tar.gz' | sha256sum -c -\n",
+          1, true)
+        local unpack = sh:find("tar --no-overwrite-dir -C /usr/local -xzf /tmp/containerd.tar.gz\n", 1, true)
+        assert.truthy(verify and unpack and verify < unpack, sh)
+        assert.is_nil(sh:find("-C / ", 1, true))
+        assert.equal(1, sh:find("set -e\n", 1, true))
+        assert.equal("/usr/local/bin/containerd --version 2>/dev/null | grep -qF -e ' v2.3.2 '", dl.unless)
+
+        local runc = step(s, "download, verify and install runc into /usr/local/sbin")
+        sh = runc.shell
+        assert.truthy(sh:find("-o /tmp/runc https://github.com/opencontainers/runc/releases/download/v1.4.3/"
+          .. "runc.amd64;", 1, true), sh)
+        verify = sh:find("echo '" .. V2.runc_sha256 .. "  /tmp/runc' | sha256sum -c -\n", 1, true)
+        local install = sh:find("install -m 0755 /tmp/runc /usr/local/sbin/runc\n", 1, true)
+        assert.truthy(verify and install and verify < install, sh)
+        assert.equal("/usr/local/sbin/runc --version 2>/dev/null | grep -qxF -e 'runc version 1.4.3'", runc.unless)
+
+        local unit = step(s, "containerd unit").copy
+        assert.equal("/etc/systemd/system/containerd.service", unit.dest)
+        assert.equal("recipes/roles/templates/containerd.service", unit.source)
+        for _, line in ipairs({ "ExecStart=/usr/local/bin/containerd", "Type=notify", "Delegate=yes",
+          "KillMode=process", "ExecStartPre=-/sbin/modprobe overlay", "WantedBy=multi-user.target" }) do
+          assert.truthy(unit.content:find("\n" .. line .. "\n", 1, true), line)
+        end
+        assert.equal("[Service]\nOOMScoreAdjust=-999\n", step(s, "containerd memory pressure").copy.content)
+        assert.equal("[Service]\nTasksMax=infinity\n", step(s, "containerd max tasks").copy.content)
+        assert.equal("mkdir -p -m 0755 /etc/containerd /etc/containerd/conf.d /etc/containerd/certs.d",
+          step(s, "containerd configuration directories").shell)
+        local cfg = step(s, "containerd configuration").copy
+        assert.same({ "/etc/containerd/config.toml", "0644", CONFIG }, { cfg.dest, cfg.mode, cfg.content })
+        assert.same({ "/etc/crictl.yaml", "runtime-endpoint: unix:///var/run/containerd/containerd.sock\n" },
+          { step(s, "crictl configuration").copy.dest, step(s, "crictl configuration").copy.content })
+        assert.truthy(step(s, "link the CRI tools into /usr/bin").shell
+          :find("if [ -e /usr/local/bin/$t ]; then ln -sf /usr/local/bin/$t /usr/bin/$t; fi", 1, true))
+        assert.is_false(has_step(s, "containerd notifies systemd when ready (Type=notify)"))
+        assert.is_false(has_step(s, "containerd open files limit"))
+      end
+    end)
+
+    it("takes image-builder's optional settings", function()
+      local extra = "[plugins.'io.containerd.cri.v1.images'.registry.mirrors.'docker.io']\n  endpoint = ['https://m']"
+      local s = assert(roles.load("containerd", ctx_for(OSES.ubuntu2004, v2({
+        containerd_additional_settings = hash.base64_encode(extra),
+        containerd_image_pull_progress_timeout = "5m0s",
+      }))))
+      local cfg = step(s, "containerd configuration").copy.content
+      assert.truthy(cfg:find("[plugins]\n  [plugins.'io.containerd.cri.v1.images']\n"
+        .. "    image_pull_progress_timeout = \"5m0s\"\n  [plugins.'io.containerd.cri.v1.images'.pinned_images]\n",
+        1, true), cfg)
+      assert.truthy(cfg:find("    SystemdCgroup = true\n\n" .. extra .. "\n", 1, true), cfg)
+      assert.truthy(cfg:find("imports = ", 1, true))
+      -- settings of their own imports replace image-builder's conf.d import
+      s = assert(roles.load("containerd", ctx_for(OSES.ubuntu2004, v2({
+        containerd_additional_settings = hash.base64_encode("imports = [\"/etc/x/*.toml\"]\n") }))))
+      cfg = step(s, "containerd configuration").copy.content
+      assert.is_nil(cfg:find("conf.d", 1, true))
+      assert.equal("\n\nimports = [\"/etc/x/*.toml\"]\n", cfg:sub(-#"\n\nimports = [\"/etc/x/*.toml\"]\n"))
+      s = assert(roles.load("containerd", ctx_for(OSES.ubuntu2004, v2({
+        containerd_version = "v2.3.2", runc_version = "v1.4.3", containerd_enable_limit_no_file = "true",
+        containerd_cri_socket = "/run/containerd/containerd.sock" }))))
+      assert.equal("/usr/local/bin/containerd --version 2>/dev/null | grep -qF -e ' v2.3.2 '",
+        step(s, "download, verify and unpack containerd into /usr/local").unless)
+      assert.truthy(step(s, "download, verify and install runc into /usr/local/sbin").shell
+        :find("/download/v1.4.3/runc.amd64;", 1, true))
+      assert.equal("[Service]\nLimitNOFILE=1048576\n", step(s, "containerd open files limit").copy.content)
+      assert.equal("runtime-endpoint: unix:///run/containerd/containerd.sock\n",
+        step(s, "crictl configuration").copy.content)
+    end)
+
+    it("names the missing or malformed variable", function()
+      local cases = {
+        { { runc_version = false }, "containerd 2.3.2's release carries no runc: set vars.runc_version and "
+          .. "vars.runc_sha256" },
+        { { runc_version = "latest" }, "runc_version must be a release version such as 1.4.3, got 'latest'" },
+        { { runc_sha256 = "abc" }, "runc_sha256 must be 64 hex digits, got 'abc'" },
+        { { containerd_sha256 = "xyz" }, "containerd_sha256 must be 64 hex digits, got 'xyz'" },
+        { { containerd_url = "https://storage.googleapis.com/cri-containerd-release/"
+          .. "cri-containerd-2.3.2.linux-amd64.tar.gz" }, "containerd 2.3.2 has no cri-containerd bundle" },
+      }
+      for _, case in ipairs(cases) do
+        local ctx = ctx_for(OSES.ubuntu2004, v2(case[1]))
+        for k, v in pairs(ctx.vars) do
+          if v == false then ctx.vars[k] = nil end -- unset
+        end
+        local s, err = roles.load("containerd", ctx)
+        assert.is_nil(s)
+        assert.matches("^recipes/roles/containerd%.lua:%d+: containerd: ", err)
+        assert.truthy(err:find(case[2], 1, true), err)
+      end
+    end)
+
+    it("keeps the cri-containerd bundle for 1.x", function()
+      local s = assert(roles.load("containerd", ctx_for(OSES.ubuntu2004)))
+      local names = {}
+      for _, x in ipairs(s) do names[#names + 1] = x.name end
+      assert.same({ "install libseccomp", "download, verify and unpack containerd",
+        "containerd notifies systemd when ready (Type=notify)", "containerd boot order", "containerd memory pressure",
+        "containerd max tasks", "containerd configuration", "enable and restart containerd" }, names)
+      assert.truthy(step(s, "download, verify and unpack containerd").shell
+        :find("tar --no-overwrite-dir -C / -xzf /tmp/containerd.tar.gz", 1, true))
+      -- runc variables change nothing there (the bundle carries its runc)
+      local with = assert(roles.load("containerd", ctx_for(OSES.ubuntu2004,
+        { runc_version = "1.4.3", runc_sha256 = V2.runc_sha256 })))
+      assert.same(s, with)
+    end)
+  end)
+
   describe("kubernetes sources", function()
     it("produces no steps for kubernetes_source_type skip", function()
       for _, os in pairs(OSES) do

@@ -77,6 +77,16 @@ return function(ctx)
     command = "containerd --version", exit = 0,
     stdout_matches = containerd_version ~= "" and ("v" .. escape_pattern(containerd_version) .. "%f[^%w.]") or nil,
   })
+  -- containerd 2.x (the containerd role's release path): runc from its own
+  -- release and the config version 3 image-builder writes for 2.x
+  if (tonumber(containerd_version:match("^v?(%d+)%.")) or 1) >= 2 then
+    local runc = var("runc_version", ""):gsub("^v", "")
+    add({
+      command = "/usr/local/sbin/runc --version", exit = 0,
+      stdout_matches = runc ~= "" and ("^runc version " .. escape_pattern(runc) .. "\n") or nil,
+    })
+    add({ file = "/etc/containerd/config.toml", exists = true, mode = "0644", contains = "version = 3" })
+  end
   add({ command = "crictl ps", exit = 0 })
 
   if kube then
