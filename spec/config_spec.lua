@@ -30,6 +30,18 @@ describe("config layering #unit", function()
     assert.equal("--var", c:explain("cpus").file)
   end)
 
+  it("downloads containerd 2.x from its release tarball unless containerd_url is set", function()
+    local c = assert(cfg_of())
+    assert.matches("cri%-containerd%-1%.3%.4", c:get("containerd_url"))     -- 1.x: the cri-containerd bundle
+    c = assert(cfg_of({ vars = { "containerd_version=2.3.2" } }))
+    assert.equal("https://github.com/containerd/containerd/releases/download/v2.3.2/containerd-2.3.2-linux-amd64.tar.gz",
+      c:get("containerd_url"))
+    assert.equal("derived", c:explain("containerd_url").layer)
+    assert.matches("ships no cri%-containerd bundle", c:explain("containerd_url").note)
+    c = assert(cfg_of({ vars = { "containerd_version=2.3.2", "containerd_url=https://mirror.example/c.tgz" } }))
+    assert.equal("https://mirror.example/c.tgz", c:get("containerd_url"))  -- a set URL wins
+  end)
+
   it("applies PACKER_VAR_FILES in order, last wins, before --var-file", function()
     local c = assert(cfg_of({ packer_var_files = V .. "k8s-118.json " .. V .. "k8s-119.json" }))
     assert.equal("v1.19.1", c:get("kubernetes_semver"))

@@ -331,6 +331,7 @@ function M.resolve(recipe, opts)
     end
   end
   if #errors == 0 then M.derive_kubernetes(resolved, sources, errors) end
+  if #errors == 0 then M.derive_containerd(resolved, sources) end
   if #errors > 0 then return nil, errors end
 
   local cfg = setmetatable({
@@ -427,6 +428,25 @@ end
 local function named(path)
   local f = schema.by_path[path]
   return f and f.var or path
+end
+
+--- containerd's release tarball, the download of containerd 2.x (which
+--- ships no cri-containerd bundle); image-builder's containerd role.
+M.CONTAINERD_RELEASE_URL = "https://github.com/containerd/containerd/releases/download/v{{containerd_version}}/"
+  .. "containerd-{{containerd_version}}-linux-amd64.tar.gz"
+
+--- Where no one set containerd_url, containerd 2.x and later default to
+--- containerd's release tarball instead of the cri-containerd bundle of the
+--- 1.x default (recorded as "derived"). Changes `resolved` and `sources`.
+---@param resolved table values by path
+---@param sources table provenance by path
+function M.derive_containerd(resolved, sources)
+  local major = tonumber(tostring(resolved["containerd.version"] or ""):match("^v?(%d+)%."))
+  if major and major >= 2 and not explicit(sources, "containerd.url") then
+    resolved["containerd.url"] = M.CONTAINERD_RELEASE_URL
+    sources["containerd.url"] = { layer = "derived",
+      note = ("containerd_version %s: containerd 2.x ships no cri-containerd bundle"):format(resolved["containerd.version"]) }
+  end
 end
 
 --- Fills in what `kubernetes_semver` implies (series, deb and rpm versions,
