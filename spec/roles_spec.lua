@@ -8,6 +8,7 @@ local OSES = {
   ubuntu2004 = { family = "debian", distro = "ubuntu", version = "20.04" },
   ubuntu1804 = { family = "debian", distro = "ubuntu", version = "18.04" },
   centos7 = { family = "redhat", distro = "centos", version = "7" },
+  rocky9 = { family = "redhat", distro = "rockylinux", version = "9" },
   photon3 = { family = "photon", distro = "photon", version = "3" },
 }
 
@@ -414,6 +415,16 @@ describe("roles #unit", function()
       local _, err = roles.load("setup", c)
       assert.equal("recipes/roles/setup.lua: step 3 (install extra repository x.list): upload source "
         .. "'/nonexistent/x.list' not found", err)
+    end)
+
+    it("puts the vSphere controllers' drivers into a Red Hat 8+ initramfs (dracut is host-only)", function()
+      local s = assert(roles.load("providers", ctx_for(OSES.rocky9)))
+      local conf = step(s, "initramfs: the vSphere disk controllers' drivers").copy
+      assert.equal("/etc/dracut.conf.d/90-vsphere-controllers.conf", conf.dest)
+      assert.equal('add_drivers+=" vmw_pvscsi mptspi ahci "\n', conf.content)
+      assert.equal("dracut -f --regenerate-all", step(s, "rebuild the initramfs").shell)
+      -- CentOS 7 as before
+      assert.is_false(has_step(assert(roles.load("providers", ctx_for(OSES.centos7))), "rebuild the initramfs"))
     end)
 
     it("passes the proxy variables to every command", function()

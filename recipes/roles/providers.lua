@@ -75,6 +75,18 @@ return function(ctx)
         .. "fi",
     },
   }
+  if family == "redhat" and (tonumber(tostring(ctx.os.version or ""):match("^(%d+)")) or 0) >= 8 then
+    -- dracut builds a host-only initramfs: for the disk the build VM had.
+    -- An image built on QEMU with EFI (its disk on virtio-scsi: OVMF maps
+    -- none on pvscsi) would then lack the driver of the disk vSphere gives
+    -- it; the vSphere controllers' drivers go in always.
+    steps[#steps + 1] = {
+      name = "initramfs: the vSphere disk controllers' drivers",
+      copy = { dest = "/etc/dracut.conf.d/90-vsphere-controllers.conf",
+        content = 'add_drivers+=" vmw_pvscsi mptspi ahci "\n', mode = "0644", owner = "root:root" },
+    }
+    steps[#steps + 1] = { name = "rebuild the initramfs", timeout = 1800, shell = "dracut -f --regenerate-all" }
+  end
   if family == "photon" then
     steps[#steps + 1] = {
       name = "let cloud-init configure the network",
