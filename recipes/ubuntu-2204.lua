@@ -40,14 +40,12 @@ return {
   kubernetes = { semver = "v1.36.1" },
   -- Kubernetes v1.36 needs containerd 2.x: image-builder's
   -- packer/config/containerd.json (2.3.2) from containerd's release
-  -- (image-builder's containerd role: containerd_baseurl/containerd_filename);
+  -- (image-builder's containerd role; the release tarball URL is derived from the version);
   -- the checksum is kubespray's (roles/kubespray_defaults/vars/main/checksums.yml),
   -- image-builder reads the release's .sha256sum at build time. The pause
   -- image is image-builder's roles/node/defaults pause_image.
   containerd = {
     version = "2.3.2",
-    url = "https://github.com/containerd/containerd/releases/download/v{{containerd_version}}/"
-      .. "containerd-{{containerd_version}}-linux-amd64.tar.gz",
     sha256 = "75625e6f6595bb95f3fb9c8123a60534af4a8d9b52d7617065967bcefe71a17a",
     pause_image = "registry.k8s.io/pause:3.10.2",
   },
