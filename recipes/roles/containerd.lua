@@ -36,6 +36,26 @@ local function absent(v)
   return v == "" or v == "null" or v == "None"
 end
 
+-- Appends the unit's drop-ins both containerd layouts get (boot order,
+-- memory pressure, max tasks) to `steps`; returns `steps`.
+local function add_dropins(steps)
+  for _, s in ipairs({
+    {
+      name = "containerd boot order",
+      copy = { dest = DROPINS .. "boot-order.conf", content = BOOT_ORDER, mode = "0644" },
+    },
+    {
+      name = "containerd memory pressure",
+      copy = { dest = DROPINS .. "memory-pressure.conf", content = MEMORY_PRESSURE, mode = "0644" },
+    },
+    {
+      name = "containerd max tasks",
+      copy = { dest = DROPINS .. "max-tasks.conf", content = MAX_TASKS, mode = "0644" },
+    },
+  }) do steps[#steps + 1] = s end
+  return steps
+end
+
 -- containerd 1.x: the cri-containerd bundle unpacked into /.
 local function cri_bundle(ctx, url, sha, version)
   local pause = var("containerd_pause_image", "registry.k8s.io/pause:3.2")
@@ -50,7 +70,7 @@ local function cri_bundle(ctx, url, sha, version)
     if config:sub(-1) ~= "\n" then config = config .. "\n" end
   end
 
-  return {
+  local steps = add_dropins({
     { name = "install libseccomp", timeout = 1800, shell = LIBSECCOMP[ctx.os.family] },
     {
       name = "download, verify and unpack containerd", timeout = 1800,
@@ -71,18 +91,8 @@ local function cri_bundle(ctx, url, sha, version)
         .. "  sed -i '/^\\[Service\\]/a Type=notify' " .. UNIT .. "\n"
         .. "fi",
     },
-    {
-      name = "containerd boot order",
-      copy = { dest = DROPINS .. "boot-order.conf", content = BOOT_ORDER, mode = "0644" },
-    },
-    {
-      name = "containerd memory pressure",
-      copy = { dest = DROPINS .. "memory-pressure.conf", content = MEMORY_PRESSURE, mode = "0644" },
-    },
-    {
-      name = "containerd max tasks",
-      copy = { dest = DROPINS .. "max-tasks.conf", content = MAX_TASKS, mode = "0644" },
-    },
+  })
+  for _, s in ipairs({
     {
       name = "containerd configuration",
       copy = { dest = "/etc/containerd/config.toml", content = config, mode = "0644" },
@@ -91,7 +101,8 @@ local function cri_bundle(ctx, url, sha, version)
       name = "enable and restart containerd",
       shell = "set -e\nsystemctl daemon-reload\nsystemctl enable containerd\nsystemctl restart containerd",
     },
-  }
+  }) do steps[#steps + 1] = s end
+  return steps
 end
 
 -- containerd 2.x: image-builder's layout for containerd's plain release.
@@ -167,7 +178,7 @@ local function release(ctx, url, sha, version)
   -- containerd.json's containerd_cri_socket
   local socket = var("containerd_cri_socket", "/var/run/containerd/containerd.sock")
 
-  local steps = {
+  local steps = add_dropins({
     { name = "install libseccomp", timeout = 1800, shell = LIBSECCOMP[ctx.os.family] },
     {
       name = "download, verify and unpack containerd into /usr/local", timeout = 1800,
@@ -197,19 +208,7 @@ local function release(ctx, url, sha, version)
       name = "containerd unit",
       template = { src = "roles/templates/containerd.service", dest = UNIT, mode = "0644" },
     },
-    {
-      name = "containerd boot order",
-      copy = { dest = DROPINS .. "boot-order.conf", content = BOOT_ORDER, mode = "0644" },
-    },
-    {
-      name = "containerd memory pressure",
-      copy = { dest = DROPINS .. "memory-pressure.conf", content = MEMORY_PRESSURE, mode = "0644" },
-    },
-    {
-      name = "containerd max tasks",
-      copy = { dest = DROPINS .. "max-tasks.conf", content = MAX_TASKS, mode = "0644" },
-    },
-  }
+  })
   if flag("containerd_enable_limit_no_file", false) then
     steps[#steps + 1] = {
       name = "containerd open files limit",
