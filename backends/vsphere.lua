@@ -40,6 +40,7 @@ local testvm = require("capil.vsphere.testvm")
 local log = require("capil.sys.log")
 local runtime = require("capil.core.runtime")
 local cleanup = require("capil.sys.cleanup")
+local hash = require("capil.sys.hash")
 local bootcmd = require("capil.build.bootcmd")
 
 local M = {}
@@ -284,16 +285,52 @@ function M.create(ctx, step)
   local vc, inv = st.vc, st.inv
   if not vc then return fail("vsphere: create_vm before upload_media (no session)", "ESTEP") end
   local spec = config_spec(step, inv, { st.remote_iso }, ctx.settings.configuration_parameters, st.remote_cd)
+  -- The VM's instance UUID is chosen here, and the cleanup is registered
+  -- before the call: when the reply never comes (Ctrl-C, a dropped
+  -- connection, a timeout) the server may still make the VM, and the
+  -- cleanup finds it by that UUID (never by name: a VM of that name may be
+  -- someone else's) and destroys it.
+  local uuid = hash.uuid()
+  spec.instanceUuid = uuid
+  local task, vm
+  local where = ("VM %s (instance UUID %s) on %s"):format(step.vm_name, uuid, vc.server)
+  local guard = cleanup.push(where, function()
+    local made = vm
+    if not made then
+      local ref = task and vc:task(task, 120)
+      -- a request the server is still working on shows its VM a moment later
+      for attempt = 1, 3 do
+        if vim25.is_ref(ref) then break end
+        local found, ferr = vc:call("FindByUuid", vc.content.searchIndex, { datacenter = inv.datacenter,
+          uuid = uuid, vmSearch = true, instanceUuid = true })
+        if ferr then error(("looking for it: %s"):format(ferr), 0) end
+        ref = found
+        if not vim25.is_ref(ref) and attempt < 3 then runtime.sleep(2) end
+      end
+      if not vim25.is_ref(ref) then
+        log.warn("%s: CreateVM_Task's reply never came and %s has no VM with instance UUID %s: if one appears, "
+          .. "remove it", step.vm_name, vc.server, uuid)
+        return
+      end
+      made = M.new_vm(vc, inv, ref, step.vm_name, ctx.settings)
+    end
+    local ok, err = made:destroy()
+    if not ok then error(err, 0) end
+  end)
   log.info("%s: creating the VM in %s (%d CPUs, %d MiB, %d MiB disk)", step.vm_name, inv.dc_name, step.cpus,
     step.memory_mb, step.disk_mb)
-  local task, err, code = vc:call("CreateVM_Task", inv.folder, { config = spec, pool = inv.pool, host = inv.host })
+  local err, code, fault
+  task, err, code, fault = vc:call("CreateVM_Task", inv.folder, { config = spec, pool = inv.pool, host = inv.host })
   local ref
-  if task then ref, err, code = vc:task(task, 600) end
-  if not ref then return explain(ctx, ("%s: CreateVM_Task: %s"):format(step.vm_name, err), code) end
-  local vm = M.new_vm(vc, inv, ref, step.vm_name, ctx.settings)
-  vm.cleanup = cleanup.push(("VM %s (%s) on %s"):format(vm.name, tostring(ref), vc.server), function()
-    vm:destroy()
-  end)
+  if task then ref, err, code, fault = vc:task(task, 600) end
+  if not ref then
+    -- a fault is the server's answer: nothing was made
+    if fault then guard:cancel() end
+    return explain(ctx, ("%s: CreateVM_Task: %s"):format(step.vm_name, err), code)
+  end
+  vm = M.new_vm(vc, inv, ref, step.vm_name, ctx.settings)
+  guard.what = ("VM %s (%s) on %s"):format(vm.name, tostring(ref), vc.server)
+  vm.cleanup = guard
   st.vm = vm
   log.info("%s: created %s", vm.name, tostring(ref))
   return vm

@@ -267,6 +267,48 @@ describe("vSphere backend against the simulator #vsphere", function()
     assert.same({}, by_name(sim, name))
   end)
 
+  it("destroys a VM whose CreateVM_Task reply was lost (found by its instance UUID, not by name)", function()
+    local b = vsphere_backend
+    local cleanup = require("capil.sys.cleanup")
+    local name = "lost-reply-vm"
+    local ctx = new_ctx(b, name, varfile, { "ssh_port=" .. ssh.port })
+    assert(b.steps.upload_media(ctx, { id = "upload-media", kind = "upload_media", checksum = iso_sum,
+      cache_dir = "capil_cache" }))
+    -- a VM of the same name that is not this build's: the cleanup must spare it
+    local other = assert(b.create(ctx, create_step(name)))
+    other.cleanup:cancel()
+    ctx.state.vm = nil
+    local before = cleanup.count()
+    sim:inject({ method = "CreateVM_Task", action = "lost" })
+    local vm, err = b.create(ctx, create_step(name))
+    assert.is_nil(vm)
+    assert.matches(name .. ": CreateVM_Task:", err, 1, true)
+    -- the server made a second VM of that name; the pending cleanup knows it by UUID
+    assert.equal(2, #by_name(sim, name))
+    assert.equal(before + 1, cleanup.count())
+    assert.matches("VM lost%-reply%-vm %(instance UUID %x+%-", cleanup.pending()[cleanup.count()])
+    assert(cleanup.unwind(before))
+    local left = by_name(sim, name)
+    assert.equal(1, #left)
+    assert.equal(other.ref.value, left[1].ref)
+    assert(other:destroy())
+    assert.same({}, by_name(sim, name))
+  end)
+
+  it("registers no VM cleanup when the server refuses CreateVM_Task (nothing was made)", function()
+    local b = vsphere_backend
+    local cleanup = require("capil.sys.cleanup")
+    local ctx = new_ctx(b, "refused-vm", varfile, { "ssh_port=" .. ssh.port })
+    assert(b.steps.upload_media(ctx, { id = "upload-media", kind = "upload_media", checksum = iso_sum,
+      cache_dir = "capil_cache" }))
+    local before = cleanup.count()
+    sim:inject({ method = "CreateVM_Task", action = "fault", fault = "InvalidArgument" })
+    local vm, err = b.create(ctx, create_step("refused-vm"))
+    assert.is_nil(vm)
+    assert.matches("InvalidArgument", err, 1, true)
+    assert.equal(before, cleanup.count())
+  end)
+
   it("names the step order when create_vm comes before upload_media", function()
     local ctx = new_ctx(vsphere_backend, "early-vm", varfile)
     local vm, err, code = vsphere_backend.create(ctx, create_step("early-vm"))

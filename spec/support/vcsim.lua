@@ -254,7 +254,8 @@ end
 --- Makes the next `count` (default 1) calls of `method` misbehave: `action`
 --- "fault" answers the SOAP fault `fault` (a vim25 type, e.g.
 --- "NotAuthenticated", with `message` as faultstring), "reset" closes the
---- connection without a reply, "status" answers HTTP `status` with no body.
+--- connection without a reply, "lost" carries the call out and then
+--- closes the connection without its reply, "status" answers HTTP `status` with no body.
 --- `count = 0` cancels.
 ---@param opts {method: string, action: string, fault?: string, message?: string, status?: integer, count?: integer}
 function Sim:inject(opts)

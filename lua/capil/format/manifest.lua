@@ -44,14 +44,7 @@ M.EXTRA_KEYS = { "cpus", "cores_per_socket", "memory_mb", "disk_size_mb", "firmw
 M.PROPERTY_PREFIX = "ovf_property_"
 
 --- A random (version 4) UUID, as Packer's run ids.
----@return string
-function M.uuid()
-  local b = { hash.random(16):byte(1, 16) }
-  b[7] = (b[7] & 0x0f) | 0x40
-  b[9] = (b[9] & 0x3f) | 0x80
-  local h = ("%02x"):rep(16):format(table.unpack(b))
-  return ("%s-%s-%s-%s-%s"):format(h:sub(1, 8), h:sub(9, 12), h:sub(13, 16), h:sub(17, 20), h:sub(21, 32))
-end
+M.uuid = hash.uuid
 
 local function check_manifest(m, path)
   if type(m) ~= "table" or type(m.builds) ~= "table" then

@@ -69,6 +69,26 @@ function M.keep_on_error(on)
   kept = on and true or false
 end
 
+--- Runs the cleanups registered since the stack held `mark` entries (a
+--- `count()` taken before), newest first, leaving the older ones pending:
+--- the undo of one scope. Returns whether all of them succeeded, and the
+--- first failure's message.
+---@param mark integer
+---@return boolean ok, string? err
+function M.unwind(mark)
+  local ok, first = true, nil
+  while #stack > mark do
+    local h = table.remove(stack)
+    h.done = true
+    local good, err = pcall(h.fn)
+    if not good then
+      ok = false
+      first = first or ("cleanup of %s failed: %s"):format(h.what, tostring(err))
+    end
+  end
+  return ok, first
+end
+
 --- Runs every pending cleanup, newest first. Failures are reported and do
 --- not stop the others. Called by the host; `reason` is "exit", "error" or
 --- "interrupted".

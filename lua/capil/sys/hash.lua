@@ -25,6 +25,16 @@ M.base64url_decode = core.base64url_decode
 M.hex_encode = core.hex_encode
 M.hex_decode = core.hex_decode
 
+--- A random (version 4) UUID in its text form, lower case.
+---@return string
+function M.uuid()
+  local b = { core.random(16):byte(1, 16) }
+  b[7] = (b[7] & 0x0f) | 0x40
+  b[9] = (b[9] & 0x3f) | 0x80
+  local h = ("%02x"):rep(16):format(table.unpack(b))
+  return ("%s-%s-%s-%s-%s"):format(h:sub(1, 8), h:sub(9, 12), h:sub(13, 16), h:sub(17, 20), h:sub(21, 32))
+end
+
 --- SHA-512 crypt (`$6$<salt>$<hash>`, 5000 rounds: what `openssl passwd -6
 --- -salt SALT` prints and /etc/shadow, kickstart `--iscrypted`, Photon's
 --- ks.json and cloud-init's `passwd` take). `salt` is 1..16 characters of

@@ -39,7 +39,7 @@ type shimOptions struct {
 // injection is a scripted misbehaviour for the next `count` calls of a method.
 type injection struct {
 	Method  string `json:"method"`
-	Action  string `json:"action"`  // "fault", "reset" or "status"
+	Action  string `json:"action"`  // "fault", "reset", "lost" or "status"
 	Fault   string `json:"fault"`   // vim25 fault type, for "fault"
 	Message string `json:"message"` // faultstring (default: what vSphere says)
 	Status  int    `json:"status"`  // HTTP status with an empty body, for "status"
@@ -152,6 +152,15 @@ func (s *shim) serveSOAP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		s.mu.Unlock()
+		if inj != nil && act.Action == "lost" {
+			// the call is carried out, then its reply is lost: the
+			// connection resets as a dropped link or a proxy's timeout does
+			s.inner.ServeHTTP(httptest.NewRecorder(), r)
+			if s.guest != nil {
+				s.guest.reconcile()
+			}
+			act.Action = "reset"
+		}
 		if inj != nil {
 			s.misbehave(w, &act, this)
 			return
@@ -371,13 +380,13 @@ func (s *shim) inject(inj *injection) string {
 		if _, ok := faultByName(inj.Fault); !ok {
 			return fmt.Sprintf("inject: %q is not a vim25 fault type", inj.Fault)
 		}
-	case "reset":
+	case "reset", "lost":
 	case "status":
 		if inj.Status < 100 || inj.Status > 599 {
 			return "inject: 'status' must be an HTTP status"
 		}
 	default:
-		return fmt.Sprintf("inject: unknown action %q (fault, reset, status)", inj.Action)
+		return fmt.Sprintf("inject: unknown action %q (fault, reset, lost, status)", inj.Action)
 	}
 	if inj.Count == nil {
 		one := 1
