@@ -141,4 +141,40 @@ describe("config errors and secrets #unit", function()
     assert.same({ "DC9", "GOVC_DATACENTER" }, g.datacenter)
     assert.same({}, config.govc_env(function() return nil end))
   end)
+
+  it("reads GOVC_URL as govc does: userinfo to the last @, percent-decoded, https and /sdk by default", function()
+    local cases = {
+      { "vc.example.com", { server = "https://vc.example.com/sdk" } },
+      { "http://vc:8989", { server = "http://vc:8989/sdk" } },
+      { "https://vc/custom/path", { server = "https://vc/custom/path" } },
+      { "admin@corp.local:P@ss:w0rd@vc.example.com",
+        { server = "https://vc.example.com/sdk", username = "admin@corp.local", password = "P@ss:w0rd" } },
+      { "https://administrator%40vsphere.local:p%40ss%25%3A@10.0.0.5/sdk",
+        { server = "https://10.0.0.5/sdk", username = "administrator@vsphere.local", password = "p@ss%:" } },
+      { "user@vc", { server = "https://vc/sdk", username = "user" } },
+      { "https://u:pw@vc/sdk?x=a@b", { server = "https://vc/sdk?x=a@b", username = "u", password = "pw" } },
+    }
+    for _, c in ipairs(cases) do
+      assert.same(c[2], assert(config.parse_govc_url(c[1])), c[1])
+    end
+    local _, err = config.parse_govc_url("u:bad%zzsecret@vc")
+    assert.matches("GOVC_URL: the password in the URL has a bad %-escape", err, 1, true)
+    assert.not_matches("bad%zzsecret", err, 1, true)
+    assert.matches("no host", select(2, config.parse_govc_url("u:pw@")), 1, true)
+  end)
+
+  it("never prints GOVC_URL's password, even with an unescaped @ in the user name", function()
+    local r = capil.run({ "inspect", "ubuntu-2004", "--backend", "vsphere", "--explain", "vcenter_server" },
+      { env_add = { GOVC_URL = "https://admin@corp.local:Sup3r@Secret@127.0.0.1:1/sdk" } })
+    local out = r.stdout .. r.stderr
+    assert.equal(0, r.code, out)
+    assert.matches("https://127.0.0.1:1/sdk", out, 1, true)
+    assert.not_matches("Sup3r", out, 1, true)
+    assert.not_matches("Secret", out, 1, true)
+    local bad = capil.run({ "validate", "ubuntu-2004", "--backend", "vsphere" },
+      { env_add = { GOVC_URL = "https://u:Sup3r%Secret@127.0.0.1/sdk" } })
+    assert.equal(1, bad.code)
+    assert.matches("GOVC_URL: the password in the URL has a bad %-escape", bad.stderr, 1, true)
+    assert.not_matches("Sup3r", bad.stdout .. bad.stderr, 1, true)
+  end)
 end)

@@ -79,26 +79,66 @@ local GOVC = {
   GOVC_FOLDER = "folder", GOVC_HOST = "host", GOVC_TLS_CA_CERTS = "vcenter_ca_file",
 }
 
+-- %XX decoded as Go's url.Parse decodes a URL's userinfo; nil for a bad
+-- escape.
+local function percent_decode(s)
+  if s:find("%%[^%x]") or s:find("%%%x[^%x]") or s:find("%%%x?$") then return nil end
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+--- govc's GOVC_URL as govc reads it (govmomi's soap.ParseURL and Go's
+--- url.Parse): https:// when no scheme is given, /sdk when no path; the
+--- userinfo runs to the *last* `@` of the authority, the user up to its
+--- first `:`, each percent-decoded. Returns {server = "https://host/sdk",
+--- username?, password?}, or nil and a message that never holds the URL's
+--- userinfo. Both forms of the password (as typed and decoded) become
+--- secrets before anything can print them.
+---@param url string
+---@return {server: string, username?: string, password?: string}|nil, string?
+function M.parse_govc_url(url)
+  local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
+  if not scheme then scheme, rest = "https", url end
+  local authority, path = rest:match("^([^/?#]*)(.*)$")
+  local at = authority:match("^.*()@")
+  local out = {}
+  if at then
+    local userinfo = authority:sub(1, at - 1)
+    authority = authority:sub(at + 1)
+    local u, p = userinfo:match("^([^:]*):(.*)$")
+    u = u or userinfo
+    if p and p ~= "" then
+      log.secret(p)
+      local dp = percent_decode(p)
+      if not dp then return nil, "GOVC_URL: the password in the URL has a bad %-escape (write % as %25)" end
+      log.secret(dp)
+      out.password = dp
+    end
+    local du = percent_decode(u)
+    if not du then return nil, "GOVC_URL: the user name in the URL has a bad %-escape (write % as %25)" end
+    if du ~= "" then out.username = du end
+  end
+  if authority == "" then return nil, "GOVC_URL: no host (expected [user[:password]@]host[:port][/sdk])" end
+  if path == "" then path = "/sdk" end
+  out.server = ("%s://%s%s"):format(scheme, authority, path)
+  return out
+end
+
 --- The variables govc's environment gives, as {var = {value, env name}}.
---- GOVC_URL may carry user:password@ (as govc allows); GOVC_USERNAME and
---- GOVC_PASSWORD win over it. `getenv` defaults to os.getenv.
+--- GOVC_URL may carry user:password@ (as govc allows; see parse_govc_url);
+--- GOVC_USERNAME and GOVC_PASSWORD win over it. `getenv` defaults to
+--- os.getenv. A GOVC_URL that cannot be read: nil and the message.
 ---@param getenv? fun(name: string): string?
+---@return table|nil vars, string? err
 function M.govc_env(getenv)
   getenv = getenv or os.getenv
   local out = {}
   local url = getenv("GOVC_URL")
   if url and url ~= "" then
-    local scheme, rest = url:match("^(%a[%w+.-]*://)(.*)$")
-    rest = rest or url
-    local userinfo, hostpart = rest:match("^([^@/]*)@(.*)$")
-    if userinfo then
-      local u, p = userinfo:match("^([^:]*):(.*)$")
-      u = u or userinfo
-      if p and p ~= "" then log.secret(p) out.password = { p, "GOVC_URL" } end
-      if u ~= "" then out.username = { u, "GOVC_URL" } end
-      rest = hostpart
-    end
-    out.vcenter_server = { (scheme or "") .. rest, "GOVC_URL" }
+    local u, err = M.parse_govc_url(url)
+    if not u then return nil, err end
+    if u.password then out.password = { u.password, "GOVC_URL" } end
+    if u.username then out.username = { u.username, "GOVC_URL" } end
+    out.vcenter_server = { u.server, "GOVC_URL" }
   end
   for name, var in pairs(GOVC) do
     local v = getenv(name)
@@ -143,7 +183,9 @@ function M.from_vars(opts)
     for k, v in pairs(data) do set(k, v) end
   end
   if traits.govc_env then
-    for k, v in pairs(M.govc_env(getenv)) do set(k, v[1]) end
+    local env, err = M.govc_env(getenv)
+    if not env then return nil, err end
+    for k, v in pairs(env) do set(k, v[1]) end
   end
   local files = M.packer_var_files(getenv("PACKER_VAR_FILES"))
   for _, f in ipairs(opts.var_files or {}) do files[#files + 1] = f end
@@ -255,7 +297,12 @@ function M.resolve(recipe, opts)
 
   -- govc's environment, for the backends that talk to vSphere
   if traits.govc_env then
-    for k, v in pairs(M.govc_env(opts.getenv)) do set(k, v[1], "env", v[2]) end
+    local env, err = M.govc_env(opts.getenv)
+    if env then
+      for k, v in pairs(env) do set(k, v[1], "env", v[2]) end
+    else
+      errors[#errors + 1] = err
+    end
   end
 
   -- 4. var files
