@@ -256,7 +256,12 @@ function VM:argv()
   end
   local nic = M.NIC_DEVICES[o.network_card or "virtio"]
   add("-netdev", ("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22"):format(self.ssh_port), "-device", nic .. ",netdev=n0",
-    "-display", "none", "-vga", "std", "-serial", "file:" .. self.serial_log,
+    -- appended, not truncated: the installer's console stays in the log
+    -- when the installed system is started from its disk (QEMU's option
+    -- syntax doubles a comma in the path)
+    "-display", "none", "-vga", "std",
+    "-chardev", ("file,id=serial0,append=on,path=%s"):format((self.serial_log:gsub(",", ",,"))),
+    "-serial", "chardev:serial0",
     "-qmp", ("unix:%s,server=on,wait=off"):format(self.qmp_path))
   if o.vnc_display then add("-vnc", ("127.0.0.1:%d"):format(o.vnc_display)) end
   if o.kernel then
@@ -291,6 +296,11 @@ end
 --- Starts QEMU and connects QMP. Registered for cleanup: killed by PID.
 function VM:start()
   fs.remove(self.qmp_path)
+  -- the serial log is appended across this VM's starts, begun afresh by its first
+  if not self.serial_begun then
+    fs.remove(self.serial_log)
+    self.serial_begun = true
+  end
   local p, err, code = proc.spawn({ argv = self:argv(), stdin = "null",
     stdout = self.workdir .. "/qemu.log", stderr = "stdout", daemon = self.opts.daemon })
   if not p then return nil, "qemu: starting " .. QEMU .. ": " .. err, code end

@@ -117,6 +117,20 @@ local function render_cd(cfg, s)
 end
 
 describe("current OS recipes #unit", function()
+  it("start the installer's HTTP server only for what is served or named by the boot command", function()
+    -- the seed recipes serve their kickstart/preseed
+    assert.is_true(step(resolve("ubuntu-2004", "qemu"), "installer").serve)
+    -- nothing served, but the boot command names the server: it starts
+    local vf = assert(fs.tempdir({ prefix = "capil-spec-serve" })) .. "/vars.json"
+    assert(fs.write(vf, '{"boot_command": ["linux ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/x<enter>"]}'))
+    local r = assert(recipe.load("ubuntu-2204", { dir = "recipes" }))
+    local cfg = assert(config.resolve(r, { backend = "qemu", config_dir = "recipes/config", var_files = { vf },
+      getenv = function() return nil end }))
+    os.remove(vf)
+    local p = assert(loader.plan(cfg, "qemu", ENV))
+    assert.is_true(step(p, "installer").serve)
+  end)
+
   it("are listed with the seed recipes", function()
     local names = {}
     for _, n in ipairs(recipe.list("recipes")) do names[n] = true end
@@ -137,6 +151,7 @@ describe("current OS recipes #unit", function()
         assert.equal(want.cd_label, inst.cd_label)
         assert.equal(want.dir, inst.dir)
         assert.equal(0, #inst.files, "nothing is served over HTTP")
+        assert.is_false(inst.serve, "an HTTP server would start with nothing to serve")
         local vm = step(p, "create-vm")
         assert.equal(want.firmware, vm.firmware)
         assert.equal(want.name .. "-kube-" .. want.semver, vm.vm_name)

@@ -28,6 +28,10 @@ describe("end-to-end build of the test OS #qemu #e2e", function()
     local dir = out .. "/testos-kube-v1.16.14"
     assert.equal(0, r.code, r.stderr .. "\n" .. (fs.read(dir .. "/logs/serial.log") or ""))
     local ova = dir .. "/testos-kube-v1.16.14.ova"
+    -- the installer server (the answer file over HTTP) lived only while the build ran
+    local port = tonumber(r.stderr:match("installer files served on [%d%.]+:(%d+)"))
+    assert.is_number(port, r.stderr)
+    assert.is_nil(runtime.port_open("127.0.0.1", port, 0.5))
 
     -- the OVA verifies, the checks passed, the timing split is recorded
     local v = capil.run({ "ova", "verify", ova })

@@ -192,6 +192,10 @@ function H.serve_installer(run, step)
     ctx.media.cd_iso = iso
     log.info("installer files also on a CD labelled %s", step.cd_label)
   end
+  if step.serve == false then
+    log.info("no installer files over HTTP: no server started")
+    return true
+  end
   local srv, serr, code = installer.serve({ dir = dir, bind = step.bind })
   if not srv then return fail(serr, code) end
   run.server = srv

@@ -159,8 +159,18 @@ function M.resolve(cfg, backend, opts)
     checksum_type = cfg:get("iso.checksum_type"),
     cache_path = ("%s/iso/%s.iso"):format(opts.cache_dir or "~/.cache/capil", iso_sum), timeout = 7200 })
 
-  add({ id = "installer", kind = "serve_installer",
-    dir = recipes_dir .. "/" .. cfg:get("installer.dir"), files = cfg:get("installer.files"),
+  -- the HTTP server runs only when something is served or the boot command
+  -- names its address: a recipe whose answer files are all on the seed CD
+  -- starts none (nothing listens that the VM could reach)
+  local files = cfg:get("installer.files") or {}
+  local names_server = false
+  for _, line in ipairs(cfg:get("boot.command") or {}) do
+    local l = line:lower()
+    if l:find("httpip", 1, true) or l:find("httpport", 1, true) or l:find("http_ip", 1, true)
+      or l:find("http_port", 1, true) then names_server = true end
+  end
+  add({ id = "installer", kind = "serve_installer", serve = #files > 0 or names_server,
+    dir = recipes_dir .. "/" .. cfg:get("installer.dir"), files = files,
     bind = cfg:get("build.http_bind_address"), advertise = cfg:get("build.http_ip") or traits.http_ip or "auto",
     template_vars = { "ssh_username", "ssh_password", "ssh_password_hash" },
     -- "random": a new password per build (capil.build.installer.build_password)

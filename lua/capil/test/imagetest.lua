@@ -275,11 +275,20 @@ function M.run(o)
   local mok, merr, mcode = fs.mkdir(t.test_dir)
   if not mok then return nil, "test: " .. tostring(merr), mcode end
   local close_log = log.add_file(t.test_dir .. "/test.log")
+  -- the image under test says how it boots: an EFI OVA boots EFI whatever
+  -- the configuration's default (the OVF's vmw:Config firmware)
+  local vm_settings = M.vm_settings(cfg, b.traits)
+  local facts = t.ova and require("capil.format.ova").inspect(t.ova)
+  local fw = facts and facts.hardware and facts.hardware.firmware
+  if fw and fw ~= (vm_settings.firmware or "bios") then
+    log.info("test: %s declares firmware %s: the test VM boots %s", fs.basename(t.ova), fw, fw)
+    vm_settings.firmware = fw
+  end
   local run = {
     target = t, backend = o.backend, keep = o.keep and true or false, cache_dir = o.cache_dir, data = data,
     settings = type(b.settings) == "table" and registry.live_settings(b, cfg) or {},
     secret = function(var) return cfg:get(var) end,
-    vm_settings = M.vm_settings(cfg, b.traits), test_vm_name = cfg:get("test_vm_name"),
+    vm_settings = vm_settings, test_vm_name = cfg:get("test_vm_name"),
     test_dir = t.test_dir, work = t.test_dir .. "/vm", state = {},
     report = { target = o.target, backend = o.backend, name = t.name, test_dir = t.test_dir, suites = {}, steps = {},
       started = os.date("!%Y-%m-%dT%H:%M:%SZ") },

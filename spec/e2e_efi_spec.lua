@@ -1,0 +1,94 @@
+-- The EFI build, end to end, on QEMU (issue 17): the installer fixture's
+-- hybrid CD boots under OVMF into GRUB's EFI menu, capil types the boot
+-- lines at GRUB's command line, the installer reads its answer file from the
+-- seed CD labelled cidata (no HTTP server runs), partitions GPT with an EFI
+-- system partition and puts GRUB at the ESP's removable-media path; capil
+-- exports the OVA, whose OVF says EFI; `capil test` boots its VMDK under
+-- OVMF because the OVA says so, and `capil ssh` logs in as capv on an EFI
+-- system. Guest-bound (#guest): the same C runs in the BIOS end-to-end
+-- build, so the sanitizer pass of .ci/run leaves this one out.
+local capil = require("support.capil")
+local fixtures = require("support.fixtures")
+local peer = require("support.peer")
+local proc = require("capil.sys.proc")
+local fs = require("capil.sys.fs")
+local hash = require("capil.sys.hash")
+local json = require("capil.sys.json")
+local runtime = require("capil.core.runtime")
+
+local ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" -- the UEFI specification's EFI system partition
+
+local function run(argv, timeout)
+  local r = assert(proc.run({ argv = argv, timeout = timeout or 300 }))
+  assert.equal(0, r.code, table.concat(argv, " ") .. ": " .. r.stdout .. r.stderr)
+  return r.stdout
+end
+
+describe("end-to-end EFI build of the test OS from a seed CD #qemu #e2e #guest", function()
+  it("installs under OVMF from a cidata seed CD without HTTP, and the image boots EFI in capil test", function()
+    local iso = fixtures.installer_iso()
+    local out = peer.dir("e2e-efi")
+    local name = "testos-efi-kube-v1.16.14"
+    local r = capil.run({ "run", "spec/fixtures/recipes/testos-efi.lua", "--recipes-dir", "spec/fixtures/recipes",
+      "--output", out, "--var", "iso_url=file://" .. iso, "--var", "iso_checksum=" .. assert(hash.file(iso)) },
+      { timeout = 2400 })
+    local dir = out .. "/" .. name
+    local serial = fs.read(dir .. "/logs/serial.log") or ""
+    assert.equal(0, r.code, r.stderr .. "\n" .. serial)
+
+    -- no HTTP server: the answer file came from the seed CD, typed into GRUB
+    assert.matches("installer files also on a CD labelled cidata", r.stderr, 1, true)
+    assert.matches("no installer files over HTTP: no server started", r.stderr, 1, true)
+    assert.not_matches("installer files served on", r.stderr, 1, true)
+    -- the serial log keeps the installer's console across the restart from disk
+    assert.matches("BdsDxe", serial, 1, true) -- OVMF's boot manager
+    assert.matches("capil-installer: reading answer file /testos-efi/ks.cfg from the filesystem labelled cidata",
+      serial, 1, true)
+    assert.matches("capil-installer: partitioning /dev/sda (GPT: EFI system partition, root)", serial, 1, true)
+    assert.matches("capil-installer: installing the bootloader (GRUB, EFI removable-media path)", serial, 1, true)
+    assert.matches("Welcome to GRUB", serial, 1, true) -- the installed disk's GRUB
+    assert.is_true(json.read(dir .. "/report.json").ok)
+
+    -- the OVA verifies and says EFI (vmw:Config firmware, no BootOrderSection)
+    local ova = dir .. "/" .. name .. ".ova"
+    local v = capil.run({ "ova", "verify", ova })
+    assert.equal(0, v.code, v.stdout .. v.stderr)
+    local facts = assert(require("capil.format.ova").inspect(ova))
+    assert.equal("efi", facts.hardware.firmware)
+
+    -- the disk: GPT, an EFI system partition holding GRUB at the removable
+    -- media path, then the root filesystem
+    local raw = peer.dir("e2e-efi-raw") .. "/disk.raw"
+    run({ "qemu-img", "convert", "-O", "raw", dir .. "/" .. name .. "-disk-0.vmdk", raw })
+    local pt = assert(json.decode(run({ "sfdisk", "--json", raw }))).partitiontable
+    assert.equal("gpt", pt.label)
+    assert.equal(2, #pt.partitions)
+    assert.equal(ESP_TYPE, pt.partitions[1].type)
+    assert.equal("ESP", pt.partitions[1].name)
+    local esp = ("%s@@%d"):format(raw, pt.partitions[1].start * (pt.sectorsize or 512))
+    assert.matches("BOOTX64%s+EFI", run({ "mdir", "-i", esp, "::/EFI/BOOT" }))
+    fs.remove(raw)
+
+    -- capil test boots the VMDK under OVMF because the OVA says EFI (the
+    -- configuration's firmware is bios); the VM is kept for capil ssh
+    local t = capil.run({ "test", dir, "--keep" }, { timeout = 1200 })
+    local state = json.read(dir .. "/test/vm.json")
+    finally(function()
+      if state and state.pid and proc.alive(state.pid) then
+        proc.kill(state.pid)
+        for _ = 1, 50 do if not proc.alive(state.pid) then break end runtime.sleep(0.1) end
+        if proc.alive(state.pid) then proc.kill(state.pid, "KILL") end
+      end
+    end)
+    assert.equal(0, t.code, t.stderr .. "\n" .. (fs.read(dir .. "/test/serial.log") or ""))
+    assert.matches(name .. ".ova declares firmware efi: the test VM boots efi", t.stderr, 1, true)
+    assert.is_true(json.read(dir .. "/test/report.json").ok)
+
+    local id = capil.run({ "ssh", dir, "--", "id", "-un" })
+    assert.equal(0, id.code, id.stderr)
+    assert.equal("capv\n", id.stdout)
+    local efi = capil.run({ "ssh", dir, "--", "test -d /sys/firmware/efi && findmnt -no FSTYPE /boot/efi" })
+    assert.equal(0, efi.code, efi.stderr)
+    assert.equal("vfat\n", efi.stdout)
+  end)
+end)
