@@ -7,7 +7,8 @@
 --
 --   local vcsim = require("support.vcsim")
 --   local sim = vcsim.start{ username = "admin", password = "secret", tls = true }
---   -- sim.url, sim.server, sim.ca_file, ...; sim:calls(), sim:keys(), sim:stop()
+--   -- sim.url, sim.server, sim.ca_file, ...; sim:calls(), sim:keys(), sim:request(method),
+--   -- sim:uploads(), sim:datastore_file(path), sim:stop()
 local peer = require("support.peer")
 local proc = require("capil.sys.proc")
 local fs = require("capil.sys.fs")
@@ -270,6 +271,41 @@ end
 ---@return {ref: string, name: string, power: string, template: boolean, ip?: string}[]
 function Sim:vms()
   return self:_shim("GET", "/shim/vms")
+end
+
+--- The body (a SOAP envelope) of the last `method` call the simulator
+--- received since it started, e.g. `sim:request("CreateVM_Task")`; raises
+--- when there was none.
+---@param method string
+---@return string
+function Sim:request(method)
+  return self:_shim("GET", "/shim/requests?method=" .. method).body
+end
+
+--- The datastore uploads (PUT on /folder) so far, in order:
+--- `{{path = "[LocalDS_0] dir/file", size = N, sha256 = "hex", status = 200, data = "bytes"?}, ...}`;
+--- `data` (decoded) only for uploads up to 4 MiB.
+---@return {path: string, size: integer, sha256: string, status: integer, data?: string}[]
+function Sim:uploads()
+  local list = self:_shim("GET", "/shim/uploads")
+  for _, u in ipairs(list) do
+    if u.data then u.data = assert(hash.base64_decode(u.data)) end
+  end
+  return list
+end
+
+--- Where datastore path `path` ("[LocalDS_0] dir/file") lives on this
+--- machine: vcsim keeps each datastore in a directory of its TMPDIR.
+---@param path string
+---@return string
+function Sim:datastore_file(path)
+  local ds, rel = path:match("^%[([^%]]+)%] (.*)$")
+  assert(ds, "vcsim: not a datastore path: " .. path)
+  local prefix = ("govcsim-%s-%s-"):format(self.datacenter, ds)
+  for _, name in ipairs(assert(fs.list(self.dir .. "/tmp"))) do
+    if name:sub(1, #prefix) == prefix then return ("%s/tmp/%s/%s"):format(self.dir, name, rel) end
+  end
+  error(("vcsim: no directory for datastore %s under %s/tmp"):format(ds, self.dir), 2)
 end
 
 --- The simulator's log so far.

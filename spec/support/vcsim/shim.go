@@ -1,15 +1,20 @@
 // The shim: an HTTP wrapper around vcsim's own handler. It counts SOAP
 // calls, plays injected faults and connection resets, answers the methods
 // vcsim 0.24.2 lacks (PutUsbScanCodes, ExportVm; see export.go), refuses
-// write methods under -restricted, reports guest IPs (guest.go), and serves
-// the test endpoints under /shim/. Everything else reaches vcsim unchanged.
+// write methods under -restricted, reports guest IPs (guest.go), records
+// the last request of each SOAP method and what datastore uploads carried,
+// and serves the test endpoints under /shim/. Everything else reaches vcsim
+// unchanged.
 package main
 
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/ioutil"
 	"log"
 	"net"
@@ -73,6 +78,8 @@ type shim struct {
 	calls   map[string]int
 	injects map[string]*injection
 	keys    map[string][]keyEvent // by VM moref value
+	reqs    map[string][]byte     // the last request body, by SOAP method
+	uploads []upload              // datastore PUTs, in order
 
 	clientOnce sync.Once
 	client     *vim25.Client // in-process, for the test endpoints
@@ -105,6 +112,7 @@ func newShim(svc *simulator.Service, inner http.Handler, opts shimOptions) *shim
 		calls:   map[string]int{},
 		injects: map[string]*injection{},
 		keys:    map[string][]keyEvent{},
+		reqs:    map[string][]byte{},
 		export:  newExporter(opts.exportDisk),
 	}
 	if opts.guestIP != "" {
@@ -119,6 +127,8 @@ func (s *shim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveTest(w, r)
 	case strings.HasPrefix(p, "/nfc/export-"):
 		s.export.serveNFC(w, r)
+	case r.Method == http.MethodPut && strings.HasPrefix(p, "/folder/"):
+		s.recordUpload(w, r)
 	case r.Method == http.MethodPost && (p == "/sdk" || p == "/sdk/vimService"):
 		s.serveSOAP(w, r)
 	default:
@@ -143,6 +153,7 @@ func (s *shim) serveSOAP(w http.ResponseWriter, r *http.Request) {
 	if method != "" {
 		s.mu.Lock()
 		s.calls[method]++
+		s.reqs[method] = body
 		inj := s.injects[method]
 		var act injection
 		if inj != nil {
@@ -365,6 +376,22 @@ func (s *shim) serveTest(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, inj)
 	case "GET /shim/vms":
 		writeJSON(w, http.StatusOK, inventory())
+	case "GET /shim/requests":
+		method := r.URL.Query().Get("method")
+		s.mu.Lock()
+		body, ok := s.reqs[method]
+		s.mu.Unlock()
+		if !ok {
+			writeJSON(w, http.StatusNotFound, map[string]string{
+				"error": fmt.Sprintf("no %q request recorded (not called since the start)", method)})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"method": method, "body": string(body)})
+	case "GET /shim/uploads":
+		s.mu.Lock()
+		out := append([]upload{}, s.uploads...)
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, out)
 	default:
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such shim endpoint: " + route})
 	}
@@ -474,4 +501,78 @@ func inventory() []vmInfo {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Ref < out[j].Ref })
 	return out
+}
+
+// ======================================================================
+// Datastore uploads
+// ======================================================================
+
+// uploadKeep is the largest upload whose bytes are kept (seed CDs, markers;
+// not install ISOs).
+const uploadKeep = 4 << 20
+
+// upload is what one PUT on /folder carried.
+type upload struct {
+	Path   string `json:"path"` // "[LocalDS_0] dir/file"
+	Size   int64  `json:"size"`
+	Sha256 string `json:"sha256"`
+	Status int    `json:"status"`         // vcsim's answer
+	Data   []byte `json:"data,omitempty"` // the bytes (base64 in JSON), up to uploadKeep
+}
+
+// statusRecorder remembers the status vcsim answered.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// keepWriter hashes everything and keeps the first `left` bytes.
+type keepWriter struct {
+	buf   bytes.Buffer
+	left  int64
+	total int64
+	over  bool
+}
+
+func (k *keepWriter) Write(p []byte) (int, error) {
+	k.total += int64(len(p))
+	if !k.over {
+		if int64(len(p)) <= k.left {
+			k.buf.Write(p)
+			k.left -= int64(len(p))
+		} else {
+			k.over = true
+			k.buf.Reset()
+		}
+	}
+	return len(p), nil
+}
+
+// recordUpload passes a datastore PUT to vcsim, noting its path, size,
+// sha256 and (when small) its bytes on the way.
+func (s *shim) recordUpload(w http.ResponseWriter, r *http.Request) {
+	h := sha256.New()
+	keep := &keepWriter{left: uploadKeep}
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.TeeReader(r.Body, io.MultiWriter(h, keep)), r.Body}
+	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	s.inner.ServeHTTP(rec, r)
+	path := strings.TrimPrefix(r.URL.Path, "/folder/") // decoded already
+	if ds := r.URL.Query().Get("dsName"); ds != "" {
+		path = fmt.Sprintf("[%s] %s", ds, path)
+	}
+	up := upload{Path: path, Size: keep.total, Sha256: hex.EncodeToString(h.Sum(nil)), Status: rec.status}
+	if !keep.over {
+		up.Data = keep.buf.Bytes()
+	}
+	s.mu.Lock()
+	s.uploads = append(s.uploads, up)
+	s.mu.Unlock()
 }
