@@ -47,7 +47,9 @@ describe("end-to-end EFI build of the test OS from a seed CD #qemu #e2e #guest",
     assert.matches("capil-installer: partitioning /dev/sda (GPT: EFI system partition, root)", serial, 1, true)
     assert.matches("capil-installer: installing the bootloader (GRUB, EFI removable-media path)", serial, 1, true)
     assert.matches("Welcome to GRUB", serial, 1, true) -- the installed disk's GRUB
-    assert.is_true(json.read(dir .. "/report.json").ok)
+    local report = json.read(dir .. "/report.json")
+    assert.is_true(report.ok)
+    assert.same({ 3, 0 }, { report.checks.total, report.checks.failed }) -- hygiene, after sysprep
 
     -- the OVA verifies and says EFI (vmw:Config firmware, no BootOrderSection)
     local ova = dir .. "/" .. name .. ".ova"

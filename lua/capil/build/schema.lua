@@ -133,7 +133,9 @@ local F = {
 
   -- provisioning
   { path = "roles", type = "list", description = "role order (default: setup node providers containerd kubernetes <custom> sysprep)" },
-  { path = "checks", type = "list", default = { "node" }, description = "check sets in recipes/checks/ run after provisioning" },
+  { path = "checks", type = "list", default = { "node", "hygiene" },
+    description = "check sets in recipes/checks/ run after provisioning (node: the goss set; "
+      .. "hygiene: no host keys, machine-id or cloud-init state left)" },
   { path = "vars", type = "table", description = "extra variables for roles and templates (image-builder names)" },
 
   -- shared configuration (recipes/config/*.json), by image-builder name

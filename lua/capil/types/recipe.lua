@@ -18,7 +18,7 @@
 ---@field shutdown_timeout? string how long to wait for the VM to power off (variable shutdown_timeout)
 ---@field ovf? capil.Recipe.ovf
 ---@field roles? string[] role order (default: setup node providers containerd kubernetes <custom> sysprep)
----@field checks? string[] check sets in recipes/checks/ run after provisioning
+---@field checks? string[] check sets in recipes/checks/ run after provisioning (node: the goss set; hygiene: no host keys, machine-id or cloud-init state left)
 ---@field vars? table<string, string|number|boolean> extra variables for roles and templates (image-builder names)
 ---@field kubernetes? capil.Recipe.kubernetes
 ---@field cni? capil.Recipe.cni
