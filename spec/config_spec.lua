@@ -100,10 +100,17 @@ describe("config layering #unit", function()
     assert.equal(3 * 3600, f:get("node_conformance_timeout"))
   end)
 
-  it("keeps unknown variables for roles", function()
-    local c = assert(cfg_of({ vars = { "my_role_setting=42" } }))
-    assert.equal("42", c:vars().my_role_setting)
+  it("passes the roles' variables and the recipe's declared ones to roles", function()
+    local c = assert(cfg_of({ vars = { "runc_version=1.4.3", "extra_debs=jq" } }))
+    assert.equal("1.4.3", c:vars().runc_version)                            -- a shipped role's variable
+    assert.equal("var", c:explain("runc_version").layer)
+    local tmp = os.tmpname()
+    assert(require("capil.sys.fs").write(tmp, 'return { extends = "ubuntu-2004", vars = { my_role_setting = "1" } }'))
+    c = assert(cfg_of({ recipe = tmp, vars = { "my_role_setting=42" } }))
+    os.remove(tmp)
+    assert.equal("42", c:vars().my_role_setting)                            -- declared by the recipe
     assert.equal("var", c:explain("my_role_setting").layer)
+    assert.equal("recipe", c:explain("my_role_setting").overrides[1].layer)
   end)
 
   it("inspect --explain prints the layer and file; the password never", function()

@@ -12,8 +12,14 @@
 ---                --var-file, in order: last wins (image-builder's rule)
 ---   5. var       --var key=value
 --- Values are addressed by schema path (`iso.checksum`) or image-builder
---- variable name (`iso_checksum`); unknown variables from var files are kept
---- as extra variables for roles. Every value remembers its layer and file.
+--- variable name (`iso_checksum`). Besides the schema's variables, a file or
+--- --var may set the variables the shipped roles read (M.ROLE_VARS) and
+--- those the recipe declares in its `vars` (custom roles' variables); the
+--- image-builder variables capil deliberately ignores (M.IGNORED: Packer's,
+--- Ansible's and goss's machinery) are accepted with a notice; any other
+--- name is an error naming the file (or --var) and the variable, with a
+--- "did you mean". Every value remembers its layer and file, and the values
+--- of the layers it overrode.
 local schema = require("capil.build.schema")
 local json = require("capil.sys.json")
 local log = require("capil.sys.log")
@@ -39,14 +45,190 @@ M.SHARED_UNREAD = {
   ssh_timeout = "image-builder's Packer templates hard-code ssh_timeout \"4h\" and never read this variable",
 }
 
-local Config = {}
-Config.__index = Config
-
 -- Maps a key from a var file or --var to a schema path, or nil (extra var).
 local function path_of(key)
   local f = schema.by_var[key] or schema.by_path[key]
   return f and f.path
 end
+
+--- Variables the shipped roles read that are no schema field (extra
+--- variables, passed to roles as strings), with what they do.
+M.ROLE_VARS = {
+  runc_version = "containerd 2.x: the runc release installed beside it (containerd role)",
+  runc_sha256 = "containerd 2.x: the sha256 of that release's runc.amd64 (containerd role)",
+  containerd_cri_socket = "containerd 2.x: the CRI socket written to /etc/crictl.yaml (containerd role)",
+  containerd_image_pull_progress_timeout = "containerd 2.x: the CRI plugin's image_pull_progress_timeout "
+    .. "(containerd role)",
+  containerd_enable_limit_no_file = "true: containerd's LimitNOFILE drop-in (containerd role)",
+}
+
+local ANSIBLE = "an argument of Ansible's; capil runs its roles itself over SSH, not through Ansible"
+local GOSS = "a setting of goss's; capil runs its own checks (recipes/checks), not goss"
+
+--- image-builder's variables that capil deliberately ignores: the Packer,
+--- Ansible and goss machinery capil replaces. A file or --var setting one
+--- is accepted with a notice (one line on stderr) naming it and why.
+M.IGNORED = {
+  ansible_common_vars = ANSIBLE,
+  ansible_extra_vars = ANSIBLE,
+  ansible_user_vars = ANSIBLE,
+  ansible_scp_extra_args = ANSIBLE,
+  ansible_common_ssh_args = ANSIBLE,
+  existing_ansible_ssh_args = ANSIBLE,
+  node_ansible_tmpdir = ANSIBLE,
+  build_timestamp = "capil stamps each build itself (packer-manifest.json, the OVF's BUILD_TIMESTAMP)",
+  build_version = "capil names the build <build_name>-kube-<kubernetes_semver>",
+  output_dir = "capil writes to <--output>/<build_name>-kube-<kubernetes_semver>",
+  ib_version = "capil records its own version as the OVF's IMAGE_BUILDER_VERSION",
+  http_port_min = "capil's installer server listens on a free port of its own choosing",
+  http_port_max = "capil's installer server listens on a free port of its own choosing",
+  ssh_handshake_attempts = "capil retries SSH until ssh_timeout",
+  export_manifest = "capil writes the OVA's manifest (.mf) itself",
+}
+
+--- Prefixes of whole families of ignored variables.
+M.IGNORED_PREFIXES = { goss_ = GOSS }
+
+--- Why capil ignores the image-builder variable `name`, or nil.
+---@param name string
+---@return string?
+function M.ignored(name)
+  if M.IGNORED[name] then return M.IGNORED[name] end
+  for prefix, why in pairs(M.IGNORED_PREFIXES) do
+    if name:sub(1, #prefix) == prefix then return why end
+  end
+  return nil
+end
+
+--- image-builder variables capil has no such variable for, with what to
+--- use instead (the error's hint).
+M.INSTEAD = {
+  cpu = "capil's variable is cpus",
+  cdrom_type = "capil's variable is cd_bus",
+  pause_image = "capil's variable is containerd_pause_image",
+  boot_command_prefix = "a recipe's boot.command (variable boot_command) holds the whole boot command",
+  boot_command_suffix = "a recipe's boot.command (variable boot_command) holds the whole boot command",
+  boot_media_path = "a recipe's boot.command (variable boot_command) holds the whole boot command",
+  cd_content_location = "a recipe lists the seed CD's files in installer.cd_files",
+  node_custom_roles_pre = "capil runs custom_role_names (with custom_role true) before sysprep",
+  node_custom_roles_post = "capil runs custom_role_names (with custom_role true) before sysprep",
+}
+
+--- The variables backends read through their settings that are no schema
+--- field (esx's remote_poll_interval), as {name = "backend <b>: setting <s>"}.
+---@return table<string, string>
+function M.backend_vars()
+  local backend = require("capil.backend")
+  local out = {}
+  for _, name in ipairs(backend.names()) do
+    for _, s in ipairs(backend.get(name).settings or {}) do
+      for _, p in ipairs(s.paths or {}) do
+        if not path_of(p) and not out[p] then out[p] = ("backend %s: setting %s"):format(name, s[1]) end
+      end
+    end
+  end
+  return out
+end
+
+--- What an extra variable (no schema field) is, when capil knows it: a
+--- role's or a backend's variable; nil otherwise.
+---@param name string
+---@return string?
+function M.extra_known(name)
+  return M.ROLE_VARS[name] or M.backend_vars()[name]
+end
+
+-- Names shown in "did you mean": the schema's variables (or paths, for a
+-- dotted key), the roles' variables and `declared` (a recipe's vars).
+local function suggestion(key, declared)
+  if #key > schema.SUGGEST_MAX then return nil end
+  local names = {}
+  if key:find(".", 1, true) then
+    for _, f in ipairs(schema.fields) do names[#names + 1] = f.path end
+  else
+    for _, f in ipairs(schema.fields) do if f.var then names[#names + 1] = f.var end end
+    for k in pairs(M.ROLE_VARS) do names[#names + 1] = k end
+    for k in pairs(M.backend_vars()) do names[#names + 1] = k end
+    for k in pairs(declared or {}) do names[#names + 1] = k end
+  end
+  table.sort(names)
+  local text = require("capil.util.text")
+  local best = text.closest(key, names)
+  if best then return { best } end
+  return text.similar(key, names, 3)
+end
+
+--- The message of a variable no layer knows: "<where>: disk_sise: unknown
+--- variable (did you mean 'disk_size'?)". `where` is the file or --var;
+--- `declared` the recipe's own extra variables.
+---@param where string
+---@param key string
+---@param declared? table<string, true>
+---@return string
+function M.unknown_message(where, key, declared)
+  local shown = #key > 200 and (key:sub(1, 200) .. ("... (%d bytes)"):format(#key)) or key
+  if M.INSTEAD[key] then
+    return ("%s: %s: not a capil variable (%s)"):format(where, shown, M.INSTEAD[key])
+  end
+  return ("%s: %s: unknown variable (%s)"):format(where, shown, M.did_you_mean(key, declared)
+    or "a custom role's variable is declared in its recipe's vars")
+end
+
+--- "did you mean 'disk_size'?" for a misspelt variable or path, or nil.
+---@param key string
+---@param declared? table a recipe's vars (their names count)
+---@return string?
+function M.did_you_mean(key, declared)
+  local hint = suggestion(key, declared) or {}
+  if #hint == 0 then return nil end
+  local q = {}
+  for i, n in ipairs(hint) do q[i] = "'" .. n .. "'" end
+  return ("did you mean %s?"):format(table.concat(q, " or "))
+end
+
+-- Notices already printed (a file read for several recipes prints once).
+local noticed = {}
+
+--- The notices of ignored variables, one line per file and reason, naming
+--- each variable: "<where>: goss_arch, goss_url are ignored: <why>".
+--- `list` holds {where, key} in the order they were set.
+---@param list {[1]: string, [2]: string}[]
+---@return string[]
+function M.notices(list)
+  local groups, order = {}, {}
+  for _, n in ipairs(list) do
+    local where, key = n[1], n[2]
+    local id = where .. "\0" .. M.ignored(key)
+    if not groups[id] then
+      groups[id] = { where = where, why = M.ignored(key), keys = {}, seen = {} }
+      order[#order + 1] = id
+    end
+    local g = groups[id]
+    if not g.seen[key] then g.seen[key] = true g.keys[#g.keys + 1] = key end
+  end
+  local out = {}
+  for _, id in ipairs(order) do
+    local g = groups[id]
+    out[#out + 1] = ("%s: %s %s ignored: %s"):format(g.where, table.concat(g.keys, ", "),
+      #g.keys == 1 and "is" or "are", g.why)
+  end
+  return out
+end
+
+-- Prints the notices of `list` (see M.notices) on stderr, each once per
+-- process.
+local function print_notices(list)
+  for _, line in ipairs(M.notices(list)) do
+    if not noticed[line] then
+      noticed[line] = true
+      log.info("%s", line)
+    end
+  end
+end
+
+local Config = {}
+Config.__index = Config
+
 
 --- The largest var file read (they hold a few dozen variables).
 M.MAX_VAR_FILE = 16 * 1024 * 1024
@@ -63,6 +245,14 @@ local function read_var_file(path)
     return nil, ("%s: a var file must be a JSON object of variables"):format(path)
   end
   return data
+end
+
+-- A table's keys, sorted (a file's variables in a stable order).
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  return keys
 end
 
 --- Splits PACKER_VAR_FILES (space-separated paths).
@@ -170,35 +360,44 @@ end
 ---@return table|nil cfg, string? err
 function M.from_vars(opts)
   local getenv = opts.getenv or os.getenv
-  local raw, extra = {}, {}
-  local function set(k, v)
+  local raw, extra, unknown, notices = {}, {}, {}, {}
+  local function set(k, v, where)
+    if v == nil or (json.is_null and json.is_null(v)) then return end
     local p = path_of(k)
-    if p then raw[p] = v else extra[k] = v end
+    if p then raw[p] = v
+    elseif M.extra_known(k) then extra[k] = v
+    elseif M.ignored(k) then notices[#notices + 1] = { where, k }
+    else unknown[#unknown + 1] = M.unknown_message(where, k) end
+  end
+  local function set_all(data, where)
+    for _, k in ipairs(sorted_keys(data)) do set(k, data[k], where) end
   end
   local traits = traits_of(opts.backend)
   local base = (opts.config_dir or "recipes/config") .. "/" .. (traits.var_file or "")
   if traits.var_file and require("capil.sys.fs").exists(base) then
     local data, err = read_var_file(base)
     if not data then return nil, err end
-    for k, v in pairs(data) do set(k, v) end
+    set_all(data, base)
   end
   if traits.govc_env then
     local env, err = M.govc_env(getenv)
     if not env then return nil, err end
-    for k, v in pairs(env) do set(k, v[1]) end
+    for k, v in pairs(env) do set(k, v[1], v[2]) end
   end
   local files = M.packer_var_files(getenv("PACKER_VAR_FILES"))
   for _, f in ipairs(opts.var_files or {}) do files[#files + 1] = f end
   for _, path in ipairs(files) do
     local data, err = read_var_file(path)
     if not data then return nil, err end
-    for k, v in pairs(data) do set(k, v) end
+    set_all(data, path)
   end
   for _, kv in ipairs(opts.vars or {}) do
     local k, v = M.parse_var(kv)
     if not k then return nil, v end
-    set(k, v)
+    set(k, v, "--var")
   end
+  print_notices(notices)
+  if #unknown > 0 then return nil, table.concat(unknown, "\n") end
   local values, texts = {}, {}
   for _, f in ipairs(schema.fields) do
     local v = raw[f.path]
@@ -217,6 +416,37 @@ function M.from_vars(opts)
   return cfg
 end
 
+-- An error's sort key: its file, line (0 when none) and the rest (the
+-- field first).
+local function error_key(e)
+  local file, line, rest = e:match("^([^:]+):(%d+): (.*)$")
+  if file then return file, tonumber(line), rest end
+  file, rest = e:match("^([^:]+): (.*)$")
+  if file then return file, 0, rest end
+  return "", 0, e
+end
+
+--- `errors` in a stable order: by file, line, then field (the message
+--- after the location), whatever order the layers found them in.
+---@param errors string[]
+---@return string[]
+function M.sort_errors(errors)
+  local keyed = {}
+  for i, e in ipairs(errors) do
+    local f, l, r = error_key(e)
+    keyed[i] = { f = f, l = l, r = r, e = e, i = i }
+  end
+  table.sort(keyed, function(a, b)
+    if a.f ~= b.f then return a.f < b.f end
+    if a.l ~= b.l then return a.l < b.l end
+    if a.r ~= b.r then return a.r < b.r end
+    return a.i < b.i
+  end)
+  local out = {}
+  for i, k in ipairs(keyed) do out[i] = k.e end
+  return out
+end
+
 --- Resolves the configuration of `recipe` (from capil.build.recipe.load).
 --- opts: backend, config_dir (default recipes/config), var_files (list),
 --- packer_var_files (string, PACKER_VAR_FILES), vars ({"k=v", ...} or map),
@@ -227,16 +457,34 @@ function M.resolve(recipe, opts)
   opts = opts or {}
   local errors = {}
   local values, sources, extra, extra_src = {}, {}, {}, {}
+  -- variables the recipe declares (its vars), ignored ones as set
+  local declared, ignored, notices = {}, {}, {}
+
+  -- A value's source, remembering the sources (and values) it overrides,
+  -- latest first.
+  local function source_over(prev, prev_value, src)
+    if prev then
+      local o = { layer = prev.layer, file = prev.file, where = prev.where, key = prev.key, value = prev_value }
+      src.overrides = { o }
+      for _, x in ipairs(prev.overrides or {}) do src.overrides[#src.overrides + 1] = x end
+    end
+    return src
+  end
 
   local function set(key, raw, layer, file)
     local path = path_of(key)
     if raw == nil or (json.is_null and json.is_null(raw)) then return end
     if path then
+      sources[path] = source_over(sources[path], values[path], { layer = layer, file = file, key = key })
       values[path] = raw
-      sources[path] = { layer = layer, file = file, key = key }
-    else
+    elseif layer == "recipe" or M.extra_known(key) or not M.ignored(key) then
+      -- unknown names are checked once the recipe has declared its own
+      if layer == "recipe" then declared[key] = true end
+      extra_src[key] = source_over(extra_src[key], extra[key], { layer = layer, file = file, key = key })
       extra[key] = raw
-      extra_src[key] = { layer = layer, file = file, key = key }
+    else
+      ignored[key] = { layer = layer, file = file, key = key }
+      notices[#notices + 1] = { file or layer, key }
     end
   end
 
@@ -260,7 +508,8 @@ function M.resolve(recipe, opts)
     if not data then
       errors[#errors + 1] = err
     else
-      for k, v in pairs(data) do
+      for _, k in ipairs(sorted_keys(data)) do
+        local v = data[k]
         if M.SHARED_UNREAD[k] and path_of(k) then
           unread[path_of(k)] = ("%s's %s is not applied: %s"):format(path, json.encode(v), M.SHARED_UNREAD[k])
         else
@@ -280,7 +529,8 @@ function M.resolve(recipe, opts)
       if type(v) ~= "table" then
         errors[#errors + 1] = ("%s: vars: expected a table of name = value, got a %s"):format(at, type(v))
       else
-        for k, x in pairs(v) do
+        for _, k in ipairs(sorted_keys(v)) do
+          local x = v[k]
           if type(k) == "string" then
             set(k, x, "recipe", recipe.sources[p])
           else
@@ -290,8 +540,9 @@ function M.resolve(recipe, opts)
         end
       end
     else
+      sources[p] = source_over(sources[p], values[p],
+        { layer = "recipe", file = recipe.sources[p], where = recipe.lines[p] })
       values[p] = v
-      sources[p] = { layer = "recipe", file = recipe.sources[p], where = recipe.lines[p] }
     end
   end
 
@@ -314,10 +565,7 @@ function M.resolve(recipe, opts)
     if not data then
       errors[#errors + 1] = err
     else
-      local keys = {}
-      for k in pairs(data) do keys[#keys + 1] = k end
-      table.sort(keys)
-      for _, k in ipairs(keys) do set(k, data[k], "var-file", path) end
+      for _, k in ipairs(sorted_keys(data)) do set(k, data[k], "var-file", path) end
     end
   end
 
@@ -325,6 +573,18 @@ function M.resolve(recipe, opts)
   for _, kv in ipairs(opts.vars or {}) do
     local k, v = M.parse_var(kv)
     if not k then errors[#errors + 1] = v else set(k, v, "var", "--var") end
+  end
+
+  print_notices(notices)
+
+  -- a variable no layer knows: an error naming its file (the latest that
+  -- set it) and a "did you mean"
+  for _, k in ipairs(sorted_keys(extra)) do
+    if not declared[k] and not M.extra_known(k) then
+      local src = extra_src[k]
+      errors[#errors + 1] = M.unknown_message(src.file or src.layer, k, declared)
+      extra[k], extra_src[k] = nil, nil
+    end
   end
 
   -- secrets are registered before anything can print them (errors below
@@ -379,11 +639,11 @@ function M.resolve(recipe, opts)
   end
   if #errors == 0 then M.derive_kubernetes(resolved, sources, errors) end
   if #errors == 0 then M.derive_containerd(resolved, sources) end
-  if #errors > 0 then return nil, errors end
+  if #errors > 0 then return nil, M.sort_errors(errors) end
 
   local cfg = setmetatable({
     recipe = recipe, values = resolved, texts = texts, sources = sources, extra = extra, extra_sources = extra_src,
-    backend = opts.backend,
+    backend = opts.backend, ignored = ignored,
   }, Config)
 
   -- templated values ({{ var }} in containerd_url, guestinfo_datasource_script)
@@ -629,19 +889,46 @@ function Config:text(key)
   return v
 end
 
---- Where a value came from: {key, path, var, value, layer, file} (secret
---- values shown as "****"; a duration as written).
+-- A value as --explain shows it: secrets "****", durations as written.
+local function shown_value(f, key, v)
+  if (f and f.secret) or schema.is_secret_name(key) then return (v ~= nil and v ~= "") and "****" or v end
+  return v
+end
+
+--- Where a value came from: {key, path, var, value, layer, file, where,
+--- note, description, overrides = {{layer, file, where, value}, ...}}
+--- (the layers it overrode, latest first; secret values shown as "****", a
+--- duration as written). A known key without a value: layer "unset"; an
+--- ignored image-builder variable: layer "ignored", with the note. An
+--- unknown key: nil and a message with a "did you mean".
 function Config:explain(key)
   local path = path_of(key)
   local src = path and self.sources[path] or self.extra_sources[key]
-  if not src then return nil, ("unknown key '%s'"):format(key) end
   local f = path and schema.by_path[path]
-  local v = self:text(key)
-  if (f and f.secret) or schema.is_secret_name(key) then v = (v ~= nil and v ~= "") and "****" or v end
+  if not src then
+    local ig = self.ignored and self.ignored[key]
+    if ig then
+      return { key = key, var = key, layer = "ignored", file = ig.file, note = M.ignored(key) }
+    end
+    if f or M.extra_known(key) or M.ignored(key) then
+      return { key = key, path = path, var = f and f.var or key, layer = "unset",
+        note = not f and M.ignored(key) and ("ignored: " .. M.ignored(key)) or nil,
+        description = f and f.description or M.extra_known(key) }
+    end
+    local hint = M.did_you_mean(key, self.recipe and self.recipe.fields.vars or nil)
+    return nil, ("unknown key '%s'%s"):format(key, hint and (" (" .. hint .. ")") or "")
+  end
+  local overrides = {}
+  for i, o in ipairs(src.overrides or {}) do
+    local ov = o.value
+    if f and f.type == "duration" and type(ov) == "number" then ov = tostring(math.tointeger(ov) or ov) end
+    overrides[i] = { layer = o.layer, file = o.file, where = o.where, value = shown_value(f, key, ov) }
+  end
   return {
     key = key, path = path, var = f and f.var or (not path and key) or nil,
-    value = v, layer = src.layer, file = src.file, where = src.where, note = src.note,
-    description = f and f.description,
+    value = shown_value(f, key, self:text(key)), layer = src.layer, file = src.file, where = src.where,
+    note = src.note, description = f and f.description or (not path and M.extra_known(key)) or nil,
+    overrides = overrides,
   }
 end
 

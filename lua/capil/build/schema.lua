@@ -17,9 +17,13 @@ local MAX_CPUS = 768
 local MAX_MEMORY = 24 * 1024 * 1024
 local MAX_DISK = 62 * 1024 * 1024
 
+-- What a user name pattern means, for messages (never the Lua pattern).
+local USER_NAME = "a user name: lowercase letters, digits, '_' and '-', starting with a letter or '_'"
+
 local F = {
   -- identity
   { path = "name", var = "build_name", type = "string", required = true, pattern = "^[%w][%w%.%-_]*$",
+    pattern_why = "letters, digits, '.', '-' and '_', starting with a letter or digit",
     description = "build name; the output is output/<name>-kube-<kubernetes semver>/" },
   { path = "description", type = "string", description = "one line shown by `capil list`" },
   { path = "extends", type = "string", description = "recipe this one extends (a name in recipes/ or a path)" },
@@ -91,7 +95,7 @@ local F = {
 
   -- access and shutdown
   { path = "ssh.username", var = "ssh_username", type = "string", default = "builder",
-    pattern = "^[a-z_][a-z0-9_%-]*$", description = "build user created by the installer" },
+    pattern = "^[a-z_][a-z0-9_%-]*$", pattern_why = USER_NAME, description = "build user created by the installer" },
   { path = "ssh.password", var = "ssh_password", type = "string", default = "builder", secret = true,
     check = "installer_safe",
     description = "build user's password; unless a recipe, var file or --var sets it, random per build" },
@@ -109,7 +113,7 @@ local F = {
     description = "how long to wait for the VM to power off" },
 
   -- the OVA
-  { path = "ovf.properties", var = "ovf_properties", type = "table",
+  { path = "ovf.properties", var = "ovf_properties", type = "table", check = "map",
     description = "extra OVF ProductSection properties, {KEY = \"value\"}" },
   { path = "ovf.eula_file", var = "eula_file", type = "string",
     description = "text file for the OVF EulaSection (image-builder's --eula)" },
@@ -142,6 +146,7 @@ local F = {
   { path = "kubernetes.series", var = "kubernetes_series", type = "string",
     description = "v<major>.<minor>; derived from kubernetes_semver (a different value is an error)" },
   { path = "kubernetes.semver", var = "kubernetes_semver", type = "string", required = true, pattern = "^v%d+%.%d+%.%d+",
+    pattern_why = "v<major>.<minor>.<patch>, e.g. v1.30.2",
     description = "Kubernetes version, e.g. v1.16.14; the series, package, CNI and crictl versions and the source follow it" },
   { path = "kubernetes.rpm_version", var = "kubernetes_rpm_version", type = "string",
     description = "derived: 1.30.2 from v1.24 (pkgs.k8s.io), 1.16.14-0 before; set, it must be the semver's version" },
@@ -278,7 +283,7 @@ local F = {
     description = "CIDR the guest IP must be in; ::/0 accepts IPv6 (link-local and APIPA never count)" },
   { path = "vsphere.nic", var = "ip_wait_nic", type = "integer", default = 0,
     description = "which NIC's address is used (0 = the first)" },
-  { path = "vsphere.configuration_parameters", var = "configuration_parameters", type = "table",
+  { path = "vsphere.configuration_parameters", var = "configuration_parameters", type = "table", check = "map",
     description = "extraConfig of the build VM (guestinfo.* keys), as Packer's option" },
 
   -- testing built images (capil test, capil ssh, --stages build,test)
@@ -287,7 +292,7 @@ local F = {
   { path = "tests.cloudinit_dir", var = "cloudinit_dir", type = "string", default = "cloudinit",
     description = "directory of the test cloud-init data (user-data, meta-data, the test keys)" },
   { path = "tests.ssh_username", var = "test_ssh_username", type = "string", default = "capv",
-    pattern = "^[a-z_][a-z0-9_%-]*$", description = "user the test logs in as (created by cloudinit/user-data)" },
+    pattern = "^[a-z_][a-z0-9_%-]*$", pattern_why = USER_NAME, description = "user the test logs in as (created by cloudinit/user-data)" },
   { path = "tests.ssh_private_key_file", var = "test_ssh_private_key_file", type = "string",
     default = "",
     description = "its key (default <cloudinit_dir>/id_ed25519.capi; ed25519: libssh2 1.10 cannot sign rsa-sha2)" },
@@ -348,8 +353,24 @@ end
 -- Coercion and checks                                                    --
 -- ====================================================================== --
 
-local TRUE = { ["true"] = true, ["True"] = true, ["TRUE"] = true, ["1"] = true, yes = true }
-local FALSE = { ["false"] = true, ["False"] = true, ["FALSE"] = true, ["0"] = true, no = true, [""] = true }
+-- The strings a boolean accepts: what image-builder's Packer templates
+-- accept for their boolean variables ("true"/"false" strings in its var
+-- files), i.e. Go's strconv.ParseBool, and "" as false (mapstructure's
+-- weak decoding), besides JSON's and Lua's true and false.
+M.BOOL_TRUE = { "true", "True", "TRUE", "t", "T", "1" }
+M.BOOL_FALSE = { "false", "False", "FALSE", "f", "F", "0", "" }
+local TRUE, FALSE = {}, {}
+for _, s in ipairs(M.BOOL_TRUE) do TRUE[s] = true end
+for _, s in ipairs(M.BOOL_FALSE) do FALSE[s] = true end
+
+local function quoted_list(list)
+  local q = {}
+  for i, s in ipairs(list) do q[i] = ("%q"):format(s) end
+  return table.concat(q, ", ")
+end
+--- The message of a value that is no boolean (lists what is accepted).
+M.BOOL_EXPECTED = ("expected a boolean: true, false, or one of the strings %s (true) and %s (false)")
+  :format(quoted_list(M.BOOL_TRUE), quoted_list(M.BOOL_FALSE))
 local HEX_LEN = { sha256 = 64, sha1 = 40, sha512 = 128, md5 = 32 }
 
 -- A value quoted in a message, cut short: a 200 KB value is no message.
@@ -361,6 +382,9 @@ local function show(v)
   return tostring(v)
 end
 
+-- The message of a map field (ovf.properties) that is no map.
+local MAP_EXPECTED = "expected a map of NAME = value (a JSON object, a Lua table with string keys)"
+
 --- Converts a raw value (from a recipe or a JSON var file, where Packer
 --- passed everything as strings) to the field's type. Returns the value or
 --- nil and "expected …, got …".
@@ -369,7 +393,9 @@ end
 function M.coerce(field, v)
   local t = field.type
   if t == "any" or t == "table" then
-    if t == "table" and type(v) ~= "table" then return nil, "expected a table, got " .. show(v) end
+    if t == "table" and type(v) ~= "table" then
+      return nil, (field.check == "map" and MAP_EXPECTED or "expected a table") .. ", got " .. show(v)
+    end
     return v
   elseif t == "string" or t == "duration" then
     if type(v) == "number" or type(v) == "boolean" then v = tostring(v) end
@@ -391,7 +417,7 @@ function M.coerce(field, v)
     if type(v) == "boolean" then return v end
     if type(v) == "string" and TRUE[v] then return true end
     if type(v) == "string" and FALSE[v] then return false end
-    return nil, "expected a boolean (true/false, or \"true\"/\"false\"), got " .. show(v)
+    return nil, M.BOOL_EXPECTED .. ", got " .. show(v)
   elseif t == "list" then
     if type(v) == "string" then return { v } end
     if type(v) ~= "table" then return nil, "expected a list of strings, got " .. show(v) end
@@ -406,6 +432,27 @@ function M.coerce(field, v)
     return out
   end
   error("schema: unknown type " .. tostring(t))
+end
+
+-- A map's keys and values, checked; nil and why for the first bad entry
+-- (in key order, so the message is the same every run).
+local function map_ok(v)
+  local keys = {}
+  for k in pairs(v) do
+    if type(k) ~= "string" then
+      if math.type(k) == "integer" then return nil, MAP_EXPECTED .. ", got a list" end
+      return nil, MAP_EXPECTED .. ", got the key " .. show(k)
+    end
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    local x = v[k]
+    if type(x) ~= "string" and type(x) ~= "number" and type(x) ~= "boolean" then
+      return nil, ("%s: expected a string, number or boolean, got a %s"):format(k, type(x))
+    end
+  end
+  return true
 end
 
 local function url_ok(s)
@@ -424,7 +471,8 @@ function M.check(field, v, all)
     end
   end
   if field.pattern and type(v) == "string" and not v:match(field.pattern) then
-    return nil, ("expected a value matching %s, got %s"):format(field.pattern, show(v))
+    -- the pattern's meaning, never the Lua pattern itself
+    return nil, ("expected %s, got %s"):format(field.pattern_why or "another value", show(v))
   end
   if field.min and type(v) == "number" and v < field.min then
     return nil, ("expected at least %d, got %d"):format(field.min, v)
@@ -433,7 +481,10 @@ function M.check(field, v, all)
     return nil, ("expected at most %d%s, got %d"):format(field.max, field.max_why or "", v)
   end
   local c = field.check
-  if c == "url" and v ~= "" and not url_ok(v) then
+  if c == "map" then
+    local ok, why = map_ok(v)
+    if not ok then return nil, why end
+  elseif c == "url" and v ~= "" and not url_ok(v) then
     return nil, "expected an http(s):// or file:/// URL, got " .. show(v)
   elseif c == "urls" then
     if #v == 0 then return nil, "expected at least one URL" end

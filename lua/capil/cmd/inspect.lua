@@ -5,7 +5,7 @@ local json = require("capil.sys.json")
 local log = require("capil.sys.log")
 
 local options = { { name = "explain", arg = "KEY", multi = true,
-  help = "show a value's layer and file (a variable or field path)" } }
+  help = "show a value's layer and file, and the layers it overrode (a variable or field path)" } }
 for _, o in ipairs(build_options.options) do options[#options + 1] = o end
 
 return {
@@ -20,12 +20,23 @@ return {
       for _, key in ipairs(opts.explain) do
         local e, err = cfg:explain(key)
         if not e then cli.fail("inspect: " .. err, 1) end
-        local from = e.layer == "default" and "schema default"
-          or e.layer == "derived" and e.note .. " (derived)"
-          or (e.where or e.file or e.layer) .. " (" .. e.layer .. ")"
+        local function show(v) return type(v) == "table" and json.encode(v) or tostring(v) end
+        local function from(x)
+          return x.layer == "default" and "schema default"
+            or x.layer == "derived" and (x.note or "") .. " (derived)"
+            or (x.where or x.file or x.layer) .. " (" .. x.layer .. ")"
+        end
         -- log.out: redacted (secrets, URL passwords) and escaped on a terminal
-        log.out(("%s = %s\n  from %s"):format(e.path or e.key,
-          type(e.value) == "table" and json.encode(e.value) or tostring(e.value), from))
+        if e.layer == "unset" then
+          log.out(("%s: not set"):format(e.path or e.key))
+        elseif e.layer == "ignored" then
+          log.out(("%s: ignored\n  set in %s"):format(e.key, e.file or "?"))
+        else
+          log.out(("%s = %s\n  from %s"):format(e.path or e.key, show(e.value), from(e)))
+        end
+        for _, o in ipairs(e.overrides or {}) do
+          log.out(("  overrides %s from %s"):format(show(o.value), from(o)))
+        end
         if e.note then log.out(("  note: %s"):format(e.note)) end
         if e.var and e.var ~= e.path then log.out(("  variable %s"):format(e.var)) end
         if e.description then log.out(("  %s"):format(e.description)) end

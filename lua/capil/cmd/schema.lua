@@ -29,6 +29,40 @@ function M.markdown()
     out[#out + 1] = ("| `%s` | %s | %s | %s | %s |"):format(f.path, f.var and ("`" .. f.var .. "`") or "",
       t, default_text(f):gsub("|", "\\|"), (f.description or ""):gsub("|", "\\|"))
   end
+  local config = require("capil.build.config")
+  local function sorted(t)
+    local keys = {}
+    for k in pairs(t) do keys[#keys + 1] = k end
+    table.sort(keys)
+    return keys
+  end
+  local bools = {}
+  for i, b in ipairs(schema.BOOL_TRUE) do bools[i] = ("`%q`"):format(b) end
+  local falses = {}
+  for i, b in ipairs(schema.BOOL_FALSE) do falses[i] = ("`%q`"):format(b) end
+  local extra = {}
+  for k, v in pairs(config.ROLE_VARS) do extra[k] = v end
+  for k, v in pairs(config.backend_vars()) do extra[k] = v end
+  out[#out + 1] = ""
+  out[#out + 1] = "A boolean is `true` or `false`, or a string as image-builder's Packer templates read it: "
+    .. table.concat(bools, ", ") .. " (true); " .. table.concat(falses, ", ") .. " (false)."
+  for _, l in ipairs({ "", "## Other variables", "",
+    "Var files and `--var` may also set these variables, which are no recipe field, and the variables a "
+      .. "recipe declares in its `vars` (a custom role's). Any other name is an error naming the file and "
+      .. "the variable.", "",
+    "| variable | what it does |", "|---|---|" }) do out[#out + 1] = l end
+  for _, k in ipairs(sorted(extra)) do out[#out + 1] = ("| `%s` | %s |"):format(k, extra[k]) end
+  for _, l in ipairs({ "", "## image-builder variables capil ignores", "",
+    "Accepted in var files and `--var` with a notice, and not used:", "",
+    "| variable | why |", "|---|---|" }) do out[#out + 1] = l end
+  for _, k in ipairs(sorted(config.IGNORED)) do out[#out + 1] = ("| `%s` | %s |"):format(k, config.IGNORED[k]) end
+  for _, k in ipairs(sorted(config.IGNORED_PREFIXES)) do
+    out[#out + 1] = ("| `%s*` | %s |"):format(k, config.IGNORED_PREFIXES[k])
+  end
+  out[#out + 1] = ""
+  out[#out + 1] = "image-builder variables with another name or form here (an error that says what to use):"
+  out[#out + 1] = ""
+  for _, k in ipairs(sorted(config.INSTEAD)) do out[#out + 1] = ("- `%s`: %s"):format(k, config.INSTEAD[k]) end
   return table.concat(out, "\n") .. "\n"
 end
 
