@@ -211,4 +211,29 @@ describe("current OS recipes #unit", function()
       assert.truthy(found, name)
     end
   end)
+  it("writes Ubuntu 24.04's apt sources in deb822 form that apt reads (no suite listed twice)", function()
+    local p = resolve("ubuntu-2404", "qemu")
+    local files = {}
+    for _, st in ipairs(step(p, "provision").steps) do
+      if st.copy then files[st.copy.dest] = st.copy.content end
+    end
+    assert.is_string(files["/etc/apt/sources.list.d/ubuntu.sources"])
+    assert.not_matches("\ndeb ", "\n" .. files["/etc/apt/sources.list"])
+    -- Debian's own apt parses it: the URIs it would fetch, without fetching
+    local dir = assert(fs.tempdir({ prefix = "capil-spec-apt" }))
+    assert(fs.mkdir(dir .. "/parts"))
+    assert(fs.mkdir(dir .. "/lists/partial"))
+    assert(fs.mkdir(dir .. "/cache"))
+    assert(fs.write(dir .. "/parts/ubuntu.sources", files["/etc/apt/sources.list.d/ubuntu.sources"]))
+    local r = assert(require("capil.sys.proc").run({ argv = { "apt-get", "-o", "Dir::Etc::SourceParts=" .. dir .. "/parts",
+      "-o", "Dir::Etc::SourceList=/dev/null", "-o", "Dir::State::Lists=" .. dir .. "/lists",
+      "-o", "Dir::Cache=" .. dir .. "/cache", "update", "--print-uris" }, timeout = 60 }))
+    fs.remove(dir, { recursive = true })
+    assert.equal(0, r.code, r.stderr)
+    for _, suite in ipairs({ "noble", "noble-updates", "noble-backports", "noble-security" }) do
+      assert.matches("/dists/" .. suite:gsub("%-", "%%-") .. "/InRelease'", r.stdout)
+    end
+    assert.matches("http://security.ubuntu.com/ubuntu/dists/noble-security/universe/binary-amd64/Packages", r.stdout,
+      1, true)
+  end)
 end)

@@ -82,7 +82,9 @@ end
 local function repo_steps(steps, dirs, glob)
   if flag("disable_public_repos", false) then
     local globs = {}
-    for _, d in ipairs(dirs) do globs[#globs + 1] = d .. "/" .. glob end
+    for _, d in ipairs(dirs) do
+      for _, g in ipairs(type(glob) == "table" and glob or { glob }) do globs[#globs + 1] = d .. "/" .. g end
+    end
     steps[#steps + 1] = {
       name = "disable public repositories",
       shell = "for f in " .. table.concat(globs, " ") .. "; do\n"
@@ -104,20 +106,38 @@ local function debian(ctx, steps)
     local release = UBUNTU_CODENAMES[ctx.os.version]
     if not release then error("setup: no Ubuntu codename known for version " .. ctx.os.version) end
     local archive, security = var("ubuntu_repo"), var("ubuntu_security_repo")
-    local lines = {}
-    for _, l in ipairs({
-      { archive, "" }, { archive, "-updates" }, { archive, "-backports" }, { security, "-security" },
-    }) do lines[#lines + 1] = ("deb %s %s%s main restricted universe"):format(l[1], release, l[2]) end
-    steps[#steps + 1] = {
-      name = "write apt sources.list",
-      copy = { dest = "/etc/apt/sources.list", content = table.concat(lines, "\n") .. "\n", mode = "0644" },
-    }
+    if major(ctx.os.version) >= 24 then
+      -- 24.04 keeps its sources in deb822 form (ubuntu.sources) and an empty
+      -- sources.list: replace that file, so apt does not see every suite twice
+      local stanza = "Types: deb\nURIs: %s\nSuites: %s\nComponents: main restricted universe\n"
+        .. "Signed-By: /usr/share/keyrings/ubuntu-archive-keyring.gpg\n"
+      steps[#steps + 1] = {
+        name = "write apt sources (deb822 ubuntu.sources)",
+        copy = { dest = "/etc/apt/sources.list.d/ubuntu.sources", mode = "0644",
+          content = stanza:format(archive, ("%s %s-updates %s-backports"):format(release, release, release)) .. "\n"
+            .. stanza:format(security, release .. "-security") },
+      }
+      steps[#steps + 1] = {
+        name = "empty apt sources.list (the sources are in ubuntu.sources)",
+        copy = { dest = "/etc/apt/sources.list", mode = "0644",
+          content = "# Ubuntu sources have moved to /etc/apt/sources.list.d/ubuntu.sources\n" },
+      }
+    else
+      local lines = {}
+      for _, l in ipairs({
+        { archive, "" }, { archive, "-updates" }, { archive, "-backports" }, { security, "-security" },
+      }) do lines[#lines + 1] = ("deb %s %s%s main restricted universe"):format(l[1], release, l[2]) end
+      steps[#steps + 1] = {
+        name = "write apt sources.list",
+        copy = { dest = "/etc/apt/sources.list", content = table.concat(lines, "\n") .. "\n", mode = "0644" },
+      }
+    end
   end
   local gone, debs = DEBS_GONE[ctx.os.version] or {}, {}
   for _, p in ipairs(DEBS) do
     if not gone[p] then debs[#debs + 1] = p end
   end
-  repo_steps(steps, { "/etc/apt", "/etc/apt/sources.list.d" }, "*.list")
+  repo_steps(steps, { "/etc/apt", "/etc/apt/sources.list.d" }, { "*.list", "*.sources" })
   steps[#steps + 1] = { name = "update apt cache", env = APT_ENV, shell = APT_WAIT .. "\napt-get update" }
   steps[#steps + 1] = {
     name = "dist-upgrade", env = APT_ENV, timeout = 3600,

@@ -31,7 +31,11 @@ local function repo_steps(steps, dirs, suffix)
   end
   if flag("disable_public_repos", false) and flag("reenable_public_repos", true) then
     local globs = {}
-    for _, d in ipairs(dirs) do globs[#globs + 1] = d .. "/" .. suffix .. ".disabled" end
+    for _, d in ipairs(dirs) do
+      for _, g in ipairs(type(suffix) == "table" and suffix or { suffix }) do
+        globs[#globs + 1] = d .. "/" .. g .. ".disabled"
+      end
+    end
     steps[#steps + 1] = {
       name = "re-enable public repositories",
       shell = "for f in " .. table.concat(globs, " ") .. "; do\n"
@@ -66,7 +70,7 @@ local function debian(ctx, steps)
       shell = "rm -f " .. table.concat(SUBIQUITY_CLOUD_CFG, " "),
     }
   end
-  repo_steps(steps, { "/etc/apt", "/etc/apt/sources.list.d" }, "*.list")
+  repo_steps(steps, { "/etc/apt", "/etc/apt/sources.list.d" }, { "*.list", "*.sources" })
   steps[#steps + 1] = { name = "stop rsyslog", shell = "systemctl stop rsyslog || true" }
   steps[#steps + 1] = {
     name = "remove unneeded packages and the apt cache", env = { DEBIAN_FRONTEND = "noninteractive" },
