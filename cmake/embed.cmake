@@ -1,6 +1,9 @@
 # Writes OUT: a C file holding every Lua file of the library as a byte array,
 # with its module name (lua/capil/x/y.lua -> capil.x.y, lua/capil/init.lua ->
-# capil, backends/qemu.lua -> capil.backends.qemu).
+# capil, backends/qemu.lua -> capil.backends.qemu), and every file of
+# recipes/ (recipes, config, roles, checks, installer templates) and
+# cloudinit/ (the test data) under its path, the embedded layer of the
+# recipe search path (capil.build.recipepath).
 file(GLOB_RECURSE lua_files RELATIVE ${SRC} ${SRC}/lua/*.lua)
 file(GLOB_RECURSE backend_files RELATIVE ${SRC} ${SRC}/backends/*.lua)
 list(SORT lua_files)
@@ -26,5 +29,19 @@ foreach(f ${lua_files} ${backend_files})
   math(EXPR i "${i} + 1")
 endforeach()
 string(APPEND body "const struct capil_embedded capil_embedded_lua[] = {\n${table}  {NULL, NULL, NULL, 0}\n};\n")
+
+file(GLOB_RECURSE data_files RELATIVE ${SRC} ${SRC}/recipes/* ${SRC}/cloudinit/*)
+list(SORT data_files)
+set(table "")
+foreach(f ${data_files})
+  file(READ ${SRC}/${f} hex HEX)
+  string(LENGTH "${hex}" hexlen)
+  math(EXPR size "${hexlen} / 2")
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+  string(APPEND body "static const unsigned char f${i}[] = {${bytes}0};\n")
+  string(APPEND table "  {NULL, \"${f}\", (const char *)f${i}, ${size}},\n")
+  math(EXPR i "${i} + 1")
+endforeach()
+string(APPEND body "const struct capil_embedded capil_embedded_data[] = {\n${table}  {NULL, NULL, NULL, 0}\n};\n")
 file(WRITE ${OUT}.tmp "${body}")
 file(RENAME ${OUT}.tmp ${OUT})

@@ -27,6 +27,9 @@ struct capil_embedded {
   size_t size;
 };
 extern const struct capil_embedded capil_embedded_lua[];
+/* recipes/ and cloudinit/ (module NULL; path "recipes/ubuntu-2004.lua"),
+** ended by an entry whose path is NULL */
+extern const struct capil_embedded capil_embedded_data[];
 
 /* ---------------------------------------------------------------------- */
 /* Errors                                                                  */

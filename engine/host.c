@@ -386,6 +386,31 @@ static int host_library(lua_State *L) {
   return 2;
 }
 
+/* host.embedded_files() -> the paths of the embedded recipes/ and cloudinit/
+** files, sorted ("recipes/ubuntu-2004.lua", "cloudinit/user-data", ...) */
+static int host_embedded_files(lua_State *L) {
+  lua_newtable(L);
+  int i = 1;
+  for (const struct capil_embedded *e = capil_embedded_data; e->path; e++) {
+    lua_pushstring(L, e->path);
+    lua_rawseti(L, -2, i++);
+  }
+  return 1;
+}
+
+/* host.embedded_file(path) -> its bytes, or nil when none is embedded */
+static int host_embedded_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  for (const struct capil_embedded *e = capil_embedded_data; e->path; e++) {
+    if (strcmp(e->path, path) == 0) {
+      lua_pushlstring(L, e->data, e->size);
+      return 1;
+    }
+  }
+  lua_pushnil(L);
+  return 1;
+}
+
 /* host.exepath() -> absolute path of the running binary */
 static int host_exepath(lua_State *L) {
   char exe[PATH_MAX];
@@ -453,6 +478,8 @@ static const luaL_Reg host_funcs[] = {
   {"sandbox_resume", host_sandbox_resume},
   {"library", host_library},
   {"exepath", host_exepath},
+  {"embedded_files", host_embedded_files},
+  {"embedded_file", host_embedded_file},
   {NULL, NULL}
 };
 

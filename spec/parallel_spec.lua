@@ -338,7 +338,7 @@ describe("parallel builds and bundles #vsphere #parallel", function()
     local r = run({ "run", unknown, "-j", "2", "--recipes-dir", recipes, "--output", out })
     assert.equal(2, r.code, r.stderr)
     assert.matches(unknown .. ": entry 2 (no-such-recipe):", r.stderr, 1, true)
-    assert.matches("no-such-recipe.lua: cannot read the recipe", r.stderr, 1, true)
+    assert.matches("no recipe 'no-such-recipe' on the recipe path (" .. recipes, r.stderr, 1, true)
 
     local badkey = write_bundle("badkey.lua", { "{ recipe = 'alpha', varz = {} }" })
     r = run({ "run", badkey, "--recipes-dir", recipes, "--output", out })

@@ -11,7 +11,8 @@
 ---
 --- A recipe returns a table with `name`; a bundle returns an array. Paths in
 --- a bundle (var_files, a recipe given as a path) are relative to the
---- bundle's directory; recipe names are looked up in --recipes-dir.
+--- bundle's directory; recipe names are looked up on the recipe search path
+--- (capil.build.recipepath: --recipes-dir first).
 local sandbox = require("capil.build.sandbox")
 local fs = require("capil.sys.fs")
 

@@ -351,12 +351,26 @@ function M.parse_var(s)
   return k, v
 end
 
+-- The path of shared file `name`: in opts.config_dir, else the first of
+-- opts.config_dirs holding it (else the first's, whose error names it),
+-- else in the built-in config directories of the recipe search path.
+local function shared_file(opts, name)
+  local fs = require("capil.sys.fs")
+  if opts.config_dir then return opts.config_dir .. "/" .. name end
+  local dirs = opts.config_dirs or require("capil.build.recipepath").config_dirs({ getenv = opts.getenv })
+  for _, d in ipairs(dirs) do
+    local st = fs.stat(d .. "/" .. name)
+    if st and st.type == "file" then return d .. "/" .. name end
+  end
+  return (dirs[1] or "recipes/config") .. "/" .. name
+end
+
 --- The configuration of a command that has no recipe (deploy, test, ssh,
 --- repl): schema defaults < recipes/config/<backend file> < govc's
 --- environment < PACKER_VAR_FILES < var files < --var, by image-builder
 --- variable name. Returns a Config (cfg:get(var or path)) or nil and a
 --- message naming the file or variable.
----@param opts {backend?: string, var_files?: string[], vars?: string[], config_dir?: string, getenv?: function}
+---@param opts {backend?: string, var_files?: string[], vars?: string[], config_dir?: string, config_dirs?: string[], getenv?: function}
 ---@return table|nil cfg, string? err
 function M.from_vars(opts)
   local getenv = opts.getenv or os.getenv
@@ -373,8 +387,8 @@ function M.from_vars(opts)
     for _, k in ipairs(sorted_keys(data)) do set(k, data[k], where) end
   end
   local traits = traits_of(opts.backend)
-  local base = (opts.config_dir or "recipes/config") .. "/" .. (traits.var_file or "")
-  if traits.var_file and require("capil.sys.fs").exists(base) then
+  local base = traits.var_file and shared_file(opts, traits.var_file)
+  if base and require("capil.sys.fs").exists(base) then
     local data, err = read_var_file(base)
     if not data then return nil, err end
     set_all(data, base)
@@ -448,7 +462,8 @@ function M.sort_errors(errors)
 end
 
 --- Resolves the configuration of `recipe` (from capil.build.recipe.load).
---- opts: backend, config_dir (default recipes/config), var_files (list),
+--- opts: backend, config_dir (default recipes/config) or config_dirs (each
+--- shared file from the first holding it), var_files (list),
 --- packer_var_files (string, PACKER_VAR_FILES), vars ({"k=v", ...} or map),
 --- getenv (for govc's variables; default os.getenv).
 --- Returns a Config, or nil and a list of errors.
@@ -497,11 +512,12 @@ function M.resolve(recipe, opts)
   end
 
   -- 2. shared files
-  local dir = opts.config_dir or "recipes/config"
+  local cfg_opts = opts
+  if not (opts.config_dir or opts.config_dirs) then cfg_opts = { config_dir = "recipes/config" } end
   local files = {}
-  for _, f in ipairs(M.SHARED_FILES) do files[#files + 1] = dir .. "/" .. f end
+  for _, f in ipairs(M.SHARED_FILES) do files[#files + 1] = shared_file(cfg_opts, f) end
   local traits = traits_of(opts.backend)
-  if traits.var_file then files[#files + 1] = dir .. "/" .. traits.var_file end
+  if traits.var_file then files[#files + 1] = shared_file(cfg_opts, traits.var_file) end
   local unread = {}
   for _, path in ipairs(files) do
     local data, err = read_var_file(path)

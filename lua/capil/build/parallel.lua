@@ -52,9 +52,17 @@ end
 function M.builds(args, opts)
   local list = {}
   if opts.all then
-    local dir = opts["recipes-dir"] or "recipes"
-    for _, n in ipairs(require("capil.build.recipe").list(dir)) do list[#list + 1] = { recipe = n, vars = {}, var_files = {} } end
-    if #list == 0 then return nil, { ("run --all: no recipes in %s"):format(dir) } end
+    local recipepath = require("capil.build.recipepath")
+    local layers, lerr = recipepath.layers({ recipes_dir = opts["recipes-dir"] })
+    if not layers then return nil, { "run --all: " .. lerr } end
+    -- with --recipes-dir, its recipes (as before the search path); else all
+    if opts["recipes-dir"] then layers = { layers[#layers] } end
+    for _, e in ipairs(recipepath.entries(layers)) do list[#list + 1] = { recipe = e.name, vars = {}, var_files = {} } end
+    if #list == 0 then
+      local where = {}
+      for i = #layers, 1, -1 do where[#where + 1] = layers[i].label end
+      return nil, { ("run --all: no recipes in %s"):format(table.concat(where, ", ")) }
+    end
   end
   for _, a in ipairs(args) do
     if bundle.is_bundle(a) then

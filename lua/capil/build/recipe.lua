@@ -114,16 +114,22 @@ end
 --- Loads a recipe and the chain it extends.
 --- Returns {name=, file=, files={...base first}, fields={path=raw value},
 --- sources={path=file}, source_text=} or nil and a list of error messages.
+--- `search`, when given, is the recipe search path (capil.build.recipepath):
+--- `search(name)` returns the files of recipe `name`, highest layer first
+--- (and a message for when there is none); a bare `extends` name is then
+--- looked up beside the recipe, then there, skipping the files already in the
+--- chain, so a recipe that extends its own name extends the one below it.
 ---@param ref string recipe name or path
----@param opts? {dir?: string, source?: string, _seen?: table} `source`: the recipe's text, not read from `ref` (the fuzz harness)
+---@param opts? {dir?: string, source?: string, search?: fun(name: string): string[]?, string?, _seen?: table} `source`: the recipe's text, not read from `ref` (the fuzz harness)
 ---@return table|nil recipe
 ---@return string[]? errors
 function M.load(ref, opts)
   opts = opts or {}
   local file = M.locate(ref, opts.dir)
   local seen = opts._seen or {}
-  if seen[file] then return nil, { ("%s: extends itself (a cycle: %s)"):format(file, file) } end
-  seen[file] = true
+  local key = opts.search and (fs.realpath(file) or file) or file
+  if seen[key] then return nil, { ("%s: extends itself (a cycle: %s)"):format(file, file) } end
+  seen[key] = true
   local source, rerr = opts.source, nil
   if not source then source, rerr = fs.read_file(file, { max = M.MAX_FILE }) end
   if not source then
@@ -148,10 +154,24 @@ function M.load(ref, opts)
     local here = fs.dirname(file)
     if base_ref:find("/", 1, true) or base_ref:match("%.lua$") then
       if base_ref:sub(1, 1) ~= "/" and here ~= "." then base_ref = fs.join(here, base_ref) end
+    elseif opts.search then
+      local cands = {}
+      local beside = M.locate(base_ref, here)
+      if fs.exists(beside) then cands[1] = beside end
+      local more, why = opts.search(base_ref)
+      for _, f in ipairs(more or {}) do cands[#cands + 1] = f end
+      if #cands == 0 then
+        return nil, { ("%s: extends '%s': %s"):format(where(file, source, "extends"), fields.extends,
+          why or "no such recipe") }
+      end
+      base_ref = cands[1] -- all in the chain already: the cycle is reported
+      for _, c in ipairs(cands) do
+        if not seen[fs.realpath(c) or c] then base_ref = c break end
+      end
     elseif not fs.exists(M.locate(base_ref, here)) then
       here = opts.dir or M.DEFAULT_DIR
     end
-    local base, berrs = M.load(base_ref, { dir = here, _seen = seen })
+    local base, berrs = M.load(base_ref, { dir = here, _seen = seen, search = opts.search })
     if not base then
       local out = { ("%s: extends '%s':"):format(where(file, source, "extends"), fields.extends) }
       for _, e in ipairs(berrs) do out[#out + 1] = "  " .. e end

@@ -1,35 +1,59 @@
---- capil list — the recipes and the backends they build on (image-builder's `make help`).
+--- capil list — the recipes and the backends they build on (image-builder's
+--- `make help`), with the layer of the recipe search path each recipe comes
+--- from (capil.build.recipepath).
 local cli = require("capil.cli")
-local fs = require("capil.sys.fs")
 local log = require("capil.sys.log")
-local recipe = require("capil.build.recipe")
+local loader = require("capil.build.loader")
+local recipepath = require("capil.build.recipepath")
 local backend = require("capil.backend")
 
 return {
-  summary = "list recipes and backends",
+  summary = "list recipes (and where each comes from) and backends",
   usage = "list [--recipes-dir DIR]",
-  options = { { name = "recipes-dir", arg = "DIR", help = "where to look (default: recipes)" } },
+  help = [[Recipes are looked up on the recipe search path, lowest priority first:
+the built-in recipes (embedded in capil, or recipes/ of the source tree when
+capil runs from its build directory), ~/.config/capil/recipes
+($XDG_CONFIG_HOME/capil/recipes), the directories of CAPIL_RECIPES_PATH
+(colon-separated; the first wins), --recipes-dir. A recipe of the same name
+in a higher layer overrides the lower one; the FROM column says where each
+comes from. 'capil recipe show NAME' prints a recipe's source.]],
+  options = { { name = "recipes-dir", arg = "DIR", help = "look here first (see above)" } },
   run = function(opts)
-    local dir = opts["recipes-dir"] or "recipes"
-    local st = fs.stat(dir)
-    if not st or st.type ~= "directory" then
-      cli.fail(("list: %s: %s"):format(dir, st and "not a directory" or "no such directory"), 1)
-    end
-    local names = recipe.list(dir)
-    local out = { "Recipes (capil run RECIPE --backend BACKEND):" }
+    local layers, lerr = recipepath.layers({ recipes_dir = opts["recipes-dir"] })
+    if not layers then cli.fail("list: " .. lerr, 1) end
+    local entries = recipepath.entries(layers)
+    local rows, width = {}, 0
     -- a recipe that does not load is listed and marked; the others still are
-    local bad = 0
-    for _, n in ipairs(names) do
-      local ok, r = pcall(recipe.load, n, { dir = dir })
+    local bad, total = {}, {}
+    for _, e in ipairs(entries) do
+      local file, ferr = recipepath.locate(e.name, layers)
+      local ok, r = false, nil
+      if file then ok, r = pcall(loader.load_recipe, file, layers) end
       local desc = ok and r and (r.fields.description or r.fields.os_display_name)
       if type(desc) ~= "string" then desc = "" end
+      total[e.layer.label] = (total[e.layer.label] or 0) + 1
       if not (ok and r) then
-        bad = bad + 1
-        desc = "(does not load: capil validate " .. n .. ")"
+        bad[e.layer.label] = (bad[e.layer.label] or 0) + 1
+        desc = "(does not load: capil validate " .. e.name .. ")"
+        if ferr then log.debug("list: %s: %s", e.name, ferr) end
       end
-      out[#out + 1] = ("  %-16s %s"):format(n, desc)
+      local from = e.layer.label
+      if #e.shadows > 0 then from = from .. " (overrides " .. e.shadows[1].label .. ")" end
+      rows[#rows + 1] = { e.name, desc, from }
+      if #desc > width then width = #desc end
     end
-    if #names == 0 then out[#out + 1] = "  (none in " .. dir .. ")" end
+    local out = { "Recipes (capil run RECIPE --backend BACKEND):" }
+    if #rows > 0 then
+      out[#out + 1] = ("  %-16s %-" .. width .. "s  %s"):format("NAME", "DESCRIPTION", "FROM")
+    end
+    for _, row in ipairs(rows) do
+      out[#out + 1] = ("  %-16s %-" .. width .. "s  %s"):format(row[1], row[2], row[3])
+    end
+    if #rows == 0 then
+      local where = {}
+      for i = #layers, 1, -1 do where[#where + 1] = layers[i].label end
+      out[#out + 1] = "  (none in " .. table.concat(where, ", ") .. ")"
+    end
     out[#out + 1] = ""
     out[#out + 1] = "Backends:"
     local bs = backend.names()
@@ -41,10 +65,14 @@ return {
     out[#out + 1] = ""
     out[#out + 1] = "Every recipe builds on every backend; `capil run --all` builds them all."
     log.out(table.concat(out, "\n"))
-    if bad > 0 then
-      log.error("list: %d of %d recipes in %s do not load", bad, #names, dir)
-      return 1
+    local failed = false
+    for i = #layers, 1, -1 do
+      local label = layers[i].label
+      if bad[label] then
+        failed = true
+        log.error("list: %d of %d recipes in %s do not load", bad[label], total[label], label)
+      end
     end
-    return 0
+    return failed and 1 or 0
   end,
 }

@@ -11,7 +11,7 @@ local options = {
   { name = "bucket", arg = "B", help = "upload stage: GCS bucket (default capv-images)" },
   { name = "key-file", arg = "F", help = "upload stage: service-account key file (JSON)" },
   { name = "gcs-endpoint", arg = "URL", help = "upload stage: GCS endpoint (emulators, private deployments)" },
-  { name = "all", help = "build every recipe in --recipes-dir (as 'capil list' shows them)" },
+  { name = "all", help = "build every recipe 'capil list' shows (only those of --recipes-dir when given)" },
   { name = "jobs", short = "j", arg = "N", help = "several builds: at most N at once (default 1)" },
   { name = "fail-fast", help = "several builds: the first failure interrupts the others" },
   { name = "only", arg = "LIST", help = "several builds: only these recipe names (comma-separated)" },
@@ -85,7 +85,7 @@ GCS as 'capil upload' does (skipped when the remote checksum matches), after
 the test stage passed.
 
 Several builds: 'capil run R1 R2 -j N', 'capil run --all -j N' (every
-recipe in --recipes-dir) or 'capil run BUNDLE.lua -j N' run one child
+recipe 'capil list' shows, or of --recipes-dir when given) or 'capil run BUNDLE.lua -j N' run one child
 capil per build, at most N at once, each writing its own logs under its
 output directory (logs/capil.log is its console). One status line per
 build (updated in place on a terminal). A failed build does not stop the

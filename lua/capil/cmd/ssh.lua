@@ -106,7 +106,8 @@ from a 0600 copy in the cache when the checkout's file is group-readable.]],
     local key = opts.key or where.key
     if not key then
       local kerr
-      key, kerr = require("capil.test.cloudinit").key(cfg:get("cloudinit_dir"), cfg:get("test_ssh_private_key_file"))
+      local cdir = require("capil.build.recipepath").cloudinit_dir(cfg:get("cloudinit_dir"))
+      key, kerr = require("capil.test.cloudinit").key(cdir, cfg:get("test_ssh_private_key_file"))
       if not key then cli.fail(kerr, 1) end
     end
     if not fs.exists(key) then cli.fail(("ssh: %s: the private key is missing"):format(key), 1) end

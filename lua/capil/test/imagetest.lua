@@ -257,7 +257,7 @@ function M.run(o)
       return fail(("test: unknown suite '%s' (%s)"):format(n, table.concat(suites.NAMES, ", ")), "EUSAGE")
     end
   end
-  local dir = cfg:get("cloudinit_dir")
+  local dir = require("capil.build.recipepath").cloudinit_dir(cfg:get("cloudinit_dir"))
   local data, derr, dcode = cloudinit.load(dir)
   if not data then return nil, derr, dcode end
   local key, kerr, kcode = cloudinit.key(dir, cfg:get("test_ssh_private_key_file"))
