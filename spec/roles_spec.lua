@@ -400,13 +400,15 @@ describe("roles #unit", function()
       local s = assert(roles.load("setup", c))
       assert.equal(APT .. " install nfs-common net-tools", step(s, "install extra packages").shell:match("[^\n]*$"))
       local dis = step(s, "disable public repositories").shell
-      assert.truthy(dis:find("for f in /etc/apt/*.list /etc/apt/sources.list.d/*.list; do", 1, true))
+      assert.truthy(dis:find("for f in /etc/apt/*.list /etc/apt/*.sources /etc/apt/sources.list.d/*.list "
+        .. "/etc/apt/sources.list.d/*.sources; do", 1, true)) -- deb822 .sources too (Ubuntu 24.04)
       local up = step(s, "install extra repository repo.list")
       assert.same({ src = abs, dest = "/etc/apt/sources.list.d/repo.list", mode = "0644" }, up.upload)
       local sp = assert(roles.load("sysprep", c))
       assert.equal("rm -f /etc/apt/sources.list.d/repo.list", step(sp, "remove extra repositories").shell)
       assert.truthy(step(sp, "re-enable public repositories").shell
-        :find("/etc/apt/*.list.disabled /etc/apt/sources.list.d/*.list.disabled", 1, true))
+        :find("/etc/apt/*.list.disabled /etc/apt/*.sources.disabled /etc/apt/sources.list.d/*.list.disabled "
+          .. "/etc/apt/sources.list.d/*.sources.disabled", 1, true))
       -- reenable_public_repos=false keeps them disabled
       c.vars.reenable_public_repos = "false"
       assert.is_false(has_step(assert(roles.load("sysprep", c)), "re-enable public repositories"))
