@@ -84,7 +84,8 @@ function M.start(opts)
   function handle.exec(cmd)
     local sess = assert(require("capil.sys.ssh").connect({ host = "127.0.0.1", port = port, user = "root",
       password = opts.password, host_key = fingerprint, timeout = 10 }))
-    local res = assert(sess:exec(cmd))
+    -- bounded: a stuck channel fails the spec with the command, never hangs the suite
+    local res = assert(sess:exec(cmd, { timeout = 120 }))
     sess:close()
     assert(res.code == 0, cmd .. ": " .. res.stderr)
     return res.stdout
