@@ -378,3 +378,42 @@ describe("sharded runs, matrices and merged reports through the binary #unit #sh
     assert.matches("name the output directory, then the reports", r.stderr)
   end)
 end)
+
+describe("sharded builds on QEMU with the tiny guest #qemu #shard", function()
+  local fixtures = require("support.fixtures")
+  local hash = require("capil.sys.hash")
+
+  it("two shards of a bundle of two builds each build theirs; the merged report is ok", function()
+    local tmp = peer.dir("shard-qemu")
+    local t = fixtures.tiny()
+    local vars = { iso_url = "file://" .. t.kernel, iso_checksum = assert(hash.file(t.kernel)),
+      qemu_kernel = t.kernel, qemu_initrd = t.initrd, ssh_private_key_file = t.key,
+      qemu_append = "console=ttyS0 quiet rdinit=/init" }
+    local kv = {}
+    for k, v in pairs(vars) do kv[#kv + 1] = ("%s = %q"):format(k, v) end
+    table.sort(kv)
+    local b = tmp .. "/tiny-bundle.lua"
+    assert(fs.write(b, ("return {\n  defaults = { backend = 'qemu', vars = { %s } },\n"
+      .. "  { recipe = 'tiny', vars = { build_name = 'tiny-b' } },\n"
+      .. "  { recipe = 'tiny', vars = { build_name = 'tiny-a' } },\n}\n"):format(table.concat(kv, ", "))))
+    for k = 1, 2 do
+      local r = capil.run({ "run", b, "--shard", k .. "/2", "--recipes-dir", "spec/fixtures/recipes",
+        "--output", tmp .. "/out", "--report", ("%s/shard-%d/report.json"):format(tmp, k),
+        "--junit", ("%s/shard-%d/junit.xml"):format(tmp, k) }, { timeout = 300 })
+      assert.equal(0, r.code, r.stderr)
+      local rep = assert(json.read(("%s/shard-%d/report.json"):format(tmp, k)))
+      assert.equal(1, rep.total)
+      assert.equal(k == 1 and "tiny-a" or "tiny-b", rep.builds[1].build:match("^(.-)%-kube"))
+      assert.is_true(fs.exists(rep.builds[1].artifacts[1].path))
+    end
+    local r = capil.run({ "report", "merge", tmp .. "/merged", tmp .. "/shard-1", tmp .. "/shard-2" })
+    assert.equal(0, r.code, r.stderr)
+    local rep = assert(json.read(tmp .. "/merged/report.json"))
+    assert.is_true(rep.ok)
+    assert.equal(2, rep.passed)
+    local doc = assert(xml.parse(assert(fs.read(tmp .. "/merged/junit.xml"))))
+    assert.equal("0", xml.attr(doc, "failures"))
+    assert.equal(2, #xml.children(doc, "testsuite"))
+    fs.remove(tmp, { recursive = true })
+  end)
+end)
