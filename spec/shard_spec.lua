@@ -373,6 +373,11 @@ describe("sharded runs, matrices and merged reports through the binary #unit #sh
       assert.matches(c[2], r.stderr)
       assert.is_false(fs.exists(dest))
     end
+    -- the output may not overwrite an input
+    r = run({ "report", "merge", dirs[2] .. "/", tmp .. "/artifacts" })
+    assert.equal(2, r.code)
+    assert.matches("junit.xml: the output .*/shard%-2/junit.xml would overwrite this input", r.stderr)
+    assert.equal(2, assert(json.read(dirs[2] .. "/report.json")).total)
     r = run({ "report", "merge", tmp .. "/x" })
     assert.equal(2, r.code)
     assert.matches("name the output directory, then the reports", r.stderr)

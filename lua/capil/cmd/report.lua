@@ -77,9 +77,21 @@ end
 local function merge(_, args)
   if #args < 2 then cli.fail("report merge: name the output directory, then the reports (files or directories)", 2) end
   local parallel = require("capil.build.parallel")
-  local out_dir = args[1]
+  local out_dir = args[1]:gsub("(.)/+$", "%1")
   local reports, junits, errors = {}, {}, {}
+  -- the output must not overwrite an input (a merge into a shard's directory)
+  local own = {}
+  for _, f in ipairs({ "report.json", "junit.xml" }) do
+    local real = fs.realpath(out_dir .. "/" .. f)
+    if real then own[real] = out_dir .. "/" .. f end
+  end
   local function add(path, found)
+    local real = fs.realpath(path)
+    if real and own[real] then
+      errors[#errors + 1] = ("%s: the output %s would overwrite this input: merge into another directory"):format(
+        path, own[real])
+      return
+    end
     local inp, kind, skip = read_input(path, found)
     if skip then
       log.info("%s: not a run report or JUnit, skipped", path)
@@ -130,8 +142,10 @@ local function merge(_, args)
   if not ok then cli.fail("report merge: " .. err, 1) end
   ok, err = fs.write_atomic(jpath, junit_text)
   if not ok then cli.fail("report merge: " .. err, 1) end
-  log.info("merged %d reports%s: %d builds, %d passed, %d failed", #reports,
-    #junits > 0 and (" and %d JUnit files"):format(#junits) or "", merged.total, merged.passed, merged.failed)
+  local function count(n, what) return ("%d %s%s"):format(n, what, n == 1 and "" or "s") end
+  log.info("merged %s%s: %s, %d passed, %d failed", count(#reports, "report"),
+    #junits > 0 and (" and %s"):format(count(#junits, "JUnit file")) or "", count(merged.total, "build"),
+    merged.passed, merged.failed)
   log.out(rpath)
   log.out(jpath)
   return merged.ok and 0 or 1
