@@ -62,7 +62,7 @@ local function run_parallel(opts, args, g)
   if not builds then cli.fail(table.concat(errs, "\n"), 2) end
   if #builds == 0 then cli.fail("run: no build left after --only/--except", 2) end
   local shard
-  builds, shard = require("capil.build.parallel").select_shard(builds, opts.shard)
+  builds, shard = parallel.select_shard(builds, opts.shard)
   if not builds then cli.fail("run: " .. shard, 2) end
   if shard and #builds == 0 then
     log.info("shard %s (from %s) has no builds: the bundle's %d builds fill fewer shards; nothing to do",
@@ -79,7 +79,7 @@ return {
   summary = "build an image from a recipe (default backend: qemu)",
   usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--keep-on-error] [--stages build,test,upload]\n"
     .. "       capil run RECIPE... | BUNDLE.lua | --all [-j N] [--fail-fast] [--only L] [--except L]"
-    .. " [--report F] [--junit F]",
+    .. " [--report F] [--junit F] [--shard K/N]",
   help = [[
 Resolves the recipe (see 'capil inspect'), then runs the plan: fetch and verify
 the ISO, serve the installer files, create the VM, type the boot command,
