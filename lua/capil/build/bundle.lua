@@ -202,4 +202,105 @@ function M.filter(builds, only, except)
   return out
 end
 
+-- ====================================================================== --
+-- Shards: a stable share of the builds for one CI job                    --
+-- ====================================================================== --
+
+--- The name a build goes by before its recipe is resolved: its build_name
+--- var when the bundle sets one, else its recipe's name (a recipe given as
+--- a path: the file name without .lua). Matrix output shows it.
+---@param b table a build from M.load or capil.build.parallel.builds
+---@return string
+function M.build_label(b)
+  local bn = b.vars and b.vars.build_name
+  if bn and bn ~= "" then return bn end
+  return (fs.basename(b.recipe):gsub("%.lua$", ""))
+end
+
+-- The sort key of a build: its label, then everything else that tells two
+-- builds apart (recipe, backend, vars, var files, stages), so the order
+-- depends only on what the builds are, never on where they stand in the file.
+local function shard_key(b)
+  local vars = {}
+  for k, v in pairs(b.vars or {}) do vars[#vars + 1] = k .. "=" .. v end
+  table.sort(vars)
+  return table.concat({ M.build_label(b), b.recipe or "", b.backend or "", table.concat(vars, "\31"),
+    table.concat(b.var_files or {}, "\31"), b.stages or "" }, "\30")
+end
+
+--- Parses "K/N" (1-based: 1/4 .. 4/4). Returns k, n, or nil and a message.
+---@param s string
+---@param what? string how to name the value in messages (default "--shard")
+---@return integer|nil k, integer|string n_or_err
+function M.parse_shard(s, what)
+  what = what or "--shard"
+  local ks, ns = tostring(s):match("^%s*(%d+)%s*/%s*(%d+)%s*$")
+  local k, n = math.tointeger(tonumber(ks)), math.tointeger(tonumber(ns))
+  if not (k and n) then
+    return nil, ("%s must be K/N, this job's share K of N shards counted from 1 (as 2/4), not '%s'"):format(what,
+      tostring(s))
+  end
+  if n < 1 then return nil, ("%s %s: the number of shards must be 1 or more"):format(what, s) end
+  if k < 1 or k > n then
+    return nil, ("%s %s: K must be between 1 and %d (shards count from 1)"):format(what, s, n)
+  end
+  return k, n
+end
+
+--- The shard a Kubernetes Indexed Job gives this pod: JOB_COMPLETION_INDEX
+--- (0-based, set by Kubernetes) and JOB_COMPLETION_COUNT (the Job's
+--- completions, set in the pod template). Returns k (1-based), n; nothing
+--- when JOB_COMPLETION_INDEX is unset; nil and a message when the values
+--- are wrong.
+---@param getenv? fun(name: string): string?
+function M.shard_from_env(getenv)
+  getenv = getenv or os.getenv
+  local idx, cnt = getenv("JOB_COMPLETION_INDEX"), getenv("JOB_COMPLETION_COUNT")
+  if idx == nil or idx == "" then return end
+  if cnt == nil or cnt == "" then
+    return nil, ("JOB_COMPLETION_INDEX is %s but JOB_COMPLETION_COUNT is not set: set it to the Job's completions"
+      .. " (or pass --shard K/N)"):format(idx)
+  end
+  local i = idx:match("^%d+$") and math.tointeger(tonumber(idx))
+  local n = cnt:match("^%d+$") and math.tointeger(tonumber(cnt))
+  if not i then return nil, ("JOB_COMPLETION_INDEX must be a whole number from 0, not '%s'"):format(idx) end
+  if not n or n < 1 then return nil, ("JOB_COMPLETION_COUNT must be a whole number, 1 or more, not '%s'"):format(cnt) end
+  if i >= n then
+    return nil, ("JOB_COMPLETION_INDEX %d is out of range for JOB_COMPLETION_COUNT %d (0 to %d)"):format(i, n, n - 1)
+  end
+  return i + 1, n
+end
+
+--- Splits builds into n shards: sorted by M.build_label (then by what else
+--- tells them apart), the i-th (0-based) goes to shard i % n + 1. The same
+--- builds always make the same shards, whatever their order in the bundle,
+--- and the shards' sizes differ by one at most. Returns a list of n lists,
+--- each in the builds' original order.
+---@param builds table[]
+---@param n integer
+---@return table[][]
+function M.shards(builds, n)
+  local order = {}
+  for i, b in ipairs(builds) do order[i] = { key = shard_key(b), pos = i, b = b } end
+  table.sort(order, function(x, y)
+    if x.key ~= y.key then return x.key < y.key end
+    return x.pos < y.pos
+  end)
+  local out = {}
+  for k = 1, n do out[k] = {} end
+  for i, o in ipairs(order) do o.shard = (i - 1) % n + 1 end
+  table.sort(order, function(x, y) return x.pos < y.pos end)
+  for _, o in ipairs(order) do table.insert(out[o.shard], o.b) end
+  return out
+end
+
+--- The builds of shard k of n (see M.shards).
+---@param builds table[]
+---@param k integer
+---@param n integer
+---@return table[]
+function M.shard(builds, k, n)
+  return M.shards(builds, n)[k]
+end
+
 return M

@@ -84,6 +84,33 @@ function M.builds(args, opts)
   return list
 end
 
+--- The builds of one shard (`--shard K/N`, else JOB_COMPLETION_INDEX and
+--- JOB_COMPLETION_COUNT from the environment, see capil.build.bundle.shard),
+--- numbered again from 1, and the shard as {k=, n=, label="K/N", source=,
+--- total=}; the builds as they are and nil without a shard; nil and a
+--- message for a malformed one.
+---@param builds table[] from M.builds
+---@param spec? string the --shard value
+---@param getenv? fun(name: string): string?
+---@return table[]|nil builds, table|string|nil shard_or_err
+function M.select_shard(builds, spec, getenv)
+  local k, n, source
+  if spec then
+    k, n = bundle.parse_shard(spec)
+    source = "--shard"
+  else
+    k, n = bundle.shard_from_env(getenv)
+    source = "JOB_COMPLETION_INDEX/JOB_COMPLETION_COUNT"
+  end
+  if k == nil then
+    if n then return nil, n end
+    return builds, nil
+  end
+  local out = bundle.shard(builds, k, n)
+  for i, b in ipairs(out) do b.index = i end
+  return out, { k = k, n = n, label = ("%d/%d"):format(k, n), source = source, total = #builds }
+end
+
 -- The private directory of this run's child var files (0700, removed at
 -- exit by capil.sys.cleanup).
 local private_dir
@@ -384,10 +411,10 @@ end
 
 --- The run report: totals and one entry per build.
 ---@param builds table[]
----@param info {seconds: number, interrupted: boolean, jobs: integer}
+---@param info {seconds: number, interrupted: boolean, jobs: integer, shard?: string}
 function M.report(builds, info)
   local r = { capil_version = runtime.version, jobs = info.jobs, seconds = math.floor(info.seconds * 1000 + 0.5) / 1000,
-    interrupted = info.interrupted, builds = {}, total = #builds, passed = 0, failed = 0,
+    interrupted = info.interrupted, shard = info.shard, builds = {}, total = #builds, passed = 0, failed = 0,
     counts = { ok = 0, failed = 0, interrupted = 0, skipped = 0 } }
   for _, b in ipairs(builds) do
     local steps = {}
@@ -409,6 +436,7 @@ function M.report(builds, info)
     r.builds[#r.builds + 1] = e
   end
   r.ok = r.failed == 0
+  if #r.builds == 0 then r.builds = json.array({}) end
   return r
 end
 
@@ -464,12 +492,13 @@ end
 -- ====================================================================== --
 
 --- Runs prepared builds, at most `o.jobs` at once. o: jobs, fail_fast,
---- report (path), junit (path), quiet, json (status as JSON log lines). Returns the exit status: 0 all
+--- report (path), junit (path), quiet, json (status as JSON log lines),
+--- shard (from M.select_shard, recorded in the report). Returns the exit status: 0 all
 --- passed, 1 some failed. Ctrl-C: the children get SIGINT, their cleanups
 --- finish, the reports are written, and capil exits 130 (the host's
 --- interrupt path runs this module's cleanup).
 ---@param builds table[] from M.prepare
----@param o {jobs: integer, fail_fast?: boolean, report?: string, junit?: string, quiet?: boolean, json?: boolean}
+---@param o {jobs: integer, fail_fast?: boolean, report?: string, junit?: string, quiet?: boolean, json?: boolean, shard?: table}
 ---@return integer
 function M.run(builds, o)
   local n = #builds
@@ -480,7 +509,8 @@ function M.run(builds, o)
   local function write_reports(interrupted)
     if finished then return end
     finished = true
-    local rep = M.report(builds, { seconds = runtime.now() - t_start, interrupted = interrupted, jobs = o.jobs })
+    local rep = M.report(builds, { seconds = runtime.now() - t_start, interrupted = interrupted, jobs = o.jobs,
+      shard = o.shard and o.shard.label })
     if o.report then
       local ok, err = write_report(o.report, log.redact(json.encode(rep, { indent = 2, sort_keys = true })) .. "\n")
       if not ok then log.error("report: %s", err) end
@@ -546,6 +576,182 @@ function M.run(builds, o)
   disp:line(("%d of %d builds passed in %.0f s"):format(rep.passed, n, runtime.now() - t_start))
   if o.report then disp:line("report: " .. o.report) end
   return rep.failed == 0 and 0 or 1
+end
+
+-- ====================================================================== --
+-- Merging the reports of several shards                                  --
+-- ====================================================================== --
+
+local function suite_name(e)
+  return ("%s on %s"):format(e.build or e.recipe, e.backend)
+end
+
+--- Merges run reports (M.report, as `capil run --report` wrote them, one
+--- per shard) into one: every build kept (with its shard), counts summed,
+--- seconds the longest shard's, ok only when every input is ok and no shard
+--- is missing. `inputs` is a list of {path=, data=}. Returns the report and
+--- a list of warnings, or nil and a list of errors (not a run report, shards
+--- of different N, a shard or a build twice).
+---@param inputs {path: string, data: any}[]
+---@return table|nil report, string[] warnings_or_errors
+function M.merge_reports(inputs)
+  local errors, warnings = {}, {}
+  local r = { capil_version = nil, builds = {}, shards = {}, total = 0, passed = 0, failed = 0,
+    counts = { ok = 0, failed = 0, interrupted = 0, skipped = 0 }, seconds = 0, interrupted = false, jobs = 0 }
+  local n_of, by_k, by_build, versions = nil, {}, {}, {}
+  local sharded, unsharded = 0, 0
+  for _, inp in ipairs(inputs) do
+    local d, p = inp.data, inp.path
+    if type(d) ~= "table" or json.is_array(d) or type(d.builds) ~= "table" or math.type(d.total) ~= "integer" then
+      errors[#errors + 1] = ("%s: not a report of 'capil run --report' (no builds and total; a build's own"
+        .. " report.json is not one)"):format(p)
+    elseif #d.builds ~= d.total then
+      errors[#errors + 1] = ("%s: total says %d builds but the report lists %d"):format(p, d.total, #d.builds)
+    else
+      local k, n
+      if d.shard ~= nil then
+        k, n = bundle.parse_shard(d.shard, "shard")
+        if not k then errors[#errors + 1] = ("%s: %s"):format(p, n) end
+      end
+      if k then
+        sharded = sharded + 1
+        if n_of and n ~= n_of.n then
+          errors[#errors + 1] = ("%s: shard %s does not belong with %s's shard %s: the numbers of shards differ"
+            .. " (%d and %d)"):format(p, d.shard, n_of.path, n_of.shard, n, n_of.n)
+        end
+        n_of = n_of or { n = n, path = p, shard = d.shard }
+        if by_k[k] then
+          errors[#errors + 1] = ("%s: shard %s was already given in %s"):format(p, d.shard, by_k[k])
+        end
+        by_k[k] = by_k[k] or p
+      else
+        unsharded = unsharded + 1
+      end
+      if d.capil_version then versions[tostring(d.capil_version)] = true end
+      r.capil_version = r.capil_version or d.capil_version
+      for i, e in ipairs(d.builds) do
+        if type(e) ~= "table" then
+          errors[#errors + 1] = ("%s: builds[%d] is not a build"):format(p, i)
+        else
+          local name = suite_name(e)
+          if by_build[name] then
+            errors[#errors + 1] = ("%s: build %s is also in %s: give each shard once"):format(p, name, by_build[name])
+          end
+          by_build[name] = by_build[name] or p
+          local copy = {}
+          for key, v in pairs(e) do copy[key] = v end
+          copy.shard = d.shard
+          r.builds[#r.builds + 1] = copy
+        end
+      end
+      r.total = r.total + d.total
+      r.passed = r.passed + (math.tointeger(d.passed) or 0)
+      r.failed = r.failed + (math.tointeger(d.failed) or 0)
+      for key, v in pairs(type(d.counts) == "table" and d.counts or {}) do
+        if math.type(v) == "integer" then r.counts[key] = (r.counts[key] or 0) + v end
+      end
+      if type(d.seconds) == "number" and d.seconds > r.seconds then r.seconds = d.seconds end
+      r.interrupted = r.interrupted or d.interrupted == true
+      r.jobs = r.jobs + (math.tointeger(d.jobs) or 0)
+      r.shards[#r.shards + 1] = { shard = d.shard, file = p, total = d.total, passed = d.passed, failed = d.failed,
+        ok = d.ok == true, seconds = d.seconds }
+      if d.ok ~= true then r.some_not_ok = true end
+    end
+  end
+  if sharded > 0 and unsharded > 0 then
+    errors[#errors + 1] = "reports with a shard and reports without one do not merge: give the reports of one"
+      .. " sharded run (capil run --shard K/N --report F)"
+  end
+  if #inputs == 0 then errors[#errors + 1] = "no report to merge" end
+  if #errors > 0 then return nil, errors end
+  local missing = {}
+  if n_of then
+    for k = 1, n_of.n do if not by_k[k] then missing[#missing + 1] = ("%d/%d"):format(k, n_of.n) end end
+  end
+  if #missing > 0 then
+    warnings[#warnings + 1] = ("no report of shard %s: the merged report is not ok"):format(
+      table.concat(missing, ", "))
+  end
+  local vs = sorted_keys(versions)
+  if #vs > 1 then warnings[#warnings + 1] = "the reports come from different capil versions: " .. table.concat(vs, ", ") end
+  -- by shard, then as each shard ran them
+  local function kof(e) return e.shard and bundle.parse_shard(e.shard) or 0 end
+  for i, e in ipairs(r.builds) do e.pos = i end
+  table.sort(r.builds, function(a, b)
+    local ka, kb = kof(a), kof(b)
+    if ka ~= kb then return ka < kb end
+    return a.pos < b.pos
+  end)
+  for _, e in ipairs(r.builds) do e.pos = nil end
+  r.ok = not r.some_not_ok and r.failed == 0 and #missing == 0
+  r.some_not_ok = nil
+  r.missing_shards = #missing > 0 and missing or nil
+  if #r.builds == 0 then r.builds = json.array({}) end
+  return r, warnings
+end
+
+--- Merges JUnit documents (parsed with capil.sys.xml: <testsuites> or one
+--- <testsuite>) into one <testsuites> text: every testsuite kept, the
+--- totals summed. `inputs` is a list of {path=, doc=}; `expect` (optional,
+--- a merged report) names the testsuites there must be, one per build.
+--- Returns the XML text, or nil and a list of errors.
+---@param inputs {path: string, doc: table}[]
+---@param expect? table
+---@return string|nil xml_text, string[]? errors
+function M.merge_junit(inputs, expect)
+  local xml = require("capil.sys.xml")
+  local errors, suites, seen = {}, {}, {}
+  local totals = { tests = 0, failures = 0, errors = 0, skipped = 0, time = 0 }
+  for _, inp in ipairs(inputs) do
+    local doc = inp.doc
+    local list
+    if doc.name == "testsuites" then
+      list = xml.children(doc, "testsuite")
+    elseif doc.name == "testsuite" then
+      list = { doc }
+    else
+      errors[#errors + 1] = ("%s: not JUnit XML (the root is <%s>, not <testsuites>)"):format(inp.path, doc.name)
+      list = {}
+    end
+    for _, su in ipairs(list) do
+      local name = xml.attr(su, "name") or ""
+      if seen[name] then
+        errors[#errors + 1] = ("%s: testsuite '%s' is also in %s: give each shard once"):format(inp.path, name,
+          seen[name])
+      end
+      seen[name] = seen[name] or inp.path
+      for key in pairs(totals) do
+        local v = tonumber(xml.attr(su, key) or "0")
+        if not v then
+          errors[#errors + 1] = ("%s: testsuite '%s': %s is not a number"):format(inp.path, name, key)
+        else
+          totals[key] = totals[key] + v
+        end
+      end
+      suites[#suites + 1] = su
+    end
+  end
+  if expect then
+    local want = {}
+    for _, e in ipairs(expect.builds) do want[suite_name(e)] = true end
+    for name, p in pairs(seen) do
+      if not want[name] then
+        errors[#errors + 1] = ("%s: testsuite '%s' has no build in the JSON reports: the JUnit files and the"
+          .. " reports are of different runs"):format(p, name)
+      end
+    end
+    for _, name in ipairs(sorted_keys(want)) do
+      if not seen[name] then
+        errors[#errors + 1] = ("build '%s' of the JSON reports has no testsuite in the JUnit files given"):format(name)
+      end
+    end
+  end
+  if #errors > 0 then return nil, errors end
+  local root = xml.element("testsuites", { name = "capil run", tests = math.tointeger(totals.tests) or totals.tests,
+    failures = math.tointeger(totals.failures) or totals.failures, errors = math.tointeger(totals.errors) or
+    totals.errors, skipped = math.tointeger(totals.skipped) or totals.skipped,
+    time = ("%.3f"):format(totals.time) }, suites)
+  return xml.write(root, { indent = 2 }) .. "\n"
 end
 
 return M

@@ -18,6 +18,7 @@ local options = {
   { name = "except", arg = "LIST", help = "several builds: not these recipe names (comma-separated)" },
   { name = "report", arg = "FILE", help = "several builds: write a JSON report of every build" },
   { name = "junit", arg = "FILE", help = "several builds: write JUnit XML (a testsuite per build)" },
+  { name = "shard", arg = "K/N", help = "several builds: run only the K-th of N stable shares (see 'capil bundle')" },
 }
 
 local STAGES = { build = true, test = true, upload = true }
@@ -39,7 +40,8 @@ for _, o in ipairs(build_options.options) do options[#options + 1] = o end
 -- Several builds (--all, a bundle, more than one recipe, or any of the
 -- options only they take): one child process per build, see capil.build.parallel.
 local function wants_parallel(opts, args)
-  if opts.all or opts.jobs or opts["fail-fast"] or opts.only or opts.except or opts.report or opts.junit then
+  if opts.all or opts.jobs or opts["fail-fast"] or opts.only or opts.except or opts.report or opts.junit
+    or opts.shard then
     return true
   end
   if #args ~= 1 then return #args > 1 end
@@ -59,18 +61,25 @@ local function run_parallel(opts, args, g)
   local builds, errs = parallel.builds(args, opts)
   if not builds then cli.fail(table.concat(errs, "\n"), 2) end
   if #builds == 0 then cli.fail("run: no build left after --only/--except", 2) end
+  local shard
+  builds, shard = parallel.select_shard(builds, opts.shard)
+  if not builds then cli.fail("run: " .. shard, 2) end
+  if shard and #builds == 0 then
+    log.info("shard %s (from %s) has no builds: the bundle's %d builds fill fewer shards; nothing to do",
+      shard.label, shard.source, shard.total)
+  end
   local ok, perrs = parallel.prepare(builds, opts, stages, g)
   if not ok then cli.fail(table.concat(perrs, "\n"), 2) end
   log.info("%d builds, at most %d at once", #builds, jobs)
   return parallel.run(builds, { jobs = jobs, fail_fast = opts["fail-fast"], report = opts.report,
-    junit = opts.junit, quiet = g and g.quiet, json = g and g["log-format"] == "json" })
+    junit = opts.junit, quiet = g and g.quiet, json = g and g["log-format"] == "json", shard = shard })
 end
 
 return {
   summary = "build an image from a recipe (default backend: qemu)",
   usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--keep-on-error] [--stages build,test,upload]\n"
     .. "       capil run RECIPE... | BUNDLE.lua | --all [-j N] [--fail-fast] [--only L] [--except L]"
-    .. " [--report F] [--junit F]",
+    .. " [--report F] [--junit F] [--shard K/N]",
   help = [[
 Resolves the recipe (see 'capil inspect'), then runs the plan: fetch and verify
 the ISO, serve the installer files, create the VM, type the boot command,
@@ -108,7 +117,10 @@ A bundle is a Lua file returning a list of builds, loaded like a recipe
 Paths in it are relative to the bundle. The command line wins over the
 bundle: --backend, --stages and --var apply to every build; --var-file
 files are read before the bundle's. --only and --except filter by recipe
-name.]],
+name. --shard K/N (or JOB_COMPLETION_INDEX and JOB_COMPLETION_COUNT, as a
+Kubernetes Indexed Job sets them) runs a stable K-th share of the builds;
+'capil bundle matrix' prints the shards for a CI matrix, 'capil report
+merge' joins the shards' reports.]],
   options = options,
   run = function(opts, args, g)
     if wants_parallel(opts, args) then return run_parallel(opts, args, g) end
