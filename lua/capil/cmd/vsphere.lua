@@ -246,7 +246,7 @@ local function inventory_path(vc, ref)
 end
 
 local INFO_PROPS = { "name", "runtime.powerState", "config.guestId", "config.guestFullName", "config.firmware",
-  "config.hardware.numCPU", "config.hardware.memoryMB", "guest.ipAddress", "config.uuid",
+  "config.hardware.numCPU", "config.hardware.memoryMB", "guest.ipAddress", "guest.net", "config.uuid",
   "config.files.vmPathName", "config.template" }
 
 local function info(opts, args)
@@ -255,14 +255,22 @@ local function info(opts, args)
   local ref = find_vm(vc, s, args[1], "info")
   local p, err = vc:props(ref, INFO_PROPS)
   if not p then cli.fail("vsphere info: " .. err, 1) end
+  -- the IP a build would use (not link-local, not APIPA), else the one Tools reports
+  local vim25 = require("capil.vsphere.vim25")
+  local ip = require("capil.backends.vsphere").pick_ip(p["guest.net"], p["guest.ipAddress"], "0.0.0.0/0", 0)
+    or p["guest.ipAddress"]
+  local ips = {}
+  for _, nic in ipairs(vim25.list(p["guest.net"])) do
+    for _, a in ipairs(vim25.list(nic.ipAddress)) do ips[#ips + 1] = a end
+  end
   local v = {
-    name = p.name, ref = ref.value, path = inventory_path(vc, ref) or json.null,
+    name = p.name, ips = json.array(ips), ref = ref.value, path = inventory_path(vc, ref) or json.null,
     power_state = p["runtime.powerState"], guest_id = p["config.guestId"] or json.null,
     guest_name = p["config.guestFullName"] or json.null,
     -- an unset firmware is BIOS (VirtualMachineConfigInfo.firmware)
     firmware = p["config.firmware"] or "bios",
     cpus = tonumber(p["config.hardware.numCPU"]), memory_mb = tonumber(p["config.hardware.memoryMB"]),
-    ip = p["guest.ipAddress"] or json.null, uuid = p["config.uuid"] or json.null,
+    ip = ip or json.null, uuid = p["config.uuid"] or json.null,
     datastore_path = p["config.files.vmPathName"] or json.null,
     template = p["config.template"] == true or p["config.template"] == "true",
   }
