@@ -111,5 +111,6 @@ struct capil_progress;
 struct capil_progress *capil_progress_opt(lua_State *L, int idx);
 void capil_progress_total(struct capil_progress *p, uint64_t total);
 void capil_progress_update(struct capil_progress *p, uint64_t done);
+void capil_progress_base(struct capil_progress *p, uint64_t base);
 
 #endif

@@ -575,6 +575,7 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow,
   if (t->in_fd >= 0) {
     capil_progress_update(t->progress, (uint64_t)ulnow);
   } else {
+    capil_progress_base(t->progress, t->offset); /* resumed bytes are not in the rate */
     if (dltotal > 0) capil_progress_total(t->progress, t->offset + (uint64_t)dltotal);
     capil_progress_update(t->progress, t->offset + (uint64_t)dlnow);
   }

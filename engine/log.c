@@ -187,6 +187,8 @@ enum { PMODE_NONE, PMODE_BAR, PMODE_LINE };
 struct capil_progress {
   char label[128];
   uint64_t total, done;
+  uint64_t base;        /* bytes already there at the start (a resumed file): not in the rate */
+  int based;
   double start, last_draw;
   double interval;      /* seconds between plain lines */
   int mode, closed;
@@ -211,7 +213,8 @@ static void human_eta(char *buf, size_t n, double s) {
 static void progress_draw(struct capil_progress *p, int final) {
   double now = capil_now();
   double el = now - p->start;
-  double rate = el > 0 ? (double)p->done / el : 0;
+  uint64_t fresh = p->done > p->base ? p->done - p->base : 0;
+  double rate = el > 0 ? (double)fresh / el : 0;
   char done[32], total[32], rt[32], eta[32];
   human_bytes(done, sizeof done, (double)p->done);
   human_bytes(total, sizeof total, (double)p->total);
@@ -264,8 +267,17 @@ void capil_progress_total(struct capil_progress *p, uint64_t total) {
   if (p) p->total = total;
 }
 
+/* Bytes already present when the transfer starts (a resumed download): they
+** count in the done and the percentage, not in the rate. The first call wins. */
+void capil_progress_base(struct capil_progress *p, uint64_t base) {
+  if (!p || p->based) return;
+  p->base = base;
+  p->based = 1;
+}
+
 void capil_progress_update(struct capil_progress *p, uint64_t done) {
   if (!p || p->closed || p->mode == PMODE_NONE) return;
+  if (!p->based) capil_progress_base(p, done);
   p->done = done;
   double now = capil_now();
   double every = p->mode == PMODE_BAR && out_format == OUT_TEXT ? 0.1 : p->interval;

@@ -229,7 +229,8 @@ function M.main(args)
   end
   for _, a in ipairs(cargs) do
     if a == "--help" or a == "-h" then
-      io.stdout:write(M.command_help(name, cmd), "\n")
+      -- a command with subcommands may give each its own help
+      io.stdout:write(cmd.help_for and cmd.help_for(cargs) or M.command_help(name, cmd), "\n")
       return 0
     end
     if a == "--" then break end

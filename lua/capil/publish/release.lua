@@ -7,6 +7,7 @@ local fs = require("capil.sys.fs")
 local log = require("capil.sys.log")
 local http = require("capil.sys.http")
 local manifest = require("capil.format.manifest")
+local hash = require("capil.sys.hash")
 
 local M = {}
 
@@ -152,9 +153,70 @@ function M.list(kind, opts)
   return out
 end
 
+-- A digest from a checksum file's text for the file `name`: a bare digest,
+-- sha256sum's "<hex>  name" lines (or "<hex> *name"), or BSD's
+-- "SHA256 (name) = <hex>".
+local function digest_in(body, name)
+  local lone = body:match("^%s*(%x+)%s*$")
+  if lone then return lone end
+  local first
+  for line in body:gmatch("[^\r\n]+") do
+    local hex, file = line:match("^%s*(%x+)%s+%*?(.-)%s*$")
+    if not hex then file, hex = line:match("^SHA256%s*%((.-)%)%s*=%s*(%x+)%s*$") end
+    if hex then
+      first = first or hex
+      if file == name or (file and file:match("([^/]+)$") == name) then return hex end
+    end
+  end
+  -- a one-file list under another name (`sha256sum image > image.sha256`
+  -- in another directory): its digest; several files and none named: none
+  local n = select(2, body:gsub("%x%x%x%x%x%x%x%x+", ""))
+  return n == 1 and first or nil
+end
+
+--- The expected SHA-256 (lowercase hex) of the file at `url`: from
+--- `checksum` ("<hex>", "sha256:<hex>", or the URL of a checksum file, as
+--- sha256sum or BSD write them), else from `url`.sha256. A `checksum` that
+--- is none of these: "EBADSUM".
+---@param url string
+---@param checksum? string
+---@return string|nil sum, string? err, string? code
+function M.expected_sum(url, checksum)
+  local name = url:match("([^/?#]+)$")
+  if checksum then
+    local hex = checksum:match("^[Ss][Hh][Aa]256:(%x+)$") or checksum:match("^(%x+)$")
+    if hex then
+      if #hex ~= 64 then
+        return fail(("download: --checksum %s is not a SHA-256 digest (64 hex digits)"):format(checksum), "EBADSUM")
+      end
+      return hex:lower()
+    end
+    if not checksum:match("^https?://") then
+      return fail(("download: --checksum must be a SHA-256 digest (hex or sha256:hex) or a checksum file's "
+        .. "http(s) URL, not '%s'"):format(checksum), "EBADSUM")
+    end
+  end
+  local sum_url = checksum or (url .. ".sha256")
+  local shown = http.redact_url(sum_url)
+  local sr, serr, scode = http.request({ url = sum_url })
+  if not sr then
+    return fail(("download: checksum %s: %s (refusing an image that cannot be verified; "
+      .. "give one with --checksum)"):format(shown, serr), scode)
+  end
+  local sum = digest_in(sr.body, name)
+  if not sum or #sum ~= 64 then
+    return fail(("download: %s holds no SHA-256 digest%s"):format(shown,
+      checksum and (" for " .. name) or ""), "EDIGEST")
+  end
+  return sum:lower()
+end
+
 --- Downloads an image by URL, or by version (and name when the version has
---- several), verified against the `.sha256` next to it; resumes a `.part`
---- left by an interrupted download. Returns the local path.
+--- several), verified against the `.sha256` next to it or `opts.checksum`
+--- (see expected_sum); resumes a `.part` left by an interrupted download
+--- ("resuming at N MiB"); a complete file that verifies is not fetched
+--- again. A missing image is reported as missing ("ENOENT"), naming the
+--- URL. Returns the local path.
 function M.download(what, opts)
   opts = opts or {}
   local url = what
@@ -186,22 +248,44 @@ function M.download(what, opts)
   local dir = opts.dir or "."
   assert(fs.mkdir(dir))
   local name = url:match("([^/?#]+)$")
-  local sr, serr, scode = http.request({ url = url .. ".sha256" })
-  if not sr then
-    return fail(("download: %s: %s (refusing an image that cannot be verified)"):format(http.redact_url(url) .. ".sha256",
-      serr), scode)
-  end
-  local sum = sr.body:match("^%s*(%x+)")
-  if not sum or #sum ~= 64 then
-    return fail(("download: %s.sha256 holds no SHA-256 digest"):format(http.redact_url(url)), "EDIGEST")
+  local shown = http.redact_url(url)
+  local sum, serr, scode = M.expected_sum(url, opts.checksum)
+  if not sum then
+    -- no checksum: say so only when the image itself is there
+    if scode ~= "EBADSUM" and scode ~= "EDIGEST" then
+      local head = http.request({ url = url, method = "HEAD", retries = 0, ok_status = true })
+      if head and (head.status == 404 or head.status == 410) then
+        return fail(("download: no image at %s (HTTP %d)"):format(shown, head.status), "ENOENT")
+      end
+    end
+    return nil, serr, scode
   end
   local out = dir .. "/" .. name
+  if fs.exists(out) then
+    -- a complete, verified file is not fetched again
+    local have = hash.file(out)
+    if have and have:lower() == sum then
+      log.info("download: %s is already complete (sha256 %s verified): nothing to download", out, sum)
+      return out
+    end
+    log.warn("download: %s exists but does not match sha256 %s: downloading it again", out, sum)
+  end
+  local part = fs.stat(out .. ".part")
+  if part and part.size > 0 then
+    log.info("download: resuming %s at %.1f MiB", name, part.size / (1024 * 1024))
+  end
   local progress <close> = log.progress({ label = "download " .. name })
-  local r, err, code = http.request({ url = url, out_file = out, resume = true, sha256 = sum:lower(),
+  local r, err, code = http.request({ url = url, out_file = out, resume = true, sha256 = sum,
     progress = progress })
-  if not r then return nil, "download: " .. err, code end
-  assert(fs.write(out .. ".sha256", sum:lower() .. "\n"))
-  log.info("download: %s (%d bytes, sha256 %s verified)", out, fs.stat(out).size, sum:lower())
+  progress:close() -- its closing line before the result's
+  if not r then
+    if code == "HTTP_404" or code == "HTTP_410" then
+      return fail(("download: no image at %s (%s)"):format(shown, code:gsub("_", " ")), "ENOENT")
+    end
+    return nil, "download: " .. err, code
+  end
+  assert(fs.write(out .. ".sha256", sum .. "\n"))
+  log.info("download: %s (%d bytes, sha256 %s verified)", out, fs.stat(out).size, sum)
   return out
 end
 
