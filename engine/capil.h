@@ -98,6 +98,7 @@ void capil_redact_push(lua_State *L, const char *s, size_t len);
 
 /* Writes `s` (redacted) to a stdio stream: for the host's own messages. */
 void capil_redact_fputs(const char *s, FILE *f);
+void capil_log_final_error(lua_State *L, const char *msg);
 
 /* ---------------------------------------------------------------------- */
 /* Progress (engine/log.c)                                                 */

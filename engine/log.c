@@ -166,6 +166,7 @@ void capil_redact_fputs(const char *s, FILE *f) {
 enum { OUT_TEXT, OUT_JSON };
 static int out_quiet = 0;
 static int out_format = OUT_TEXT;
+static int out_color = 0; /* colour on stderr: a terminal and no NO_COLOR (decided in Lua) */
 /* A progress bar currently drawn on stderr: log lines clear it first. */
 static int bar_drawn = 0;
 
@@ -224,9 +225,15 @@ static void progress_draw(struct capil_progress *p, int final) {
   int pct = p->total ? (int)(100.0 * (double)p->done / (double)p->total) : -1;
   if (pct > 100) pct = 100;
   if (out_format == OUT_JSON) {
+    char ts[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
     fprintf(stderr,
-            "{\"level\":\"info\",\"event\":\"progress\",\"label\":\"%s\","
-            "\"bytes\":%llu,\"total\":%llu,\"rate\":%.0f,\"elapsed\":%.1f%s}\n",
+            "{\"time\":\"%s\",\"level\":\"info\",\"msg\":\"%s: %s%s%s, %s/s\",\"event\":\"progress\","
+            "\"label\":\"%s\",\"bytes\":%llu,\"total\":%llu,\"rate\":%.0f,\"elapsed\":%.1f%s}\n",
+            ts, p->label, done, p->total ? " of " : "", p->total ? total : "", rt,
             p->label, (unsigned long long)p->done, (unsigned long long)p->total,
             rate, el, final ? ",\"done\":true" : "");
   } else if (p->mode == PMODE_BAR && !final) {
@@ -409,11 +416,54 @@ static int l_isatty(lua_State *L) {
   return 1;
 }
 
-/* log.configure{quiet=, format="text"|"json"} — what the C side needs to know */
+/* Prints the error that ends the process: "capil: message" (red on a
+** colour terminal), or one JSON record with --log-format json; redacted. */
+void capil_log_final_error(lua_State *L, const char *msg) {
+  clear_bar();
+  if (out_format != OUT_JSON) {
+    if (out_color) fputs("\033[1;31m", stderr);
+    capil_redact_fputs("capil: ", stderr);
+    if (out_color) fputs("\033[0m", stderr);
+    capil_redact_fputs(msg, stderr);
+    fputc('\n', stderr);
+    return;
+  }
+  capil_redact_push(L, msg, strlen(msg));
+  size_t len;
+  const char *r = lua_tolstring(L, -1, &len);
+  /* a traceback goes in its own field */
+  const char *tb = strstr(r, "\nstack traceback:");
+  size_t mlen = tb ? (size_t)(tb - r) : len;
+  char ts[32];
+  time_t t = time(NULL);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  fprintf(stderr, "{\"time\":\"%s\",\"level\":\"error\",\"msg\":\"", ts);
+  for (int part = 0; part < (tb ? 2 : 1); part++) {
+    const char *s = part ? tb + 1 : r;
+    size_t n = part ? len - mlen - 1 : mlen;
+    if (part) fputs("\",\"traceback\":\"", stderr);
+    for (size_t i = 0; i < n; i++) {
+      unsigned char c = (unsigned char)s[i];
+      if (c == '"' || c == '\\') { fputc('\\', stderr); fputc(c, stderr); }
+      else if (c == '\n') fputs("\\n", stderr);
+      else if (c == '\t') fputs("\\t", stderr);
+      else if (c < 0x20 || c == 0x7f) fprintf(stderr, "\\u%04x", c);
+      else fputc(c, stderr);
+    }
+  }
+  fputs("\",\"final\":true}\n", stderr);
+  fflush(stderr);
+  lua_pop(L, 1);
+}
+
+/* log.configure{quiet=, format="text"|"json", color=} — what the C side needs to know */
 static int l_configure(lua_State *L) {
-  static const char *const opts[] = {"quiet", "format", NULL};
+  static const char *const opts[] = {"quiet", "format", "color", NULL};
   capil_check_options(L, 1, "log.configure", opts);
   out_quiet = capil_opt_boolean(L, 1, "log.configure", "quiet", out_quiet);
+  out_color = capil_opt_boolean(L, 1, "log.configure", "color", out_color);
   const char *f = capil_opt_string(L, 1, "log.configure", "format", NULL, NULL);
   if (f) {
     if (strcmp(f, "text") == 0) out_format = OUT_TEXT;

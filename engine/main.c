@@ -42,9 +42,7 @@ static int user_error_exit(lua_State *L, int idx) {
   int code = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : 1;
   lua_pop(L, 1);
   lua_getfield(L, idx, "message");
-  capil_redact_fputs("capil: ", stderr);
-  capil_redact_fputs(lua_isstring(L, -1) ? lua_tostring(L, -1) : "error", stderr);
-  fputc('\n', stderr);
+  capil_log_final_error(L, lua_isstring(L, -1) ? lua_tostring(L, -1) : "error");
   lua_pop(L, 1);
   return code;
 }
@@ -62,9 +60,8 @@ static int docall(lua_State *L, int nargs, int want_status) {
     if (uexit >= 0) {
       code = uexit;
     } else {
-      capil_redact_fputs("capil: ", stderr);
-      capil_redact_fputs(lua_tostring(L, -1), stderr);
-      fputc('\n', stderr);
+      const char *m = lua_tostring(L, -1);
+      capil_log_final_error(L, m ? m : "error");
       code = 1;
     }
     lua_pop(L, 1);
@@ -111,9 +108,8 @@ int main(int argc, char **argv) {
   if (argc >= 3 && strcmp(argv[1], "-e") == 0) {
     create_arg(L, argv, argc, 2); /* arg[0] is the chunk, arg[1..] the rest */
     if (luaL_loadbuffer(L, argv[2], strlen(argv[2]), "=(command line)") != LUA_OK) {
-      capil_redact_fputs("capil: ", stderr);
-      capil_redact_fputs(lua_tostring(L, -1), stderr);
-      fputc('\n', stderr);
+      const char *m = lua_tostring(L, -1);
+      capil_log_final_error(L, m ? m : "error");
       code = 1;
     } else {
       code = docall(L, push_args(L, argv, argc, 3), 0);
@@ -122,9 +118,8 @@ int main(int argc, char **argv) {
     create_arg(L, argv, argc, 1);
     const char *fname = strcmp(argv[1], "-") == 0 ? NULL : argv[1];
     if (luaL_loadfile(L, fname) != LUA_OK) {
-      capil_redact_fputs("capil: ", stderr);
-      capil_redact_fputs(lua_tostring(L, -1), stderr);
-      fputc('\n', stderr);
+      const char *m = lua_tostring(L, -1);
+      capil_log_final_error(L, m ? m : "error");
       code = 1;
     } else {
       code = docall(L, push_args(L, argv, argc, 2), 0);
@@ -135,9 +130,8 @@ int main(int argc, char **argv) {
     lua_getglobal(L, "require");
     lua_pushliteral(L, "capil.cli");
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-      capil_redact_fputs("capil: ", stderr);
-      capil_redact_fputs(lua_tostring(L, -1), stderr);
-      fputc('\n', stderr);
+      const char *m = lua_tostring(L, -1);
+      capil_log_final_error(L, m ? m : "error");
       code = 1;
     } else {
       lua_getfield(L, -1, "main");

@@ -22,6 +22,7 @@ local GLOBAL_OPTIONS = {
   { name = "help", short = "h", help = "show help" },
   { name = "version", help = "print the version" },
 }
+M.GLOBAL_OPTIONS = GLOBAL_OPTIONS
 
 -- Option values of a known kind are checked here, once, so a command never
 -- meets them malformed deep inside a client: a URL is an http(s) URL.
@@ -155,7 +156,9 @@ function M.usage()
   }
   for _, name in ipairs(M.commands()) do
     local cmd = M.command(name)
-    lines[#lines + 1] = ("  %-12s %s"):format(name, cmd and cmd.summary or "")
+    if not (cmd and cmd.hidden) then
+      lines[#lines + 1] = ("  %-12s %s"):format(name, cmd and cmd.summary or "")
+    end
   end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "Global options:"

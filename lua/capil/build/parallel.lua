@@ -283,13 +283,18 @@ local function start(b, disp, n)
   if not disp.tty then disp:line(("%s: started (pid %d, log %s)"):format(label(b, n), p.pid, b.console)) end
 end
 
--- The last "capil: ..." line a child printed: its error when it failed
--- outside the pipeline (a test stage, an upload).
+-- The last "capil: ..." line a child printed (or error record, with
+-- --log-format json): its error when it failed outside the pipeline (a test
+-- stage, an upload).
 local function last_error(path)
   local text = fs.read(path) or ""
   local msg
   for line in text:gmatch("[^\n]+") do
     local m = line:match("^capil: (.*)$") or line:match("^error: (.*)$")
+    if not m and line:match('^{.*"level":"error"') then
+      local ok, rec = pcall(json.decode, line)
+      m = ok and type(rec) == "table" and type(rec.msg) == "string" and rec.msg or nil
+    end
     if m then msg = m end
   end
   return msg

@@ -143,6 +143,7 @@ function H.fetch_iso(run, step)
       local tmp = ("%s.%d.download"):format(path, require("capil.sys.proc").getpid())
       local progress <close> = log.progress({ label = "download " .. fs.basename(url) })
       local r
+      local t0 = runtime.now()
       r, err = http.request({ url = url, out_file = tmp, resume = true, timeout = step.timeout, progress = progress,
         sha256 = step.checksum_type == "sha256" and step.checksum or nil })
       if r then
@@ -158,13 +159,17 @@ function H.fetch_iso(run, step)
           end
           lock:run()
           run.ctx.media.iso = path
+          local dt = runtime.now() - t0
+          local bytes = st and st.size or 0
+          log.with({ url = url, bytes = bytes, rate = dt > 0 and math.floor(bytes / dt) or nil })
+            .info("ISO %s downloaded and verified", path)
           return true
         end
       end
       fs.remove(tmp)
     end
     failures[#failures + 1] = ("  %s: %s"):format(url, err)
-    log.warn("ISO from %s failed: %s", url, err)
+    log.with({ url = url }).warn("ISO from %s failed: %s", url, err)
   end
   if lock then lock:run() end
   return fail("no ISO URL gave a file with the expected checksum:\n" .. table.concat(failures, "\n"), "EISO")
@@ -450,6 +455,7 @@ function M.run(plan, cfg, opts)
     -- a backend may bring steps of its own (vSphere: upload_media, finalize_vm)
     local own = backend.steps and backend.steps[step.kind]
     local t0 = runtime.now()
+    local end_context = log.context({ step = step.id, vm = run.vm and run.vm.name or nil })
     log.debug("step %s (%s)", step.id, step.kind)
     if own then
       ok, err, code = own(run.ctx, step)
@@ -458,6 +464,7 @@ function M.run(plan, cfg, opts)
     else
       ok, err, code = nil, ("step %s: unknown kind %s"):format(step.id, step.kind), "ESTEP"
     end
+    end_context()
     local dt = runtime.now() - t0
     local class = TIME_CLASS[step.kind] or "engine"
     totals[class] = totals[class] + dt
@@ -494,6 +501,8 @@ function M.run(plan, cfg, opts)
   local wok, werr = fs.write(plan.output_dir .. "/report.json",
     log.redact(json.encode(run.report, { indent = 2, sort_keys = true })) .. "\n")
   if not wok then log.warn("report: %s", tostring(werr)) end
+  -- the build log ends with the error the command reports
+  if not ok then log.to_files("error", err) end
   if close_log then close_log() end
   if not ok then return nil, err, code, run.report end
   return run.report

@@ -139,6 +139,7 @@ end
 local RUN = { pack = pack, verify = verify, inspect = inspect }
 
 return {
+  subcommands = SUB,
   summary = "pack an OVA from a build directory, verify or inspect one",
   usage = "ova pack BUILD_DIR [--convert] [--eula FILE] | ova verify FILE.ova | ova inspect FILE.ova [--json]",
   help = HELP,

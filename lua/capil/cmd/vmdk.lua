@@ -56,6 +56,7 @@ end
 local RUN = { convert = convert }
 
 return {
+  subcommands = SUB,
   summary = "write a streamOptimized VMDK from a raw or qcow2 disk",
   usage = "vmdk convert SRC OUT.vmdk [--jobs N] [--adapter-type T] [--hwversion N]",
   help = HELP,

@@ -266,7 +266,7 @@ function M.request(opts)
       wait = wait * (0.5 + 0.5 * math.random()) -- jitter: callers do not retry in step
       local asked = resp and (resp.status == 429 or resp.status == 503) and retry_after(resp)
       if asked then wait = math.min(asked, opts.max_wait or d.max_wait) end
-      log.warn("%s; retry %d/%d in %.1f s", err, attempt, retries, wait)
+      log.with({ url = shown }).warn("%s; retry %d/%d in %.1f s", err, attempt, retries, wait)
       local ok, serr, scode = runtime.sleep(wait)
       if not ok then return give_up(serr, scode) end
     end

@@ -10,12 +10,33 @@ local M = {}
 local LEVELS = { error = 1, warn = 2, info = 3, debug = 4, trace = 5 }
 local level = LEVELS.info
 local format = "text"
-local CONFIGURE_OPTS = { level = true, verbose = true, quiet = true, format = true }
+local CONFIGURE_OPTS = { level = true, verbose = true, quiet = true, format = true, color = true }
 local sinks = {} -- extra files (build logs): always get every level, as text
+local context = {} -- fields of every record (step, vm) while a step runs
+
+-- Colour: on a terminal, unless NO_COLOR is set (any non-empty value) or
+-- the output is JSON. Decided per stream (stderr for the log, stdout for
+-- results); `log.configure{color=}` forces it either way.
+local color_forced
+local function no_color_env()
+  local v = os.getenv("NO_COLOR")
+  return v ~= nil and v ~= ""
+end
+local function colored(fd)
+  if format == "json" then return false end
+  if color_forced ~= nil then return color_forced end
+  return not no_color_env() and core.isatty(fd)
+end
+
+local SGR = {
+  error = "\27[1;31m", warn = "\27[33m", info = "\27[1;36m", debug = "\27[2m", trace = "\27[2m",
+  subject = "\27[1m", step = "\27[35m", result = "\27[32m", reset = "\27[0m",
+}
 
 --- Sets the output: `level` ("error".."trace"), `verbose`/`quiet` shortcuts,
---- `format` ("text" | "json").
----@param opts {level?: string, verbose?: boolean, quiet?: boolean, format?: string}
+--- `format` ("text" | "json"), `color` (true/false; default: on a terminal
+--- without NO_COLOR).
+---@param opts {level?: string, verbose?: boolean, quiet?: boolean, format?: string, color?: boolean}
 function M.configure(opts)
   opts = optcheck(opts, CONFIGURE_OPTS, "log.configure")
   if opts.level then
@@ -24,7 +45,29 @@ function M.configure(opts)
   if opts.verbose then level = LEVELS.debug end
   if opts.quiet then level = LEVELS.warn end
   if opts.format then format = opts.format end
-  core.configure({ quiet = opts.quiet and true or nil, format = opts.format })
+  if opts.color ~= nil then color_forced = opts.color and true or false end
+  core.configure({ quiet = opts.quiet and true or nil, format = opts.format, color = colored(2) })
+end
+
+--- Whether lines to `fd` (2: the log, 1: results) are coloured.
+---@param fd? integer
+function M.colored(fd)
+  return colored(fd or 2)
+end
+
+--- Adds `fields` (step=, vm=, …) to every record until the returned
+--- function is called; JSON records carry them, text lines do not change.
+---@param fields table
+---@return fun()
+function M.context(fields)
+  local saved = {}
+  for k, v in pairs(fields) do
+    saved[k] = { context[k] }
+    context[k] = v
+  end
+  return function()
+    for k, old in pairs(saved) do context[k] = old[1] end
+  end
 end
 
 --- The current level name.
@@ -101,7 +144,36 @@ function M.add_file(path)
   end
 end
 
---- Writes one record; `fields` (optional) are extra key/values.
+local RESERVED = { time = true, level = true, msg = true }
+
+-- A text line with colour: the level prefix, the subject before the first
+-- ": " (a VM, the ISO, a command) and "step NAME".
+local function write_colored(lvl, prefix, msg)
+  core.write("") -- clears a progress bar
+  io.stderr:write(SGR[lvl])
+  core.write(prefix)
+  io.stderr:write(SGR.reset)
+  msg = M.redact(msg) -- before it is cut in pieces
+  local subject, rest = msg:match("^([^%s:]+)(: .*)$")
+  if subject and lvl ~= "debug" and lvl ~= "trace" then
+    io.stderr:write(SGR.subject)
+    core.write(subject)
+    io.stderr:write(SGR.reset)
+    msg = rest
+  end
+  local a, name, b = msg:match("^(.-step )([%w_%.%-]+)(.*)$")
+  if a then
+    core.write(a)
+    io.stderr:write(SGR.step)
+    core.write(name)
+    io.stderr:write(SGR.reset)
+    msg = b
+  end
+  core.write(msg .. "\n")
+end
+
+--- Writes one record; `fields` (optional) are extra key/values (a JSON
+--- record carries them, with the context's: step, vm, url, bytes, rate).
 ---@param lvl string
 ---@param msg string
 ---@param fields? table
@@ -119,33 +191,61 @@ function M.log(lvl, msg, fields)
       '"level":' .. json_string(lvl),
       '"msg":' .. json_string(msg),
     }
-    if fields then
-      local keys = {}
-      for k in pairs(fields) do keys[#keys + 1] = tostring(k) end
-      table.sort(keys)
-      for _, k in ipairs(keys) do
-        parts[#parts + 1] = json_string(k) .. ":" .. json_value(fields[k])
-      end
+    local all = {}
+    for k, v in pairs(context) do all[tostring(k)] = v end
+    for k, v in pairs(fields or {}) do all[tostring(k)] = v end
+    local keys = {}
+    for k in pairs(all) do if not RESERVED[k] then keys[#keys + 1] = k end end
+    table.sort(keys)
+    for _, k in ipairs(keys) do
+      parts[#parts + 1] = json_string(k) .. ":" .. json_value(all[k])
     end
     core.write("{" .. table.concat(parts, ",") .. "}\n")
   else
     local prefix = (lvl == "info") and "==> " or (lvl .. ": ")
-    core.write(prefix .. msg .. "\n")
+    if colored(2) then
+      write_colored(lvl, prefix, msg)
+    else
+      core.write(prefix .. msg .. "\n")
+    end
   end
 end
 
-function M.error(fmt, ...) M.log("error", select("#", ...) > 0 and fmt:format(...) or fmt) end
-function M.warn(fmt, ...) M.log("warn", select("#", ...) > 0 and fmt:format(...) or fmt) end
-function M.info(fmt, ...) M.log("info", select("#", ...) > 0 and fmt:format(...) or fmt) end
-function M.debug(fmt, ...)
-  if level >= LEVELS.debug or #sinks > 0 then
-    M.log("debug", select("#", ...) > 0 and fmt:format(...) or fmt)
+--- Writes a record to the log files (build.log) only: the final error of a
+--- build, which the command prints itself.
+---@param lvl string
+---@param msg string
+function M.to_files(lvl, msg)
+  if #sinks == 0 then return end
+  local line = M.redact(("%s %-5s %s\n"):format(os.date("!%Y-%m-%dT%H:%M:%SZ"), lvl, tostring(msg)))
+  for _, f in ipairs(sinks) do f:write(line) end
+end
+
+local function leveled(lvl, gate)
+  return function(fmt, ...)
+    if gate and level < LEVELS[lvl] and #sinks == 0 then return end
+    M.log(lvl, select("#", ...) > 0 and fmt:format(...) or fmt)
   end
 end
-function M.trace(fmt, ...)
-  if level >= LEVELS.trace or #sinks > 0 then
-    M.log("trace", select("#", ...) > 0 and fmt:format(...) or fmt)
+
+M.error = leveled("error")
+M.warn = leveled("warn")
+M.info = leveled("info")
+M.debug = leveled("debug", true)
+M.trace = leveled("trace", true)
+
+--- A logger whose records carry `fields` (url=, bytes=, rate=, vm=): its
+--- error/warn/info/debug/trace take a format and arguments as log.info does.
+---@param fields table
+function M.with(fields)
+  local L = {}
+  for _, lvl in ipairs({ "error", "warn", "info", "debug", "trace" }) do
+    L[lvl] = function(fmt, ...)
+      if LEVELS[lvl] > level and #sinks == 0 then return end
+      M.log(lvl, select("#", ...) > 0 and fmt:format(...) or fmt, fields)
+    end
   end
+  return L
 end
 
 --- A progress reporter for a transfer of `total` bytes: a bar on a terminal,
@@ -164,9 +264,19 @@ function M.control(seq)
   core.control(seq)
 end
 
---- Prints a line for the user on stdout (results, not diagnostics), redacted.
+--- Prints a line for the user on stdout (results, not diagnostics),
+--- redacted. A one-line result (a path, a URL, an id) is green on a colour
+--- terminal; listings stay plain.
 function M.out(s)
-  core.write(tostring(s) .. "\n", 1)
+  s = tostring(s)
+  if colored(1) and not s:find("\n", 1, true) then
+    io.stdout:write(SGR.result)
+    core.write(tostring(s), 1)
+    io.stdout:write(SGR.reset)
+    core.write("\n", 1)
+  else
+    core.write(tostring(s) .. "\n", 1)
+  end
 end
 
 --- Prints a line on stderr as it is (no level prefix), redacted and with
