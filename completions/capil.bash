@@ -15,7 +15,7 @@ _capil() {
   COMPREPLY=()
   case "$prev" in
     --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return ;;
-    --name|--var|--bucket|--gcs-endpoint|--version|--explain|--stages|--suite|--jobs|-j|--only|--except|--user|-u|--chunk-size|--adapter-type|--hwversion) COMPREPLY=(); return ;;
+    --name|--var|--checksum|--bucket|--gcs-endpoint|--version|--explain|--stages|--suite|--jobs|-j|--only|--except|--shard|--user|-u|--chunk-size|--adapter-type|--hwversion) COMPREPLY=(); return ;;
     --backend|-b) COMPREPLY=($(compgen -W "$(capil __complete backends 2>/dev/null)" -- "$cur")); return ;;
     --var-file|--key-file|--eula|--report|--junit|--key|-i) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     --output|-o|--recipes-dir|--cloudinit) COMPREPLY=($(compgen -d -- "$cur")); return ;;
@@ -24,13 +24,13 @@ _capil() {
     local opts="--verbose -v --quiet -q --log-format --help -h --version"
     case "$cmd" in
       deploy) opts="$opts --name --template --backend -b --var-file --var --insecure" ;;
-      download) opts="$opts --output -o --name --bucket --key-file --gcs-endpoint" ;;
+      download) opts="$opts --output -o --checksum --name --bucket --key-file --gcs-endpoint" ;;
       images) opts="$opts --version --bucket --key-file --json --gcs-endpoint" ;;
       inspect) opts="$opts --explain --backend -b --var-file --var --recipes-dir --output --insecure" ;;
       list) opts="$opts --recipes-dir" ;;
       ova) opts="$opts --json --convert --eula" ;;
       repl) opts="$opts --no-history --backend -b --var-file --var --insecure" ;;
-      run) opts="$opts --keep-on-error --stages --suite --bucket --key-file --gcs-endpoint --all --jobs -j --fail-fast --only --except --report --junit --backend -b --var-file --var --recipes-dir --output --insecure" ;;
+      run) opts="$opts --keep-on-error --stages --suite --bucket --key-file --gcs-endpoint --all --jobs -j --fail-fast --only --except --report --junit --shard --backend -b --var-file --var --recipes-dir --output --insecure" ;;
       schema) opts="$opts --markdown --luals" ;;
       ssh) opts="$opts --backend -b --user -u --key -i --var-file --var --insecure" ;;
       test) opts="$opts --backend -b --suite --keep --cloudinit --var-file --var --output --insecure" ;;
@@ -42,20 +42,24 @@ _capil() {
     return
   fi
   case "$cmd" in
-    "") COMPREPLY=($(compgen -W "completion deploy download help images inspect list man ova repl run schema ssh test upload validate version vmdk" -- "$cur")) ;;
+    "") COMPREPLY=($(compgen -W "bundle completion deploy download help images inspect list man ova recipe repl report run schema ssh test upload validate version vmdk vsphere" -- "$cur")) ;;
+    bundle) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "matrix" -- "$cur")) ;;
     completion) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")) ;;
     deploy) COMPREPLY=($(compgen -f -- "$cur")) ;;
     download) COMPREPLY=($(compgen -f -- "$cur")) ;;
-    help) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "completion deploy download help images inspect list man ova repl run schema ssh test upload validate version vmdk" -- "$cur")) ;;
+    help) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "bundle completion deploy download help images inspect list man ova recipe repl report run schema ssh test upload validate version vmdk vsphere" -- "$cur")) ;;
     images) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "ci release" -- "$cur")) ;;
     inspect) COMPREPLY=($(compgen -W "$(capil __complete recipes ${dir:+--recipes-dir "$dir"} 2>/dev/null)" -- "$cur")) ;;
     ova) if [[ -z "$sub" ]]; then COMPREPLY=($(compgen -W "inspect pack verify" -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+    recipe) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "show" -- "$cur")) ;;
+    report) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "merge" -- "$cur")) ;;
     run) COMPREPLY=($(compgen -W "$(capil __complete recipes ${dir:+--recipes-dir "$dir"} 2>/dev/null)" -- "$cur")) ;;
     ssh) COMPREPLY=($(compgen -f -- "$cur")) ;;
     test) COMPREPLY=($(compgen -f -- "$cur")) ;;
     upload) COMPREPLY=($(compgen -f -- "$cur")) ;;
     validate) COMPREPLY=($(compgen -W "$(capil __complete recipes ${dir:+--recipes-dir "$dir"} 2>/dev/null)" -- "$cur")) ;;
     vmdk) if [[ -z "$sub" ]]; then COMPREPLY=($(compgen -W "convert" -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+    vsphere) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "ls info destroy snapshot" -- "$cur")) ;;
   esac
 }
 complete -o filenames -o bashdefault -F _capil capil
