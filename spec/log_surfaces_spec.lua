@@ -60,7 +60,7 @@ describe("log colour and json #unit", function()
     assert.matches("\r\na\r\nb\r\n", out, 1, true) -- a listing stays plain
     r = in_pty({ "run", "no-such-recipe" }, { NO_COLOR = "" })
     assert.equal(1, r.code)
-    assert.matches("^" .. ESC:gsub("%[", "%%[") .. "1;31mcapil: " .. ESC:gsub("%[", "%%[") .. "0mrecipes/no%-such%-recipe",
+    assert.matches("^" .. ESC:gsub("%[", "%%[") .. "1;31mcapil: " .. ESC:gsub("%[", "%%[") .. "0mno recipe 'no%-such%-recipe'",
       r.stdout)
   end)
 
@@ -70,14 +70,14 @@ describe("log colour and json #unit", function()
     assert.not_matches(ESC, r.stdout, 1, true)
     assert.matches("==> vm-1: step create-vm started\r\nwarn: slow\r\n", r.stdout, 1, true)
     r = in_pty({ "run", "no-such-recipe" }, { NO_COLOR = "yes" })
-    assert.equal("capil: recipes/no-such-recipe.lua: cannot read the recipe: No such file or directory\r\n", r.stdout)
+    assert.matches("^capil: no recipe 'no%-such%-recipe' on the recipe path", r.stdout)
     r = capil.run({ script })
     assert.equal(0, r.code)
     assert.equal("==> vm-1: step create-vm started\nwarn: slow\nerror: bad\n", r.stderr)
     assert.equal("/out/x.ova\na\nb\n", r.stdout)
     r = in_pty({ "--log-format", "json", "run", "no-such-recipe" }, { NO_COLOR = "" })
     assert.not_matches(ESC, r.stdout, 1, true)
-    assert.matches('^{"time":"[^"]+","level":"error","msg":"recipes/no%-such%-recipe', r.stdout)
+    assert.matches('^{"time":"[^"]+","level":"error","msg":"no recipe \'no%-such%-recipe', r.stdout)
   end)
 
   it("json: every record has time, level, msg and the call site's fields; secrets stay masked", function()
