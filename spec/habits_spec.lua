@@ -260,3 +260,47 @@ describe("Packer's habits #unit", function()
     end)
   end)
 end)
+
+describe("Packer's habits on QEMU with the tiny guest #qemu", function()
+  local fixtures = require("support.fixtures")
+  local hash = require("capil.sys.hash")
+  local out
+  before_each(function() out = peer.dir("habits-qemu") end)
+
+  local function tiny_args(extra)
+    local t = fixtures.tiny()
+    local args = { "run", TINY, "--recipes-dir", RECIPES, "--output", out,
+      "--var", "iso_url=file://" .. t.kernel, "--var", "iso_checksum=" .. assert(hash.file(t.kernel)),
+      "--var", "qemu_kernel=" .. t.kernel, "--var", "qemu_initrd=" .. t.initrd,
+      "--var", "ssh_private_key_file=" .. t.key, "--var", "qemu_append=console=ttyS0 quiet rdinit=/init" }
+    for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+    return args, t
+  end
+
+  it("--debug: each step waits for Enter; the SSH command and VNC address are shown", function()
+    local args, t = tiny_args({ "--debug", "--var", "roles=marker" })
+    local r = capil.run(args, { stdin = ("\n"):rep(11), timeout = 180 })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("debug: next step 11/11: manifest", r.stderr, 1, true)
+    local esc = t.key:gsub("%p", "%%%0")
+    assert.matches("ssh: ssh %-i " .. esc .. " %-p %d+ .* root@127%.0%.0%.1", r.stderr)
+    assert.matches("vnc: 127%.0%.0%.1:59%d%d", r.stderr)
+    -- before the VM and after it stopped, nothing to reach
+    local first = r.stderr:match("debug: next step 1/11.-press Enter")
+    assert.is_nil(first:find("vnc:", 1, true))
+    local last = r.stderr:match("debug: next step 11/11.-press Enter")
+    assert.is_nil(last:find("ssh:", 1, true))
+    assert.is_nil(r.stderr:find("end of input", 1, true))
+  end)
+
+  it("--on-error=abort keeps what a failed role's build made and lists it", function()
+    local r = capil.run(tiny_args({ "--on-error=abort", "--var", "roles=fail" }), { timeout = 120 })
+    assert.equal(1, r.code)
+    assert.matches("step provision failed: fail: fail on purpose", r.stderr, 1, true)
+    local pid = tonumber(r.stderr:match("\n  QEMU tiny%-kube%-v1%.16%.14 %(pid (%d+)%)"))
+    if pid and proc.alive(pid) then proc.run({ argv = { "kill", "-KILL", tostring(pid) } }) end
+    assert.matches("kept after failure (--on-error=abort):", r.stderr, 1, true)
+    assert.is_number(pid, r.stderr)
+    assert.equal(1, #entries(out .. "/tiny-kube-v1.16.14", ".work"))
+  end)
+end)

@@ -437,15 +437,16 @@ end
 local function debug_pause(run, step, i, n)
   if run.debug_eof then return end
   log.err(("==> debug: next step %d/%d: %s (%s)"):format(i, n, step.id, step.kind))
+  local up = run.vm and not run.stopped
   local t = run.target
-  if t and run.ssh then
+  if up and t and run.ssh then
     local key = run.ssh.key_file and (" -i " .. run.ssh.key_file) or ""
     local pw = run.ssh.password_var and not run.ssh.key_file and (" (password: the %s variable)"):format(run.ssh.password_var)
       or ""
     log.err(("    ssh: ssh%s -p %d -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null %s@%s%s"):format(
       key, t.port or 22, t.user or "root", t.host, pw))
   end
-  local vnc = vnc_address(run.vm)
+  local vnc = up and vnc_address(run.vm)
   if vnc then log.err("    vnc: " .. vnc) end
   log.err("    press Enter to continue")
   if io.stdin:read("l") == nil then
@@ -544,6 +545,7 @@ function M.run(plan, cfg, opts)
       run.report.steps[#run.report.steps + 1] = { id = step.id, kind = step.kind, class = class,
         seconds = math.floor(dt * 1000 + 0.5) / 1000, status = ok and "ok" or "failed",
         error = not ok and log.redact(err or "") or nil }
+      if ok and step.kind == "shutdown" then run.stopped = true end -- nothing to reach any more
       if not ok and on_error == "ask" then
         local choice = ask(step, err)
         if choice == "retry" then
