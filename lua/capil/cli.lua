@@ -207,6 +207,7 @@ end
 -- (only where the command has that option).
 local PACKER_SINGLE = { var = "var", ["var-file"] = "var-file", only = "only", except = "except",
   force = "force", ["on-error"] = "on-error", debug = "debug" }
+local PACKER_VALUED = { var = true, ["var-file"] = true, only = true, except = true, ["on-error"] = true }
 -- Packer flags that have no meaning for capil: accepted in PACKER_FLAGS and ignored.
 local PACKER_IGNORED = { color = true, ["timestamp-ui"] = true, ["machine-readable"] = true }
 
@@ -290,9 +291,12 @@ local function packer_flags(env, have, ignored)
         and name ~= "timestamp-ui" then
         i = i + 1 -- "-color false"
       end
-    elseif not target or not have[target] then
-      return nil, ("PACKER_FLAGS: '-%s' is not a flag capil knows here (%s)"):format(name,
+    elseif not target then
+      return nil, ("PACKER_FLAGS: '-%s' is not a flag capil knows (%s)"):format(name,
         "-var, -var-file, -only, -except, -force, -on-error, -debug")
+    elseif not have[target] then -- a flag for another command (-only for inspect)
+      ignored[#ignored + 1] = "-" .. name
+      if rest == "" and PACKER_VALUED[name] then i = i + 1 end
     else
       out[#out + 1] = "--" .. target .. rest
       if rest == "" and type(have[target]) == "table" and have[target].arg then -- "-var k=v"
@@ -409,7 +413,7 @@ function M.main(args)
         table.concat(names, ", "))
     end
     if #ignored > 0 then
-      notes[#notes + 1] = ("PACKER_FLAGS: %s ignored (no meaning for capil)"):format(table.concat(ignored, ", "))
+      notes[#notes + 1] = ("PACKER_FLAGS: %s ignored (no meaning for capil %s)"):format(table.concat(ignored, ", "), name)
     end
     -- before the command line's own, which win (the last --var wins)
     for i, w in ipairs(words) do table.insert(cargs, i, w) end
