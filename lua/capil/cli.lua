@@ -202,17 +202,167 @@ function M.run_script(rest)
   return 0
 end
 
+-- ====================================================================== --
+-- Packer's and image-builder's habits                                    --
+-- ====================================================================== --
+
+-- Packer's single-dash flags, read as capil's options of the same meaning
+-- (only where the command has that option).
+local PACKER_SINGLE = { var = "var", ["var-file"] = "var-file", only = "only", except = "except",
+  force = "force", ["on-error"] = "on-error", debug = "debug" }
+local PACKER_VALUED = { var = true, ["var-file"] = true, only = true, except = true, ["on-error"] = true }
+-- Packer flags that have no meaning for capil: accepted in PACKER_FLAGS and ignored.
+local PACKER_IGNORED = { color = true, ["timestamp-ui"] = true, ["machine-readable"] = true }
+
+-- Splits a string into words as a POSIX shell would (quotes, backslashes;
+-- no expansion). nil and a message for an unterminated quote.
+function M.shell_words(s)
+  local words, cur, i, n = {}, nil, 1, #s
+  while i <= n do
+    local c = s:sub(i, i)
+    if c:match("%s") then
+      if cur then words[#words + 1] = cur cur = nil end
+    elseif c == "'" then
+      local j = s:find("'", i + 1, true)
+      if not j then return nil, "unterminated ' quote" end
+      cur = (cur or "") .. s:sub(i + 1, j - 1)
+      i = j
+    elseif c == '"' then
+      local buf, j = {}, i + 1
+      while true do
+        if j > n then return nil, 'unterminated " quote' end
+        local d = s:sub(j, j)
+        if d == '"' then break end
+        if d == "\\" and s:sub(j + 1, j + 1):match('["\\$`]') then j = j + 1 d = s:sub(j, j) end
+        buf[#buf + 1] = d
+        j = j + 1
+      end
+      cur = (cur or "") .. table.concat(buf)
+      i = j
+    elseif c == "\\" and i < n then
+      cur = (cur or "") .. s:sub(i + 1, i + 1)
+      i = i + 1
+    else
+      cur = (cur or "") .. c
+    end
+    i = i + 1
+  end
+  if cur then words[#words + 1] = cur end
+  return words
+end
+
+-- `args` with Packer's single-dash flags (-var, -only=...) rewritten as
+-- capil's (--var, --only=...) where `have` (the command's long option
+-- names) has them; `note(name)` is called for each rewritten flag. Stops at
+-- "--".
+local function packer_args(args, have, note)
+  local out = {}
+  for i, a in ipairs(args) do
+    if a == "--" then
+      for j = i, #args do out[#out + 1] = args[j] end
+      break
+    end
+    local name, rest = a:match("^%-(%a[%w%-]+)(.*)$")
+    local target = name and PACKER_SINGLE[name]
+    if target and have[target] and (rest == "" or rest:sub(1, 1) == "=") then
+      note(name, target)
+      a = "--" .. target .. rest
+    end
+    out[#out + 1] = a
+  end
+  return out
+end
+
+-- The words of PACKER_FLAGS as capil options for a command with the long
+-- options `have`: Packer's flags (single or double dash) it knows, the
+-- ones without a meaning for capil dropped. nil and a message otherwise.
+local function packer_flags(env, have, ignored)
+  local words, werr = M.shell_words(env)
+  if not words then return nil, "PACKER_FLAGS: " .. werr end
+  local out, i = {}, 1
+  while i <= #words do
+    local w = words[i]
+    local name, rest = w:match("^%-%-?(%a[%w%-]*)(.*)$")
+    if not name or (rest ~= "" and rest:sub(1, 1) ~= "=") then
+      return nil, ("PACKER_FLAGS: '%s' is not a flag capil knows (%s)"):format(w,
+        "-var, -var-file, -only, -except, -force, -on-error, -debug")
+    end
+    local target = PACKER_SINGLE[name]
+    if PACKER_IGNORED[name] then
+      ignored[#ignored + 1] = "-" .. name
+      if rest == "" and words[i + 1] and not words[i + 1]:match("^%-") and name ~= "machine-readable"
+        and name ~= "timestamp-ui" then
+        i = i + 1 -- "-color false"
+      end
+    elseif not target then
+      return nil, ("PACKER_FLAGS: '-%s' is not a flag capil knows (%s)"):format(name,
+        "-var, -var-file, -only, -except, -force, -on-error, -debug")
+    elseif not have[target] then -- a flag for another command (-only for inspect)
+      ignored[#ignored + 1] = "-" .. name
+      if rest == "" and PACKER_VALUED[name] then i = i + 1 end
+    else
+      out[#out + 1] = "--" .. target .. rest
+      if rest == "" and type(have[target]) == "table" and have[target].arg then -- "-var k=v"
+        i = i + 1
+        if words[i] == nil then return nil, ("PACKER_FLAGS: '%s' needs a value"):format(w) end
+        out[#out + 1] = words[i]
+      end
+    end
+    i = i + 1
+  end
+  return out
+end
+
+--- image-builder's make target names: `build-node-ova-<backend>-<recipe>`
+--- (backend vsphere, local, esx or qemu; recipe `all` for every recipe) and
+--- `build-qemu-<recipe>`. Returns the recipe name (or "all") and the
+--- backend, or nil when `name` is not one.
+---@param name string
+---@return string? recipe, string? backend
+function M.make_target(name)
+  local b, r = name:match("^build%-node%-ova%-(%a+)%-(.+)$")
+  if not b then
+    r = name:match("^build%-qemu%-(.+)$")
+    b = r and "qemu"
+  end
+  if not b or not r:match("^[%w][%w%._%-]*$") then return nil end
+  local backends = { vsphere = "vsphere", ["local"] = "local", esx = "esx", qemu = "qemu" }
+  if not backends[b] then return nil end
+  return r, backends[b]
+end
+
+-- The global options also taken after the command (`capil run R -v`).
+local AFTER_COMMAND = { verbose = true, quiet = true, ["log-format"] = true }
+
 --- Entry point from the C host: args are argv[1..]; returns the exit status.
 ---@param args string[]
 ---@return integer
 function M.main(args)
   local g, rest = M.parse(args, GLOBAL_OPTIONS, "capil", true)
-  local fmt = g["log-format"]
-  if fmt and fmt ~= "text" and fmt ~= "json" then
-    M.fail(("--log-format must be text or json, not '%s'"):format(fmt), 2)
+  local function configure()
+    local fmt = g["log-format"]
+    if fmt and fmt ~= "text" and fmt ~= "json" then
+      M.fail(("--log-format must be text or json, not '%s'"):format(fmt), 2)
+    end
+    log.configure({ verbose = g.verbose, quiet = g.quiet, format = fmt })
+    -- CAPIL_LOG=1 (and CAPIL_LOG_PATH), as PACKER_LOG
+    local ok, lerr = log.from_env(os.getenv)
+    if not ok then M.fail(lerr, 2) end
   end
-  log.configure({ verbose = g.verbose, quiet = g.quiet, format = fmt })
+  configure()
   if g.version then rest = { "version" } end
+  local notes = {}
+  -- image-builder's make targets: `capil build-node-ova-vsphere-ubuntu-2004`
+  if rest[1] and not M.command(rest[1]) then
+    local recipe, backend = M.make_target(rest[1])
+    if recipe then
+      local form = recipe == "all" and { "run", "--all", "--backend", backend } or { "run", recipe, "--backend", backend }
+      notes[#notes + 1] = ("%s is image-builder's make target; capil's form is 'capil %s'"):format(rest[1],
+        table.concat(form, " "))
+      for i = 2, #rest do form[#form + 1] = rest[i] end
+      rest = form
+    end
+  end
   local name = rest[1]
   if not name or (g.help and not name) then
     io.stdout:write(M.usage(), "\n")
@@ -238,7 +388,81 @@ function M.main(args)
     end
     if a == "--" then break end
   end
-  local opts, pos = M.parse(cargs, cmd.options or {}, name, cmd.stop_at_positional)
+  -- Packer's habits: PACKER_FLAGS and single-dash flags (-var, -only=...)
+  local spec, have = {}, {}
+  for _, o in ipairs(cmd.options or {}) do
+    spec[#spec + 1] = o
+    have[o.name] = o
+    if o.short then have["-" .. o.short] = true end
+  end
+  local seen = {}
+  cargs = packer_args(cargs, have, function(flag, target)
+    if not seen[flag] then
+      seen[flag] = true
+      notes[#notes + 1] = ("-%s is Packer's form; capil's is --%s"):format(flag, target)
+    end
+  end)
+  local pf = os.getenv("PACKER_FLAGS")
+  if pf and pf:match("%S") and have.var then
+    local ignored = {}
+    local words, perr = packer_flags(pf, have, ignored)
+    if not words then M.fail(name .. ": " .. perr, 2) end
+    local names, nseen = {}, {}
+    for _, w in ipairs(words) do
+      local n = w:match("^(%-%-[^=]+)")
+      if n and not nseen[n] then nseen[n] = true names[#names + 1] = n end
+    end
+    if #names > 0 then
+      notes[#notes + 1] = ("PACKER_FLAGS read as %s (capil's form: those options on the command line)"):format(
+        table.concat(names, ", "))
+    end
+    if #ignored > 0 then
+      notes[#notes + 1] = ("PACKER_FLAGS: %s ignored (no meaning for capil %s)"):format(table.concat(ignored, ", "), name)
+    end
+    -- before the command line's own, which win (the last --var wins)
+    for i, w in ipairs(words) do table.insert(cargs, i, w) end
+  end
+  -- the global options are also taken after the command (`capil run R -v`)
+  for _, o in ipairs(GLOBAL_OPTIONS) do
+    if AFTER_COMMAND[o.name] and not have[o.name] and not (o.short and have["-" .. o.short]) then
+      spec[#spec + 1] = o
+    end
+  end
+  local opts, pos = M.parse(cargs, spec, name, cmd.stop_at_positional)
+  local again = false
+  for k in pairs(AFTER_COMMAND) do
+    if opts[k] ~= nil and not have[k] then
+      g[k], opts[k], again = opts[k], nil, true
+      if k == "verbose" then g.quiet = nil elseif k == "quiet" then g.verbose = nil end
+    end
+  end
+  if again then configure() end
+  for _, n in ipairs(notes) do log.info("note: %s", n) end
+  -- make targets as recipe names: `capil inspect build-node-ova-vsphere-ubuntu-2004`
+  if have.var and have.backend then
+    for i, a in ipairs(pos) do
+      local recipe, backend = M.make_target(a)
+      if recipe and not a:find("/", 1, true) then
+        if opts.backend and opts.backend ~= backend then
+          M.fail(("%s: %s is image-builder's target for the %s backend, but --backend is %s"):format(name, a,
+            backend, opts.backend), 2)
+        end
+        opts.backend = backend
+        if recipe == "all" then
+          if not have.all then M.fail(("%s: %s: name recipes ('all' is for 'capil run')"):format(name, a), 2) end
+          opts.all = true
+          pos[i] = false
+        else
+          pos[i] = recipe
+        end
+        log.info("note: %s is image-builder's make target; capil's form is 'capil %s %s --backend %s'", a, name,
+          recipe == "all" and "--all" or recipe, backend)
+      end
+    end
+    local kept = {}
+    for _, a in ipairs(pos) do if a then kept[#kept + 1] = a end end
+    pos = kept
+  end
   local code = cmd.run(opts, pos, g)
   if code == nil or code == true then return 0 end
   if code == false then return 1 end

@@ -25,7 +25,7 @@ local M = {}
 
 -- Options of `capil run` a child gets as they were given (per-build ones,
 -- backend, vars, var files and stages, are set per build).
-local FORWARD = { "recipes-dir", "output", "bucket", "key-file", "gcs-endpoint" }
+local FORWARD = { "recipes-dir", "output", "bucket", "key-file", "gcs-endpoint", "on-error" }
 local FORWARD_FLAGS = { "keep-on-error", "insecure" }
 
 -- Seconds a child gets to finish its cleanups after Ctrl-C before its
@@ -73,15 +73,65 @@ function M.builds(args, opts)
       list[#list + 1] = { recipe = a, vars = {}, var_files = {} }
     end
   end
-  local function set(s)
+  local kept, ferrs = M.filter(list, opts.only, opts.except)
+  if not kept then return nil, ferrs end
+  for i, b in ipairs(kept) do b.index = i end
+  return kept
+end
+
+-- The names a build answers to in --only/--except: its recipe as given,
+-- the recipe's file name without .lua, and its build_name var (a bundle
+-- entry's); the first of the last two is its build name.
+local function build_names(b)
+  local base = fs.basename(b.recipe):gsub("%.lua$", "")
+  local bn = b.vars and b.vars.build_name
+  return { b.recipe, base, b.name, bn and tostring(bn) or nil }, bn and tostring(bn) or base
+end
+
+--- The builds matching --only and not --except (comma-separated build
+--- names; `*` matches any text), as Packer's -only/-except. A name that
+--- matches no build is an error listing the build names.
+---@param list table[]
+---@param only? string
+---@param except? string
+---@return table[]|nil builds, string[]? errors
+function M.filter(list, only, except)
+  local function patterns(s, flag, errs)
     if not s then return nil end
     local t = {}
-    for n in s:gmatch("[^,%s]+") do t[n] = true end
+    for n in s:gmatch("[^,%s]+") do
+      local pat = "^" .. n:gsub("[%^%$%(%)%%%.%[%]%+%-%?]", "%%%0"):gsub("%*", ".*") .. "$"
+      local hit = false
+      for _, b in ipairs(list) do
+        for _, name in pairs((build_names(b))) do if name:match(pat) then hit = true end end
+      end
+      if not hit then errs[#errs + 1] = ("%s '%s' matches no build"):format(flag, n) end
+      t[#t + 1] = pat
+    end
     return t
   end
-  list = bundle.filter(list, set(opts.only), set(opts.except))
-  for i, b in ipairs(list) do b.index = i end
-  return list
+  local errs = {}
+  local o, e = patterns(only, "--only", errs), patterns(except, "--except", errs)
+  if #errs > 0 then
+    local names, seen = {}, {}
+    for _, b in ipairs(list) do
+      local _, n = build_names(b)
+      if not seen[n] then seen[n] = true names[#names + 1] = n end
+    end
+    errs[#errs + 1] = "the builds are: " .. table.concat(names, ", ")
+    return nil, { "run: " .. table.concat(errs, "; ") }
+  end
+  local function any(b, pats)
+    for _, name in pairs((build_names(b))) do
+      for _, p in ipairs(pats) do if name:match(p) then return true end end
+    end
+    return false
+  end
+  local out = {}
+  for _, b in ipairs(list) do
+    if (not o or any(b, o)) and not (e and any(b, e)) then out[#out + 1] = b end
+  end
+  return out
 end
 
 --- The builds of one shard (`--shard K/N`, else JOB_COMPLETION_INDEX and
@@ -178,6 +228,8 @@ function M.prepare(builds, opts, check_stages, g)
           what, plan.build_version, plan.output_dir, other.index)
       end
       by_dir[plan.output_dir] = b
+      local ook, oerr = require("capil.build.pipeline").check_output(plan.output_dir, opts.force)
+      if not ook then errors[#errors + 1] = ("%s: %s"):format(what, oerr) end
       local argv = { table.unpack(exe) }
       for _, x in ipairs({ "run", b.recipe, "--backend", b.backend, "--stages", b.stages }) do argv[#argv + 1] = x end
       for _, k in ipairs(FORWARD) do
@@ -265,8 +317,10 @@ end
 -- Children                                                               --
 -- ====================================================================== --
 
-local function start(b, disp, n)
+local function start(b, disp, n, force)
   local dir = b.plan.output_dir
+  -- --force: the parent removes the directory, before the child's console log goes there
+  if force and fs.exists(dir) then fs.remove(dir, { recursive = true }) end
   assert(fs.mkdir(dir .. "/logs"))
   -- a report left by an earlier run must not pass for this one's
   fs.remove(dir .. "/report.json")
@@ -503,7 +557,7 @@ end
 --- finish, the reports are written, and capil exits 130 (the host's
 --- interrupt path runs this module's cleanup).
 ---@param builds table[] from M.prepare
----@param o {jobs: integer, fail_fast?: boolean, report?: string, junit?: string, quiet?: boolean, json?: boolean, shard?: table}
+---@param o {jobs: integer, force?: boolean, fail_fast?: boolean, report?: string, junit?: string, quiet?: boolean, json?: boolean, shard?: table}
 ---@return integer
 function M.run(builds, o)
   local n = #builds
@@ -545,7 +599,7 @@ function M.run(builds, o)
     while not stop and next_i <= n and running < o.jobs do
       local b = builds[next_i]
       next_i = next_i + 1
-      start(b, disp, n)
+      start(b, disp, n, o.force)
       if b.status == "running" then running = running + 1 end
     end
     if running == 0 then break end

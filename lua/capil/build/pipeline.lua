@@ -412,12 +412,78 @@ function M.context(plan, cfg, o)
   }
 end
 
---- Runs `plan` with configuration `cfg`. opts: keep_on_error, cache_dir.
+--- Whether a build may go into `dir`: refused (nil and a message) when it
+--- holds an OVA from an earlier build, unless `force` (then the run removes
+--- the directory first).
+---@param dir string
+---@param force? boolean
+---@return boolean|nil ok, string? err
+function M.check_output(dir, force)
+  if force then return true end
+  for _, f in ipairs(fs.list(dir) or {}) do
+    if f:match("%.ova$") then
+      return nil, ("output directory %s already holds an OVA (%s) from an earlier build: use --force to remove "
+        .. "the directory first, or --output for another place"):format(dir, f)
+    end
+  end
+  return true
+end
+
+-- The address of a VM's VNC console, when its backend has one.
+local function vnc_address(vm)
+  if not vm then return nil end
+  if vm.vnc_address then return vm.vnc_address end
+  local d = type(vm.opts) == "table" and vm.opts.vnc_display
+  if d then return ("127.0.0.1:%d (display :%d)"):format(5900 + d, d) end
+end
+
+-- --debug: before each step, what it is and how to reach the VM, then a
+-- wait for Enter on stdin (at its end, no more pauses).
+local function debug_pause(run, step, i, n)
+  if run.debug_eof then return end
+  log.err(("==> debug: next step %d/%d: %s (%s)"):format(i, n, step.id, step.kind))
+  local up = run.vm and not run.stopped
+  local t = run.target
+  if up and t and run.ssh then
+    local key = run.ssh.key_file and (" -i " .. run.ssh.key_file) or ""
+    local pw = run.ssh.password_var and not run.ssh.key_file and (" (password: the %s variable)"):format(run.ssh.password_var)
+      or ""
+    log.err(("    ssh: ssh%s -p %d -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null %s@%s%s"):format(
+      key, t.port or 22, t.user or "root", t.host, pw))
+  end
+  local vnc = up and vnc_address(run.vm)
+  if vnc then log.err("    vnc: " .. vnc) end
+  log.err("    press Enter to continue")
+  if io.stdin:read("l") == nil then
+    run.debug_eof = true
+    log.info("debug: end of input: not pausing any more")
+  end
+end
+
+-- --on-error=ask: what to do after `err` (Packer's question). "cleanup",
+-- "abort" or "retry"; "cleanup" at the end of input.
+local function ask(step, err)
+  log.err(("==> step %s failed: %s"):format(step.id, err or "?"))
+  while true do
+    log.err("==> [c] Clean up and exit, [a] abort without cleanup, or [r] retry step "
+      .. "(build may fail even if retry succeeds)? ")
+    local line = io.stdin:read("l")
+    if line == nil then return "cleanup" end
+    line = line:lower():match("^%s*(.-)%s*$")
+    if line == "c" or line == "cleanup" then return "cleanup" end
+    if line == "a" or line == "abort" then return "abort" end
+    if line == "r" or line == "retry" then return "retry" end
+  end
+end
+
+--- Runs `plan` with configuration `cfg`. opts: on_error ("cleanup", the
+--- default, "abort" or "ask"; keep_on_error is "abort"), force (remove the
+--- output directory first), debug (pause before each step), cache_dir.
 --- Returns the report (report.ok tells the outcome), or nil, the message,
 --- its code and the report when there is one.
 ---@param plan table from capil.build.plan.resolve
 ---@param cfg table
----@param opts? {keep_on_error?: boolean, cache_dir?: string}
+---@param opts? {on_error?: string, keep_on_error?: boolean, force?: boolean, debug?: boolean, cache_dir?: string}
 ---@return table|nil report, string? err, string? code, table? partial
 function M.run(plan, cfg, opts)
   opts = opts or {}
@@ -427,6 +493,11 @@ function M.run(plan, cfg, opts)
   -- before anything of this run prints
   local password, perr, pcode = installer.build_password(cfg)
   if not password then return nil, perr, pcode end
+  if opts.force and fs.exists(plan.output_dir) then
+    log.info("--force: removing %s", plan.output_dir)
+    local rok, rerr, rcode = fs.remove(plan.output_dir, { recursive = true })
+    if not rok then return nil, "--force: " .. tostring(rerr), rcode end
+  end
   local ok_o, oerr, ocode = fs.mkdir(plan.output_dir)
   if not ok_o then return nil, "output directory: " .. tostring(oerr), ocode end
   local log_dir = plan.output_dir .. "/logs"
@@ -447,30 +518,51 @@ function M.run(plan, cfg, opts)
   run.ctx = M.context(plan, cfg, { workdir = workdir, log_dir = log_dir, cache_dir = opts.cache_dir,
     report = run.report, secrets = { ssh_password = password.password } })
   if password.random then log.info("build user %s: a random password for this build", cfg:get("ssh.username")) end
-  require("capil.sys.cleanup").keep_on_error(opts.keep_on_error)
+  local on_error = opts.on_error or (opts.keep_on_error and "abort") or "cleanup"
+  local cleanup = require("capil.sys.cleanup")
+  cleanup.keep_on_error(on_error == "abort")
+  if on_error == "ask" and not require("capil.core.log").isatty(0) then
+    log.info("--on-error=ask: stdin is not a terminal, so a failure will be cleaned up (as --on-error=cleanup)")
+    on_error = "cleanup"
+  end
   local t_start = runtime.now()
   local totals = { guest = 0, tool = 0, engine = 0 }
   local ok, err, code = true, nil, nil
-  for _, step in ipairs(plan.steps) do
+  for i, step in ipairs(plan.steps) do
     -- a backend may bring steps of its own (vSphere: upload_media, finalize_vm)
     local own = backend.steps and backend.steps[step.kind]
-    local t0 = runtime.now()
-    local end_context = log.context({ step = step.id, vm = run.vm and run.vm.name or nil })
-    log.debug("step %s (%s)", step.id, step.kind)
-    if own then
-      ok, err, code = own(run.ctx, step)
-    elseif H[step.kind] then
-      ok, err, code = H[step.kind](run, step)
-    else
-      ok, err, code = nil, ("step %s: unknown kind %s"):format(step.id, step.kind), "ESTEP"
+    local retry = true
+    while retry do
+      retry = false
+      if opts.debug then debug_pause(run, step, i, #plan.steps) end
+      local t0 = runtime.now()
+      local end_context = log.context({ step = step.id, vm = run.vm and run.vm.name or nil })
+      log.debug("step %s (%s)", step.id, step.kind)
+      if own then
+        ok, err, code = own(run.ctx, step)
+      elseif H[step.kind] then
+        ok, err, code = H[step.kind](run, step)
+      else
+        ok, err, code = nil, ("step %s: unknown kind %s"):format(step.id, step.kind), "ESTEP"
+      end
+      end_context()
+      local dt = runtime.now() - t0
+      local class = TIME_CLASS[step.kind] or "engine"
+      totals[class] = totals[class] + dt
+      run.report.steps[#run.report.steps + 1] = { id = step.id, kind = step.kind, class = class,
+        seconds = math.floor(dt * 1000 + 0.5) / 1000, status = ok and "ok" or "failed",
+        error = not ok and log.redact(err or "") or nil }
+      if ok and step.kind == "shutdown" then run.stopped = true end -- nothing to reach any more
+      if not ok and on_error == "ask" then
+        local choice = ask(step, err)
+        if choice == "retry" then
+          retry = true
+          log.info("retrying step %s", step.id)
+        elseif choice == "abort" then
+          cleanup.keep_on_error(true)
+        end
+      end
     end
-    end_context()
-    local dt = runtime.now() - t0
-    local class = TIME_CLASS[step.kind] or "engine"
-    totals[class] = totals[class] + dt
-    run.report.steps[#run.report.steps + 1] = { id = step.id, kind = step.kind, class = class,
-      seconds = math.floor(dt * 1000 + 0.5) / 1000, status = ok and "ok" or "failed",
-      error = not ok and log.redact(err or "") or nil }
     if not ok then
       err = ("step %s failed: %s"):format(step.id, err or "?")
       break

@@ -5,7 +5,12 @@ local cli = require("capil.cli")
 local log = require("capil.sys.log")
 
 local options = {
-  { name = "keep-on-error", help = "after a failure, keep the VM and files and print how to reach them" },
+  { name = "force", help = "remove an existing output directory first (else one holding an OVA is refused)" },
+  { name = "on-error", arg = "MODE", help = "after a failure: cleanup (default), abort (keep the VM and files), "
+    .. "ask (on a terminal: cleanup, abort or retry the step)" },
+  { name = "keep-on-error", help = "after a failure, keep the VM and files and print how to reach them "
+    .. "(--on-error=abort)" },
+  { name = "debug", help = "one build: pause before each step until Enter, showing the SSH command and VNC address" },
   { name = "stages", arg = "LIST", help = "comma-separated: build (default), test, upload" },
   { name = "suite", arg = "LIST", multi = true, help = "test stage: suites (default: the recipe's tests.suites)" },
   { name = "bucket", arg = "B", help = "upload stage: GCS bucket (default capv-images)" },
@@ -14,12 +19,27 @@ local options = {
   { name = "all", help = "build every recipe 'capil list' shows (only those of --recipes-dir when given)" },
   { name = "jobs", short = "j", arg = "N", help = "several builds: at most N at once (default 1)" },
   { name = "fail-fast", help = "several builds: the first failure interrupts the others" },
-  { name = "only", arg = "LIST", help = "several builds: only these recipe names (comma-separated)" },
-  { name = "except", arg = "LIST", help = "several builds: not these recipe names (comma-separated)" },
+  { name = "only", arg = "LIST", help = "several builds: only these build names (comma-separated; * matches any text)" },
+  { name = "except", arg = "LIST", help = "several builds: not these build names (comma-separated; * matches any text)" },
   { name = "report", arg = "FILE", help = "several builds: write a JSON report of every build" },
   { name = "junit", arg = "FILE", help = "several builds: write JUnit XML (a testsuite per build)" },
   { name = "shard", arg = "K/N", help = "several builds: run only the K-th of N stable shares (see 'capil bundle')" },
 }
+
+local ON_ERROR = { cleanup = true, abort = true, ask = true }
+
+-- The --on-error mode (--keep-on-error is abort); fails on an unknown one.
+local function on_error(opts)
+  local mode = opts["on-error"]
+  if mode == nil then return opts["keep-on-error"] and "abort" or "cleanup" end
+  if not ON_ERROR[mode] then
+    cli.fail(("run: --on-error must be cleanup, abort or ask, not '%s'"):format(mode), 2)
+  end
+  if opts["keep-on-error"] and mode ~= "abort" then
+    cli.fail(("run: --keep-on-error is --on-error=abort; it contradicts --on-error=%s"):format(mode), 2)
+  end
+  return mode
+end
 
 local STAGES = { build = true, test = true, upload = true }
 local ORDER = { "build", "test", "upload" } -- an image that fails its tests is not published
@@ -50,6 +70,7 @@ end
 
 local function run_parallel(opts, args, g)
   local parallel = require("capil.build.parallel")
+  on_error(opts)
   local jobs = 1
   if opts.jobs then
     jobs = tonumber(opts.jobs)
@@ -68,16 +89,20 @@ local function run_parallel(opts, args, g)
     log.info("shard %s (from %s) has no builds: the bundle's %d builds fill fewer shards; nothing to do",
       shard.label, shard.source, shard.total)
   end
+  if opts.debug then
+    cli.fail(("run: --debug pauses one build on this terminal; %d builds: choose one with --only"):format(#builds), 2)
+  end
   local ok, perrs = parallel.prepare(builds, opts, stages, g)
   if not ok then cli.fail(table.concat(perrs, "\n"), 2) end
   log.info("%d builds, at most %d at once", #builds, jobs)
-  return parallel.run(builds, { jobs = jobs, fail_fast = opts["fail-fast"], report = opts.report,
+  return parallel.run(builds, { jobs = jobs, force = opts.force, fail_fast = opts["fail-fast"], report = opts.report,
     junit = opts.junit, quiet = g and g.quiet, json = g and g["log-format"] == "json", shard = shard })
 end
 
 return {
   summary = "build an image from a recipe (default backend: qemu)",
-  usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--keep-on-error] [--stages build,test,upload]\n"
+  usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--force] [--on-error cleanup|abort|ask] [--debug]"
+    .. " [--stages build,test,upload]\n"
     .. "       capil run RECIPE... | BUNDLE.lua | --all [-j N] [--fail-fast] [--only L] [--except L]"
     .. " [--report F] [--junit F] [--shard K/N]",
   help = [[
@@ -88,7 +113,11 @@ export a streamOptimized VMDK and pack the OVA into
 output/<name>-kube-<kubernetes semver>/. The build log is logs/build.log
 there, the serial console logs/serial.log, and report.json records each
 step. On failure or Ctrl-C everything the build created is removed, unless
---keep-on-error. --stages build,test then tests the image as 'capil test'
+--on-error=abort (or --keep-on-error); --on-error=ask asks on a terminal
+whether to clean up, abort or retry the failed step (without a terminal it
+cleans up). An output directory holding an OVA is refused unless --force,
+which removes it first. --debug pauses before each step until Enter,
+showing the SSH command and the VNC address once known. --stages build,test then tests the image as 'capil test'
 does (the recipe's tests.suites, or --suite); with upload the OVA goes to
 GCS as 'capil upload' does (skipped when the remote checksum matches), after
 the test stage passed.
@@ -116,22 +145,35 @@ A bundle is a Lua file returning a list of builds, loaded like a recipe
   }
 Paths in it are relative to the bundle. The command line wins over the
 bundle: --backend, --stages and --var apply to every build; --var-file
-files are read before the bundle's. --only and --except filter by recipe
-name. --shard K/N (or JOB_COMPLETION_INDEX and JOB_COMPLETION_COUNT, as a
+files are read before the bundle's. --only and --except take build names
+(a recipe's name or file name, or a bundle entry's build_name var; '*'
+matches any text): a name that matches no build is an error listing them.
+--shard K/N (or JOB_COMPLETION_INDEX and JOB_COMPLETION_COUNT, as a
 Kubernetes Indexed Job sets them) runs a stable K-th share of the builds;
 'capil bundle matrix' prints the shards for a CI matrix, 'capil report
-merge' joins the shards' reports.]],
+merge' joins the shards' reports.
+
+Packer's and image-builder's habits work too, each with a note naming
+capil's form: single-dash flags (-var, -var-file, -only, -except, -force,
+-on-error=..., -debug), PACKER_FLAGS, CAPIL_LOG=1 and CAPIL_LOG_PATH (as
+PACKER_LOG and PACKER_LOG_PATH: debug logging, into that file), and make
+target names: 'capil build-node-ova-vsphere-ubuntu-2004' is 'capil run
+ubuntu-2004 --backend vsphere', build-node-ova-local-all is 'capil run
+--all --backend local'.]],
   options = options,
   run = function(opts, args, g)
     if wants_parallel(opts, args) then return run_parallel(opts, args, g) end
     if #args ~= 1 then cli.fail("run: name one recipe (see 'capil list')", 2) end
     local todo, serr = stages(opts.stages)
     if not todo then cli.fail(serr, 2) end
+    local mode = on_error(opts)
     local r, cfg, plan = build_options.load(args[1], opts)
     if not r then build_options.fail(cfg) end
+    local ook, oerr = pipeline.check_output(plan.output_dir, opts.force)
+    if not ook then cli.fail("run: " .. oerr, 1) end
     log.info("building %s on %s into %s", plan.build_version, plan.backend, plan.output_dir)
     local report, err, _, partial = pipeline.run(plan, cfg, {
-      keep_on_error = opts["keep-on-error"],
+      on_error = mode, force = opts.force, debug = opts.debug,
       cache_dir = build_options.cache_dir(),
     })
     if not report then

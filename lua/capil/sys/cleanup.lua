@@ -95,7 +95,7 @@ end
 ---@param reason string
 function M.run_all(reason)
   if kept and reason ~= "exit" and #stack > 0 then
-    io.stderr:write("capil: kept after failure (--keep-on-error):\n")
+    io.stderr:write("capil: kept after failure (--on-error=abort):\n")
     for i = #stack, 1, -1 do io.stderr:write("  " .. stack[i].what .. "\n") end
     stack = {}
     return

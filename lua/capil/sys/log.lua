@@ -172,6 +172,30 @@ local function write_colored(lvl, prefix, msg)
   core.write(msg .. "\n")
 end
 
+local env_sink -- the CAPIL_LOG_PATH file, opened once
+
+--- Packer's PACKER_LOG/PACKER_LOG_PATH habit: CAPIL_LOG set (not empty, not
+--- "0") turns debug logging on, on stderr, or, with CAPIL_LOG_PATH, into
+--- that file (appended; every level, as the build log) while stderr keeps
+--- its level. CAPIL_LOG_PATH alone does nothing, as PACKER_LOG_PATH.
+--- Returns true, or nil and a message when the file cannot be opened.
+---@param getenv fun(name: string): string?
+---@return boolean|nil ok, string? err
+function M.from_env(getenv)
+  local on = getenv("CAPIL_LOG")
+  if not on or on == "" or on == "0" then return true end
+  local path = getenv("CAPIL_LOG_PATH")
+  if not path or path == "" then
+    level = LEVELS.debug
+    return true
+  end
+  if env_sink then return true end
+  local close, err = M.add_file(path)
+  if not close then return nil, ("CAPIL_LOG_PATH: %s"):format(tostring(err):gsub("^log%.add_file: ", "")) end
+  env_sink = close
+  return true
+end
+
 --- Writes one record; `fields` (optional) are extra key/values (a JSON
 --- record carries them, with the context's: step, vm, url, bytes, rate).
 ---@param lvl string
