@@ -101,7 +101,8 @@ describe("Packer's habits #unit", function()
     end)
 
     it("ask on a terminal: cleanup/abort/retry, as Packer asks", function()
-      local cmd = table.concat({ capil.exe, "run", TINY, "--recipes-dir", RECIPES, "--output", out,
+      -- NO_COLOR: the prompt's text as plain words (a terminal gets colour)
+      local cmd = table.concat({ "NO_COLOR=1", capil.exe, "run", TINY, "--recipes-dir", RECIPES, "--output", out,
         "--on-error=ask" }, " ")
       local r = assert(proc.run({ argv = { "script", "-qec", cmd, "/dev/null" }, stdin = "what\nr\na\n",
         timeout = 30 }))
