@@ -14,7 +14,6 @@ local proc = require("capil.sys.proc")
 local fs = require("capil.sys.fs")
 local hash = require("capil.sys.hash")
 local json = require("capil.sys.json")
-local runtime = require("capil.core.runtime")
 
 local ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" -- the UEFI specification's EFI system partition
 
@@ -75,13 +74,7 @@ describe("end-to-end EFI build of the test OS from a seed CD #qemu #e2e #guest",
     -- configuration's firmware is bios); the VM is kept for capil ssh
     local t = capil.run({ "test", dir, "--keep" }, { timeout = 1200 })
     local state = json.read(dir .. "/test/vm.json")
-    finally(function()
-      if state and state.pid and proc.alive(state.pid) then
-        proc.kill(state.pid)
-        for _ = 1, 50 do if not proc.alive(state.pid) then break end runtime.sleep(0.1) end
-        if proc.alive(state.pid) then proc.kill(state.pid, "KILL") end
-      end
-    end)
+    finally(function() peer.stop_pid(state and state.pid) end)
     assert.equal(0, t.code, t.stderr .. "\n" .. (fs.read(dir .. "/test/serial.log") or ""))
     assert.matches(name .. ".ova declares firmware efi: the test VM boots efi", t.stderr, 1, true)
     assert.is_true(json.read(dir .. "/test/report.json").ok)

@@ -80,13 +80,7 @@ describe("end-to-end build of the test OS #qemu #e2e", function()
       "--var", "node_conformance_url=" .. web.url("/{{kubernetes_version}}/kubernetes-test-linux-amd64.tar.gz"),
       "--var", "node_conformance_kubernetes_version=v1.16.14" }, { timeout = 1200 })
     local state = json.read(dir .. "/test/vm.json")
-    finally(function()
-      if state and state.pid and proc.alive(state.pid) then
-        proc.kill(state.pid)
-        for _ = 1, 50 do if not proc.alive(state.pid) then break end runtime.sleep(0.1) end
-        if proc.alive(state.pid) then proc.kill(state.pid, "KILL") end
-      end
-    end)
+    finally(function() peer.stop_pid(state and state.pid) end)
     assert.equal(0, t.code, t.stderr .. "\n" .. (fs.read(dir .. "/test/test.log") or ""))
     assert.is_table(state)
     local tr = json.read(dir .. "/test/report.json")

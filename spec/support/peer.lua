@@ -44,4 +44,14 @@ function M.start(opts)
   return handle
 end
 
+--- Stops a process the spec did not start itself (a VM `capil test --keep`
+--- left running, by the PID in its vm.json): SIGTERM, SIGKILL after 5 s.
+---@param pid? integer
+function M.stop_pid(pid)
+  if not (pid and proc.alive(pid)) then return end
+  proc.kill(pid)
+  for _ = 1, 50 do if not proc.alive(pid) then return end runtime.sleep(0.1) end
+  proc.kill(pid, "KILL")
+end
+
 return M
