@@ -231,5 +231,10 @@ describe("the recipe search path #unit", function()
     assert.equal(0, r.code, r.stderr)
     assert.matches("embedded$", list_line(r.stdout, "ubuntu-2004"))
     assert.truthy(fs.exists(prefix .. "/share/doc/capil/README.md"))
+    -- the man page and the completions of the three shells
+    for _, f in ipairs({ "man/man1/capil.1", "bash-completion/completions/capil", "zsh/site-functions/_capil",
+      "fish/vendor_completions.d/capil.fish" }) do
+      assert.truthy(fs.exists(prefix .. "/share/" .. f), f)
+    end
   end)
 end)
