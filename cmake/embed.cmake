@@ -3,7 +3,8 @@
 # capil, backends/qemu.lua -> capil.backends.qemu), and every file of
 # recipes/ (recipes, config, roles, checks, installer templates) and
 # cloudinit/ (the test data) under its path, the embedded layer of the
-# recipe search path (capil.build.recipepath).
+# recipe search path (capil.build.recipepath), and the doc comments of the C
+# functions (capil_embedded_cdoc, for the REPL's help).
 file(GLOB_RECURSE lua_files RELATIVE ${SRC} ${SRC}/lua/*.lua)
 file(GLOB_RECURSE backend_files RELATIVE ${SRC} ${SRC}/backends/*.lua)
 list(SORT lua_files)
@@ -43,5 +44,34 @@ foreach(f ${data_files})
   math(EXPR i "${i} + 1")
 endforeach()
 string(APPEND body "const struct capil_embedded capil_embedded_data[] = {\n${table}  {NULL, NULL, NULL, 0}\n};\n")
+
+# The doc comments of the C functions: every comment of engine/*.c whose
+# first line names one ("fs.read(path [, {max=bytes}]) -> data | ..."),
+# without its "/*", "**" and "*/", each ended by a NUL (help in the REPL).
+file(GLOB c_files ${SRC}/engine/*.c)
+list(SORT c_files)
+set(docs "")
+foreach(f ${c_files})
+  file(READ ${f} text)
+  # list items split at ";": keep the code's own out of the way
+  string(REPLACE ";" "<SEMICOLON>" text "${text}")
+  string(REGEX MATCHALL "/\\*([^*]|\\*+[^*/])*\\*+/" comments "${text}")
+  foreach(c ${comments})
+    string(REGEX REPLACE "^/\\*+" "" c "${c}")
+    string(REGEX REPLACE "[ \t\n]*\\*+/$" "" c "${c}")
+    string(REGEX REPLACE "\n[ \t]*\\*\\*? ?" "\n" c "${c}")
+    string(REGEX REPLACE "^[ \t\n]+" "" c "${c}")
+    if(c MATCHES "^[a-z_]+\\.[a-z_0-9]+\\(")
+      string(REPLACE "<SEMICOLON>" ";" c "${c}")
+      string(APPEND docs "${c}")
+      string(APPEND docs "<NUL>")
+    endif()
+  endforeach()
+endforeach()
+string(HEX "${docs}" hex)
+string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+# "<NUL>" is 3c 4e 55 4c 3e
+string(REPLACE "0x3c,0x4e,0x55,0x4c,0x3e," "0," bytes "${bytes}")
+string(APPEND body "const char capil_embedded_cdoc[] = {${bytes}0};\n")
 file(WRITE ${OUT}.tmp "${body}")
 file(RENAME ${OUT}.tmp ${OUT})

@@ -398,16 +398,40 @@ static int host_embedded_files(lua_State *L) {
   return 1;
 }
 
-/* host.embedded_file(path) -> its bytes, or nil when none is embedded */
+/* host.embedded_file(path) -> its bytes, or nil when none is embedded: a
+** data file ("recipes/ubuntu-2004.lua") or a library file, comments and all
+** ("lua/capil/sys/fs.lua", the chunk name of an embedded module without its
+** "@": the REPL's help reads the doc comments from it) */
 static int host_embedded_file(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  for (const struct capil_embedded *e = capil_embedded_data; e->path; e++) {
-    if (strcmp(e->path, path) == 0) {
-      lua_pushlstring(L, e->data, e->size);
-      return 1;
+  const struct capil_embedded *lists[] = {capil_embedded_data, capil_embedded_lua};
+  for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
+    for (const struct capil_embedded *e = lists[i]; e->path; e++) {
+      if (strcmp(e->path, path) == 0) {
+        lua_pushlstring(L, e->data, e->size);
+        return 1;
+      }
     }
   }
   lua_pushnil(L);
+  return 1;
+}
+
+/* host.cdoc() -> {["fs.read"] = "fs.read(path [, {max=bytes}]) -> ...\n..."}:
+** the doc comments of the C functions, by the name their first line gives */
+static int host_cdoc(lua_State *L) {
+  lua_newtable(L);
+  for (const char *d = capil_embedded_cdoc; *d; d += strlen(d) + 1) {
+    size_t n = strcspn(d, "(");
+    lua_pushlstring(L, d, n);
+    if (lua_getfield(L, -2, lua_tostring(L, -1)) == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_pushstring(L, d);
+      lua_rawset(L, -3);
+    } else {
+      lua_pop(L, 2); /* the first comment naming a function wins */
+    }
+  }
   return 1;
 }
 
@@ -480,6 +504,7 @@ static const luaL_Reg host_funcs[] = {
   {"exepath", host_exepath},
   {"embedded_files", host_embedded_files},
   {"embedded_file", host_embedded_file},
+  {"cdoc", host_cdoc},
   {NULL, NULL}
 };
 

@@ -23,14 +23,20 @@ static int complete_ref = LUA_NOREF;
 /* Completion                                                             */
 /* ====================================================================== */
 
-/* Protected part of the completion: calls fn(word, line) -> {candidates}. */
+/* Protected part of the completion: calls fn(word, line) -> {candidates},
+** {[candidate] = true} (the candidates that take no space after them: a
+** table's name goes on with "." or ":"); keeps both in the registry. */
 static int complete_call(lua_State *L) {
   const char *word = lua_touserdata(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, complete_ref);
   lua_pushstring(L, word);
   lua_pushstring(L, rl_line_buffer ? rl_line_buffer : "");
-  lua_call(L, 2, 1);
-  return 1;
+  lua_call(L, 2, 2);
+  if (!lua_istable(L, -1)) { lua_pop(L, 1); lua_pushnil(L); }
+  lua_setfield(L, LUA_REGISTRYINDEX, "capil.repl.nospace");
+  if (!lua_istable(L, -1)) { lua_pop(L, 1); lua_pushnil(L); }
+  lua_setfield(L, LUA_REGISTRYINDEX, "capil.repl.candidates");
+  return 0;
 }
 
 /* libedit generator: state 0 asks Lua for the candidates, then hands them
@@ -44,11 +50,13 @@ static char *generator(const char *text, int state) {
     idx = 1;
     lua_pushcfunction(L, complete_call);
     lua_pushlightuserdata(L, (void *)text);
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
       lua_pop(L, 1);
       lua_pushnil(L);
+      lua_setfield(L, LUA_REGISTRYINDEX, "capil.repl.candidates");
+      lua_pushnil(L);
+      lua_setfield(L, LUA_REGISTRYINDEX, "capil.repl.nospace");
     }
-    lua_setfield(L, LUA_REGISTRYINDEX, "capil.repl.candidates");
   }
   lua_getfield(L, LUA_REGISTRYINDEX, "capil.repl.candidates");
   if (!lua_istable(L, -1)) { lua_pop(L, 1); return NULL; }
@@ -59,10 +67,31 @@ static char *generator(const char *text, int state) {
   return out;
 }
 
+/* Whether the one match `m` takes no space after it (the Lua completer
+** said so: the name of a table, continued with "." or ":"). */
+static int no_space_after(const char *m) {
+  lua_State *L = complete_L;
+  lua_getfield(L, LUA_REGISTRYINDEX, "capil.repl.nospace");
+  int yes = 0;
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, m);
+    yes = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return yes;
+}
+
 static char **attempted_completion(const char *text, int start, int end) {
   (void)start; (void)end;
   rl_attempted_completion_over = 1; /* no filename completion fallback */
-  return rl_completion_matches(text, generator);
+  char **matches = rl_completion_matches(text, generator);
+  /* One match: libedit appends rl_completion_append_character after it.
+  ** Its list is {common prefix, the match, NULL} (readline's {match, NULL}). */
+  const char *one = NULL;
+  if (matches && matches[0]) one = !matches[1] ? matches[0] : !matches[2] ? matches[1] : NULL;
+  rl_completion_append_character = one && no_space_after(one) ? '\0' : ' ';
+  return matches;
 }
 
 /* ====================================================================== */

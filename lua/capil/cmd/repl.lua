@@ -10,24 +10,50 @@ local function remote_names()
   return table.concat(require("capil.backend").with("remote"), " or ")
 end
 
--- Opens the vSphere session the options describe, or nil when they name no
--- server and no backend was asked for.
-local function vsphere_bindings(opts)
+-- The backend the REPL's session is for, checked: --backend's (vsphere or
+-- esx), else vsphere.
+local function session_kind(opts)
   local backend = require("capil.backend")
   local name = opts.backend
   if name and not (backend.known(name) and backend.get(name).traits.remote) then
     cli.fail(("repl: backend %s has no session to bind (%s)"):format(name, remote_names()), 2)
   end
-  local asked = name or opts["var-file"] or opts.var or os.getenv("GOVC_URL")
-  if not asked then return nil end
-  local kind = name or "vsphere"
+  return name or "vsphere"
+end
+
+-- The --var list of the command line, then `extra` (connect's table, by
+-- image-builder variable name; `insecure` is insecure_connection), which
+-- wins. Password values are secrets from here on.
+local function session_vars(opts, extra)
+  local vars = require("capil.build.loader").vars(opts)
+  local keys = {}
+  for k in pairs(extra or {}) do
+    if type(k) ~= "string" then error("connect: variable names must be strings", 0) end
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    local v = extra[k]
+    if type(v) ~= "string" and type(v) ~= "number" and type(v) ~= "boolean" then
+      error(("connect: %s must be a string, a number or a boolean, not a %s"):format(k, type(v)), 0)
+    end
+    if k:match("password") then log.secret(tostring(v)) end
+    vars[#vars + 1] = (k == "insecure" and "insecure_connection" or k) .. "=" .. tostring(v)
+  end
+  return vars
+end
+
+-- Opens the vSphere session of the command line's settings and `extra`;
+-- returns the REPL bindings (vc, inv, vim25, vsphere) and a line saying
+-- where it is connected, or nil and why not (never the password).
+local function open_session(opts, kind, extra)
+  local backend = require("capil.backend")
   local session = require("capil.vsphere.session")
   local s, serr = session.settings_from_vars({ backend = kind, var_files = opts["var-file"],
-    vars = require("capil.build.loader").vars(opts) })
-  if not s then cli.fail("repl: " .. serr, 2) end
-  if not s.server and not name then return nil end
+    vars = session_vars(opts, extra) })
+  if not s then return nil, serr end
   local vc, err = session.connect(s, { kind = kind })
-  if not vc then cli.fail(err, 1) end
+  if not vc then return nil, err end
   -- the vSphere modules, by topic (vsphere.deploy.import, vsphere.testvm.find_vm, ...)
   local vsphere = { backend = backend.get(kind) }
   for _, m in ipairs({ "session", "inventory", "datastore", "lease", "deploy", "testvm" }) do
@@ -40,6 +66,24 @@ local function vsphere_bindings(opts)
     vc.about and vc.about.fullName or "vim25")
 end
 
+-- The session asked for on the command line (--backend, a var file, --var
+-- or GOVC_URL naming a server), opened before the prompt. A server that
+-- cannot be reached or refuses the login leaves a warning, not an exit:
+-- connect() retries. Returns the bindings and the banner's line.
+local function startup_session(opts, kind)
+  local asked = opts.backend or opts["var-file"] or opts.var or os.getenv("GOVC_URL")
+  if not asked then return nil end
+  local s, serr = require("capil.vsphere.session").settings_from_vars({ backend = kind,
+    var_files = opts["var-file"], vars = session_vars(opts) })
+  if not s then cli.fail("repl: " .. serr, 2) end
+  if not s.server and not opts.backend then return nil end
+  local b, msg = open_session(opts, kind)
+  if b then
+    return b, msg .. '; try vc:props(vc:find("/<datacenter>/vm/<name>"), {"runtime.powerState"})'
+  end
+  log.warn("%s", msg)
+  return nil, "not connected (" .. msg .. "); connect() retries, connect{password = ...} with other settings"
+end
 return {
   summary = "interactive Lua prompt with the capil modules, and `vc` for a vSphere session",
   usage = "repl [--no-history] [--backend vsphere|esx] [--var-file F] [--var K=V] [--insecure]",
@@ -69,15 +113,28 @@ print their type and message; the password is never shown.]],
     { name = "insecure", help = "do not verify the server's TLS certificate" },
   },
   run = function(opts)
-    local bindings, hello = vsphere_bindings(opts)
-    repl.run({
+    local kind = session_kind(opts)
+    local bindings, hello = startup_session(opts, kind)
+    local level = log.level()
+    local env_vc
+    local ok = repl.run({
       history = opts["no-history"] and false or nil,
       bindings = bindings,
-      words = bindings and bindings.vim25.methods() or nil,
-      banner = ("capil %s (%s) — Ctrl-D to leave%s"):format(runtime.version, runtime.lua_version,
-        hello and ("\n" .. hello .. "; try vc:props(vc:find(\"/<datacenter>/vm/<name>\"), {\"runtime.powerState\"})") or ""),
+      words = function(env) -- the vim25 method names, once a session is bound
+        return rawget(env, "vc") and require("capil.vsphere.vim25").methods() or nil
+      end,
+      verbose = level == "debug" or level == "trace",
+      connect = function(vars)
+        local b, msg = open_session(opts, kind, vars)
+        if b then env_vc = b.vc end
+        return b, msg
+      end,
+      banner = ("capil %s (%s) — Ctrl-D to leave, help for what is bound%s"):format(runtime.version,
+        runtime.lua_version, hello and ("\n" .. hello) or ""),
     })
-    if bindings then bindings.vc:logout() end
-    return 0
+    for _, vc in ipairs({ bindings and bindings.vc, env_vc }) do
+      if vc and not vc.closed then vc:logout() end
+    end
+    return ok and 0 or 1
   end,
 }

@@ -205,6 +205,34 @@ local function method_info(m)
   return c
 end
 
+local function copy_fields(list)
+  local out = {}
+  for i, f in ipairs(list) do out[i] = { name = f.name, type = f.type, array = f.array } end
+  return out
+end
+
+--- What the WSDL data says of method `name` (REPL help): `ret` (the return
+--- type, nil for none), `ret_array`, and `params` after `_this`, in WSDL
+--- order, each `{name, type, array}`; false for a known method without
+--- parameter data (its arguments are sent as given), nil for an unknown one.
+---@param name string
+---@return {ret?: string, ret_array: boolean, params: {name: string, type: string, array: boolean}[]}|false|nil
+function M.method_params(name)
+  local info = method_info(name)
+  if not info then return info end
+  return { ret = info.ret, ret_array = info.ret_array, params = copy_fields(info.list) }
+end
+
+--- The fields of data type `name` (its base's first), each
+--- `{name, type, array}`, and its `base`; nil for a type the data lacks.
+---@param name string
+---@return {base?: string, fields: {name: string, type: string, array: boolean}[]}|nil
+function M.type_fields(name)
+  local info = type_info(name)
+  if not info then return nil end
+  return { base = info.base, fields = copy_fields(info.list) }
+end
+
 local INT = { int = true, long = true, short = true, byte = true, unsignedInt = true, unsignedLong = true,
               unsignedShort = true, unsignedByte = true, integer = true }
 local FLOAT = { float = true, double = true, decimal = true }
@@ -1088,6 +1116,9 @@ Client.methods = setmetatable({}, { __pairs = function()
   for k in pairs(method_set()) do all[k] = true end
   return next, all, nil
 end })
+
+--- The class of sessions (its functions are every session's methods).
+M.Client = Client
 
 function Client:__tostring()
   return ("vim25 client %s@%s%s"):format(self.username, self.server, self.closed and " (logged out)" or "")
