@@ -210,7 +210,8 @@ local function completer(env, words)
       add_from(LAZY, true) -- modules, loaded on first use
     end
     -- extra words (vSphere method names): bare, after a quote, or after ':'
-    local extra = type(words) == "function" and words(env) or words
+    local extra = words
+    if type(words) == "function" then extra = words(env) end
     if extra and (sep == "" or (sep == ":" and #names == 0)) then
       for _, w in ipairs(extra) do
         if w:sub(1, #last) == last and not seen[w] then

@@ -62,6 +62,9 @@ def main():
             if time.monotonic() > deadline or not pump(0.1):
                 give_up(step["expect"])
         mark = out.index(want, mark) + len(want)
+        # a line editor shows its prompt, then puts the terminal in raw
+        # mode: what is typed before that is line-buffered (a Tab is no Tab)
+        time.sleep(0.3)
     while pump(0.1):
         if time.monotonic() > deadline:
             give_up("the exit")
