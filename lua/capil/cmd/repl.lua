@@ -1,5 +1,5 @@
 --- capil repl — a Lua prompt with the capil modules loaded and, with a
---- vSphere configuration, a live session bound to `vc`.
+--- vSphere configuration or after connect(), a live session bound to `vc`.
 local repl = require("capil.repl")
 local runtime = require("capil.core.runtime")
 local cli = require("capil.cli")
@@ -81,24 +81,38 @@ local function startup_session(opts, kind)
   if b then
     return b, msg .. '; try vc:props(vc:find("/<datacenter>/vm/<name>"), {"runtime.powerState"})'
   end
-  log.warn("%s", msg)
-  return nil, "not connected (" .. msg .. "); connect() retries, connect{password = ...} with other settings"
+  log.warn("%s; not connected: connect() retries, connect{password = ...} over these settings", msg)
+  return nil
 end
 return {
   summary = "interactive Lua prompt with the capil modules, and `vc` for a vSphere session",
   usage = "repl [--no-history] [--backend vsphere|esx] [--var-file F] [--var K=V] [--insecure]",
   help = [[
-Expressions print their values; statements run. Incomplete input continues
-on the next line (prompt ">>"). Ctrl-C drops the current line, or stops the
+Expressions print their values; statements run; top-level locals
+(`local x = 1`) stay for the next lines. Incomplete input continues on the
+next line (prompt ">>"). Ctrl-C drops the current line, or stops the
 running code and returns to the prompt; Ctrl-D leaves. Tab completes names
-and table fields. History: $XDG_STATE_HOME/capil/history
-(~/.local/state/capil/history). Input may be piped: `capil repl < script`.
+and table fields (no space after a table's name: `.` or `:` goes on). An
+error prints its message; -v (--verbose) adds the traceback. History:
+$XDG_STATE_HOME/capil/history (~/.local/state/capil/history). Input may be
+piped: `capil repl < script` runs every line and exits 1 when one failed.
+
+Modules are bound by short name (fs, proc, http, ssh, json, xml, hash, log,
+cleanup, pretty). `help` lists what is bound; help(fs) a module's functions
+with their signatures, help(fs.read) one function, from the doc comments;
+help("CreateVM_Task") a vim25 method's parameters, help("VirtualMachineConfigSpec")
+a vim25 type's fields.
 
 With vSphere variables (--var-file vsphere.json, --var, or govc's GOVC_URL,
-GOVC_USERNAME, GOVC_PASSWORD, GOVC_INSECURE) the session is opened first:
+GOVC_USERNAME, GOVC_PASSWORD, GOVC_INSECURE) the session is opened first;
+when the server cannot be reached or refuses the login, the reason is shown
+and the prompt comes anyway. connect() opens it (again) later, with these
+settings or with variables over them:
+connect{vcenter_server = "vc.example.com", username = "u", password = "p"}.
   vc                  the vim25 session: vc:call(method, this, args),
                       vc:find("/DC0/vm/name"), vc:props(ref, {"runtime.powerState"}),
-                      vc:wait(ref, path, fn, timeout), vc:task(task)
+                      vc:wait(ref, path, fn, timeout), vc:task(task); help(vc) lists them
+                      and the vim25 methods, help(vc, "PowerOnVM_Task") one
   inv                 the resolved placement (datacenter, folder, pool, datastore, network)
   vim25               the client module
   vsphere             the vSphere modules: vsphere.deploy.import, vsphere.testvm.find_vm,
