@@ -287,6 +287,25 @@ describe("repl vSphere sessions #vsphere", function()
     assert.is_nil((r.stdout .. r.stderr):find(PASSWORD, 1, true))
   end)
 
+  it("on a terminal: connect() binds vsphere, Tab goes on after its name, the history holds no password", function()
+    local state = require("support.peer").dir("repl-history")
+    local r = in_pty({ "repl" }, {
+      { expect = "capil> " },
+      { send = ("connect{ vcenter_server = %q, username = 'u', password = %q, insecure = true }\n")
+        :format(sim.url, PASSWORD) },
+      { expect = "connected to" }, { expect = "capil> " }, { send = '"[vsph\t]"\n' },
+      { expect = "capil> " }, { send = '"[vsphere.dep\t]"\n' },
+      { expect = "capil> " }, { send = "\4" },
+    }, { NO_COLOR = "1", XDG_STATE_HOME = state })
+    assert.equal(0, r.code, r.stdout)
+    assert.matches('\n"[vsphere]"\r\n', r.stdout, 1, true)
+    assert.matches('\n"[vsphere.deploy]"\r\n', r.stdout, 1, true)
+    local history = assert(require("capil.sys.fs").read(state .. "/capil/history"))
+    assert.matches("connect{", history, 1, true)
+    assert.matches("password\\040=\\040\"****\"", history, 1, true) -- libedit writes a space as \040
+    assert.is_nil(history:find(PASSWORD, 1, true))
+  end)
+
   it("a bad password or a closed port leaves a prompt and the reason, never the password", function()
     local port = require("support.peer").free_port()
     for _, server in ipairs({ sim.url, "http://127.0.0.1:" .. port .. "/sdk" }) do

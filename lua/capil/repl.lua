@@ -292,6 +292,10 @@ end
 
 -- The `help` function bound in env.
 local function help_function(env, can_connect)
+  --- help() lists what is bound; help(fs) a module's functions, help(fs.read)
+  --- one function, from their doc comments; help("CreateVM_Task") a vim25
+  --- method's parameters, help("VirtualMachineConfigSpec") a type's fields;
+  --- help(vc, "PowerOnVM_Task") a method of the session.
   return function(...)
     local lines
     if select("#", ...) == 0 then
@@ -307,6 +311,10 @@ end
 -- and returns its bindings and a line to show; they replace the old ones
 -- (whose session is logged out).
 local function connect_function(env, connect)
+  --- Opens a vSphere session with the command line's settings (var files,
+  --- --var, GOVC_*), or with `vars` over them ({vcenter_server = "vc",
+  --- username = "u", password = "p", insecure = true}), and binds vc, inv,
+  --- vim25 and vsphere. A failure raises the reason (never the password).
   return function(vars)
     if vars ~= nil and type(vars) ~= "table" then
       error("connect: the argument must be a table of variables ({vcenter_server = ..., ...}) or nothing", 2)
@@ -359,14 +367,16 @@ function M.run(opts)
         local chunk, err = M.compile(source:match("^%s*help%s*$") and "help()" or source:gsub("^=", "return "), env)
         if chunk then
           buffer = nil
-          if interactive then core.add_history(source) end
           if not M.eval(chunk, io.stdout, opts.verbose) then all_ok = false end
+          -- after the run: a password it registered (connect{password=...}) is
+          -- kept out of the history file
+          if interactive then core.add_history(log.redact(source)) end
         elseif err == "incomplete" then
           buffer = source
         else
           buffer = nil
           all_ok = false
-          if interactive then core.add_history(source) end
+          if interactive then core.add_history(log.redact(source)) end
           io.stdout:write(log.redact(err), "\n")
         end
       end
