@@ -106,30 +106,34 @@ function M.function_doc(f, cname)
   return { params = params, doc = doc_above(lines, info.linedefined), where = where }
 end
 
+-- The lines of capil module `name`'s file (embedded, or in the source tree
+-- the binary runs from), or nil for a module that is no capil Lua file.
+local function module_lines(name)
+  local rel = name:match("^capil%.backends%.(.+)$")
+  rel = rel and ("backends/" .. rel:gsub("%.", "/")) or (name == "capil" and "lua/capil/init")
+    or (name:match("^capil%.") and not name:match("^capil%.core%.") and ("lua/" .. name:gsub("%.", "/")))
+  if not rel then return nil end
+  local root = runtime.library()
+  for _, path in ipairs({ rel .. ".lua", rel .. "/init.lua" }) do
+    local lines = source_lines(root == "embedded" and ("@" .. path) or ("@" .. root .. "/" .. path))
+    if lines then return lines end
+  end
+end
+
 --- The header of module `name` ("capil.sys.fs"): its leading `---` lines,
---- without the module's name; nil when the module is not a capil Lua file.
+--- without the module's name; nil when the module is not a capil Lua file
+--- or has no header.
 ---@param name string
 ---@return string[]|nil
 function M.module_doc(name)
-  local mod = package.loaded[name]
-  if type(mod) ~= "table" then return nil end
-  -- any Lua function of the module names its file
-  for _, v in pairs(mod) do
-    if type(v) == "function" then
-      local info = debug.getinfo(v, "S")
-      local lines = info.what == "Lua" and source_lines(info.source)
-      if lines then
-        local n = 1
-        while lines[n] and lines[n]:match("^%-%-%-") do n = n + 1 end
-        local doc = doc_above(lines, n)
-        if #doc > 0 then
-          doc[1] = doc[1]:gsub("^[%w_.]+%s*—%s*", "")
-          return doc
-        end
-      end
-    end
-  end
-  return nil
+  local lines = module_lines(name)
+  if not lines then return nil end
+  local n = 1
+  while lines[n] and lines[n]:match("^%-%-%-") do n = n + 1 end
+  local doc = doc_above(lines, n)
+  if #doc == 0 then return nil end
+  doc[1] = doc[1]:gsub("^[%w_.]+%s*—%s*", "")
+  return doc
 end
 
 -- The module name of table t, or nil.
@@ -365,7 +369,11 @@ function M.lines(env, lazy, obj, name)
     if is_client(obj) then
       return method_help(tostring(name)) or { ("help: %s is no vim25 method"):format(tostring(name)) }
     end
-    if type(obj) == "table" then return M.lines(env, lazy, obj[name]) end
+    if type(obj) == "table" and obj[name] ~= nil then return M.lines(env, lazy, obj[name]) end
+    -- help(require("capil.x")): require's second result is where it was found
+    if not (type(obj) == "table" and module_name(obj)) then
+      return { ("help: %s has no field %s"):format(type(obj), require("capil.util.pretty").format(name)) }
+    end
   end
   if type(obj) == "string" then
     local out = string_help(env, lazy, obj)
