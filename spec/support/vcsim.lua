@@ -124,7 +124,7 @@ Sim.__index = Sim
 
 local START_OPTS = {
   username = true, password = true, tls = true, esx = true, restricted = true, guest_ip = true,
-  guest_ip_delay = true, session_idle = true, trace = true, export_disk = true,
+  guest_ip_delay = true, session_idle = true, trace = true, export_disk = true, api = true,
 }
 
 ---@class vcsim.Sim
@@ -148,8 +148,12 @@ local START_OPTS = {
 --- RestrictedVersion), `guest_ip` (reported by "VMware Tools" after power-on,
 --- `guest_ip_delay` seconds later, default 0.5), `session_idle` (seconds
 --- before an idle session expires), `trace` (SOAP dump into the log),
---- `export_disk` (a file an export serves for a VM disk without data).
----@param opts? {username?: string, password?: string, tls?: boolean, esx?: boolean, restricted?: boolean, guest_ip?: string, guest_ip_delay?: number, session_idle?: number, trace?: boolean, export_disk?: string}
+--- `export_disk` (a file an export serves for a VM disk without data),
+--- `api` (serve the REST session on /api/session as vSphere 7.0 U2+ does;
+--- without it /api/... answers 404 as 6.5-7.0 do and only /rest serves).
+--- The REST API (the content library on /rest) checks `username`/`password`
+--- at session create, as vCenter does.
+---@param opts? {username?: string, password?: string, tls?: boolean, esx?: boolean, restricted?: boolean, guest_ip?: string, guest_ip_delay?: number, session_idle?: number, trace?: boolean, export_disk?: string, api?: boolean}
 ---@return vcsim.Sim
 function M.start(opts)
   opts = require("capil.util.opts").check(opts, START_OPTS, "vcsim.start")
@@ -178,6 +182,7 @@ function M.start(opts)
   if opts.esx then argv[#argv + 1] = "-esx" end
   if opts.restricted then argv[#argv + 1] = "-restricted" end
   if opts.trace then argv[#argv + 1] = "-trace" end
+  if opts.api then argv[#argv + 1] = "-api" end
   if opts.export_disk then argv[#argv + 1] = "-export-disk=" .. opts.export_disk end
   if opts.guest_ip then
     argv[#argv + 1] = "-guest-ip"
@@ -226,6 +231,46 @@ function Sim:_shim(method, path, body)
   })
   if not resp then error(("vcsim %s %s: %s"):format(method, path, err), 3) end
   return assert(json.decode(resp.body))
+end
+
+--- The REST requests (/rest and /api) answered since start or the last
+--- reset_rest(), in order: `{{name = "POST /rest/com/vmware/content/library/item?~action=find",
+--- method =, path =, action =, status =}, ...}`; a name writes "id:..."
+--- segments as "id:*" and every file upload as "PUT /rest/com/vmware/cis/data".
+--- `inject{method = <name>, action = "status"|"reset", status =}` makes such a call fail.
+---@return {name: string, method: string, path: string, action?: string, status: integer}[]
+function Sim:rest()
+  return self:_shim("GET", "/shim/rest")
+end
+
+--- Empties the REST request log.
+function Sim:reset_rest()
+  self:_shim("POST", "/shim/rest/reset", "")
+end
+
+--- A REST GET (or `method`, with a JSON `body`) on a session of its own
+--- (basic auth with the simulator's username/password): the decoded
+--- "value" of the answer. Raises on failure (test setup and checks).
+---@param path string e.g. "/rest/com/vmware/content/library"
+---@param method? string
+---@param body? table
+---@return any
+function Sim:rest_call(path, method, body)
+  local auth = "Basic " .. hash.base64_encode((self.username or "u") .. ":" .. (self.password or "p"))
+  local login, err = http.request({ method = "POST", url = self.base .. "/rest/com/vmware/cis/session",
+    headers = { Authorization = auth }, body = "", ca_file = self.ca_file, retries = 0 })
+  if not login then error("vcsim rest login: " .. err, 2) end
+  local id = assert(json.decode(login.body)).value
+  local resp, rerr, _, r = http.request({ method = method or "GET", url = self.base .. path,
+    headers = { ["vmware-api-session-id"] = id, ["Content-Type"] = body and "application/json" or nil },
+    body = body and json.encode(body) or nil, ca_file = self.ca_file, retries = 0 })
+  http.request({ method = "DELETE", url = self.base .. "/rest/com/vmware/cis/session",
+    headers = { ["vmware-api-session-id"] = id }, ca_file = self.ca_file, retries = 0 })
+  if not resp then error(("vcsim rest %s: %s %s"):format(path, rerr, r and r.body or ""), 2) end
+  if resp.body == "" then return nil end
+  local v = assert(json.decode(resp.body)).value
+  if v == json.null then return nil end
+  return v
 end
 
 --- Key events PutUsbScanCodes recorded, by VM moref:

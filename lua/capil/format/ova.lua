@@ -394,16 +394,18 @@ end
 --- header's virtual size; each VMDK is streamOptimized; and, when
 --- `<ova>.sha256` exists beside it, the OVA's digest. The report's
 --- `problems` are strings naming the member. Fails (nil, msg, code) only
---- when the file cannot be opened.
+--- when the file cannot be opened. `opts.sha256` computes the OVA's
+--- SHA-256 (`report.sha256`) even without a `.sha256` file beside it.
 ---@param path string
----@param opts? {progress?: boolean}
+---@param opts? {progress?: boolean, sha256?: boolean}
 ---@return {ok: boolean, problems: string[], members: table[], ovf?: table, sha256?: string}|nil
 ---@return string? err
 ---@return string? code
 function M.verify(path, opts)
   opts = opts or {}
   local sidecar = path .. ".sha256"
-  local want_whole = fs.exists(sidecar)
+  local has_sidecar = fs.exists(sidecar)
+  local want_whole = has_sidecar or opts.sha256 == true
   -- a FIFO or a device is refused by kind (a missing file: the reader says so)
   local okr, rerr, rcode = fs.check_regular(path, "OVA")
   if not okr and rcode == "EFTYPE" then return nil, "ova.verify: " .. rerr, rcode end
@@ -464,6 +466,8 @@ function M.verify(path, opts)
   local whole
   if complete and want_whole then
     whole = r:sha256()
+  end
+  if complete and has_sidecar then
     local recorded, serr = fs.read_file(sidecar, { max = M.MAX_SHA256_FILE, what = ".sha256 file" })
     local hex = recorded and recorded:match("^%s*(%x+)")
     if not recorded then

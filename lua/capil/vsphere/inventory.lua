@@ -56,6 +56,34 @@ function M.under(base, p)
   return base .. "/" .. p
 end
 
+--- The datastore named `name` (or settings' datastore) of the datacenter
+--- in `s` (or the only one): its Ref and the datacenter's path; what exists
+--- is named when it is not found. For callers that need a datastore but no
+--- compute placement (capil publish --create-library).
+---@param vc table a capil.vsphere.vim25 session
+---@param s table the backend's settings (datacenter, datastore, server)
+---@param name? string
+---@return capil.vsphere.vim25.Ref|nil ds, string? err_or_dc_path, string? code
+function M.datastore(vc, s, name)
+  name = name or s.datastore
+  if not name or name == "" then return fail("no datastore: set datastore", "ECONFIG") end
+  local dc_name = s.datacenter
+  if not dc_name then
+    local dcs, err, code = children(vc, vc.content.rootFolder, "Datacenter")
+    if not dcs then return nil, err, code end
+    local list = {}
+    for n in pairs(dcs) do list[#list + 1] = n end
+    if #list ~= 1 then
+      return fail(("%s: %d datacenters (%s): set datacenter"):format(s.server, #list, names(dcs)), "ECONFIG")
+    end
+    dc_name = list[1]
+  end
+  local dc_path = dc_name:sub(1, 1) == "/" and dc_name or "/" .. dc_name
+  local ds, err, code = find(vc, M.under(dc_path .. "/datastore", name), "datastore", "datastore")
+  if not ds then return nil, err, code end
+  return ds, dc_path
+end
+
 --- Resolves the placement: {datacenter, dc_name, dc_path, folder, compute,
 --- pool, host?, datastore, ds_name, network = {ref, name, backing}}. `s`
 --- holds the names (datacenter, folder, cluster, host, resource_pool,

@@ -2,7 +2,8 @@
 // in capil's tests of its vSphere backend. It runs the vSphere simulator of
 // govmomi 0.24.2 as Debian packages it (golang-github-vmware-govmomi-dev):
 // the vim25 SOAP API on /sdk, datastore files on /folder, NFC transfers on
-// /nfc and the vAPI REST endpoints on /rest.
+// /nfc and the vAPI REST endpoints on /rest (the content library among
+// them; rest.go adds the login check, /api/session and a request log).
 //
 // The shim (shim.go, export.go, guest.go) is OUR extension, not govmomi's:
 // it stands in for vCenter behaviour that vcsim 0.24.2 lacks —
@@ -48,6 +49,7 @@ func main() {
 	guestIP := flag.String("guest-ip", "", "IPv4 address VMware Tools reports after a VM powers on")
 	guestIPDelay := flag.Duration("guest-ip-delay", 500*time.Millisecond, "time from power-on to the guest IP report")
 	exportDisk := flag.String("export-disk", "", "file an export serves for a disk without data (a streamOptimized VMDK)")
+	api := flag.Bool("api", false, "serve /api/session as vSphere 7.0 U2+ does (default: /api answers 404)")
 	trace := flag.Bool("trace", false, "dump SOAP requests and responses to stderr")
 	flag.Parse()
 
@@ -92,6 +94,9 @@ func main() {
 		guestIP:      *guestIP,
 		guestIPDelay: *guestIPDelay,
 		exportDisk:   *exportDisk,
+		username:     *username,
+		password:     *password,
+		api:          *api,
 	})
 	server.Config.Handler = sh
 

@@ -39,6 +39,9 @@ type shimOptions struct {
 	guestIP      string
 	guestIPDelay time.Duration
 	exportDisk   string
+	username     string // the only REST login accepted (rest.go), with password
+	password     string
+	api          bool // serve /api/session (vSphere 7.0 U2+)
 }
 
 // injection is a scripted misbehaviour for the next `count` calls of a method.
@@ -80,6 +83,7 @@ type shim struct {
 	keys    map[string][]keyEvent // by VM moref value
 	reqs    map[string][]byte     // the last request body, by SOAP method
 	uploads []upload              // datastore PUTs, in order
+	rest    []restCall            // REST requests, in order (rest.go)
 
 	clientOnce sync.Once
 	client     *vim25.Client // in-process, for the test endpoints
@@ -127,6 +131,8 @@ func (s *shim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveTest(w, r)
 	case strings.HasPrefix(p, "/nfc/export-"):
 		s.export.serveNFC(w, r)
+	case strings.HasPrefix(p, "/rest/") || strings.HasPrefix(p, "/api/"):
+		s.serveREST(w, r)
 	case r.Method == http.MethodPut && strings.HasPrefix(p, "/folder/"):
 		s.recordUpload(w, r)
 	case r.Method == http.MethodPost && (p == "/sdk" || p == "/sdk/vimService"):
@@ -387,6 +393,13 @@ func (s *shim) serveTest(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"method": method, "body": string(body)})
+	case "GET /shim/rest":
+		writeJSON(w, http.StatusOK, s.restLog())
+	case "POST /shim/rest/reset":
+		s.mu.Lock()
+		s.rest = nil
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, []restCall{})
 	case "GET /shim/uploads":
 		s.mu.Lock()
 		out := append([]upload{}, s.uploads...)

@@ -1,0 +1,430 @@
+--- capil.vsphere.library — vSphere content libraries over the REST API
+--- (capil.vsphere.rest): find or create a local library, find or create an
+--- item of type `ovf`, and publish an OVA into it through an update
+--- session: one file added per OVA member the item needs (the descriptor and
+--- the disks it references), each streamed straight out of the OVA by offset
+--- with its SHA-256 checked against the manifest, then the session completed
+--- and polled until the server says its files are ready.
+---
+--- Idempotence: the item's description carries `sha256:<hex>` of the OVA
+--- it holds, written only once the content is ready. Publishing the same
+--- OVA again finds it and opens no update session; a changed OVA goes into a
+--- new update session on the same item (same item id, content replaced).
+---
+--- Failure (an HTTP error, a digest mismatch, a dropped connection, Ctrl-C:
+--- every step registers a capil.sys.cleanup): the update session is
+--- cancelled and deleted, an item this publish created is deleted, and so
+--- is a library it created. An item that existed keeps its old content.
+---
+--- All paths are the `/rest/com/vmware/content/...` ones (vSphere 6.5 to 8.0).
+local http = require("capil.sys.http")
+local log = require("capil.sys.log")
+local cleanup = require("capil.sys.cleanup")
+local runtime = require("capil.core.runtime")
+
+local M = {}
+
+local LIB = "/rest/com/vmware/content/library"
+local LOCAL_LIB = "/rest/com/vmware/content/local-library"
+local ITEM = "/rest/com/vmware/content/library/item"
+local SESSION = "/rest/com/vmware/content/library/item/update-session"
+local SESSION_FILE = "/rest/com/vmware/content/library/item/updatesession/file"
+
+local function fail(msg, code) return nil, msg, code or "ELIBRARY" end
+
+-- A client token: the server treats repeated creates with one token as one.
+local function token()
+  return ("%08x-%04x-4%03x-%04x-%012x"):format(math.random(0, 0xffffffff), math.random(0, 0xffff),
+    math.random(0, 0xfff), 0x8000 + math.random(0, 0x3fff), math.random(0, 0xffffffffffff))
+end
+
+-- A list answer (an absent value is an empty list).
+local function list(v)
+  if type(v) == "table" then return v end
+  return {}
+end
+
+--- The id of the library named `name`, or nil (and no error) when there is
+--- none; two with that name is an error.
+---@param c table a capil.vsphere.rest client
+---@param name string
+---@return string|nil id, string? err, string? code
+function M.find_library(c, name)
+  local ids, err, code = c:call("POST", LIB .. "?~action=find", { spec = { name = name } })
+  if not ids then return nil, ("library %s: %s"):format(name, err), code end
+  ids = list(ids)
+  if #ids > 1 then
+    return fail(("library %s: %d libraries have that name (%s): rename one"):format(name, #ids,
+      table.concat(ids, ", ")), "EAMBIGUOUS")
+  end
+  return ids[1]
+end
+
+--- Creates a local library `name` on the datastore whose managed object id
+--- is `datastore_id` ("datastore-12"); returns its id.
+---@param c table
+---@param name string
+---@param datastore_id string
+---@return string|nil id, string? err, string? code
+function M.create_library(c, name, datastore_id)
+  local id, err, code = c:call("POST", LOCAL_LIB, {
+    client_token = token(),
+    create_spec = { name = name, type = "LOCAL", description = "created by capil publish",
+      storage_backings = { { type = "DATASTORE", datastore_id = datastore_id } } },
+  })
+  if not id then return nil, ("library %s: create: %s"):format(name, err), code end
+  if type(id) ~= "string" then return fail(("library %s: create answered no id"):format(name), "EPROTO") end
+  return id
+end
+
+--- Deletes the local library `id` and its items.
+---@param c table
+---@param id string
+---@return boolean|nil ok, string? err, string? code
+function M.delete_library(c, id)
+  local ok, err, code = c:call("DELETE", LOCAL_LIB .. "/id:" .. id)
+  if not ok then return nil, ("library %s: delete: %s"):format(id, err), code end
+  return true
+end
+
+--- The id of item `name` of library `library_id`, or nil when there is none.
+---@param c table
+---@param library_id string
+---@param name string
+---@return string|nil id, string? err, string? code
+function M.find_item(c, library_id, name)
+  local ids, err, code = c:call("POST", ITEM .. "?~action=find", { spec = { library_id = library_id, name = name } })
+  if not ids then return nil, ("item %s: %s"):format(name, err), code end
+  return list(ids)[1]
+end
+
+--- The item's info: {id, name, type, description, content_version, ...}.
+---@param c table
+---@param id string
+---@return table|nil item, string? err, string? code
+function M.get_item(c, id)
+  local item, err, code = c:call("GET", ITEM .. "/id:" .. id)
+  if not item then return nil, ("item %s: %s"):format(id, err), code end
+  if type(item) ~= "table" then return fail(("item %s: the server answered no item"):format(id), "EPROTO") end
+  return item
+end
+
+--- Creates an item of type `ovf` in library `library_id`; returns its id.
+---@param c table
+---@param library_id string
+---@param name string
+---@param description? string
+---@return string|nil id, string? err, string? code
+function M.create_item(c, library_id, name, description)
+  local id, err, code = c:call("POST", ITEM, { client_token = token(),
+    create_spec = { library_id = library_id, name = name, type = "ovf", description = description or "" } })
+  if not id then return nil, ("item %s: create: %s"):format(name, err), code end
+  if type(id) ~= "string" then return fail(("item %s: create answered no id"):format(name), "EPROTO") end
+  return id
+end
+
+--- Sets the item's description.
+---@param c table
+---@param id string
+---@param description string
+---@return boolean|nil ok, string? err, string? code
+function M.set_description(c, id, description)
+  local ok, err, code = c:call("PATCH", ITEM .. "/id:" .. id, { update_spec = { description = description } })
+  if not ok then return nil, ("item %s: update: %s"):format(id, err), code end
+  return true
+end
+
+--- Deletes item `id`.
+---@param c table
+---@param id string
+---@return boolean|nil ok, string? err, string? code
+function M.delete_item(c, id)
+  local ok, err, code = c:call("DELETE", ITEM .. "/id:" .. id)
+  if not ok then return nil, ("item %s: delete: %s"):format(id, err), code end
+  return true
+end
+
+--- The item's files: {{name, size, cached, version}, ...}.
+---@param c table
+---@param id string
+---@return table[]|nil files, string? err, string? code
+function M.item_files(c, id)
+  local files, err, code = c:call("GET", ITEM .. "/file?library_item_id=" .. id)
+  if not files then return nil, ("item %s: files: %s"):format(id, err), code end
+  return list(files)
+end
+
+--- Opens an update session on item `item_id`; returns its id.
+---@param c table
+---@param item_id string
+---@return string|nil id, string? err, string? code
+function M.create_session(c, item_id)
+  local id, err, code = c:call("POST", SESSION, { client_token = token(),
+    create_spec = { library_item_id = item_id } })
+  if not id then return nil, ("item %s: update session: %s"):format(item_id, err), code end
+  if type(id) ~= "string" then return fail(("item %s: update session answered no id"):format(item_id), "EPROTO") end
+  return id
+end
+
+--- The update session's info: {id, state = ACTIVE|DONE|ERROR|CANCELED, error_message?, ...}.
+---@param c table
+---@param id string
+---@return table|nil session, string? err, string? code
+function M.get_session(c, id)
+  local s, err, code = c:call("GET", SESSION .. "/id:" .. id)
+  if not s then return nil, ("update session %s: %s"):format(id, err), code end
+  if type(s) ~= "table" then return fail(("update session %s: the server answered no session"):format(id), "EPROTO") end
+  return s
+end
+
+--- `action` ("complete", "cancel", "fail", "keep-alive") on update session `id`.
+---@param c table
+---@param id string
+---@param action string
+---@return boolean|nil ok, string? err, string? code
+function M.session_action(c, id, action)
+  local ok, err, code = c:call("POST", SESSION .. "/id:" .. id .. "?~action=" .. action)
+  if not ok then return nil, ("update session %s: %s: %s"):format(id, action, err), code end
+  return true
+end
+
+--- Deletes update session `id`.
+---@param c table
+---@param id string
+---@return boolean|nil ok, string? err, string? code
+function M.delete_session(c, id)
+  local ok, err, code = c:call("DELETE", SESSION .. "/id:" .. id)
+  if not ok then return nil, ("update session %s: delete: %s"):format(id, err), code end
+  return true
+end
+
+--- Adds file `name` (`size` bytes, `sha256` hex) to update session `id`,
+--- pushed by the client; returns the file's info with `upload_endpoint.uri`.
+---@param c table
+---@param id string
+---@param name string
+---@param size integer
+---@param sha256 string
+---@return table|nil info, string? err, string? code
+function M.add_file(c, id, name, size, sha256)
+  local info, err, code = c:call("POST", SESSION_FILE .. "/id:" .. id .. "?~action=add", { file_spec = {
+    name = name, source_type = "PUSH", size = size, checksum_info = { algorithm = "SHA256", checksum = sha256 } } })
+  if not info then return nil, ("update session %s: add %s: %s"):format(id, name, err), code end
+  if type(info) ~= "table" or info.status == "ERROR" then
+    local why = type(info) == "table" and type(info.error_message) == "table" and info.error_message.default_message
+    return fail(("update session %s: add %s: %s"):format(id, name, why or "the server refused the file"), "ELIBRARY")
+  end
+  local uri = type(info.upload_endpoint) == "table" and info.upload_endpoint.uri
+  if type(uri) ~= "string" then
+    return fail(("update session %s: add %s: no upload endpoint in the answer"):format(id, name), "EPROTO")
+  end
+  return info
+end
+
+--- Polls update session `id` every `interval` s (default 1) until it
+--- leaves ACTIVE, at most `timeout` s (default 1800): DONE returns true;
+--- ERROR or CANCELED fail with the server's message; a timeout fails ETIMEDOUT.
+---@param c table
+---@param id string
+---@param opts? {timeout?: number, interval?: number}
+---@return boolean|nil ok, string? err, string? code
+function M.wait_session(c, id, opts)
+  opts = opts or {}
+  local deadline = runtime.now() + (opts.timeout or 1800)
+  while true do
+    local s, err, code = M.get_session(c, id)
+    if not s then return nil, err, code end
+    if s.state == "DONE" then return true end
+    if s.state ~= "ACTIVE" then
+      local why = type(s.error_message) == "table" and s.error_message.default_message
+      return fail(("update session %s ended %s%s"):format(id, tostring(s.state), why and ": " .. why or ""),
+        "ELIBRARY")
+    end
+    if runtime.now() >= deadline then
+      return fail(("update session %s still ACTIVE after %d s"):format(id, opts.timeout or 1800), "ETIMEDOUT")
+    end
+    local ok, serr, scode = runtime.sleep(opts.interval or 1)
+    if not ok then return nil, serr, scode end
+  end
+end
+
+--- The OVA sha256 recorded in an item description, or nil.
+---@param description? string
+---@return string|nil
+function M.recorded_sha256(description)
+  return type(description) == "string" and description:match("sha256:(%x+)") or nil
+end
+
+--- The description capil writes on a published item.
+---@param ova_name string
+---@param sha256 string
+---@return string
+function M.description(ova_name, sha256)
+  return ("%s published by capil; sha256:%s"):format(ova_name, sha256)
+end
+
+-- What of the OVA goes into the item: the descriptor, then the files its
+-- References name, each {name, offset, size, sha256} (the digest the
+-- verified manifest holds).
+local function payload(ova_path, report)
+  local ova = require("capil.format.ova")
+  local members, err, code = ova.members(ova_path)
+  if not members then return nil, err, code end
+  local digests = {}
+  for _, m in ipairs(report.members) do digests[m.name] = m.sha256 end
+  local out = {}
+  local refs = {}
+  for _, f in ipairs(report.ovf and report.ovf.references or {}) do
+    if f.href then refs[f.href] = true end
+  end
+  for _, m in ipairs(members) do
+    if m.name:match("%.ovf$") or refs[m.name] then
+      if not digests[m.name] then
+        return fail(("%s: member %s has no digest in the manifest"):format(ova_path, m.name), "EOVA")
+      end
+      out[#out + 1] = { name = m.name, offset = m.offset, size = m.size, sha256 = digests[m.name] }
+    end
+  end
+  if #out < 2 or not out[1].name:match("%.ovf$") then
+    return fail(("%s: no descriptor and disks to publish"):format(ova_path), "EOVA")
+  end
+  return out
+end
+
+---@class capil.vsphere.library.PublishOptions
+---@field library string          the library's name
+---@field item string             the item's name
+---@field datastore_id? string|fun(): string|nil, string?, string?  create the library on this datastore (its managed object id, or a function finding it) when it does not exist
+---@field wait_timeout? number    seconds to wait for the files to be ready (default 1800)
+---@field upload_timeout? number  seconds per file (default 7200)
+---@field poll_interval? number   seconds between polls (default 1)
+
+--- Publishes the OVA at `ova_path` (already verified: `report` from
+--- capil.format.ova.verify with sha256) into item `opts.item` of library
+--- `opts.library`; see the module comment. Returns
+--- {library_id, item_id, changed = false|true, created_library, created_item}.
+---@param c table a capil.vsphere.rest client
+---@param ova_path string
+---@param report table
+---@param opts capil.vsphere.library.PublishOptions
+---@return table|nil result, string? err, string? code
+function M.publish(c, ova_path, report, opts)
+  local files, perr, pcode = payload(ova_path, report)
+  if not files then return nil, perr, pcode end
+  local sha = assert(report.sha256, "library.publish: the report has no sha256")
+  local undo = {} -- cleanup handles, run in reverse on failure
+  local function failed(err, code)
+    for i = #undo, 1, -1 do
+      local ok, uerr = undo[i]:run()
+      if not ok then log.warn("publish: undoing %s failed: %s", undo[i].what, tostring(uerr)) end
+    end
+    return nil, err, code
+  end
+  local function undo_with(what, fn)
+    undo[#undo + 1] = cleanup.push(what, function()
+      local ok, err = fn()
+      if not ok then log.warn("%s", err) else log.info("publish: undone: %s", what) end
+    end)
+  end
+  local res = { created_library = false, created_item = false, changed = false }
+
+  local lib, err, code = M.find_library(c, opts.library)
+  if err then return nil, err, code end
+  if not lib then
+    if not opts.datastore_id then
+      return fail(("library %s not found on %s: create it, or pass --create-library --datastore DS"):format(
+        opts.library, c.base), "ENOENT")
+    end
+    local ds = opts.datastore_id
+    if type(ds) == "function" then
+      ds, err, code = ds()
+      if not ds then return nil, err, code end
+    end
+    lib, err, code = M.create_library(c, opts.library, ds)
+    if not lib then return nil, err, code end
+    res.created_library = true
+    log.info("publish: created library %s (%s)", opts.library, lib)
+    undo_with(("library %s created by this publish"):format(opts.library), function()
+      return M.delete_library(c, lib)
+    end)
+  end
+  res.library_id = lib
+
+  local item_id
+  item_id, err, code = M.find_item(c, lib, opts.item)
+  if err then return failed(err, code) end
+  if item_id then
+    local item
+    item, err, code = M.get_item(c, item_id)
+    if not item then return failed(err, code) end
+    if M.recorded_sha256(item.description) == sha then
+      res.item_id = item_id
+      for _, h in ipairs(undo) do h:cancel() end
+      return res
+    end
+  else
+    item_id, err, code = M.create_item(c, lib, opts.item, ("%s being published by capil"):format(opts.item))
+    if not item_id then return failed(err, code) end
+    res.created_item = true
+    undo_with(("item %s created by this publish"):format(opts.item), function() return M.delete_item(c, item_id) end)
+  end
+  res.item_id = item_id
+
+  local sid
+  sid, err, code = M.create_session(c, item_id)
+  if not sid then return failed(err, code) end
+  undo_with(("update session %s of item %s"):format(sid, opts.item), function()
+    local ok, cerr = M.session_action(c, sid, "cancel")
+    if not ok then log.debug("%s", cerr) end
+    return M.delete_session(c, sid)
+  end)
+
+  local total = 0
+  for _, f in ipairs(files) do total = total + f.size end
+  log.info("publish: %s -> library %s, item %s: %d files, %d bytes", ova_path, opts.library, opts.item,
+    #files, total)
+  for _, f in ipairs(files) do
+    local info
+    info, err, code = M.add_file(c, sid, f.name, f.size, f.sha256)
+    if not info then return failed(err, code) end
+    local uri = info.upload_endpoint.uri
+    local progress <close> = log.progress({ label = "publish " .. f.name, total = f.size })
+    local r, uerr, ucode, uresp = http.request(c:http_opts({
+      method = "PUT", url = uri, body_file = ova_path, body_offset = f.offset, body_length = f.size,
+      sha256 = f.sha256, progress = progress, timeout = opts.upload_timeout or 7200,
+      headers = { ["Content-Type"] = "application/octet-stream" }, retries = 0,
+    }))
+    if not r then
+      local why = uresp and require("capil.vsphere.rest").server_message(uresp.body)
+      return failed(("item %s: upload %s to %s: %s%s"):format(opts.item, f.name, http.redact_url(uri),
+        (uerr:gsub("^http%.request: %u+ %S+: ", "")), why and ": " .. why or ""), ucode)
+    end
+    log.info("publish: sent %s (%d bytes, sha256 %s)", f.name, f.size, f.sha256)
+  end
+  local ok
+  ok, err, code = M.session_action(c, sid, "complete")
+  if not ok then return failed(err, code) end
+  ok, err, code = M.wait_session(c, sid, { timeout = opts.wait_timeout, interval = opts.poll_interval })
+  if not ok then return failed(("item %s: %s"):format(opts.item, err), code) end
+  local have
+  have, err, code = M.item_files(c, item_id)
+  if not have then return failed(err, code) end
+  local by_name = {}
+  for _, f in ipairs(have) do by_name[f.name] = f end
+  for _, f in ipairs(files) do
+    if not by_name[f.name] then
+      return failed(("item %s: %s is not among the item's files after the upload"):format(opts.item, f.name),
+        "ELIBRARY")
+    end
+  end
+  ok, err, code = M.set_description(c, item_id, M.description(require("capil.sys.fs").basename(ova_path), sha))
+  if not ok then return failed(err, code) end
+  -- done: nothing to undo; the finished session is removed
+  for _, h in ipairs(undo) do h:cancel() end
+  ok, err = M.delete_session(c, sid)
+  if not ok then log.debug("%s", err) end
+  res.changed = true
+  return res
+end
+
+return M

@@ -1,0 +1,235 @@
+--- capil.vsphere.rest — a vSphere Automation REST client (the vAPI the
+--- content library lives on), beside the SOAP one (capil.vsphere.vim25).
+---
+--- Session: created with a POST carrying HTTP basic auth; the server answers
+--- a session id that every later call sends in the `vmware-api-session-id`
+--- header; `client:logout()` deletes it (also a registered cleanup, so Ctrl-C
+--- logs out). Two session endpoints exist: `/api/session` (vSphere 7.0 U2
+--- and later) and `/rest/com/vmware/cis/session` (6.5 to 8.0). With
+--- `api = "auto"` (the default) the client tries `/api/session` first and
+--- falls back to `/rest` when the server answers 404 (a server before 7.0 U2
+--- has no `/api`): one extra request on old servers, none on new ones.
+--- `api = "api"` or `"rest"` forces one. `client.flavor` says which served.
+--- Either way the session id is valid on both trees, and the content library
+--- calls of capil.vsphere.library use `/rest/com/vmware/content/...`, which
+--- every version from 6.5 to 8.0 serves (the `/api/content/...` shapes
+--- differ and are not used).
+---
+--- TLS: the SOAP client's rules (`insecure`, `ca_file`, `cert_sha256` =
+--- vSphere's thumbprint, `pin_sha256`). The password and the session id are
+--- registered with capil.sys.log as secrets: they print as `****`. Failures
+--- return `nil, message, code`, the message naming the method and URL path
+--- and carrying the server's own message (a vAPI error's default_message).
+local http = require("capil.sys.http")
+local json = require("capil.sys.json")
+local log = require("capil.sys.log")
+local cleanup = require("capil.sys.cleanup")
+local hash = require("capil.sys.hash")
+local optcheck = require("capil.util.opts").check
+
+local M = {}
+
+--- The session endpoints, by flavor.
+M.SESSION_PATHS = { api = "/api/session", rest = "/rest/com/vmware/cis/session" }
+
+local HEADER = "vmware-api-session-id"
+
+local CONNECT_OPTS = {
+  server = true, username = true, password = true, insecure = true, ca_file = true, cert_sha256 = true,
+  pin_sha256 = true, api = true, timeout = true, retries = true,
+}
+
+--- "https://host:port" of a server given as "host[:port]" or a URL (GOVC_URL's
+--- "https://vc/sdk"); nil and a message when it cannot be read.
+---@param server string
+---@return string|nil base, string? err
+function M.base_url(server)
+  local sch, auth = server:match("^(%a[%w+.-]*)://([^/?#]*)")
+  if sch then
+    sch = sch:lower()
+    if sch ~= "http" and sch ~= "https" then return nil, ("unsupported URL scheme %q in %s"):format(sch, server) end
+    if auth:find("@", 1, true) then return nil, "put credentials in username/password, not the server URL" end
+  else
+    sch, auth = "https", server
+  end
+  local h, port
+  if auth:sub(1, 1) == "[" then
+    h, port = auth:match("^(%[[^%]]+%])(.*)$")
+  else
+    h, port = auth:match("^([^:/]+)(.*)$")
+  end
+  if not h or h == "" then return nil, ("no host in server %q"):format(server) end
+  if port ~= "" and not port:match("^:%d+$") then return nil, ("bad port in server %q"):format(server) end
+  return sch .. "://" .. h .. port
+end
+
+-- The server's own words in an error body: a /rest vAPI error
+-- ({type, value = {messages}}), an /api one ({error_type, messages}), or
+-- the first line of a text body.
+local function server_message(body)
+  if not body or body == "" then return nil end
+  local v = json.decode(body)
+  if type(v) ~= "table" then
+    local line = body:match("^%s*([^\r\n]+)")
+    return line and line:sub(1, 200)
+  end
+  local kind = v.type or v.error_type
+  local inner = type(v.value) == "table" and v.value or v
+  local msgs = {}
+  for _, m in ipairs(type(inner.messages) == "table" and inner.messages or {}) do
+    if type(m) == "table" and type(m.default_message) == "string" then msgs[#msgs + 1] = m.default_message end
+  end
+  local text = table.concat(msgs, "; ")
+  if kind and text ~= "" then return ("%s (%s)"):format(text, tostring(kind)) end
+  if kind then return tostring(kind) end
+  return text ~= "" and text or nil
+end
+M.server_message = server_message
+
+local Client = {}
+Client.__index = Client
+
+--- TLS and session options for a capil.sys.http request to this server
+--- (merged into `t`): what uploads use.
+---@param t table
+---@return table
+function Client:http_opts(t)
+  t.insecure, t.ca_file, t.cert_sha256, t.pin_sha256 = self.insecure, self.ca_file, self.cert_sha256, self.pin_sha256
+  t.session = t.session or self.http
+  t.headers = t.headers or {}
+  if self.id then t.headers[HEADER] = self.id end
+  return t
+end
+
+--- One REST call. `path` is the URL path and query ("/rest/com/vmware/content/library?~action=find");
+--- `body` a table sent as JSON. Returns the decoded answer (a /rest answer's
+--- "value" unwrapped; true when the body is empty or has no value), or nil,
+--- "rest: METHOD path: HTTP n reason: server message", "HTTP_n".
+---@param method string
+---@param path string
+---@param body? table
+---@param opts? {ok_status?: integer[], timeout?: number, idempotent?: boolean}
+---@return any|nil value, string? err, string? code, table? response
+function Client:call(method, path, body, opts)
+  opts = opts or {}
+  if self.closed then return nil, ("rest: %s %s: the session is closed"):format(method, path), "ECLOSED" end
+  local headers = { Accept = "application/json" }
+  if body then headers["Content-Type"] = "application/json" end
+  local resp, err, code, r = http.request(self:http_opts({
+    method = method, url = self.base .. path, headers = headers,
+    body = body and json.encode(body) or (method == "POST" and "" or nil),
+    timeout = opts.timeout or self.timeout, retries = self.retries, idempotent = opts.idempotent,
+    ok_status = opts.ok_status,
+  }))
+  if not resp then
+    local why = r and server_message(r.body)
+    local status = r and ("HTTP %d%s"):format(r.status, r.reason ~= "" and " " .. r.reason or "")
+    return nil, ("rest: %s %s: %s%s"):format(method, path, status or (err:gsub("^http%.request: ", "")),
+      why and ": " .. why or ""), code, r
+  end
+  if resp.body == nil or resp.body:match("^%s*$") then return true, nil, nil, resp end
+  local v, jerr = json.decode(resp.body)
+  if v == nil then
+    return nil, ("rest: %s %s: HTTP %d with a body that is not JSON: %s"):format(method, path, resp.status, jerr),
+      "EPROTO", resp
+  end
+  if path:sub(1, 6) == "/rest/" and type(v) == "table" and getmetatable(v) == json.object_mt then
+    if v.value == nil then return true, nil, nil, resp end
+    v = v.value
+  end
+  return v, nil, nil, resp
+end
+
+-- POST the session endpoint of `flavor` with basic auth.
+function Client:_login(flavor)
+  local path = M.SESSION_PATHS[flavor]
+  local auth = "Basic " .. hash.base64_encode(self.username .. ":" .. self.password)
+  log.secret(auth)
+  local resp, err, code, r = http.request(self:http_opts({
+    method = "POST", url = self.base .. path, body = "",
+    headers = { Authorization = auth, Accept = "application/json", ["vmware-use-header-authn"] = "true" },
+    timeout = self.timeout, retries = self.retries,
+  }))
+  if not resp then
+    local why = r and server_message(r.body)
+    if r and (r.status == 401 or r.status == 403) then
+      why = (why and why .. "; " or "") .. ("check the username (%s) and password"):format(self.username)
+    end
+    local status = r and ("HTTP %d%s"):format(r.status, r.reason ~= "" and " " .. r.reason or "")
+    return nil, ("rest: POST %s: %s%s"):format(path, status or (err:gsub("^http%.request: ", "")),
+      why and ": " .. why or ""), code, r
+  end
+  local v = json.decode(resp.body or "")
+  if type(v) == "table" then v = v.value end
+  if type(v) ~= "string" or v == "" then
+    return nil, ("rest: POST %s: HTTP %d without a session id"):format(path, resp.status), "EPROTO"
+  end
+  log.secret(v)
+  self.id, self.flavor = v, flavor
+  return true
+end
+
+--- Deletes the session (idempotent; failures are logged at debug level).
+function Client:logout()
+  if self.closed then return end
+  if self.id then
+    local ok, err = self:call("DELETE", M.SESSION_PATHS[self.flavor], nil, { timeout = 15 })
+    if not ok then log.debug("%s", err) end
+  end
+  self.closed = true
+  if self.cleanup_handle then self.cleanup_handle:cancel() end
+  self.http:close()
+end
+
+---@class capil.vsphere.rest.ConnectOptions
+---@field server string        "host[:port]" or a URL ("https://vc.example.com/sdk": only scheme, host and port count)
+---@field username string
+---@field password string
+---@field insecure? boolean    skip TLS verification
+---@field ca_file? string      PEM bundle to verify the server with
+---@field cert_sha256? string  SHA-256 fingerprint of the server's certificate (vSphere thumbprint)
+---@field pin_sha256? string   base64 SHA-256 of the server's public key
+---@field api? "auto"|"api"|"rest"  which session endpoint (default auto: /api, then /rest on 404)
+---@field timeout? number      seconds per call (default 60)
+---@field retries? integer     retries of transient failures (default 2)
+
+--- Opens a REST session; see the module comment for the endpoint choice.
+---@param opts capil.vsphere.rest.ConnectOptions
+---@return table|nil client, string? err, string? code
+function M.connect(opts)
+  if type(opts) ~= "table" then error("rest.connect: options must be a table", 2) end
+  optcheck(opts, CONNECT_OPTS, "rest.connect")
+  for _, k in ipairs({ "server", "username", "password" }) do
+    if type(opts[k]) ~= "string" then error(("rest.connect: option '%s' must be a string"):format(k), 2) end
+  end
+  log.secret(opts.password)
+  local api = opts.api or "auto"
+  if api ~= "auto" and not M.SESSION_PATHS[api] then error("rest.connect: api must be auto, api or rest", 2) end
+  local base, berr = M.base_url(opts.server)
+  if not base then return nil, "rest.connect: " .. berr, "ECONFIG" end
+  local c = setmetatable({
+    base = base, username = opts.username, password = opts.password, insecure = opts.insecure,
+    ca_file = opts.ca_file, cert_sha256 = opts.cert_sha256, pin_sha256 = opts.pin_sha256,
+    timeout = opts.timeout or 60, retries = opts.retries or 2, http = http.session(), closed = false,
+  }, Client)
+  local ok, err, code, r
+  if api ~= "rest" then
+    ok, err, code, r = c:_login("api")
+    if not ok and api == "auto" and r and r.status == 404 then
+      log.debug("rest: %s has no /api/session (HTTP 404): using /rest", base)
+      ok, err, code = c:_login("rest")
+    end
+  else
+    ok, err, code = c:_login("rest")
+  end
+  if not ok then
+    c.http:close()
+    c.closed = true
+    return nil, ("%s (%s)"):format(err, base), code
+  end
+  c.cleanup_handle = cleanup.push(("vSphere REST session %s@%s"):format(c.username, base), function() c:logout() end)
+  log.debug("rest: session on %s (%s)", base, M.SESSION_PATHS[c.flavor])
+  return c
+end
+
+return M

@@ -1,0 +1,260 @@
+-- capil publish against the simulator (spec/support/vcsim: govmomi's vcsim
+-- serves the content library on /rest; the shim checks the REST login,
+-- serves /api/session with api = true and logs every REST request): a small
+-- OVA packed by capil goes into a new library, a second publish uploads
+-- nothing, a changed OVA replaces the item's content under the same id, and
+-- failures leave no update session, no half item and no library they made.
+local capil = require("support.capil")
+local vcsim = require("support.vcsim")
+local peer = require("support.peer")
+local fs = require("capil.sys.fs")
+local json = require("capil.sys.json")
+
+local PASSWORD = "Lib-s3cret!pw"
+local USER = "administrator@vsphere.local"
+
+describe("capil publish #vsphere", function()
+  local tmp, sim, varfile
+
+  -- an OVA packed by capil.format.ova from a small streamOptimized disk, in
+  -- directory `sub` (default `name`); `fill` changes the disk's bytes (and
+  -- so the OVA's digest)
+  local function make_ova(name, fill, sub)
+    local ova = require("capil.format.ova")
+    local dir = tmp .. "/" .. (sub or name)
+    assert(fs.mkdir(dir))
+    local raw = dir .. "/disk.raw"
+    assert(fs.write(raw, ("\0"):rep(1024 * 1024) .. (fill or "capil"):rep(1000)))
+    assert(fs.truncate(raw, 8 * 1024 * 1024))
+    assert(require("capil.format.vmdk").write(raw, dir .. "/" .. name .. "-disk-0.vmdk", { jobs = 1 }))
+    fs.remove(raw)
+    assert(ova.pack({ ova = dir .. "/" .. name .. ".ova", name = name, disks = { dir .. "/" .. name .. "-disk-0.vmdk" },
+      os = { ovf_id = 94, os_type = "ubuntu64Guest", display_name = "Ubuntu 20.04" },
+      hardware = { cpus = 2, memory_mb = 2048, disk_mb = 8, vmx_version = 17, firmware = "bios",
+        disk_controller = "pvscsi" },
+      properties = { KUBERNETES_SEMVER = "v1.30.1" } }))
+    return dir .. "/" .. name .. ".ova", dir .. "/" .. name .. ".ovf"
+  end
+
+  setup(function()
+    tmp = peer.dir("publish-spec")
+    sim = vcsim.start({ username = USER, password = PASSWORD, tls = true })
+    varfile = tmp .. "/vsphere.json"
+    assert(json.write(varfile, { vcenter_server = sim.url, username = USER, password = PASSWORD,
+      vcenter_ca_file = sim.ca_file, datacenter = "DC0" }))
+  end)
+
+  teardown(function()
+    if sim then sim:stop() end
+    if tmp then fs.remove(tmp, { recursive = true }) end
+  end)
+
+  local function publish(args, opts)
+    opts = opts or {}
+    local a = { "publish" }
+    for _, x in ipairs(args) do a[#a + 1] = x end
+    a[#a + 1] = "--var-file"
+    a[#a + 1] = opts.varfile or varfile
+    local r = capil.run(a, { timeout = 60, env_add = opts.env })
+    assert.not_matches(PASSWORD, r.stdout .. r.stderr, 1, true)
+    assert.not_matches("stack traceback", r.stderr, 1, true)
+    return r
+  end
+
+  -- REST requests whose name matches, in `log` (default: the simulator's
+  -- whole log; sim:rest_call's own requests are logged too)
+  local function calls(name_pattern, log)
+    local n = 0
+    for _, c in ipairs(log or sim:rest()) do
+      if c.name:match(name_pattern) then n = n + 1 end
+    end
+    return n
+  end
+
+  local function library_id(name)
+    local ids = sim:rest_call("/rest/com/vmware/content/library?~action=find", "POST", { spec = { name = name } })
+    return ids and ids[1]
+  end
+
+  local function items(lib)
+    return sim:rest_call("/rest/com/vmware/content/library/item?library_id=" .. lib) or {}
+  end
+
+  local function sessions()
+    return sim:rest_call("/rest/com/vmware/content/library/item/update-session") or {}
+  end
+
+  -- the item's directory on the simulator's datastore
+  local function item_file(lib, item, name)
+    local dir = sim:datastore_file("[LocalDS_0] ")
+    return ("%s/contentlib-%s/%s/%s"):format(dir, lib, item, name)
+  end
+
+  local ova1, ovf1, ova2, ovf2
+  local lib, item
+
+  it("publishes an OVA into a new library: descriptor and disk uploaded by digest, sha256 on the item", function()
+    ova1, ovf1 = make_ova("node", "first")
+    sim:reset_rest()
+    local r = publish({ ova1, "--library", "images", "--create-library", "--datastore", "LocalDS_0" })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    local log = sim:rest()
+    local sha = assert(fs.read(ova1 .. ".sha256"))
+    assert.matches("published " .. ova1:gsub("%p", "%%%0") .. " to library images, item node", r.stdout)
+    lib = library_id("images")
+    assert.is_string(lib)
+    local ids = items(lib)
+    assert.equal(1, #ids)
+    item = ids[1]
+    local info = sim:rest_call("/rest/com/vmware/content/library/item/id:" .. item)
+    assert.equal("node", info.name)
+    assert.equal("ovf", info.type)
+    assert.matches("sha256:" .. sha, info.description, 1, true)
+    -- the descriptor as packed, and both files uploaded once, on one session
+    assert.equal(fs.read(ovf1), fs.read(item_file(lib, item, "node.ovf")))
+    assert.equal(2, calls("^PUT /rest/com/vmware/cis/data$", log))
+    assert.equal(1, calls("^POST /rest/com/vmware/content/library/item/update%-session$", log))
+    assert.equal(1, calls("complete$", log))
+    -- the update session is gone once done, the REST session logged out
+    assert.same({}, sessions())
+    assert.equal(1, calls("^DELETE /api/session$", log) + calls("^DELETE /rest/com/vmware/cis/session$", log))
+    assert.equal(1, calls("^DELETE /rest/com/vmware/content/library/item/update%-session/id:%*$", log))
+  end)
+
+  it("publishing the same OVA again uploads nothing and says so", function()
+    assert.is_string(item, "needs the first publish")
+    sim:reset_rest()
+    local r = publish({ ova1, "--library", "images" })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("already holds", r.stdout, 1, true)
+    assert.matches("nothing uploaded", r.stdout, 1, true)
+    assert.equal(0, calls("update%-session"))
+    assert.equal(0, calls("^PUT /rest/com/vmware/cis/data$"))
+    assert.same({ item }, items(lib))
+  end)
+
+  it("a changed OVA replaces the item's content under the same item id", function()
+    assert.is_string(item, "needs the first publish")
+    -- same name, different disk bytes
+    ova2, ovf2 = make_ova("node", "second", "changed")
+    local sha2 = assert(fs.read(ova2 .. ".sha256"))
+    assert.not_equal(fs.read(ova1 .. ".sha256"), sha2)
+    sim:reset_rest()
+    local r = publish({ ova2, "--library", "images", "--item", "node" })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    local log = sim:rest()
+    assert.same({ item }, items(lib))
+    local info = sim:rest_call("/rest/com/vmware/content/library/item/id:" .. item)
+    assert.matches("sha256:" .. sha2, info.description, 1, true)
+    assert.equal(2, calls("^PUT /rest/com/vmware/cis/data$", log))
+    assert.equal(0, calls("^POST /rest/com/vmware/content/library/item$", log)) -- no new item
+    assert.equal(fs.read(ovf2), fs.read(item_file(lib, item, "node.ovf")))
+    assert.same({}, sessions())
+  end)
+
+  it("a failed upload cancels and deletes its session and removes the item and the library it created", function()
+    local ova = make_ova("fails")
+    sim:inject({ method = "PUT /rest/com/vmware/cis/data", action = "status", status = 500 })
+    sim:reset_rest()
+    local r = publish({ ova, "--library", "doomed", "--create-library", "--datastore", "LocalDS_0" })
+    assert.equal(1, r.code, r.stdout .. r.stderr)
+    local log = sim:rest()
+    assert.matches("upload fails.ovf to https://127.0.0.1:%d+/rest/com/vmware/cis/data/[^:]+: HTTP 500", r.stderr)
+    assert.equal(1, calls("cancel$", log))
+    assert.equal(1, calls("^DELETE /rest/com/vmware/content/library/item/id:%*$", log))
+    assert.equal(1, calls("^DELETE /rest/com/vmware/content/local%-library/id:%*$", log))
+    assert.same({}, sessions())
+    assert.is_nil(library_id("doomed"))
+    -- an item that existed keeps its content and id when its update fails
+    sim:inject({ method = "PUT /rest/com/vmware/cis/data", action = "reset" })
+    local ova3 = make_ova("node", "third", "third")
+    r = publish({ ova3, "--library", "images" })
+    assert.equal(1, r.code, r.stdout .. r.stderr)
+    assert.same({ item }, items(lib))
+    local info = sim:rest_call("/rest/com/vmware/content/library/item/id:" .. item)
+    assert.matches("sha256:" .. fs.read(ova2 .. ".sha256"), info.description, 1, true)
+    assert.same({}, sessions())
+  end)
+
+  it("a corrupt OVA is refused before anything is sent", function()
+    local ova = make_ova("corrupt")
+    -- flip one byte inside the disk: the manifest no longer matches
+    local data = assert(fs.read(ova))
+    local at = #data - 4096
+    assert(fs.write(ova, data:sub(1, at - 1) .. string.char((data:byte(at) + 1) % 256) .. data:sub(at + 1)))
+    fs.remove(ova .. ".sha256")
+    sim:reset_rest()
+    local r = publish({ ova, "--library", "images" })
+    assert.equal(1, r.code, r.stdout .. r.stderr)
+    assert.matches("fails verification", r.stderr, 1, true)
+    assert.matches("corrupt%-disk%-0%.vmdk: SHA%-256 is %x+, but the manifest says", r.stderr)
+    assert.same({}, sim:rest())
+  end)
+
+  it("a bad password is reported with the URL path and the server's message, never the password", function()
+    local bad = tmp .. "/bad.json"
+    local wrong = "Wr0ng-pa55word!"
+    assert(json.write(bad, { vcenter_server = sim.url, username = USER, password = wrong,
+      vcenter_ca_file = sim.ca_file }))
+    local r = publish({ ova1, "--library", "images" }, { varfile = bad })
+    assert.equal(1, r.code, r.stdout .. r.stderr)
+    assert.not_matches(wrong, r.stdout .. r.stderr, 1, true)
+    assert.matches("POST /rest/com/vmware/cis/session: HTTP 401", r.stderr, 1, true)
+    assert.matches("Authentication required.", r.stderr, 1, true)
+    assert.matches("check the username (" .. USER .. ") and password", r.stderr, 1, true)
+  end)
+
+  it("uses /api/session where the server has it, /rest where /api answers 404", function()
+    -- this simulator has no /api: /api first, then /rest
+    sim:reset_rest()
+    local r = publish({ ova2, "--library", "images" })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    local names = {}
+    for _, c in ipairs(sim:rest()) do names[#names + 1] = c.name .. " " .. c.status end
+    assert.equal("POST /api/session 404", names[1])
+    assert.equal("POST /rest/com/vmware/cis/session 200", names[2])
+    assert.equal("DELETE /rest/com/vmware/cis/session 200", names[#names])
+    -- a 7.0 U2+ server: /api/session only, and the session serves /rest calls
+    local api = vcsim.start({ username = USER, password = PASSWORD, api = true })
+    local vf = tmp .. "/api.json"
+    assert(json.write(vf, { vcenter_server = api.url, username = USER, password = PASSWORD, datacenter = "DC0" }))
+    local ok, err = pcall(function()
+      local r2 = publish({ ova2, "--library", "api-lib", "--create-library", "--datastore", "LocalDS_0" },
+        { varfile = vf })
+      assert.equal(0, r2.code, r2.stdout .. r2.stderr)
+      local seen = {}
+      for _, c in ipairs(api:rest()) do seen[#seen + 1] = c.name .. " " .. c.status end
+      assert.equal("POST /api/session 201", seen[1])
+      assert.equal("DELETE /api/session 204", seen[#seen])
+      for _, s in ipairs(seen) do assert.not_matches("cis/session", s, 1, true) end
+      -- --api rest forces the old endpoint
+      api:reset_rest()
+      local r3 = publish({ ova2, "--library", "api-lib", "--api", "rest" }, { varfile = vf })
+      assert.equal(0, r3.code, r3.stdout .. r3.stderr)
+      assert.matches("already holds", r3.stdout, 1, true)
+      assert.equal("POST /rest/com/vmware/cis/session 200", api:rest()[1].name .. " " .. api:rest()[1].status)
+    end)
+    api:stop()
+    assert(ok, err)
+  end)
+
+  it("usage and configuration errors exit 2", function()
+    local r = publish({ ova1 })
+    assert.equal(2, r.code)
+    assert.matches("--library NAME is required", r.stderr, 1, true)
+    r = publish({ tmp, "--library", "images" })
+    assert.equal(2, r.code)
+    assert.matches("name the OVA", r.stderr, 1, true)
+    r = publish({ ova1, "--library", "nope" })
+    assert.equal(1, r.code)
+    assert.matches("library nope not found on https://127.0.0.1:%d+: create it, or pass %-%-create%-library", r.stderr)
+    local none = tmp .. "/none.json"
+    assert(json.write(none, { username = USER, password = PASSWORD }))
+    r = publish({ ova1, "--library", "images" }, { varfile = none, env = { GOVC_URL = "" } })
+    assert.equal(2, r.code)
+    assert.matches("no server", r.stderr, 1, true)
+    -- a build directory with one OVA is taken as that OVA
+    r = publish({ fs.dirname(ova1), "--library", "images" })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+  end)
+end)
