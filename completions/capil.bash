@@ -15,7 +15,7 @@ _capil() {
   COMPREPLY=()
   case "$prev" in
     --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return ;;
-    --name|--var|--checksum|--bucket|--gcs-endpoint|--version|--explain|--on-error|--stages|--suite|--jobs|-j|--only|--except|--shard|--user|-u|--chunk-size|--adapter-type|--hwversion) COMPREPLY=(); return ;;
+    --name|--var|--checksum|--bucket|--gcs-endpoint|--version|--explain|--library|-l|--item|--datastore|--api|--on-error|--stages|--suite|--jobs|-j|--only|--except|--shard|--user|-u|--chunk-size|--adapter-type|--hwversion) COMPREPLY=(); return ;;
     --backend|-b) COMPREPLY=($(compgen -W "$(capil __complete backends 2>/dev/null)" -- "$cur")); return ;;
     --var-file|--key-file|--eula|--report|--junit|--key|-i) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     --output|-o|--recipes-dir|--cloudinit) COMPREPLY=($(compgen -d -- "$cur")); return ;;
@@ -29,6 +29,7 @@ _capil() {
       inspect) opts="$opts --explain --backend -b --var-file --var --recipes-dir --output --insecure" ;;
       list) opts="$opts --recipes-dir" ;;
       ova) opts="$opts --json --convert --eula" ;;
+      publish) opts="$opts --library -l --item --create-library --datastore --var-file --var --insecure --api" ;;
       repl) opts="$opts --no-history --backend -b --var-file --var --insecure" ;;
       run) opts="$opts --force --on-error --keep-on-error --debug --stages --suite --bucket --key-file --gcs-endpoint --all --jobs -j --fail-fast --only --except --report --junit --shard --backend -b --var-file --var --recipes-dir --output --insecure" ;;
       schema) opts="$opts --markdown --luals" ;;
@@ -42,15 +43,16 @@ _capil() {
     return
   fi
   case "$cmd" in
-    "") COMPREPLY=($(compgen -W "bundle completion deploy download help images inspect list man ova recipe repl report run schema ssh test upload validate version vmdk vsphere" -- "$cur")) ;;
+    "") COMPREPLY=($(compgen -W "bundle completion deploy download help images inspect list man ova publish recipe repl report run schema ssh test upload validate version vmdk vsphere" -- "$cur")) ;;
     bundle) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "matrix" -- "$cur")) ;;
     completion) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")) ;;
     deploy) COMPREPLY=($(compgen -f -- "$cur")) ;;
     download) COMPREPLY=($(compgen -f -- "$cur")) ;;
-    help) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "bundle completion deploy download help images inspect list man ova recipe repl report run schema ssh test upload validate version vmdk vsphere" -- "$cur")) ;;
+    help) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "bundle completion deploy download help images inspect list man ova publish recipe repl report run schema ssh test upload validate version vmdk vsphere" -- "$cur")) ;;
     images) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "ci release" -- "$cur")) ;;
     inspect) COMPREPLY=($(compgen -W "$(capil __complete recipes ${dir:+--recipes-dir "$dir"} 2>/dev/null)" -- "$cur")) ;;
     ova) if [[ -z "$sub" ]]; then COMPREPLY=($(compgen -W "inspect pack verify" -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+    publish) COMPREPLY=($(compgen -f -- "$cur")) ;;
     recipe) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "show" -- "$cur")) ;;
     report) [[ -z "$sub" ]] && COMPREPLY=($(compgen -W "merge" -- "$cur")) ;;
     run) COMPREPLY=($(compgen -W "$(capil __complete recipes ${dir:+--recipes-dir "$dir"} 2>/dev/null)" -- "$cur")) ;;

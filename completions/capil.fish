@@ -15,6 +15,7 @@ complete -c capil -n '__fish_use_subcommand' -a inspect -d 'print the resolved p
 complete -c capil -n '__fish_use_subcommand' -a list -d 'list recipes (and where each comes from) and backends'
 complete -c capil -n '__fish_use_subcommand' -a man -d 'print the man page (roff); read it with \'capil man | man -l -\''
 complete -c capil -n '__fish_use_subcommand' -a ova -d 'pack an OVA from a build directory, verify or inspect one'
+complete -c capil -n '__fish_use_subcommand' -a publish -d 'upload an OVA into a vSphere content library (an OVF item)'
 complete -c capil -n '__fish_use_subcommand' -a recipe -d 'show a recipe\'s source (embedded or from its file), to start a custom one'
 complete -c capil -n '__fish_use_subcommand' -a repl -d 'interactive Lua prompt with the capil modules, and `vc` for a vSphere session'
 complete -c capil -n '__fish_use_subcommand' -a report -d 'merge the JSON reports and JUnit files of a sharded run'
@@ -43,7 +44,7 @@ complete -c capil -n '__fish_seen_subcommand_from download' -l bucket -r -d 'buc
 complete -c capil -n '__fish_seen_subcommand_from download' -l key-file -r -d 'service-account key file (JSON), for listing'
 complete -c capil -n '__fish_seen_subcommand_from download' -l gcs-endpoint -r -d 'GCS endpoint (emulators, private deployments)'
 complete -c capil -n '__fish_seen_subcommand_from download' -F
-complete -c capil -n '__fish_seen_subcommand_from help' -a 'bundle completion deploy download help images inspect list man ova recipe repl report run schema ssh test upload validate version vmdk vsphere'
+complete -c capil -n '__fish_seen_subcommand_from help' -a 'bundle completion deploy download help images inspect list man ova publish recipe repl report run schema ssh test upload validate version vmdk vsphere'
 complete -c capil -n '__fish_seen_subcommand_from images' -l version -r -d 'only this Kubernetes version'
 complete -c capil -n '__fish_seen_subcommand_from images' -l bucket -r -d 'bucket (default capv-images)'
 complete -c capil -n '__fish_seen_subcommand_from images' -l key-file -r -d 'service-account key file (JSON)'
@@ -64,6 +65,15 @@ complete -c capil -n '__fish_seen_subcommand_from ova' -l convert -d 'convert a 
 complete -c capil -n '__fish_seen_subcommand_from ova' -l eula -r -d 'put this text file in the OVF\'s EulaSection'
 complete -c capil -n '__fish_seen_subcommand_from ova' -a 'inspect pack verify'
 complete -c capil -n '__fish_seen_subcommand_from ova' -F
+complete -c capil -n '__fish_seen_subcommand_from publish' -l library -s l -r -d 'the content library (required)'
+complete -c capil -n '__fish_seen_subcommand_from publish' -l item -r -d 'the library item (default: the OVA\'s name without .ova)'
+complete -c capil -n '__fish_seen_subcommand_from publish' -l create-library -d 'create the library (local, on --datastore) when it does not exist'
+complete -c capil -n '__fish_seen_subcommand_from publish' -l datastore -r -d 'datastore of a created library (default: the datastore variable)'
+complete -c capil -n '__fish_seen_subcommand_from publish' -l var-file -r -d 'JSON variables (vsphere.json)'
+complete -c capil -n '__fish_seen_subcommand_from publish' -l var -r -d 'one variable; wins over var files'
+complete -c capil -n '__fish_seen_subcommand_from publish' -l insecure -d 'do not verify the server\'s TLS certificate'
+complete -c capil -n '__fish_seen_subcommand_from publish' -l api -r -d 'REST session endpoint (default auto: /api, /rest on 404)'
+complete -c capil -n '__fish_seen_subcommand_from publish' -F
 complete -c capil -n '__fish_seen_subcommand_from recipe' -a 'show'
 complete -c capil -n '__fish_seen_subcommand_from repl' -l no-history -d 'do not read or write the history file'
 complete -c capil -n '__fish_seen_subcommand_from repl' -l backend -s b -x -a '(capil __complete backends 2>/dev/null)' -d 'vsphere or esx: open a session and bind vc'
