@@ -176,6 +176,58 @@ describe("capil publish #vsphere", function()
     assert.same({}, sessions())
   end)
 
+  it("Ctrl-C during an upload cancels and deletes the session and removes the new item and library", function()
+    local proc = require("capil.sys.proc")
+    local runtime = require("capil.core.runtime")
+    local ova = make_ova("interrupted")
+    sim:inject({ method = "PUT /rest/com/vmware/cis/data", action = "delay", delay_ms = 5000 })
+    sim:reset_rest()
+    local out = tmp .. "/interrupted.out"
+    local p = assert(proc.spawn({ argv = { capil.exe, "publish", ova, "--library", "stopped", "--create-library",
+      "--datastore", "LocalDS_0", "--var-file", varfile }, stdout = out, stderr = "stdout" }))
+    -- the file was added: its upload is under way (held by the delay)
+    local deadline = runtime.now() + 30
+    while calls("add$") == 0 do
+      assert(runtime.now() < deadline, "the upload never started: " .. (fs.read(out) or ""))
+      runtime.sleep(0.05)
+    end
+    runtime.sleep(0.3)
+    assert(p:kill("INT"))
+    local st = assert(p:wait({ timeout = 30 }))
+    p:close()
+    local text = fs.read(out) or ""
+    assert.not_equal(0, st.code, text)
+    assert.not_matches(PASSWORD, text, 1, true)
+    local log = sim:rest()
+    assert.equal(1, calls("cancel$", log), text)
+    assert.equal(1, calls("^DELETE /rest/com/vmware/content/library/item/update%-session/id:%*$", log), text)
+    assert.same({}, sessions())
+    assert.is_nil(library_id("stopped"))
+  end)
+
+  it("the password, the basic auth token and the session id are secrets", function()
+    local rest = require("capil.vsphere.rest")
+    local log = require("capil.sys.log")
+    local hash = require("capil.sys.hash")
+    local c = assert(rest.connect({ server = sim.url, username = USER, password = PASSWORD, ca_file = sim.ca_file }))
+    assert.equal("rest", c.flavor)
+    assert.is_string(c.id)
+    local token = hash.base64_encode(USER .. ":" .. PASSWORD)
+    for _, s in ipairs({ PASSWORD, c.id, token }) do
+      assert.not_matches(s, log.redact("x " .. s .. " y"), 1, true)
+    end
+    -- a failing call names the path and the server's words, not the session
+    local v, err = c:call("GET", "/rest/com/vmware/content/library/item/id:nope")
+    assert.is_nil(v)
+    assert.matches("rest: GET /rest/com/vmware/content/library/item/id:nope: HTTP 404", err, 1, true)
+    c:logout()
+    -- a whole publish at debug level prints neither
+    local r = publish({ ova1, "--library", "images", "-v" })
+    assert.equal(0, r.code, r.stderr)
+    assert.not_matches(token, r.stdout .. r.stderr, 1, true)
+    assert.not_matches(c.id, r.stdout .. r.stderr, 1, true)
+  end)
+
   it("a corrupt OVA is refused before anything is sent", function()
     local ova = make_ova("corrupt")
     -- flip one byte inside the disk: the manifest no longer matches

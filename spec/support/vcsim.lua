@@ -301,9 +301,10 @@ end
 --- "fault" answers the SOAP fault `fault` (a vim25 type, e.g.
 --- "NotAuthenticated", with `message` as faultstring), "reset" closes the
 --- connection without a reply, "lost" carries the call out and then
---- closes the connection without its reply, "status" answers HTTP `status` with no body.
---- `count = 0` cancels.
----@param opts {method: string, action: string, fault?: string, message?: string, status?: integer, count?: integer}
+--- closes the connection without its reply, "status" answers HTTP `status` with no body,
+--- "delay" waits `delay_ms` milliseconds and then answers as usual.
+--- `count = 0` cancels. REST calls are named as in Sim:rest().
+---@param opts {method: string, action: string, fault?: string, message?: string, status?: integer, count?: integer, delay_ms?: integer}
 function Sim:inject(opts)
   local resp, err, _, r = http.request({
     method = "POST", url = self.base .. "/shim/inject", body = json.encode(opts),

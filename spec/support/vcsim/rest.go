@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"time"
 
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -70,6 +71,10 @@ func (s *shim) serveREST(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.mu.Unlock()
+	if inj != nil && act.Action == "delay" {
+		time.Sleep(time.Duration(act.DelayMS) * time.Millisecond)
+		inj = nil
+	}
 	rec := &statusRecorder{ResponseWriter: w}
 	defer func() {
 		status := rec.status

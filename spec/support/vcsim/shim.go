@@ -47,11 +47,12 @@ type shimOptions struct {
 // injection is a scripted misbehaviour for the next `count` calls of a method.
 type injection struct {
 	Method  string `json:"method"`
-	Action  string `json:"action"`  // "fault", "reset", "lost" or "status"
-	Fault   string `json:"fault"`   // vim25 fault type, for "fault"
-	Message string `json:"message"` // faultstring (default: what vSphere says)
-	Status  int    `json:"status"`  // HTTP status with an empty body, for "status"
-	Count   *int   `json:"count"`   // default 1; 0 removes the injection
+	Action  string `json:"action"`   // "fault", "reset", "lost", "status" or "delay"
+	Fault   string `json:"fault"`    // vim25 fault type, for "fault"
+	Message string `json:"message"`  // faultstring (default: what vSphere says)
+	Status  int    `json:"status"`   // HTTP status with an empty body, for "status"
+	DelayMS int    `json:"delay_ms"` // for "delay": wait this long, then answer as usual
+	Count   *int   `json:"count"`    // default 1; 0 removes the injection
 }
 
 type modifiers struct {
@@ -177,6 +178,10 @@ func (s *shim) serveSOAP(w http.ResponseWriter, r *http.Request) {
 				s.guest.reconcile()
 			}
 			act.Action = "reset"
+		}
+		if inj != nil && act.Action == "delay" {
+			time.Sleep(time.Duration(act.DelayMS) * time.Millisecond)
+			inj = nil
 		}
 		if inj != nil {
 			s.misbehave(w, &act, this)
@@ -421,12 +426,16 @@ func (s *shim) inject(inj *injection) string {
 			return fmt.Sprintf("inject: %q is not a vim25 fault type", inj.Fault)
 		}
 	case "reset", "lost":
+	case "delay":
+		if inj.DelayMS <= 0 {
+			return "inject: 'delay_ms' must be positive"
+		}
 	case "status":
 		if inj.Status < 100 || inj.Status > 599 {
 			return "inject: 'status' must be an HTTP status"
 		}
 	default:
-		return fmt.Sprintf("inject: unknown action %q (fault, reset, lost, status)", inj.Action)
+		return fmt.Sprintf("inject: unknown action %q (fault, reset, lost, status, delay)", inj.Action)
 	}
 	if inj.Count == nil {
 		one := 1
