@@ -8,7 +8,11 @@
 --   local vcsim = require("support.vcsim")
 --   local sim = vcsim.start{ username = "admin", password = "secret", tls = true }
 --   -- sim.url, sim.server, sim.ca_file, ...; sim:calls(), sim:keys(), sim:request(method),
---   -- sim:uploads(), sim:datastore_file(path), sim:stop()
+--   -- sim:uploads(), sim:datastore_file(path), sim:rest(), sim:rest_call(path), sim:stop()
+--
+-- The content library (REST, /rest) is vcsim's; the shim checks the REST
+-- login, serves /api/session with `api = true`, logs REST requests
+-- (sim:rest()) and plays injected REST failures (spec/support/vcsim/rest.go).
 local peer = require("support.peer")
 local proc = require("capil.sys.proc")
 local fs = require("capil.sys.fs")

@@ -38,7 +38,7 @@ OVA replaces the item's content (same item id). On failure or Ctrl-C the
 update session is cancelled and deleted, and an item or library this run
 created is removed. The connection comes from the same variables as
 capil deploy (vcenter_server, username, password, insecure_connection,
-thumbprint, ca_file; datacenter and datastore for --create-library) or
+thumbprint, vcenter_ca_file; datacenter and datastore for --create-library) or
 govc's GOVC_URL, GOVC_USERNAME, GOVC_PASSWORD, GOVC_INSECURE.
 Exit status: 0 published or already there, 1 failure, 2 usage or
 configuration error.]],

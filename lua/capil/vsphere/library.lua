@@ -4,7 +4,7 @@
 --- session: one file added per OVA member the item needs (the descriptor and
 --- the disks it references), each streamed straight out of the OVA by offset
 --- with its SHA-256 checked against the manifest, then the session completed
---- and polled until the server says its files are ready.
+--- and polled until it is DONE and the item lists every file stored.
 ---
 --- Idempotence: the item's description carries `sha256:<hex>` of the OVA
 --- it holds, written only once the content is ready. Publishing the same
@@ -241,7 +241,42 @@ function M.wait_session(c, id, opts)
         "ELIBRARY")
     end
     if runtime.now() >= deadline then
-      return fail(("update session %s still ACTIVE after %d s"):format(id, opts.timeout or 1800), "ETIMEDOUT")
+      return fail(("update session %s still ACTIVE after %g s"):format(id, opts.timeout or 1800), "ETIMEDOUT")
+    end
+    local ok, serr, scode = runtime.sleep(opts.interval or 1)
+    if not ok then return nil, serr, scode end
+  end
+end
+
+--- Polls the files of item `id` until every name of `names` is listed and
+--- none of them says `cached = false` (the server still storing it), at
+--- most `timeout` s (default 600), every `interval` s (default 1).
+---@param c table
+---@param id string
+---@param names string[]
+---@param opts? {timeout?: number, interval?: number}
+---@return boolean|nil ok, string? err, string? code
+function M.wait_files(c, id, names, opts)
+  opts = opts or {}
+  local deadline = runtime.now() + (opts.timeout or 600)
+  while true do
+    local have, err, code = M.item_files(c, id)
+    if not have then return nil, err, code end
+    local by_name = {}
+    for _, f in ipairs(have) do by_name[f.name] = f end
+    local waiting
+    for _, n in ipairs(names) do
+      local f = by_name[n]
+      if not f then
+        waiting = n .. " is not among the item's files"
+      elseif f.cached == false then
+        waiting = n .. " is not stored yet (cached = false)"
+      end
+      if waiting then break end
+    end
+    if not waiting then return true end
+    if runtime.now() >= deadline then
+      return fail(("item %s: after %g s %s"):format(id, opts.timeout or 600, waiting), "ETIMEDOUT")
     end
     local ok, serr, scode = runtime.sleep(opts.interval or 1)
     if not ok then return nil, serr, scode end
@@ -406,17 +441,11 @@ function M.publish(c, ova_path, report, opts)
   if not ok then return failed(err, code) end
   ok, err, code = M.wait_session(c, sid, { timeout = opts.wait_timeout, interval = opts.poll_interval })
   if not ok then return failed(("item %s: %s"):format(opts.item, err), code) end
-  local have
-  have, err, code = M.item_files(c, item_id)
-  if not have then return failed(err, code) end
-  local by_name = {}
-  for _, f in ipairs(have) do by_name[f.name] = f end
-  for _, f in ipairs(files) do
-    if not by_name[f.name] then
-      return failed(("item %s: %s is not among the item's files after the upload"):format(opts.item, f.name),
-        "ELIBRARY")
-    end
-  end
+  local names = {}
+  for _, f in ipairs(files) do names[#names + 1] = f.name end
+  ok, err, code = M.wait_files(c, item_id, names, { timeout = opts.wait_timeout and math.min(opts.wait_timeout, 600),
+    interval = opts.poll_interval })
+  if not ok then return failed(("item %s: %s"):format(opts.item, err), code) end
   ok, err, code = M.set_description(c, item_id, M.description(require("capil.sys.fs").basename(ova_path), sha))
   if not ok then return failed(err, code) end
   -- done: nothing to undo; the finished session is removed

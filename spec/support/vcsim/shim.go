@@ -3,7 +3,7 @@
 // vcsim 0.24.2 lacks (PutUsbScanCodes, ExportVm; see export.go), refuses
 // write methods under -restricted, reports guest IPs (guest.go), records
 // the last request of each SOAP method and what datastore uploads carried,
-// and serves the test endpoints under /shim/. Everything else reaches vcsim
+// hands /rest and /api to rest.go, and serves the test endpoints under /shim/. Everything else reaches vcsim
 // unchanged.
 package main
 
