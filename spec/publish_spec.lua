@@ -277,6 +277,34 @@ describe("capil publish #vsphere", function()
     assert.matches("check the username (" .. USER .. ") and password", r.stderr, 1, true)
   end)
 
+  it("verifies TLS as the SOAP client does: a wrong CA refused, a thumbprint pinned, --insecure", function()
+    assert.is_string(item, "needs the first publish")
+    local proc = require("capil.sys.proc")
+    local wrong = tmp .. "/wrong-ca.json"
+    assert(json.write(wrong, { vcenter_server = sim.url, username = USER, password = PASSWORD,
+      vcenter_ca_file = vcsim.wrong_ca() }))
+    sim:reset_rest()
+    local r = publish({ ova2, "--library", "images" }, { varfile = wrong })
+    assert.equal(1, r.code, r.stdout .. r.stderr)
+    assert.matches("rest: POST /api/session: ", r.stderr, 1, true)
+    assert.same({}, sim:rest()) -- not a byte reached the API
+    -- a pinned certificate (vSphere's thumbprint, SHA-256) replaces the CA
+    local out = assert(proc.run({ argv = { "openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in",
+      sim.ca_file } }))
+    local fp = assert(out.stdout:match("=(%S+)"))
+    local pinned = tmp .. "/pinned.json"
+    assert(json.write(pinned, { vcenter_server = sim.url, username = USER, password = PASSWORD, thumbprint = fp }))
+    r = publish({ ova2, "--library", "images" }, { varfile = pinned })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    local other = tmp .. "/other-pin.json"
+    assert(json.write(other, { vcenter_server = sim.url, username = USER, password = PASSWORD,
+      thumbprint = (fp:gsub("%x", "0", 2)) }))
+    r = publish({ ova2, "--library", "images" }, { varfile = other })
+    assert.equal(1, r.code, r.stdout .. r.stderr)
+    r = publish({ ova2, "--library", "images", "--insecure" }, { varfile = wrong })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+  end)
+
   it("uses /api/session where the server has it, /rest where /api answers 404", function()
     -- this simulator has no /api: /api first, then /rest
     sim:reset_rest()
