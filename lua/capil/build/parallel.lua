@@ -189,7 +189,8 @@ end
 --- Resolves every build in the parent, before any starts: recipe, config
 --- and plan must load, stages be known, and no two builds may share an
 --- output directory (the same recipe twice needs distinct build_name vars).
---- Fills b.plan, b.name, b.backend, b.stages, b.argv. nil and errors.
+--- Fills b.plan, b.cfg, b.name, b.backend, b.stages, b.argv (the child
+--- skips the preflight, which the parent runs). nil and errors.
 ---@param builds table[]
 ---@param opts table
 ---@param check_stages fun(s: string?): table|nil, string?
@@ -221,7 +222,7 @@ function M.prepare(builds, opts, check_stages, g)
     if not r then
       for _, e in ipairs(cfg) do errors[#errors + 1] = ("%s: %s"):format(what, e) end
     else
-      b.name, b.recipe_name, b.plan = plan.build_version, r.name, plan
+      b.name, b.recipe_name, b.plan, b.cfg = plan.build_version, r.name, plan, cfg
       local other = by_dir[plan.output_dir]
       if other then
         errors[#errors + 1] = ("%s: builds %s into %s, as build %d does: give one a distinct build_name var"):format(
@@ -231,7 +232,10 @@ function M.prepare(builds, opts, check_stages, g)
       local ook, oerr = require("capil.build.pipeline").check_output(plan.output_dir, opts.force)
       if not ook then errors[#errors + 1] = ("%s: %s"):format(what, oerr) end
       local argv = { table.unpack(exe) }
-      for _, x in ipairs({ "run", b.recipe, "--backend", b.backend, "--stages", b.stages }) do argv[#argv + 1] = x end
+      -- the parent ran the preflight (capil.build.preflight) of every build
+      for _, x in ipairs({ "run", b.recipe, "--backend", b.backend, "--stages", b.stages, "--skip-preflight" }) do
+        argv[#argv + 1] = x
+      end
       for _, k in ipairs(FORWARD) do
         if opts[k] then argv[#argv + 1] = "--" .. k argv[#argv + 1] = opts[k] end
       end

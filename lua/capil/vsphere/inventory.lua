@@ -56,52 +56,24 @@ function M.under(base, p)
   return base .. "/" .. p
 end
 
---- Resolves the placement: {datacenter, dc_name, dc_path, folder, compute,
---- pool, host?, datastore, ds_name, network = {ref, name, backing}}. `s`
---- holds the names (datacenter, folder, cluster, host, resource_pool,
---- datastore, network; each may be unset when there is only one).
----@param vc table a capil.vsphere.vim25 session
----@param s table the backend's settings
----@return table|nil inv, string? err, string? code
-function M.resolve(vc, s)
-  local inv = {}
-  local dc_name = s.datacenter
-  if not dc_name then
-    local dcs, err, code = children(vc, vc.content.rootFolder, "Datacenter")
-    if not dcs then return nil, err, code end
-    local list = {}
-    for n in pairs(dcs) do list[#list + 1] = n end
-    if #list ~= 1 then
-      return fail(("%s: %d datacenters (%s): set datacenter"):format(s.server, #list, names(dcs)), "ECONFIG")
-    end
-    dc_name = list[1]
-  end
-  local dc_path = dc_name:sub(1, 1) == "/" and dc_name or "/" .. dc_name
-  local err, code
-  inv.datacenter, err, code = find(vc, dc_path, "datacenter", "datacenter")
-  if not inv.datacenter then return nil, err, code end
-  inv.dc_name = dc_path:match("([^/]+)$")
-  inv.dc_path = dc_path
-
-  inv.folder, err, code = find(vc, s.folder and M.under(dc_path .. "/vm", s.folder) or dc_path .. "/vm", "folder", "folder")
-  if not inv.folder then return nil, err, code end
-
-  -- compute: a cluster, a host (standalone or in a cluster), or the only one
-  local compute
+-- The compute resource (cluster, host, or the only one) and its resource
+-- pool: compute, pool, host? or nil, err, code.
+local function compute_of(vc, s, dc_path)
+  local compute, host, err, code
   if s.cluster then
     compute, err, code = find(vc, M.under(dc_path .. "/host", s.cluster), "cluster", "cluster")
     if not compute then return nil, err, code end
   elseif s.host then
     local r = vc:find(M.under(dc_path .. "/host", s.host))
     if r and r.type == "HostSystem" then
-      inv.host = r
+      host = r
       local p, perr, pcode = vc:props(r, { "parent" })
       if not p then return nil, perr, pcode end
       compute = p.parent
     elseif r then
       compute = r
       local p = vc:props(r, { "host" })
-      inv.host = p and vim25.list(p.host)[1]
+      host = p and vim25.list(p.host)[1]
     else
       -- a host inside a cluster: /dc/host/<cluster>/<host>
       local hosts, herr, hcode = vc:find(dc_path .. "/host")
@@ -110,7 +82,7 @@ function M.resolve(vc, s)
       for cname in pairs(clusters) do
         local h = vc:find(dc_path .. "/host/" .. cname .. "/" .. s.host)
         if h and h.type == "HostSystem" then
-          inv.host, compute = h, clusters[cname]
+          host, compute = h, clusters[cname]
           break
         end
       end
@@ -130,21 +102,23 @@ function M.resolve(vc, s)
     end
     compute = all[list[1]]
   end
-  inv.compute = compute
+  local pool
   if s.resource_pool then
     local c, cerr, ccode = vc:props(compute, { "name" })
     if not c then return nil, cerr, ccode end
-    local cname = c.name
-    inv.pool, err, code = find(vc, M.under(dc_path .. "/host/" .. cname .. "/Resources", s.resource_pool),
+    pool, err, code = find(vc, M.under(dc_path .. "/host/" .. c.name .. "/Resources", s.resource_pool),
       "resource pool", "resource_pool")
-    if not inv.pool then return nil, err, code end
+    if not pool then return nil, err, code end
   else
     local p, perr, pcode = vc:props(compute, { "resourcePool" })
     if not p then return nil, perr, pcode end
-    inv.pool = p.resourcePool
+    pool = p.resourcePool
   end
+  return compute, pool, host
+end
 
-  -- datastore: named, or the only one
+-- The datastore, named or the only one: ref, name or nil, err, code.
+local function datastore_of(vc, s, dc_path)
   local ds_name = s.datastore
   if not ds_name then
     local folder, ferr, fcode = vc:find(dc_path .. "/datastore")
@@ -157,27 +131,79 @@ function M.resolve(vc, s)
     end
     ds_name = list[1]
   end
-  inv.datastore, err, code = find(vc, M.under(dc_path .. "/datastore", ds_name), "datastore", "datastore")
-  if not inv.datastore then return nil, err, code end
-  inv.ds_name = ds_name:match("([^/]+)$")
+  local ref, err, code = find(vc, M.under(dc_path .. "/datastore", ds_name), "datastore", "datastore")
+  if not ref then return nil, err, code end
+  return ref, ds_name:match("([^/]+)$")
+end
 
-  -- network: named, else "VM Network"
+-- The network (named, else "VM Network") with its NIC backing:
+-- {ref, name, backing} or nil, err, code.
+local function network_of(vc, s, dc_path)
   local net_name = s.network or "VM Network"
-  local net
-  net, err, code = find(vc, M.under(dc_path .. "/network", net_name), "network", "network")
+  local net, err, code = find(vc, M.under(dc_path .. "/network", net_name), "network", "network")
   if not net then return nil, err, code end
-  inv.network = { ref = net, name = net_name:match("([^/]+)$") }
+  local out = { ref = net, name = net_name:match("([^/]+)$") }
   if net.type == "DistributedVirtualPortgroup" then
     local p, perr, pcode = vc:props(net, { "key", "config.distributedVirtualSwitch" })
     if not p then return nil, perr, pcode end
     local sw, serr, scode = vc:props(p["config.distributedVirtualSwitch"], { "uuid" })
     if not sw then return nil, serr, scode end
-    inv.network.backing = vim25.obj("VirtualEthernetCardDistributedVirtualPortBackingInfo", {
+    out.backing = vim25.obj("VirtualEthernetCardDistributedVirtualPortBackingInfo", {
       port = vim25.obj("DistributedVirtualSwitchPortConnection", { switchUuid = sw.uuid, portgroupKey = p.key }) })
   else
-    inv.network.backing = vim25.obj("VirtualEthernetCardNetworkBackingInfo", { deviceName = inv.network.name,
-      network = net })
+    out.backing = vim25.obj("VirtualEthernetCardNetworkBackingInfo", { deviceName = out.name, network = net })
   end
+  return out
+end
+
+--- Resolves the placement: {datacenter, dc_name, dc_path, folder, compute,
+--- pool, host?, datastore, ds_name, network = {ref, name, backing}}. `s`
+--- holds the names (datacenter, folder, cluster, host, resource_pool,
+--- datastore, network; each may be unset when there is only one).
+--- Past the datacenter every part is looked up, so a failure lists every
+--- problem at once (a wrong datastore and a wrong network, one per line);
+--- the fourth value is that list.
+---@param vc table a capil.vsphere.vim25 session
+---@param s table the backend's settings
+---@return table|nil inv, string? err, string? code, string[]? problems
+function M.resolve(vc, s)
+  local inv = {}
+  local dc_name = s.datacenter
+  if not dc_name then
+    local dcs, err, code = children(vc, vc.content.rootFolder, "Datacenter")
+    if not dcs then return nil, err, code, { err } end
+    local list = {}
+    for n in pairs(dcs) do list[#list + 1] = n end
+    if #list ~= 1 then
+      local msg = ("%s: %d datacenters (%s): set datacenter"):format(s.server, #list, names(dcs))
+      return nil, msg, "ECONFIG", { msg }
+    end
+    dc_name = list[1]
+  end
+  local dc_path = dc_name:sub(1, 1) == "/" and dc_name or "/" .. dc_name
+  local err, code
+  inv.datacenter, err, code = find(vc, dc_path, "datacenter", "datacenter")
+  if not inv.datacenter then return nil, err, code, { err } end
+  inv.dc_name = dc_path:match("([^/]+)$")
+  inv.dc_path = dc_path
+
+  local problems, first_code = {}, nil
+  local function check(v, e, c)
+    if v == nil then
+      problems[#problems + 1] = e
+      first_code = first_code or c
+    end
+    return v
+  end
+  inv.folder = check(find(vc, s.folder and M.under(dc_path .. "/vm", s.folder) or dc_path .. "/vm", "folder", "folder"))
+  local compute, pool, host = compute_of(vc, s, dc_path)
+  inv.compute = check(compute, pool, host)
+  if compute then inv.pool, inv.host = pool, host end
+  local ds, ds_name, ds_code = datastore_of(vc, s, dc_path)
+  inv.datastore = check(ds, ds_name, ds_code)
+  if ds then inv.ds_name = ds_name end
+  inv.network = check(network_of(vc, s, dc_path))
+  if #problems > 0 then return nil, table.concat(problems, "\n"), first_code, problems end
   log.info("%s: datacenter %s, datastore %s, network %s", s.server, inv.dc_name, inv.ds_name, inv.network.name)
   return inv
 end

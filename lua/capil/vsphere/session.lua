@@ -21,21 +21,24 @@ function M.password(s, secret)
   return p
 end
 
---- The variable a user sets for the server of backend `kind`: the first
---- path of its `server` setting, by image-builder name (vsphere:
---- vcenter_server, esx: remote_host).
+--- The variable a user sets for setting `name` (default "server") of
+--- backend `kind`: the first path of the setting, by image-builder name
+--- (vsphere: vcenter_server, username, password; esx: remote_host,
+--- remote_username, remote_password).
 ---@param kind string
+---@param name? string
 ---@return string
-function M.server_var(kind)
+function M.server_var(kind, name)
+  name = name or "server"
   local registry = require("capil.backend")
   local b = registry.known(kind) and registry.get(kind)
   for _, s in ipairs(b and b.settings or {}) do
-    if s[1] == "server" then
+    if s[1] == name then
       local f = require("capil.build.schema").by_path[s.paths[1]]
       return f and f.var or s.paths[1]
     end
   end
-  return "vcenter_server"
+  return name == "server" and "vcenter_server" or name
 end
 
 --- Opens a vim25 session with the settings. opts.kind ("vsphere" or "esx")
