@@ -155,7 +155,9 @@ end
 local function common(c)
   local plan = c.plan
   c.iso = M.iso(plan)
-  if c.iso and c.iso.state == "missing" then
+  -- a missing local ISO fails the first step, before anything costly: a
+  -- problem for a dry run, which promises the build would start
+  if c.iso and c.iso.state == "missing" and c.dry_run then
     c:fail("ISO: no such file %s, and no other iso_url to download from; check iso_url",
       table.concat(c.iso.files, ", "))
   elseif c.iso and c.iso.state == "download" then
@@ -174,12 +176,13 @@ end
 --- {ok = boolean, problems = {...}, notes = {...}, iso = M.iso(plan)}.
 ---@param plan table a resolved plan
 ---@param cfg table its configuration (secrets are read from it by variable)
----@param opts? {cache_dir?: string, getenv?: fun(name: string): string?}
+--- `opts.dry_run` makes a missing local ISO (file:// iso_url) a problem.
+---@param opts? {cache_dir?: string, getenv?: fun(name: string): string?, dry_run?: boolean}
 ---@return {ok: boolean, problems: string[], notes: string[], iso: table|nil}
 function M.run(plan, cfg, opts)
   opts = opts or {}
   local c = setmetatable({ plan = plan, settings = plan.settings or {}, cache_dir = opts.cache_dir,
-    getenv = opts.getenv or os.getenv, problems = {}, notes = {}, needs = {},
+    getenv = opts.getenv or os.getenv, dry_run = opts.dry_run, problems = {}, notes = {}, needs = {},
     secret = function(var) return cfg:get(var) end }, Check)
   common(c)
   local b, berr = backend.get(plan.backend)

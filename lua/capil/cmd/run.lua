@@ -115,7 +115,8 @@ local function run_parallel(opts, args, g)
   if opts["dry-run"] or not opts["skip-preflight"] then
     local problems = {}
     for _, b in ipairs(builds) do
-      local res = preflight.run(b.plan, b.cfg, { cache_dir = build_options.cache_dir() })
+      local res = preflight.run(b.plan, b.cfg, { cache_dir = build_options.cache_dir(),
+        dry_run = opts["dry-run"] })
       if opts["dry-run"] then
         for _, line in ipairs(preflight.describe(b.plan, res, b.name)) do log.out(line) end
       else
@@ -207,7 +208,7 @@ ubuntu-2004 --backend vsphere', build-node-ova-local-all is 'capil run
     local ook, oerr = pipeline.check_output(plan.output_dir, opts.force)
     if not ook and not opts["dry-run"] then cli.fail("run: " .. oerr, 1) end
     if opts["dry-run"] or not opts["skip-preflight"] then
-      local res = preflight.run(plan, cfg, { cache_dir = build_options.cache_dir() })
+      local res = preflight.run(plan, cfg, { cache_dir = build_options.cache_dir(), dry_run = opts["dry-run"] })
       if not ook then table.insert(res.problems, 1, oerr) res.ok = false end
       if opts["dry-run"] then
         for _, line in ipairs(preflight.describe(plan, res)) do log.out(line) end
