@@ -138,9 +138,9 @@ end
 return {
   summary = "build an image from a recipe (default backend: qemu)",
   usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--force] [--on-error cleanup|abort|ask] [--debug]"
-    .. " [--stages build,test,upload]\n"
+    .. " [--stages build,test,upload] [--dry-run]\n"
     .. "       capil run RECIPE... | BUNDLE.lua | --all [-j N] [--fail-fast] [--only L] [--except L]"
-    .. " [--report F] [--junit F] [--shard K/N]",
+    .. " [--report F] [--junit F] [--shard K/N] [--dry-run]",
   help = [[
 Resolves the recipe (see 'capil inspect'), then runs the plan: fetch and verify
 the ISO, serve the installer files, create the VM, type the boot command,
@@ -157,6 +157,20 @@ showing the SSH command and the VNC address once known. --stages build,test then
 does (the recipe's tests.suites, or --suite); with upload the OVA goes to
 GCS as 'capil upload' does (skipped when the remote checksum matches), after
 the test stage passed.
+
+Before the ISO is fetched, a preflight checks what the build needs and
+lists every problem at once (exit 2, nothing downloaded or created):
+vSphere and ESXi: the server, user and password set, the login, and the
+datacenter, folder, cluster or host, resource pool, datastore and network;
+QEMU: qemu-system-x86_64 and qemu-img, and KVM or TCG (a note); Workstation:
+vmrun; every backend: xorriso for an installer CD, and free space for the
+disk, VMDK and OVA in the output directory and for the ISO in the cache.
+--skip-preflight starts without it. --dry-run resolves and checks
+everything (recipes, variables, plans, the ISO cache, the preflight) and
+prints what would run per build: output directory, VM, ISO (cached, or the
+URL it would download), steps; it creates nothing. Exit 0 when every build
+would start, else 2. It works for one recipe, several, a bundle or --all,
+with --only, --except and --shard.
 
 Several builds: 'capil run R1 R2 -j N', 'capil run --all -j N' (every
 recipe 'capil list' shows, or of --recipes-dir when given) or 'capil run BUNDLE.lua -j N' run one child
