@@ -143,6 +143,28 @@ describe("preflight against the vSphere simulator #vsphere #preflight", function
     assert_nothing(out, cache)
   end)
 
+  it("checks an ESXi host's placement too (--backend esx): a wrong remote_datastore, exit 2", function()
+    local host = vcsim.start({ username = "root", password = PASSWORD, tls = true, esx = true })
+    local vf = tmp .. "/esx.json"
+    assert(json.write(vf, { remote_host = host.url, remote_username = "root", remote_password = PASSWORD,
+      vcenter_ca_file = host.ca_file, remote_datastore = "NoSuchDS", network = "NoSuchNet" }))
+    local out, cache = tmp .. "/out-esx", tmp .. "/cache-esx"
+    local r = capil.run({ "run", "spec/fixtures/recipes/vsphere.lua", "--recipes-dir", "spec/fixtures/recipes",
+      "--backend", "esx", "--output", out, "--var-file", vf,
+      "--var", "iso_url=" .. iso_url, "--var", "iso_checksum=" .. iso_sum },
+      { timeout = 120, env_add = { XDG_CACHE_HOME = cache } })
+    local vms = host:vms()
+    host:stop()
+    assert.equal(2, r.code, r.stderr)
+    assert.matches("esx: datastore /ha-datacenter/datastore/NoSuchDS not found", r.stderr, 1, true)
+    assert.matches("esx: network /ha-datacenter/network/NoSuchNet not found", r.stderr, 1, true)
+    for _, vm in ipairs(vms) do assert.not_equal(BUILD, vm.name) end
+    assert.same({}, requests(web))
+    assert.same({}, cached_isos(cache))
+    assert.is_false(fs.exists(out))
+    assert.is_nil((r.stdout .. r.stderr):find(PASSWORD, 1, true), "password leaked")
+  end)
+
   it("without the preflight (--skip-preflight) the same build fetches the ISO before failing", function()
     local r, _, cache = run("skipped", { datastore = "NoSuchDS" }, { "--skip-preflight" })
     assert.equal(1, r.code, r.stderr)
@@ -256,6 +278,39 @@ return {
     assert.matches("3 builds cannot start: 6 problems", r.stderr, 1, true)
     local block = r.stdout:match("(tiny%-a%-kube.-)\ntiny%-b%-kube")
     assert.matches("problem: qemu-img not found", block, 1, true)
+    assert_nothing(out, cache)
+  end)
+
+  it("names a missing vmrun for --backend workstation, exit 2", function()
+    local r, out, cache = run("no-vmrun", { "--backend", "workstation" }, { PATH = empty, VMWARE_VMRUN = "" })
+    assert.equal(2, r.code, r.stderr)
+    assert.matches("workstation: vmrun not found", r.stderr, 1, true)
+    assert_nothing(out, cache)
+  end)
+
+  it("a parallel run checks every build before starting any: exit 2, nothing started", function()
+    local out, cache = tmp .. "/out-par", tmp .. "/cache-par"
+    local r = capil.run({ "run", "spec/fixtures/recipes/tiny.lua", "spec/fixtures/recipes/testos.lua",
+      "--recipes-dir", "spec/fixtures/recipes", "--backend", "qemu", "-j", "2", "--output", out,
+      "--var", "iso_url=" .. iso_url, "--var", "iso_checksum=" .. iso_sum },
+      { timeout = 60, env_add = { XDG_CACHE_HOME = cache, PATH = empty } })
+    assert.equal(2, r.code, r.stderr)
+    assert.matches("2 builds cannot start (4 problems", r.stderr, 1, true)
+    assert.matches("tiny-kube-v1.16.14: qemu-img not found", r.stderr, 1, true)
+    assert.matches("testos-kube-v1.16.14: qemu-img not found", r.stderr, 1, true)
+    assert_nothing(out, cache)
+  end)
+
+  it("--dry-run --all lists every recipe of --recipes-dir", function()
+    local out, cache = tmp .. "/out-all", tmp .. "/cache-all"
+    local r = capil.run({ "run", "--all", "--recipes-dir", "spec/fixtures/recipes", "--backend", "qemu", "--dry-run",
+      "--output", out, "--var", "iso_url=" .. iso_url, "--var", "iso_checksum=" .. iso_sum },
+      { timeout = 60, env_add = { XDG_CACHE_HOME = cache } })
+    assert.equal(0, r.code, r.stderr)
+    for _, n in ipairs({ "tiny", "testos", "testos-efi", "custom-ubuntu", "vsphere-fixture" }) do
+      assert.matches("\n" .. n:gsub("%-", "%%-") .. "%-kube%-v[%d.]+: " .. n:gsub("%-", "%%-") .. " on qemu", "\n" .. r.stdout)
+    end
+    assert.matches("6 builds would run", r.stderr, 1, true)
     assert_nothing(out, cache)
   end)
 
