@@ -241,6 +241,10 @@ describe("preflight of local builds #preflight", function()
     assert.matches("problem: qemu-img not found on PATH", r.stdout, 1, true)
     assert.matches("preflight: 2 problems", r.stdout, 1, true)
     assert_nothing(out, cache)
+    -- a recipe or variable error is 2 as well in a dry run (1 in a run)
+    r = run("dry-var", { "--dry-run", "--var", "disk_size=5" })
+    assert.equal(2, r.code, r.stderr)
+    assert.matches("disk_size: expected at least 1024", r.stderr, 1, true)
   end)
 
   it("--dry-run on a bundle, with --only and --shard, prints each build it would run", function()
@@ -275,9 +279,31 @@ return {
     r = capil.run({ "run", b, "--output", out, "--dry-run" },
       { timeout = 60, env_add = { XDG_CACHE_HOME = cache, PATH = empty } })
     assert.equal(2, r.code, r.stderr)
-    assert.matches("3 builds cannot start: 6 problems", r.stderr, 1, true)
+    assert.matches("3 of 3 builds cannot start: 6 problems", r.stderr, 1, true)
     local block = r.stdout:match("(tiny%-a%-kube.-)\ntiny%-b%-kube")
     assert.matches("problem: qemu-img not found", block, 1, true)
+    assert_nothing(out, cache)
+  end)
+
+  it("--dry-run names the one build of a bundle that cannot start (a vSphere build without a server)", function()
+    local b = tmp .. "/mixed.lua"
+    local tiny = fs.cwd() .. "/spec/fixtures/recipes/tiny.lua"
+    assert(fs.write(b, ([[
+return {
+  defaults = { vars = { iso_url = %q, iso_checksum = %q } },
+  { recipe = %q, backend = "qemu", vars = { build_name = "on-qemu" } },
+  { recipe = %q, backend = "vsphere", vars = { build_name = "on-vsphere" } },
+}
+]]):format(iso_url, iso_sum, tiny, tiny)))
+    local out, cache = tmp .. "/out-mixed", tmp .. "/cache-mixed"
+    local r = capil.run({ "run", b, "--output", out, "--dry-run" },
+      { timeout = 60, env_add = { XDG_CACHE_HOME = cache, GOVC_URL = "", GOVC_USERNAME = "", GOVC_PASSWORD = "" } })
+    assert.equal(2, r.code, r.stderr)
+    assert.matches("1 of 2 builds cannot start: 1 problem", r.stderr, 1, true)
+    local q = r.stdout:match("(on%-qemu%-kube.-)\non%-vsphere%-kube")
+    assert.matches("preflight: ok", q, 1, true)
+    local v = r.stdout:match("(on%-vsphere%-kube.*)$")
+    assert.matches("problem: vsphere: vcenter_server, username, password not set", v, 1, true)
     assert_nothing(out, cache)
   end)
 
@@ -295,7 +321,7 @@ return {
       "--var", "iso_url=" .. iso_url, "--var", "iso_checksum=" .. iso_sum },
       { timeout = 60, env_add = { XDG_CACHE_HOME = cache, PATH = empty } })
     assert.equal(2, r.code, r.stderr)
-    assert.matches("2 builds cannot start (4 problems", r.stderr, 1, true)
+    assert.matches("2 of 2 builds cannot start (4 problems", r.stderr, 1, true)
     assert.matches("tiny-kube-v1.16.14: qemu-img not found", r.stderr, 1, true)
     assert.matches("testos-kube-v1.16.14: qemu-img not found", r.stderr, 1, true)
     assert_nothing(out, cache)

@@ -31,8 +31,6 @@ local options = {
     .. "server, login and placement)" },
 }
 
-local preflight_failure
-
 local ON_ERROR = { cleanup = true, abort = true, ask = true }
 
 -- The --on-error mode (--keep-on-error is abort); fails on an unknown one.
@@ -77,7 +75,7 @@ end
 
 -- The message of a failed preflight: every problem on a line of its own
 -- (a dry run printed them already).
-preflight_failure = function(what, problems, dry)
+local function preflight_failure(what, problems, dry)
   if dry then
     return ("run --dry-run: %s cannot start: %d problem%s (listed above)"):format(what, #problems,
       #problems == 1 and "" or "s")
@@ -113,7 +111,7 @@ local function run_parallel(opts, args, g)
   local ok, perrs = parallel.prepare(builds, opts, stages, g)
   if not ok then cli.fail(table.concat(perrs, "\n"), 2) end
   if opts["dry-run"] or not opts["skip-preflight"] then
-    local problems = {}
+    local problems, failed = {}, 0
     for _, b in ipairs(builds) do
       local res = preflight.run(b.plan, b.cfg, { cache_dir = build_options.cache_dir(),
         dry_run = opts["dry-run"] })
@@ -123,8 +121,11 @@ local function run_parallel(opts, args, g)
         for _, n in ipairs(res.notes) do log.info("%s: %s", b.name, n) end
       end
       for _, p in ipairs(res.problems) do problems[#problems + 1] = ("%s: %s"):format(b.name, p) end
+      if not res.ok then failed = failed + 1 end
     end
-    if #problems > 0 then cli.fail(preflight_failure(#builds .. " builds", problems, opts["dry-run"]), 2) end
+    if #problems > 0 then
+      cli.fail(preflight_failure(("%d of %d builds"):format(failed, #builds), problems, opts["dry-run"]), 2)
+    end
     if opts["dry-run"] then
       log.info("dry run: %d builds would run, at most %d at once; nothing was started", #builds, jobs)
       return 0
@@ -218,7 +219,10 @@ ubuntu-2004 --backend vsphere', build-node-ova-local-all is 'capil run
     if not todo then cli.fail(serr, 2) end
     local mode = on_error(opts)
     local r, cfg, plan = build_options.load(args[1], opts)
-    if not r then build_options.fail(cfg) end
+    if not r then
+      if opts["dry-run"] then cli.fail(table.concat(cfg, "\n"), 2) end -- a dry run: 2 for any problem
+      build_options.fail(cfg)
+    end
     local ook, oerr = pipeline.check_output(plan.output_dir, opts.force)
     if not ook and not opts["dry-run"] then cli.fail("run: " .. oerr, 1) end
     if opts["dry-run"] or not opts["skip-preflight"] then
