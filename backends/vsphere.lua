@@ -142,7 +142,7 @@ local function upload_media(ctx, step)
       ctx.http.port, vc.server)
   end
   local inv
-  inv, err, code = inventory.resolve(vc, s)
+  inv, err, code = inventory.resolve(vc, s, { vars = session.placement_vars(st.kind or M.name) })
   if not inv then return nil, err, code end
   st.inv = inv
   local cache_dir = step.cache_dir or s.cache_dir
@@ -215,9 +215,9 @@ function M.preflight_for(kind)
     local s = c.settings
     local missing = {}
     for _, name in ipairs({ "server", "username" }) do
-      if s[name] == nil or s[name] == "" then missing[#missing + 1] = session.server_var(kind, name) end
+      if s[name] == nil or s[name] == "" then missing[#missing + 1] = session.setting_var(kind, name) end
     end
-    if not session.password(s, c.secret) then missing[#missing + 1] = session.server_var(kind, "password") end
+    if not session.password(s, c.secret) then missing[#missing + 1] = session.setting_var(kind, "password") end
     if #missing > 0 then
       c:fail("%s: %s not set (in a var file, with --var, or GOVC_URL, GOVC_USERNAME, GOVC_PASSWORD)", kind,
         table.concat(missing, ", "))
@@ -232,7 +232,7 @@ function M.preflight_for(kind)
       c:fail("%s: %s", kind, tostring(err))
       return
     end
-    local inv, ierr, _, problems = inventory.resolve(vc, s)
+    local inv, ierr, _, problems = inventory.resolve(vc, s, { vars = session.placement_vars(kind) })
     if inv then
       c:note("%s: %s as %s: datacenter %s, datastore %s, network %s", kind, s.server, s.username, inv.dc_name,
         inv.ds_name, inv.network.name)
@@ -677,7 +677,7 @@ function M.test_hooks(kind)
     if not vc then return nil, err, code end
     st.vc = vc
     local inv
-    inv, err, code = inventory.resolve(vc, s)
+    inv, err, code = inventory.resolve(vc, s, { vars = session.placement_vars(kind) })
     if not inv then return nil, err, code end
     local name = t.kind == "vm" and t.name or (run.test_vm_name or (t.name .. "-test"))
     local ref

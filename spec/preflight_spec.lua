@@ -157,6 +157,7 @@ describe("preflight against the vSphere simulator #vsphere #preflight", function
     host:stop()
     assert.equal(2, r.code, r.stderr)
     assert.matches("esx: datastore /ha-datacenter/datastore/NoSuchDS not found", r.stderr, 1, true)
+    assert.matches("check remote_datastore", r.stderr, 1, true)
     assert.matches("esx: network /ha-datacenter/network/NoSuchNet not found", r.stderr, 1, true)
     for _, vm in ipairs(vms) do assert.not_equal(BUILD, vm.name) end
     assert.same({}, requests(web))

@@ -61,7 +61,7 @@ end
 local function compute_of(vc, s, dc_path)
   local compute, host, err, code
   if s.cluster then
-    compute, err, code = find(vc, M.under(dc_path .. "/host", s.cluster), "cluster", "cluster")
+    compute, err, code = find(vc, M.under(dc_path .. "/host", s.cluster), "cluster", s.var("cluster"))
     if not compute then return nil, err, code end
   elseif s.host then
     local r = vc:find(M.under(dc_path .. "/host", s.host))
@@ -87,7 +87,7 @@ local function compute_of(vc, s, dc_path)
         end
       end
       if not compute then
-        return fail(("host %s not found under %s/host (there: %s); check host"):format(s.host, dc_path, names(clusters)),
+        return fail(("host %s not found under %s/host (there: %s); check %s"):format(s.host, dc_path, names(clusters), s.var("host")),
           "ENOENT")
       end
     end
@@ -98,7 +98,8 @@ local function compute_of(vc, s, dc_path)
     local list = {}
     for n in pairs(all) do list[#list + 1] = n end
     if #list ~= 1 then
-      return fail(("%s: %d compute resources (%s): set cluster or host"):format(dc_path, #list, names(all)), "ECONFIG")
+      return fail(("%s: %d compute resources (%s): set %s or %s"):format(dc_path, #list, names(all),
+        s.var("cluster"), s.var("host")), "ECONFIG")
     end
     compute = all[list[1]]
   end
@@ -107,7 +108,7 @@ local function compute_of(vc, s, dc_path)
     local c, cerr, ccode = vc:props(compute, { "name" })
     if not c then return nil, cerr, ccode end
     pool, err, code = find(vc, M.under(dc_path .. "/host/" .. c.name .. "/Resources", s.resource_pool),
-      "resource pool", "resource_pool")
+      "resource pool", s.var("resource_pool"))
     if not pool then return nil, err, code end
   else
     local p, perr, pcode = vc:props(compute, { "resourcePool" })
@@ -127,11 +128,11 @@ local function datastore_of(vc, s, dc_path)
     local list = {}
     for n in pairs(all) do list[#list + 1] = n end
     if #list ~= 1 then
-      return fail(("%s: %d datastores (%s): set datastore"):format(dc_path, #list, names(all)), "ECONFIG")
+      return fail(("%s: %d datastores (%s): set %s"):format(dc_path, #list, names(all), s.var("datastore")), "ECONFIG")
     end
     ds_name = list[1]
   end
-  local ref, err, code = find(vc, M.under(dc_path .. "/datastore", ds_name), "datastore", "datastore")
+  local ref, err, code = find(vc, M.under(dc_path .. "/datastore", ds_name), "datastore", s.var("datastore"))
   if not ref then return nil, err, code end
   return ref, ds_name:match("([^/]+)$")
 end
@@ -140,7 +141,7 @@ end
 -- {ref, name, backing} or nil, err, code.
 local function network_of(vc, s, dc_path)
   local net_name = s.network or "VM Network"
-  local net, err, code = find(vc, M.under(dc_path .. "/network", net_name), "network", "network")
+  local net, err, code = find(vc, M.under(dc_path .. "/network", net_name), "network", s.var("network"))
   if not net then return nil, err, code end
   local out = { ref = net, name = net_name:match("([^/]+)$") }
   if net.type == "DistributedVirtualPortgroup" then
@@ -162,11 +163,17 @@ end
 --- datastore, network; each may be unset when there is only one).
 --- Past the datacenter every part is looked up, so a failure lists every
 --- problem at once (a wrong datastore and a wrong network, one per line);
---- the fourth value is that list.
+--- the fourth value is that list. Messages name the variable to check:
+--- `opts.vars` maps a setting to it where it is not the setting's name
+--- (the esx backend's datastore is remote_datastore).
 ---@param vc table a capil.vsphere.vim25 session
 ---@param s table the backend's settings
+---@param opts? {vars?: table<string, string>}
 ---@return table|nil inv, string? err, string? code, string[]? problems
-function M.resolve(vc, s)
+function M.resolve(vc, s, opts)
+  local vars = opts and opts.vars or {}
+  -- the settings with var(name): the variable a message tells the user to check
+  s = setmetatable({ var = function(name) return vars[name] or name end }, { __index = s })
   local inv = {}
   local dc_name = s.datacenter
   if not dc_name then
@@ -175,14 +182,14 @@ function M.resolve(vc, s)
     local list = {}
     for n in pairs(dcs) do list[#list + 1] = n end
     if #list ~= 1 then
-      local msg = ("%s: %d datacenters (%s): set datacenter"):format(s.server, #list, names(dcs))
+      local msg = ("%s: %d datacenters (%s): set %s"):format(s.server, #list, names(dcs), s.var("datacenter"))
       return nil, msg, "ECONFIG", { msg }
     end
     dc_name = list[1]
   end
   local dc_path = dc_name:sub(1, 1) == "/" and dc_name or "/" .. dc_name
   local err, code
-  inv.datacenter, err, code = find(vc, dc_path, "datacenter", "datacenter")
+  inv.datacenter, err, code = find(vc, dc_path, "datacenter", s.var("datacenter"))
   if not inv.datacenter then return nil, err, code, { err } end
   inv.dc_name = dc_path:match("([^/]+)$")
   inv.dc_path = dc_path
@@ -195,7 +202,7 @@ function M.resolve(vc, s)
     end
     return v
   end
-  inv.folder = check(find(vc, s.folder and M.under(dc_path .. "/vm", s.folder) or dc_path .. "/vm", "folder", "folder"))
+  inv.folder = check(find(vc, s.folder and M.under(dc_path .. "/vm", s.folder) or dc_path .. "/vm", "folder", s.var("folder")))
   local compute, pool, host = compute_of(vc, s, dc_path)
   inv.compute = check(compute, pool, host)
   if compute then inv.pool, inv.host = pool, host end
