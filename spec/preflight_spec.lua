@@ -236,6 +236,30 @@ describe("preflight of local builds #preflight", function()
     assert_nothing(out, cache)
   end)
 
+  it("--dry-run says whether the ISO is cached and verified (its stamp matching the file)", function()
+    local cache = tmp .. "/cache-cached"
+    local dir = cache .. "/capil/iso"
+    assert(fs.mkdir(dir))
+    local path = ("%s/%s.iso"):format(dir, iso_sum)
+    assert(fs.copy(web.root .. "/node.iso", path))
+    assert(fs.write(path .. ".verified", ("%d %s"):format(fs.stat(path).size, iso_sum)))
+    local out = tmp .. "/out-cached"
+    local r = capil.run({ "run", "spec/fixtures/recipes/tiny.lua", "--recipes-dir", "spec/fixtures/recipes",
+      "--backend", "qemu", "--output", out, "--var", "iso_url=" .. iso_url, "--var", "iso_checksum=" .. iso_sum,
+      "--dry-run" }, { timeout = 60, env_add = { XDG_CACHE_HOME = cache } })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("iso: cached, verified: " .. path, r.stdout, 1, true)
+    -- a stamp that does not match the file: not cached
+    assert(fs.write(path .. ".verified", "1 " .. iso_sum))
+    r = capil.run({ "run", "spec/fixtures/recipes/tiny.lua", "--recipes-dir", "spec/fixtures/recipes",
+      "--backend", "qemu", "--output", out, "--var", "iso_url=" .. iso_url, "--var", "iso_checksum=" .. iso_sum,
+      "--dry-run" }, { timeout = 60, env_add = { XDG_CACHE_HOME = cache } })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("iso: would download " .. iso_url, r.stdout, 1, true)
+    assert.same({}, requests(web))
+    assert.is_false(fs.exists(out))
+  end)
+
   it("--dry-run on a failing preflight prints the problems and exits 2", function()
     local r, out, cache = run("dry-bad", { "--dry-run" }, { PATH = empty })
     assert.equal(2, r.code, r.stderr)
