@@ -196,7 +196,7 @@ function M.run(plan, cfg, opts)
   return { ok = #c.problems == 0, problems = c.problems, notes = c.notes, iso = c.iso }
 end
 
---- One line per step of the plan: "id (kind)".
+--- The ids of the plan's steps, in run order.
 ---@param plan table
 ---@return string[]
 function M.steps(plan)
