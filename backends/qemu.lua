@@ -93,6 +93,34 @@ function M.prepare(ctx, step)
   return true
 end
 
+--- Before anything starts (capil.build.preflight): QEMU and qemu-img on
+--- PATH, OVMF for firmware efi, the accelerator (TCG is a note, unless
+--- qemu_accel=kvm asks for KVM where it cannot run guests), and room in
+--- the output directory for the VM's disk (qcow2: at most its size).
+---@param c capil.Preflight
+function M.preflight(c)
+  c:tool(QEMU, "to run the build VM", "install qemu-system-x86 (Debian, Ubuntu) or qemu-kvm (Fedora, RHEL)")
+  c:tool("qemu-img", "to create the VM's disk and export the VMDK", "install qemu-utils (Debian, Ubuntu) or qemu-img")
+  local vm = c:step("create_vm") or {}
+  if vm.firmware == "efi" and not vm.kernel then
+    local ok, err = M.ovmf()
+    if not ok then c:fail(err) end
+  end
+  local setting = c.settings.accel
+  local probed, why = M.probe_accel()
+  if setting == "kvm" and probed ~= "kvm" then
+    c:fail("qemu: qemu_accel=kvm, but KVM cannot run guests here (%s): set qemu_accel=auto (TCG) or build on a "
+      .. "host with KVM", why)
+  elseif setting == "tcg" then
+    c:note("accelerator TCG (set by qemu_accel)")
+  elseif probed == "tcg" then
+    c:note("accelerator TCG, as %s: the build runs several times slower than with KVM", why)
+  else
+    c:note("accelerator KVM (%s)", why)
+  end
+  if vm.disk_mb then c:space(c.plan.output_dir, vm.disk_mb * 1024 * 1024, "the VM's disk (qcow2, at most)") end
+end
+
 -- ====================================================================== --
 -- The VM                                                                 --
 -- ====================================================================== --

@@ -142,7 +142,7 @@ local function upload_media(ctx, step)
       ctx.http.port, vc.server)
   end
   local inv
-  inv, err, code = inventory.resolve(vc, s)
+  inv, err, code = inventory.resolve(vc, s, { vars = session.placement_vars(st.kind or M.name) })
   if not inv then return nil, err, code end
   st.inv = inv
   local cache_dir = step.cache_dir or s.cache_dir
@@ -196,6 +196,54 @@ function M.steps.finalize_vm(ctx, step)
   end
   return true
 end
+
+-- ====================================================================== --
+-- Preflight                                                              --
+-- ====================================================================== --
+
+--- The preflight of the vsphere backend (`kind` "vsphere") or the esx
+--- backend ("esx"): the server, user and password set (every missing one
+--- named by its variable), then a session (connect, TLS, login) and the
+--- whole placement resolved (datacenter, folder, cluster or host, resource
+--- pool, datastore, network; every one that is wrong listed), then logout.
+--- Nothing is created. The esx backend over SSH (remote_type=ssh) checks
+--- the settings only.
+---@param kind "vsphere"|"esx"
+---@return fun(c: capil.Preflight)
+function M.preflight_for(kind)
+  return function(c)
+    local s = c.settings
+    local missing = {}
+    for _, name in ipairs({ "server", "username" }) do
+      if s[name] == nil or s[name] == "" then missing[#missing + 1] = session.setting_var(kind, name) end
+    end
+    if not session.password(s, c.secret) then missing[#missing + 1] = session.setting_var(kind, "password") end
+    if #missing > 0 then
+      c:fail("%s: %s not set (in a var file, with --var, or GOVC_URL, GOVC_USERNAME, GOVC_PASSWORD)", kind,
+        table.concat(missing, ", "))
+      return
+    end
+    if kind == "esx" and s.remote_type == "ssh" then
+      c:note("esx: remote_type=ssh: %s is reached over SSH when the build starts (not checked before)", s.server)
+      return
+    end
+    local vc, err = session.connect(s, { kind = kind, secret = c.secret })
+    if not vc then
+      c:fail("%s: %s", kind, tostring(err))
+      return
+    end
+    local inv, ierr, _, problems = inventory.resolve(vc, s, { vars = session.placement_vars(kind) })
+    if inv then
+      c:note("%s: %s as %s: datacenter %s, datastore %s, network %s", kind, s.server, s.username, inv.dc_name,
+        inv.ds_name, inv.network.name)
+    else
+      for _, p in ipairs(problems or { ierr }) do c:fail("%s: %s", kind, tostring(p)) end
+    end
+    if vc.logout then pcall(vc.logout, vc) end
+  end
+end
+
+M.preflight = M.preflight_for("vsphere")
 
 -- ====================================================================== --
 -- The VM                                                                 --
@@ -629,7 +677,7 @@ function M.test_hooks(kind)
     if not vc then return nil, err, code end
     st.vc = vc
     local inv
-    inv, err, code = inventory.resolve(vc, s)
+    inv, err, code = inventory.resolve(vc, s, { vars = session.placement_vars(kind) })
     if not inv then return nil, err, code end
     local name = t.kind == "vm" and t.name or (run.test_vm_name or (t.name .. "-test"))
     local ref

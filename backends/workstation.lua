@@ -101,6 +101,22 @@ function M.available(opts)
   return M.find_tools(opts) ~= nil
 end
 
+--- Before anything starts (capil.build.preflight): vmrun (and
+--- vmware-vdiskmanager, else qemu-img) found as M.find_tools finds them,
+--- and room in the output directory for the VM's disk.
+---@param c capil.Preflight
+function M.preflight(c)
+  local tools, err = M.find_tools({ env = c.getenv })
+  if not tools then
+    c:fail(err)
+  elseif not tools.vdiskmanager then
+    c:tool("qemu-img", "to create and convert the disk, as vmware-vdiskmanager is not found",
+      "install qemu-utils, or set VMWARE_VDISKMANAGER")
+  end
+  local vm = c:step("create_vm") or {}
+  if vm.disk_mb then c:space(c.plan.output_dir, vm.disk_mb * 1024 * 1024, "the VM's disk (at most)") end
+end
+
 --- Runs `vmrun -T <type> <args…>`; the result table, or nil and vmrun's own
 --- message ("Error: …" on stdout) with EVMRUN.
 ---@param tools capil.workstation.Tools

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -271,7 +272,7 @@ static const char *type_name(mode_t m) {
   return "other";
 }
 
-/* fs.stat(path [, {follow=true}]) -> {type, size, mode, mtime, allocated} | nil, msg, code */
+/* fs.stat(path [, {follow=true}]) -> {type, size, mode, mtime, allocated, dev} | nil, msg, code */
 static int l_stat(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   static const char *const opts[] = {"follow", NULL};
@@ -280,13 +281,26 @@ static int l_stat(lua_State *L) {
   struct stat st;
   if ((follow ? stat(path, &st) : lstat(path, &st)) != 0)
     return capil_fail_errno(L, errno, "fs.stat: %s", path);
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
   lua_pushstring(L, type_name(st.st_mode)); lua_setfield(L, -2, "type");
   lua_pushinteger(L, (lua_Integer)st.st_size); lua_setfield(L, -2, "size");
   lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777)); lua_setfield(L, -2, "mode");
   lua_pushnumber(L, (lua_Number)st.st_mtim.tv_sec + (lua_Number)st.st_mtim.tv_nsec / 1e9);
   lua_setfield(L, -2, "mtime");
   lua_pushinteger(L, (lua_Integer)st.st_blocks * 512); lua_setfield(L, -2, "allocated");
+  lua_pushinteger(L, (lua_Integer)st.st_dev); lua_setfield(L, -2, "dev");
+  return 1;
+}
+
+/* fs.space(path) -> {free=, total=} bytes of the file system holding path
+ * (free: what an unprivileged user may still write) | nil, msg, code */
+static int l_space(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct statvfs sv;
+  if (statvfs(path, &sv) != 0) return capil_fail_errno(L, errno, "fs.space: %s", path);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, (lua_Integer)sv.f_bavail * (lua_Integer)sv.f_frsize); lua_setfield(L, -2, "free");
+  lua_pushinteger(L, (lua_Integer)sv.f_blocks * (lua_Integer)sv.f_frsize); lua_setfield(L, -2, "total");
   return 1;
 }
 
@@ -431,6 +445,7 @@ static const luaL_Reg funcs[] = {
   {"read", l_read},
   {"stat", l_stat},
   {"exists", l_exists},
+  {"space", l_space},
   {"list", l_list},
   {"remove", l_remove},
   {"rename", l_rename},

@@ -190,9 +190,9 @@ describe("Packer's habits #unit", function()
 
     it("PACKER_FLAGS: a flag for another command is ignored with a note", function()
       local r = capil.run({ "inspect", TINY, "--recipes-dir", RECIPES },
-        { env_add = { PACKER_FLAGS = "-only vsphere -force -var build_name=pf" } })
+        { env_add = { PACKER_FLAGS = "-debug -force -var build_name=pf" } })
       assert.equal("pf-kube-v1.16.14", version(r))
-      assert.matches("PACKER_FLAGS: -only, -force ignored (no meaning for capil inspect)", r.stderr, 1, true)
+      assert.matches("PACKER_FLAGS: -debug, -force ignored (no meaning for capil inspect)", r.stderr, 1, true)
     end)
 
     it("PACKER_FLAGS: a flag capil does not know is an error", function()

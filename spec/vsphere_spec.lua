@@ -173,8 +173,9 @@ describe("vSphere backend against the simulator #vsphere", function()
     -- the figures for the closing note
     io.stderr:write(("\n[vsphere] full build: %d SOAP calls; typing %d keys in %d PutUsbScanCodes calls\n  %s\n")
       :format(total, #want, calls.PutUsbScanCodes, table.concat(names, " ")))
-    assert.equal(1, calls.Login)
-    assert.equal(1, calls.Logout)
+    -- one session for the preflight (capil.build.preflight), one for the build
+    assert.equal(2, calls.Login)
+    assert.equal(2, calls.Logout)
     assert.equal(1, calls.ExportVm)
     assert.equal(1, calls.HttpNfcLeaseComplete)
     -- the ISO is in the datastore cache now: a second build does not upload it
@@ -361,17 +362,18 @@ describe("vSphere backend against the simulator #vsphere", function()
     assert(json.write(wrong, vars))
     local out = tmp .. "/out-wrong-ca"
     local r = run(out, {}, { varfile = wrong })
-    assert.equal(1, r.code)
-    assert.matches("step upload%-media failed: .*certificate", r.stderr)
-    capil.assert_no_leftovers(out .. "/" .. BUILD)
+    -- the preflight's login meets the certificate: exit 2, nothing made
+    assert.equal(2, r.code)
+    assert.matches("cannot start %(1 problem; nothing was downloaded or created%):\n  vsphere: .*certificate", r.stderr)
+    assert.is_false(fs.exists(out .. "/" .. BUILD))
   end)
 
   it("reports a wrong password as InvalidLogin without printing it", function()
     local out = tmp .. "/out-badpw"
     local r = run(out, { "--var", "password=Not-the-" .. PASSWORD })
-    assert.equal(1, r.code)
+    assert.equal(2, r.code) -- the preflight's login
     assert.matches("InvalidLogin", r.stderr, 1, true)
-    assert.matches("step upload-media failed", r.stderr, 1, true)
+    assert.matches("cannot start (1 problem; nothing was downloaded or created)", r.stderr, 1, true)
     for _, text in ipairs({ r.stdout, r.stderr, all_text(out) }) do
       assert.is_nil(text:find(PASSWORD, 1, true), "password leaked")
     end

@@ -24,6 +24,7 @@ M.settings = vsphere.settings_for("esx")
 -- the VM class of the API path; the SSH path's VMs are esx_ssh.VM
 M.VM = vsphere.VM
 M.test = vsphere.test_hooks("esx")
+M.preflight = vsphere.preflight_for("esx")
 
 --- Whether the settings ask for SSH from the start (remote_type=ssh).
 ---@param s table the backend's settings

@@ -101,6 +101,7 @@ M.REGISTERED = {
 ---@field steps? table<string, fun(ctx: capil.BuildContext, step: table): true|nil, string?, string?> steps of its own (upload_media, finalize_vm)
 ---@field prepare? fun(ctx: capil.BuildContext, step: table): true|nil, string?, string? before create_vm (e.g. the accelerator probe)
 ---@field test capil.TestHooks
+---@field preflight? fun(c: capil.Preflight) checks before anything starts (tools, accelerator, server, login, placement): reports through c:fail, c:note, c:tool, c:space (capil.build.preflight); creates nothing
 ---@field VM table the VM class (its methods are checked against capil.VM)
 
 -- What a backend module must hold, and the methods its VM class must have.
@@ -174,6 +175,7 @@ function M.check(b)
       bad("settings[%d] needs a name and paths", i)
     end
   end
+  if b.preflight ~= nil and type(b.preflight) ~= "function" then bad("preflight is not a function") end
   for kind, f in pairs(b.steps or {}) do
     if type(f) ~= "function" then bad("steps.%s is not a function", tostring(kind)) end
   end

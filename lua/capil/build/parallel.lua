@@ -186,10 +186,34 @@ local function private_var_file(index, vars)
   return path
 end
 
+--- Loads one build of M.builds as its child will: the command line wins
+--- over the bundle (--backend, --var), the command line's var files come
+--- before the bundle's. Sets b.backend; returns recipe, cfg, plan (or nil
+--- and a list of errors), then the build's vars ("k=v") and var files.
+---@param b table
+---@param opts table parsed options
+---@return table|nil recipe, table cfg_or_errors, table? plan, string[] vars, string[] var_files
+function M.load(b, opts)
+  local vars = {}
+  for _, k in ipairs(sorted_keys(b.vars)) do vars[#vars + 1] = k .. "=" .. b.vars[k] end
+  -- the command line's --var wins over the bundle's vars; its var files come first
+  for _, v in ipairs(opts.var or {}) do vars[#vars + 1] = v end
+  local var_files = {}
+  for _, f in ipairs(opts["var-file"] or {}) do var_files[#var_files + 1] = f end
+  for _, f in ipairs(b.var_files) do var_files[#var_files + 1] = f end
+  b.backend = build_options.resolve_backend(opts.backend or b.backend)
+  local bopts = { backend = b.backend, var = vars, ["var-file"] = var_files }
+  for _, k in ipairs(FORWARD) do bopts[k] = opts[k] end
+  for _, k in ipairs(FORWARD_FLAGS) do bopts[k] = opts[k] end
+  local r, cfg, plan = build_options.load(b.recipe, bopts)
+  return r, cfg, plan, vars, var_files
+end
+
 --- Resolves every build in the parent, before any starts: recipe, config
 --- and plan must load, stages be known, and no two builds may share an
 --- output directory (the same recipe twice needs distinct build_name vars).
---- Fills b.plan, b.name, b.backend, b.stages, b.argv. nil and errors.
+--- Fills b.plan, b.cfg, b.name, b.backend, b.stages, b.argv (the child
+--- skips the preflight, which the parent runs). nil and errors.
 ---@param builds table[]
 ---@param opts table
 ---@param check_stages fun(s: string?): table|nil, string?
@@ -201,27 +225,15 @@ function M.prepare(builds, opts, check_stages, g)
   if g and g["log-format"] then exe[#exe + 1] = "--log-format" exe[#exe + 1] = g["log-format"] end
   for _, b in ipairs(builds) do
     local what = b.bundle and ("%s: entry %d (%s)"):format(b.bundle, b.index, b.recipe) or b.recipe
-    local vars = {}
-    for _, k in ipairs(sorted_keys(b.vars)) do vars[#vars + 1] = k .. "=" .. b.vars[k] end
-    -- the command line's --var wins over the bundle's vars; its var files come first
-    for _, v in ipairs(opts.var or {}) do vars[#vars + 1] = v end
-    local var_files = {}
-    for _, f in ipairs(opts["var-file"] or {}) do var_files[#var_files + 1] = f end
-    for _, f in ipairs(b.var_files) do var_files[#var_files + 1] = f end
-    -- the command line wins over the bundle (--backend, --stages, --var)
-    b.backend = build_options.resolve_backend(opts.backend or b.backend)
     b.stages = opts.stages or b.stages or "build"
     local order, serr = check_stages(b.stages)
     if not order then errors[#errors + 1] = ("%s: %s"):format(what, serr) end
     b.stage_list = order or {}
-    local bopts = { backend = b.backend, var = vars, ["var-file"] = var_files }
-    for _, k in ipairs(FORWARD) do bopts[k] = opts[k] end
-    for _, k in ipairs(FORWARD_FLAGS) do bopts[k] = opts[k] end
-    local r, cfg, plan = build_options.load(b.recipe, bopts)
+    local r, cfg, plan, vars, var_files = M.load(b, opts)
     if not r then
       for _, e in ipairs(cfg) do errors[#errors + 1] = ("%s: %s"):format(what, e) end
     else
-      b.name, b.recipe_name, b.plan = plan.build_version, r.name, plan
+      b.name, b.recipe_name, b.plan, b.cfg = plan.build_version, r.name, plan, cfg
       local other = by_dir[plan.output_dir]
       if other then
         errors[#errors + 1] = ("%s: builds %s into %s, as build %d does: give one a distinct build_name var"):format(
@@ -231,7 +243,10 @@ function M.prepare(builds, opts, check_stages, g)
       local ook, oerr = require("capil.build.pipeline").check_output(plan.output_dir, opts.force)
       if not ook then errors[#errors + 1] = ("%s: %s"):format(what, oerr) end
       local argv = { table.unpack(exe) }
-      for _, x in ipairs({ "run", b.recipe, "--backend", b.backend, "--stages", b.stages }) do argv[#argv + 1] = x end
+      -- the parent ran the preflight (capil.build.preflight) of every build
+      for _, x in ipairs({ "run", b.recipe, "--backend", b.backend, "--stages", b.stages, "--skip-preflight" }) do
+        argv[#argv + 1] = x
+      end
       for _, k in ipairs(FORWARD) do
         if opts[k] then argv[#argv + 1] = "--" .. k argv[#argv + 1] = opts[k] end
       end

@@ -99,8 +99,12 @@ local function lock_cache(path, timeout)
   end
 end
 
--- The cached ISO when its stamp says it was verified.
-local function cached_iso(path, checksum)
+--- Whether the ISO cache holds `path` verified: its stamp (`path.verified`)
+--- records the file's size and `checksum` (capil.build.preflight asks too).
+---@param path string the fetch_iso step's cache_path
+---@param checksum string
+---@return boolean
+function M.cached_iso(path, checksum)
   local st = fs.stat(path)
   return st and fs.read(path .. ".verified") == ("%d %s"):format(st.size, checksum)
 end
@@ -108,7 +112,7 @@ end
 function H.fetch_iso(run, step)
   local path = step.cache_path
   local stamp = path .. ".verified"
-  if cached_iso(path, step.checksum) then
+  if M.cached_iso(path, step.checksum) then
     run.ctx.media.iso = path
     log.info("ISO %s (cached, verified)", path)
     return true
@@ -133,7 +137,7 @@ function H.fetch_iso(run, step)
         lock, lerr, lcode = lock_cache(path, step.timeout)
         if not lock then return fail(lerr, lcode or "EISO") end
         -- another build may have fetched it while this one waited
-        if cached_iso(path, step.checksum) then
+        if M.cached_iso(path, step.checksum) then
           lock:run()
           run.ctx.media.iso = path
           log.info("ISO %s (cached by a parallel build, verified)", path)

@@ -3,6 +3,7 @@ local build_options = require("capil.build.loader")
 local pipeline = require("capil.build.pipeline")
 local cli = require("capil.cli")
 local log = require("capil.sys.log")
+local preflight = require("capil.build.preflight")
 
 local options = {
   { name = "force", help = "remove an existing output directory first (else one holding an OVA is refused)" },
@@ -24,6 +25,10 @@ local options = {
   { name = "report", arg = "FILE", help = "several builds: write a JSON report of every build" },
   { name = "junit", arg = "FILE", help = "several builds: write JUnit XML (a testsuite per build)" },
   { name = "shard", arg = "K/N", help = "several builds: run only the K-th of N stable shares (see 'capil bundle')" },
+  { name = "dry-run", help = "resolve and check everything, print what would run per build, and create nothing "
+    .. "(exit 2 on a problem)" },
+  { name = "skip-preflight", help = "start without the checks before the build (tools, disk space, the vSphere "
+    .. "server, login and placement)" },
 }
 
 local ON_ERROR = { cleanup = true, abort = true, ask = true }
@@ -68,6 +73,17 @@ local function wants_parallel(opts, args)
   return require("capil.build.bundle").is_bundle(args[1])
 end
 
+-- The message of a failed preflight: every problem on a line of its own
+-- (a dry run printed them already).
+local function preflight_failure(what, problems, dry)
+  if dry then
+    return ("run --dry-run: %s cannot start: %d problem%s (listed above)"):format(what, #problems,
+      #problems == 1 and "" or "s")
+  end
+  return ("run: %s cannot start (%d problem%s; nothing was downloaded or created):\n  %s"):format(what,
+    #problems, #problems == 1 and "" or "s", table.concat(problems, "\n  "))
+end
+
 local function run_parallel(opts, args, g)
   local parallel = require("capil.build.parallel")
   on_error(opts)
@@ -94,6 +110,27 @@ local function run_parallel(opts, args, g)
   end
   local ok, perrs = parallel.prepare(builds, opts, stages, g)
   if not ok then cli.fail(table.concat(perrs, "\n"), 2) end
+  if opts["dry-run"] or not opts["skip-preflight"] then
+    local problems, failed = {}, 0
+    for _, b in ipairs(builds) do
+      local res = preflight.run(b.plan, b.cfg, { cache_dir = build_options.cache_dir(),
+        dry_run = opts["dry-run"] })
+      if opts["dry-run"] then
+        for _, line in ipairs(preflight.describe(b.plan, res, b.name)) do log.out(line) end
+      else
+        for _, n in ipairs(res.notes) do log.info("%s: %s", b.name, n) end
+      end
+      for _, p in ipairs(res.problems) do problems[#problems + 1] = ("%s: %s"):format(b.name, p) end
+      if not res.ok then failed = failed + 1 end
+    end
+    if #problems > 0 then
+      cli.fail(preflight_failure(("%d of %d builds"):format(failed, #builds), problems, opts["dry-run"]), 2)
+    end
+    if opts["dry-run"] then
+      log.info("dry run: %d builds would run, at most %d at once; nothing was started", #builds, jobs)
+      return 0
+    end
+  end
   log.info("%d builds, at most %d at once", #builds, jobs)
   return parallel.run(builds, { jobs = jobs, force = opts.force, fail_fast = opts["fail-fast"], report = opts.report,
     junit = opts.junit, quiet = g and g.quiet, json = g and g["log-format"] == "json", shard = shard })
@@ -102,9 +139,9 @@ end
 return {
   summary = "build an image from a recipe (default backend: qemu)",
   usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--force] [--on-error cleanup|abort|ask] [--debug]"
-    .. " [--stages build,test,upload]\n"
+    .. " [--stages build,test,upload] [--dry-run]\n"
     .. "       capil run RECIPE... | BUNDLE.lua | --all [-j N] [--fail-fast] [--only L] [--except L]"
-    .. " [--report F] [--junit F] [--shard K/N]",
+    .. " [--report F] [--junit F] [--shard K/N] [--dry-run]",
   help = [[
 Resolves the recipe (see 'capil inspect'), then runs the plan: fetch and verify
 the ISO, serve the installer files, create the VM, type the boot command,
@@ -121,6 +158,20 @@ showing the SSH command and the VNC address once known. --stages build,test then
 does (the recipe's tests.suites, or --suite); with upload the OVA goes to
 GCS as 'capil upload' does (skipped when the remote checksum matches), after
 the test stage passed.
+
+Before the ISO is fetched, a preflight checks what the build needs and
+lists every problem at once (exit 2, nothing downloaded or created):
+vSphere and ESXi: the server, user and password set, the login, and the
+datacenter, folder, cluster or host, resource pool, datastore and network;
+QEMU: qemu-system-x86_64 and qemu-img, and KVM or TCG (a note); Workstation:
+vmrun; every backend: xorriso for an installer CD, and free space for the
+disk, VMDK and OVA in the output directory and for the ISO in the cache.
+--skip-preflight starts without it. --dry-run resolves and checks
+everything (recipes, variables, plans, the ISO cache, the preflight) and
+prints what would run per build: output directory, VM, ISO (cached, or the
+URL it would download), steps; it creates nothing. Exit 0 when every build
+would start, else 2. It works for one recipe, several, a bundle or --all,
+with --only, --except and --shard.
 
 Several builds: 'capil run R1 R2 -j N', 'capil run --all -j N' (every
 recipe 'capil list' shows, or of --recipes-dir when given) or 'capil run BUNDLE.lua -j N' run one child
@@ -168,9 +219,26 @@ ubuntu-2004 --backend vsphere', build-node-ova-local-all is 'capil run
     if not todo then cli.fail(serr, 2) end
     local mode = on_error(opts)
     local r, cfg, plan = build_options.load(args[1], opts)
-    if not r then build_options.fail(cfg) end
+    if not r then
+      if opts["dry-run"] then cli.fail(table.concat(cfg, "\n"), 2) end -- a dry run: 2 for any problem
+      build_options.fail(cfg)
+    end
     local ook, oerr = pipeline.check_output(plan.output_dir, opts.force)
-    if not ook then cli.fail("run: " .. oerr, 1) end
+    if not ook and not opts["dry-run"] then cli.fail("run: " .. oerr, 1) end
+    if opts["dry-run"] or not opts["skip-preflight"] then
+      local res = preflight.run(plan, cfg, { cache_dir = build_options.cache_dir(), dry_run = opts["dry-run"] })
+      if not ook then table.insert(res.problems, 1, oerr) res.ok = false end
+      if opts["dry-run"] then
+        for _, line in ipairs(preflight.describe(plan, res)) do log.out(line) end
+      else
+        for _, n in ipairs(res.notes) do log.info("%s: %s", plan.build_version, n) end
+      end
+      if not res.ok then cli.fail(preflight_failure(plan.build_version, res.problems, opts["dry-run"]), 2) end
+      if opts["dry-run"] then
+        log.info("dry run: %s would run on %s; nothing was started", plan.build_version, plan.backend)
+        return 0
+      end
+    end
     log.info("building %s on %s into %s", plan.build_version, plan.backend, plan.output_dir)
     local report, err, _, partial = pipeline.run(plan, cfg, {
       on_error = mode, force = opts.force, debug = opts.debug,

@@ -21,21 +21,43 @@ function M.password(s, secret)
   return p
 end
 
---- The variable a user sets for the server of backend `kind`: the first
---- path of its `server` setting, by image-builder name (vsphere:
---- vcenter_server, esx: remote_host).
+--- The variable a user sets for setting `name` of backend `kind`: the
+--- first path of the setting, by image-builder name (vsphere: username,
+--- datastore; esx: remote_username, remote_datastore).
 ---@param kind string
+---@param name string
 ---@return string
-function M.server_var(kind)
+function M.setting_var(kind, name)
   local registry = require("capil.backend")
   local b = registry.known(kind) and registry.get(kind)
   for _, s in ipairs(b and b.settings or {}) do
-    if s[1] == "server" then
+    if s[1] == name then
       local f = require("capil.build.schema").by_path[s.paths[1]]
       return f and f.var or s.paths[1]
     end
   end
-  return "vcenter_server"
+  return name
+end
+
+--- The variable a user sets for the server of backend `kind` (vsphere:
+--- vcenter_server, esx: remote_host).
+---@param kind string
+---@return string
+function M.server_var(kind)
+  local v = M.setting_var(kind, "server")
+  return v ~= "server" and v or "vcenter_server"
+end
+
+--- The variables of the placement settings of backend `kind`, for
+--- capil.vsphere.inventory.resolve's messages (opts.vars).
+---@param kind string
+---@return table<string, string>
+function M.placement_vars(kind)
+  local out = {}
+  for _, n in ipairs({ "datacenter", "folder", "cluster", "host", "resource_pool", "datastore", "network" }) do
+    out[n] = M.setting_var(kind, n)
+  end
+  return out
 end
 
 --- Opens a vim25 session with the settings. opts.kind ("vsphere" or "esx")
