@@ -99,6 +99,28 @@ describe("completion and man page #unit", function()
     assert.equal(0, r.code, r.stderr)
   end)
 
+  it("zsh completes commands, recipe names and backends through compinit", function()
+    if not has("zsh") then
+      pending("zsh is not installed (scripts/setup installs it)")
+      return
+    end
+    local function zcomplete(line)
+      local r = assert(proc.run({ argv = { "zsh", "-f", "spec/support/zsh_complete.zsh",
+        assert(fs.realpath("completions")), line }, env_add = { PATH = PATH }, timeout = 60 }))
+      assert.equal(0, r.code, r.stderr)
+      local out = {}
+      for l in r.stdout:gmatch("[^\n]+") do out[#out + 1] = l end
+      table.sort(out)
+      return out
+    end
+    assert.same({ "validate" }, zcomplete("capil vali"))
+    assert.same({ "ubuntu-2204", "ubuntu-2204-efi" }, zcomplete("capil run ubuntu-22"))
+    local backends = zcomplete("capil run --backend ")
+    for _, b in ipairs({ "qemu", "vsphere", "esx", "workstation" }) do
+      assert.is_truthy(table.concat(backends, " "):find(b, 1, true), b .. " in " .. table.concat(backends, " "))
+    end
+  end)
+
   it("fish loads the completions and completes a command", function()
     if not has("fish") then
       pending("fish is not installed: the fish script is checked only against its committed copy")
