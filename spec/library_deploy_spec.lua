@@ -1,0 +1,113 @@
+-- Content libraries, part 2, against the simulator (spec/support/vcsim:
+-- govmomi's vcsim serves the content library and the vCenter OVF and VM
+-- template services on /rest): capil deploy --library --item deploys an
+-- ovf item published from an OVA (the VM has the OVF's CPUs and memory),
+-- and a library item is a `capil test` target (library:NAME/ITEM).
+local capil = require("support.capil")
+local vcsim = require("support.vcsim")
+local peer = require("support.peer")
+local fs = require("capil.sys.fs")
+local json = require("capil.sys.json")
+
+local PASSWORD = "Dep-s3cret!pw"
+local USER = "administrator@vsphere.local"
+
+describe("content library deploy #vsphere", function()
+  local tmp, sim, varfile, ova_path
+
+  -- an OVA packed by capil.format.ova: 4 CPUs, 3072 MiB
+  local function make_ova(name)
+    local ova = require("capil.format.ova")
+    local dir = tmp .. "/" .. name
+    assert(fs.mkdir(dir))
+    local raw = dir .. "/disk.raw"
+    assert(fs.write(raw, ("\0"):rep(1024 * 1024) .. ("capil"):rep(1000)))
+    assert(fs.truncate(raw, 8 * 1024 * 1024))
+    assert(require("capil.format.vmdk").write(raw, dir .. "/" .. name .. "-disk-0.vmdk", { jobs = 1 }))
+    fs.remove(raw)
+    assert(ova.pack({ ova = dir .. "/" .. name .. ".ova", name = name, disks = { dir .. "/" .. name .. "-disk-0.vmdk" },
+      os = { ovf_id = 94, os_type = "ubuntu64Guest", display_name = "Ubuntu 20.04" },
+      hardware = { cpus = 4, memory_mb = 3072, disk_mb = 8, vmx_version = 17, firmware = "bios",
+        disk_controller = "pvscsi" },
+      properties = { KUBERNETES_SEMVER = "v1.30.1" } }))
+    return dir .. "/" .. name .. ".ova"
+  end
+
+  local function run(args, opts)
+    local a = {}
+    for _, x in ipairs(args) do a[#a + 1] = x end
+    a[#a + 1] = "--var-file"
+    a[#a + 1] = varfile
+    local r = capil.run(a, { timeout = (opts and opts.timeout) or 60 })
+    assert.not_matches(PASSWORD, r.stdout .. r.stderr, 1, true)
+    assert.not_matches("stack traceback", r.stderr, 1, true)
+    return r
+  end
+
+  -- the VM's CPUs, memory and name, read over the vSphere API
+  local function vm_config(ref)
+    local script = ([[
+local session = require("capil.vsphere.session")
+local s = assert(session.settings_from_vars({ var_files = { %q } }))
+local vc = assert(session.connect(s))
+local p = assert(vc:props(require("capil.vsphere.vim25").ref("VirtualMachine", %q),
+  { "config.hardware.numCPU", "config.hardware.memoryMB", "name", "config.template" }))
+print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p.name, p["config.template"])
+]]):format(varfile, ref)
+    local out = capil.run({ capil.script(tmp, "props.lua", script) })
+    assert.equal(0, out.code, out.stderr)
+    return out.stdout
+  end
+
+  setup(function()
+    tmp = peer.dir("library-deploy-spec")
+    sim = vcsim.start({ username = USER, password = PASSWORD, tls = true })
+    varfile = tmp .. "/vsphere.json"
+    assert(json.write(varfile, { vcenter_server = sim.url, username = USER, password = PASSWORD,
+      vcenter_ca_file = sim.ca_file, datacenter = "DC0", cluster = "DC0_C0", datastore = "LocalDS_0" }))
+    ova_path = make_ova("node-lib")
+    local r = run({ "publish", ova_path, "--library", "images", "--item", "node", "--create-library" })
+    assert.equal(0, r.code, r.stderr)
+  end)
+
+  teardown(function()
+    if sim then sim:stop() end
+    if tmp then fs.remove(tmp, { recursive = true }) end
+  end)
+
+  it("deploys an ovf item published from an OVA: the VM has the OVF's CPUs and memory", function()
+    sim:reset_rest()
+    local r = run({ "deploy", "--library", "images", "--item", "node", "--name", "from-lib" })
+    assert.equal(0, r.code, r.stderr)
+    local ref = r.stdout:match("^VirtualMachine:(%S+) from%-lib\n")
+    assert.is_string(ref, r.stdout)
+    assert.equal("4\t3072\tfrom-lib\tfalse\n", vm_config(ref))
+    local deployed = 0
+    for _, c in ipairs(sim:rest()) do
+      if c.name == "POST /rest/com/vmware/vcenter/ovf/library-item/id:*?~action=deploy" then deployed = deployed + 1 end
+    end
+    assert.equal(1, deployed)
+  end)
+
+  it("--template marks the deployed VM a template; the item's name is the default VM name", function()
+    local r = run({ "deploy", "--library", "images", "--item", "node", "--template" })
+    assert.equal(0, r.code, r.stderr)
+    local ref = r.stdout:match("^VirtualMachine:(%S+) node\n")
+    assert.is_string(ref, r.stdout)
+    assert.equal("4\t3072\tnode\ttrue\n", vm_config(ref))
+  end)
+
+  it("a missing library or item is named, with the server, and exits 1; usage errors exit 2", function()
+    local r = run({ "deploy", "--library", "nope", "--item", "node" })
+    assert.equal(1, r.code)
+    assert.matches("library nope not found on https://127.0.0.1:", r.stderr, 1, true)
+    r = run({ "deploy", "--library", "images", "--item", "gone" })
+    assert.equal(1, r.code)
+    assert.matches("library images has no item gone on https://127.0.0.1:", r.stderr, 1, true)
+    r = run({ "deploy", "--library", "images" })
+    assert.equal(2, r.code)
+    assert.matches("--library NAME and --item NAME go together", r.stderr, 1, true)
+    r = run({ "deploy", ova_path, "--library", "images", "--item", "node" })
+    assert.equal(2, r.code)
+  end)
+end)
