@@ -40,7 +40,8 @@ end
 
 return {
   summary = "import an OVA into vSphere or ESXi as a VM or a template",
-  usage = "deploy OVA|--library NAME --item NAME [--name NAME] [--template] [--backend vsphere|esx] [--var-file F] [--var K=V] [--insecure]",
+  usage = "deploy OVA|--library NAME --item NAME [--name NAME] [--template] [--backend vsphere|esx]"
+    .. " [--var-file F] [--var K=V] [--insecure]",
   help = [[
 Reads the OVA's descriptor, asks the server for an import spec
 (CreateImportSpec: thin disks, every OVF network mapped to the `network`
