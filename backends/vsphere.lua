@@ -661,7 +661,7 @@ end
 -- ====================================================================== --
 
 --- The test hooks of the vsphere backend (`kind` "vsphere") or the esx
---- backend ("esx"): prepare finds the VM (a VM-name target, or the OVA's
+--- backend ("esx"): prepare finds the VM (a VM-name target, or the OVA's or library item's
 --- copy `test_vm_name`, default <name>-test, deployed when missing), sets
 --- its cloud-init guestinfo and snapshots, and attaches it; record names it
 --- for test/vm.json; finish powers it off and removes a deployed copy
@@ -687,6 +687,14 @@ function M.test_hooks(kind)
       log.info("test: using the existing VM %s (%s)", name, tostring(ref))
     elseif t.kind == "vm" then
       return nil, err, code -- its message lists what exists
+    elseif t.kind == "library" then
+      local c
+      c, err, code = session.rest(s, { kind = kind, secret = run.secret })
+      if not c then return nil, err, code end
+      log.info("test: deploying library %s, item %s as %s", t.library, t.item, name)
+      ref, err, code = require("capil.vsphere.library").deploy(c, inv, t.library, t.item, { name = name })
+      c:logout()
+      if not ref then return nil, err, code end
     else
       log.info("test: deploying %s as %s", t.ova, name)
       local made

@@ -6,6 +6,7 @@
 local capil = require("support.capil")
 local vcsim = require("support.vcsim")
 local peer = require("support.peer")
+local sshd = require("support.sshd")
 local fs = require("capil.sys.fs")
 local json = require("capil.sys.json")
 
@@ -13,7 +14,7 @@ local PASSWORD = "Dep-s3cret!pw"
 local USER = "administrator@vsphere.local"
 
 describe("content library deploy #vsphere", function()
-  local tmp, sim, varfile, ova_path
+  local tmp, sim, varfile, ova_path, ssh, key
 
   -- an OVA packed by capil.format.ova: 4 CPUs, 3072 MiB
   local function make_ova(name)
@@ -61,7 +62,11 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p.name, p["con
 
   setup(function()
     tmp = peer.dir("library-deploy-spec")
-    sim = vcsim.start({ username = USER, password = PASSWORD, tls = true })
+    -- the "guest" of capil test: a real sshd as the current user
+    key = sshd.keygen(tmp, "test_ed25519")
+    ssh = sshd.start({ authorized = { key } })
+    sim = vcsim.start({ username = USER, password = PASSWORD, tls = true, guest_ip = "127.0.0.1",
+      guest_ip_delay = 0.2 })
     varfile = tmp .. "/vsphere.json"
     assert(json.write(varfile, { vcenter_server = sim.url, username = USER, password = PASSWORD,
       vcenter_ca_file = sim.ca_file, datacenter = "DC0", cluster = "DC0_C0", datastore = "LocalDS_0" }))
@@ -72,6 +77,7 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p.name, p["con
 
   teardown(function()
     if sim then sim:stop() end
+    if ssh then ssh.stop() end
     if tmp then fs.remove(tmp, { recursive = true }) end
   end)
 
@@ -95,6 +101,28 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p.name, p["con
     local ref = r.stdout:match("^VirtualMachine:(%S+) node\n")
     assert.is_string(ref, r.stdout)
     assert.equal("4\t3072\tnode\ttrue\n", vm_config(ref))
+  end)
+
+  it("capil test takes library:NAME/ITEM: deploys <item>-test from the item, cloud-init, login, removes it", function()
+    local out = tmp .. "/out"
+    local r = run({ "test", "library:images/node", "--backend", "vsphere", "--output", out,
+      "--var", "ssh_port=" .. ssh.port, "--var", "test_ssh_username=" .. ssh.user,
+      "--var", "test_ssh_private_key_file=" .. key, "--var", "ip_settle_timeout=0.3s" }, { timeout = 120 })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    local report = json.read(out .. "/node/test/report.json")
+    assert.is_true(report.ok)
+    assert.equal("library:images/node", report.target)
+    assert.same({ created_new = true, reverted = false, removed = {} }, report.snapshots)
+    local deployed = 0
+    for _, c in ipairs(sim:rest()) do
+      if c.name == "POST /rest/com/vmware/vcenter/ovf/library-item/id:*?~action=deploy" then deployed = deployed + 1 end
+    end
+    assert.is_true(deployed >= 1)
+    -- the deployed copy is gone again (no --keep)
+    for _, vm in ipairs(sim:vms()) do assert.not_equal("node-test", vm.name) end
+    r = run({ "test", "library:images", "--backend", "vsphere" })
+    assert.equal(2, r.code)
+    assert.matches("library:LIBRARY/ITEM", r.stderr, 1, true)
   end)
 
   it("a missing library or item is named, with the server, and exits 1; usage errors exit 2", function()
