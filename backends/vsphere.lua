@@ -172,8 +172,28 @@ function M.steps.upload_media(ctx, step)
   return explain(ctx, err, code)
 end
 
---- Removes the CD-ROMs, marks the VM as a template (convert_to_template),
---- then keeps it (keep_vm) or destroys it.
+-- The finalize step's content library destination: the item made from the
+-- VM (capil.vsphere.library.create_from_vm), recorded in the report.
+local function to_library(ctx, vm, dest)
+  local c, err, code = session.rest(ctx.settings, { kind = M.name, secret = ctx.secret })
+  if not c then return nil, err, code end
+  log.info("%s: making item %s (%s) of content library %s", vm.name, dest.item, dest.type, dest.library)
+  local res
+  res, err, code = require("capil.vsphere.library").create_from_vm(c, vm.ref.value, { library = dest.library,
+    item = dest.item, type = dest.type, inv = ctx.state.inv,
+    description = ("%s built by capil"):format(ctx.name or vm.name) })
+  c:logout()
+  if not res then return nil, ("%s: %s"):format(vm.name, err), code end
+  ctx.report.library = { library = dest.library, library_id = res.library_id, item = dest.item,
+    item_id = res.item_id, type = res.type, content_version = res.content_version, updated = res.updated }
+  log.info("%s: content library %s, item %s (%s, %s) %s", vm.name, dest.library, dest.item, res.item_id, res.type,
+    res.updated and "updated" or "created")
+  return true
+end
+
+--- Removes the CD-ROMs, makes the content library item (content_library:
+--- an OVF package or a VM template of the VM), marks the VM as a template
+--- (convert_to_template), then keeps it (keep_vm) or destroys it.
 ---@param ctx capil.BuildContext
 ---@param step table the plan's finalize_vm step
 ---@return true|nil, string?, string?
@@ -182,6 +202,10 @@ function M.steps.finalize_vm(ctx, step)
   if not vm then return fail("vsphere: finalize_vm before create_vm (no VM)", "ESTEP") end
   local ok, err, code = vm:remove_cdroms()
   if not ok then return nil, err, code end
+  if step.content_library then
+    ok, err, code = to_library(ctx, vm, step.content_library)
+    if not ok then return nil, err, code end
+  end
   if step.convert_to_template then
     local _, terr, tcode = vm.vc:call("MarkAsTemplate", vm.ref, {})
     if terr then return nil, ("%s: MarkAsTemplate: %s"):format(vm.name, terr), tcode end

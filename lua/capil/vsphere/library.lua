@@ -569,6 +569,37 @@ function M.deploy(c, inv, library, item, opts)
   return vm, name
 end
 
+--- `capil run`'s publish stage: verifies the OVA at `ova_path` (sha256),
+--- opens a REST session with the vSphere settings `s` and publishes the
+--- OVA into item `opts.item` of library `opts.library` (M.publish), then
+--- logs out. Returns what a report records: {library, library_id, item,
+--- item_id, content_version, sha256, changed}.
+---@param s table live vSphere settings (capil.backend.live_settings)
+---@param ova_path string
+---@param opts {library: string, item: string, secret?: fun(var: string): string|nil}
+---@return table|nil record, string? err, string? code
+function M.publish_ova(s, ova_path, opts)
+  local ova = require("capil.format.ova")
+  local report, err, code = ova.verify(ova_path, { sha256 = true, progress = true })
+  if not report then return nil, err, code end
+  if not report.ok then
+    return fail(("%s fails verification:\n  %s"):format(ova_path, table.concat(report.problems, "\n  ")), "EOVA")
+  end
+  local c
+  c, err, code = require("capil.vsphere.session").rest(s, { kind = "vsphere", secret = opts.secret })
+  if not c then return nil, err, code end
+  local res
+  res, err, code = M.publish(c, ova_path, report, { library = opts.library, item = opts.item })
+  if not res then
+    c:logout()
+    return nil, err, code
+  end
+  local item = M.get_item(c, res.item_id)
+  c:logout()
+  return { library = opts.library, library_id = res.library_id, item = opts.item, item_id = res.item_id,
+    content_version = item and item.content_version, sha256 = report.sha256, changed = res.changed }
+end
+
 ---@class capil.vsphere.library.FromVmOptions
 ---@field library string       the library's name (it must exist)
 ---@field item string          the item's name
