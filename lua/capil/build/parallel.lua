@@ -503,7 +503,7 @@ function M.report(builds, info)
       log = b.plan and (b.plan.output_dir .. "/logs/build.log"), console = b.console,
       stages = stage_results(b), steps = #steps > 0 and steps or json.array({}), artifacts = artifacts(b),
       checks = check_results(b), error = b.error and log.redact(b.error) or nil,
-      library = b.report and (b.report.publish or b.report.library) or nil,
+      library = b.report and b.report.library or nil, publish = b.report and b.report.publish or nil,
     }
     if #e.checks == 0 then e.checks = json.array({}) end
     -- failed counts every build that did not pass; counts tells them apart

@@ -101,8 +101,9 @@ publish_stage = function(opts, plan, cfg)
     if not ok then log.warn("report: %s", tostring(werr)) end
   end
   if not rec then cli.fail(("run: publish %s: %s"):format(ova, err), code == "ECONFIG" and 2 or 1) end
-  log.out(("library %s, item %s (%s), content version %s, sha256 %s%s"):format(rec.library, rec.item, rec.item_id,
-    tostring(rec.content_version), rec.sha256, rec.changed and "" or " (already there)"))
+  log.out(("library %s, item %s (%s), %ssha256 %s%s"):format(rec.library, rec.item, rec.item_id,
+    rec.content_version and ("content version " .. tostring(rec.content_version) .. ", ") or "", rec.sha256,
+    rec.changed and "" or " (already there)"))
 end
 
 -- Several builds (--all, a bundle, more than one recipe, or any of the
