@@ -83,6 +83,40 @@ describe("content library destinations of a vSphere build #vsphere", function()
     return out
   end
 
+  it("the plan's finalize step shows the destination; a wrong backend or combination, or a publish stage without "
+    .. "a library, is refused before anything starts", function()
+    local base = { "spec/fixtures/recipes/vsphere.lua", "--recipes-dir", "spec/fixtures/recipes", "--var-file", varfile }
+    local function cmd(first, extra)
+      local a = { first }
+      for _, x in ipairs(base) do a[#a + 1] = x end
+      for _, x in ipairs(extra) do a[#a + 1] = x end
+      return capil.run(a, { timeout = 60 })
+    end
+    local r = cmd("inspect", { "--backend", "vsphere", "--var", "content_library=images",
+      "--var", "library_item_type=vmtx", "--var", "content_library_destroy_vm=true" })
+    assert.equal(0, r.code, r.stderr)
+    local finalize
+    for _, st in ipairs(json.decode(r.stdout).steps) do if st.kind == "finalize_vm" then finalize = st end end
+    assert.same({ library = "images", item = BUILD, type = "vmtx", destroy_vm = true }, finalize.content_library)
+    assert.is_false(finalize.keep_vm)
+    r = cmd("inspect", { "--backend", "vsphere" })
+    for _, st in ipairs(json.decode(r.stdout).steps) do assert.is_nil(st.content_library) end
+    r = cmd("inspect", { "--backend", "esx", "--var", "content_library=images" })
+    assert.equal(1, r.code)
+    assert.matches("content libraries are vCenter's; build with --backend vsphere", r.stderr, 1, true)
+    r = cmd("inspect", { "--backend", "vsphere", "--var", "content_library=images",
+      "--var", "content_library_destroy_vm=true", "--var", "convert_to_template=true" })
+    assert.equal(1, r.code)
+    assert.matches("content_library_destroy_vm and convert_to_template", r.stderr, 1, true)
+    r = cmd("inspect", { "--backend", "vsphere", "--var", "library_item_type=ova" })
+    assert.equal(1, r.code)
+    assert.matches("library_item_type", r.stderr, 1, true)
+    r = cmd("run", { "--backend", "vsphere", "--output", tmp .. "/out-none", "--stages", "build,publish" })
+    assert.equal(2, r.code)
+    assert.matches("the publish stage needs a content library: --library NAME", r.stderr, 1, true)
+    assert.is_false(fs.exists(tmp .. "/out-none"))
+  end)
+
   it("content_library makes an OVF item of the build VM; --stages build,publish publishes the OVA too", function()
     local out = tmp .. "/out-ovf"
     local r = run(out, { "--var", "content_library=images", "--var", "content_library_item=node-from-vm",
