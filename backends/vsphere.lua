@@ -48,7 +48,7 @@ local M = {}
 M.name = "vsphere"
 M.description = "vCenter >= 6.5 through the vSphere API"
 M.traits = { encoder = "usb", export = "nfc", guest_id = "vsphere", remote = true, govc_env = true,
-  var_file = "vsphere.json" }
+  var_file = "vsphere.json", content_library = true }
 
 --- Key events per PutUsbScanCodes call (waits split batches as well).
 M.BATCH = 64

@@ -134,7 +134,7 @@ end
 function M.library_destination(cfg, backend, art, errors)
   local library = cfg:get("vsphere.content_library")
   if library == nil or library == "" then return nil end
-  if backend ~= "vsphere" then
+  if not registry.get(backend).traits.content_library then
     errors[#errors + 1] = ("%s: content_library %s: content libraries are vCenter's; build with --backend vsphere, "
       .. "or publish the OVA (capil publish OVA --library %s)"):format(cfg.recipe.file, library, library)
   end

@@ -9,11 +9,14 @@ local function deploy_item(opts, args)
   if not (opts.library and opts.library ~= "" and opts.item and opts.item ~= "") then
     cli.fail("deploy: --library NAME and --item NAME go together", 2)
   end
-  if (opts.backend or "vsphere") ~= "vsphere" then
-    cli.fail("deploy: content libraries are vCenter's: --library needs --backend vsphere", 2)
+  local backend = require("capil.backend")
+  local kind = opts.backend or "vsphere"
+  if not (backend.known(kind) and backend.get(kind).traits.content_library) then
+    cli.fail(("deploy: content libraries are vCenter's: --library needs --backend %s"):format(
+      table.concat(backend.with("content_library"), " or ")), 2)
   end
   local session = require("capil.vsphere.session")
-  local s, serr = session.settings_from_vars({ backend = "vsphere", var_files = opts["var-file"],
+  local s, serr = session.settings_from_vars({ backend = kind, var_files = opts["var-file"],
     vars = build_options.vars(opts) })
   if not s then cli.fail("deploy: " .. serr, 2) end
   local vc, err, code = session.connect(s, { kind = "vsphere" })
@@ -39,7 +42,7 @@ local function deploy_item(opts, args)
 end
 
 return {
-  summary = "import an OVA into vSphere or ESXi as a VM or a template",
+  summary = "import an OVA (or deploy a content library item) into vSphere or ESXi as a VM or a template",
   usage = "deploy OVA|--library NAME --item NAME [--name NAME] [--template] [--backend vsphere|esx]"
     .. " [--var-file F] [--var K=V] [--insecure]",
   help = [[

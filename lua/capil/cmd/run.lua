@@ -87,7 +87,7 @@ publish_stage = function(opts, plan, cfg)
   local target, terr = publish_target(opts, cfg, plan.build_version)
   if not target then cli.fail(terr, 2) end
   local registry = require("capil.backend")
-  local s = registry.live_settings(registry.get("vsphere"), cfg)
+  local s = registry.live_settings(registry.get(registry.with("content_library")[1]), cfg)
   local json = require("capil.sys.json")
   local rpath = plan.output_dir .. "/report.json"
   local ova = plan.output_dir .. "/" .. plan.build_version .. ".ova"

@@ -56,8 +56,9 @@ function M.resolve_target(target, backend, output_root)
   local remote = b and b.traits.remote
   local lib, item = target:match("^library:([^/]+)/(.+)$")
   if lib then
-    if backend ~= "vsphere" then
-      return nil, ("test: %s: content libraries are vCenter's: use --backend vsphere"):format(target)
+    if not (b and b.traits.content_library) then
+      return nil, ("test: %s: content libraries are vCenter's: use --backend %s"):format(target,
+        table.concat(registry.with("content_library"), " or "))
     end
     return { kind = "library", library = lib, item = item, name = item,
       test_dir = (output_root or "output") .. "/" .. item .. "/test" }
