@@ -225,12 +225,38 @@ end
 -- Preflight                                                              --
 -- ====================================================================== --
 
+-- The preflight of a content_library destination (the finalize step's):
+-- the library exists, and a vmtx item's name is free.
+local function library_preflight(c, s, dest)
+  local rest, err = session.rest(s, { kind = M.name, secret = c.secret })
+  if not rest then
+    c:fail("content_library %s: %s", dest.library, tostring(err))
+    return
+  end
+  local library = require("capil.vsphere.library")
+  local lib, lerr = library.find_library(rest, dest.library)
+  if lerr then
+    c:fail("content_library: %s", lerr)
+  elseif not lib then
+    c:fail("content_library %s: no such library on %s: create it first (capil publish OVA --library %s "
+      .. "--create-library, or the vSphere client), or fix content_library", dest.library, rest.base, dest.library)
+  elseif dest.type == "vmtx" then
+    local id = library.find_item(rest, lib, dest.item)
+    if id then
+      c:fail("content_library %s already has an item %s (%s): a vmtx template is not replaced; delete it or set "
+        .. "content_library_item", dest.library, dest.item, id)
+    end
+  end
+  rest:logout()
+end
+
 --- The preflight of the vsphere backend (`kind` "vsphere") or the esx
 --- backend ("esx"): the server, user and password set (every missing one
 --- named by its variable), then a session (connect, TLS, login) and the
 --- whole placement resolved (datacenter, folder, cluster or host, resource
---- pool, datastore, network; every one that is wrong listed), then logout.
---- Nothing is created. The esx backend over SSH (remote_type=ssh) checks
+--- pool, datastore, network; every one that is wrong listed), then logout;
+--- with a content_library destination, a REST session finds the library
+--- (and, for a vmtx item, that its name is free). Nothing is created. The esx backend over SSH (remote_type=ssh) checks
 --- the settings only.
 ---@param kind "vsphere"|"esx"
 ---@return fun(c: capil.Preflight)
@@ -264,6 +290,9 @@ function M.preflight_for(kind)
       for _, p in ipairs(problems or { ierr }) do c:fail("%s: %s", kind, tostring(p)) end
     end
     if vc.logout then pcall(vc.logout, vc) end
+    for _, st in ipairs(c.plan and c.plan.steps or {}) do
+      if st.content_library then library_preflight(c, s, st.content_library) end
+    end
   end
 end
 
