@@ -50,8 +50,6 @@ local function on_error(opts)
   return mode
 end
 
-local publish_stage -- defined below, after the options
-
 local STAGES = { build = true, test = true, publish = true, upload = true }
 local ORDER = { "build", "test", "publish", "upload" } -- an image that fails its tests is not published
 
@@ -83,7 +81,7 @@ end
 -- The publish stage: the build's OVA into a vSphere content library
 -- (capil.vsphere.library.publish_ova), recorded in the build's report.json
 -- as `publish`.
-publish_stage = function(opts, plan, cfg)
+local function publish_stage(opts, plan, cfg)
   local target, terr = publish_target(opts, cfg, plan.build_version)
   if not target then cli.fail(terr, 2) end
   local registry = require("capil.backend")
