@@ -2,7 +2,8 @@
 -- govmomi's vcsim serves the content library and the vCenter OVF and VM
 -- template services on /rest): capil deploy --library --item deploys an
 -- ovf item published from an OVA (the VM has the OVF's CPUs and memory),
--- and a library item is a `capil test` target (library:NAME/ITEM).
+-- and a library item is a `capil test` target (library:NAME/ITEM); items
+-- made from a VM (create_from_vm: ovf made then updated, vmtx names taken).
 local capil = require("support.capil")
 local vcsim = require("support.vcsim")
 local peer = require("support.peer")
@@ -123,6 +124,43 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p.name, p["con
     r = run({ "test", "library:images", "--backend", "vsphere" })
     assert.equal(2, r.code)
     assert.matches("library:LIBRARY/ITEM", r.stderr, 1, true)
+  end)
+
+  it("create_from_vm: an ovf item made from a VM, the same name again updates it; vmtx refuses a taken name",
+    function()
+    local script = ([[
+local session = require("capil.vsphere.session")
+local library = require("capil.vsphere.library")
+local s = assert(session.settings_from_vars({ var_files = { %q } }))
+local vc = assert(session.connect(s))
+local inv = assert(require("capil.vsphere.inventory").resolve(vc, s))
+local vm = assert(require("capil.vsphere.testvm").find_vm(vc, inv, "DC0_H0_VM0"))
+local c = assert(session.rest(s))
+local a = assert(library.create_from_vm(c, vm.value, { library = "images", item = "from-vm" }))
+local b = assert(library.create_from_vm(c, vm.value, { library = "images", item = "from-vm" }))
+print(a.type, a.updated, b.updated, a.item_id == b.item_id)
+print(select(2, library.create_from_vm(c, vm.value, { library = "images", item = "from-vm", type = "vmtx",
+  inv = inv })))
+print(select(2, library.create_from_vm(c, vm.value, { library = "nope", item = "x" })))
+print(select(2, library.create_from_vm(c, vm.value, { library = "images", item = "x", type = "ova" })))
+c:logout()
+vc:logout()
+]]):format(varfile)
+    local out = capil.run({ capil.script(tmp, "fromvm.lua", script) }, { timeout = 60 })
+    assert.equal(0, out.code, out.stderr)
+    local lines = {}
+    for l in out.stdout:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equal("ovf\tfalse\ttrue\ttrue", lines[1])
+    assert.matches("^library images, item from%-vm from VM vm%-%d+: the library already has an item from%-vm .*"
+      .. "delete it first\tEEXIST$", lines[2])
+    assert.matches("library nope not found on https://127.0.0.1:%d+: create it", lines[3])
+    assert.matches("ENOENT$", lines[3])
+    assert.matches("type ova: use ovf or vmtx", lines[4], 1, true)
+    local item
+    for _, c in ipairs(sim:rest()) do
+      if c.name == "POST /rest/com/vmware/vcenter/ovf/library-item" then item = c end
+    end
+    assert.is_table(item)
   end)
 
   it("a missing library or item is named, with the server, and exits 1; usage errors exit 2", function()
