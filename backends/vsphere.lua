@@ -48,7 +48,7 @@ local M = {}
 M.name = "vsphere"
 M.description = "vCenter >= 6.5 through the vSphere API"
 M.traits = { encoder = "usb", export = "nfc", guest_id = "vsphere", remote = true, govc_env = true,
-  var_file = "vsphere.json" }
+  var_file = "vsphere.json", content_library = true }
 
 --- Key events per PutUsbScanCodes call (waits split batches as well).
 M.BATCH = 64
@@ -172,8 +172,28 @@ function M.steps.upload_media(ctx, step)
   return explain(ctx, err, code)
 end
 
---- Removes the CD-ROMs, marks the VM as a template (convert_to_template),
---- then keeps it (keep_vm) or destroys it.
+-- The finalize step's content library destination: the item made from the
+-- VM (capil.vsphere.library.create_from_vm), recorded in the report.
+local function to_library(ctx, vm, dest)
+  local c, err, code = session.rest(ctx.settings, { kind = M.name, secret = ctx.secret })
+  if not c then return nil, err, code end
+  log.info("%s: making item %s (%s) of content library %s", vm.name, dest.item, dest.type, dest.library)
+  local res
+  res, err, code = require("capil.vsphere.library").create_from_vm(c, vm.ref.value, { library = dest.library,
+    item = dest.item, type = dest.type, inv = ctx.state.inv,
+    description = ("%s built by capil"):format(ctx.name or vm.name) })
+  c:logout()
+  if not res then return nil, ("%s: %s"):format(vm.name, err), code end
+  ctx.report.library = { library = dest.library, library_id = res.library_id, item = dest.item,
+    item_id = res.item_id, type = res.type, content_version = res.content_version, updated = res.updated }
+  log.info("%s: content library %s, item %s (%s, %s) %s", vm.name, dest.library, dest.item, res.item_id, res.type,
+    res.updated and "updated" or "created")
+  return true
+end
+
+--- Removes the CD-ROMs, makes the content library item (content_library:
+--- an OVF package or a VM template of the VM), marks the VM as a template
+--- (convert_to_template), then keeps it (keep_vm) or destroys it.
 ---@param ctx capil.BuildContext
 ---@param step table the plan's finalize_vm step
 ---@return true|nil, string?, string?
@@ -182,6 +202,10 @@ function M.steps.finalize_vm(ctx, step)
   if not vm then return fail("vsphere: finalize_vm before create_vm (no VM)", "ESTEP") end
   local ok, err, code = vm:remove_cdroms()
   if not ok then return nil, err, code end
+  if step.content_library then
+    ok, err, code = to_library(ctx, vm, step.content_library)
+    if not ok then return nil, err, code end
+  end
   if step.convert_to_template then
     local _, terr, tcode = vm.vc:call("MarkAsTemplate", vm.ref, {})
     if terr then return nil, ("%s: MarkAsTemplate: %s"):format(vm.name, terr), tcode end
@@ -201,12 +225,38 @@ end
 -- Preflight                                                              --
 -- ====================================================================== --
 
+-- The preflight of a content_library destination (the finalize step's):
+-- the library exists, and a vmtx item's name is free.
+local function library_preflight(c, s, dest)
+  local rest, err = session.rest(s, { kind = M.name, secret = c.secret })
+  if not rest then
+    c:fail("content_library %s: %s", dest.library, tostring(err))
+    return
+  end
+  local library = require("capil.vsphere.library")
+  local lib, lerr = library.find_library(rest, dest.library)
+  if lerr then
+    c:fail("content_library: %s", lerr)
+  elseif not lib then
+    c:fail("content_library %s: no such library on %s: create it first (capil publish OVA --library %s "
+      .. "--create-library, or the vSphere client), or fix content_library", dest.library, rest.base, dest.library)
+  elseif dest.type == "vmtx" then
+    local id = library.find_item(rest, lib, dest.item)
+    if id then
+      c:fail("content_library %s already has an item %s (%s): a vmtx template is not replaced; delete it or set "
+        .. "content_library_item", dest.library, dest.item, id)
+    end
+  end
+  rest:logout()
+end
+
 --- The preflight of the vsphere backend (`kind` "vsphere") or the esx
 --- backend ("esx"): the server, user and password set (every missing one
 --- named by its variable), then a session (connect, TLS, login) and the
 --- whole placement resolved (datacenter, folder, cluster or host, resource
---- pool, datastore, network; every one that is wrong listed), then logout.
---- Nothing is created. The esx backend over SSH (remote_type=ssh) checks
+--- pool, datastore, network; every one that is wrong listed), then logout;
+--- with a content_library destination, a REST session finds the library
+--- (and, for a vmtx item, that its name is free). Nothing is created. The esx backend over SSH (remote_type=ssh) checks
 --- the settings only.
 ---@param kind "vsphere"|"esx"
 ---@return fun(c: capil.Preflight)
@@ -240,6 +290,9 @@ function M.preflight_for(kind)
       for _, p in ipairs(problems or { ierr }) do c:fail("%s: %s", kind, tostring(p)) end
     end
     if vc.logout then pcall(vc.logout, vc) end
+    for _, st in ipairs(c.plan and c.plan.steps or {}) do
+      if st.content_library then library_preflight(c, s, st.content_library) end
+    end
   end
 end
 
@@ -661,7 +714,7 @@ end
 -- ====================================================================== --
 
 --- The test hooks of the vsphere backend (`kind` "vsphere") or the esx
---- backend ("esx"): prepare finds the VM (a VM-name target, or the OVA's
+--- backend ("esx"): prepare finds the VM (a VM-name target, or the OVA's or library item's
 --- copy `test_vm_name`, default <name>-test, deployed when missing), sets
 --- its cloud-init guestinfo and snapshots, and attaches it; record names it
 --- for test/vm.json; finish powers it off and removes a deployed copy
@@ -687,6 +740,14 @@ function M.test_hooks(kind)
       log.info("test: using the existing VM %s (%s)", name, tostring(ref))
     elseif t.kind == "vm" then
       return nil, err, code -- its message lists what exists
+    elseif t.kind == "library" then
+      local c
+      c, err, code = session.rest(s, { kind = kind, secret = run.secret })
+      if not c then return nil, err, code end
+      log.info("test: deploying library %s, item %s as %s", t.library, t.item, name)
+      ref, err, code = require("capil.vsphere.library").deploy(c, inv, t.library, t.item, { name = name })
+      c:logout()
+      if not ref then return nil, err, code end
     else
       log.info("test: deploying %s as %s", t.ova, name)
       local made

@@ -15,7 +15,7 @@ _capil() {
   COMPREPLY=()
   case "$prev" in
     --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return ;;
-    --name|--var|--checksum|--bucket|--gcs-endpoint|--version|--explain|--only|--except|--library|-l|--item|--datastore|--api|--on-error|--stages|--suite|--jobs|-j|--shard|--user|-u|--chunk-size|--adapter-type|--hwversion) COMPREPLY=(); return ;;
+    --name|--var|--library|-l|--item|--checksum|--bucket|--gcs-endpoint|--version|--explain|--only|--except|--datastore|--api|--on-error|--stages|--suite|--library-item|--jobs|-j|--shard|--user|-u|--chunk-size|--adapter-type|--hwversion) COMPREPLY=(); return ;;
     --backend|-b) COMPREPLY=($(compgen -W "$(capil __complete backends 2>/dev/null)" -- "$cur")); return ;;
     --var-file|--key-file|--eula|--report|--junit|--key|-i) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     --output|-o|--recipes-dir|--cloudinit) COMPREPLY=($(compgen -d -- "$cur")); return ;;
@@ -23,7 +23,7 @@ _capil() {
   if [[ "$cur" == -* ]]; then
     local opts="--verbose -v --quiet -q --log-format --help -h --version"
     case "$cmd" in
-      deploy) opts="$opts --name --template --backend -b --var-file --var --insecure" ;;
+      deploy) opts="$opts --name --template --backend -b --var-file --var --insecure --library -l --item" ;;
       download) opts="$opts --output -o --checksum --name --bucket --key-file --gcs-endpoint" ;;
       images) opts="$opts --version --bucket --key-file --json --gcs-endpoint" ;;
       inspect) opts="$opts --explain --only --except --backend -b --var-file --var --recipes-dir --output --insecure" ;;
@@ -31,7 +31,7 @@ _capil() {
       ova) opts="$opts --json --convert --eula" ;;
       publish) opts="$opts --library -l --item --create-library --datastore --var-file --var --insecure --api" ;;
       repl) opts="$opts --no-history --backend -b --var-file --var --insecure" ;;
-      run) opts="$opts --force --on-error --keep-on-error --debug --stages --suite --bucket --key-file --gcs-endpoint --all --jobs -j --fail-fast --only --except --report --junit --shard --dry-run --skip-preflight --backend -b --var-file --var --recipes-dir --output --insecure" ;;
+      run) opts="$opts --force --on-error --keep-on-error --debug --stages --suite --bucket --key-file --gcs-endpoint --library --library-item --all --jobs -j --fail-fast --only --except --report --junit --shard --dry-run --skip-preflight --backend -b --var-file --var --recipes-dir --output --insecure" ;;
       schema) opts="$opts --markdown --luals" ;;
       ssh) opts="$opts --backend -b --user -u --key -i --var-file --var --insecure" ;;
       test) opts="$opts --backend -b --suite --keep --cloudinit --var-file --var --output --insecure" ;;

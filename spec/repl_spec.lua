@@ -287,6 +287,30 @@ describe("repl vSphere sessions #vsphere", function()
     assert.is_nil((r.stdout .. r.stderr):find(PASSWORD, 1, true))
   end)
 
+  it("vsphere.rest and vsphere.library: a REST session and content library calls, with help", function()
+    local r = repl({}, {
+      ("connect{ vcenter_server = %q, username = 'u', password = %q, datacenter = 'DC0', insecure = true }")
+        :format(sim.url, PASSWORD),
+      ("c = assert(vsphere.rest.connect{ server = %q, username = 'u', password = %q, insecure = true })")
+        :format(sim.url, PASSWORD),
+      "vsphere.library.find_library(c, 'no-such-library') == nil, c.flavor ~= nil",
+      "vsphere.library.lookup(c, 'no-such-library', 'x')",
+      "help(vsphere.library)",
+      "help(vsphere.rest)",
+      "help()",
+    })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    local out = r.stdout
+    assert.matches("\ntrue\ttrue\n", out)
+    assert.matches("library no-such-library not found on " .. sim.url:match("^https?://[^/]+"), out, 1, true)
+    assert.matches("\nvsphere.library — capil.vsphere.library\n", out, 1, true)
+    assert.matches("\n  vsphere%.library%.deploy_item%(c, item_id, opts%)", out)
+    assert.matches("\n  vsphere%.library%.create_from_vm%(c, vm_id, opts%)", out)
+    assert.matches("\nvsphere.rest — capil.vsphere.rest\n", out, 1, true)
+    assert.matches(".rest (REST sessions), .library (content libraries)", out, 1, true)
+    assert.is_nil((r.stdout .. r.stderr):find(PASSWORD, 1, true))
+  end)
+
   it("on a terminal: connect() binds vsphere, Tab goes on after its name, the history holds no password", function()
     local state = require("support.peer").dir("repl-history")
     local r = in_pty({ "repl" }, {

@@ -559,7 +559,7 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.gues
     assert.same({}, by_name(sim, BUILD .. "-test"))
     local r2 = run(out, { "--stages", "build,tset" })
     assert.equal(2, r2.code)
-    assert.matches("unknown stage 'tset' (build, test, upload)", r2.stderr, 1, true)
+    assert.matches("unknown stage 'tset' (build, test, publish, upload)", r2.stderr, 1, true)
   end)
 
   it("capil test on a VM that never gets an IP names the VM, the backend and the timeout", function()

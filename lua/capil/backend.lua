@@ -34,6 +34,7 @@ M.REGISTERED = {
 ---@field qemu_devices? boolean the VM presents QEMU devices chosen from the recipe's controller and NIC (plan.qemu_devices)
 ---@field govc_env? boolean govc's environment (GOVC_URL, GOVC_USERNAME, ...) sets variables (capil.build.config)
 ---@field var_file? string its shared var file in recipes/config/ (vsphere.json, esx.json), read after the common ones
+---@field content_library? boolean vCenter's content libraries (and its OVF and VM template services) are there: deploy and test of a library item, a build's content_library
 ---@field process? string the VM is a local process of this name (QEMU): a test VM kept with its pid blocks a new test
 
 --- One configuration value a backend uses. `paths` are tried in order (schema

@@ -261,7 +261,8 @@ local BOUND = {
   { "vc", "the vim25 session: help(vc) lists its methods, help(\"CreateVM_Task\") one method's parameters" },
   { "inv", "the resolved placement (datacenter, folder, pool, datastore, network)" },
   { "vim25", "the vSphere SOAP client module (capil.vsphere.vim25)" },
-  { "vsphere", "the vSphere modules: vsphere.deploy, .testvm, .inventory, .datastore, .lease, .session" },
+  { "vsphere", "the vSphere modules: vsphere.deploy, .testvm, .inventory, .datastore, .lease, .session, "
+    .. ".rest (REST sessions), .library (content libraries)" },
 }
 
 -- The lines of help(): every bound name with one line.

@@ -25,7 +25,8 @@ local M = {}
 
 -- Options of `capil run` a child gets as they were given (per-build ones,
 -- backend, vars, var files and stages, are set per build).
-local FORWARD = { "recipes-dir", "output", "bucket", "key-file", "gcs-endpoint", "on-error" }
+local FORWARD = { "recipes-dir", "output", "bucket", "key-file", "gcs-endpoint", "on-error", "library",
+  "library-item" }
 local FORWARD_FLAGS = { "keep-on-error", "insecure" }
 
 -- Seconds a child gets to finish its cleanups after Ctrl-C before its
@@ -445,7 +446,7 @@ local function stage_results(b)
       else
         r.status = out[#out].status == "ok" and "ok" or "skipped"
       end
-    elseif st == "upload" then
+    elseif st == "upload" or st == "publish" then
       if out[#out].status ~= "ok" then r.status = "skipped"
       elseif b.status == "ok" then r.status = "ok"
       else r.status, r.error = b.status, b.error end
@@ -502,6 +503,7 @@ function M.report(builds, info)
       log = b.plan and (b.plan.output_dir .. "/logs/build.log"), console = b.console,
       stages = stage_results(b), steps = #steps > 0 and steps or json.array({}), artifacts = artifacts(b),
       checks = check_results(b), error = b.error and log.redact(b.error) or nil,
+      library = b.report and b.report.library or nil, publish = b.report and b.report.publish or nil,
     }
     if #e.checks == 0 then e.checks = json.array({}) end
     -- failed counts every build that did not pass; counts tells them apart

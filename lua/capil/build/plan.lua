@@ -122,6 +122,32 @@ end
 ---@field checks? table[] checks.load's list (nil when checks_error)
 ---@field checks_error? string
 
+--- The finalize step's content library destination (content_library and
+--- the settings that go with it), or nil when content_library is not set.
+--- Problems go to `errors`: a backend without vCenter's content library,
+--- content_library_destroy_vm with convert_to_template.
+---@param cfg table
+---@param backend string
+---@param art table M.artifacts
+---@param errors string[]
+---@return {library: string, item: string, type: string, destroy_vm: boolean}|nil
+function M.library_destination(cfg, backend, art, errors)
+  local library = cfg:get("vsphere.content_library")
+  if library == nil or library == "" then return nil end
+  if not registry.get(backend).traits.content_library then
+    errors[#errors + 1] = ("%s: content_library %s: content libraries are vCenter's; build with --backend vsphere, "
+      .. "or publish the OVA (capil publish OVA --library %s)"):format(cfg.recipe.file, library, library)
+  end
+  local destroy = cfg:get("vsphere.content_library_destroy_vm") and true or false
+  if destroy and cfg:get("build.convert_to_template") then
+    errors[#errors + 1] = ("%s: content_library_destroy_vm and convert_to_template: a destroyed VM makes no "
+      .. "template; set one"):format(cfg.recipe.file)
+  end
+  local item = cfg:get("vsphere.content_library_item")
+  return { library = library, item = (item and item ~= "") and item or art.build_version,
+    type = cfg:get("vsphere.library_item_type") or "ovf", destroy_vm = destroy }
+end
+
 --- Resolves the plan. opts: output_root ("output"), cache_dir (ISO cache),
 --- recipes_dir ("recipes"), loaded (capil.PlanInputs, required: see
 --- capil.build.loader.plan, which loads and resolves).
@@ -224,8 +250,11 @@ function M.resolve(cfg, backend, opts)
     hwversion = cfg:get("hardware.vmx_version") })
 
   if traits.export == "nfc" then
+    local library = M.library_destination(cfg, backend, art, errors)
     add({ id = "finalize", kind = "finalize_vm", convert_to_template = cfg:get("build.convert_to_template"),
-      keep_vm = cfg:get("build.keep_vm") or cfg:get("build.convert_to_template") })
+      keep_vm = (cfg:get("build.keep_vm") or cfg:get("build.convert_to_template"))
+        and not (library and library.destroy_vm),
+      content_library = library })
   end
 
   local properties = {}

@@ -274,6 +274,16 @@ local F = {
     description = "PEM file of the CA that signed the server's certificate (default: the system's)" },
   { path = "vsphere.thumbprint", var = "thumbprint", type = "string", check = "sha256_fingerprint",
     description = "SHA-256 fingerprint of the server's certificate: trusted instead of the CA" },
+  { path = "vsphere.content_library", var = "content_library", type = "string",
+    description = "vSphere: after the export, make an item of this content library from the build VM "
+      .. "(Packer's content_library_destination; the library must exist)" },
+  { path = "vsphere.content_library_item", var = "content_library_item", type = "string",
+    description = "the content library item's name (default: the build's, <name>-kube-<version>)" },
+  { path = "vsphere.library_item_type", var = "library_item_type", type = "string", enum = { "ovf", "vmtx" },
+    default = "ovf", description = "ovf: an OVF package of the VM (an existing item gets the new content); "
+      .. "vmtx: a VM template in the library" },
+  { path = "vsphere.content_library_destroy_vm", var = "content_library_destroy_vm", type = "boolean",
+    default = false, description = "destroy the build VM once the content library item is made" },
   { path = "vsphere.cache_dir", var = "datastore_cache_dir", type = "string", default = "capil_cache",
     description = "datastore folder for uploaded ISOs, named by checksum and shared by builds" },
   { path = "vsphere.ip_wait_timeout", var = "ip_wait_timeout", type = "duration", default = "30m" },
@@ -287,6 +297,10 @@ local F = {
     description = "extraConfig of the build VM (guestinfo.* keys), as Packer's option" },
 
   -- testing built images (capil test, capil ssh, --stages build,test)
+  { path = "publish.library", var = "publish_library", type = "string",
+    description = "capil run's publish stage: the vSphere content library the OVA goes into (--library)" },
+  { path = "publish.library_item", var = "publish_library_item", type = "string",
+    description = "the publish stage's item (--library-item; default: the build's name)" },
   { path = "tests.suites", var = "test_suites", type = "list", default = {},
     description = "suites capil test runs over SSH: cni, node-conformance (--suite overrides)" },
   { path = "tests.cloudinit_dir", var = "cloudinit_dir", type = "string", default = "cloudinit",

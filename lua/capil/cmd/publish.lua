@@ -94,10 +94,7 @@ configuration error.]],
       log.warn("publish: %s is plain http: the password and the OVA cross the network in clear; use https://",
         s.server)
     end
-    local rest = require("capil.vsphere.rest")
-    local c, err, code = rest.connect({ server = s.server, username = s.username, password = password,
-      insecure = s.insecure_connection and true or false, ca_file = s.ca_file, cert_sha256 = s.thumbprint,
-      api = api })
+    local c, err, code = session.rest(s, { kind = "vsphere", api = api })
     if not c then cli.fail("publish: " .. err, code == "ECONFIG" and 2 or 1) end
     local datastore_id
     if opts["create-library"] then

@@ -56,7 +56,7 @@ local function open_session(opts, kind, extra)
   if not vc then return nil, err end
   -- the vSphere modules, by topic (vsphere.deploy.import, vsphere.testvm.find_vm, ...)
   local vsphere = { backend = backend.get(kind) }
-  for _, m in ipairs({ "session", "inventory", "datastore", "lease", "deploy", "testvm" }) do
+  for _, m in ipairs({ "session", "inventory", "datastore", "lease", "deploy", "testvm", "rest", "library" }) do
     vsphere[m] = require("capil.vsphere." .. m)
   end
   local b = { vc = vc, vim25 = require("capil.vsphere.vim25"), vsphere = vsphere }
@@ -116,7 +116,11 @@ connect{vcenter_server = "vc.example.com", username = "u", password = "p"}.
   inv                 the resolved placement (datacenter, folder, pool, datastore, network)
   vim25               the client module
   vsphere             the vSphere modules: vsphere.deploy.import, vsphere.testvm.find_vm,
-                      vsphere.inventory, .datastore, .lease, .session; vsphere.backend
+                      vsphere.inventory, .datastore, .lease, .session; vsphere.backend;
+                      vsphere.rest (a REST session: c = vsphere.session.rest(settings)
+                      or vsphere.rest.connect{...}, c:call(method, path, body)) and
+                      vsphere.library (content libraries: find_library(c, name),
+                      lookup, publish, deploy_item, create_from_vm)
 Method names complete with Tab (after vc: or inside vc:call("...)). Faults
 print their type and message; the password is never shown.]],
   options = {

@@ -12,11 +12,15 @@ local options = {
   { name = "keep-on-error", help = "after a failure, keep the VM and files and print how to reach them "
     .. "(--on-error=abort)" },
   { name = "debug", help = "one build: pause before each step until Enter, showing the SSH command and VNC address" },
-  { name = "stages", arg = "LIST", help = "comma-separated: build (default), test, upload" },
+  { name = "stages", arg = "LIST", help = "comma-separated: build (default), test, publish, upload" },
   { name = "suite", arg = "LIST", multi = true, help = "test stage: suites (default: the recipe's tests.suites)" },
   { name = "bucket", arg = "B", help = "upload stage: GCS bucket (default capv-images)" },
   { name = "key-file", arg = "F", help = "upload stage: service-account key file (JSON)" },
   { name = "gcs-endpoint", arg = "URL", help = "upload stage: GCS endpoint (emulators, private deployments)" },
+  { name = "library", arg = "NAME", help = "publish stage: vSphere content library (default: the publish_library "
+    .. "variable)" },
+  { name = "library-item", arg = "NAME", help = "publish stage: its item (default: publish_library_item, else "
+    .. "the build's name)" },
   { name = "all", help = "build every recipe 'capil list' shows (only those of --recipes-dir when given)" },
   { name = "jobs", short = "j", arg = "N", help = "several builds: at most N at once (default 1)" },
   { name = "fail-fast", help = "several builds: the first failure interrupts the others" },
@@ -46,14 +50,14 @@ local function on_error(opts)
   return mode
 end
 
-local STAGES = { build = true, test = true, upload = true }
-local ORDER = { "build", "test", "upload" } -- an image that fails its tests is not published
+local STAGES = { build = true, test = true, publish = true, upload = true }
+local ORDER = { "build", "test", "publish", "upload" } -- an image that fails its tests is not published
 
 -- The stages asked for, in run order; nil and a message for an unknown one.
 local function stages(s)
   local set, order = {}, {}
   for name in (s or "build"):gmatch("[^,%s]+") do
-    if not STAGES[name] then return nil, ("run: unknown stage '%s' (build, test, upload)"):format(name) end
+    if not STAGES[name] then return nil, ("run: unknown stage '%s' (build, test, publish, upload)"):format(name) end
     set[name] = true
   end
   for _, name in ipairs(ORDER) do if set[name] then order[#order + 1] = name end end
@@ -61,6 +65,44 @@ local function stages(s)
   return order
 end
 for _, o in ipairs(build_options.options) do options[#options + 1] = o end
+
+-- The publish stage's library and item: --library / --library-item, else
+-- the publish_library / publish_library_item variables; nil and a message
+-- when no library is named.
+local function publish_target(opts, cfg, build_version)
+  local lib = opts.library or cfg:get("publish.library")
+  if not lib or lib == "" then
+    return nil, "run: the publish stage needs a content library: --library NAME (or the publish_library variable)"
+  end
+  local item = opts["library-item"] or cfg:get("publish.library_item")
+  return { library = lib, item = (item and item ~= "") and item or build_version }
+end
+
+-- The publish stage: the build's OVA into a vSphere content library
+-- (capil.vsphere.library.publish_ova), recorded in the build's report.json
+-- as `publish`.
+local function publish_stage(opts, plan, cfg)
+  local target, terr = publish_target(opts, cfg, plan.build_version)
+  if not target then cli.fail(terr, 2) end
+  local registry = require("capil.backend")
+  local s = registry.live_settings(registry.get(registry.with("content_library")[1]), cfg)
+  local json = require("capil.sys.json")
+  local rpath = plan.output_dir .. "/report.json"
+  local ova = plan.output_dir .. "/" .. plan.build_version .. ".ova"
+  local rec, err, code = require("capil.vsphere.library").publish_ova(s, ova, { library = target.library,
+    item = target.item, secret = function(var) return cfg:get(var) end })
+  local report = json.read(rpath)
+  if type(report) == "table" then
+    report.publish = rec or { library = target.library, item = target.item, ok = false, error = log.redact(err) }
+    local ok, werr = require("capil.sys.fs").write(rpath,
+      log.redact(json.encode(report, { indent = 2, sort_keys = true })) .. "\n")
+    if not ok then log.warn("report: %s", tostring(werr)) end
+  end
+  if not rec then cli.fail(("run: publish %s: %s"):format(ova, err), code == "ECONFIG" and 2 or 1) end
+  log.out(("library %s, item %s (%s), %ssha256 %s%s"):format(rec.library, rec.item, rec.item_id,
+    rec.content_version and ("content version " .. tostring(rec.content_version) .. ", ") or "", rec.sha256,
+    rec.changed and "" or " (already there)"))
+end
 
 -- Several builds (--all, a bundle, more than one recipe, or any of the
 -- options only they take): one child process per build, see capil.build.parallel.
@@ -139,7 +181,7 @@ end
 return {
   summary = "build an image from a recipe (default backend: qemu)",
   usage = "run RECIPE [--backend B] [--var-file F] [--var K=V] [--force] [--on-error cleanup|abort|ask] [--debug]"
-    .. " [--stages build,test,upload] [--dry-run]\n"
+    .. " [--stages build,test,publish,upload] [--dry-run]\n"
     .. "       capil run RECIPE... | BUNDLE.lua | --all [-j N] [--fail-fast] [--only L] [--except L]"
     .. " [--report F] [--junit F] [--shard K/N] [--dry-run]",
   help = [[
@@ -157,7 +199,11 @@ which removes it first. --debug pauses before each step until Enter,
 showing the SSH command and the VNC address once known. --stages build,test then tests the image as 'capil test'
 does (the recipe's tests.suites, or --suite); with upload the OVA goes to
 GCS as 'capil upload' does (skipped when the remote checksum matches), after
-the test stage passed.
+the test stage passed; with publish the OVA goes into a vSphere content
+library as 'capil publish' does (--library or publish_library, item
+--library-item or publish_library_item, default the build's name; the
+library must exist), recorded in report.json as `publish` (library, item
+id, content version, sha256) and in the --report of several builds.
 
 Before the ISO is fetched, a preflight checks what the build needs and
 lists every problem at once (exit 2, nothing downloaded or created):
@@ -223,6 +269,13 @@ ubuntu-2004 --backend vsphere', build-node-ova-local-all is 'capil run
       if opts["dry-run"] then cli.fail(table.concat(cfg, "\n"), 2) end -- a dry run: 2 for any problem
       build_options.fail(cfg)
     end
+    for _, st in ipairs(todo) do
+      -- a publish stage without a library fails before anything is built
+      if st == "publish" then
+        local ok, perr = publish_target(opts, cfg, plan.build_version)
+        if not ok then cli.fail(perr, 2) end
+      end
+    end
     local ook, oerr = pipeline.check_output(plan.output_dir, opts.force)
     if not ook and not opts["dry-run"] then cli.fail("run: " .. oerr, 1) end
     if opts["dry-run"] or not opts["skip-preflight"] then
@@ -259,6 +312,7 @@ ubuntu-2004 --backend vsphere', build-node-ova-local-all is 'capil run
       if not tr then cli.fail(terr, tcode == "EUSAGE" and 2 or 1) end
       if imagetest.summarise(tr) ~= 0 then return 1 end
     end
+    if wants.publish then publish_stage(opts, plan, cfg) end
     if wants.upload then
       local up, uerr = require("capil.publish.release").upload(plan.output_dir, { bucket = opts.bucket,
         key_file = opts["key-file"], endpoint = opts["gcs-endpoint"] })

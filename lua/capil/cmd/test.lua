@@ -18,13 +18,15 @@ local options = {
 
 return {
   summary = "boot a built image with the test cloud-init data and run test suites over SSH",
-  usage = "test BUILD_DIR|OVA|VM [--backend qemu|vsphere|esx] [--suite cni,node-conformance] [--keep] "
+  usage = "test BUILD_DIR|OVA|VM|library:LIBRARY/ITEM [--backend qemu|vsphere|esx] [--suite cni,node-conformance] [--keep] "
     .. "[--var-file F] [--var K=V]",
   help = [[
 QEMU: boots the build's VMDK under a copy-on-write overlay (the build output
 is never modified) with a NoCloud seed ISO (label cidata) made from
 cloudinit/user-data and meta-data. vSphere/ESXi: deploys the OVA as
-<build>-test (or takes an existing VM by name), reverts to snapshot 'new'
+<build>-test (or takes an existing VM by name; vSphere: a target
+library:LIBRARY/ITEM deploys that content library ovf item as <item>-test,
+results in output/<item>/test), reverts to snapshot 'new'
 and removes the others (or creates 'new'), sets guestinfo.userdata,
 guestinfo.metadata and their .encoding=base64, takes snapshot 'cloudinit',
 powers on and waits for the guest IP (image-govc-cloudinit.sh).
@@ -42,7 +44,7 @@ gets a 'test' summary. Exit 1 if any step failed. The VM is powered off,
 and a deployed copy destroyed, unless --keep.]],
   options = options,
   run = function(opts, args)
-    if #args ~= 1 then cli.fail("test: name one build directory, OVA or VM", 2) end
+    if #args ~= 1 then cli.fail("test: name one build directory, OVA, VM or library:LIBRARY/ITEM", 2) end
     local backend = build_options.resolve_backend(opts.backend)
     local vars = build_options.vars(opts)
     if opts.cloudinit then vars[#vars + 1] = "cloudinit_dir=" .. opts.cloudinit end

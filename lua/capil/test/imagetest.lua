@@ -43,15 +43,29 @@ local function files_ending(dir, suffix)
   return out
 end
 
---- What `target` names: a build directory, an OVA, or (a remote backend:
---- vSphere, ESXi) a VM. Returns {kind = "build"|"ova"|"vm", name, dir (the
---- build dir, if any), vmdk, ova, test_dir} or nil and a message.
+--- What `target` names: a build directory, an OVA, (a remote backend:
+--- vSphere, ESXi) a VM, or (vSphere) `library:LIBRARY/ITEM`, an ovf item of
+--- a content library. Returns {kind = "build"|"ova"|"vm"|"library", name,
+--- dir (the build dir, if any), vmdk, ova, library, item, test_dir} or nil
+--- and a message.
 ---@param target string
 ---@param backend string
 ---@param output_root? string where results of a VM-name target go (default output)
 function M.resolve_target(target, backend, output_root)
   local b = registry.known(backend) and registry.get(backend)
   local remote = b and b.traits.remote
+  local lib, item = target:match("^library:([^/]+)/(.+)$")
+  if lib then
+    if not (b and b.traits.content_library) then
+      return nil, ("test: %s: content libraries are vCenter's: use --backend %s"):format(target,
+        table.concat(registry.with("content_library"), " or "))
+    end
+    return { kind = "library", library = lib, item = item, name = item,
+      test_dir = (output_root or "output") .. "/" .. item .. "/test" }
+  end
+  if target:match("^library:") then
+    return nil, ("test: %s: write a library item as library:LIBRARY/ITEM"):format(target)
+  end
   if is_dir(target) then
     local dir = target:gsub("/+$", "")
     local t = { kind = "build", dir = dir, name = fs.basename(dir), test_dir = dir .. "/test" }

@@ -28,6 +28,7 @@
 ---@field build? capil.Recipe.build
 ---@field remote? capil.Recipe.remote
 ---@field vsphere? capil.Recipe.vsphere
+---@field publish? capil.Recipe.publish
 ---@field tests? capil.Recipe.tests
 
 ---@class capil.Recipe.distro
@@ -190,12 +191,20 @@
 ---@field insecure_connection? boolean (variable insecure_connection)
 ---@field ca_file? string PEM file of the CA that signed the server's certificate (default: the system's) (variable vcenter_ca_file)
 ---@field thumbprint? string SHA-256 fingerprint of the server's certificate: trusted instead of the CA (variable thumbprint)
+---@field content_library? string vSphere: after the export, make an item of this content library from the build VM (Packer's content_library_destination; the library must exist) (variable content_library)
+---@field content_library_item? string the content library item's name (default: the build's, <name>-kube-<version>) (variable content_library_item)
+---@field library_item_type? "ovf"|"vmtx" ovf: an OVF package of the VM (an existing item gets the new content); vmtx: a VM template in the library (variable library_item_type)
+---@field content_library_destroy_vm? boolean destroy the build VM once the content library item is made (variable content_library_destroy_vm)
 ---@field cache_dir? string datastore folder for uploaded ISOs, named by checksum and shared by builds (variable datastore_cache_dir)
 ---@field ip_wait_timeout? string (variable ip_wait_timeout)
 ---@field ip_settle_timeout? string the guest IP must stay the same this long (variable ip_settle_timeout)
 ---@field ip_wait_address? string CIDR the guest IP must be in; ::/0 accepts IPv6 (link-local and APIPA never count) (variable ip_wait_address)
 ---@field nic? integer which NIC's address is used (0 = the first) (variable ip_wait_nic)
 ---@field configuration_parameters? table<string, string|number|boolean> extraConfig of the build VM (guestinfo.* keys), as Packer's option (variable configuration_parameters)
+
+---@class capil.Recipe.publish
+---@field library? string capil run's publish stage: the vSphere content library the OVA goes into (--library) (variable publish_library)
+---@field library_item? string the publish stage's item (--library-item; default: the build's name) (variable publish_library_item)
 
 ---@class capil.Recipe.tests
 ---@field suites? string[] suites capil test runs over SSH: cni, node-conformance (--suite overrides) (variable test_suites)

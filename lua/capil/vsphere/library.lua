@@ -16,7 +16,14 @@
 --- cancelled and deleted, an item this publish created is deleted, and so
 --- is a library it created. An item that existed keeps its old content.
 ---
---- All paths are the `/rest/com/vmware/content/...` ones (vSphere 6.5 to 8.0).
+--- From a VM and to a VM (the vCenter OVF and VM template services): an
+--- item made from a VM (`create_from_vm`: an OVF package, type ovf, through
+--- `/rest/com/vmware/vcenter/ovf/library-item`, or a VM template, type
+--- vmtx, through `/rest/vcenter/vm-template/library-items`), and a VM
+--- deployed from an ovf item (`deploy_item`: `?~action=deploy` with the
+--- placement of capil.vsphere.inventory.resolve).
+---
+--- All paths are the `/rest/...` ones (vSphere 6.5 to 8.0).
 local http = require("capil.sys.http")
 local log = require("capil.sys.log")
 local cleanup = require("capil.sys.cleanup")
@@ -29,6 +36,8 @@ local LOCAL_LIB = "/rest/com/vmware/content/local-library"
 local ITEM = "/rest/com/vmware/content/library/item"
 local SESSION = "/rest/com/vmware/content/library/item/update-session"
 local SESSION_FILE = "/rest/com/vmware/content/library/item/updatesession/file"
+local OVF_ITEM = "/rest/com/vmware/vcenter/ovf/library-item"
+local VMTX_ITEM = "/rest/vcenter/vm-template/library-items"
 
 local function fail(msg, code) return nil, msg, code or "ELIBRARY" end
 
@@ -453,6 +462,210 @@ function M.publish(c, ova_path, report, opts)
   ok, err = M.delete_session(c, sid)
   if not ok then log.debug("%s", err) end
   res.changed = true
+  return res
+end
+
+--- The ids of library `library` and its item `item`, by name; either
+--- missing is ENOENT, naming both and the server.
+---@param c table a capil.vsphere.rest client
+---@param library string
+---@param item string
+---@return string|nil library_id, string|nil item_id, string? err, string? code
+function M.lookup(c, library, item)
+  local lib, err, code = M.find_library(c, library)
+  if err then return nil, nil, err, code end
+  if not lib then
+    return nil, nil, ("library %s not found on %s: check the name (or publish into it first)"):format(library,
+      c.base), "ENOENT"
+  end
+  local id
+  id, err, code = M.find_item(c, lib, item)
+  if err then return nil, nil, err, code end
+  if not id then
+    return nil, nil, ("library %s has no item %s on %s: check the name, or publish it (capil publish OVA "
+      .. "--library %s --item %s)"):format(library, item, c.base, library, item), "ENOENT"
+  end
+  return lib, id
+end
+
+-- The server's words in a vcenter OVF answer's error ({errors = {{error =
+-- {messages}}, {message}}}), or nil.
+local function ovf_error(e)
+  if type(e) ~= "table" then return nil end
+  local out = {}
+  for _, x in ipairs(list(e.errors)) do
+    local m = type(x.message) == "table" and x.message.default_message
+    if not m and type(x.error) == "table" then
+      for _, mm in ipairs(list(x.error.messages)) do m = m or mm.default_message end
+    end
+    if m then out[#out + 1] = m end
+  end
+  return #out > 0 and table.concat(out, "; ") or nil
+end
+
+---@class capil.vsphere.library.DeployOptions
+---@field name string            the new VM's name
+---@field inv table              placement (capil.vsphere.inventory.resolve)
+---@field network_names? string[] the OVF's networks (default: what the server's filter names), all mapped to inv.network
+
+--- Deploys ovf item `item_id` as VM `opts.name` (thin disks) in the
+--- resolved placement (`opts.inv`: datastore, resource pool, folder, host;
+--- every OVF network mapped to its network). Returns the VM's Ref.
+---@param c table a capil.vsphere.rest client
+---@param item_id string
+---@param opts capil.vsphere.library.DeployOptions
+---@return capil.vsphere.vim25.Ref|nil vm, string? err, string? code
+function M.deploy_item(c, item_id, opts)
+  local vim25 = require("capil.vsphere.vim25")
+  local inv = opts.inv
+  local what = ("item %s: deploy %s"):format(item_id, opts.name)
+  local target = { resource_pool_id = inv.pool.value, folder_id = inv.folder and inv.folder.value,
+    host_id = inv.host and inv.host.value }
+  local nets = opts.network_names
+  if not nets then
+    local f, err = c:call("POST", OVF_ITEM .. "/id:" .. item_id .. "?~action=filter", { target = target })
+    nets = type(f) == "table" and list(f.networks) or {}
+    if not f then log.debug("%s: filter: %s (no network mapping)", what, err) end
+  end
+  local mappings = setmetatable({}, require("capil.sys.json").array_mt)
+  for _, n in ipairs(nets) do
+    if inv.network then mappings[#mappings + 1] = { key = n, value = inv.network.value } end
+  end
+  local d, err, code = c:call("POST", OVF_ITEM .. "/id:" .. item_id .. "?~action=deploy", {
+    target = target,
+    deployment_spec = { name = opts.name, accept_all_EULA = true, storage_provisioning = "thin",
+      default_datastore_id = inv.datastore.value, network_mappings = mappings },
+  }, { timeout = 3600 })
+  if not d then return nil, ("%s: %s"):format(what, err), code end
+  if type(d) ~= "table" or not d.succeeded then
+    local why = type(d) == "table" and ovf_error(d.error)
+    return fail(("%s: the server did not deploy it%s"):format(what, why and ": " .. why or ""), "EDEPLOY")
+  end
+  local r = d.resource_id
+  if type(r) ~= "table" or type(r.id) ~= "string" then
+    return fail(("%s: the answer names no VM"):format(what), "EPROTO")
+  end
+  return vim25.ref(r.type or "VirtualMachine", r.id)
+end
+
+--- Deploys item `item` of library `library` (by name; see M.lookup) as
+--- VM `opts.name` (default: the item's name) in placement `inv`. Returns
+--- the VM's Ref and name.
+---@param c table a capil.vsphere.rest client
+---@param inv table from capil.vsphere.inventory.resolve
+---@param library string
+---@param item string
+---@param opts? {name?: string}
+---@return capil.vsphere.vim25.Ref|nil vm, string|nil name, string? err, string? code
+function M.deploy(c, inv, library, item, opts)
+  local _, id, err, code = M.lookup(c, library, item)
+  if not id then return nil, nil, err, code end
+  local name = opts and opts.name or item
+  log.info("deploy: library %s, item %s (%s) as %s", library, item, id, name)
+  local vm
+  vm, err, code = M.deploy_item(c, id, { name = name, inv = inv })
+  if not vm then return nil, nil, ("library %s, %s"):format(library, err), code end
+  log.info("deploy %s: VM %s created from library %s, item %s", name, tostring(vm), library, item)
+  return vm, name
+end
+
+--- `capil run`'s publish stage: verifies the OVA at `ova_path` (sha256),
+--- opens a REST session with the vSphere settings `s` and publishes the
+--- OVA into item `opts.item` of library `opts.library` (M.publish), then
+--- logs out. Returns what a report records: {library, library_id, item,
+--- item_id, content_version, sha256, changed}.
+---@param s table live vSphere settings (capil.backend.live_settings)
+---@param ova_path string
+---@param opts {library: string, item: string, secret?: fun(var: string): string|nil}
+---@return table|nil record, string? err, string? code
+function M.publish_ova(s, ova_path, opts)
+  local ova = require("capil.format.ova")
+  local report, err, code = ova.verify(ova_path, { sha256 = true, progress = true })
+  if not report then return nil, err, code end
+  if not report.ok then
+    return fail(("%s fails verification:\n  %s"):format(ova_path, table.concat(report.problems, "\n  ")), "EOVA")
+  end
+  local c
+  c, err, code = require("capil.vsphere.session").rest(s, { kind = "vsphere", secret = opts.secret })
+  if not c then return nil, err, code end
+  local res
+  res, err, code = M.publish(c, ova_path, report, { library = opts.library, item = opts.item })
+  if not res then
+    c:logout()
+    return nil, err, code
+  end
+  local item = M.get_item(c, res.item_id)
+  c:logout()
+  return { library = opts.library, library_id = res.library_id, item = opts.item, item_id = res.item_id,
+    content_version = item and item.content_version, sha256 = report.sha256, changed = res.changed }
+end
+
+---@class capil.vsphere.library.FromVmOptions
+---@field library string       the library's name (it must exist)
+---@field item string          the item's name
+---@field type? "ovf"|"vmtx"   an OVF package (default) or a VM template
+---@field description? string
+---@field inv? table           placement of a vmtx template (capil.vsphere.inventory.resolve)
+
+--- Makes item `opts.item` of library `opts.library` from VM `vm_id`
+--- ("vm-42"), as Packer's content_library_destination: type ovf (an OVF
+--- package of the VM; an existing ovf item of that name gets the new
+--- content) or vmtx (a VM template cloned into the library; an existing
+--- item of that name is an error: remove it first). Returns {library_id,
+--- item_id, type, updated = true when an item existed}.
+---@param c table a capil.vsphere.rest client
+---@param vm_id string
+---@param opts capil.vsphere.library.FromVmOptions
+---@return table|nil result, string? err, string? code
+function M.create_from_vm(c, vm_id, opts)
+  local kind = opts.type or "ovf"
+  if kind ~= "ovf" and kind ~= "vmtx" then
+    return fail(("library %s, item %s: type %s: use ovf or vmtx"):format(opts.library, opts.item, tostring(kind)),
+      "ECONFIG")
+  end
+  local lib, err, code = M.find_library(c, opts.library)
+  if err then return nil, err, code end
+  if not lib then
+    return fail(("library %s not found on %s: create it (capil publish --create-library, or the vSphere client)")
+      :format(opts.library, c.base), "ENOENT")
+  end
+  local existing
+  existing, err, code = M.find_item(c, lib, opts.item)
+  if err then return nil, err, code end
+  local res = { library_id = lib, type = kind, updated = existing ~= nil }
+  local what = ("library %s, item %s from VM %s"):format(opts.library, opts.item, vm_id)
+  if kind == "ovf" then
+    local body = { client_token = token(), source = { type = "VirtualMachine", id = vm_id },
+      target = existing and { library_item_id = existing } or { library_id = lib },
+      create_spec = { name = opts.item, description = opts.description or "" } }
+    local r
+    r, err, code = c:call("POST", OVF_ITEM, body, { timeout = 7200 })
+    if not r then return nil, ("%s: %s"):format(what, err), code end
+    if type(r) == "table" and r.succeeded == false then
+      local why = ovf_error(r.error)
+      return fail(("%s: the server made no OVF package%s"):format(what, why and ": " .. why or ""), "ELIBRARY")
+    end
+    res.item_id = type(r) == "table" and r.ovf_library_item_id or existing
+    if type(res.item_id) ~= "string" then return fail(("%s: the answer names no item"):format(what), "EPROTO") end
+  else
+    if existing then
+      return fail(("%s: the library already has an item %s (%s); a VM template is not replaced in place: delete it "
+        .. "first"):format(what, opts.item, existing), "EEXIST")
+    end
+    local inv = opts.inv or {}
+    local r
+    r, err, code = c:call("POST", VMTX_ITEM, { spec = { library = lib, name = opts.item, source_vm = vm_id,
+      description = opts.description,
+      placement = { folder = inv.folder and inv.folder.value, resource_pool = inv.pool and inv.pool.value,
+        host = inv.host and inv.host.value },
+      vm_home_storage = inv.datastore and { datastore = inv.datastore.value } or nil,
+      disk_storage = inv.datastore and { datastore = inv.datastore.value } or nil } }, { timeout = 7200 })
+    if not r then return nil, ("%s: %s"):format(what, err), code end
+    if type(r) ~= "string" then return fail(("%s: the answer names no item"):format(what), "EPROTO") end
+    res.item_id = r
+  end
+  local item = M.get_item(c, res.item_id)
+  res.content_version = item and item.content_version
   return res
 end
 

@@ -88,6 +88,28 @@ function M.connect(s, opts)
   })
 end
 
+--- Opens a vSphere Automation REST session (capil.vsphere.rest, the
+--- content library's API) with the settings, as M.connect does a vim25 one.
+---@param s table the backend's settings
+---@param opts? {kind?: string, secret?: fun(var: string): string|nil, api?: string}
+---@return table|nil client, string? err, string? code
+function M.rest(s, opts)
+  opts = opts or {}
+  local kind = opts.kind or "vsphere"
+  if not s.server or s.server == "" then
+    return fail(("%s: no server: set %s (in a var file, with --var, or GOVC_URL)"):format(kind, M.server_var(kind)),
+      "ECONFIG")
+  end
+  local password = M.password(s, opts.secret)
+  if not s.username or s.username == "" or not password then
+    return fail(("%s: %s: set username and password (var file, --var, or GOVC_USERNAME/GOVC_PASSWORD)")
+      :format(kind, s.server), "ECONFIG")
+  end
+  return require("capil.vsphere.rest").connect({ server = s.server, username = s.username, password = password,
+    insecure = s.insecure_connection and true or false, ca_file = s.ca_file, cert_sha256 = s.thumbprint,
+    api = opts.api or "auto" })
+end
+
 --- Settings without a recipe (capil repl, capil deploy, capil ssh):
 --- recipes/config's vsphere.json or esx.json < govc's environment <
 --- PACKER_VAR_FILES < var files < --var, by image-builder variable name.

@@ -1,0 +1,189 @@
+-- Content libraries from a vSphere build, on the simulator (vcsim with our
+-- shim, spec/support/vcsim): the fixture recipe vsphere.lua built with
+-- content_library makes an OVF item of the build VM (vCenter's OVF service)
+-- and, with --stages build,publish, publishes the OVA into the library too,
+-- both recorded in report.json; a second build makes a VM template (vmtx)
+-- and destroys the build VM, its run report (--report) naming both items.
+local capil = require("support.capil")
+local vcsim = require("support.vcsim")
+local sshd = require("support.sshd")
+local peer = require("support.peer")
+local buildenv = require("support.buildenv")
+local fs = require("capil.sys.fs")
+local json = require("capil.sys.json")
+
+local PASSWORD = "Lib-b5ild!pw"
+local BUILD = "vsphere-fixture-kube-v1.16.14"
+
+describe("content library destinations of a vSphere build #vsphere", function()
+  local tmp, sim, ssh, iso, iso_sum, key, probe, vmdk, varfile, lib
+
+  setup(function()
+    tmp = peer.dir("library-build")
+    iso, iso_sum = buildenv.iso(tmp)
+    vmdk = buildenv.export_vmdk(tmp, 1)
+    key = sshd.keygen(tmp, "build_ed25519")
+    ssh = sshd.start({ authorized = { key } })
+    probe = tmp .. "/probe"
+    sim = vcsim.start({ username = "administrator@vsphere.local", password = PASSWORD, tls = true,
+      guest_ip = "127.0.0.1", guest_ip_delay = 0.3, export_disk = vmdk })
+    varfile = tmp .. "/vsphere.json"
+    assert(json.write(varfile, {
+      vcenter_server = sim.url, username = sim.username, password = PASSWORD, vcenter_ca_file = sim.ca_file,
+      datacenter = "DC0", cluster = "DC0_C0", datastore = "LocalDS_0", network = "VM Network", folder = "",
+      insecure_connection = "false", convert_to_template = "false",
+    }))
+    -- the library (a build's destination must exist)
+    local session = require("capil.vsphere.session")
+    local s = assert(session.settings_from_vars({ var_files = { varfile } }))
+    local vc = assert(session.connect(s))
+    local ds = assert(require("capil.vsphere.inventory").datastore(vc, s))
+    vc:logout()
+    lib = assert(sim:rest_call("/rest/com/vmware/content/local-library", "POST", { create_spec = { name = "images",
+      type = "LOCAL", storage_backings = { { type = "DATASTORE", datastore_id = ds.value } } } }))
+  end)
+
+  teardown(function()
+    if sim then sim:stop() end
+    if ssh then ssh.stop() end
+    if tmp then fs.remove(tmp, { recursive = true }) end
+  end)
+
+  local function run(out, extra)
+    local a = { "run", "spec/fixtures/recipes/vsphere.lua", "--recipes-dir", "spec/fixtures/recipes",
+      "--backend", "vsphere", "--output", out, "--var-file", varfile,
+      "--var", "iso_url=file://" .. iso, "--var", "iso_checksum=" .. iso_sum,
+      "--var", "ssh_private_key_file=" .. key, "--var", "ssh_port=" .. ssh.port,
+      "--var", "ssh_username=" .. ssh.user, "--var", "probe_file=" .. probe,
+      "--var", "ip_settle_timeout=0.5s" }
+    for _, x in ipairs(extra) do a[#a + 1] = x end
+    local r = capil.run(a, { timeout = 240, env_add = { XDG_CACHE_HOME = tmp .. "/cache" } })
+    assert.not_matches(PASSWORD, r.stdout .. r.stderr, 1, true)
+    return r
+  end
+
+  -- the library's items by name: {name = {id, type, description, ...}}
+  local function items()
+    local out = {}
+    for _, id in ipairs(sim:rest_call("/rest/com/vmware/content/library/item?library_id=" .. lib) or {}) do
+      local it = sim:rest_call("/rest/com/vmware/content/library/item/id:" .. id)
+      out[it.name] = it
+    end
+    return out
+  end
+
+  local function vm_named(name)
+    for _, vm in ipairs(sim:vms()) do if vm.name == name then return vm end end
+  end
+
+  -- the refs of the VMs named `name`, as a set
+  local function refs_named(name)
+    local out = {}
+    for _, vm in ipairs(sim:vms()) do if vm.name == name then out[vm.ref] = true end end
+    return out
+  end
+
+  it("the plan's finalize step shows the destination; a wrong backend or combination, or a publish stage without "
+    .. "a library, is refused before anything starts", function()
+    local base = { "spec/fixtures/recipes/vsphere.lua", "--recipes-dir", "spec/fixtures/recipes", "--var-file", varfile }
+    local function cmd(first, extra)
+      local a = { first }
+      for _, x in ipairs(base) do a[#a + 1] = x end
+      for _, x in ipairs(extra) do a[#a + 1] = x end
+      return capil.run(a, { timeout = 60 })
+    end
+    local r = cmd("inspect", { "--backend", "vsphere", "--var", "content_library=images",
+      "--var", "library_item_type=vmtx", "--var", "content_library_destroy_vm=true" })
+    assert.equal(0, r.code, r.stderr)
+    local finalize
+    for _, st in ipairs(json.decode(r.stdout).steps) do if st.kind == "finalize_vm" then finalize = st end end
+    assert.same({ library = "images", item = BUILD, type = "vmtx", destroy_vm = true }, finalize.content_library)
+    assert.is_false(finalize.keep_vm)
+    r = cmd("inspect", { "--backend", "vsphere" })
+    for _, st in ipairs(json.decode(r.stdout).steps) do assert.is_nil(st.content_library) end
+    r = cmd("inspect", { "--backend", "esx", "--var", "content_library=images" })
+    assert.equal(1, r.code)
+    assert.matches("content libraries are vCenter's; build with --backend vsphere", r.stderr, 1, true)
+    r = cmd("inspect", { "--backend", "vsphere", "--var", "content_library=images",
+      "--var", "content_library_destroy_vm=true", "--var", "convert_to_template=true" })
+    assert.equal(1, r.code)
+    assert.matches("content_library_destroy_vm and convert_to_template", r.stderr, 1, true)
+    r = cmd("inspect", { "--backend", "vsphere", "--var", "library_item_type=ova" })
+    assert.equal(1, r.code)
+    assert.matches("library_item_type", r.stderr, 1, true)
+    -- the preflight finds the library (a dry run creates nothing)
+    r = cmd("run", { "--backend", "vsphere", "--output", tmp .. "/out-none", "--dry-run",
+      "--var", "content_library=nope", "--var", "iso_url=file://" .. iso, "--var", "iso_checksum=" .. iso_sum })
+    assert.equal(2, r.code, r.stdout .. r.stderr)
+    assert.matches("content_library nope: no such library on https://127.0.0.1:", r.stdout .. r.stderr, 1, true)
+    r = cmd("run", { "--backend", "vsphere", "--output", tmp .. "/out-none", "--dry-run",
+      "--var", "content_library=images", "--var", "iso_url=file://" .. iso, "--var", "iso_checksum=" .. iso_sum })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    r = cmd("run", { "--backend", "vsphere", "--output", tmp .. "/out-none", "--stages", "build,publish" })
+    assert.equal(2, r.code)
+    assert.matches("the publish stage needs a content library: --library NAME", r.stderr, 1, true)
+    assert.is_false(fs.exists(tmp .. "/out-none"))
+  end)
+
+  it("content_library makes an OVF item of the build VM; --stages build,publish publishes the OVA too", function()
+    local out = tmp .. "/out-ovf"
+    local r = run(out, { "--var", "content_library=images", "--var", "content_library_item=node-from-vm",
+      "--stages", "build,publish", "--library", "images" })
+    assert.equal(0, r.code, r.stderr)
+    local have = items()
+    -- the build VM's OVF package (vCenter's OVF service, source = the VM)
+    assert.is_table(have["node-from-vm"], "no item node-from-vm")
+    assert.equal("ovf", have["node-from-vm"].type)
+    local created = 0
+    for _, c in ipairs(sim:rest()) do
+      if c.name == "POST /rest/com/vmware/vcenter/ovf/library-item" then created = created + 1 end
+    end
+    assert.equal(1, created)
+    -- the publish stage: the OVA, its sha256 on the item
+    local ova = ("%s/%s/%s.ova"):format(out, BUILD, BUILD)
+    local sha = assert(require("capil.sys.hash").file(ova))
+    local pub = have[BUILD]
+    assert.is_table(pub, "no item " .. BUILD)
+    assert.matches("sha256:" .. sha, pub.description, 1, true)
+    local report = json.read(("%s/%s/report.json"):format(out, BUILD))
+    assert.same({ library = "images", library_id = lib, item = "node-from-vm", item_id = have["node-from-vm"].id,
+      type = "ovf", updated = false, content_version = have["node-from-vm"].content_version }, report.library)
+    assert.equal("images", report.publish.library)
+    assert.equal(pub.id, report.publish.item_id)
+    assert.equal(sha, report.publish.sha256)
+    assert.equal(pub.content_version, report.publish.content_version)
+    assert.matches(("library images, item %s (%s), sha256 %s"):format(BUILD, pub.id, sha), r.stdout, 1, true)
+    -- the build VM stays (keep_vm)
+    assert.is_table(vm_named(BUILD))
+  end)
+
+  it("library_item_type vmtx makes a VM template; content_library_destroy_vm removes the build VM; "
+    .. "the run report records the items", function()
+    local out = tmp .. "/out-vmtx"
+    local before = refs_named(BUILD) -- the first build's VM (kept)
+    local report_file = tmp .. "/reports/run.json"
+    local r = run(out, { "--force", "--var", "content_library=images", "--var", "content_library_item=node-tmpl",
+      "--var", "library_item_type=vmtx", "--var", "content_library_destroy_vm=true",
+      "--stages", "build,publish", "--library", "images", "--library-item", "node-ova", "--report", report_file })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    local have = items()
+    assert.is_table(have["node-tmpl"], "no item node-tmpl")
+    assert.equal("vm-template", have["node-tmpl"].type) -- what vCenter calls a vmtx item
+    -- the template the library holds, and no build VM left
+    local tmpl = vm_named("node-tmpl")
+    assert.is_table(tmpl, "no template VM node-tmpl")
+    assert.is_true(tmpl.template)
+    assert.same(before, refs_named(BUILD), "the build VM was not destroyed")
+    local rep = assert(json.read(report_file))
+    local b = rep.builds[1]
+    assert.equal("ok", b.status)
+    assert.same({ "build", "publish" }, { b.stages[1].name, b.stages[2].name })
+    assert.equal("ok", b.stages[2].status)
+    assert.equal("node-tmpl", b.library.item)
+    assert.equal(have["node-tmpl"].id, b.library.item_id)
+    assert.equal("vmtx", b.library.type)
+    assert.equal("node-ova", b.publish.item)
+    assert.equal(have["node-ova"].id, b.publish.item_id)
+    assert.is_string(b.publish.sha256)
+  end)
+end)
