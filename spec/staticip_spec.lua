@@ -15,12 +15,15 @@ local json = require("capil.sys.json")
 local proc = require("capil.sys.proc")
 local installer = require("capil.build.installer")
 local staticip = require("capil.build.staticip")
+local backend = require("capil.backend")
+local sshd = require("support.sshd")
+local hash = require("capil.sys.hash")
 
 local STATIC = { "--var", "build_ip=192.168.10.20", "--var", "build_netmask=255.255.255.0",
   "--var", "build_gateway=192.168.10.1", "--var", "build_dns=192.168.10.2,192.168.10.3" }
 
-local function inspect(recipe, backend, extra)
-  local argv = { "inspect", recipe, "--backend", backend }
+local function inspect(recipe, backend_name, extra)
+  local argv = { "inspect", recipe, "--backend", backend_name }
   for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
   local r = capil.run(argv)
   assert.equal(0, r.code, r.stderr)
@@ -204,6 +207,82 @@ describe("static IP builds #unit", function()
       local plain = assert(json.decode(render("photon-5")["5/ks.json"]))
       assert.is_nil(plain.network)
       assert.equal("/dev/sda", plain.disk)
+    end)
+  end)
+
+  describe("the SSH wait", function()
+    -- a backend without a fixed NAT (as vSphere, ESXi, Workstation) whose
+    -- VM cannot say its address (no VMware Tools): with build_ip the build
+    -- connects to the static address, this machine's sshd at 127.0.0.1
+    local function tools_less()
+      local VM = {}
+      VM.__index = VM
+      local M = { name = "toolsless", description = "a VM that cannot report its address (a spec's toy)",
+        traits = { encoder = "qmp", export = "qemu-img", guest_id = "vsphere" }, VM = VM }
+      function M.create(_, step) return setmetatable({ name = step.vm_name }, VM) end
+      function VM.start() return true end
+      function VM.type_keys(_, events) return true, nil, nil, #events end
+      function VM.ssh_address() return nil, "toolsless: VMware Tools reported no address", "ETIMEDOUT" end
+      function VM.alive() return true end
+      function VM.wait_exit() return true end
+      function VM.power_off() return true end
+      function VM.export() return nil, "toolsless: no export", "ENOTSUP" end
+      function VM.destroy() return true end
+      M.test = { prepare = function() return nil, "no", "ENOTSUP" end, record = function() return {} end,
+        finish = function() return true end }
+      return M
+    end
+    setup(function()
+      package.preload["capil.backends.toolsless"] = tools_less
+      table.insert(backend.REGISTERED, "toolsless")
+    end)
+    teardown(function()
+      for i = #backend.REGISTERED, 1, -1 do
+        if backend.REGISTERED[i] == "toolsless" then table.remove(backend.REGISTERED, i) end
+      end
+      package.preload["capil.backends.toolsless"] = nil
+      package.loaded["capil.backends.toolsless"] = nil
+    end)
+
+    local function run(tmp, extra)
+      local key = sshd.keygen(tmp, "guest_ed25519")
+      local server = sshd.start({ authorized = { key } })
+      local iso = tmp .. "/x.iso"
+      assert(fs.write(iso, "not really an ISO\n"))
+      local vars = { "iso_url=file://" .. iso, "iso_checksum=" .. assert(hash.file(iso)), "boot_wait=0s",
+        "ssh_username=" .. server.user, "ssh_private_key_file=" .. key, "ssh_port=" .. server.port,
+        "ssh_timeout=20s", "roles=probe", "probe_file=" .. tmp .. "/probe" }
+      for _, v in ipairs(extra) do vars[#vars + 1] = v end
+      local r = assert(require("capil.build.recipe").load("spec/fixtures/recipes/testos.lua"))
+      local cfg = assert(require("capil.build.config").resolve(r, { backend = "toolsless",
+        config_dir = "recipes/config", getenv = function() return nil end, vars = vars }))
+      local plan = assert(require("capil.build.loader").plan(cfg, "toolsless", { recipes_dir = "spec/fixtures/recipes",
+        output_root = tmp .. "/out", cache_dir = tmp .. "/cache" }))
+      local steps = {}
+      for _, s in ipairs(plan.steps) do
+        steps[#steps + 1] = s
+        if s.kind == "provision" then break end
+      end
+      plan.steps = steps
+      local report, err = require("capil.build.pipeline").run(plan, cfg, { cache_dir = tmp .. "/cache" })
+      server.stop()
+      return report, err, plan
+    end
+
+    it("connects to build_ip instead of asking the backend for the guest's address", function()
+      local tmp = peer.dir("staticip-ssh")
+      local report, err, plan = run(tmp, { "build_ip=127.0.0.1/8" })
+      assert(report, err)
+      assert.is_true(report.ok)
+      local by = {}
+      for _, s in ipairs(plan.steps) do by[s.id] = s end
+      assert.equal("127.0.0.1", by["wait-ssh"].host)
+      assert.equal("provisioned-by-capil\n", fs.read(tmp .. "/probe"))
+      -- without it the backend is asked, and this one cannot tell
+      local tmp2 = peer.dir("staticip-ssh-dhcp")
+      local r2, err2 = run(tmp2, {})
+      assert.is_nil(r2)
+      assert.matches("VMware Tools reported no address", err2, 1, true)
     end)
   end)
 
