@@ -141,6 +141,12 @@ describe("static IP builds #unit", function()
       assert.equal("preseed", by.installer.static_ip.installer)
       _, by = inspect("ubuntu-1804", "vsphere", STATIC)
       assert.matches("/18.04/preseed.cfg netcfg/disable_autoconfig=true", by.boot.command, 1, true)
+      -- the installer fixture's ks.cfg over HTTP (a Debian test OS): kickstart's dracut ip=, by the file's name
+      _, by = inspect("spec/fixtures/recipes/testos.lua", "qemu",
+        { "--recipes-dir", "spec/fixtures/recipes", "--var", "build_ip=10.0.2.15/24", "--var", "build_gateway=10.0.2.2" })
+      assert.equal("install ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/testos/ks.cfg ip=10.0.2.15::10.0.2.2:255.255.255.0:::none"
+        .. "<enter>", by.boot.command)
+      assert.equal("kickstart", by.installer.static_ip.installer)
       -- answer files on a seed CD: the installer configures the address from them, the boot line stays
       for _, r in ipairs({ "ubuntu-2204", "rockylinux-9", "photon-5" }) do
         local _, s = inspect(r, "vsphere", STATIC)

@@ -134,20 +134,25 @@ function M.resolve(cfg)
   }
 end
 
---- The installer family whose answer file the build uses, from the recipe's
---- family and installer files: preseed, kickstart, autoinstall or photon.
+--- The installer family whose answer file the build uses: by the
+--- installer files' names (preseed*, ks.cfg, ks.json, user-data), else by
+--- the recipe's family: preseed, kickstart, autoinstall or photon.
 ---@param cfg table
 ---@return string
 function M.installer_kind(cfg)
-  local family = cfg:get("distro.family")
-  if family == "redhat" then return "kickstart" end
-  if family == "photon" then return "photon" end
   local files = {}
   for _, f in ipairs(cfg:get("installer.files") or {}) do files[#files + 1] = f end
   for _, f in ipairs(cfg:get("installer.cd_files") or {}) do files[#files + 1] = f end
   for _, f in ipairs(files) do
-    if f:match("preseed[^/]*$") then return "preseed" end
+    local base = f:match("([^/]*)$")
+    if base:match("^preseed") then return "preseed" end
+    if base:match("%.cfg$") and base:match("^ks") then return "kickstart" end
+    if base:match("%.json$") and base:match("^ks") then return "photon" end
+    if base == "user-data" then return "autoinstall" end
   end
+  local family = cfg:get("distro.family")
+  if family == "redhat" then return "kickstart" end
+  if family == "photon" then return "photon" end
   return "autoinstall"
 end
 
