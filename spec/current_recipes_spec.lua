@@ -101,7 +101,7 @@ end
 -- The seed CD's files rendered as serve_installer renders them.
 local function render_cd(cfg, s)
   local vars = {}
-  for k, v in pairs(cfg:vars()) do vars[k] = v end
+  for k, v in pairs(installer.template_vars(cfg)) do vars[k] = v end
   vars.ssh_password, vars.ssh_password_hash = CLEAR, HASH
   local dir = assert(fs.tempdir({ prefix = "capil-spec-current" }))
   local ok, err = installer.render(s.dir, s.cd_files, dir, vars)

@@ -5,7 +5,12 @@
 -- system partition and puts GRUB at the ESP's removable-media path; capil
 -- exports the OVA, whose OVF says EFI; `capil test` boots its VMDK under
 -- OVMF because the OVA says so, and `capil ssh` logs in as capv on an EFI
--- system. Guest-bound (#guest): the same C runs in the BIOS end-to-end
+-- system. With build_ip=10.0.2.15/24 (QEMU user networking's guest
+-- address), build_gateway and build_dns (issue 19, image-builder issue
+-- 1681): the installer reads the static `network` line from the seed CD
+-- before any network is up and tries no DHCP, the installed system comes up
+-- with that static configuration for the build, and sysprep puts DHCP back
+-- into the image, which the test VM then boots with. Guest-bound (#guest): the same C runs in the BIOS end-to-end
 -- build, so the sanitizer pass of .ci/run leaves this one out.
 local capil = require("support.capil")
 local fixtures = require("support.fixtures")
@@ -29,7 +34,8 @@ describe("end-to-end EFI build of the test OS from a seed CD #qemu #e2e #guest",
     local out = peer.dir("e2e-efi")
     local name = "testos-efi-kube-v1.16.14"
     local r = capil.run({ "run", "spec/fixtures/recipes/testos-efi.lua", "--recipes-dir", "spec/fixtures/recipes",
-      "--output", out, "--var", "iso_url=file://" .. iso, "--var", "iso_checksum=" .. assert(hash.file(iso)) },
+      "--output", out, "--var", "iso_url=file://" .. iso, "--var", "iso_checksum=" .. assert(hash.file(iso)),
+      "--var", "build_ip=10.0.2.15/24", "--var", "build_gateway=10.0.2.2", "--var", "build_dns=10.0.2.3" },
       { timeout = 2400 })
     local dir = out .. "/" .. name
     local serial = fs.read(dir .. "/logs/serial.log") or ""
@@ -46,6 +52,15 @@ describe("end-to-end EFI build of the test OS from a seed CD #qemu #e2e #guest",
     assert.matches("capil-installer: partitioning /dev/sda (GPT: EFI system partition, root)", serial, 1, true)
     assert.matches("capil-installer: installing the bootloader (GRUB, EFI removable-media path)", serial, 1, true)
     assert.matches("Welcome to GRUB", serial, 1, true) -- the installed disk's GRUB
+    -- the static address: from the answer file, no DHCP tried in the installer
+    assert.matches("network: eth0 10.0.2.15/24 via 10.0.2.2 (static, from the answer file)", serial, 1, true)
+    assert.not_matches("(DHCP)", serial, 1, true)
+    -- the installed system ran the build on its static configuration, and
+    -- sysprep restored DHCP (the file it reset and what it held)
+    local blog = fs.read(dir .. "/logs/build.log") or ""
+    assert.matches("restoring DHCP in /etc/network/interfaces.d/eth0 (was: iface eth0 inet static address 10.0.2.15/24",
+      blog, 1, true)
+    assert.matches("static address 10.0.2.15: 1 network configuration file(s) restored to DHCP", blog, 1, true)
     local report = json.read(dir .. "/report.json")
     assert.is_true(report.ok)
     assert.same({ 3, 0 }, { report.checks.total, report.checks.failed }) -- hygiene, after sysprep
@@ -85,5 +100,11 @@ describe("end-to-end EFI build of the test OS from a seed CD #qemu #e2e #guest",
     local efi = capil.run({ "ssh", dir, "--", "test -d /sys/firmware/efi && findmnt -no FSTYPE /boot/efi" })
     assert.equal(0, efi.code, efi.stderr)
     assert.equal("vfat\n", efi.stdout)
+    -- the image's network configuration is DHCP again: the test VM took a lease
+    local net = capil.run({ "ssh", dir, "--", "cat /etc/network/interfaces.d/eth0; ip -4 -o addr show dev eth0" })
+    assert.equal(0, net.code, net.stderr)
+    assert.matches("iface eth0 inet dhcp", net.stdout, 1, true)
+    assert.not_matches("inet static", net.stdout, 1, true)
+    assert.matches("10.0.2.15/24 .* dynamic", net.stdout)
   end)
 end)

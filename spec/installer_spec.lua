@@ -8,8 +8,12 @@ local function read(path)
   return s
 end
 
+-- with the static address's variables as a build without build_ip has them
+-- (capil.build.staticip.template_vars: DHCP)
 local function render(rel, vars)
-  return template.render(read("recipes/http/" .. rel), vars, rel)
+  local all = require("capil.build.staticip").template_vars(nil)
+  for k, v in pairs(vars) do all[k] = v end
+  return template.render(read("recipes/http/" .. rel), all, rel)
 end
 
 local function lines(text)
@@ -26,7 +30,7 @@ describe("installer templates #unit", function()
     local l = lines(ks)
     for _, want in ipairs({
       "install", "cdrom", "text", "skipx", "lang en_US.UTF-8", "keyboard us",
-      "network --onboot yes --bootproto dhcp --hostname centos.vm", "firewall --disabled", "selinux --permissive",
+      "network --onboot yes --bootproto=dhcp --hostname centos.vm", "firewall --disabled", "selinux --permissive",
       "timezone UTC", "unsupported_hardware", "auth --enableshadow --passalgo=sha512 --kickstart",
       "user --name=builder --plaintext --password builder --groups=builder,wheel",
       "firstboot --disabled", "eula --agreed", "bootloader --location=mbr", "zerombr", "clearpart --all --initlabel",

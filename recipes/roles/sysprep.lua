@@ -129,6 +129,61 @@ local function photon(steps)
   steps[#steps + 1] = { name = "lock the root account", shell = "usermod -L root" }
 end
 
+-- The build VM's static address (build_ip, for networks without DHCP)
+-- stays out of the image unless build_keep_static_ip: the configuration the
+-- installer wrote for it goes back to DHCP, for every network stack the
+-- installers write: ifupdown (d-i, the test OS), netplan (subiquity, d-i on
+-- 18.04 and later), ifcfg (anaconda on CentOS 7), NetworkManager keyfiles
+-- (Rocky 9) and systemd-networkd (Photon). Files only: the build's SSH
+-- session keeps its address until the shutdown. Each reset file is named
+-- in the build log with what it held.
+local function dhcp_restore(address)
+  local ip = quote(address)
+  return {
+    name = "restore DHCP (remove the build's static address " .. address .. ")",
+    shell = table.concat({
+      "ip=" .. ip,
+      "n=0",
+      "for f in /etc/network/interfaces /etc/network/interfaces.d/*; do",
+      "  [ -f \"$f\" ] || continue",
+      "  grep -Eq '^[[:space:]]*iface[[:space:]]+[^[:space:]]+[[:space:]]+inet[[:space:]]+static' \"$f\" || continue",
+      "  echo \"restoring DHCP in $f (was: $(grep -E '^[[:space:]]*(iface|address)[[:space:]]' \"$f\""
+        .. " | grep -v loopback | tr -s ' \\n' '  '))\"",
+      "  sed -i -E -e 's/^([[:space:]]*iface[[:space:]]+[^[:space:]]+[[:space:]]+inet[[:space:]]+)static/\\1dhcp/'"
+        .. " -e '/^[[:space:]]+(address|netmask|gateway|network|broadcast|dns-nameservers|dns-search)[[:space:]]/d' \"$f\"",
+      "  n=$((n + 1))",
+      "done",
+      "for f in /etc/netplan/*.yaml /etc/netplan/*.yml; do",
+      "  [ -f \"$f\" ] && grep -Fq \"$ip\" \"$f\" || continue",
+      "  echo \"restoring DHCP in $f (netplan)\"",
+      "  printf 'network:\\n  version: 2\\n  ethernets:\\n    capil0:\\n      match:\\n        name: \"e*\"\\n"
+        .. "      dhcp4: true\\n' > \"$f\"",
+      "  chmod 0600 \"$f\"",
+      "  n=$((n + 1))",
+      "done",
+      "for f in /etc/sysconfig/network-scripts/ifcfg-*; do",
+      "  [ -f \"$f\" ] && grep -Eq \"^IPADDR=\\\"?$ip\\\"?\\$\" \"$f\" || continue",
+      "  echo \"restoring DHCP in $f (ifcfg)\"",
+      "  sed -i -E -e 's/^BOOTPROTO=.*/BOOTPROTO=dhcp/' -e '/^(IPADDR|PREFIX|NETMASK|GATEWAY|DNS[0-9]+)=/d' \"$f\"",
+      "  n=$((n + 1))",
+      "done",
+      "for f in /etc/NetworkManager/system-connections/*.nmconnection; do",
+      "  [ -f \"$f\" ] && grep -Eq \"^address[0-9]*=$ip[/,;]\" \"$f\" || continue",
+      "  echo \"restoring DHCP in $f (NetworkManager)\"",
+      "  sed -i -E -e '/^\\[ipv4\\]/,/^\\[/{s/^method=manual/method=auto/;/^(address[0-9]*|gateway|dns|dns-search)=/d}' \"$f\"",
+      "  n=$((n + 1))",
+      "done",
+      "for f in /etc/systemd/network/*.network; do",
+      "  [ -f \"$f\" ] && grep -Eq \"^Address=$ip(/|\\$)\" \"$f\" || continue",
+      "  echo \"restoring DHCP in $f (systemd-networkd)\"",
+      "  printf '[Match]\\nName=e*\\n\\n[Network]\\nDHCP=yes\\n' > \"$f\"",
+      "  n=$((n + 1))",
+      "done",
+      "echo \"static address $ip: $n network configuration file(s) restored to DHCP\"",
+    }, "\n"),
+  }
+end
+
 return function(ctx)
   local family = ctx.os.family
   local user = var("ssh_username", "builder")
@@ -139,6 +194,8 @@ return function(ctx)
   local lastlog_mode = family == "debian" and "0664" or "0644"
 
   local steps = {}
+  local build_ip = var("build_ip", ""):match("^[^/]+") or ""
+  if build_ip ~= "" and not flag("build_keep_static_ip", false) then steps[#steps + 1] = dhcp_restore(build_ip) end
   if family == "debian" then debian(ctx, steps)
   elseif family == "redhat" then redhat(steps)
   else photon(steps) end

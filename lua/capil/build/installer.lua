@@ -69,6 +69,25 @@ function M.build_password(cfg)
   return { password = password, hash = crypted, random = random }
 end
 
+--- The variables the installer files are rendered with: the flat
+--- configuration (capil.build.config's vars()), the build's password and
+--- its SHA-512 crypt hash (M.build_password), and the static address's
+--- lines (capil.build.staticip.template_vars: DHCP, or nothing, without
+--- build_ip).
+---@param cfg table from capil.build.config.resolve
+---@param password? {password: string, hash: string}
+---@return table<string, string>
+function M.template_vars(cfg, password)
+  local vars = cfg:vars()
+  if password then
+    vars.ssh_password = password.password
+    vars.ssh_password_hash = password.hash
+  end
+  local sip = require("capil.build.staticip")
+  for k, v in pairs(sip.template_vars((sip.resolve(cfg)))) do vars[k] = v end
+  return vars
+end
+
 --- Renders `files` (relative to `src`) with `vars` into `dest`, keeping
 --- the relative paths. Returns true or nil and an error naming the file.
 ---@param src string template directory (recipes/http/<distro>)

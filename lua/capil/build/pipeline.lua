@@ -184,12 +184,7 @@ function H.serve_installer(run, step)
   local dir = ctx.workdir .. "/http"
   local mok, merr, mcode = fs.mkdir(dir)
   if not mok then return io_ok(mok, merr, mcode) end
-  local vars = run.cfg:vars()
-  -- the build's password (random unless set) and its SHA-512 crypt hash
-  if run.password then
-    vars.ssh_password = run.password.password
-    vars.ssh_password_hash = run.password.hash
-  end
+  local vars = installer.template_vars(run.cfg, run.password)
   local ok, err = installer.render(step.dir, step.files, dir, vars)
   if not ok then return fail(err) end
   if step.cd_files and #step.cd_files > 0 then
@@ -257,8 +252,15 @@ end
 local function connect(run, ssh, timeout)
   local vm = run.vm
   local deadline = runtime.now() + timeout
-  local addr, err, code = vm:ssh_address(timeout)
-  if not addr then return nil, err, code end
+  local addr, err, code
+  if ssh.host then
+    -- a static address (build_ip): no need to ask the hypervisor for it
+    addr = { host = ssh.host, port = ssh.port or 22 }
+    log.info("%s: connecting to the static address %s", vm.name, ssh.host)
+  else
+    addr, err, code = vm:ssh_address(timeout)
+    if not addr then return nil, err, code end
+  end
   run.target = { host = addr.host, port = addr.port, user = ssh.username }
   return guest.wait_ssh({
     host = addr.host, port = addr.port, user = ssh.username,

@@ -14,6 +14,7 @@
 local bootcmd = require("capil.build.bootcmd")
 local template = require("capil.util.template")
 local registry = require("capil.backend")
+local staticip = require("capil.build.staticip")
 
 local M = {}
 
@@ -168,9 +169,40 @@ function M.resolve(cfg, backend, opts)
   local art = M.artifacts(name, semver, opts.output_root)
   local iso_sum = cfg:get("iso.checksum"):lower()
 
+  -- the HTTP server runs only when something is served or the boot command
+  -- names its address: a recipe whose answer files are all on the seed CD
+  -- starts none (nothing listens that the VM could reach)
+  local files = cfg:get("installer.files") or {}
+  local names_server = false
+  for _, line in ipairs(cfg:get("boot.command") or {}) do
+    local l = line:lower()
+    if l:find("httpip", 1, true) or l:find("httpport", 1, true) or l:find("http_ip", 1, true)
+      or l:find("http_port", 1, true) then names_server = true end
+  end
+  -- a static address (build_ip): nil unless set, so plans without one are unchanged
+  local sip, sip_err = staticip.resolve(cfg)
+  if sip_err then errors[#errors + 1] = ("%s: %s"):format(cfg.recipe.file, sip_err) end
+  local static_fields
+  if sip then
+    static_fields = { address = sip.cidr, netmask = sip.netmask, gateway = sip.gateway,
+      dns = #sip.dns > 0 and sip.dns or nil }
+  end
+
+  local command = table.concat(cfg:get("boot.command"))
+  -- the installer that fetches its answer file over HTTP needs the address
+  -- on its kernel line before it can fetch it
+  local boot_args
+  if sip then
+    local kind = staticip.installer_kind(cfg)
+    static_fields.installer = kind
+    local args = names_server and staticip.boot_args(sip, kind)
+    if args then
+      local with = staticip.insert_boot_args(command, args)
+      if with then command, boot_args = with, args end
+    end
+  end
   -- the boot command must parse now, with placeholder server values (the
   -- key count in the plan is for these; the real address may differ in length)
-  local command = table.concat(cfg:get("boot.command"))
   local probe_vars = { name = art.build_version }
   for k, v in pairs(M.PROBE_VARS) do probe_vars[k] = v end
   local probe, perr = template.render(command, probe_vars)
@@ -185,17 +217,7 @@ function M.resolve(cfg, backend, opts)
     checksum_type = cfg:get("iso.checksum_type"),
     cache_path = ("%s/iso/%s.iso"):format(opts.cache_dir or "~/.cache/capil", iso_sum), timeout = 7200 })
 
-  -- the HTTP server runs only when something is served or the boot command
-  -- names its address: a recipe whose answer files are all on the seed CD
-  -- starts none (nothing listens that the VM could reach)
-  local files = cfg:get("installer.files") or {}
-  local names_server = false
-  for _, line in ipairs(cfg:get("boot.command") or {}) do
-    local l = line:lower()
-    if l:find("httpip", 1, true) or l:find("httpport", 1, true) or l:find("http_ip", 1, true)
-      or l:find("http_port", 1, true) then names_server = true end
-  end
-  add({ id = "installer", kind = "serve_installer", serve = #files > 0 or names_server,
+  add({ id = "installer", kind = "serve_installer", static_ip = static_fields, serve = #files > 0 or names_server,
     dir = recipes_dir .. "/" .. cfg:get("installer.dir"), files = files,
     bind = cfg:get("build.http_bind_address"), advertise = cfg:get("build.http_ip") or traits.http_ip or "auto",
     template_vars = { "ssh_username", "ssh_password", "ssh_password_hash" },
@@ -225,11 +247,16 @@ function M.resolve(cfg, backend, opts)
   local summary = events and bootcmd.summary(events) or {}
   add({ id = "boot", kind = "boot_command", wait = cfg:get("boot.wait"),
     key_interval = cfg:get("boot.key_interval"), encoder = traits.encoder,
-    command = command, keys = summary.keys, waits = summary.waits })
+    command = command, keys = summary.keys, waits = summary.waits, static_ip_args = boot_args })
 
   add({ id = "wait-ssh", kind = "wait_ssh", username = cfg:get("ssh.username"), password_var = "ssh_password",
     key_file = cfg:get("ssh.private_key_file"), port = cfg:get("ssh.port"),
-    timeout = cfg:get("ssh.timeout") })
+    timeout = cfg:get("ssh.timeout"),
+    -- the static address is where SSH connects, except behind QEMU's user
+    -- network (a fixed NAT: traits.http_ip), reached through its forwarded port
+    host = sip and not traits.http_ip and sip.address or nil,
+    static_ip = sip and (traits.http_ip and sip.address .. " (the guest's; SSH goes through the forwarded port)"
+      or sip.address) or nil })
 
   -- provisioning: roles, then the checks (loaded by capil.build.loader)
   if loaded.role_steps then

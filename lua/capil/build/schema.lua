@@ -245,6 +245,18 @@ local F = {
   { path = "build.qemu_nic_model", var = "qemu_nic_model", type = "string", enum = { "auto", "virtio" },
     default = "auto", description = "QEMU: auto presents network_card's NIC (vmxnet3, e1000, e1000e); virtio opts out" },
   { path = "build.convert_to_template", var = "convert_to_template", type = "boolean", default = false },
+  -- a static address for networks without DHCP (capil.build.staticip)
+  { path = "build.ip", var = "build_ip", type = "string", check = "ipv4_cidr",
+    description = "static address of the build VM (10.0.2.15/24, or 10.0.2.15 with build_netmask) for networks "
+      .. "without DHCP: written into the answer file and the boot command, and the address SSH connects to" },
+  { path = "build.netmask", var = "build_netmask", type = "string", check = "ipv4_netmask",
+    description = "netmask of build_ip (255.255.255.0 or 24) when build_ip has no prefix length" },
+  { path = "build.gateway", var = "build_gateway", type = "string", check = "ipv4",
+    description = "default gateway of the build VM's static address" },
+  { path = "build.dns", var = "build_dns", type = "list", check = "ipv4_list",
+    description = "name servers of the build VM's static address (a list or comma-separated)" },
+  { path = "build.keep_static_ip", var = "build_keep_static_ip", type = "boolean",
+    description = "keep the static address in the image (default: sysprep restores DHCP)" },
   { path = "build.keep_vm", var = "keep_vm", type = "boolean", default = true,
     description = "leave the build VM on vSphere after export, as image-builder did (false: destroy it)" },
   { path = "remote.type", var = "remote_type", type = "string" },
@@ -504,6 +516,14 @@ function M.check(field, v, all)
     if #v == 0 then return nil, "expected at least one URL" end
     for i, u in ipairs(v) do
       if not url_ok(u) then return nil, ("item %d: expected an http(s):// or file:/// URL, got %s"):format(i, show(u)) end
+    end
+  elseif c == "ipv4_cidr" or c == "ipv4_netmask" or c == "ipv4" or c == "ipv4_list" then
+    local sip = require("capil.build.staticip")
+    local check = ({ ipv4_cidr = sip.check_ip, ipv4_netmask = sip.check_netmask, ipv4 = sip.check_address,
+      ipv4_list = sip.check_dns })[c]
+    if not (c ~= "ipv4_list" and v == "") then
+      local ok, why = check(v)
+      if not ok then return nil, why end
     end
   elseif c == "installer_safe" and v:find("[%s'\"\\`$]") then
     -- written raw into kickstart, preseed and ks.json: no quoting survives all three

@@ -165,6 +165,11 @@
 ---@field qemu_disk_interface? "auto"|"virtio" QEMU: auto presents the disk on disk_controller_type's controller (pvscsi, lsilogic → mptsas1068), as on vSphere; virtio (/dev/vda) for local-only images (variable qemu_disk_interface)
 ---@field qemu_nic_model? "auto"|"virtio" QEMU: auto presents network_card's NIC (vmxnet3, e1000, e1000e); virtio opts out (variable qemu_nic_model)
 ---@field convert_to_template? boolean (variable convert_to_template)
+---@field ip? string static address of the build VM (10.0.2.15/24, or 10.0.2.15 with build_netmask) for networks without DHCP: written into the answer file and the boot command, and the address SSH connects to (variable build_ip)
+---@field netmask? string netmask of build_ip (255.255.255.0 or 24) when build_ip has no prefix length (variable build_netmask)
+---@field gateway? string default gateway of the build VM's static address (variable build_gateway)
+---@field dns? string[] name servers of the build VM's static address (a list or comma-separated) (variable build_dns)
+---@field keep_static_ip? boolean keep the static address in the image (default: sysprep restores DHCP) (variable build_keep_static_ip)
 ---@field keep_vm? boolean leave the build VM on vSphere after export, as image-builder did (false: destroy it) (variable keep_vm)
 
 ---@class capil.Recipe.remote
