@@ -136,8 +136,9 @@ describe("ssh #ssh", function()
     it("times out even while output keeps flowing", function()
       local pidfile = scratch .. "/yes.pid"
       local bytes = 0
+      -- 3 s: long enough for `yes` to start and stream on a loaded machine
       local r, _, code = s:exec("echo $$ > " .. pidfile .. "; exec yes", {
-        timeout = 1, on_output = function(_, chunk) bytes = bytes + #chunk end,
+        timeout = 3, on_output = function(_, chunk) bytes = bytes + #chunk end,
       })
       assert.is_nil(r)
       assert.equal("ETIMEDOUT", code)
