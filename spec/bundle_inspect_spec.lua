@@ -47,7 +47,7 @@ return {
     local r = capil.run({ "validate", bad })
     assert.equal(1, r.code, r.stderr)
     assert.matches(bad .. ": ubuntu-2204: ok", r.stdout, 1, true)
-    assert.matches(bad .. ": photon-5: --var: disk_size: expected at least 1024", r.stderr, 1, true)
+    assert.matches(bad .. ": photon-5: vars: disk_size: expected at least 1024", r.stderr, 1, true)
     assert.matches(bad .. ": no-such-recipe: no recipe 'no-such-recipe'", r.stderr, 1, true)
     -- --except leaves only valid builds
     r = capil.run({ "validate", bad, "--except", "photon-5,no-such-recipe" })
@@ -85,7 +85,7 @@ return {
   it("inspect lists every build that does not load, exit 1", function()
     local r = capil.run({ "inspect", bad })
     assert.equal(1, r.code, r.stderr)
-    assert.matches("photon-5: --var: disk_size: expected at least 1024", r.stderr, 1, true)
+    assert.matches("photon-5: vars: disk_size: expected at least 1024", r.stderr, 1, true)
     assert.matches("no-such-recipe: no recipe", r.stderr, 1, true)
     assert.equal("", r.stdout)
   end)

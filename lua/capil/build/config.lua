@@ -344,6 +344,16 @@ function M.govc_env(getenv)
   return out
 end
 
+--- One entry of the var layer: "key=value" from --var, or {"key=value",
+--- where = "vars"} from elsewhere (a bundle entry's vars), named so in
+--- messages. Returns the text and where it came from.
+---@param e string|{[1]: string, where: string}
+---@return string kv, string where
+function M.var_entry(e)
+  if type(e) == "table" then return e[1], e.where or "--var" end
+  return e, "--var"
+end
+
 --- Parses "key=value" from --var.
 function M.parse_var(s)
   local k, v = s:match("^([%w_%.]+)=(.*)$")
@@ -405,10 +415,11 @@ function M.from_vars(opts)
     if not data then return nil, err end
     set_all(data, path)
   end
-  for _, kv in ipairs(opts.vars or {}) do
+  for _, e in ipairs(opts.vars or {}) do
+    local kv, where = M.var_entry(e)
     local k, v = M.parse_var(kv)
     if not k then return nil, v end
-    set(k, v, "--var")
+    set(k, v, where)
   end
   print_notices(notices)
   if #unknown > 0 then return nil, table.concat(unknown, "\n") end
@@ -586,9 +597,10 @@ function M.resolve(recipe, opts)
   end
 
   -- 5. --var
-  for _, kv in ipairs(opts.vars or {}) do
+  for _, e in ipairs(opts.vars or {}) do
+    local kv, where = M.var_entry(e)
     local k, v = M.parse_var(kv)
-    if not k then errors[#errors + 1] = v else set(k, v, "var", "--var") end
+    if not k then errors[#errors + 1] = v else set(k, v, "var", where) end
   end
 
   print_notices(notices)

@@ -176,7 +176,8 @@ local function private_var_file(index, vars)
     private_dir = dir
   end
   local data = {}
-  for _, kv in ipairs(vars) do
+  for _, e in ipairs(vars) do
+    local kv = require("capil.build.config").var_entry(e)
     local k, v = kv:match("^([^=]+)=(.*)$")
     if not k then return nil, ("--var %s: expected NAME=VALUE"):format(log.redact(kv)) end
     data[k] = v
@@ -196,7 +197,8 @@ end
 ---@return table|nil recipe, table cfg_or_errors, table? plan, string[] vars, string[] var_files
 function M.load(b, opts)
   local vars = {}
-  for _, k in ipairs(sorted_keys(b.vars)) do vars[#vars + 1] = k .. "=" .. b.vars[k] end
+  -- the bundle's vars are named "vars" in messages (the bundle and entry prefix them)
+  for _, k in ipairs(sorted_keys(b.vars)) do vars[#vars + 1] = { k .. "=" .. b.vars[k], where = "vars" } end
   -- the command line's --var wins over the bundle's vars; its var files come first
   for _, v in ipairs(opts.var or {}) do vars[#vars + 1] = v end
   local var_files = {}

@@ -69,7 +69,9 @@ local function inspect_builds(opts, args)
     if r then
       plans[name], cfgs[#cfgs + 1], names[#names + 1] = p, cfg, name
     else
-      for _, e in ipairs(cfg) do errors[#errors + 1] = ("%s: %s"):format(name, e) end
+      -- named as validate names them: the bundle's file, then the build
+      local where = b.bundle and ("%s: %s"):format(b.bundle, name) or name
+      for _, e in ipairs(cfg) do errors[#errors + 1] = ("%s: %s"):format(where, e) end
     end
   end
   if #errors > 0 then build_options.fail(errors) end
