@@ -197,6 +197,9 @@ print(m, err, code)
         { { "ova", "verify", fifo }, "OVA " .. fifo .. ": is a FIFO, not a regular file" },
         { { "ova", "inspect", "/dev/zero" }, "OVA /dev/zero: is a character device, not a regular file" },
         { { "validate", fifo }, fifo .. ": cannot read the recipe: is a FIFO, not a regular file" },
+        -- run and inspect ask first whether the file is a bundle: that read is bounded too
+        { { "run", fifo }, fifo .. ": cannot read the recipe: is a FIFO, not a regular file" },
+        { { "inspect", fifo }, fifo .. ": cannot read the recipe: is a FIFO, not a regular file" },
         { { "inspect", "recipes/ubuntu-2004.lua", "--var-file", fifo },
           fifo .. ": is a FIFO, not a regular file" },
         { { "inspect", "recipes/ubuntu-2004.lua", "--var-file", "/dev/zero" },

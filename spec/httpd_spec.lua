@@ -82,7 +82,7 @@ describe("httpd: the installer file server #unit", function()
   it("renders installer templates and serves them while the build runs", function()
     local out = peer.dir("rendered")
     assert(installer.render("recipes/http/centos", { "7/ks.cfg" }, out,
-      { ssh_username = "builder", ssh_password = "b-pass" }))
+      { ssh_username = "builder", ssh_password = "b-pass", kickstart_network = "" }))
     local srv = assert(installer.serve({ dir = out }))
     local status, body = raw_get(srv.port, "/7/ks.cfg")
     assert.equal(200, status)

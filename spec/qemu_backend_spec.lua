@@ -181,7 +181,7 @@ describe("QEMU backend command line #unit", function()
   it("makes the labelled second CD for HTTP-free installs", function()
     local dir = peer.dir("cd")
     assert(installer.render("recipes/http/centos", { "7/ks.cfg" }, dir .. "/files",
-      { ssh_username = "builder", ssh_password = "pw-cd" }))
+      { ssh_username = "builder", ssh_password = "pw-cd", kickstart_network = "" }))
     local iso = assert(installer.make_iso(dir .. "/files", dir .. "/oemdrv.iso", "OEMDRV"))
     local r = assert(proc.run({ argv = { "xorriso", "-indev", iso, "-pvd_info" } }))
     assert.matches("Volume Id%s*:%s*OEMDRV", r.stdout .. r.stderr)

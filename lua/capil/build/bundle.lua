@@ -48,7 +48,8 @@ end
 
 -- Runs the file in the sandbox; returns its value, or nil and a message.
 local function run(path)
-  local source, err = fs.read(path)
+  -- bounded, regular files only: a FIFO or a device is refused, never waited on
+  local source, err = fs.read_file(path, { max = require("capil.build.recipe").MAX_FILE })
   if not source then return nil, ("%s: cannot read: %s"):format(path, (err:gsub("^fs%.read: [^:]*: ", ""))) end
   local data, serr = sandbox.run_file(path, sandbox.environment(), { source = source })
   if data == nil and serr then return nil, serr end

@@ -61,11 +61,16 @@ end
 local function private_copy(key)
   local st = fs.stat(key)
   if st and st.mode & 63 == 0 then return key end
-  local text = assert(fs.read(key))
+  local text, err = fs.read_file(key, { max = 1024 * 1024, what = "SSH key" })
+  if not text then cli.fail("ssh: " .. err, 1) end
   local dir = build_options.cache_dir() .. "/keys"
-  assert(fs.mkdir(dir, 448))
+  local ok, merr = fs.mkdir(dir, 448)
+  if not ok then cli.fail("ssh: " .. merr, 1) end
   local path = ("%s/%s-%s"):format(dir, require("capil.sys.hash").digest("sha256", text):sub(1, 16), fs.basename(key))
-  if not fs.exists(path) then assert(fs.write(path, text, { mode = 384 })) end
+  if not fs.exists(path) then
+    local wok, werr = fs.write(path, text, { mode = 384 })
+    if not wok then cli.fail("ssh: " .. werr, 1) end
+  end
   return path
 end
 
