@@ -61,6 +61,7 @@ typedef struct {
   double tick_interval;       /* seconds between calls of the tick function */
   double timeout, connect_timeout, stall_timeout;
   int insecure, resume, follow, head;
+  int fresh_connect;          /* a connection of its own, closed afterwards */
   struct capil_progress *progress;
 } Request;
 
@@ -591,7 +592,7 @@ static const char *const request_opts[] = {
   "method", "url", "headers", "body", "body_file", "out_file", "timeout",
   "connect_timeout", "stall_timeout", "ca_file", "insecure", "pin_sha256",
   "cookies", "progress", "resume", "sha256", "follow", "cert_sha256", "tick",
-  "tick_interval", "body_offset", "body_length", NULL};
+  "tick_interval", "body_offset", "body_length", "fresh_connect", NULL};
 
 /* "AB:CD:..." or plain hex, 32 bytes, into out; 0 when malformed. */
 static int parse_fingerprint(const char *s, unsigned char *out) {
@@ -643,6 +644,7 @@ static void parse_request(lua_State *L, int o, Request *r) {
   r->pin = capil_opt_string(L, o, fn, "pin_sha256", NULL, NULL);
   r->resume = capil_opt_boolean(L, o, fn, "resume", 0);
   r->follow = capil_opt_boolean(L, o, fn, "follow", 1);
+  r->fresh_connect = capil_opt_boolean(L, o, fn, "fresh_connect", 0);
   r->sha256 = capil_opt_string(L, o, fn, "sha256", NULL, NULL);
   if (r->sha256 && (strlen(r->sha256) != 64 || strspn(r->sha256, "0123456789abcdefABCDEF") != 64))
     luaL_error(L, "http.request: option 'sha256' must be 64 hex digits");
@@ -868,6 +870,17 @@ static void setup(Session *s, Transfer *t, const Request *r) {
     curl_easy_setopt(e, CURLOPT_RANGE, range);
   }
   if (t->hdrs) curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->hdrs);
+  /*
+  ** fresh_connect: libcurl silently resends a request when a kept-alive
+  ** connection turns out dead (closed by the server while idle, or reset
+  ** before the first byte of the answer). For a call that is not idempotent
+  ** (CreateVM_Task, ImportVApp, a chunk the server may already hold) that
+  ** may repeat it; a new connection, closed after the answer, never does.
+  */
+  if (r->fresh_connect) {
+    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+  }
 }
 
 /* ====================================================================== */
@@ -1166,7 +1179,8 @@ static Session *new_session(lua_State *L) {
 /*
 ** http.request{method=, url=, headers=, body= | body_file=, out_file=, resume=,
 **   sha256=, timeout=, connect_timeout=, stall_timeout=, ca_file=, insecure=,
-**   pin_sha256=, cert_sha256=, cookies=, progress=, tick=, tick_interval=2, follow=true}
+**   pin_sha256=, cert_sha256=, cookies=, progress=, tick=, tick_interval=2, follow=true,
+**   fresh_connect=false}
 **   -> {status, reason, headers, body | file, digest, size, resumed, url, local_ip}
 **    | nil, msg, code
 ** A 4xx/5xx status is a response, not a failure. `digest` is the SHA-256 of

@@ -80,6 +80,9 @@ local LOCATIONS = [[
       return 200 "set";
     }
     location = /conn { return 200 "$connection"; }
+    location = /conn/cookie { return 200 "$connection $http_cookie"; }
+    # reads the request, then closes the connection without an answer
+    location = /drop { return 444; }
     location = /redirect { return 302 /files/small.txt; }
     location = /redirect-put { return 307 /dav/moved.bin; }
 ]]
@@ -545,6 +548,37 @@ time.sleep(60)
       local c = assert(core.request({ url = srv.url("/conn") })).body
       local d = assert(core.request({ url = srv.url("/conn") })).body
       assert.are_not.equal(c, d)
+    end)
+
+    it("fresh_connect: a connection of its own, closed after the answer, with the session's cookies", function()
+      local s <close> = http.session()
+      assert(http.request({ session = s, url = srv.url("/cookie/set") }))
+      local kept = assert(s:request({ url = srv.url("/conn") })).body
+      local c1, cookie = assert(http.request({ session = s, url = srv.url("/conn/cookie"), fresh_connect = true }))
+        .body:match("^(%d+) (.*)$")
+      assert.are_not.equal(kept, c1)
+      assert.equal("vmware_soap_session=s3cr3t-cookie", cookie)
+      -- the session's kept-alive connection is still there; the fresh one is gone
+      assert.equal(kept, assert(s:request({ url = srv.url("/conn") })).body)
+      local c2 = assert(s:request({ url = srv.url("/conn/cookie"), fresh_connect = true })).body:match("^%d+")
+      assert.are_not.equal(c1, c2)
+      assert.are_not.equal(kept, c2)
+    end)
+
+    it("fresh_connect: a POST whose connection dies unanswered goes out once, not resent by libcurl", function()
+      local s <close> = http.session()
+      assert(s:request({ url = srv.url("/conn") })) -- a kept-alive connection
+      local before = srv.count("/drop")
+      assert.is_nil(s:request({ url = srv.url("/drop"), body = "<CreateVM_Task/>" }))
+      assert.equal(before + 2, srv.count("/drop")) -- libcurl's silent resend
+      assert(s:request({ url = srv.url("/conn") }))
+      before = srv.count("/drop")
+      local r, err, code = http.request({ session = s, url = srv.url("/drop"), body = "<CreateVM_Task/>",
+        fresh_connect = true })
+      assert.is_nil(r)
+      assert.is_string(err)
+      assert.is_string(code)
+      assert.equal(before + 1, srv.count("/drop"))
     end)
   end)
 

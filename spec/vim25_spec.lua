@@ -509,7 +509,11 @@ describe("vim25 against the simulator #vsphere", function()
     end, 30))
     assert.are.equal("poweredOff", v)
     assert.are.same({ "poweredOn", "poweredOff" }, seen)
-    assert.are.equal(c.stats.by_method.CreatePropertyCollector, c.stats.by_method.DestroyPropertyCollector)
+    -- one collector for the session; each wait (the power-off task's inside
+    -- this one's predicate too) adds a filter and destroys it
+    assert.are.equal(1, c.stats.by_method.CreatePropertyCollector)
+    assert.is_nil(c.stats.by_method.DestroyPropertyCollector)
+    assert.are.equal(c.stats.by_method.CreateFilter, c.stats.by_method.DestroyPropertyFilter)
     local r, err, code = c:wait(vm, "runtime.powerState", function(s) return s == "poweredOn" end, 1.5)
     assert.is_nil(r)
     assert.are.equal("ETIMEDOUT", code)
@@ -533,10 +537,39 @@ describe("vim25 against the simulator #vsphere", function()
     end, 30))
     assert.are.equal("poweredOff", v)
     assert.are.equal(2, c.stats.by_method.Login)
-    -- the wait's, the power-off task's, and the wait's again after the re-login
-    assert.are.equal(collectors + 3, c.stats.by_method.CreatePropertyCollector)
+    -- the session's collector died with the old session: one more after the re-login
+    assert.are.equal(collectors + 1, c.stats.by_method.CreatePropertyCollector)
     assert.is_true(c:call_task("Destroy_Task", vm))
     assert.is_true(c:logout())
+  end)
+
+  it("shares one property collector among a session's waits, a filter each, and destroys it at logout", function()
+    local c = assert(connect())
+    local a, b = new_vm(c, "vim25-pc-a"), new_vm(c, "vim25-pc-b")
+    -- a wait inside another's predicate: each sees its own object's updates
+    local seen = {}
+    local r, _, code = c:wait(b, "runtime.powerState", function(s)
+      seen[#seen + 1] = s
+      if #seen == 1 then
+        assert.is_true(c:call_task("PowerOnVM_Task", a))
+        assert.are.equal("poweredOn", c:wait(a, "runtime.powerState", function(x) return x == "poweredOn" end, 10))
+      end
+      return s == "poweredOn"
+    end, 2)
+    assert.is_nil(r)
+    assert.are.equal("ETIMEDOUT", code)
+    for _, s in ipairs(seen) do assert.are.equal("poweredOff", s) end
+    -- later waits start from their own filter's state
+    assert.are.equal("poweredOff", c:wait(b, "runtime.powerState", function(s) return s == "poweredOff" end, 10))
+    assert.are.equal("poweredOn", c:wait(a, "runtime.powerState", function(s) return s == "poweredOn" end, 10))
+    assert.are.equal(1, c.stats.by_method.CreatePropertyCollector)
+    assert.are.equal(c.stats.by_method.CreateFilter, c.stats.by_method.DestroyPropertyFilter)
+    assert.is_true(c:call_task("PowerOffVM_Task", a))
+    assert.is_true(c:call_task("Destroy_Task", a))
+    assert.is_true(c:call_task("Destroy_Task", b))
+    sim:reset_calls()
+    assert.is_true(c:logout())
+    assert.are.same({ DestroyPropertyCollector = 1, Logout = 1 }, sim:calls())
   end)
 
   it("logs calls at debug level without their bodies", function()

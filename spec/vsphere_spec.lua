@@ -178,6 +178,11 @@ describe("vSphere backend against the simulator #vsphere", function()
     assert.equal(2, calls.Logout)
     assert.equal(1, calls.ExportVm)
     assert.equal(1, calls.HttpNfcLeaseComplete)
+    -- one property collector per session, reused by every wait (a filter
+    -- each): 75 calls when each wait made and destroyed a collector, 71 now
+    assert.is_true(calls.CreatePropertyCollector <= calls.Login, "collectors: " .. calls.CreatePropertyCollector)
+    assert.equal(calls.CreateFilter, calls.DestroyPropertyFilter)
+    assert.is_true(total <= 71, ("%d SOAP calls, at most 71 expected"):format(total))
     -- the ISO is in the datastore cache now: a second build does not upload it
     local r2 = run(tmp .. "/out-again", { "--var", "keep_vm=false" })
     assert.equal(0, r2.code, r2.stderr)
@@ -426,6 +431,61 @@ describe("vSphere backend against the simulator #vsphere", function()
     p:close()
     assert.equal(0, st.code, fs.read(tmp .. "/relogin.out"))
     assert.is_true(sim:calls().Login >= 2)
+  end)
+
+  it("reports an export's progress on the lease while the disk streams, then completes it", function()
+    local lease = require("capil.vsphere.lease")
+    local vc <close> = assert(vim25.connect({ server = sim.url, username = sim.username, password = PASSWORD,
+      ca_file = sim.ca_file }))
+    local ref = assert(vc:find("/DC0/vm/DC0_C0_RP0_VM1"))
+    assert.is_true(vc:call_task("PowerOffVM_Task", ref, {}))
+    assert(fs.mkdir(tmp .. "/slow-export"))
+    sim:reset_calls()
+    -- 2 MiB in 64 KiB pieces, 50 ms apart: over a second and a half
+    sim:inject({ method = "ExportVm", action = "slow", delay_ms = 50 })
+    local t0 = runtime.now()
+    local r = assert(lease.export(vc, ref, "DC0_C0_RP0_VM1", tmp .. "/slow-export/disk.vmdk",
+      { progress_interval = 0.2 }))
+    local took = runtime.now() - t0
+    assert.is_true(took >= 1.5, ("the slow export took %.2f s"):format(took))
+    assert.equal(assert(hash.file(vmdk)), r.sha256)
+    local calls = sim:calls()
+    -- a report every 0.2 s of the transfer, and the final 100 %
+    assert.is_true((calls.HttpNfcLeaseProgress or 0) >= 5, "HttpNfcLeaseProgress: " .. (calls.HttpNfcLeaseProgress or 0))
+    assert.equal(1, calls.HttpNfcLeaseComplete)
+    assert.is_nil(calls.HttpNfcLeaseAbort)
+    assert.is_true(vc:call_task("PowerOnVM_Task", ref, {}))
+  end)
+
+  it("aborts the export's lease and leaves no VMDK when the build is interrupted (SIGINT)", function()
+    local out = tmp .. "/out-interrupted"
+    local disk = out .. "/" .. BUILD .. "/" .. BUILD .. "-disk-0.vmdk"
+    sim:reset_calls()
+    sim:inject({ method = "ExportVm", action = "slow", delay_ms = 300 }) -- about 10 s for the disk
+    local argv = { capil.exe }
+    for _, x in ipairs(args(out, { "--var", "keep_vm=false" })) do argv[#argv + 1] = x end
+    local p = assert(proc.spawn({ argv = argv, stdout = tmp .. "/interrupted.out", stderr = "stdout",
+      env_add = { XDG_CACHE_HOME = tmp .. "/cache" } }))
+    local deadline = runtime.now() + 90
+    -- the disk is streaming: its .part has bytes
+    while ((fs.stat(disk .. ".part") or {}).size or 0) == 0 do
+      assert(runtime.now() < deadline, "the export never started: " .. (fs.read(tmp .. "/interrupted.out") or ""))
+      runtime.sleep(0.05)
+    end
+    assert.is_nil(sim:calls().HttpNfcLeaseComplete)
+    assert(p:kill("INT"))
+    local st = assert(p:wait({ timeout = 60 }))
+    p:close()
+    local text = fs.read(tmp .. "/interrupted.out")
+    assert.equal(130, st.code, text)
+    local calls = sim:calls()
+    assert.equal(1, calls.ExportVm)
+    assert.equal(1, calls.HttpNfcLeaseAbort, text)
+    assert.is_nil(calls.HttpNfcLeaseComplete)
+    -- neither the disk nor its .part is left
+    assert.is_false(fs.exists(disk), text)
+    assert.is_false(fs.exists(disk .. ".part"), text .. "\n" .. table.concat(fs.list(out .. "/" .. BUILD) or {}, " "))
+    capil.assert_no_leftovers(out .. "/" .. BUILD)
   end)
 
   it("fails cleanly when the simulator stops in the middle of a build", function()

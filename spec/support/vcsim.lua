@@ -306,7 +306,9 @@ end
 --- "NotAuthenticated", with `message` as faultstring), "reset" closes the
 --- connection without a reply, "lost" carries the call out and then
 --- closes the connection without its reply, "status" answers HTTP `status` with no body,
---- "delay" waits `delay_ms` milliseconds and then answers as usual.
+--- "delay" waits `delay_ms` milliseconds and then answers as usual, "slow"
+--- (ExportVm only) answers as usual but the lease it returns serves its
+--- disks pausing `delay_ms` milliseconds after every 64 KiB.
 --- `count = 0` cancels. REST calls are named as in Sim:rest().
 ---@param opts {method: string, action: string, fault?: string, message?: string, status?: integer, count?: integer, delay_ms?: integer}
 function Sim:inject(opts)

@@ -25,8 +25,8 @@
 --- 429 or a 401 the client waits (exponential backoff, Retry-After honoured),
 --- asks the session how much it holds (`Content-Range: bytes */TOTAL`) and
 --- continues from there, so no byte the server acknowledged is sent again
---- (each chunk goes on a fresh connection: on a kept-alive one libcurl would
---- silently send a chunk again after the connection died). The finished
+--- (each chunk goes on a fresh connection, `fresh_connect`: on a kept-alive
+--- one libcurl would silently send a chunk again after the connection died). The finished
 --- object's md5Hash and crc32c must equal the local file's, which a child
 --- capil hashes on another core while big files upload.
 ---
@@ -795,7 +795,7 @@ function Client:upload(bucket, name, path, opts)
         -- sends the whole chunk again when the connection dies before an
         -- answer, which would repeat bytes the server may already hold
         method = "PUT", url = uri, body_file = path, body_offset = offset, body_length = len,
-        headers = headers, retries = 0, ok_status = true, session = false,
+        headers = headers, retries = 0, ok_status = true, fresh_connect = true,
         tick = progress and function(sent) progress:update(at + sent, size) return true end or nil,
         tick_interval = 0.5,
       }))

@@ -10,7 +10,9 @@
 --- zero; 416 drops it); when the call finally fails the `.part` is removed,
 --- unless `resume = true` was asked for, in which case it stays for a later
 --- `resume = true` call. A `.part` that fails its digest is always removed.
---- Without `resume`, a `.part` left by someone else is discarded first.
+--- Without `resume`, a `.part` left by someone else is discarded first, and
+--- a cleanup removes it while the request runs: Ctrl-C unwinds the Lua code
+--- that would otherwise remove it once the C transfer has stopped.
 ---
 --- Retries: connection failures (ECONNREFUSED, ECONNRESET, ETIMEDOUT, EDNS)
 --- and HTTP 429/500/502/503/504 are retried `retries` times (default 3) with
@@ -23,7 +25,11 @@
 --- Sessions: `http.session()` keeps connections alive and holds the cookies
 --- servers set (a SOAP login's session cookie is sent back on later calls);
 --- pass it as `session =`. `cookies = {name = value}` adds a Cookie header to
---- one request.
+--- one request. `fresh_connect = true` sends a request on a new connection,
+--- closed after the answer (the session's cookies still go and come back):
+--- libcurl silently resends a request when a kept-alive connection turns out
+--- dead, which for a state-changing call (CreateVM_Task, ImportVApp, a chunk
+--- of an upload) may repeat it.
 ---
 --- TLS: verified against the system CAs or `ca_file`; `insecure = true` skips
 --- it; `pin_sha256` pins the public key (curl's form), `cert_sha256` the
@@ -41,6 +47,7 @@ local core = require("capil.core.http")
 local log = require("capil.sys.log")
 local runtime = require("capil.core.runtime")
 local fs = require("capil.core.fs")
+local cleanup = require("capil.sys.cleanup")
 local optcheck = require("capil.util.opts").check
 
 local M = {}
@@ -70,7 +77,7 @@ local CORE_OPTS = {
   out_file = true, timeout = true, connect_timeout = true, stall_timeout = true,
   ca_file = true, insecure = true, pin_sha256 = true, cookies = true,
   progress = true, resume = true, sha256 = true, follow = true, cert_sha256 = true, tick = true,
-  tick_interval = true, body_offset = true, body_length = true,
+  tick_interval = true, body_offset = true, body_length = true, fresh_connect = true,
 }
 local LUA_OPTS = {
   retries = true, backoff = true, max_backoff = true, max_wait = true,
@@ -184,6 +191,10 @@ end
 ---@field ok_status? integer[]|boolean  statuses returned as responses, not failures; true: all
 ---@field idempotent? boolean     may the request be repeated after it was sent
 ---@field session? userdata       a `http.session()` to send it on
+---@field fresh_connect? boolean  a new connection, closed after the answer: libcurl silently
+---                               resends a request when a kept-alive connection turns out dead,
+---                               which would repeat a non-idempotent call (CreateVM_Task,
+---                               ImportVApp); set it for state-changing requests
 
 ---@class capil.sys.http.Response
 ---@field status integer
@@ -224,12 +235,16 @@ function M.request(opts)
   local shown = core.redact_url(opts.url)
 
   local part = opts.out_file and opts.out_file .. ".part"
+  local guard
   if part then
-    if not opts.resume then fs.remove(part) end
+    if not opts.resume then
+      fs.remove(part)
+      guard = cleanup.push("partial download " .. part, function() fs.remove(part) end)
+    end
     call.resume = true -- keep the .part between attempts
   end
   local function give_up(err, code, resp)
-    if part and not opts.resume then fs.remove(part) end
+    if guard then guard:run() end
     return nil, err, code, resp
   end
 
@@ -242,7 +257,10 @@ function M.request(opts)
     local resp, err, code = send()
     local kind
     if resp then
-      if accepted(resp, opts) then return resp end
+      if accepted(resp, opts) then
+        if guard then guard:cancel() end
+        return resp
+      end
       local reason = resp.reason ~= "" and resp.reason or REASONS[resp.status] or ""
       err = ("http.request: %s %s: HTTP %d%s"):format(method, shown, resp.status,
                                                        reason ~= "" and " " .. reason or "")

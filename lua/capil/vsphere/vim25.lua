@@ -698,7 +698,7 @@ end
 -- One HTTP round trip of `body`, retried for idempotent methods when the
 -- connection broke or the reply was empty.
 --
--- State changes go on a connection of their own, with the session cookie:
+-- State changes go on a fresh connection (`fresh_connect`), on the session:
 -- libcurl silently resends a request once when a reused keep-alive
 -- connection dies before the reply, which must not create two VMs.
 function Client:_send(method, this, body, extra_time)
@@ -716,12 +716,8 @@ function Client:_send(method, this, body, extra_time)
       ca_file = self.ca_file, insecure = self.insecure, pin_sha256 = self.pin_sha256,
       cert_sha256 = self.cert_sha256,
     }
-    local cookie = not idem and not SESSION_CALLS[method] and self.http:cookies().vmware_soap_session
-    if cookie then
-      req.cookies = { vmware_soap_session = cookie }
-    else
-      req.session = self.http
-    end
+    req.session = self.http
+    req.fresh_connect = not idem and not SESSION_CALLS[method] or nil
     local resp, err, code = http.request(req)
     self.last_used = runtime.now()
     if resp and resp.local_ip then self.local_ip = resp.local_ip end
@@ -804,6 +800,7 @@ end
 function Client:_relogin()
   log.warn("vim25: %s: session lost (NotAuthenticated); logging in again", self.server)
   self.logged_in = false
+  self.collector, self.inbox = nil, nil -- the old session's
   self.http:clear_cookies()
   local ok, err, code, fault = self:_login()
   if not ok then
@@ -934,9 +931,9 @@ function Client:find(path)
   return r
 end
 
--- The current value of `path` after an UpdateSet.
-local function apply_updates(us, path, value)
-  for _, fs in ipairs(M.list(us.filterSet)) do
+-- The current value of `path` after the PropertyFilterUpdates `sets`.
+local function apply_updates(sets, path, value)
+  for _, fs in ipairs(sets) do
     for _, ou in ipairs(M.list(fs.objectSet)) do
       if ou.kind == "leave" then value = nil end
       for _, ch in ipairs(M.list(ou.changeSet)) do
@@ -949,8 +946,40 @@ local function apply_updates(us, path, value)
   return value
 end
 
---- Waits until `predicate(value)` of property `path` of `ref` is truthy,
---- on a private PropertyCollector (destroyed afterwards); returns that value.
+-- The session's PropertyCollector, created on first use and shared by every
+-- wait (each with a filter of its own); a re-login forgets it (it belonged to
+-- the old session), `logout` destroys it.
+function Client:_collector()
+  if self.collector then return self.collector end
+  local pc, err, code, fault = self:call("CreatePropertyCollector", self.content.propertyCollector)
+  if err then return nil, err, code, fault end
+  self.collector, self.inbox, self.collector_version = pc, {}, ""
+  return pc
+end
+
+-- Files each PropertyFilterUpdate of the UpdateSet `us` in the inbox of its
+-- filter; updates of a filter no wait holds (destroyed earlier) are dropped.
+function Client:_deliver(us)
+  if us.version then self.collector_version = us.version end
+  for _, fs in ipairs(M.list(us.filterSet)) do
+    local box = M.is_ref(fs.filter) and self.inbox[fs.filter.value]
+    if box then box[#box + 1] = fs end
+  end
+end
+
+-- Empties the inbox of `filter`: its updates, oldest first.
+function Client:_take(filter)
+  local box = self.inbox[filter.value]
+  self.inbox[filter.value] = {}
+  return box
+end
+
+--- Waits until `predicate(value)` of property `path` of `ref` is truthy;
+--- returns that value. The session's PropertyCollector is created once and
+--- reused: each wait adds a filter of its own (destroyed afterwards), asks
+--- for its initial state with version "" and then follows the collector's
+--- latest version. Updates land in per-filter inboxes, so a wait inside a
+--- predicate (a task waited on) takes nothing from the wait around it.
 --- `predicate` is also called with the first (current) value, nil when unset.
 ---@param ref capil.vsphere.vim25.Ref
 ---@param path string
@@ -964,28 +993,41 @@ function Client:wait(ref, path, predicate, timeout)
   timeout = timeout or 3600
   local deadline = runtime.now() + timeout
   local RESTART = {}
-  -- One private collector's wait; RESTART when a re-login under it killed
-  -- the collector (it belongs to the old session).
+  -- One filter's wait; RESTART when a re-login under it killed the
+  -- collector (it belongs to the old session).
   local function attempt()
     local logins = self.stats.logins
-    local pc, err, code, fault = self:call("CreatePropertyCollector", self.content.propertyCollector)
-    if err then return nil, err, code, fault end
+    local pc, err, code, fault = self:_collector()
+    if not pc then return nil, err, code, fault end
+    local filter
+    filter, err, code, fault = self:call("CreateFilter", pc, {
+      spec = { propSet = { { type = ref.type, pathSet = { path } } }, objectSet = { { obj = ref, skip = false } } },
+      partialUpdates = false,
+    })
+    if err then
+      if self.stats.logins ~= logins then return RESTART end
+      return nil, err, code, fault
+    end
+    self.inbox[filter.value] = {}
     local function finish(...)
-      self:call("DestroyPropertyCollector", pc)
+      if self.inbox then self.inbox[filter.value] = nil end
+      self:call("DestroyPropertyFilter", filter)
       return ...
     end
     local function failed(...)
       if self.stats.logins ~= logins then return RESTART end
       return finish(...)
     end
-    local _
-    _, err, code, fault = self:call("CreateFilter", pc, {
-      spec = { propSet = { { type = ref.type, pathSet = { path } } }, objectSet = { { obj = ref, skip = false } } },
-      partialUpdates = false,
-    })
-    if err then return failed(nil, err, code, fault) end
     local version, value = "", nil
     while true do
+      if self.stats.logins ~= logins then return RESTART end -- a re-login inside the predicate
+      if version ~= "" then version = self.collector_version end
+      -- what a wait inside the predicate fetched for this filter
+      local early = self:_take(filter)
+      if #early > 0 then
+        value = apply_updates(early, path, value)
+        if predicate(value) then return finish(value) end
+      end
       local left = deadline - runtime.now()
       if left <= 0 then
         return finish(nil, ("vim25.wait: %s %s: timed out after %g s"):format(tostring(ref), path, timeout),
@@ -998,8 +1040,9 @@ function Client:wait(ref, path, predicate, timeout)
       })
       if err then return failed(nil, err, code, fault) end
       if us then
-        version = us.version or version
-        value = apply_updates(us, path, value)
+        self:_deliver(us)
+        version = self.collector_version
+        value = apply_updates(self:_take(filter), path, value)
         if not us.truncated and predicate(value) then return finish(value) end
       end
     end
@@ -1077,6 +1120,8 @@ function Client:logout()
   if self.closed then return true end
   local ok, err, code = true, nil, nil
   if self.logged_in then
+    if self.collector then self:call("DestroyPropertyCollector", self.collector) end
+    self.collector, self.inbox = nil, nil
     local body = M.envelope("Logout", self.content.sessionManager)
     local _
     _, err, code = self:_invoke("Logout", self.content.sessionManager, body, { relogin = false })

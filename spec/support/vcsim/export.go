@@ -12,6 +12,10 @@
 // and an empty disk is served as the -export-disk file when one is given
 // (real vCenter always streams a streamOptimized VMDK, which vcsim's empty
 // placeholders are not), else as 1 MiB of a fixed pattern (byte i = i % 251).
+//
+// A lease of an ExportVm injected "slow" pauses after every 64 KiB it serves
+// (slowWriter), so a test can watch the client's progress reports or
+// interrupt the transfer.
 package main
 
 import (
@@ -38,6 +42,7 @@ import (
 const (
 	leaseReadyAfter = 300 * time.Millisecond
 	patternSize     = 1 << 20
+	slowChunk       = 64 << 10
 )
 
 // exportDisk is one file a lease serves.
@@ -55,6 +60,7 @@ type exportLease struct {
 	exp    *exporter
 	disks  []exportDisk
 	closed bool
+	slow   time.Duration // pause after every slowChunk served (0: full speed)
 }
 
 type exporter struct {
@@ -69,7 +75,7 @@ func newExporter(empty string) *exporter {
 }
 
 // exportVm starts an export of a powered-off VM.
-func (x *exporter) exportVm(w http.ResponseWriter, body []byte) {
+func (x *exporter) exportVm(w http.ResponseWriter, body []byte, slow time.Duration) {
 	req, ok := decode(w, body).(*types.ExportVm)
 	if !ok {
 		return
@@ -96,7 +102,7 @@ func (x *exporter) exportVm(w http.ResponseWriter, body []byte) {
 	x.mu.Lock()
 	x.next++
 	ref := types.ManagedObjectReference{Type: "HttpNfcLease", Value: fmt.Sprintf("export-%d", x.next)}
-	lease := &exportLease{exp: x, disks: disks}
+	lease := &exportLease{exp: x, disks: disks, slow: slow}
 	lease.Self = ref
 	lease.State = types.HttpNfcLeaseStateInitializing
 	lease.Mode = "pushOrGet"
@@ -240,9 +246,11 @@ func (x *exporter) serveNFC(w http.ResponseWriter, r *http.Request) {
 	var (
 		ready bool
 		disk  *exportDisk
+		slow  time.Duration
 	)
 	simulator.Map.WithLock(lease, func() {
 		ready = !lease.closed && lease.State == types.HttpNfcLeaseStateReady
+		slow = lease.slow
 		for i := range lease.disks {
 			if lease.disks[i].target == parts[1] {
 				d := lease.disks[i]
@@ -280,7 +288,41 @@ func (x *exporter) serveNFC(w http.ResponseWriter, r *http.Request) {
 		content = bytes.NewReader(pattern())
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
+	if slow > 0 {
+		w = &slowWriter{ResponseWriter: w, pause: slow}
+	}
 	http.ServeContent(w, r, parts[1], modtime, content)
+}
+
+// slowWriter sends what it is given, pausing after every slowChunk bytes.
+type slowWriter struct {
+	http.ResponseWriter
+	pause time.Duration
+	since int // bytes since the last pause
+}
+
+func (s *slowWriter) Write(p []byte) (int, error) {
+	done := 0
+	for len(p) > 0 {
+		n := slowChunk - s.since
+		if n > len(p) {
+			n = len(p)
+		}
+		m, err := s.ResponseWriter.Write(p[:n])
+		done += m
+		if err != nil {
+			return done, err
+		}
+		p = p[n:]
+		if s.since += n; s.since == slowChunk {
+			s.since = 0
+			if f, ok := s.ResponseWriter.(http.Flusher); ok {
+				f.Flush()
+			}
+			time.Sleep(s.pause)
+		}
+	}
+	return done, nil
 }
 
 // close ends the lease (called by the dispatcher with the lease locked).

@@ -47,11 +47,11 @@ type shimOptions struct {
 // injection is a scripted misbehaviour for the next `count` calls of a method.
 type injection struct {
 	Method  string `json:"method"`
-	Action  string `json:"action"`   // "fault", "reset", "lost", "status" or "delay"
+	Action  string `json:"action"`   // "fault", "reset", "lost", "status", "delay" or "slow"
 	Fault   string `json:"fault"`    // vim25 fault type, for "fault"
 	Message string `json:"message"`  // faultstring (default: what vSphere says)
 	Status  int    `json:"status"`   // HTTP status with an empty body, for "status"
-	DelayMS int    `json:"delay_ms"` // for "delay": wait this long, then answer as usual
+	DelayMS int    `json:"delay_ms"` // "delay": wait, then answer; "slow" (ExportVm): pause per 64 KiB served
 	Count   *int   `json:"count"`    // default 1; 0 removes the injection
 }
 
@@ -156,6 +156,7 @@ func (s *shim) serveSOAP(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = ioutil.NopCloser(bytes.NewReader(body))
 	method, this := soapCall(body)
+	var slow time.Duration // an ExportVm whose lease serves slowly
 
 	if method != "" {
 		s.mu.Lock()
@@ -183,6 +184,10 @@ func (s *shim) serveSOAP(w http.ResponseWriter, r *http.Request) {
 			time.Sleep(time.Duration(act.DelayMS) * time.Millisecond)
 			inj = nil
 		}
+		if inj != nil && act.Action == "slow" {
+			slow = time.Duration(act.DelayMS) * time.Millisecond
+			inj = nil
+		}
 		if inj != nil {
 			s.misbehave(w, &act, this)
 			return
@@ -198,7 +203,7 @@ func (s *shim) serveSOAP(w http.ResponseWriter, r *http.Request) {
 		case method == "PutUsbScanCodes":
 			s.putUsbScanCodes(w, body)
 		default:
-			s.export.exportVm(w, body)
+			s.export.exportVm(w, body, slow)
 		}
 		return
 	}
@@ -430,12 +435,19 @@ func (s *shim) inject(inj *injection) string {
 		if inj.DelayMS <= 0 {
 			return "inject: 'delay_ms' must be positive"
 		}
+	case "slow":
+		if inj.Method != "ExportVm" {
+			return "inject: 'slow' is for ExportVm"
+		}
+		if inj.DelayMS <= 0 {
+			return "inject: 'delay_ms' must be positive"
+		}
 	case "status":
 		if inj.Status < 100 || inj.Status > 599 {
 			return "inject: 'status' must be an HTTP status"
 		}
 	default:
-		return fmt.Sprintf("inject: unknown action %q (fault, reset, lost, status, delay)", inj.Action)
+		return fmt.Sprintf("inject: unknown action %q (fault, reset, lost, status, delay, slow)", inj.Action)
 	}
 	if inj.Count == nil {
 		one := 1
