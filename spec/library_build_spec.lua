@@ -5,9 +5,6 @@
 -- both recorded in report.json; a second build makes a VM template (vmtx)
 -- and destroys the build VM, its run report (--report) naming both items.
 local capil = require("support.capil")
-local vcsim = require("support.vcsim")
-local sshd = require("support.sshd")
-local peer = require("support.peer")
 local buildenv = require("support.buildenv")
 local fs = require("capil.sys.fs")
 local json = require("capil.sys.json")
@@ -16,23 +13,12 @@ local PASSWORD = "Lib-b5ild!pw"
 local BUILD = "vsphere-fixture-kube-v1.16.14"
 
 describe("content library destinations of a vSphere build #vsphere", function()
-  local tmp, sim, ssh, iso, iso_sum, key, probe, vmdk, varfile, lib
+  local env, tmp, sim, ssh, iso, iso_sum, key, probe, varfile, lib
 
   setup(function()
-    tmp = peer.dir("library-build")
-    iso, iso_sum = buildenv.iso(tmp)
-    vmdk = buildenv.export_vmdk(tmp, 1)
-    key = sshd.keygen(tmp, "build_ed25519")
-    ssh = sshd.start({ authorized = { key } })
-    probe = tmp .. "/probe"
-    sim = vcsim.start({ username = "administrator@vsphere.local", password = PASSWORD, tls = true,
-      guest_ip = "127.0.0.1", guest_ip_delay = 0.3, export_disk = vmdk })
-    varfile = tmp .. "/vsphere.json"
-    assert(json.write(varfile, {
-      vcenter_server = sim.url, username = sim.username, password = PASSWORD, vcenter_ca_file = sim.ca_file,
-      datacenter = "DC0", cluster = "DC0_C0", datastore = "LocalDS_0", network = "VM Network", folder = "",
-      insecure_connection = "false", convert_to_template = "false",
-    }))
+    env = buildenv.vsphere("library-build", PASSWORD, { mib = 1 })
+    tmp, sim, ssh, iso, iso_sum, key, probe, varfile =
+      env.tmp, env.sim, env.ssh, env.iso, env.iso_sum, env.key, env.probe, env.varfile
     -- the library (a build's destination must exist)
     local session = require("capil.vsphere.session")
     local s = assert(session.settings_from_vars({ var_files = { varfile } }))
@@ -44,9 +30,7 @@ describe("content library destinations of a vSphere build #vsphere", function()
   end)
 
   teardown(function()
-    if sim then sim:stop() end
-    if ssh then ssh.stop() end
-    if tmp then fs.remove(tmp, { recursive = true }) end
+    if env then env.stop() end
   end)
 
   local function run(out, extra)

@@ -298,7 +298,7 @@ describe("capil publish #vsphere", function()
     assert.equal(0, r.code, r.stdout .. r.stderr)
     local other = tmp .. "/other-pin.json"
     assert(json.write(other, { vcenter_server = sim.url, username = USER, password = PASSWORD,
-      thumbprint = (fp:gsub("%x", "0", 2)) }))
+      thumbprint = peer.wrong_fingerprint(fp) }))
     r = publish({ ova2, "--library", "images" }, { varfile = other })
     assert.equal(1, r.code, r.stdout .. r.stderr)
     r = publish({ ova2, "--library", "images", "--insecure" }, { varfile = wrong })

@@ -6,12 +6,8 @@
 -- from the datastore after the run; the OVA the run packed must import, with
 -- `capil deploy`, as an EFI VM. The simulator peer: spec/support/vcsim.lua.
 local capil = require("support.capil")
-local vcsim = require("support.vcsim")
-local sshd = require("support.sshd")
-local peer = require("support.peer")
 local buildenv = require("support.buildenv")
 local fs = require("capil.sys.fs")
-local json = require("capil.sys.json")
 local xml = require("capil.sys.xml")
 local vim25 = require("capil.vsphere.vim25")
 local session = require("capil.vsphere.session")
@@ -54,29 +50,16 @@ local function create_spec(body)
 end
 
 describe("vSphere EFI build with a SATA seed CD on the simulator #vsphere", function()
-  local tmp, sim, ssh, iso, iso_sum, key, probe, vmdk, varfile
+  local env, tmp, sim, ssh, iso, iso_sum, key, probe, varfile
 
   setup(function()
-    tmp = peer.dir("vsphere-efi-build")
-    iso, iso_sum = buildenv.iso(tmp)
-    vmdk = buildenv.export_vmdk(tmp, 1)
-    key = sshd.keygen(tmp, "build_ed25519")
-    ssh = sshd.start({ authorized = { key } })
-    probe = tmp .. "/probe"
-    sim = vcsim.start({ username = "administrator@vsphere.local", password = PASSWORD, tls = true,
-      guest_ip = "127.0.0.1", guest_ip_delay = 0.3, export_disk = vmdk })
-    varfile = tmp .. "/vsphere.json"
-    assert(json.write(varfile, {
-      vcenter_server = sim.url, username = sim.username, password = PASSWORD, vcenter_ca_file = sim.ca_file,
-      datacenter = "DC0", cluster = "DC0_C0", datastore = "LocalDS_0", network = "VM Network", folder = "",
-      insecure_connection = "false", convert_to_template = "false",
-    }))
+    env = buildenv.vsphere("vsphere-efi-build", PASSWORD, { mib = 1 })
+    tmp, sim, ssh, iso, iso_sum, key, probe, varfile =
+      env.tmp, env.sim, env.ssh, env.iso, env.iso_sum, env.key, env.probe, env.varfile
   end)
 
   teardown(function()
-    if sim then sim:stop() end
-    if ssh then ssh.stop() end
-    if tmp then fs.remove(tmp, { recursive = true }) end
+    if env then env.stop() end
   end)
 
   it("creates the VM with firmware efi, an AHCI controller and both CD-ROMs on datastore ISOs; removes the seed "

@@ -8,7 +8,6 @@
 local capil = require("support.capil")
 local vcsim = require("support.vcsim")
 local esxi = require("support.esxi")
-local sshd = require("support.sshd")
 local peer = require("support.peer")
 local proc = require("capil.sys.proc")
 local fs = require("capil.sys.fs")
@@ -77,33 +76,17 @@ describe("vSphere guest IP choice #unit", function()
 end)
 
 describe("vSphere backend against the simulator #vsphere", function()
-  local tmp, sim, ssh, iso, iso_sum, key, probe, vmdk, varfile
+  local env, tmp, sim, ssh, iso, iso_sum, key, probe, vmdk, varfile
 
   setup(function()
-    tmp = peer.dir("vsphere-spec")
-    -- an "ISO" (any file: the simulator's VM never boots it) and the disk
-    -- the simulator's export streams (a real streamOptimized VMDK)
-    iso, iso_sum = buildenv.iso(tmp)
-    vmdk = buildenv.export_vmdk(tmp, 2)
-    -- the "guest": a real sshd as the current user, with the build's key
-    key = sshd.keygen(tmp, "build_ed25519")
-    ssh = sshd.start({ authorized = { key } })
-    probe = tmp .. "/probe"
-    sim = vcsim.start({ username = "administrator@vsphere.local", password = PASSWORD, tls = true,
-      guest_ip = "127.0.0.1", guest_ip_delay = 0.3, export_disk = vmdk })
-    varfile = tmp .. "/vsphere.json"
-    assert(json.write(varfile, {
-      vcenter_server = sim.url, username = sim.username, password = PASSWORD, vcenter_ca_file = sim.ca_file,
-      datacenter = "DC0", cluster = "DC0_C0", datastore = "LocalDS_0", network = "VM Network", folder = "",
-      insecure_connection = "false", convert_to_template = "false",
-      configuration_parameters = { ["guestinfo.capil.test"] = "built-by-capil" },
-    }))
+    env = buildenv.vsphere("vsphere-spec", PASSWORD,
+      { mib = 2, vars = { configuration_parameters = { ["guestinfo.capil.test"] = "built-by-capil" } } })
+    tmp, sim, ssh, iso, iso_sum, key, probe, vmdk, varfile =
+      env.tmp, env.sim, env.ssh, env.iso, env.iso_sum, env.key, env.probe, env.vmdk, env.varfile
   end)
 
   teardown(function()
-    if sim then sim:stop() end
-    if ssh then ssh.stop() end
-    if tmp then fs.remove(tmp, { recursive = true }) end
+    if env then env.stop() end
   end)
 
   local function args(out, extra, opts)

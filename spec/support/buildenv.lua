@@ -36,4 +36,43 @@ function M.export_vmdk(dir, mib)
   return vmdk
 end
 
+--- Everything a full vSphere build on the simulator needs, started here:
+--- a scratch dir, the "ISO", the VMDK the simulator's export serves (`mib`
+--- random MiB), the "guest" (a real sshd as the current user with the
+--- build's ed25519 key), the simulator (TLS, reporting 127.0.0.1 as the
+--- guest IP) and a var file pointing at it (`vars` added to it). Returns
+--- {tmp, sim, ssh, iso, iso_sum, key, probe, vmdk, varfile, stop = fn}.
+---@param name string scratch dir name
+---@param password string the simulator's password
+---@param opts? {mib?: integer, vars?: table}
+---@return table
+function M.vsphere(name, password, opts)
+  opts = opts or {}
+  local peer = require("support.peer")
+  local sshd = require("support.sshd")
+  local e = { tmp = peer.dir(name) }
+  e.iso, e.iso_sum = M.iso(e.tmp)
+  e.vmdk = M.export_vmdk(e.tmp, opts.mib or 1)
+  e.key = sshd.keygen(e.tmp, "build_ed25519")
+  e.ssh = sshd.start({ authorized = { e.key } })
+  e.probe = e.tmp .. "/probe"
+  e.sim = require("support.vcsim").start({ username = "administrator@vsphere.local", password = password,
+    tls = true, guest_ip = "127.0.0.1", guest_ip_delay = 0.3, export_disk = e.vmdk })
+  e.varfile = e.tmp .. "/vsphere.json"
+  local vars = {
+    vcenter_server = e.sim.url, username = e.sim.username, password = password, vcenter_ca_file = e.sim.ca_file,
+    datacenter = "DC0", cluster = "DC0_C0", datastore = "LocalDS_0", network = "VM Network", folder = "",
+    insecure_connection = "false", convert_to_template = "false",
+  }
+  for k, v in pairs(opts.vars or {}) do vars[k] = v end
+  assert(require("capil.sys.json").write(e.varfile, vars))
+  --- Stops the simulator and sshd, removes the scratch dir.
+  function e.stop()
+    if e.sim then e.sim:stop() end
+    if e.ssh then e.ssh.stop() end
+    fs.remove(e.tmp, { recursive = true })
+  end
+  return e
+end
+
 return M

@@ -54,4 +54,13 @@ function M.stop_pid(pid)
   proc.kill(pid, "KILL")
 end
 
+--- A certificate fingerprint that differs from `fp` for sure: its first hex
+--- digit changed ("0" becomes "1", anything else "0"), colons kept.
+---@param fp string
+---@return string
+function M.wrong_fingerprint(fp)
+  local i = assert(fp:find("%x"), "not a fingerprint: " .. fp)
+  return fp:sub(1, i - 1) .. (fp:sub(i, i) == "0" and "1" or "0") .. fp:sub(i + 1)
+end
+
 return M
