@@ -72,15 +72,9 @@ configuration error.]],
     if opts["create-library"] and not ds_name then
       cli.fail("publish: --create-library needs --datastore DS (or the datastore variable)", 2)
     end
-    local var = session.server_var("vsphere")
-    if not s.server or s.server == "" then
-      cli.fail(("publish: no server: set %s (in a var file, with --var, or GOVC_URL)"):format(var), 2)
-    end
-    local password = session.password(s)
-    if not s.username or s.username == "" or not password then
-      cli.fail(("publish: %s: set username and password (var file, --var, or GOVC_USERNAME/GOVC_PASSWORD)")
-        :format(s.server), 2)
-    end
+    -- server and credentials before the OVA's (long) verification
+    local login, lerr = session.login(s)
+    if not login then cli.fail("publish: " .. lerr, 2) end
 
     -- the OVA first: nothing goes out before it is known good
     local ova = require("capil.format.ova")

@@ -60,40 +60,14 @@ function M.placement_vars(kind)
   return out
 end
 
---- Opens a vim25 session with the settings. opts.kind ("vsphere" or "esx")
---- names the backend in messages; opts.secret reads the password when the
---- settings carry only its variable (a build's plan settings).
+--- The login the settings describe, as the vim25 and REST clients take it
+--- ({server, username, password, insecure, ca_file, cert_sha256}), or nil
+--- and an error naming the variable to set (code ECONFIG). opts.kind
+--- ("vsphere" or "esx") names the backend; opts.secret as in M.connect.
 ---@param s table the backend's settings
 ---@param opts? {kind?: string, secret?: fun(var: string): string|nil}
----@return table|nil vc, string? err, string? code
-function M.connect(s, opts)
-  opts = opts or {}
-  local kind = opts.kind or "vsphere"
-  local var = M.server_var(kind)
-  if not s.server or s.server == "" then
-    return fail(("%s: no server: set %s (in a var file, with --var, or GOVC_URL)"):format(kind, var), "ECONFIG")
-  end
-  local password = M.password(s, opts.secret)
-  if not s.username or s.username == "" or not password then
-    return fail(("%s: %s: set username and password (var file, --var, or GOVC_USERNAME/GOVC_PASSWORD)")
-      :format(kind, s.server), "ECONFIG")
-  end
-  if s.server:match("^[Hh][Tt][Tt][Pp]://") then
-    log.warn("%s: %s is plain http: the password (and every datastore upload) crosses the network in clear; "
-      .. "use https://", kind, s.server)
-  end
-  return vim25.connect({
-    server = s.server, username = s.username, password = password,
-    insecure = s.insecure_connection and true or false, ca_file = s.ca_file, cert_sha256 = s.thumbprint,
-  })
-end
-
---- Opens a vSphere Automation REST session (capil.vsphere.rest, the
---- content library's API) with the settings, as M.connect does a vim25 one.
----@param s table the backend's settings
----@param opts? {kind?: string, secret?: fun(var: string): string|nil, api?: string}
----@return table|nil client, string? err, string? code
-function M.rest(s, opts)
+---@return table|nil login, string? err, string? code
+function M.login(s, opts)
   opts = opts or {}
   local kind = opts.kind or "vsphere"
   if not s.server or s.server == "" then
@@ -105,9 +79,39 @@ function M.rest(s, opts)
     return fail(("%s: %s: set username and password (var file, --var, or GOVC_USERNAME/GOVC_PASSWORD)")
       :format(kind, s.server), "ECONFIG")
   end
-  return require("capil.vsphere.rest").connect({ server = s.server, username = s.username, password = password,
-    insecure = s.insecure_connection and true or false, ca_file = s.ca_file, cert_sha256 = s.thumbprint,
-    api = opts.api or "auto" })
+  return { server = s.server, username = s.username, password = password,
+    insecure = s.insecure_connection and true or false, ca_file = s.ca_file, cert_sha256 = s.thumbprint }
+end
+
+--- Opens a vim25 session with the settings. opts.kind ("vsphere" or "esx")
+--- names the backend in messages; opts.secret reads the password when the
+--- settings carry only its variable (a build's plan settings).
+---@param s table the backend's settings
+---@param opts? {kind?: string, secret?: fun(var: string): string|nil}
+---@return table|nil vc, string? err, string? code
+function M.connect(s, opts)
+  opts = opts or {}
+  local kind = opts.kind or "vsphere"
+  local login, err, code = M.login(s, opts)
+  if not login then return nil, err, code end
+  if s.server:match("^[Hh][Tt][Tt][Pp]://") then
+    log.warn("%s: %s is plain http: the password (and every datastore upload) crosses the network in clear; "
+      .. "use https://", kind, s.server)
+  end
+  return vim25.connect(login)
+end
+
+--- Opens a vSphere Automation REST session (capil.vsphere.rest, the
+--- content library's API) with the settings, as M.connect does a vim25 one.
+---@param s table the backend's settings
+---@param opts? {kind?: string, secret?: fun(var: string): string|nil, api?: string}
+---@return table|nil client, string? err, string? code
+function M.rest(s, opts)
+  opts = opts or {}
+  local login, err, code = M.login(s, opts)
+  if not login then return nil, err, code end
+  login.api = opts.api or "auto"
+  return require("capil.vsphere.rest").connect(login)
 end
 
 --- Settings without a recipe (capil repl, capil deploy, capil ssh):
