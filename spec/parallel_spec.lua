@@ -462,6 +462,18 @@ describe("run reports #unit #parallel", function()
       failure.attrs.message)
   end)
 
+  it("a build whose output directory cannot be made fails to start with the reason, not a traceback", function()
+    local dir = assert(fs.tempdir({ prefix = "capil-spec-nodir" }))
+    assert(fs.write(dir .. "/output", "a file where the output directory goes"))
+    local r = capil.run({ "run", "ubuntu-2004", "ubuntu-2204", "-j", "2", "--skip-preflight" }, { cwd = dir })
+    fs.remove(dir, { recursive = true })
+    assert.equal(1, r.code, r.stderr .. r.stdout)
+    local out = r.stdout .. r.stderr
+    assert.matches("ubuntu%-2004[^\n]*: failed to start: fs%.mkdir: output/ubuntu%-2004[^\n]*/logs: Not a directory", out)
+    assert.matches("0 of 2 builds passed", out)
+    assert.not_matches("traceback", out)
+  end)
+
   it("writes the reports atomically, making their directory", function()
     local dir = assert(fs.tempdir({ prefix = "capil-spec-reports" }))
     local out = dir .. "/deep/er/junit.xml"

@@ -95,10 +95,12 @@ local function install_file(session, step, dest, opts)
   local tmp = ("%s/.capil-upload-%d-%d"):format(home_of(session), proc.getpid(), math.random(1, 1 << 30))
   local ok, err, code
   if opts.content then
-    local dir = assert(fs.tempdir({ prefix = "capil-copy" }))
+    local dir
+    dir, err, code = fs.tempdir({ prefix = "capil-copy" })
+    if not dir then return nil, "a local temp dir for " .. dest .. ": " .. tostring(err), code end
     local lpath = dir .. "/content"
-    assert(fs.write(lpath, opts.content))
-    ok, err, code = session:put(lpath, tmp, { mode = 384 })
+    ok, err, code = fs.write(lpath, opts.content)
+    if ok then ok, err, code = session:put(lpath, tmp, { mode = 384 }) end
     fs.remove(dir, { recursive = true })
   else
     ok, err, code = session:put(opts.src, tmp, { mode = 384 })

@@ -339,7 +339,12 @@ local function start(b, disp, n, force)
   local dir = b.plan.output_dir
   -- --force: the parent removes the directory, before the child's console log goes there
   if force and fs.exists(dir) then fs.remove(dir, { recursive = true }) end
-  assert(fs.mkdir(dir .. "/logs"))
+  local mok, merr = fs.mkdir(dir .. "/logs")
+  if not mok then
+    b.status, b.seconds, b.error = "failed", 0, merr
+    disp:line(("%s: failed to start: %s"):format(label(b, n), merr))
+    return
+  end
   -- a report left by an earlier run must not pass for this one's
   fs.remove(dir .. "/report.json")
   fs.remove(dir .. "/test/report.json")

@@ -246,7 +246,8 @@ function M.download(what, opts)
     url = pick[1].url
   end
   local dir = opts.dir or "."
-  assert(fs.mkdir(dir))
+  local mok, merr, mcode = fs.mkdir(dir)
+  if not mok then return nil, "download: " .. merr, mcode end
   local name = url:match("([^/?#]+)$")
   local shown = http.redact_url(url)
   local sum, serr, scode = M.expected_sum(url, opts.checksum)
@@ -284,7 +285,8 @@ function M.download(what, opts)
     end
     return nil, "download: " .. err, code
   end
-  assert(fs.write(out .. ".sha256", sum .. "\n"))
+  local wok, werr, wcode = fs.write(out .. ".sha256", sum .. "\n")
+  if not wok then return nil, "download: " .. werr, wcode end
   log.info("download: %s (%d bytes, sha256 %s verified)", out, fs.stat(out).size, sum)
   return out
 end

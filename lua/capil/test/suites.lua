@@ -348,9 +348,11 @@ local function cni_install(session, tarball, digest, dir, opts)
     local ldir = fs.tempdir({ prefix = "capil-cni" })
     if not ldir then return nil, "cannot make a local temp dir for the CNI configuration", "ETEMP" end
     for name, text in pairs(M.cni_config()) do
-      assert(fs.write(ldir .. "/" .. name, text))
-      ok, uerr, ucode = upload(session, ldir .. "/" .. name, tmp .. "/" .. name, hash.digest("sha256", text),
-        { progress = false })
+      ok, uerr, ucode = fs.write(ldir .. "/" .. name, text)
+      if ok then
+        ok, uerr, ucode = upload(session, ldir .. "/" .. name, tmp .. "/" .. name, hash.digest("sha256", text),
+          { progress = false })
+      end
       if not ok then
         fs.remove(ldir, { recursive = true })
         return nil, uerr, ucode
@@ -550,7 +552,9 @@ local function conformance_collect(session, opts, state, suite)
     local g, gerr, gcode = session:get(remote, path)
     if not g then return nil, ("copy %s from the guest: %s"):format(remote, gerr), gcode end
     suite.junit[#suite.junit + 1] = path
-    local s, serr = M.junit_summary(assert(fs.read(path)))
+    local text, rerr, rcode = fs.read(path)
+    if not text then return nil, ("%s: %s"):format(path, rerr), rcode end
+    local s, serr = M.junit_summary(text)
     if not s then return nil, ("%s: %s"):format(path, serr), "EJUNIT" end
     for _, k in ipairs(JUNIT_KEYS) do sum[k] = sum[k] + s[k] end
   end
