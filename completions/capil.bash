@@ -31,7 +31,7 @@ _capil() {
       ova) opts="$opts --json --convert --eula" ;;
       publish) opts="$opts --library -l --item --create-library --datastore --var-file --var --insecure --api" ;;
       repl) opts="$opts --no-history --backend -b --var-file --var --insecure" ;;
-      run) opts="$opts --force --on-error --keep-on-error --debug --stages --suite --bucket --key-file --gcs-endpoint --library --library-item --all --jobs -j --fail-fast --only --except --report --junit --shard --dry-run --skip-preflight --backend -b --var-file --var --recipes-dir --output --insecure" ;;
+      run) opts="$opts --force --on-error --keep-on-error --debug --stages --suite --bucket --key-file --gcs-endpoint --library --library-item --create-library --all --jobs -j --fail-fast --only --except --report --junit --shard --dry-run --skip-preflight --backend -b --var-file --var --recipes-dir --output --insecure" ;;
       schema) opts="$opts --markdown --luals" ;;
       ssh) opts="$opts --backend -b --user -u --key -i --var-file --var --insecure" ;;
       test) opts="$opts --backend -b --suite --keep --cloudinit --var-file --var --output --insecure" ;;

@@ -96,6 +96,7 @@ complete -c capil -n '__fish_seen_subcommand_from run' -l key-file -r -d 'upload
 complete -c capil -n '__fish_seen_subcommand_from run' -l gcs-endpoint -r -d 'upload stage: GCS endpoint (emulators, private deployments)'
 complete -c capil -n '__fish_seen_subcommand_from run' -l library -r -d 'publish stage: vSphere content library (default: the publish_library variable)'
 complete -c capil -n '__fish_seen_subcommand_from run' -l library-item -r -d 'publish stage: its item (default: publish_library_item, else the build\'s name)'
+complete -c capil -n '__fish_seen_subcommand_from run' -l create-library -d 'publish stage: create the library (local, on the datastore variable\'s datastore) when it does not exist'
 complete -c capil -n '__fish_seen_subcommand_from run' -l all -d 'build every recipe \'capil list\' shows (only those of --recipes-dir when given)'
 complete -c capil -n '__fish_seen_subcommand_from run' -l jobs -s j -r -d 'several builds: at most N at once (default 1)'
 complete -c capil -n '__fish_seen_subcommand_from run' -l fail-fast -d 'several builds: the first failure interrupts the others'

@@ -46,10 +46,19 @@ describe("content library destinations of a vSphere build #vsphere", function()
     return r
   end
 
-  -- the library's items by name: {name = {id, type, description, ...}}
-  local function items()
+  -- the id of the library named `name`, or nil
+  local function library_named(name)
+    for _, id in ipairs(sim:rest_call("/rest/com/vmware/content/library") or {}) do
+      local l = sim:rest_call("/rest/com/vmware/content/library/id:" .. id)
+      if l and l.name == name then return id end
+    end
+  end
+
+  -- a library's items by name: {name = {id, type, description, ...}} (default: images)
+  local function items(library_id)
     local out = {}
-    for _, id in ipairs(sim:rest_call("/rest/com/vmware/content/library/item?library_id=" .. lib) or {}) do
+    for _, id in ipairs(sim:rest_call("/rest/com/vmware/content/library/item?library_id=" .. (library_id or lib))
+      or {}) do
       local it = sim:rest_call("/rest/com/vmware/content/library/item/id:" .. id)
       out[it.name] = it
     end
@@ -81,8 +90,17 @@ describe("content library destinations of a vSphere build #vsphere", function()
     assert.equal(0, r.code, r.stderr)
     local finalize
     for _, st in ipairs(json.decode(r.stdout).steps) do if st.kind == "finalize_vm" then finalize = st end end
-    assert.same({ library = "images", item = BUILD, type = "vmtx", destroy_vm = true }, finalize.content_library)
+    assert.same({ library = "images", item = BUILD, type = "vmtx", destroy_vm = true, export = true },
+      finalize.content_library)
     assert.is_false(finalize.keep_vm)
+    -- content_library_export=false: inspect shows the export and the OVA skipped, with the reason
+    r = cmd("inspect", { "--backend", "vsphere", "--var", "content_library=images",
+      "--var", "content_library_export=false" })
+    assert.equal(0, r.code, r.stderr)
+    local skip = {}
+    for _, st in ipairs(json.decode(r.stdout).steps) do skip[st.id] = st.skip end
+    local why = "content_library_export is false: the item " .. BUILD .. " of library images is the build's image"
+    assert.same({ export = why, ova = why }, skip)
     r = cmd("inspect", { "--backend", "vsphere" })
     for _, st in ipairs(json.decode(r.stdout).steps) do assert.is_nil(st.content_library) end
     r = cmd("inspect", { "--backend", "esx", "--var", "content_library=images" })
@@ -109,11 +127,15 @@ describe("content library destinations of a vSphere build #vsphere", function()
     assert.is_false(fs.exists(tmp .. "/out-none"))
   end)
 
-  it("content_library makes an OVF item of the build VM; --stages build,publish publishes the OVA too", function()
+  it("content_library makes an OVF item of the build VM; --stages build,publish --create-library publishes the "
+    .. "OVA into a new library", function()
     local out = tmp .. "/out-ovf"
+    assert.is_nil(library_named("published"))
     local r = run(out, { "--var", "content_library=images", "--var", "content_library_item=node-from-vm",
-      "--stages", "build,publish", "--library", "images" })
+      "--stages", "build,publish", "--library", "published", "--create-library" })
     assert.equal(0, r.code, r.stderr)
+    local published = library_named("published")
+    assert.is_string(published, "--create-library made no library 'published'")
     local have = items()
     -- the build VM's OVF package (vCenter's OVF service, source = the VM)
     assert.is_table(have["node-from-vm"], "no item node-from-vm")
@@ -126,19 +148,51 @@ describe("content library destinations of a vSphere build #vsphere", function()
     -- the publish stage: the OVA, its sha256 on the item
     local ova = ("%s/%s/%s.ova"):format(out, BUILD, BUILD)
     local sha = assert(require("capil.sys.hash").file(ova))
-    local pub = have[BUILD]
+    assert.is_nil(have[BUILD], "the OVA went into the build's library, not the publish stage's")
+    local pub = items(published)[BUILD]
     assert.is_table(pub, "no item " .. BUILD)
     assert.matches("sha256:" .. sha, pub.description, 1, true)
     local report = json.read(("%s/%s/report.json"):format(out, BUILD))
     assert.same({ library = "images", library_id = lib, item = "node-from-vm", item_id = have["node-from-vm"].id,
       type = "ovf", updated = false, content_version = have["node-from-vm"].content_version }, report.library)
-    assert.equal("images", report.publish.library)
+    assert.equal("published", report.publish.library)
+    assert.equal(published, report.publish.library_id)
+    assert.is_true(report.publish.created_library)
     assert.equal(pub.id, report.publish.item_id)
     assert.equal(sha, report.publish.sha256)
     assert.equal(pub.content_version, report.publish.content_version)
-    assert.matches(("library images, item %s (%s), sha256 %s"):format(BUILD, pub.id, sha), r.stdout, 1, true)
+    assert.matches(("library published, item %s (%s), sha256 %s"):format(BUILD, pub.id, sha), r.stdout, 1, true)
     -- the build VM stays (keep_vm)
     assert.is_table(vm_named(BUILD))
+  end)
+
+  it("content_library_export=false: the item is the only image (no VMDK, no OVA, no NFC export); stages that "
+    .. "need the OVA are refused before the build", function()
+    local out = tmp .. "/out-noexport"
+    local r = run(out, { "--var", "content_library=images", "--var", "content_library_item=node-only",
+      "--var", "content_library_export=false", "--stages", "build,publish", "--library", "images" })
+    assert.equal(2, r.code, r.stdout .. r.stderr)
+    assert.matches("the publish stage needs the build's OVA, but the plan makes none (content_library_export is "
+      .. "false: the item node-only of library images is the build's image)", r.stderr, 1, true)
+    assert.is_false(fs.exists(out))
+    local leases = sim:calls().ExportVm or 0
+    r = run(out, { "--var", "content_library=images", "--var", "content_library_item=node-only",
+      "--var", "content_library_export=false" })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.is_table(items()["node-only"], "no item node-only")
+    local dir = ("%s/%s"):format(out, BUILD)
+    for _, f in ipairs(fs.list(dir)) do
+      assert.is_nil(f:match("%.vmdk$") or f:match("%.ova") or f:match("%.ovf$"), "exported anyway: " .. f)
+    end
+    assert.equal(leases, sim:calls().ExportVm or 0, "an NFC export ran")
+    local report = json.read(dir .. "/report.json")
+    local status = {}
+    for _, st in ipairs(report.steps) do status[st.id] = st.status end
+    assert.equal("skipped", status.export)
+    assert.equal("skipped", status.ova)
+    assert.equal("ok", status.finalize)
+    assert.equal("node-only", report.library.item)
+    assert.is_nil(report.artifacts)
   end)
 
   it("library_item_type vmtx makes a VM template; content_library_destroy_vm removes the build VM; "

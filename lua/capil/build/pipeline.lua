@@ -544,7 +544,11 @@ function M.run(plan, cfg, opts)
       local t0 = runtime.now()
       local end_context = log.context({ step = step.id, vm = run.vm and run.vm.name or nil })
       log.debug("step %s (%s)", step.id, step.kind)
-      if own then
+      if step.skip then
+        -- the plan decided this step does not run (its reason is in the plan)
+        log.info("step %s skipped: %s", step.id, step.skip)
+        ok, err, code = "skipped", nil, nil
+      elseif own then
         ok, err, code = own(run.ctx, step)
       elseif H[step.kind] then
         ok, err, code = H[step.kind](run, step)
@@ -556,7 +560,7 @@ function M.run(plan, cfg, opts)
       local class = TIME_CLASS[step.kind] or "engine"
       totals[class] = totals[class] + dt
       run.report.steps[#run.report.steps + 1] = { id = step.id, kind = step.kind, class = class,
-        seconds = math.floor(dt * 1000 + 0.5) / 1000, status = ok and "ok" or "failed",
+        seconds = math.floor(dt * 1000 + 0.5) / 1000, status = ok == "skipped" and "skipped" or ok and "ok" or "failed",
         error = not ok and log.redact(err or "") or nil }
       if ok and step.kind == "shutdown" then run.stopped = true end -- nothing to reach any more
       if not ok and on_error == "ask" then

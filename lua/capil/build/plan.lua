@@ -131,7 +131,7 @@ end
 ---@param backend string
 ---@param art table M.artifacts
 ---@param errors string[]
----@return {library: string, item: string, type: string, destroy_vm: boolean}|nil
+---@return {library: string, item: string, type: string, destroy_vm: boolean, export: boolean}|nil
 function M.library_destination(cfg, backend, art, errors)
   local library = cfg:get("vsphere.content_library")
   if library == nil or library == "" then return nil end
@@ -145,8 +145,9 @@ function M.library_destination(cfg, backend, art, errors)
       .. "template; set one"):format(cfg.recipe.file)
   end
   local item = cfg:get("vsphere.content_library_item")
+  local export = cfg:get("vsphere.content_library_export")
   return { library = library, item = (item and item ~= "") and item or art.build_version,
-    type = cfg:get("vsphere.library_item_type") or "ovf", destroy_vm = destroy }
+    type = cfg:get("vsphere.library_item_type") or "ovf", destroy_vm = destroy, export = export ~= false }
 end
 
 --- Resolves the plan. opts: output_root ("output"), cache_dir (ISO cache),
@@ -272,12 +273,17 @@ function M.resolve(cfg, backend, opts)
 
   add(M.shutdown_step(cfg))
 
+  -- a content library item can be the only deliverable (Packer's
+  -- content_library_destination without an export): no VMDK, no OVA
+  local library = traits.export == "nfc" and M.library_destination(cfg, backend, art, errors) or nil
+  local no_export = library and not library.export
+    and ("content_library_export is false: the item %s of library %s is the build's image"):format(library.item,
+      library.library) or nil
   add({ id = "export", kind = "export_disk", method = traits.export, path = art.vmdk,
     subformat = "streamOptimized", adapter_type = ADAPTER[cfg:get("hardware.disk_controller")],
-    hwversion = cfg:get("hardware.vmx_version") })
+    hwversion = cfg:get("hardware.vmx_version"), skip = no_export })
 
   if traits.export == "nfc" then
-    local library = M.library_destination(cfg, backend, art, errors)
     add({ id = "finalize", kind = "finalize_vm", convert_to_template = cfg:get("build.convert_to_template"),
       keep_vm = (cfg:get("build.keep_vm") or cfg:get("build.convert_to_template"))
         and not (library and library.destroy_vm),
@@ -295,7 +301,7 @@ function M.resolve(cfg, backend, opts)
     errors[#errors + 1] = ("%s: ovf.cores_per_socket: %d CPUs (ovf.cpus) cannot be split into sockets of %d cores"
       .. " (set ovf_cores_per_socket to a divisor of ovf_cpus)"):format(cfg.recipe.file, ovf_cpus, ovf_cores)
   end
-  add({ id = "ova", kind = "pack_ova", ovf = art.ovf, mf = art.mf, ova = art.ova, sha256 = art.sha256,
+  add({ id = "ova", kind = "pack_ova", skip = no_export, ovf = art.ovf, mf = art.mf, ova = art.ova, sha256 = art.sha256,
     eula_file = cfg:get("ovf.eula_file"), user_properties = properties,
     disks = { art.vmdk },
     os = { ovf_id = cfg:get("guest_os.ovf_id"), ovf_version = cfg:get("guest_os.ovf_version"),

@@ -201,7 +201,7 @@ end
 ---@return string[]
 function M.steps(plan)
   local out = {}
-  for _, s in ipairs(plan.steps or {}) do out[#out + 1] = s.id end
+  for _, s in ipairs(plan.steps or {}) do out[#out + 1] = s.skip and (s.id .. " (skipped)") or s.id end
   return out
 end
 

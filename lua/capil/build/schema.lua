@@ -294,6 +294,9 @@ local F = {
   { path = "vsphere.library_item_type", var = "library_item_type", type = "string", enum = { "ovf", "vmtx" },
     default = "ovf", description = "ovf: an OVF package of the VM (an existing item gets the new content); "
       .. "vmtx: a VM template in the library" },
+  { path = "vsphere.content_library_export", var = "content_library_export", type = "boolean", default = true,
+    description = "with content_library: false makes the library item the only image (no VMDK or OVA is "
+      .. "exported; the test, publish and upload stages then have no OVA)" },
   { path = "vsphere.content_library_destroy_vm", var = "content_library_destroy_vm", type = "boolean",
     default = false, description = "destroy the build VM once the content library item is made" },
   { path = "vsphere.cache_dir", var = "datastore_cache_dir", type = "string", default = "capil_cache",
@@ -313,6 +316,9 @@ local F = {
     description = "capil run's publish stage: the vSphere content library the OVA goes into (--library)" },
   { path = "publish.library_item", var = "publish_library_item", type = "string",
     description = "the publish stage's item (--library-item; default: the build's name)" },
+  { path = "publish.create_library", var = "publish_create_library", type = "boolean", default = false,
+    description = "the publish stage creates its library (local, on the datastore variable's datastore) when it "
+      .. "does not exist (--create-library); a library created by a failed publish is removed" },
   { path = "tests.suites", var = "test_suites", type = "list", default = {},
     description = "suites capil test runs over SSH: cni, node-conformance (--suite overrides)" },
   { path = "tests.cloudinit_dir", var = "cloudinit_dir", type = "string", default = "cloudinit",

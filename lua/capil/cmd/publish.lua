@@ -90,21 +90,10 @@ configuration error.]],
     end
     local c, err, code = session.rest(s, { kind = "vsphere", api = api })
     if not c then cli.fail("publish: " .. err, code == "ECONFIG" and 2 or 1) end
-    local datastore_id
-    if opts["create-library"] then
-      datastore_id = function()
-        local vc, verr2, vcode = session.connect(s, { kind = "vsphere" })
-        if not vc then return nil, verr2, vcode end
-        local ref, derr, dcode = require("capil.vsphere.inventory").datastore(vc, s, ds_name)
-        vc:logout()
-        if not ref then return nil, derr, dcode end
-        return ref.value
-      end
-    end
     local library = require("capil.vsphere.library")
     local res
     res, err, code = library.publish(c, ova_path, report, { library = opts.library, item = item,
-      datastore_id = datastore_id })
+      datastore_id = opts["create-library"] and library.datastore_finder(s, ds_name) or nil })
     c:logout()
     if not res then cli.fail("publish: " .. err, code == "ECONFIG" and 2 or 1) end
     if res.changed then

@@ -21,6 +21,8 @@ local options = {
     .. "variable)" },
   { name = "library-item", arg = "NAME", help = "publish stage: its item (default: publish_library_item, else "
     .. "the build's name)" },
+  { name = "create-library", help = "publish stage: create the library (local, on the datastore variable's "
+    .. "datastore) when it does not exist" },
   { name = "all", help = "build every recipe 'capil list' shows (only those of --recipes-dir when given)" },
   { name = "jobs", short = "j", arg = "N", help = "several builds: at most N at once (default 1)" },
   { name = "fail-fast", help = "several builds: the first failure interrupts the others" },
@@ -75,7 +77,11 @@ local function publish_target(opts, cfg, build_version)
     return nil, "run: the publish stage needs a content library: --library NAME (or the publish_library variable)"
   end
   local item = opts["library-item"] or cfg:get("publish.library_item")
-  return { library = lib, item = (item and item ~= "") and item or build_version }
+  local create = opts["create-library"] or cfg:get("publish.create_library")
+  if create and not cfg:get("vsphere.datastore") then
+    return nil, "run: --create-library (publish_create_library) needs the datastore variable: the library's datastore"
+  end
+  return { library = lib, item = (item and item ~= "") and item or build_version, create = create and true or nil }
 end
 
 -- The publish stage: the build's OVA into a vSphere content library
@@ -90,7 +96,7 @@ local function publish_stage(opts, plan, cfg)
   local rpath = plan.output_dir .. "/report.json"
   local ova = plan.output_dir .. "/" .. plan.build_version .. ".ova"
   local rec, err, code = require("capil.vsphere.library").publish_ova(s, ova, { library = target.library,
-    item = target.item, secret = function(var) return cfg:get(var) end })
+    item = target.item, create_library = target.create, secret = function(var) return cfg:get(var) end })
   local report = json.read(rpath)
   if type(report) == "table" then
     report.publish = rec or { library = target.library, item = target.item, ok = false, error = log.redact(err) }
@@ -202,7 +208,8 @@ GCS as 'capil upload' does (skipped when the remote checksum matches), after
 the test stage passed; with publish the OVA goes into a vSphere content
 library as 'capil publish' does (--library or publish_library, item
 --library-item or publish_library_item, default the build's name; the
-library must exist), recorded in report.json as `publish` (library, item
+library must exist, unless --create-library makes it on the datastore
+variable's datastore), recorded in report.json as `publish` (library, item
 id, content version, sha256) and in the --report of several builds.
 
 Before the ISO is fetched, a preflight checks what the build needs and
@@ -269,11 +276,18 @@ ubuntu-2004 --backend vsphere', build-node-ova-local-all is 'capil run
       if opts["dry-run"] then cli.fail(table.concat(cfg, "\n"), 2) end -- a dry run: 2 for any problem
       build_options.fail(cfg)
     end
+    local no_ova
+    for _, s in ipairs(plan.steps) do if s.kind == "pack_ova" then no_ova = s.skip end end
     for _, st in ipairs(todo) do
       -- a publish stage without a library fails before anything is built
       if st == "publish" then
         local ok, perr = publish_target(opts, cfg, plan.build_version)
         if not ok then cli.fail(perr, 2) end
+      end
+      -- as does a stage that needs the OVA of a build that makes none
+      if st ~= "build" and no_ova then
+        cli.fail(("run: the %s stage needs the build's OVA, but the plan makes none (%s): set "
+          .. "content_library_export=true, or drop the stage"):format(st, no_ova), 2)
       end
     end
     local ook, oerr = pipeline.check_output(plan.output_dir, opts.force)

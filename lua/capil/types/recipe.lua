@@ -199,6 +199,7 @@
 ---@field content_library? string vSphere: after the export, make an item of this content library from the build VM (Packer's content_library_destination; the library must exist) (variable content_library)
 ---@field content_library_item? string the content library item's name (default: the build's, <name>-kube-<version>) (variable content_library_item)
 ---@field library_item_type? "ovf"|"vmtx" ovf: an OVF package of the VM (an existing item gets the new content); vmtx: a VM template in the library (variable library_item_type)
+---@field content_library_export? boolean with content_library: false makes the library item the only image (no VMDK or OVA is exported; the test, publish and upload stages then have no OVA) (variable content_library_export)
 ---@field content_library_destroy_vm? boolean destroy the build VM once the content library item is made (variable content_library_destroy_vm)
 ---@field cache_dir? string datastore folder for uploaded ISOs, named by checksum and shared by builds (variable datastore_cache_dir)
 ---@field ip_wait_timeout? string (variable ip_wait_timeout)
@@ -210,6 +211,7 @@
 ---@class capil.Recipe.publish
 ---@field library? string capil run's publish stage: the vSphere content library the OVA goes into (--library) (variable publish_library)
 ---@field library_item? string the publish stage's item (--library-item; default: the build's name) (variable publish_library_item)
+---@field create_library? boolean the publish stage creates its library (local, on the datastore variable's datastore) when it does not exist (--create-library); a library created by a failed publish is removed (variable publish_create_library)
 
 ---@class capil.Recipe.tests
 ---@field suites? string[] suites capil test runs over SSH: cni, node-conformance (--suite overrides) (variable test_suites)

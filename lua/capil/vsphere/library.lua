@@ -578,6 +578,24 @@ end
 ---@param ova_path string
 ---@param opts {library: string, item: string, secret?: fun(var: string): string|nil}
 ---@return table|nil record, string? err, string? code
+--- A `datastore_id` for M.publish: a function that finds datastore `name`
+--- (default: the settings' datastore) over a vim25 session of its own,
+--- called only when the library has to be created.
+---@param s table live vSphere settings
+---@param name? string
+---@return fun(): string|nil, string?, string?
+function M.datastore_finder(s, name)
+  return function()
+    local session = require("capil.vsphere.session")
+    local vc, err, code = session.connect(s, { kind = "vsphere" })
+    if not vc then return nil, err, code end
+    local ref, derr, dcode = require("capil.vsphere.inventory").datastore(vc, s, name or s.datastore)
+    vc:logout()
+    if not ref then return nil, derr, dcode end
+    return ref.value
+  end
+end
+
 function M.publish_ova(s, ova_path, opts)
   local ova = require("capil.format.ova")
   local report, err, code = ova.verify(ova_path, { sha256 = true, progress = true })
@@ -589,7 +607,8 @@ function M.publish_ova(s, ova_path, opts)
   c, err, code = require("capil.vsphere.session").rest(s, { kind = "vsphere", secret = opts.secret })
   if not c then return nil, err, code end
   local res
-  res, err, code = M.publish(c, ova_path, report, { library = opts.library, item = opts.item })
+  res, err, code = M.publish(c, ova_path, report, { library = opts.library, item = opts.item,
+    datastore_id = opts.create_library and M.datastore_finder(s, opts.datastore) or nil })
   if not res then
     c:logout()
     return nil, err, code
@@ -597,7 +616,8 @@ function M.publish_ova(s, ova_path, opts)
   local item = M.get_item(c, res.item_id)
   c:logout()
   return { library = opts.library, library_id = res.library_id, item = opts.item, item_id = res.item_id,
-    content_version = item and item.content_version, sha256 = report.sha256, changed = res.changed }
+    content_version = item and item.content_version, sha256 = report.sha256, changed = res.changed,
+    created_library = res.created_library or nil }
 end
 
 ---@class capil.vsphere.library.FromVmOptions
