@@ -96,6 +96,36 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p.name, p["con
     assert.equal(1, deployed)
   end)
 
+  it("maps the OVF's network (named by the server's filter) to the network variable", function()
+    local r = run({ "deploy", "--library", "images", "--item", "node", "--name", "on-dvpg", "--var", "network=DC0_DVPG0" })
+    assert.equal(0, r.code, r.stderr)
+    local ref = r.stdout:match("^VirtualMachine:(%S+) on%-dvpg\n")
+    assert.is_string(ref, r.stdout)
+    local script = ([[
+local session = require("capil.vsphere.session")
+local vim25 = require("capil.vsphere.vim25")
+local s = assert(session.settings_from_vars({ var_files = { %q } }))
+local vc = assert(session.connect(s))
+local inv = assert(require("capil.vsphere.inventory").resolve(vc, setmetatable({ network = "DC0_DVPG0" },
+  { __index = s })))
+local key = assert(vc:props(inv.network.ref, { "key" })).key
+local p = assert(vc:props(vim25.ref("VirtualMachine", %q), { "config.hardware.device" }))
+for _, d in ipairs(p["config.hardware.device"]) do
+  local b = d.backing
+  if b and b.port then print("nic on portgroup", b.port.portgroupKey == key and "DC0_DVPG0" or b.port.portgroupKey) end
+  if b and b.deviceName and d.macAddress then print("nic on network", b.deviceName) end
+end
+]]):format(varfile, ref)
+    local out = capil.run({ capil.script(tmp, "nics.lua", script) })
+    assert.equal(0, out.code, out.stderr)
+    assert.equal("nic on portgroup\tDC0_DVPG0\n", out.stdout)
+    local filtered = 0
+    for _, c in ipairs(sim:rest()) do
+      if c.name == "POST /rest/com/vmware/vcenter/ovf/library-item/id:*?~action=filter" then filtered = filtered + 1 end
+    end
+    assert.is_true(filtered >= 1)
+  end)
+
   it("--template marks the deployed VM a template; the item's name is the default VM name", function()
     local r = run({ "deploy", "--library", "images", "--item", "node", "--template" })
     assert.equal(0, r.code, r.stderr)

@@ -529,7 +529,7 @@ function M.deploy_item(c, item_id, opts)
   end
   local mappings = setmetatable({}, require("capil.sys.json").array_mt)
   for _, n in ipairs(nets) do
-    if inv.network then mappings[#mappings + 1] = { key = n, value = inv.network.value } end
+    if inv.network then mappings[#mappings + 1] = { key = n, value = inv.network.ref.value } end
   end
   local d, err, code = c:call("POST", OVF_ITEM .. "/id:" .. item_id .. "?~action=deploy", {
     target = target,

@@ -5,8 +5,10 @@
 // check on session create (401 with the vAPI error body vCenter sends),
 // /api/session as vSphere 7.0 U2+ serves it (with -api; without, /api/...
 // answers 404 as vCenter 6.5-7.0 does), a log of every REST request
-// (GET /shim/rest) and injected failures of REST calls (/shim/inject with
-// the call's name, see restCallName).
+// (GET /shim/rest), injected failures of REST calls (/shim/inject with
+// the call's name, see restCallName), and the OVF library item filter
+// answering with the descriptor's networks as vCenter does (vcsim's names
+// none, so no deploy could map a network; see ovfFilter).
 package main
 
 import (
@@ -15,9 +17,12 @@ import (
 	"io/ioutil"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/vmware/govmomi/ovf"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -25,6 +30,7 @@ const (
 	restSessionPath = "/rest/com/vmware/cis/session"
 	restDataPath    = "/rest/com/vmware/cis/data/"
 	apiSessionPath  = "/api/session"
+	ovfItemPath     = "/rest/com/vmware/vcenter/ovf/library-item/id:"
 )
 
 // restCall is one REST request the simulator answered.
@@ -113,6 +119,8 @@ func (s *shim) serveREST(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(p, "/api/"):
 		// vCenter before 7.0 U2 has no /api
 		rec.WriteHeader(http.StatusNotFound)
+	case strings.HasPrefix(p, ovfItemPath) && r.URL.Query().Get("~action") == "filter":
+		s.ovfFilter(rec, r, strings.TrimPrefix(p, ovfItemPath))
 	default:
 		s.inner.ServeHTTP(rec, r)
 	}
@@ -187,4 +195,76 @@ func (s *shim) restLog() []restCall {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]restCall{}, s.rest...)
+}
+
+// innerValue GETs path from vcsim with r's session and decodes the answer's
+// "value" into v; false when vcsim does not answer 200.
+func (s *shim) innerValue(r *http.Request, path string, v interface{}) bool {
+	req := httptest.NewRequest(http.MethodGet, path, nil)
+	req.Header = r.Header.Clone()
+	rec := httptest.NewRecorder()
+	s.inner.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		return false
+	}
+	var wrapped struct {
+		Value json.RawMessage `json:"value"`
+	}
+	return json.Unmarshal(rec.Body.Bytes(), &wrapped) == nil && json.Unmarshal(wrapped.Value, v) == nil
+}
+
+// ovfFilter answers POST .../ovf/library-item/id:ITEM?~action=filter as
+// vCenter documents it (Ovf LibraryItem OvfSummary: name, annotation,
+// EULAs, networks = the OVF descriptor's NetworkSection names), reading
+// the descriptor vcsim stored for the item (its library's datastore
+// directory, contentlib-LIBRARY/ITEM/*.ovf). Anything else (no session, no
+// such item, a library without an .ovf) goes to vcsim unchanged.
+func (s *shim) ovfFilter(w http.ResponseWriter, r *http.Request, id string) {
+	var item struct {
+		Name      string `json:"name"`
+		LibraryID string `json:"library_id"`
+	}
+	var lib struct {
+		Storage []struct {
+			DatastoreID string `json:"datastore_id"`
+		} `json:"storage_backings"`
+	}
+	if !s.innerValue(r, "/rest/com/vmware/content/library/item/id:"+id, &item) ||
+		!s.innerValue(r, "/rest/com/vmware/content/library/id:"+item.LibraryID, &lib) || len(lib.Storage) == 0 {
+		s.inner.ServeHTTP(w, r)
+		return
+	}
+	dir := filepath.Join(strings.SplitN(lib.Storage[0].DatastoreID, "@", 2)[0], "contentlib-"+item.LibraryID, id)
+	descs, _ := filepath.Glob(filepath.Join(dir, "*.ovf"))
+	if len(descs) == 0 {
+		s.inner.ServeHTTP(w, r)
+		return
+	}
+	f, err := os.Open(descs[0])
+	if err != nil {
+		s.inner.ServeHTTP(w, r)
+		return
+	}
+	defer f.Close()
+	env, err := ovf.Unmarshal(f)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]interface{}{
+			"type": "com.vmware.vapi.std.errors.invalid_argument", "value": map[string]interface{}{
+				"messages": []interface{}{map[string]interface{}{"default_message": err.Error()}}}})
+		return
+	}
+	summary := map[string]interface{}{"name": item.Name, "EULAs": []string{}}
+	var nets []string
+	if env.Network != nil {
+		for _, n := range env.Network.Networks {
+			nets = append(nets, n.Name)
+		}
+	}
+	if len(nets) > 0 {
+		summary["networks"] = nets
+	}
+	if env.VirtualSystem != nil && len(env.VirtualSystem.Annotation) > 0 {
+		summary["annotation"] = env.VirtualSystem.Annotation[0].Annotation
+	}
+	writeJSON(w, http.StatusOK, map[string]interface{}{"value": summary})
 }
