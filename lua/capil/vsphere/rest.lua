@@ -10,6 +10,9 @@
 --- falls back to `/rest` when the server answers 404 (a server before 7.0 U2
 --- has no `/api`): one extra request on old servers, none on new ones.
 --- `api = "api"` or `"rest"` forces one. `client.flavor` says which served.
+--- With auto, a server found without `/api` is remembered for the process
+--- (by base URL), so the later sessions of one run (preflight, finalize,
+--- publish) go to `/rest` at once.
 --- Either way the session id is valid on both trees, and the content library
 --- calls of capil.vsphere.library use `/rest/com/vmware/content/...`, which
 --- every version from 6.5 to 8.0 serves (the `/api/content/...` shapes
@@ -193,6 +196,9 @@ end
 ---@field timeout? number      seconds per call (default 60)
 ---@field retries? integer     retries of transient failures (default 2)
 
+-- Base URLs that answered 404 on /api/session (auto: /rest from then on).
+local no_api = {}
+
 --- Opens a REST session; see the module comment for the endpoint choice.
 ---@param opts capil.vsphere.rest.ConnectOptions
 ---@return table|nil client, string? err, string? code
@@ -213,10 +219,12 @@ function M.connect(opts)
     timeout = opts.timeout or 60, retries = opts.retries or 2, http = http.session(), closed = false,
   }, Client)
   local ok, err, code, r
+  if api == "auto" and no_api[base] then api = "rest" end
   if api ~= "rest" then
     ok, err, code, r = c:_login("api")
     if not ok and api == "auto" and r and r.status == 404 then
       log.debug("rest: %s has no /api/session (HTTP 404): using /rest", base)
+      no_api[base] = true
       ok, err, code = c:_login("rest")
     end
   else
