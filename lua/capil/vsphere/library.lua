@@ -18,26 +18,21 @@
 ---
 --- From a VM and to a VM (the vCenter OVF and VM template services): an
 --- item made from a VM (`create_from_vm`: an OVF package, type ovf, through
---- `/rest/com/vmware/vcenter/ovf/library-item`, or a VM template, type
---- vmtx, through `/rest/vcenter/vm-template/library-items`), and a VM
---- deployed from an ovf item (`deploy_item`: `?~action=deploy` with the
---- placement of capil.vsphere.inventory.resolve).
+--- the OVF library item service, or a VM template, type vmtx, through the
+--- VM template library items service), and a VM deployed from an ovf item
+--- (`deploy_item`: the OVF deploy action with the placement of
+--- capil.vsphere.inventory.resolve).
 ---
---- All paths are the `/rest/...` ones (vSphere 6.5 to 8.0).
+--- Every call is an operation of capil.vsphere.rest's table (`c:op(name,
+--- args)`), sent in the client's flavor: `/api/...` on vSphere 7.0 U2 and
+--- later, `/rest/...` before; the calls here give the operation's
+--- structure once and the table writes it in either form.
 local http = require("capil.sys.http")
 local log = require("capil.sys.log")
 local cleanup = require("capil.sys.cleanup")
 local runtime = require("capil.core.runtime")
 
 local M = {}
-
-local LIB = "/rest/com/vmware/content/library"
-local LOCAL_LIB = "/rest/com/vmware/content/local-library"
-local ITEM = "/rest/com/vmware/content/library/item"
-local SESSION = "/rest/com/vmware/content/library/item/update-session"
-local SESSION_FILE = "/rest/com/vmware/content/library/item/updatesession/file"
-local OVF_ITEM = "/rest/com/vmware/vcenter/ovf/library-item"
-local VMTX_ITEM = "/rest/vcenter/vm-template/library-items"
 
 local function fail(msg, code) return nil, msg, code or "ELIBRARY" end
 
@@ -59,7 +54,7 @@ end
 ---@param name string
 ---@return string|nil id, string? err, string? code
 function M.find_library(c, name)
-  local ids, err, code = c:call("POST", LIB .. "?~action=find", { spec = { name = name } })
+  local ids, err, code = c:op("library_find", { body = { name = name } })
   if not ids then return nil, ("library %s: %s"):format(name, err), code end
   ids = list(ids)
   if #ids > 1 then
@@ -76,11 +71,9 @@ end
 ---@param datastore_id string
 ---@return string|nil id, string? err, string? code
 function M.create_library(c, name, datastore_id)
-  local id, err, code = c:call("POST", LOCAL_LIB, {
-    client_token = token(),
-    create_spec = { name = name, type = "LOCAL", description = "created by capil publish",
-      storage_backings = { { type = "DATASTORE", datastore_id = datastore_id } } },
-  })
+  local id, err, code = c:op("library_create", { token = token(),
+    body = { name = name, type = "LOCAL", description = "created by capil publish",
+      storage_backings = { { type = "DATASTORE", datastore_id = datastore_id } } } })
   if not id then return nil, ("library %s: create: %s"):format(name, err), code end
   if type(id) ~= "string" then return fail(("library %s: create answered no id"):format(name), "EPROTO") end
   return id
@@ -91,7 +84,7 @@ end
 ---@param id string
 ---@return boolean|nil ok, string? err, string? code
 function M.delete_library(c, id)
-  local ok, err, code = c:call("DELETE", LOCAL_LIB .. "/id:" .. id)
+  local ok, err, code = c:op("library_delete", { id = id })
   if not ok then return nil, ("library %s: delete: %s"):format(id, err), code end
   return true
 end
@@ -102,7 +95,7 @@ end
 ---@param name string
 ---@return string|nil id, string? err, string? code
 function M.find_item(c, library_id, name)
-  local ids, err, code = c:call("POST", ITEM .. "?~action=find", { spec = { library_id = library_id, name = name } })
+  local ids, err, code = c:op("item_find", { body = { library_id = library_id, name = name } })
   if not ids then return nil, ("item %s: %s"):format(name, err), code end
   return list(ids)[1]
 end
@@ -112,7 +105,7 @@ end
 ---@param id string
 ---@return table|nil item, string? err, string? code
 function M.get_item(c, id)
-  local item, err, code = c:call("GET", ITEM .. "/id:" .. id)
+  local item, err, code = c:op("item_get", { id = id })
   if not item then return nil, ("item %s: %s"):format(id, err), code end
   if type(item) ~= "table" then return fail(("item %s: the server answered no item"):format(id), "EPROTO") end
   return item
@@ -125,8 +118,8 @@ end
 ---@param description? string
 ---@return string|nil id, string? err, string? code
 function M.create_item(c, library_id, name, description)
-  local id, err, code = c:call("POST", ITEM, { client_token = token(),
-    create_spec = { library_id = library_id, name = name, type = "ovf", description = description or "" } })
+  local id, err, code = c:op("item_create", { token = token(),
+    body = { library_id = library_id, name = name, type = "ovf", description = description or "" } })
   if not id then return nil, ("item %s: create: %s"):format(name, err), code end
   if type(id) ~= "string" then return fail(("item %s: create answered no id"):format(name), "EPROTO") end
   return id
@@ -138,7 +131,7 @@ end
 ---@param description string
 ---@return boolean|nil ok, string? err, string? code
 function M.set_description(c, id, description)
-  local ok, err, code = c:call("PATCH", ITEM .. "/id:" .. id, { update_spec = { description = description } })
+  local ok, err, code = c:op("item_update", { id = id, body = { description = description } })
   if not ok then return nil, ("item %s: update: %s"):format(id, err), code end
   return true
 end
@@ -148,7 +141,7 @@ end
 ---@param id string
 ---@return boolean|nil ok, string? err, string? code
 function M.delete_item(c, id)
-  local ok, err, code = c:call("DELETE", ITEM .. "/id:" .. id)
+  local ok, err, code = c:op("item_delete", { id = id })
   if not ok then return nil, ("item %s: delete: %s"):format(id, err), code end
   return true
 end
@@ -158,7 +151,7 @@ end
 ---@param id string
 ---@return table[]|nil files, string? err, string? code
 function M.item_files(c, id)
-  local files, err, code = c:call("GET", ITEM .. "/file?library_item_id=" .. id)
+  local files, err, code = c:op("item_files", { id = id })
   if not files then return nil, ("item %s: files: %s"):format(id, err), code end
   return list(files)
 end
@@ -168,8 +161,7 @@ end
 ---@param item_id string
 ---@return string|nil id, string? err, string? code
 function M.create_session(c, item_id)
-  local id, err, code = c:call("POST", SESSION, { client_token = token(),
-    create_spec = { library_item_id = item_id } })
+  local id, err, code = c:op("session_create", { token = token(), body = { library_item_id = item_id } })
   if not id then return nil, ("item %s: update session: %s"):format(item_id, err), code end
   if type(id) ~= "string" then return fail(("item %s: update session answered no id"):format(item_id), "EPROTO") end
   return id
@@ -180,7 +172,7 @@ end
 ---@param id string
 ---@return table|nil session, string? err, string? code
 function M.get_session(c, id)
-  local s, err, code = c:call("GET", SESSION .. "/id:" .. id)
+  local s, err, code = c:op("session_get", { id = id })
   if not s then return nil, ("update session %s: %s"):format(id, err), code end
   if type(s) ~= "table" then return fail(("update session %s: the server answered no session"):format(id), "EPROTO") end
   return s
@@ -192,7 +184,7 @@ end
 ---@param action string
 ---@return boolean|nil ok, string? err, string? code
 function M.session_action(c, id, action)
-  local ok, err, code = c:call("POST", SESSION .. "/id:" .. id .. "?~action=" .. action)
+  local ok, err, code = c:op("session_action", { id = id, action = action })
   if not ok then return nil, ("update session %s: %s: %s"):format(id, action, err), code end
   return true
 end
@@ -202,7 +194,7 @@ end
 ---@param id string
 ---@return boolean|nil ok, string? err, string? code
 function M.delete_session(c, id)
-  local ok, err, code = c:call("DELETE", SESSION .. "/id:" .. id)
+  local ok, err, code = c:op("session_delete", { id = id })
   if not ok then return nil, ("update session %s: delete: %s"):format(id, err), code end
   return true
 end
@@ -216,7 +208,7 @@ end
 ---@param sha256 string
 ---@return table|nil info, string? err, string? code
 function M.add_file(c, id, name, size, sha256)
-  local info, err, code = c:call("POST", SESSION_FILE .. "/id:" .. id .. "?~action=add", { file_spec = {
+  local info, err, code = c:op("session_file_add", { id = id, body = {
     name = name, source_type = "PUSH", size = size, checksum_info = { algorithm = "SHA256", checksum = sha256 } } })
   if not info then return nil, ("update session %s: add %s: %s"):format(id, name, err), code end
   if type(info) ~= "table" or info.status == "ERROR" then
@@ -523,19 +515,21 @@ function M.deploy_item(c, item_id, opts)
     host_id = inv.host and inv.host.value }
   local nets = opts.network_names
   if not nets then
-    local f, err = c:call("POST", OVF_ITEM .. "/id:" .. item_id .. "?~action=filter", { target = target })
+    local f, err = c:op("ovf_filter", { id = item_id, body = { target = target } })
     nets = type(f) == "table" and list(f.networks) or {}
     if not f then log.debug("%s: filter: %s (no network mapping)", what, err) end
   end
-  local mappings = setmetatable({}, require("capil.sys.json").array_mt)
+  -- OVF network name -> network id (a map: the operation table writes it
+  -- as /rest's list of {key, value} or /api's JSON object)
+  local mappings = {}
   for _, n in ipairs(nets) do
-    if inv.network then mappings[#mappings + 1] = { key = n, value = inv.network.ref.value } end
+    if inv.network then mappings[n] = inv.network.ref.value end
   end
-  local d, err, code = c:call("POST", OVF_ITEM .. "/id:" .. item_id .. "?~action=deploy", {
+  local d, err, code = c:op("ovf_deploy", { id = item_id, body = {
     target = target,
     deployment_spec = { name = opts.name, accept_all_EULA = true, storage_provisioning = "thin",
       default_datastore_id = inv.datastore.value, network_mappings = mappings },
-  }, { timeout = 3600 })
+  } }, { timeout = 3600 })
   if not d then return nil, ("%s: %s"):format(what, err), code end
   if type(d) ~= "table" or not d.succeeded then
     local why = type(d) == "table" and ovf_error(d.error)
@@ -655,11 +649,11 @@ function M.create_from_vm(c, vm_id, opts)
   local res = { library_id = lib, type = kind, updated = existing ~= nil }
   local what = ("library %s, item %s from VM %s"):format(opts.library, opts.item, vm_id)
   if kind == "ovf" then
-    local body = { client_token = token(), source = { type = "VirtualMachine", id = vm_id },
+    local body = { source = { type = "VirtualMachine", id = vm_id },
       target = existing and { library_item_id = existing } or { library_id = lib },
       create_spec = { name = opts.item, description = opts.description or "" } }
     local r
-    r, err, code = c:call("POST", OVF_ITEM, body, { timeout = 7200 })
+    r, err, code = c:op("ovf_create", { token = token(), body = body }, { timeout = 7200 })
     if not r then return nil, ("%s: %s"):format(what, err), code end
     if type(r) == "table" and r.succeeded == false then
       local why = ovf_error(r.error)
@@ -674,7 +668,7 @@ function M.create_from_vm(c, vm_id, opts)
     end
     local inv = opts.inv or {}
     local r
-    r, err, code = c:call("POST", VMTX_ITEM, { spec = { library = lib, name = opts.item, source_vm = vm_id,
+    r, err, code = c:op("vmtx_create", { body = { library = lib, name = opts.item, source_vm = vm_id,
       description = opts.description,
       placement = { folder = inv.folder and inv.folder.value, resource_pool = inv.pool and inv.pool.value,
         host = inv.host and inv.host.value },

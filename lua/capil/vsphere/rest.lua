@@ -13,10 +13,11 @@
 --- With auto, a server found without `/api` is remembered for the process
 --- (by base URL), so the later sessions of one run (preflight, finalize,
 --- publish) go to `/rest` at once.
---- Either way the session id is valid on both trees, and the content library
---- calls of capil.vsphere.library use `/rest/com/vmware/content/...`, which
---- every version from 6.5 to 8.0 serves (the `/api/content/...` shapes
---- differ and are not used).
+--- Either way the session id is valid on both trees. The API calls go
+--- through one table of operations (`M.OPS`, `client:op(name, args)`) that
+--- has each call's `/rest` form and its `/api` form; the client uses the
+--- form of its `flavor`, so a 7.0 U2+ server (where `/rest` is deprecated)
+--- is driven on `/api` only, an older one on `/rest` only.
 ---
 --- TLS: the SOAP client's rules (`insecure`, `ca_file`, `cert_sha256` =
 --- vSphere's thumbprint, `pin_sha256`). The password and the session id are
@@ -141,6 +142,167 @@ function Client:call(method, path, body, opts)
     v = v.value
   end
   return v, nil, nil, resp
+end
+
+--- The Automation API operations capil calls, by name, in both forms; the
+--- one place where `/rest` and `/api` differ (VMware's API reference,
+--- https://developer.broadcom.com/xapis/vsphere-automation-api/latest/ ,
+--- and the vCenter 7.0 U2 OpenAPI description its pages are made from):
+---
+--- * paths: `/rest/com/vmware/content/library/item/id:X` is
+---   `/api/content/library/item/X`, `?~action=find` is `?action=find`
+---   (`{id}` in a template is the operation's one path parameter,
+---   `{action}` an update session action);
+--- * bodies: `/rest` wraps the operation's one structure in a named field
+---   (`wrap`: `{spec = ...}`, `{create_spec = ...}`, `{update_spec = ...}`,
+---   `{file_spec = ...}`); `/api` takes the structure itself. Operations
+---   with several body parameters (the OVF service's `target`,
+---   `deployment_spec`, `source`, `create_spec`) have the same fields on both;
+--- * client tokens (`token`): a `client_token` field of the `/rest` body,
+---   the `client_token` query parameter of `/api`;
+--- * maps (`maps`, dotted paths in the body, given as Lua tables name →
+---   value): `/rest` encodes a map as a list of `{key, value}`, `/api` as a
+---   JSON object (the OVF deploy's `deployment_spec.network_mappings`);
+--- * answers: `/rest` wraps them in `{value = ...}` (Client:call unwraps
+---   it), `/api` answers the value itself: a created object's id as a bare
+---   JSON string (HTTP 201), nothing for updates, deletes and session
+---   actions (HTTP 204);
+--- * errors: `{type, value = {messages}}` on `/rest`, `{error_type,
+---   messages}` on `/api` (server_message reads both).
+---
+--- Doc pages (under .../vsphere-automation-api/latest/content/api/ and
+--- .../latest/vcenter/api/): content/library__action=find/post,
+--- content/local-library/post, content/local-library/library_id/delete,
+--- content/library/item__action=find/post, content/library/item/post,
+--- content/library/item/library_item_id/get|patch|delete,
+--- content/library/item/library_item_id/file/get,
+--- content/library/item/update-session/post,
+--- content/library/item/update-session/update_session_id/get|delete,
+--- content/library/item/update-session/update_session_id__action=complete/post
+--- (and cancel), content/library/item/update-session/update_session_id/file/post
+--- (the file add: POST on the session's file collection, HTTP 201 with the
+--- file's info), vcenter/ovf/library-item/post,
+--- vcenter/ovf/library-item/ovf_library_item_id__action=filter/post,
+--- vcenter/ovf/library-item/ovf_library_item_id__action=deploy/post,
+--- vcenter/vm-template/library-items/post.
+M.OPS = {
+  library_find = { method = "POST", wrap = "spec",
+    rest = "/rest/com/vmware/content/library?~action=find", api = "/api/content/library?action=find" },
+  library_create = { method = "POST", wrap = "create_spec", token = true,
+    rest = "/rest/com/vmware/content/local-library", api = "/api/content/local-library" },
+  library_delete = { method = "DELETE",
+    rest = "/rest/com/vmware/content/local-library/id:{id}", api = "/api/content/local-library/{id}" },
+  item_find = { method = "POST", wrap = "spec",
+    rest = "/rest/com/vmware/content/library/item?~action=find", api = "/api/content/library/item?action=find" },
+  item_get = { method = "GET",
+    rest = "/rest/com/vmware/content/library/item/id:{id}", api = "/api/content/library/item/{id}" },
+  item_create = { method = "POST", wrap = "create_spec", token = true,
+    rest = "/rest/com/vmware/content/library/item", api = "/api/content/library/item" },
+  item_update = { method = "PATCH", wrap = "update_spec",
+    rest = "/rest/com/vmware/content/library/item/id:{id}", api = "/api/content/library/item/{id}" },
+  item_delete = { method = "DELETE",
+    rest = "/rest/com/vmware/content/library/item/id:{id}", api = "/api/content/library/item/{id}" },
+  item_files = { method = "GET",
+    rest = "/rest/com/vmware/content/library/item/file?library_item_id={id}",
+    api = "/api/content/library/item/{id}/file" },
+  session_create = { method = "POST", wrap = "create_spec", token = true,
+    rest = "/rest/com/vmware/content/library/item/update-session",
+    api = "/api/content/library/item/update-session" },
+  session_get = { method = "GET",
+    rest = "/rest/com/vmware/content/library/item/update-session/id:{id}",
+    api = "/api/content/library/item/update-session/{id}" },
+  session_action = { method = "POST",
+    rest = "/rest/com/vmware/content/library/item/update-session/id:{id}?~action={action}",
+    api = "/api/content/library/item/update-session/{id}?action={action}" },
+  session_delete = { method = "DELETE",
+    rest = "/rest/com/vmware/content/library/item/update-session/id:{id}",
+    api = "/api/content/library/item/update-session/{id}" },
+  session_file_add = { method = "POST", wrap = "file_spec",
+    rest = "/rest/com/vmware/content/library/item/updatesession/file/id:{id}?~action=add",
+    api = "/api/content/library/item/update-session/{id}/file" },
+  ovf_create = { method = "POST", token = true,
+    rest = "/rest/com/vmware/vcenter/ovf/library-item", api = "/api/vcenter/ovf/library-item" },
+  ovf_filter = { method = "POST",
+    rest = "/rest/com/vmware/vcenter/ovf/library-item/id:{id}?~action=filter",
+    api = "/api/vcenter/ovf/library-item/{id}?action=filter" },
+  ovf_deploy = { method = "POST", maps = { "deployment_spec.network_mappings" },
+    rest = "/rest/com/vmware/vcenter/ovf/library-item/id:{id}?~action=deploy",
+    api = "/api/vcenter/ovf/library-item/{id}?action=deploy" },
+  vmtx_create = { method = "POST", wrap = "spec",
+    rest = "/rest/vcenter/vm-template/library-items", api = "/api/vcenter/vm-template/library-items" },
+}
+
+-- A path parameter, escaped for a URL path or query.
+local function escape(v)
+  return (tostring(v):gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end))
+end
+
+-- `t` with the map at dotted `path` written in `flavor`'s form (a copy
+-- along the path; the caller's tables are not changed).
+local function with_map(t, path, flavor)
+  local key, rest = path:match("^([^.]+)%.?(.*)$")
+  if type(t) ~= "table" or t[key] == nil then return t end
+  local out = {}
+  for k, v in pairs(t) do out[k] = v end
+  if rest ~= "" then
+    out[key] = with_map(t[key], rest, flavor)
+  elseif flavor == "api" then
+    local obj = {}
+    for k, v in pairs(t[key]) do obj[k] = v end
+    out[key] = json.object(obj)
+  else
+    local names = {}
+    for k in pairs(t[key]) do names[#names + 1] = k end
+    table.sort(names)
+    local list = json.array({})
+    for _, k in ipairs(names) do list[#list + 1] = { key = k, value = t[key][k] } end
+    out[key] = list
+  end
+  return out
+end
+
+--- The method, path and body of operation `name` (see M.OPS) in `flavor`
+--- ("rest" or "api"): `args.id` and `args.action` fill the path, `args.body`
+--- is the operation's structure (maps as Lua tables), `args.token` a client
+--- token. Raises on an unknown operation or a missing path parameter.
+---@param flavor "rest"|"api"
+---@param name string
+---@param args? {id?: string, action?: string, body?: table, token?: string}
+---@return string method, string path, table|nil body
+function M.request(flavor, name, args)
+  local op = M.OPS[name]
+  if not op then error(("rest: unknown operation %q"):format(tostring(name)), 3) end
+  args = args or {}
+  local path = op[flavor == "api" and "api" or "rest"]:gsub("{(%w+)}", function(k)
+    if args[k] == nil then error(("rest: operation %s needs %s"):format(name, k), 4) end
+    return escape(args[k])
+  end)
+  local body = args.body
+  for _, m in ipairs(op.maps or {}) do body = with_map(body, m, flavor) end
+  if flavor == "api" then
+    if op.token and args.token then
+      path = path .. (path:find("?", 1, true) and "&" or "?") .. "client_token=" .. escape(args.token)
+    end
+  else
+    if op.wrap and body ~= nil then body = { [op.wrap] = body } end
+    if op.token and args.token then
+      local b = { client_token = args.token }
+      for k, v in pairs(body or {}) do b[k] = v end
+      body = b
+    end
+  end
+  return op.method, path, body
+end
+
+--- Calls operation `name` of M.OPS in this client's flavor (see M.request
+--- for `args`); `opts` as Client:call's. Answers as Client:call does.
+---@param name string
+---@param args? {id?: string, action?: string, body?: table, token?: string}
+---@param opts? {ok_status?: integer[], timeout?: number, idempotent?: boolean}
+---@return any|nil value, string? err, string? code, table? response
+function Client:op(name, args, opts)
+  local method, path, body = M.request(self.flavor or "rest", name, args)
+  return self:call(method, path, body, opts)
 end
 
 -- POST the session endpoint of `flavor` with basic auth.
