@@ -4,6 +4,9 @@
 -- OVA packed by capil goes into a new library, a second publish uploads
 -- nothing, a changed OVA replaces the item's content under the same id, and
 -- failures leave no update session, no half item and no library they made.
+-- The main flows run twice: on the server's /rest (vcsim as it is, a
+-- vCenter before 7.0 U2) and on /api (the shim's -api: a 7.0 U2+ vCenter),
+-- each checking from the request log that capil used only that flavor.
 local capil = require("support.capil")
 local vcsim = require("support.vcsim")
 local peer = require("support.peer")
@@ -13,8 +16,39 @@ local json = require("capil.sys.json")
 local PASSWORD = "Lib-s3cret!pw"
 local USER = "administrator@vsphere.local"
 
-describe("capil publish #vsphere", function()
+for _, flavor in ipairs({ "rest", "api" }) do
+describe("capil publish #vsphere on " .. flavor, function()
   local tmp, sim, varfile
+  local api = flavor == "api"
+  -- this flavor's request names (patterns; see sim:rest())
+  local N = api and {
+    upload = "PUT /cls/data", session_create = "^POST /api/content/library/item/update%-session$",
+    session_delete = "^DELETE /api/content/library/item/update%-session/%*$",
+    item_delete = "^DELETE /api/content/library/item/%*$",
+    library_delete = "^DELETE /api/content/local%-library/%*$", item_create = "^POST /api/content/library/item$",
+    add = "^POST /api/content/library/item/update%-session/%*/file$", upload_path = "/cls/data/",
+  } or {
+    upload = "PUT /rest/com/vmware/cis/data", session_create = "^POST /rest/com/vmware/content/library/item/update%-session$",
+    session_delete = "^DELETE /rest/com/vmware/content/library/item/update%-session/id:%*$",
+    item_delete = "^DELETE /rest/com/vmware/content/library/item/id:%*$",
+    library_delete = "^DELETE /rest/com/vmware/content/local%-library/id:%*$",
+    item_create = "^POST /rest/com/vmware/content/library/item$", add = "add$", upload_path = "/rest/com/vmware/cis/data/",
+  }
+
+  -- capil's requests in `log` are all of this flavor: on /api no /rest/
+  -- path; on /rest no /api/ path but the one /api/session probe (404)
+  local function one_flavor(log)
+    local probes = 0
+    for _, c in ipairs(log) do
+      if api then
+        assert.is_nil(c.path:match("^/rest/"), "a /rest request on an /api server: " .. c.name)
+      elseif c.path:match("^/api/") then
+        assert.equal("POST /api/session 404", c.name .. " " .. c.status)
+        probes = probes + 1
+      end
+    end
+    assert.is_true(probes <= 1, "more than one /api/session probe")
+  end
 
   -- an OVA packed by capil.format.ova from a small streamOptimized disk, in
   -- directory `sub` (default `name`); `fill` changes the disk's bytes (and
@@ -38,7 +72,7 @@ describe("capil publish #vsphere", function()
 
   setup(function()
     tmp = peer.dir("publish-spec")
-    sim = vcsim.start({ username = USER, password = PASSWORD, tls = true })
+    sim = vcsim.start({ username = USER, password = PASSWORD, tls = true, api = api })
     varfile = tmp .. "/vsphere.json"
     assert(json.write(varfile, { vcenter_server = sim.url, username = USER, password = PASSWORD,
       vcenter_ca_file = sim.ca_file, datacenter = "DC0" }))
@@ -99,6 +133,7 @@ describe("capil publish #vsphere", function()
     local r = publish({ ova1, "--library", "images", "--create-library", "--datastore", "LocalDS_0" })
     assert.equal(0, r.code, r.stdout .. r.stderr)
     local log = sim:rest()
+    one_flavor(log)
     local sha = assert(fs.read(ova1 .. ".sha256"))
     assert.matches("published " .. ova1:gsub("%p", "%%%0") .. " to library images, item node", r.stdout)
     lib = library_id("images")
@@ -112,13 +147,13 @@ describe("capil publish #vsphere", function()
     assert.matches("sha256:" .. sha, info.description, 1, true)
     -- the descriptor as packed, and both files uploaded once, on one session
     assert.equal(fs.read(ovf1), fs.read(item_file(lib, item, "node.ovf")))
-    assert.equal(2, calls("^PUT /rest/com/vmware/cis/data$", log))
-    assert.equal(1, calls("^POST /rest/com/vmware/content/library/item/update%-session$", log))
+    assert.equal(2, calls("^" .. N.upload .. "$", log))
+    assert.equal(1, calls(N.session_create, log))
     assert.equal(1, calls("complete$", log))
     -- the update session is gone once done, the REST session logged out
     assert.same({}, sessions())
     assert.equal(1, calls("^DELETE /api/session$", log) + calls("^DELETE /rest/com/vmware/cis/session$", log))
-    assert.equal(1, calls("^DELETE /rest/com/vmware/content/library/item/update%-session/id:%*$", log))
+    assert.equal(1, calls(N.session_delete, log))
   end)
 
   it("publishing the same OVA again uploads nothing and says so", function()
@@ -128,8 +163,9 @@ describe("capil publish #vsphere", function()
     assert.equal(0, r.code, r.stdout .. r.stderr)
     assert.matches("already holds", r.stdout, 1, true)
     assert.matches("nothing uploaded", r.stdout, 1, true)
+    one_flavor(sim:rest())
     assert.equal(0, calls("update%-session"))
-    assert.equal(0, calls("^PUT /rest/com/vmware/cis/data$"))
+    assert.equal(0, calls("^" .. N.upload .. "$"))
     assert.same({ item }, items(lib))
   end)
 
@@ -143,30 +179,33 @@ describe("capil publish #vsphere", function()
     local r = publish({ ova2, "--library", "images", "--item", "node" })
     assert.equal(0, r.code, r.stdout .. r.stderr)
     local log = sim:rest()
+    one_flavor(log)
     assert.same({ item }, items(lib))
     local info = sim:rest_call("/rest/com/vmware/content/library/item/id:" .. item)
     assert.matches("sha256:" .. sha2, info.description, 1, true)
-    assert.equal(2, calls("^PUT /rest/com/vmware/cis/data$", log))
-    assert.equal(0, calls("^POST /rest/com/vmware/content/library/item$", log)) -- no new item
+    assert.equal(2, calls("^" .. N.upload .. "$", log))
+    assert.equal(0, calls(N.item_create, log)) -- no new item
     assert.equal(fs.read(ovf2), fs.read(item_file(lib, item, "node.ovf")))
     assert.same({}, sessions())
   end)
 
   it("a failed upload cancels and deletes its session and removes the item and the library it created", function()
     local ova = make_ova("fails")
-    sim:inject({ method = "PUT /rest/com/vmware/cis/data", action = "status", status = 500 })
+    sim:inject({ method = N.upload, action = "status", status = 500 })
     sim:reset_rest()
     local r = publish({ ova, "--library", "doomed", "--create-library", "--datastore", "LocalDS_0" })
     assert.equal(1, r.code, r.stdout .. r.stderr)
     local log = sim:rest()
-    assert.matches("upload fails.ovf to https://127.0.0.1:%d+/rest/com/vmware/cis/data/[^:]+: HTTP 500", r.stderr)
+    one_flavor(log)
+    assert.matches("upload fails.ovf to https://127.0.0.1:%d+" .. N.upload_path:gsub("%p", "%%%0") .. "[^:]+: HTTP 500",
+      r.stderr)
     assert.equal(1, calls("cancel$", log))
-    assert.equal(1, calls("^DELETE /rest/com/vmware/content/library/item/id:%*$", log))
-    assert.equal(1, calls("^DELETE /rest/com/vmware/content/local%-library/id:%*$", log))
+    assert.equal(1, calls(N.item_delete, log))
+    assert.equal(1, calls(N.library_delete, log))
     assert.same({}, sessions())
     assert.is_nil(library_id("doomed"))
     -- an item that existed keeps its content and id when its update fails
-    sim:inject({ method = "PUT /rest/com/vmware/cis/data", action = "reset" })
+    sim:inject({ method = N.upload, action = "reset" })
     local ova3 = make_ova("node", "third", "third")
     r = publish({ ova3, "--library", "images" })
     assert.equal(1, r.code, r.stdout .. r.stderr)
@@ -180,14 +219,14 @@ describe("capil publish #vsphere", function()
     local proc = require("capil.sys.proc")
     local runtime = require("capil.core.runtime")
     local ova = make_ova("interrupted")
-    sim:inject({ method = "PUT /rest/com/vmware/cis/data", action = "delay", delay_ms = 5000 })
+    sim:inject({ method = N.upload, action = "delay", delay_ms = 5000 })
     sim:reset_rest()
     local out = tmp .. "/interrupted.out"
     local p = assert(proc.spawn({ argv = { capil.exe, "publish", ova, "--library", "stopped", "--create-library",
       "--datastore", "LocalDS_0", "--var-file", varfile }, stdout = out, stderr = "stdout" }))
     -- the file was added: its upload is under way (held by the delay)
     local deadline = runtime.now() + 30
-    while calls("add$") == 0 do
+    while calls(N.add) == 0 do
       assert(runtime.now() < deadline, "the upload never started: " .. (fs.read(out) or ""))
       runtime.sleep(0.05)
     end
@@ -199,12 +238,14 @@ describe("capil publish #vsphere", function()
     assert.not_equal(0, st.code, text)
     assert.not_matches(PASSWORD, text, 1, true)
     local log = sim:rest()
+    one_flavor(log)
     assert.equal(1, calls("cancel$", log), text)
-    assert.equal(1, calls("^DELETE /rest/com/vmware/content/library/item/update%-session/id:%*$", log), text)
+    assert.equal(1, calls(N.session_delete, log), text)
     assert.same({}, sessions())
     assert.is_nil(library_id("stopped"))
   end)
 
+  if not api then
   it("the password, the basic auth token and the session id are secrets", function()
     local rest = require("capil.vsphere.rest")
     local log = require("capil.sys.log")
@@ -227,6 +268,7 @@ describe("capil publish #vsphere", function()
     assert.not_matches(token, r.stdout .. r.stderr, 1, true)
     assert.not_matches(c.id, r.stdout .. r.stderr, 1, true)
   end)
+  end
 
   it("waits name what they wait for: a session that ends CANCELED, a file never stored", function()
     assert.is_string(item, "needs the first publish")
@@ -248,6 +290,8 @@ describe("capil publish #vsphere", function()
     c:logout()
     assert.same({}, sessions())
   end)
+
+  if api then return end -- the rest is about the session and the command, not the flavor
 
   it("a corrupt OVA is refused before anything is sent", function()
     local ova = make_ova("corrupt")
@@ -315,27 +359,29 @@ describe("capil publish #vsphere", function()
     assert.equal("POST /api/session 404", names[1])
     assert.equal("POST /rest/com/vmware/cis/session 200", names[2])
     assert.equal("DELETE /rest/com/vmware/cis/session 200", names[#names])
-    -- a 7.0 U2+ server: /api/session only, and the session serves /rest calls
-    local api = vcsim.start({ username = USER, password = PASSWORD, api = true })
+    -- a 7.0 U2+ server: /api/session only, and the library calls on /api
+    local apisim = vcsim.start({ username = USER, password = PASSWORD, api = true })
     local vf = tmp .. "/api.json"
-    assert(json.write(vf, { vcenter_server = api.url, username = USER, password = PASSWORD, datacenter = "DC0" }))
+    assert(json.write(vf, { vcenter_server = apisim.url, username = USER, password = PASSWORD, datacenter = "DC0" }))
     local ok, err = pcall(function()
       local r2 = publish({ ova2, "--library", "api-lib", "--create-library", "--datastore", "LocalDS_0" },
         { varfile = vf })
       assert.equal(0, r2.code, r2.stdout .. r2.stderr)
       local seen = {}
-      for _, c in ipairs(api:rest()) do seen[#seen + 1] = c.name .. " " .. c.status end
+      for _, c in ipairs(apisim:rest()) do seen[#seen + 1] = c.name .. " " .. c.status end
       assert.equal("POST /api/session 201", seen[1])
       assert.equal("DELETE /api/session 204", seen[#seen])
-      for _, s in ipairs(seen) do assert.not_matches("cis/session", s, 1, true) end
-      -- --api rest forces the old endpoint
-      api:reset_rest()
+      for _, s in ipairs(seen) do assert.not_matches("/rest/", s, 1, true) end
+      -- --api rest forces the old endpoint and the /rest calls
+      apisim:reset_rest()
       local r3 = publish({ ova2, "--library", "api-lib", "--api", "rest" }, { varfile = vf })
       assert.equal(0, r3.code, r3.stdout .. r3.stderr)
       assert.matches("already holds", r3.stdout, 1, true)
-      assert.equal("POST /rest/com/vmware/cis/session 200", api:rest()[1].name .. " " .. api:rest()[1].status)
+      local forced = apisim:rest()
+      assert.equal("POST /rest/com/vmware/cis/session 200", forced[1].name .. " " .. forced[1].status)
+      for _, c in ipairs(forced) do assert.matches("^/rest/", c.path) end
     end)
-    api:stop()
+    apisim:stop()
     assert(ok, err)
   end)
 
@@ -359,3 +405,4 @@ describe("capil publish #vsphere", function()
     assert.equal(0, r.code, r.stdout .. r.stderr)
   end)
 end)
+end

@@ -11,8 +11,10 @@
 --   -- sim:uploads(), sim:datastore_file(path), sim:rest(), sim:rest_call(path), sim:stop()
 --
 -- The content library (REST, /rest) is vcsim's; the shim checks the REST
--- login, serves /api/session with `api = true`, logs REST requests
--- (sim:rest()) and plays injected REST failures (spec/support/vcsim/rest.go).
+-- login, serves /api/session and the /api form of the content library, OVF
+-- and VM template routes (translated to vcsim's /rest; uploads on
+-- /cls/data/...) with `api = true`, logs REST requests (sim:rest()) and
+-- plays injected REST failures (spec/support/vcsim/rest.go, api.go).
 local peer = require("support.peer")
 local proc = require("capil.sys.proc")
 local fs = require("capil.sys.fs")
@@ -153,8 +155,10 @@ local START_OPTS = {
 --- `guest_ip_delay` seconds later, default 0.5), `session_idle` (seconds
 --- before an idle session expires), `trace` (SOAP dump into the log),
 --- `export_disk` (a file an export serves for a VM disk without data),
---- `api` (serve the REST session on /api/session as vSphere 7.0 U2+ does;
---- without it /api/... answers 404 as 6.5-7.0 do and only /rest serves).
+--- `api` (serve /api as vSphere 7.0 U2+ does: the session on /api/session
+--- and the content library, OVF and VM template routes capil uses, see
+--- spec/support/vcsim/api.go; without it /api/... answers 404 as 6.5-7.0
+--- do and only /rest serves).
 --- The REST API (the content library on /rest) checks `username`/`password`
 --- at session create, as vCenter does.
 ---@param opts? {username?: string, password?: string, tls?: boolean, esx?: boolean, restricted?: boolean, guest_ip?: string, guest_ip_delay?: number, session_idle?: number, trace?: boolean, export_disk?: string, api?: boolean}
@@ -240,7 +244,10 @@ end
 --- The REST requests (/rest and /api) answered since start or the last
 --- reset_rest(), in order: `{{name = "POST /rest/com/vmware/content/library/item?~action=find",
 --- method =, path =, action =, status =}, ...}`; a name writes "id:..."
---- segments as "id:*" and every file upload as "PUT /rest/com/vmware/cis/data".
+--- segments as "id:*" and every file upload as "PUT /rest/com/vmware/cis/data";
+--- an /api request is named by its route ("DELETE /api/content/library/item/*",
+--- "POST /api/content/library/item/update-session/*?action=complete") and an
+--- upload to an /api upload endpoint "PUT /cls/data".
 --- `inject{method = <name>, action = "status"|"reset", status =}` makes such a call fail.
 ---@return {name: string, method: string, path: string, action?: string, status: integer}[]
 function Sim:rest()

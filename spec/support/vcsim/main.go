@@ -3,7 +3,8 @@
 // govmomi 0.24.2 as Debian packages it (golang-github-vmware-govmomi-dev):
 // the vim25 SOAP API on /sdk, datastore files on /folder, NFC transfers on
 // /nfc and the vAPI REST endpoints on /rest (the content library among
-// them; rest.go adds the login check, /api/session and a request log).
+// them; rest.go adds the login check, /api/session and a request log,
+// api.go the /api form of the content library routes).
 //
 // The shim (shim.go, export.go, guest.go) is OUR extension, not govmomi's:
 // it stands in for vCenter behaviour that vcsim 0.24.2 lacks —
@@ -49,7 +50,7 @@ func main() {
 	guestIP := flag.String("guest-ip", "", "IPv4 address VMware Tools reports after a VM powers on")
 	guestIPDelay := flag.Duration("guest-ip-delay", 500*time.Millisecond, "time from power-on to the guest IP report")
 	exportDisk := flag.String("export-disk", "", "file an export serves for a disk without data (a streamOptimized VMDK)")
-	api := flag.Bool("api", false, "serve /api/session as vSphere 7.0 U2+ does (default: /api answers 404)")
+	api := flag.Bool("api", false, "serve /api as vSphere 7.0 U2+ does: the session and the content library, OVF and VM template routes (default: /api answers 404)")
 	trace := flag.Bool("trace", false, "dump SOAP requests and responses to stderr")
 	flag.Parse()
 

@@ -3,8 +3,9 @@
 // accepts any non-empty user name and password there; the shim adds what
 // capil's publish specs need of a real vCenter: the -username/-password
 // check on session create (401 with the vAPI error body vCenter sends),
-// /api/session as vSphere 7.0 U2+ serves it (with -api; without, /api/...
-// answers 404 as vCenter 6.5-7.0 does), a log of every REST request
+// /api/session as vSphere 7.0 U2+ serves it and the /api form of the
+// content library, OVF and VM template routes capil uses (with -api, see
+// api.go; without, /api/... answers 404 as vCenter 6.5-7.0 does), a log of every REST request
 // (GET /shim/rest), injected failures of REST calls (/shim/inject with
 // the call's name, see restCallName), and the OVF library item filter
 // answering with the descriptor's networks as vCenter does (vcsim's names
@@ -47,6 +48,12 @@ type restCall struct {
 // "id:*" and the file data uploads as "PUT /rest/com/vmware/cis/data".
 func restCallName(r *http.Request) string {
 	p := r.URL.Path
+	if strings.HasPrefix(p, "/api/") {
+		return apiCallName(r)
+	}
+	if strings.HasPrefix(p, apiUploadPath) {
+		return "PUT /cls/data"
+	}
 	if strings.HasPrefix(p, restDataPath) {
 		p = strings.TrimSuffix(restDataPath, "/")
 	}
@@ -63,7 +70,8 @@ func restCallName(r *http.Request) string {
 	return name
 }
 
-// serveREST answers /rest/... and /api/...: injections first, then the
+// serveREST answers /rest/..., /api/... and /cls/data/... (the /api
+// upload endpoints): injections first, then the
 // session checks, then vcsim; every request is logged.
 func (s *shim) serveREST(w http.ResponseWriter, r *http.Request) {
 	name := restCallName(r)
@@ -91,8 +99,12 @@ func (s *shim) serveREST(w http.ResponseWriter, r *http.Request) {
 			status = 0
 		}
 		s.mu.Lock()
+		action := r.URL.Query().Get("~action")
+		if strings.HasPrefix(r.URL.Path, "/api/") {
+			action = r.URL.Query().Get("action")
+		}
 		s.rest = append(s.rest, restCall{Name: name, Method: r.Method, Path: r.URL.Path,
-			Action: r.URL.Query().Get("~action"), Status: status})
+			Action: action, Status: status})
 		s.mu.Unlock()
 	}()
 	if inj != nil {
@@ -107,6 +119,12 @@ func (s *shim) serveREST(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	s.restRoute(rec, r)
+}
+
+// restRoute answers a REST request (unlogged; serveAPI's /rest requests
+// come here too).
+func (s *shim) restRoute(rec http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
 	switch {
 	case p == restSessionPath && r.Method == http.MethodPost && r.URL.Query().Get("~action") == "":
@@ -116,9 +134,13 @@ func (s *shim) serveREST(w http.ResponseWriter, r *http.Request) {
 		s.inner.ServeHTTP(rec, r)
 	case p == apiSessionPath && s.opts.api:
 		s.apiSession(rec, r)
+	case strings.HasPrefix(p, "/api/") && s.opts.api:
+		s.serveAPI(rec, r)
 	case strings.HasPrefix(p, "/api/"):
 		// vCenter before 7.0 U2 has no /api
 		rec.WriteHeader(http.StatusNotFound)
+	case strings.HasPrefix(p, apiUploadPath) && s.opts.api:
+		s.serveUpload(rec, r)
 	case strings.HasPrefix(p, ovfItemPath) && r.URL.Query().Get("~action") == "filter":
 		s.ovfFilter(rec, r, strings.TrimPrefix(p, ovfItemPath))
 	default:

@@ -132,7 +132,7 @@ func (s *shim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveTest(w, r)
 	case strings.HasPrefix(p, "/nfc/export-"):
 		s.export.serveNFC(w, r)
-	case strings.HasPrefix(p, "/rest/") || strings.HasPrefix(p, "/api/"):
+	case strings.HasPrefix(p, "/rest/") || strings.HasPrefix(p, "/api/") || strings.HasPrefix(p, apiUploadPath):
 		s.serveREST(w, r)
 	case r.Method == http.MethodPut && strings.HasPrefix(p, "/folder/"):
 		s.recordUpload(w, r)
