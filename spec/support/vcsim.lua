@@ -125,6 +125,27 @@ function M.envelope(body)
     .. "<soapenv:Body>" .. body .. "</soapenv:Body></soapenv:Envelope>"
 end
 
+--- The requests of REST log `log` (sim:rest()) that are not of `flavor`
+--- ("rest" or "api"): on an /api server any /rest/ path, on a /rest one any
+--- /api/ path but a single POST /api/session probe answered 404. Returns
+--- their names with their statuses ({} when there are none).
+---@param log {name: string, path: string, status: integer}[]
+---@param flavor "rest"|"api"
+---@return string[]
+function M.foreign_requests(log, flavor)
+  local out, probes = {}, 0
+  for _, c in ipairs(log) do
+    local what = c.name .. " " .. c.status
+    if flavor == "api" then
+      if c.path:match("^/rest/") then out[#out + 1] = what end
+    elseif c.path:match("^/api/") then
+      probes = probes + 1
+      if what ~= "POST /api/session 404" or probes > 1 then out[#out + 1] = what end
+    end
+  end
+  return out
+end
+
 local Sim = {}
 Sim.__index = Sim
 
