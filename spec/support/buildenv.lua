@@ -40,11 +40,12 @@ end
 --- a scratch dir, the "ISO", the VMDK the simulator's export serves (`mib`
 --- random MiB), the "guest" (a real sshd as the current user with the
 --- build's ed25519 key), the simulator (TLS, reporting 127.0.0.1 as the
---- guest IP) and a var file pointing at it (`vars` added to it). Returns
+--- guest IP; `api`: serving /api as vSphere 7.0 U2+ does) and a var file
+--- pointing at it (`vars` added to it). Returns
 --- {tmp, sim, ssh, iso, iso_sum, key, probe, vmdk, varfile, stop = fn}.
 ---@param name string scratch dir name
 ---@param password string the simulator's password
----@param opts? {mib?: integer, vars?: table}
+---@param opts? {mib?: integer, vars?: table, api?: boolean}
 ---@return table
 function M.vsphere(name, password, opts)
   opts = opts or {}
@@ -57,7 +58,7 @@ function M.vsphere(name, password, opts)
   e.ssh = sshd.start({ authorized = { e.key } })
   e.probe = e.tmp .. "/probe"
   e.sim = require("support.vcsim").start({ username = "administrator@vsphere.local", password = password,
-    tls = true, guest_ip = "127.0.0.1", guest_ip_delay = 0.3, export_disk = e.vmdk })
+    tls = true, guest_ip = "127.0.0.1", guest_ip_delay = 0.3, export_disk = e.vmdk, api = opts.api })
   e.varfile = e.tmp .. "/vsphere.json"
   local vars = {
     vcenter_server = e.sim.url, username = e.sim.username, password = password, vcenter_ca_file = e.sim.ca_file,
