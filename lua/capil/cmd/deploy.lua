@@ -56,8 +56,9 @@ host, resource_pool, datastore, folder, network, insecure_connection), or
 govc's GOVC_URL, GOVC_USERNAME, GOVC_PASSWORD, GOVC_INSECURE. Prints the
 new VM's managed object reference. On failure the lease is aborted.
 With --library and --item (no OVA), the VM comes from an ovf item of a
-content library instead (vCenter's OVF deploy, /rest/com/vmware/vcenter/
-ovf/library-item/id:ITEM?~action=deploy): thin disks on the datastore,
+content library instead (vCenter's OVF deploy, /api/vcenter/ovf/
+library-item/ITEM?action=deploy, or /rest/com/vmware/vcenter/ovf/
+library-item/id:ITEM?~action=deploy before vSphere 7.0 U2): thin disks on the datastore,
 in the folder and resource pool (or host) of the same variables, every
 OVF network mapped to `network`; default name: the item's.]],
   options = {

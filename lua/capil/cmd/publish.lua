@@ -28,8 +28,9 @@ return {
   help = [[
 Verifies the OVA (tar layout, manifest digests), then opens a vSphere
 Automation REST session (/api/session on vSphere 7.0 U2 and later,
-/rest/com/vmware/cis/session before; --api picks one), finds the library
-and the item (default: the OVA's name without .ova; created, type ovf,
+/rest/com/vmware/cis/session before; --api picks one; the library calls
+go to the same tree, /api/content/... or /rest/com/vmware/...), finds the
+library and the item (default: the OVA's name without .ova; created, type ovf,
 when missing) and uploads the descriptor and each disk straight out of the
 OVA through an update session, each checked against its manifest SHA-256.
 Once the server reports the files ready, the item's description records
