@@ -259,6 +259,30 @@ describe("capil publish #vsphere on " .. flavor, function()
     assert.not_matches(token, r.stdout .. r.stderr, 1, true)
     assert.not_matches(c.id, r.stdout .. r.stderr, 1, true)
   end)
+
+  it("rest.request writes an operation in the /rest or the /api form: path, wrapped body, token, map", function()
+    local rest = require("capil.vsphere.rest")
+    local m, p, b = rest.request("rest", "item_create", { token = "t1", body = { name = "n" } })
+    assert.same({ "POST", "/rest/com/vmware/content/library/item", { client_token = "t1", create_spec = { name = "n" } } },
+      { m, p, b })
+    m, p, b = rest.request("api", "item_create", { token = "t1", body = { name = "n" } })
+    assert.same({ "POST", "/api/content/library/item?client_token=t1", { name = "n" } }, { m, p, b })
+    assert.equal("/rest/com/vmware/content/library/item/update-session/id:s1?~action=cancel",
+      select(2, rest.request("rest", "session_action", { id = "s1", action = "cancel" })))
+    assert.equal("/api/content/library/item/update-session/s1?action=cancel",
+      select(2, rest.request("api", "session_action", { id = "s1", action = "cancel" })))
+    assert.equal("/api/content/library/item/update-session/s1/file",
+      select(2, rest.request("api", "session_file_add", { id = "s1", body = {} })))
+    local body = { deployment_spec = { network_mappings = { ["VM Network"] = "dvportgroup-1" } } }
+    assert.equal('{"deployment_spec":{"network_mappings":[{"key":"VM Network","value":"dvportgroup-1"}]}}',
+      json.encode(select(3, rest.request("rest", "ovf_deploy", { id = "i", body = body })), { sort_keys = true }))
+    assert.equal('{"deployment_spec":{"network_mappings":{"VM Network":"dvportgroup-1"}}}',
+      json.encode(select(3, rest.request("api", "ovf_deploy", { id = "i", body = body })), { sort_keys = true }))
+    assert.equal("dvportgroup-1", body.deployment_spec.network_mappings["VM Network"]) -- the caller's table kept
+    assert.equal("{}", json.encode(select(3, rest.request("api", "ovf_deploy", { id = "i",
+      body = { deployment_spec = { network_mappings = {} } } })).deployment_spec.network_mappings))
+    assert.has_error(function() rest.request("api", "item_get", {}) end, "rest: operation item_get needs id")
+  end)
   end
 
   it("waits name what they wait for: a session that ends CANCELED, a file never stored", function()
