@@ -206,6 +206,35 @@ describe("static IP builds #unit", function()
       end
     end)
 
+    it("refuses a static address where the installer fetches its answer over HTTP with no way to take one "
+      .. "(Photon 3), on every backend; the recipes that can take one resolve", function()
+      for _, b in ipairs({ "qemu", "vsphere", "esx", "workstation" }) do
+        local r = capil.run({ "inspect", "photon-3", "--backend", b, "--var", "build_ip=10.0.0.5/24" })
+        assert.equal(1, r.code, r.stdout .. r.stderr)
+        assert.matches("photon-3.lua: build_ip: this recipe's installer (photon) fetches its answer file over HTTP "
+          .. "and takes no static address on its kernel line", r.stderr, 1, true)
+        assert.matches("photon-5 for Photon", r.stderr, 1, true)
+      end
+      for _, name in ipairs({ "ubuntu-1804", "ubuntu-2004", "ubuntu-2204", "ubuntu-2404-efi", "centos-7",
+        "rockylinux-9", "photon-5" }) do
+        local r = capil.run({ "inspect", name, "--backend", "vsphere", "--var", "build_ip=10.0.0.5/24" })
+        assert.equal(0, r.code, name .. ": " .. r.stderr)
+      end
+      local r = capil.run({ "inspect", "photon-3", "--backend", "qemu" })
+      assert.equal(0, r.code, r.stderr)
+      -- a boot command naming the server with no <enter> after it: nowhere to put the kernel arguments
+      local dir = assert(fs.tempdir({ prefix = "capil-spec-noenter" }))
+      assert(fs.write(dir .. "/noenter.lua", ([[return { extends = %q, name = "noenter",
+        boot = { command = { "install ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/testos/ks.cfg<wait5s>" } } }]])
+        :format(fs.realpath("spec/fixtures/recipes/testos.lua"))))
+      r = capil.run({ "inspect", dir .. "/noenter.lua", "--recipes-dir", "spec/fixtures/recipes",
+        "--var", "build_ip=10.0.2.15/24" })
+      fs.remove(dir, { recursive = true })
+      assert.equal(1, r.code, r.stdout .. r.stderr)
+      assert.matches("build_ip: the boot command names the installer server but has no <enter> after it", r.stderr,
+        1, true)
+    end)
+
     it("Photon 5: ks.json's network member, still valid JSON", function()
       local ks = assert(json.decode(render("photon-5", VARS)["5/ks.json"]))
       assert.same({ type = "static", ip_addr = "192.168.10.20", netmask = "255.255.255.0", gateway = "192.168.10.1",
