@@ -387,3 +387,47 @@ describe("static IP builds #unit", function()
     end)
   end)
 end)
+
+-- A whole vSphere build on the simulator (spec/support/vcsim) whose VM
+-- reports no guest IP (no VMware Tools): with build_ip the build reaches
+-- SSH at the static address (this machine's sshd at 127.0.0.1) and the
+-- typed boot command carries the preseed netcfg answers.
+describe("a static IP build on the vSphere simulator #vsphere", function()
+  local buildenv = require("support.buildenv")
+  local json = require("capil.sys.json")
+  local PASSWORD = "St4tic-ip!pw"
+  local env
+
+  setup(function()
+    env = buildenv.vsphere("staticip-vsphere", PASSWORD, { guest_ip = false })
+  end)
+
+  teardown(function()
+    if env then env.stop() end
+  end)
+
+  it("reaches SSH at build_ip while the VM reports no address", function()
+    local out = env.tmp .. "/out"
+    local r = capil.run({ "run", "spec/fixtures/recipes/vsphere.lua", "--recipes-dir", "spec/fixtures/recipes",
+      "--backend", "vsphere", "--output", out, "--var-file", env.varfile,
+      "--var", "iso_url=file://" .. env.iso, "--var", "iso_checksum=" .. env.iso_sum,
+      "--var", "ssh_private_key_file=" .. env.key, "--var", "ssh_port=" .. env.ssh.port,
+      "--var", "ssh_username=" .. env.ssh.user, "--var", "probe_file=" .. env.probe,
+      "--var", "build_ip=127.0.0.1/8", "--var", "build_gateway=127.0.0.2" },
+      { timeout = 240, env_add = { XDG_CACHE_HOME = env.tmp .. "/cache" } })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.not_matches(PASSWORD, r.stdout .. r.stderr, 1, true)
+    assert.matches("connecting to the static address 127.0.0.1", r.stdout .. r.stderr, 1, true)
+    assert.equal("provisioned-by-capil\n", fs.read(env.probe))
+    -- the typed kernel line held d-i's static answers (read back from the simulator's key events)
+    local report = json.read(("%s/vsphere-fixture-kube-v1.16.14/report.json"):format(out))
+    assert.is_true(report.ok)
+    local plan = json.decode(capil.run({ "inspect", "spec/fixtures/recipes/vsphere.lua", "--recipes-dir",
+      "spec/fixtures/recipes", "--backend", "vsphere", "--var-file", env.varfile,
+      "--var", "build_ip=127.0.0.1/8", "--var", "build_gateway=127.0.0.2" }).stdout)
+    local boot
+    for _, s in ipairs(plan.steps) do if s.id == "boot" then boot = s end end
+    assert.matches("netcfg/get_ipaddress=127.0.0.1 netcfg/get_netmask=255.0.0.0 netcfg/get_gateway=127.0.0.2",
+      boot.static_ip_args, 1, true)
+  end)
+end)
