@@ -394,7 +394,6 @@ end)
 -- typed boot command carries the preseed netcfg answers.
 describe("a static IP build on the vSphere simulator #vsphere", function()
   local buildenv = require("support.buildenv")
-  local json = require("capil.sys.json")
   local PASSWORD = "St4tic-ip!pw"
   local env
 
