@@ -657,6 +657,59 @@ static int l_write(lua_State *L) {
   return push_result(L, &j, NULL);
 }
 
+/*
+** vmdkw.bound(src) -> {size=, data_grains=, max_bytes=} | nil, msg, code
+** The most bytes vmdkw.write can write for src as it is now: every grain
+** holding data (its data extents walked with SEEK_DATA/SEEK_HOLE, nothing
+** read; every grain where the file system cannot tell) compressed to
+** zlib's bound, plus the metadata. What capil.format.ova sizes the disk's
+** tar header by before the VMDK exists.
+*/
+static int l_bound(lua_State *L) {
+  const char *src = luaL_checkstring(L, 1);
+  int fd = open(src, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return capil_fail_errno(L, errno, "vmdkw.bound: %s", src);
+  struct stat st;
+  int err = fstat(fd, &st) != 0 ? errno : 0;
+  uint64_t size = (uint64_t)st.st_size;
+  if (!err && S_ISBLK(st.st_mode)) {
+    off_t end = lseek(fd, 0, SEEK_END);
+    if (end < 0) err = errno;
+    else size = (uint64_t)end;
+  } else if (!err && !S_ISREG(st.st_mode)) {
+    close(fd);
+    return capil_fail(L, "EINVAL", "vmdkw.bound: %s: not a regular file or block device", src);
+  }
+  uint64_t ngrains = (size + GRAIN_BYTES - 1) / GRAIN_BYTES, data = 0, g = 0, end_g = 0;
+  int seekable = 1;
+  while (!err && g < ngrains) {
+    uint64_t next = ngrains, data_end = 0;
+    if ((err = next_data_grain(fd, g, ngrains, size, &data_end, &seekable, &next)) != 0) break;
+    if (next >= ngrains) break;
+    if (!seekable) { data += ngrains - next; break; }
+    end_g = (data_end + GRAIN_BYTES - 1) / GRAIN_BYTES;   /* past the extent's last grain */
+    if (end_g <= next) end_g = next + 1;
+    data += end_g - next;
+    g = end_g;
+  }
+  close(fd);
+  if (err) return capil_fail_errno(L, err, "vmdkw.bound: %s", src);
+  uint64_t ngts = (ngrains + GTES_PER_GT - 1) / GTES_PER_GT;
+  uint64_t gts = data < ngts ? data : ngts;
+  uint64_t grain_max = (GRAIN_MARKER_BYTES + compressBound(GRAIN_BYTES) + SECTOR - 1) / SECTOR * SECTOR;
+  uint64_t max = (uint64_t)OVERHEAD_SECTORS * SECTOR + data * grain_max
+               + gts * (SECTOR + GT_SECTORS * SECTOR)
+               + SECTOR + (ngts * 4 + SECTOR - 1) / SECTOR * SECTOR + 3 * SECTOR;
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)size);
+  lua_setfield(L, -2, "size");
+  lua_pushinteger(L, (lua_Integer)data);
+  lua_setfield(L, -2, "data_grains");
+  lua_pushinteger(L, (lua_Integer)max);
+  lua_setfield(L, -2, "max_bytes");
+  return 1;
+}
+
 /* vmdkw.cylinders(sectors, adapter) -> integer: the geometry written */
 static int l_cylinders(lua_State *L) {
   lua_Integer s = luaL_checkinteger(L, 1);
@@ -667,6 +720,7 @@ static int l_cylinders(lua_State *L) {
 
 static const luaL_Reg funcs[] = {
   {"write", l_write},
+  {"bound", l_bound},
   {"cylinders", l_cylinders},
   {NULL, NULL}
 };
