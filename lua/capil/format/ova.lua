@@ -18,6 +18,11 @@
 --- The OVA is written to `<name>.ova.part.<pid>` beside the target and
 --- renamed when complete; Ctrl-C (capil.sys.cleanup) removes the partial file.
 ---
+--- A disk given as a raw or qcow2 *source* is packed fused: the VMDK is
+--- written by capil.core.vmdkw straight into the OVA (no VMDK file), and
+--- the OVF size, the MF digests and the disk's tar header are patched once
+--- it is done; see "Fused packing" below and docs/architecture.md.
+---
 --- Reading an OVA (`verify`, `inspect`) streams it once.
 local archive = require("capil.core.archive")
 local cleanup = require("capil.sys.cleanup")
@@ -445,7 +450,7 @@ pack_fused = function(opts, d, paths)
   local bar = opts.progress ~= false and log.progress({ label = "ova " .. d.name, total = d.size_raw }) or nil
   local hw = opts.hardware or {}
   local r, werr, wcode = vmdkw.write(d.raw, f, { name = d.name, sha256 = true, jobs = d.jobs or opts.jobs,
-    adapter_type = d.adapter_type or "lsilogic", hwversion = math.tointeger(d.hwversion or hw.vmx_version),
+    adapter_type = d.adapter_type or "lsilogic", hwversion = math.tointeger(tonumber(d.hwversion or hw.vmx_version)),
     progress = bar })
   if bar then bar:close() end
   drop_raw()
@@ -502,7 +507,16 @@ end
 --- remaining `{{placeholder}}` raises.
 --- `user_properties` are added to `properties`; `eula_file` is read when
 --- `eula` (the text) is not given.
----@param opts {ova: string, ovf?: string, mf?: string, sha256?: string, name?: string, disks: (string|table)[], os: {ovf_id: integer, ovf_version?: string, os_type: string, display_name?: string}, hardware: table, properties?: table<string, string>, annotation?: string, product?: table, eula?: string, network?: string, convert?: boolean, progress?: boolean, sync?: boolean, mtime?: integer}
+---
+--- A disk may instead be a source, `{source = PATH, format = "raw"|"qcow2"
+--- (sniffed when absent; a VMDK found there takes the path above),
+--- adapter_type = (lsilogic), hwversion = (hardware.vmx_version), jobs =
+--- (opts.jobs, else the cores), name = (the source's name with .vmdk)}`: it
+--- must be the only disk (code UNSUPPORTED), and is packed fused (one pass
+--- over the source, see "Fused packing"); `timeout` bounds a qcow2's
+--- qemu-img read. The result's disk then has `source` and the VMDK's size
+--- and sha256. `sync` is not honoured there (the file is not fsynced).
+---@param opts {ova: string, ovf?: string, mf?: string, sha256?: string, name?: string, disks: (string|table)[], jobs?: integer, timeout?: number, os: {ovf_id: integer, ovf_version?: string, os_type: string, display_name?: string}, hardware: table, properties?: table<string, string>, annotation?: string, product?: table, eula?: string, network?: string, convert?: boolean, progress?: boolean, sync?: boolean, mtime?: integer}
 ---@return {ova: string, ovf: string, mf: string, sha256_file: string, sha256: string, size: integer, disks: {name: string, path: string, size: integer, sha256: string}[]}|nil
 ---@return string? err
 ---@return string? code
