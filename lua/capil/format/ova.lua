@@ -371,7 +371,8 @@ local function prepare_source(d, opts)
   local rst = fs.stat(d.raw)
   d.size_raw, d.max_bytes = b.size, b.max_bytes
   d.capacity = (b.size + 511) // 512 * 512
-  d.populated_size = rst and rst.allocated or b.size
+  -- a block device has no allocation to tell: its whole size
+  d.populated_size = rst and rst.type == "file" and rst.allocated or b.size
   return d
 end
 
