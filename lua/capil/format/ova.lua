@@ -340,6 +340,11 @@ local function fused_ovf(params, size, slack)
     .. text:sub(at + #mark)
 end
 
+-- The stable code of an io library failure's errno (Linux numbers).
+local ERRNO_CODES = { [2] = "ENOENT", [13] = "EACCES", [21] = "EISDIR", [28] = "ENOSPC", [30] = "EROFS",
+  [122] = "EDQUOT" }
+local function io_code(errno) return ERRNO_CODES[errno] or "EIO" end
+
 -- Reads the source's facts, makes the raw temp of a qcow2; fills d.raw,
 -- d.capacity, d.populated_size, d.max_bytes, d.name.
 local function prepare_source(d, opts)
@@ -377,9 +382,15 @@ local function prepare_source(d, opts)
 end
 
 -- A failure message of vmdkw.write as ova.pack's, naming the source (not
--- a qcow2's raw temp).
-local function source_error(d, err)
-  err = tostring(err):gsub("^vmdkw%.write: ", "ova.pack: ")
+-- a qcow2's raw temp), or the OVA for a failure to write (vmdkw names the
+-- member then: the open file has no path).
+local function source_error(d, err, ova_path)
+  err = tostring(err)
+  local out = "vmdkw.write: " .. d.name .. ": "
+  if err:sub(1, #out) == out then
+    return ("ova.pack: %s: writing %s: %s"):format(ova_path, d.name, err:sub(#out + 1))
+  end
+  err = err:gsub("^vmdkw%.write: ", "ova.pack: ")
   if d.raw ~= d.source then
     local at = err:find(d.raw, 1, true)
     if at then err = err:sub(1, at - 1) .. d.source .. " (as raw)" .. err:sub(at + #d.raw) end
@@ -425,8 +436,8 @@ pack_fused = function(opts, d, paths)
   end
   local tmp = ("%s.part.%d"):format(opts.ova, proc.getpid())
   local sha_tmp = ("%s.part.%d"):format(paths.sha256, proc.getpid())
-  local f, ferr = io.open(tmp, "w+b")
-  if not f then drop_raw() return nil, "ova.pack: " .. tostring(ferr), "EIO" end
+  local f, ferr, ferrno = io.open(tmp, "w+b")
+  if not f then drop_raw() return nil, "ova.pack: " .. tostring(ferr), io_code(ferrno) end
   local written = {}
   local undo = cleanup.push("partial OVA " .. tmp, function()
     if f then f:close() f = nil end
@@ -440,8 +451,10 @@ pack_fused = function(opts, d, paths)
     return nil, e, c
   end
   local function put(data)
-    local wok, werr = f:write(data)
-    if not wok then return nil, ("ova.pack: %s: %s"):format(tmp, tostring(werr):gsub("^[^:]*: ", "")), "EIO" end
+    local wok, werr, werrno = f:write(data)
+    if not wok then
+      return nil, ("ova.pack: %s: %s"):format(tmp, (tostring(werr):gsub("^[^:]*: ", ""))), io_code(werrno)
+    end
     return true
   end
 
@@ -455,7 +468,7 @@ pack_fused = function(opts, d, paths)
     progress = bar })
   if bar then bar:close() end
   drop_raw()
-  if not r then return fail(source_error(d, werr), wcode) end
+  if not r then return fail(source_error(d, werr, opts.ova), wcode) end
   if r.bytes > M.USTAR_MAX_SIZE and not reserve then
     return fail(("ova.pack: %s: its VMDK took %d bytes, more than it could when packing started: the disk "
       .. "changed while it was read; no OVA written"):format(d.source, r.bytes), "CHANGED")
@@ -467,9 +480,9 @@ pack_fused = function(opts, d, paths)
   f:seek("set", 0)
   ok, err, code = put(final)
   if ok then
-    local cok, cerr = f:close()
+    local cok, cerr, cerrno = f:close()
     f = nil
-    if not cok then ok, err, code = nil, ("ova.pack: %s: %s"):format(tmp, tostring(cerr)), "EIO" end
+    if not cok then ok, err, code = nil, ("ova.pack: %s: %s"):format(tmp, tostring(cerr)), io_code(cerrno) end
   end
   if not ok then return fail(err, code) end
 
