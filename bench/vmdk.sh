@@ -43,23 +43,7 @@ timed_cpu() {
 }
 
 echo "generating a $SIZE_MB MiB raw disk with $DATA_MB MiB of /usr files in $dir ..."
-find /usr/lib /usr/share -type f -size +4k -print0 2>/dev/null | xargs -0 cat 2>/dev/null |
-python3 -c '
-import random, sys
-size, data = int(sys.argv[1]) << 20, int(sys.argv[2]) << 20
-rnd, piece, off, done = random.Random(20), 8 << 20, 0, 0
-with open(sys.argv[3], "wb") as f:
-    f.truncate(size)
-    src = sys.stdin.buffer
-    while done < data:
-        buf = src.read(min(piece, data - done))
-        if not buf: break
-        off += rnd.randrange(0, 32 << 20) // 65536 * 65536 + rnd.randrange(0, 4096)
-        if off + len(buf) > size: break
-        f.seek(off); f.write(buf)
-        off += len(buf); done += len(buf)
-print("%d MiB of data written" % (done >> 20))
-' "$SIZE_MB" "$DATA_MB" "$dir/disk.raw"
+os_disk "$SIZE_MB" "$DATA_MB" "$dir/disk.raw"
 du -m "$dir/disk.raw" | awk '{ print "raw disk: " $1 " MiB allocated" }'
 cat "$dir/disk.raw" >/dev/null   # warm cache for both
 

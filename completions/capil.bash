@@ -15,7 +15,7 @@ _capil() {
   COMPREPLY=()
   case "$prev" in
     --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return ;;
-    --name|--var|--library|-l|--item|--checksum|--bucket|--gcs-endpoint|--version|--explain|--only|--except|--datastore|--api|--on-error|--stages|--suite|--library-item|--jobs|-j|--shard|--user|-u|--chunk-size|--adapter-type|--hwversion) COMPREPLY=(); return ;;
+    --name|--var|--library|-l|--item|--checksum|--bucket|--gcs-endpoint|--version|--explain|--only|--except|--jobs|--datastore|--api|--on-error|--stages|--suite|--library-item|-j|--shard|--user|-u|--chunk-size|--adapter-type|--hwversion) COMPREPLY=(); return ;;
     --backend|-b) COMPREPLY=($(compgen -W "$(capil __complete backends 2>/dev/null)" -- "$cur")); return ;;
     --var-file|--key-file|--eula|--report|--junit|--key|-i) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     --output|-o|--recipes-dir|--cloudinit) COMPREPLY=($(compgen -d -- "$cur")); return ;;
@@ -28,7 +28,7 @@ _capil() {
       images) opts="$opts --version --bucket --key-file --json --gcs-endpoint" ;;
       inspect) opts="$opts --explain --only --except --backend -b --var-file --var --recipes-dir --output --insecure" ;;
       list) opts="$opts --recipes-dir" ;;
-      ova) opts="$opts --json --convert --eula" ;;
+      ova) opts="$opts --json --convert --eula --jobs" ;;
       publish) opts="$opts --library -l --item --create-library --datastore --var-file --var --insecure --api" ;;
       repl) opts="$opts --no-history --backend -b --var-file --var --insecure" ;;
       run) opts="$opts --force --on-error --keep-on-error --debug --stages --suite --bucket --key-file --gcs-endpoint --library --library-item --create-library --all --jobs -j --fail-fast --only --except --report --junit --shard --dry-run --skip-preflight --backend -b --var-file --var --recipes-dir --output --insecure" ;;

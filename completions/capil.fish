@@ -67,6 +67,7 @@ complete -c capil -n '__fish_seen_subcommand_from list' -l recipes-dir -r -a '(_
 complete -c capil -n '__fish_seen_subcommand_from ova' -l json -d 'print the facts as JSON'
 complete -c capil -n '__fish_seen_subcommand_from ova' -l convert -d 'convert a VMDK that is not streamOptimized (qemu-img) instead of refusing it'
 complete -c capil -n '__fish_seen_subcommand_from ova' -l eula -r -d 'put this text file in the OVF\'s EulaSection'
+complete -c capil -n '__fish_seen_subcommand_from ova' -l jobs -r -d 'compressing threads for a raw or qcow2 disk (default: one per core)'
 complete -c capil -n '__fish_seen_subcommand_from ova' -a 'inspect pack verify'
 complete -c capil -n '__fish_seen_subcommand_from ova' -F
 complete -c capil -n '__fish_seen_subcommand_from publish' -l library -s l -r -d 'the content library (required)'

@@ -28,6 +28,12 @@
 ** 64 KiB input and one compressed buffer, so memory stays bounded whatever
 ** the disk's size. Output goes to "<out>.part.<pid>", renamed on success and
 ** removed on failure or Ctrl-C.
+**
+** Or into an open file at its current offset (capil.format.ova's fused
+** pack writes the VMDK straight into the OVA's tar stream): nothing is
+** renamed or removed then, the caller owns the file, and the bytes written
+** can be hashed (SHA-256, OpenSSL EVP as engine/hash.c) on the writing
+** thread as each 1 MiB buffer goes out, overlapped with the compression.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +44,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
 #include <zlib.h>
 
 #include "capil.h"
@@ -63,6 +70,7 @@
 #define SLOTS_PER_JOB 8
 #define MAX_SLOTS 128
 #define OUTBUF_BYTES (1u << 20)
+#define ECHANGED (-2)                   /* run_job: the source changed size */
 
 /* exported for spec/c/vmdkw_test.c */
 uint64_t capil_vmdk_cylinders(uint64_t sectors, const char *adapter);
@@ -223,10 +231,12 @@ typedef struct {
   unsigned char *buf;
   size_t used;
   uint64_t offset;              /* bytes written or buffered so far */
+  EVP_MD_CTX *sha;              /* digests what is written, when set */
 } Out;
 
 static int out_flush(Out *o) {
   size_t off = 0;
+  if (o->sha && o->used && EVP_DigestUpdate(o->sha, o->buf, o->used) != 1) return ENOMEM;
   while (off < o->used) {
     ssize_t n = write(o->fd, o->buf + off, o->used - off);
     if (n < 0) {
@@ -273,6 +283,9 @@ typedef struct {
   const char *src, *out, *tmp, *adapter;
   const char *name;             /* the extent's file name in the descriptor */
   int jobs, hwversion, level;
+  int into;                     /* into the caller's file: no fsync, and a source
+                                ** that changes size fails (ECHANGED) */
+  EVP_MD_CTX *sha;              /* digests the output, when set */
   struct capil_progress *prog;
   /* results */
   uint64_t size, bytes, grains_written, grains_zero;
@@ -370,7 +383,7 @@ static int run_job(Job *j, int in, int outfd) {
   p.nslots = j->jobs * SLOTS_PER_JOB > MAX_SLOTS ? MAX_SLOTS : j->jobs * SLOTS_PER_JOB;
   p.level = j->level;
   p.out_cap = (GRAIN_MARKER_BYTES + compressBound(GRAIN_BYTES) + SECTOR - 1) / SECTOR * SECTOR;
-  Out o = {outfd, malloc(OUTBUF_BYTES), 0, 0};
+  Out o = {outfd, malloc(OUTBUF_BYTES), 0, 0, j->sha};
   uint32_t *gd = calloc(ngts ? ngts : 1, sizeof *gd);
   uint32_t *gt = calloc(GTES_PER_GT, sizeof *gt);
   p.slots = calloc((size_t)p.nslots, sizeof *p.slots);
@@ -480,8 +493,14 @@ static int run_job(Job *j, int in, int outfd) {
     }
     if (!err) err = out_marker(&o, 0, MARKER_EOS);
     if (!err) err = out_flush(&o);
-    if (!err && fsync(outfd) != 0) err = errno;
+    if (!err && !j->into && fsync(outfd) != 0) err = errno;
     j->bytes = o.offset;
+  }
+  /* a source that shrank read as zeros, one that grew was cut: the disk
+  ** written is not the source's (the fused OVA refuses it) */
+  if (!err && j->into && (fstat(in, &st) != 0 || (S_ISREG(st.st_mode) && (uint64_t)st.st_size != size))) {
+    j->what = j->src;
+    err = ECHANGED;
   }
 
   for (int i = 0; p.slots && i < p.nslots; i++) { free(p.slots[i].in); free(p.slots[i].out); }
@@ -501,21 +520,94 @@ static int run_job(Job *j, int in, int outfd) {
 
 static const char *const ADAPTERS[] = {"ide", "buslogic", "lsilogic", "legacyESX", NULL};
 
+/* Pushes the result table of a finished job. */
+static int push_result(lua_State *L, Job *j, const char *hex) {
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, (lua_Integer)j->bytes);
+  lua_setfield(L, -2, "bytes");
+  lua_pushinteger(L, (lua_Integer)j->size);
+  lua_setfield(L, -2, "size");
+  lua_pushinteger(L, (lua_Integer)j->grains_written);
+  lua_setfield(L, -2, "grains");
+  lua_pushinteger(L, (lua_Integer)j->grains_zero);
+  lua_setfield(L, -2, "zero_grains");
+  if (hex) {
+    lua_pushstring(L, hex);
+    lua_setfield(L, -2, "sha256");
+  }
+  return 1;
+}
+
+/* The failure of a job, named after the file it concerns. */
+static int job_fail(lua_State *L, Job *j, int err) {
+  if (err == EINTR) return capil_fail(L, "EINTR", "vmdkw.write: %s: interrupted", j->out);
+  if (err == EIO && j->zerr) return capil_fail(L, "ZLIB", "vmdkw.write: %s: deflate failed", j->out);
+  if (err == EFBIG)
+    return capil_fail(L, "EFBIG", "vmdkw.write: %s: over 2 TiB of compressed data (a sparse "
+                      "extent addresses sectors with 32 bits)", j->out);
+  if (err == EINVAL && j->what == j->src)
+    return capil_fail(L, "EINVAL", "vmdkw.write: %s: not a regular file or block device", j->src);
+  if (err == ECHANGED)
+    return capil_fail(L, "CHANGED", "vmdkw.write: %s: the file changed size while it was read "
+                      "(%llu bytes at the start)", j->src, (unsigned long long)j->size);
+  return capil_fail_errno(L, err, "vmdkw.write: %s", j->what ? j->what : j->out);
+}
+
+/* Writes into an open Lua file at its position: vmdkw.write's second form. */
+static int write_into(lua_State *L, Job *j, luaL_Stream *s, int want_sha) {
+  if (!s->closef) return luaL_error(L, "vmdkw.write: attempt to use a closed file");
+  /* the stream's logical position (a read buffer can leave the fd ahead) */
+  off_t start = ftello(s->f);
+  int outfd = fileno(s->f);
+  if (start < 0 || fflush(s->f) != 0 || lseek(outfd, start, SEEK_SET) < 0)
+    return capil_fail_errno(L, errno, "vmdkw.write: %s", j->out);
+  int in = open(j->src, O_RDONLY | O_CLOEXEC);
+  if (in < 0) return capil_fail_errno(L, errno, "vmdkw.write: %s", j->src);
+  j->into = 1;
+  int err = 0;
+  if (want_sha) {
+    j->sha = EVP_MD_CTX_new();
+    if (!j->sha || EVP_DigestInit_ex(j->sha, EVP_sha256(), NULL) != 1) err = ENOMEM;
+  }
+  if (!err) err = run_job(j, in, outfd);
+  close(in);
+  char hex[65];
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (!err && want_sha) {
+    if (EVP_DigestFinal_ex(j->sha, md, &n) != 1) err = ENOMEM;
+    for (unsigned int i = 0; i < n; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+  }
+  EVP_MD_CTX_free(j->sha);
+  j->sha = NULL;
+  /* the stream's position follows the fd: after the VMDK (or where the
+  ** failure left it: the caller discards the file then) */
+  if (fseeko(s->f, (off_t)(start + (off_t)j->bytes), SEEK_SET) != 0 && !err) err = errno;
+  if (err) return job_fail(L, j, err);
+  return push_result(L, j, want_sha ? hex : NULL);
+}
+
 /*
 ** vmdkw.write(src, out, {jobs=, adapter_type=, hwversion=, level=, name=,
-**   progress=}) -> {bytes=, size=, grains=, zero_grains=} | nil, msg, code
-** src: a raw disk (regular file or block device). out is written as
-** "<out>.part.<pid>" and renamed when complete. jobs: compressing threads
+**   progress=, sha256=}) -> {bytes=, size=, grains=, zero_grains=, sha256=}
+**   | nil, msg, code
+** src: a raw disk (regular file or block device). out is a path, written as
+** "<out>.part.<pid>" and renamed when complete; or an open file (io.open,
+** writable): the VMDK goes at its current position, nothing is renamed or
+** removed, the handle is left after the VMDK, `name` is required, and
+** sha256=true returns the SHA-256 of the bytes written; a source that
+** changes size meanwhile fails (code CHANGED). jobs: compressing threads
 ** (default: online cores); level: zlib level (default 6, qemu's); name: the
 ** extent's file name in the descriptor (default: out's basename).
 */
 static int l_write(lua_State *L) {
   static const char *const opts[] = {"jobs", "adapter_type", "hwversion", "level", "name",
-                                     "progress", NULL};
+                                     "progress", "sha256", NULL};
   Job j;
   memset(&j, 0, sizeof j);
   j.src = luaL_checkstring(L, 1);
-  j.out = luaL_checkstring(L, 2);
+  luaL_Stream *stream = luaL_testudata(L, 2, LUA_FILEHANDLE);
+  j.out = stream ? "(open file)" : luaL_checkstring(L, 2);
   if (!lua_isnoneornil(L, 3)) capil_check_options(L, 3, "vmdkw.write", opts);
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
   lua_Integer jobs = capil_opt_integer(L, 3, "vmdkw.write", "jobs", cores > 0 ? cores : 1);
@@ -533,12 +625,17 @@ static int l_write(lua_State *L) {
   lua_Integer level = capil_opt_integer(L, 3, "vmdkw.write", "level", Z_DEFAULT_COMPRESSION);
   if (level < -1 || level > 9) return luaL_error(L, "vmdkw.write: level must be -1 to 9");
   j.level = (int)level;
+  int want_sha = capil_opt_boolean(L, 3, "vmdkw.write", "sha256", 0);
+  if (want_sha && !stream) return luaL_error(L, "vmdkw.write: sha256 needs an open file as out");
   const char *base = strrchr(j.out, '/');
-  j.name = capil_opt_string(L, 3, "vmdkw.write", "name", base ? base + 1 : j.out, NULL);
+  j.name = capil_opt_string(L, 3, "vmdkw.write", "name", stream ? NULL : base ? base + 1 : j.out, NULL);
+  if (!j.name) return luaL_error(L, "vmdkw.write: name is required when out is an open file");
+  if (stream) j.out = j.name;   /* what messages name */
   if (strchr(j.name, '"') || strchr(j.name, '\n'))
     return luaL_error(L, "vmdkw.write: name must not contain quotes or newlines");
   capil_opt_field(L, 3, "progress");
   j.prog = capil_progress_opt(L, -1);
+  if (stream) return write_into(L, &j, stream, want_sha);
   lua_pushfstring(L, "%s.part.%d", j.out, (int)getpid());
   j.tmp = lua_tostring(L, -1);   /* anchored on the stack until we return */
 
@@ -556,24 +653,60 @@ static int l_write(lua_State *L) {
   if (close(outfd) != 0 && !err) { err = errno; j.what = j.out; }
   if (!err && rename(j.tmp, j.out) != 0) { err = errno; j.what = j.out; }
   if (err) unlink(j.tmp);
+  if (err) return job_fail(L, &j, err);
+  return push_result(L, &j, NULL);
+}
 
-  if (err == EINTR) return capil_fail(L, "EINTR", "vmdkw.write: %s: interrupted", j.out);
-  if (err == EIO && j.zerr) return capil_fail(L, "ZLIB", "vmdkw.write: %s: deflate failed", j.out);
-  if (err == EFBIG)
-    return capil_fail(L, "EFBIG", "vmdkw.write: %s: over 2 TiB of compressed data (a sparse "
-                      "extent addresses sectors with 32 bits)", j.out);
-  if (err == EINVAL && j.what == j.src)
-    return capil_fail(L, "EINVAL", "vmdkw.write: %s: not a regular file or block device", j.src);
-  if (err) return capil_fail_errno(L, err, "vmdkw.write: %s", j.what ? j.what : j.out);
-  lua_createtable(L, 0, 4);
-  lua_pushinteger(L, (lua_Integer)j.bytes);
-  lua_setfield(L, -2, "bytes");
-  lua_pushinteger(L, (lua_Integer)j.size);
+/*
+** vmdkw.bound(src) -> {size=, data_grains=, max_bytes=} | nil, msg, code
+** The most bytes vmdkw.write can write for src as it is now: every grain
+** holding data (its data extents walked with SEEK_DATA/SEEK_HOLE, nothing
+** read; every grain where the file system cannot tell) compressed to
+** zlib's bound, plus the metadata. What capil.format.ova sizes the disk's
+** tar header by before the VMDK exists.
+*/
+static int l_bound(lua_State *L) {
+  const char *src = luaL_checkstring(L, 1);
+  int fd = open(src, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return capil_fail_errno(L, errno, "vmdkw.bound: %s", src);
+  struct stat st;
+  int err = fstat(fd, &st) != 0 ? errno : 0;
+  uint64_t size = (uint64_t)st.st_size;
+  if (!err && S_ISBLK(st.st_mode)) {
+    off_t end = lseek(fd, 0, SEEK_END);
+    if (end < 0) err = errno;
+    else size = (uint64_t)end;
+  } else if (!err && !S_ISREG(st.st_mode)) {
+    close(fd);
+    return capil_fail(L, "EINVAL", "vmdkw.bound: %s: not a regular file or block device", src);
+  }
+  uint64_t ngrains = (size + GRAIN_BYTES - 1) / GRAIN_BYTES, data = 0, g = 0, end_g = 0;
+  int seekable = 1;
+  while (!err && g < ngrains) {
+    uint64_t next = ngrains, data_end = 0;
+    if ((err = next_data_grain(fd, g, ngrains, size, &data_end, &seekable, &next)) != 0) break;
+    if (next >= ngrains) break;
+    if (!seekable) { data += ngrains - next; break; }
+    end_g = (data_end + GRAIN_BYTES - 1) / GRAIN_BYTES;   /* past the extent's last grain */
+    if (end_g <= next) end_g = next + 1;
+    data += end_g - next;
+    g = end_g;
+  }
+  close(fd);
+  if (err) return capil_fail_errno(L, err, "vmdkw.bound: %s", src);
+  uint64_t ngts = (ngrains + GTES_PER_GT - 1) / GTES_PER_GT;
+  uint64_t gts = data < ngts ? data : ngts;
+  uint64_t grain_max = (GRAIN_MARKER_BYTES + compressBound(GRAIN_BYTES) + SECTOR - 1) / SECTOR * SECTOR;
+  uint64_t max = (uint64_t)OVERHEAD_SECTORS * SECTOR + data * grain_max
+               + gts * (SECTOR + GT_SECTORS * SECTOR)
+               + SECTOR + (ngts * 4 + SECTOR - 1) / SECTOR * SECTOR + 3 * SECTOR;
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)size);
   lua_setfield(L, -2, "size");
-  lua_pushinteger(L, (lua_Integer)j.grains_written);
-  lua_setfield(L, -2, "grains");
-  lua_pushinteger(L, (lua_Integer)j.grains_zero);
-  lua_setfield(L, -2, "zero_grains");
+  lua_pushinteger(L, (lua_Integer)data);
+  lua_setfield(L, -2, "data_grains");
+  lua_pushinteger(L, (lua_Integer)max);
+  lua_setfield(L, -2, "max_bytes");
   return 1;
 }
 
@@ -587,6 +720,7 @@ static int l_cylinders(lua_State *L) {
 
 static const luaL_Reg funcs[] = {
   {"write", l_write},
+  {"bound", l_bound},
   {"cylinders", l_cylinders},
   {NULL, NULL}
 };

@@ -185,6 +185,23 @@ describe("content library destinations of a vSphere build #vsphere on " .. flavo
     assert.matches(("library published, item %s (%s), sha256 %s"):format(BUILD, pub.id, sha), r.stdout, 1, true)
     -- the build VM stays (keep_vm)
     assert.is_table(vm_named(BUILD))
+    -- the item made from the VM deploys again (its OVF: the build VM's 2 CPUs, 512 MiB)
+    r = capil.run({ "deploy", "--library", "images", "--item", "node-from-vm", "--name", "from-build-item",
+      "--var-file", varfile }, { timeout = 60 })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    local vm = vm_named("from-build-item")
+    assert.is_table(vm, "no VM from-build-item")
+    local script = ([[
+local session = require("capil.vsphere.session")
+local s = assert(session.settings_from_vars({ var_files = { %q } }))
+local vc = assert(session.connect(s))
+local p = assert(vc:props(require("capil.vsphere.vim25").ref("VirtualMachine", %q),
+  { "config.hardware.numCPU", "config.hardware.memoryMB" }))
+print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"])
+]]):format(varfile, vm.ref:match("[^:]+$"))
+    local props = capil.run({ capil.script(tmp, "props.lua", script) })
+    assert.equal(0, props.code, props.stderr)
+    assert.equal("2\t512\n", props.stdout)
   end)
 
   if api then return end

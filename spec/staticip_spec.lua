@@ -206,6 +206,35 @@ describe("static IP builds #unit", function()
       end
     end)
 
+    it("refuses a static address where the installer fetches its answer over HTTP with no way to take one "
+      .. "(Photon 3), on every backend; the recipes that can take one resolve", function()
+      for _, b in ipairs({ "qemu", "vsphere", "esx", "workstation" }) do
+        local r = capil.run({ "inspect", "photon-3", "--backend", b, "--var", "build_ip=10.0.0.5/24" })
+        assert.equal(1, r.code, r.stdout .. r.stderr)
+        assert.matches("photon-3.lua: build_ip: this recipe's installer (photon) fetches its answer file over HTTP "
+          .. "and takes no static address on its kernel line", r.stderr, 1, true)
+        assert.matches("photon-5 for Photon", r.stderr, 1, true)
+      end
+      for _, name in ipairs({ "ubuntu-1804", "ubuntu-2004", "ubuntu-2204", "ubuntu-2404-efi", "centos-7",
+        "rockylinux-9", "photon-5" }) do
+        local r = capil.run({ "inspect", name, "--backend", "vsphere", "--var", "build_ip=10.0.0.5/24" })
+        assert.equal(0, r.code, name .. ": " .. r.stderr)
+      end
+      local r = capil.run({ "inspect", "photon-3", "--backend", "qemu" })
+      assert.equal(0, r.code, r.stderr)
+      -- a boot command naming the server with no <enter> after it: nowhere to put the kernel arguments
+      local dir = assert(fs.tempdir({ prefix = "capil-spec-noenter" }))
+      assert(fs.write(dir .. "/noenter.lua", ([[return { extends = %q, name = "noenter",
+        boot = { command = { "install ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/testos/ks.cfg<wait5s>" } } }]])
+        :format(fs.realpath("spec/fixtures/recipes/testos.lua"))))
+      r = capil.run({ "inspect", dir .. "/noenter.lua", "--recipes-dir", "spec/fixtures/recipes",
+        "--var", "build_ip=10.0.2.15/24" })
+      fs.remove(dir, { recursive = true })
+      assert.equal(1, r.code, r.stdout .. r.stderr)
+      assert.matches("build_ip: the boot command names the installer server but has no <enter> after it", r.stderr,
+        1, true)
+    end)
+
     it("Photon 5: ks.json's network member, still valid JSON", function()
       local ks = assert(json.decode(render("photon-5", VARS)["5/ks.json"]))
       assert.same({ type = "static", ip_addr = "192.168.10.20", netmask = "255.255.255.0", gateway = "192.168.10.1",
@@ -356,5 +385,48 @@ describe("static IP builds #unit", function()
       assert.equal("[Match]\nName=e*\n\n[Network]\nDHCP=yes\n", read("etc/systemd/network/50-static-en.network"))
       assert.equal(files["etc/systemd/network/99-dhcp-en.network"], read("etc/systemd/network/99-dhcp-en.network"))
     end)
+  end)
+end)
+
+-- A whole vSphere build on the simulator (spec/support/vcsim) whose VM
+-- reports no guest IP (no VMware Tools): with build_ip the build reaches
+-- SSH at the static address (this machine's sshd at 127.0.0.1) and the
+-- typed boot command carries the preseed netcfg answers.
+describe("a static IP build on the vSphere simulator #vsphere", function()
+  local buildenv = require("support.buildenv")
+  local PASSWORD = "St4tic-ip!pw"
+  local env
+
+  setup(function()
+    env = buildenv.vsphere("staticip-vsphere", PASSWORD, { guest_ip = false })
+  end)
+
+  teardown(function()
+    if env then env.stop() end
+  end)
+
+  it("reaches SSH at build_ip while the VM reports no address", function()
+    local out = env.tmp .. "/out"
+    local r = capil.run({ "run", "spec/fixtures/recipes/vsphere.lua", "--recipes-dir", "spec/fixtures/recipes",
+      "--backend", "vsphere", "--output", out, "--var-file", env.varfile,
+      "--var", "iso_url=file://" .. env.iso, "--var", "iso_checksum=" .. env.iso_sum,
+      "--var", "ssh_private_key_file=" .. env.key, "--var", "ssh_port=" .. env.ssh.port,
+      "--var", "ssh_username=" .. env.ssh.user, "--var", "probe_file=" .. env.probe,
+      "--var", "build_ip=127.0.0.1/8", "--var", "build_gateway=127.0.0.2" },
+      { timeout = 240, env_add = { XDG_CACHE_HOME = env.tmp .. "/cache" } })
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.not_matches(PASSWORD, r.stdout .. r.stderr, 1, true)
+    assert.matches("connecting to the static address 127.0.0.1", r.stdout .. r.stderr, 1, true)
+    assert.equal("provisioned-by-capil\n", fs.read(env.probe))
+    -- the typed kernel line held d-i's static answers (read back from the simulator's key events)
+    local report = json.read(("%s/vsphere-fixture-kube-v1.16.14/report.json"):format(out))
+    assert.is_true(report.ok)
+    local plan = json.decode(capil.run({ "inspect", "spec/fixtures/recipes/vsphere.lua", "--recipes-dir",
+      "spec/fixtures/recipes", "--backend", "vsphere", "--var-file", env.varfile,
+      "--var", "build_ip=127.0.0.1/8", "--var", "build_gateway=127.0.0.2" }).stdout)
+    local boot
+    for _, s in ipairs(plan.steps) do if s.id == "boot" then boot = s end end
+    assert.matches("netcfg/get_ipaddress=127.0.0.1 netcfg/get_netmask=255.0.0.0 netcfg/get_gateway=127.0.0.2",
+      boot.static_ip_args, 1, true)
   end)
 end)

@@ -45,7 +45,9 @@ end
 --- {tmp, sim, ssh, iso, iso_sum, key, probe, vmdk, varfile, stop = fn}.
 ---@param name string scratch dir name
 ---@param password string the simulator's password
----@param opts? {mib?: integer, vars?: table, api?: boolean}
+--- `guest_ip = false`: the simulator reports no guest IP (a VM without
+--- VMware Tools).
+---@param opts? {mib?: integer, vars?: table, guest_ip?: false, api?: boolean}
 ---@return table
 function M.vsphere(name, password, opts)
   opts = opts or {}
@@ -58,7 +60,8 @@ function M.vsphere(name, password, opts)
   e.ssh = sshd.start({ authorized = { e.key } })
   e.probe = e.tmp .. "/probe"
   e.sim = require("support.vcsim").start({ username = "administrator@vsphere.local", password = password,
-    tls = true, guest_ip = "127.0.0.1", guest_ip_delay = 0.3, export_disk = e.vmdk, api = opts.api })
+    tls = true, guest_ip = opts.guest_ip ~= false and "127.0.0.1" or nil, guest_ip_delay = 0.3,
+    export_disk = e.vmdk, api = opts.api })
   e.varfile = e.tmp .. "/vsphere.json"
   local vars = {
     vcenter_server = e.sim.url, username = e.sim.username, password = password, vcenter_ca_file = e.sim.ca_file,

@@ -199,7 +199,21 @@ function M.resolve(cfg, backend, opts)
     local args = names_server and staticip.boot_args(sip, kind)
     if args then
       local with = staticip.insert_boot_args(command, args)
-      if with then command, boot_args = with, args end
+      if with then
+        command, boot_args = with, args
+      else
+        errors[#errors + 1] = ("%s: build_ip: the boot command names the installer server but has no <enter> "
+          .. "after it to put the static address's kernel arguments before (%s): the installer could not fetch "
+          .. "its answer file"):format(cfg.recipe.file, args)
+      end
+    elseif names_server then
+      -- Photon 3's installer fetches ks= over HTTP from an initrd whose
+      -- network comes up by DHCP only (its isoInstaller reads ks=http://,
+      -- cdrom:/ on the install media or a local path; no ip= argument)
+      errors[#errors + 1] = ("%s: build_ip: this recipe's installer (%s) fetches its answer file over HTTP and "
+        .. "takes no static address on its kernel line, so it cannot reach the server without DHCP: build on a "
+        .. "network with DHCP, or use a recipe whose answer file comes from a seed CD (photon-5 for Photon)")
+        :format(cfg.recipe.file, kind)
     end
   end
   -- the boot command must parse now, with placeholder server values (the

@@ -136,7 +136,9 @@ end
 
 --- The installer family whose answer file the build uses: by the
 --- installer files' names (preseed*, ks.cfg, ks.json, user-data), else by
---- the recipe's family: preseed, kickstart, autoinstall or photon.
+--- the boot command (d-i's `preseed` or `auto=true`), else by the recipe's
+--- distribution (Debian: d-i) and family: preseed, kickstart, autoinstall
+--- or photon.
 ---@param cfg table
 ---@return string
 function M.installer_kind(cfg)
@@ -150,6 +152,9 @@ function M.installer_kind(cfg)
     if base:match("%.json$") and base:match("^ks") then return "photon" end
     if base == "user-data" then return "autoinstall" end
   end
+  local command = table.concat(cfg:get("boot.command") or {}):lower()
+  if command:find("preseed", 1, true) or command:find("auto=true", 1, true) then return "preseed" end
+  if cfg:get("distro.name") == "debian" then return "preseed" end
   local family = cfg:get("distro.family")
   if family == "redhat" then return "kickstart" end
   if family == "photon" then return "photon" end

@@ -8,10 +8,11 @@ local ova = require("capil.format.ova")
 
 local SUB = {
   pack = {
-    usage = "ova pack BUILD_DIR [--convert] [--eula FILE]",
+    usage = "ova pack BUILD_DIR [--convert] [--eula FILE] [--jobs N]",
     options = {
       { name = "convert", help = "convert a VMDK that is not streamOptimized (qemu-img) instead of refusing it" },
       { name = "eula", arg = "FILE", help = "put this text file in the OVF's EulaSection" },
+      { name = "jobs", arg = "N", help = "compressing threads for a raw or qcow2 disk (default: one per core)" },
     },
   },
   verify = { usage = "ova verify FILE.ova", options = {} },
@@ -25,7 +26,8 @@ local HELP = [[
 Subcommands:
   pack BUILD_DIR   Packs <build>.ova from BUILD_DIR/packer-manifest.json (capil's
                    or Packer/image-builder's): the OVF is rebuilt from the build's
-                   custom_data, the disks are the .vmdk files it lists. Writes
+                   custom_data, the disks are the .vmdk files it lists (or, when
+                   it lists none, its raw or qcow2 disk: .raw, .img, .qcow2). Writes
                    <build>.ovf, <build>.mf, <build>.ova and <build>.ova.sha256
                    (bare hex digest, no newline) beside them, with
                    <build> = <build_name>-kube-<kubernetes_semver>.
@@ -33,7 +35,11 @@ Subcommands:
                    (capil's export step does); a disk without one (a directory
                    from another tool) is hashed first: one extra read, logged
                    with --verbose. A VMDK that is not streamOptimized is refused
-                   unless --convert. The manifest's build of the LAST run is used
+                   unless --convert. A raw or qcow2 disk (its format sniffed) is
+                   packed in one pass: capil's VMDK writer (--jobs threads)
+                   writes the streamOptimized VMDK straight into the OVA, no VMDK
+                   file between (a qcow2 is first read into a sparse raw temp by
+                   qemu-img). The manifest's build of the LAST run is used
                    (image-builder used builds[0], the first run).
   verify FILE.ova  Checks the tar format (ustar), member order (.ovf, .mf, disks in
                    References order), every manifest digest, the OVF and its
@@ -44,7 +50,7 @@ Subcommands:
                    JSON with --json). Reads only the descriptor.
 
 Options of the subcommands:
-  pack:    --convert, --eula FILE
+  pack:    --convert, --eula FILE, --jobs N
   inspect: --json]]
 
 local function gib(bytes)
@@ -75,6 +81,11 @@ local function pack(opts, args)
     po.eula = text
   end
   po.convert = opts.convert or false
+  if opts.jobs then
+    local jobs = math.tointeger(tonumber(opts.jobs))
+    if not jobs or jobs < 1 or jobs > 64 then cli.fail("ova pack: --jobs must be 1 to 64", 2) end
+    po.jobs = jobs
+  end
   local r, rerr = ova.pack(po)
   if not r then cli.fail(rerr, 1) end
   log.out(("%s  %s"):format(r.sha256, r.ova))
@@ -141,7 +152,7 @@ local RUN = { pack = pack, verify = verify, inspect = inspect }
 return {
   subcommands = SUB,
   summary = "pack an OVA from a build directory, verify or inspect one",
-  usage = "ova pack BUILD_DIR [--convert] [--eula FILE] | ova verify FILE.ova | ova inspect FILE.ova [--json]",
+  usage = "ova pack BUILD_DIR [--convert] [--eula FILE] [--jobs N] | ova verify FILE.ova | ova inspect FILE.ova [--json]",
   help = HELP,
   options = {},
   stop_at_positional = true,

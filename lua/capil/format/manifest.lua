@@ -259,11 +259,22 @@ function M.check_build(build)
   return true
 end
 
+--- Whether a files[] name is a disk `ova pack` takes as a source (written
+--- into the OVA as a VMDK): `.raw`, `.img`, `.qcow2`.
+---@param name string
+---@return boolean
+function M.is_source_disk(name)
+  local ext = (name:match("%.(%w+)$") or ""):lower()
+  return ext == "raw" or ext == "img" or ext == "qcow2"
+end
+
 --- The `ova.pack` options that rebuild a build's OVA in `dir` from its
 --- manifest entry (what image-build-ova.py did): names
 --- `<build_name>-kube-<semver>.{ovf,mf,ova}`, the VirtualSystem named after
 --- the artifact id, the disks = every `.vmdk` in files[] (with their
---- recorded sha256 when there is one). Missing hardware keys take
+--- recorded sha256 when there is one), or when there is none every raw or
+--- qcow2 disk (`M.is_source_disk`) as a source, which `ova.pack` writes
+--- into the OVA as a VMDK in the same pass. Missing hardware keys take
 --- image-builder's template values.
 ---@param build table a build entry
 ---@param dir string the build directory
@@ -302,7 +313,7 @@ function M.pack_options(build, dir)
     local key = k:match("^" .. M.PROPERTY_PREFIX .. "(.+)$")
     if key then props[key] = v end
   end
-  local disks = {}
+  local disks, sources = {}, {}
   for _, f in ipairs(build.files or {}) do
     if type(f.name) == "string" and f.name:match("%.vmdk$") then
       local sha = f.sha256
@@ -310,9 +321,13 @@ function M.pack_options(build, dir)
         return nil, ("manifest: files[].sha256 of %s is not 64 hex digits"):format(f.name)
       end
       disks[#disks + 1] = { path = fs.join(dir, f.name), sha256 = sha, size = f.size }
+    elseif type(f.name) == "string" and M.is_source_disk(f.name) then
+      sources[#sources + 1] = { source = fs.join(dir, f.name) }
     end
   end
-  if #disks == 0 then return nil, "manifest: the build lists no .vmdk file" end
+  -- no VMDK: the raw or qcow2 disks are packed fused (ova.pack sniffs them)
+  if #disks == 0 then disks = sources end
+  if #disks == 0 then return nil, "manifest: the build lists no disk (.vmdk, .raw, .img or .qcow2 file)" end
   local artifact = build.artifact_id
   if type(artifact) ~= "string" or artifact == "" then artifact = base end
   return {

@@ -18,6 +18,11 @@
 --- The OVA is written to `<name>.ova.part.<pid>` beside the target and
 --- renamed when complete; Ctrl-C (capil.sys.cleanup) removes the partial file.
 ---
+--- A disk given as a raw or qcow2 *source* is packed fused: the VMDK is
+--- written by capil.core.vmdkw straight into the OVA (no VMDK file), and
+--- the OVF size, the MF digests and the disk's tar header are patched once
+--- it is done; see "Fused packing" below and docs/architecture.md.
+---
 --- Reading an OVA (`verify`, `inspect`) streams it once.
 local archive = require("capil.core.archive")
 local cleanup = require("capil.sys.cleanup")
@@ -27,9 +32,11 @@ local log = require("capil.sys.log")
 local ovf = require("capil.format.ovf")
 local proc = require("capil.sys.proc")
 local vmdk = require("capil.format.vmdk")
+local vmdkw = require("capil.core.vmdkw")
 local optcheck = require("capil.util.opts").check
 
 local M = {}
+local pack_fused -- below M.pack's helpers
 
 --- The ProductSection properties image-builder wrote, in its order; capil
 --- adds the distro ones, then user properties follow sorted by key.
@@ -111,7 +118,7 @@ end
 local PACK_OPTS = {
   id = true, kind = true, ova = true, ovf = true, mf = true, sha256 = true, name = true, disks = true,
   os = true, hardware = true, properties = true, annotation = true, product = true, eula = true,
-  network = true, convert = true, progress = true, sync = true, mtime = true,
+  network = true, convert = true, progress = true, sync = true, mtime = true, jobs = true, timeout = true,
   eula_file = true, user_properties = true, -- as the plan's step carries them
 }
 
@@ -120,11 +127,32 @@ local function strip_ext(path, ext)
   return base:sub(-#ext) == ext and base:sub(1, -#ext - 1) or base
 end
 
--- A disk entry as {path, sha256?, size?, populated_size?}.
+local SOURCE_FIELDS = { source = "string", format = "string", adapter_type = "string", hwversion = "number",
+  jobs = "number", name = "string", size = "number", sha256 = "string" }
+
+-- A disk entry as {path, sha256?, size?, populated_size?}, or a source
+-- (fused packing) as {source, format?, adapter_type?, hwversion?, jobs?, name?}.
 local function disk_entry(d, i)
   if type(d) == "string" then return { path = d } end
+  if type(d) == "table" and d.source ~= nil then
+    for k, v in pairs(d) do
+      if not SOURCE_FIELDS[k] then error(("ova.pack: disks[%d]: unknown field '%s' of a disk source"):format(i, tostring(k)), 3) end
+      if type(v) ~= SOURCE_FIELDS[k] then
+        error(("ova.pack: disks[%d].%s must be a %s"):format(i, k, SOURCE_FIELDS[k]), 3)
+      end
+    end
+    if d.format and d.format ~= "raw" and d.format ~= "qcow2" then
+      error(("ova.pack: disks[%d].format must be raw or qcow2, not '%s'"):format(i, d.format), 3)
+    end
+    if d.name and (d.name:find("/", 1, true) or not d.name:match("%.vmdk$")) then
+      error(("ova.pack: disks[%d].name must be a file name ending in .vmdk"):format(i), 3)
+    end
+    -- size and sha256 (the export's record of the source) are not the VMDK's: unused
+    return { source = d.source, format = d.format, adapter_type = d.adapter_type, hwversion = d.hwversion,
+      jobs = d.jobs, name = d.name }
+  end
   if type(d) ~= "table" or type(d.path) ~= "string" then
-    error(("ova.pack: disks[%d] must be a path or {path=, sha256=}"):format(i), 3)
+    error(("ova.pack: disks[%d] must be a path, {path=, sha256=} or {source=}"):format(i), 3)
   end
   if d.sha256 ~= nil and not (type(d.sha256) == "string" and d.sha256:match("^%x+$") and #d.sha256 == 64) then
     error(("ova.pack: disks[%d].sha256 must be 64 hex digits"):format(i), 3)
@@ -196,6 +224,288 @@ local function descriptor_params(opts, name, disks, eula)
   }
 end
 
+-- The EULA text: opts.eula, else opts.eula_file read; nil, err, code on failure.
+local function read_eula(opts)
+  if opts.eula or not opts.eula_file then return opts.eula end
+  local eula, err, code = fs.read_file(opts.eula_file, { max = M.MAX_EULA, what = "EULA" })
+  if not eula then return nil, "ova.pack: " .. err, code end
+  return eula
+end
+
+-- The disk's capacity against the recipe's (code CAPACITY).
+local function check_capacity(opts, path, capacity)
+  local want_mb = opts.hardware.disk_mb
+  if want_mb and want_mb * 1024 * 1024 ~= capacity then
+    return nil, ("ova.pack: %s has a virtual size of %d bytes (%.1f MiB), but the recipe's disk is %d MiB")
+      :format(path, capacity, capacity / 1048576, want_mb), "CAPACITY"
+  end
+  return true
+end
+
+-- ====================================================================== --
+-- Fused packing: the VMDK written straight into the OVA                  --
+-- ====================================================================== --
+--
+-- A disk given as a source (`{source = raw or qcow2}`) is packed in one
+-- pass, with no VMDK file between: capil.core.vmdkw writes the
+-- streamOptimized VMDK into the OVA's temp file at the disk member's data
+-- offset, hashing the bytes (SHA-256) as they go out. The members keep
+-- image-builder's order (OVF, MF, disk), but the OVF's `ovf:size` and the
+-- MF's digests (the disk's, and the OVF's that holds the size) are unknown
+-- until the disk is written; the temp file is seekable, so:
+--
+-- 1. the head is written with placeholders of the final length: the OVF
+--    with `ovf:size="0"` and spaces after it inside the File tag (SIZE_SLOT
+--    columns for the digits, so the text's length never changes), the MF
+--    with 64 zeros for each digest, the disk's ustar header with size 0;
+-- 2. the VMDK streams in from the head's end (vmdkw.write into the open
+--    file), then the tar padding and the two end blocks;
+-- 3. the head is rendered again with the real size and digests (same
+--    length) and written over the placeholders at offset 0;
+-- 4. the OVA's own SHA-256 (`.ova.sha256`) is computed by reading the
+--    finished file back (capil.core.hash, 1 MiB reads, mostly from the page
+--    cache): it covers the head, which is final only after the disk, so it
+--    cannot overlap the write. The read-back costs a fraction of the
+--    compression (the OVA is the compressed size).
+--
+-- ustar's size field holds 11 octal digits (below 8 GiB). vmdkw.bound gives
+-- the most the VMDK can take (each grain holding data at zlib's bound, from
+-- the data extents; holes cost nothing): below 8 GiB the header is plain
+-- ustar; otherwise 1024 bytes are reserved for a pax extended header with a
+-- fixed-width `size` record (20 digits, zero-padded). When the VMDK turns
+-- out smaller than 8 GiB after all (the usual case: a 20 GiB disk's worst
+-- case is over 8 GiB, its VMDK rarely is), the reserve is given to the OVF
+-- as 1024 more spaces in the File tag, so the disk's header stays ustar (as
+-- `ova.verify` wants below 8 GiB) without moving a byte of the disk.
+--
+-- A qcow2 source goes through vmdk.qcow2_to_raw's sparse raw temp first.
+-- Memory stays bounded (vmdkw's slots: about 17 MiB at 16 jobs and more).
+
+local SIZE_SENTINEL = 987654321987654321
+local SIZE_SLOT = 20
+local PAX_RESERVE = 1024
+local ZERO_SHA = ("0"):rep(64)
+
+local function octal(n, width)
+  return ("%0" .. width .. "o"):format(n)
+end
+
+--- A 512-byte POSIX ustar header for a regular file (`kind` "0") or a pax
+--- extended header ("x"), laid out as libarchive writes it (mode 0644,
+--- uid/gid 0, no owner names). Raises when the name does not fit 100
+--- bytes or the size 11 octal digits.
+---@param name string
+---@param size integer
+---@param mtime integer
+---@param kind? string
+---@return string
+function M.ustar_header(name, size, mtime, kind)
+  if #name > 100 then error(("ova.ustar_header: member name longer than 100 bytes: %s"):format(name), 2) end
+  if size < 0 or size > M.USTAR_MAX_SIZE then error(("ova.ustar_header: size %d does not fit ustar"):format(size), 2) end
+  local function field(v, len) return v .. ("\0"):rep(len - #v) end
+  local h = table.concat({
+    field(name, 100), "000644 \0", "000000 \0", "000000 \0", octal(size, 11) .. " ", octal(mtime, 11) .. " ",
+    "        ", kind or "0", ("\0"):rep(100), "ustar\0", "00", ("\0"):rep(64), "000000 \0", "000000 \0",
+    ("\0"):rep(155),
+  })
+  h = h .. ("\0"):rep(512 - #h)
+  local sum = 0
+  for i = 1, 512 do sum = sum + h:byte(i) end
+  return h:sub(1, 148) .. octal(sum, 6) .. "\0 " .. h:sub(157)
+end
+
+-- Data padded to whole 512-byte blocks.
+local function pad_block(data)
+  return data .. ("\0"):rep((512 - #data % 512) % 512)
+end
+
+-- The pax extended header (header and its block) carrying `size` as one
+-- fixed-width record: "29 size=<20 digits>\n".
+local function pax_size(name, size, mtime)
+  local rec = ("29 size=%020d\n"):format(size)
+  assert(#rec == 29)
+  return M.ustar_header(("PaxHeader/" .. name):sub(1, 100), #rec, mtime, "x") .. pad_block(rec)
+end
+
+-- The OVF text with the disk's ovf:size set to `size`, followed by
+-- SIZE_SLOT - #digits + slack spaces inside the File tag.
+local function fused_ovf(params, size, slack)
+  params.disks[1].size = SIZE_SENTINEL
+  local text = ovf.descriptor(params)
+  local mark = ('ovf:size="%d"'):format(SIZE_SENTINEL)
+  local at = text:find(mark, 1, true)
+  assert(at and not text:find(mark, at + 1, true), "ova.pack: the OVF's File size not found once")
+  local digits = tostring(size)
+  return text:sub(1, at - 1) .. ('ovf:size="%s"'):format(digits) .. (" "):rep(SIZE_SLOT - #digits + slack)
+    .. text:sub(at + #mark)
+end
+
+-- The stable code of an io library failure's errno (Linux numbers).
+local ERRNO_CODES = { [2] = "ENOENT", [13] = "EACCES", [21] = "EISDIR", [28] = "ENOSPC", [30] = "EROFS",
+  [122] = "EDQUOT" }
+local function io_code(errno) return ERRNO_CODES[errno] or "EIO" end
+
+-- Reads the source's facts, makes the raw temp of a qcow2; fills d.raw,
+-- d.capacity, d.populated_size, d.max_bytes, d.name.
+local function prepare_source(d, opts)
+  local st, err, code = fs.stat(d.source)
+  if not st then return nil, "ova.pack: " .. tostring(err):gsub("^fs%.stat: ", ""), code end
+  if st.type ~= "file" and st.type ~= "block" then
+    return nil, ("ova.pack: %s: not a regular file or block device"):format(d.source), "EFTYPE"
+  end
+  local f, oerr = io.open(d.source, "rb")
+  if not f then return nil, "ova.pack: " .. tostring(oerr), "EACCES" end
+  f:close()
+  d.name = d.name or (fs.basename(d.source):gsub("%.[Rr][Aa][Ww]$", ""):gsub("%.[Ii][Mm][Gg]$", "")
+    :gsub("%.[Qq][Cc][Oo][Ww]2$", "") .. ".vmdk")
+  d.raw = d.source
+  if d.format == "qcow2" then
+    d.raw = ("%s.raw.part.%d"):format(opts.ova, proc.getpid())
+    d.raw_undo = cleanup.push("temp raw disk " .. d.raw, function() fs.remove(d.raw) end)
+    local ok, qerr, qcode = vmdk.qcow2_to_raw(d.source, d.raw, { timeout = opts.timeout })
+    if not ok then
+      d.raw_undo:run()
+      return nil, "ova.pack: " .. qerr, qcode
+    end
+  end
+  local b, berr, bcode = vmdkw.bound(d.raw)
+  if not b then
+    if d.raw_undo then d.raw_undo:run() end
+    return nil, "ova.pack: " .. tostring(berr):gsub("^vmdkw%.bound: ", ""), bcode
+  end
+  local rst = fs.stat(d.raw)
+  d.size_raw, d.max_bytes = b.size, b.max_bytes
+  d.capacity = (b.size + 511) // 512 * 512
+  -- a block device has no allocation to tell: its whole size
+  d.populated_size = rst and rst.type == "file" and rst.allocated or b.size
+  return d
+end
+
+-- A failure message of vmdkw.write as ova.pack's, naming the source (not
+-- a qcow2's raw temp), or the OVA for a failure to write (vmdkw names the
+-- member then: the open file has no path).
+local function source_error(d, err, ova_path)
+  err = tostring(err)
+  local out = "vmdkw.write: " .. d.name .. ": "
+  if err:sub(1, #out) == out then
+    return ("ova.pack: %s: writing %s: %s"):format(ova_path, d.name, err:sub(#out + 1))
+  end
+  err = err:gsub("^vmdkw%.write: ", "ova.pack: ")
+  if d.raw ~= d.source then
+    local at = err:find(d.raw, 1, true)
+    if at then err = err:sub(1, at - 1) .. d.source .. " (as raw)" .. err:sub(at + #d.raw) end
+  end
+  return err
+end
+
+-- Packs the OVA around one disk source (see above); pack's result.
+pack_fused = function(opts, d, paths)
+  local ok, err, code = prepare_source(d, opts)
+  if not ok then return nil, err, code end
+  local undo_raw = d.raw_undo
+  local function drop_raw() if undo_raw then undo_raw:run() end end
+  ok, err, code = check_capacity(opts, d.source, d.capacity)
+  if not ok then drop_raw() return nil, err, code end
+  local eula
+  eula, err, code = read_eula(opts)
+  if err then drop_raw() return nil, err, code end
+  local params = descriptor_params(opts, paths.name,
+    { { name = d.name, size = 0, capacity = d.capacity, populated_size = d.populated_size } }, eula)
+  local ovf_name, mf_name = fs.basename(paths.ovf), fs.basename(paths.mf)
+  local mtime = opts.mtime or os.time()
+  local reserve = d.max_bytes > M.USTAR_MAX_SIZE
+  -- the head (OVF, MF, the disk's header) for a disk of `size` bytes
+  local function head(size, disk_sha)
+    local pax = size > M.USTAR_MAX_SIZE
+    local ovf_text = fused_ovf(params, size, (reserve and not pax) and PAX_RESERVE or 0)
+    local mf_text = M.mf_text({ { name = ovf_name, sha256 = hash.digest("sha256", ovf_text) },
+      { name = d.name, sha256 = disk_sha } })
+    local parts = { M.ustar_header(ovf_name, #ovf_text, mtime), pad_block(ovf_text),
+      M.ustar_header(mf_name, #mf_text, mtime), pad_block(mf_text) }
+    if pax then parts[#parts + 1] = pax_size(d.name, size, mtime) end
+    parts[#parts + 1] = M.ustar_header(d.name, pax and 0 or size, mtime)
+    return table.concat(parts), ovf_text, mf_text
+  end
+  -- the placeholder head: the pax header when reserved, so its length is the final one's
+  local head0 = head(reserve and M.USTAR_MAX_SIZE + 1 or 0, ZERO_SHA)
+  if reserve then log.debug("ova.pack: %s may take 8 GiB or more: its header has room for a pax size", d.source) end
+
+  if fs.exists(paths.sha256) then
+    local rok, rerr, rcode = fs.remove(paths.sha256)
+    if not rok then drop_raw() return nil, "ova.pack: " .. rerr, rcode end
+  end
+  local tmp = ("%s.part.%d"):format(opts.ova, proc.getpid())
+  local sha_tmp = ("%s.part.%d"):format(paths.sha256, proc.getpid())
+  local f, ferr, ferrno = io.open(tmp, "w+b")
+  if not f then drop_raw() return nil, "ova.pack: " .. tostring(ferr), io_code(ferrno) end
+  local written = {}
+  local undo = cleanup.push("partial OVA " .. tmp, function()
+    if f then f:close() f = nil end
+    fs.remove(tmp)
+    fs.remove(sha_tmp)
+    for _, p in ipairs(written) do fs.remove(p) end
+    drop_raw()
+  end)
+  local function fail(e, c)
+    undo:run()
+    return nil, e, c
+  end
+  local function put(data)
+    local wok, werr, werrno = f:write(data)
+    if not wok then
+      return nil, ("ova.pack: %s: %s"):format(tmp, (tostring(werr):gsub("^[^:]*: ", ""))), io_code(werrno)
+    end
+    return true
+  end
+
+  ok, err, code = put(head0)
+  if not ok then return fail(err, code) end
+  log.info("packing %s into %s (the VMDK written from %s)", d.name, fs.basename(opts.ova), d.source)
+  local bar = opts.progress ~= false and log.progress({ label = "ova " .. d.name, total = d.size_raw }) or nil
+  local hw = opts.hardware or {}
+  local r, werr, wcode = vmdkw.write(d.raw, f, { name = d.name, sha256 = true, jobs = d.jobs or opts.jobs,
+    adapter_type = d.adapter_type or "lsilogic", hwversion = math.tointeger(tonumber(d.hwversion or hw.vmx_version)),
+    progress = bar })
+  if bar then bar:close() end
+  drop_raw()
+  if not r then return fail(source_error(d, werr, opts.ova), wcode) end
+  if r.bytes > M.USTAR_MAX_SIZE and not reserve then
+    return fail(("ova.pack: %s: its VMDK took %d bytes, more than it could when packing started: the disk "
+      .. "changed while it was read; no OVA written"):format(d.source, r.bytes), "CHANGED")
+  end
+  ok, err, code = put(("\0"):rep((512 - r.bytes % 512) % 512 + 1024))
+  if not ok then return fail(err, code) end
+  local final, ovf_text, mf_text = head(r.bytes, r.sha256)
+  assert(#final == #head0, "ova.pack: the final head's length differs from the placeholder's")
+  f:seek("set", 0)
+  ok, err, code = put(final)
+  if ok then
+    local cok, cerr, cerrno = f:close()
+    f = nil
+    if not cok then ok, err, code = nil, ("ova.pack: %s: %s"):format(tmp, tostring(cerr)), io_code(cerrno) end
+  end
+  if not ok then return fail(err, code) end
+
+  -- the OVA's SHA-256 over its final bytes
+  local sum, herr, hcode = hash.file(tmp, "sha256", { progress = opts.progress ~= false or nil })
+  if not sum then return fail(herr, hcode) end
+  for _, m in ipairs({ { paths.ovf, ovf_text }, { paths.mf, mf_text }, { sha_tmp, sum } }) do
+    ok, err, code = fs.write(m[1], m[2])
+    if not ok then return fail(err, code) end
+    written[#written + 1] = m[1]
+  end
+  ok, err, code = fs.rename(tmp, opts.ova)
+  if not ok then return fail(err, code) end
+  ok, err, code = fs.rename(sha_tmp, paths.sha256)
+  if not ok then return fail(err, code) end
+  undo:cancel()
+  local size = fs.stat(opts.ova).size
+  log.info("wrote %s (%d bytes, sha256 %s)", opts.ova, size, sum)
+  return { ova = opts.ova, ovf = paths.ovf, mf = paths.mf, sha256_file = paths.sha256, sha256 = sum, size = size,
+    disks = { { name = d.name, path = d.source, source = d.source, size = r.bytes, sha256 = r.sha256,
+      capacity = d.capacity } } }
+end
+
 --- Packs an OVA from disks and the facts of the plan's `ova` step (the step
 --- itself can be passed: `id` and `kind` are ignored). Writes `ovf`, `mf`
 --- (default: beside the OVA, named after it), the OVA, then `sha256`
@@ -211,7 +521,16 @@ end
 --- remaining `{{placeholder}}` raises.
 --- `user_properties` are added to `properties`; `eula_file` is read when
 --- `eula` (the text) is not given.
----@param opts {ova: string, ovf?: string, mf?: string, sha256?: string, name?: string, disks: (string|table)[], os: {ovf_id: integer, ovf_version?: string, os_type: string, display_name?: string}, hardware: table, properties?: table<string, string>, annotation?: string, product?: table, eula?: string, network?: string, convert?: boolean, progress?: boolean, sync?: boolean, mtime?: integer}
+---
+--- A disk may instead be a source, `{source = PATH, format = "raw"|"qcow2"
+--- (sniffed when absent; a VMDK found there takes the path above),
+--- adapter_type = (lsilogic), hwversion = (hardware.vmx_version), jobs =
+--- (opts.jobs, else the cores), name = (the source's name with .vmdk)}`: it
+--- must be the only disk (code UNSUPPORTED), and is packed fused (one pass
+--- over the source, see "Fused packing"); `timeout` bounds a qcow2's
+--- qemu-img read. The result's disk then has `source` and the VMDK's size
+--- and sha256. `sync` is not honoured there (the file is not fsynced).
+---@param opts {ova: string, ovf?: string, mf?: string, sha256?: string, name?: string, disks: (string|table)[], jobs?: integer, timeout?: number, os: {ovf_id: integer, ovf_version?: string, os_type: string, display_name?: string}, hardware: table, properties?: table<string, string>, annotation?: string, product?: table, eula?: string, network?: string, convert?: boolean, progress?: boolean, sync?: boolean, mtime?: integer}
 ---@return {ova: string, ovf: string, mf: string, sha256_file: string, sha256: string, size: integer, disks: {name: string, path: string, size: integer, sha256: string}[]}|nil
 ---@return string? err
 ---@return string? code
@@ -232,16 +551,33 @@ function M.pack(opts)
   local mf_path = opts.mf or fs.join(dir, base .. ".mf")
   local sha_path = opts.sha256 or (opts.ova .. ".sha256")
 
-  local disks, seen = {}, {}
+  local given, sources = {}, 0
   for i, d in ipairs(opts.disks) do
-    local e, err, code = prepare_disk(disk_entry(d, i), opts)
+    local e = disk_entry(d, i)
+    if e.source then
+      e.format = e.format or vmdk.sniff_format(e.source)
+      -- a VMDK given as a source keeps the VMDK path
+      if e.format == "vmdk" then e = { path = e.source } else sources = sources + 1 end
+    end
+    given[i] = e
+  end
+  if sources > 0 then
+    if #given > 1 then
+      return nil, "ova.pack: a disk source (packed fused, the VMDK written into the OVA) must be the only "
+        .. "disk", "UNSUPPORTED"
+    end
+    return pack_fused(opts, given[1], { name = name, ovf = ovf_path, mf = mf_path, sha256 = sha_path })
+  end
+
+  local disks, seen = {}, {}
+  for i, e0 in ipairs(given) do
+    local e, err, code = prepare_disk(e0, opts)
     if not e then return nil, err, code end
     if seen[e.name] then return nil, ("ova.pack: two disks are named %s"):format(e.name), "EEXIST" end
     seen[e.name] = true
-    local want_mb = opts.hardware.disk_mb
-    if i == 1 and want_mb and want_mb * 1024 * 1024 ~= e.capacity then
-      return nil, ("ova.pack: %s has a virtual size of %d bytes (%.1f MiB), but the recipe's disk is %d MiB")
-        :format(e.path, e.capacity, e.capacity / 1048576, want_mb), "CAPACITY"
+    if i == 1 then
+      local okc, cerr, ccode = check_capacity(opts, e.path, e.capacity)
+      if not okc then return nil, cerr, ccode end
     end
     disks[i] = e
   end
@@ -254,12 +590,8 @@ function M.pack(opts)
     end
   end
 
-  local eula = opts.eula
-  if not eula and opts.eula_file then
-    local err, code
-    eula, err, code = fs.read_file(opts.eula_file, { max = M.MAX_EULA, what = "EULA" })
-    if not eula then return nil, "ova.pack: " .. err, code end
-  end
+  local eula, eerr, ecode = read_eula(opts)
+  if eerr then return nil, eerr, ecode end
   local ovf_text = ovf.descriptor(descriptor_params(opts, name, disks, eula))
   local entries = { { name = fs.basename(ovf_path), sha256 = hash.digest("sha256", ovf_text) } }
   for _, d in ipairs(disks) do entries[#entries + 1] = { name = d.name, sha256 = d.sha256 } end

@@ -215,13 +215,41 @@ end
 local WRITE_OPTS = { jobs = true, adapter_type = true, hwversion = true, progress = true,
   src_format = true, level = true, timeout = true }
 
--- The source's format by its magic: "qcow2" or "raw".
-local function sniff_format(path)
+--- A disk's format by its magic: "qcow2", "vmdk" (a sparse extent, or a
+--- descriptor file), else "raw" (raw has no magic; an unreadable file
+--- sniffs as raw and fails where it is opened).
+---@param path string
+---@return "raw"|"qcow2"|"vmdk"
+function M.sniff_format(path)
   local f = io.open(path, "rb")
   if not f then return "raw" end
-  local magic = f:read(4)
+  local magic = f:read(21) or ""
   f:close()
-  return magic == "QFI\xfb" and "qcow2" or "raw"
+  if magic:sub(1, 4) == "QFI\xfb" then return "qcow2" end
+  if magic:sub(1, 4) == "KDMV" or magic == "# Disk DescriptorFile" then return "vmdk" end
+  return "raw"
+end
+local sniff_format = M.sniff_format
+
+--- Makes `raw`, a sparse raw copy of the qcow2 disk `src`, with
+--- `qemu-img convert -f qcow2 -O raw -S 64k` (see the module's header). The
+--- caller owns `raw` (and its cleanup). `timeout`: seconds (default 3600).
+---@param src string
+---@param raw string
+---@param opts? {timeout?: number}
+---@return true|nil ok, string? err, string? code
+function M.qcow2_to_raw(src, raw, opts)
+  log.info("reading %s through qemu-img (qcow2 to a sparse raw temp)", src)
+  local r, err, code = proc.run({ argv = { "qemu-img", "convert", "-f", "qcow2", "-O", "raw",
+    "-S", "64k", src, raw }, timeout = opts and opts.timeout or 3600 })
+  if not r or r.code ~= 0 then
+    if r then
+      err = ("%s: qemu-img failed (exit %d): %s"):format(src, r.code, (r.stderr:gsub("%s+$", "")))
+      code = "QEMU_IMG"
+    end
+    return nil, err, code
+  end
+  return true
 end
 
 --- Writes a streamOptimized VMDK from a raw disk (or a qcow2, through a
@@ -241,6 +269,7 @@ function M.write(src, out, opts)
   if type(src) ~= "string" or type(out) ~= "string" then error("vmdk.write: src and out must be paths", 2) end
   optcheck(opts, WRITE_OPTS, "vmdk.write")
   local format = opts.src_format or sniff_format(src)
+  if format == "vmdk" and not opts.src_format then format = "raw" end -- as before: only qcow2 is told apart
   if format ~= "raw" and format ~= "qcow2" then
     error(("vmdk.write: src_format must be raw or qcow2, not '%s'"):format(tostring(format)), 2)
   end
@@ -252,16 +281,10 @@ function M.write(src, out, opts)
   if format == "qcow2" then
     raw = ("%s.raw.part.%d"):format(out, proc.getpid())
     undo_raw = cleanup.push("temp raw disk " .. raw, function() fs.remove(raw) end)
-    log.info("reading %s through qemu-img (qcow2 to a sparse raw temp)", src)
-    local r, err, code = proc.run({ argv = { "qemu-img", "convert", "-f", "qcow2", "-O", "raw",
-      "-S", "64k", src, raw }, timeout = opts.timeout or 3600 })
-    if not r or r.code ~= 0 then
+    local ok, err, code = M.qcow2_to_raw(src, raw, { timeout = opts.timeout })
+    if not ok then
       undo_raw:run()
-      if r then
-        err = ("vmdk.write: %s: qemu-img failed (exit %d): %s"):format(src, r.code, (r.stderr:gsub("%s+$", "")))
-        code = "QEMU_IMG"
-      end
-      return nil, err, code
+      return nil, code == "QEMU_IMG" and "vmdk.write: " .. err or err, code
     end
   end
   local progress = opts.progress

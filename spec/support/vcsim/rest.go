@@ -139,6 +139,8 @@ func (s *shim) restRoute(rec http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(p, "/api/"):
 		// vCenter before 7.0 U2 has no /api
 		rec.WriteHeader(http.StatusNotFound)
+	case p == ovfCreatePath && r.Method == http.MethodPost && r.URL.Query().Get("~action") == "":
+		s.ovfCapture(rec, r)
 	case strings.HasPrefix(p, apiUploadPath) && s.opts.api:
 		s.serveUpload(rec, r)
 	case strings.HasPrefix(p, ovfItemPath) && r.URL.Query().Get("~action") == "filter":
