@@ -215,8 +215,12 @@ end
 local WRITE_OPTS = { jobs = true, adapter_type = true, hwversion = true, progress = true,
   src_format = true, level = true, timeout = true }
 
--- The source's format by its magic: "qcow2" or "raw".
+-- The source's format by its magic: "qcow2" or "raw". Only a regular file
+-- is opened (a FIFO's open would wait for a writer): anything else is
+-- "raw", for the writer to refuse.
 local function sniff_format(path)
+  local st = fs.stat(path)
+  if not st or st.type ~= "file" then return "raw" end
   local f = io.open(path, "rb")
   if not f then return "raw" end
   local magic = f:read(4)
