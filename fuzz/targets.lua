@@ -180,9 +180,10 @@ end
 ---              (modulo size+1);
 ---              kind 6: which non-regular source; kind 7: what is at OUT
 ---   then       extents until the end: op u8 (bits 0-1: 0 literal bytes
----              following, 1 written zeros, 2 a fill byte following, 3
----              noise; bit 2: length * 256), offset u32 (modulo size),
----              length u16; clipped to the size and MAX_DATA in all.
+---              following (at most 4096), 1 written zeros, 2 a fill byte
+---              following, 3 noise; bit 2: length * 256), offset u32
+---              (modulo size), length u16; clipped to the size and
+---              MAX_DATA in all.
 --- Kinds 0-3: a sparse regular file; 4: the same, truncated by a racing
 --- thread once read (shorter than the size the writer took); 5: a FIFO;
 --- 6: a directory, /dev/null, a dangling symlink, a symlink to a FIFO or
