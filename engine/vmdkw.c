@@ -309,7 +309,11 @@ static int next_data_grain(int fd, uint64_t g, uint64_t ngrains, uint64_t size,
     return errno;
   }
   off_t h = lseek(fd, d, SEEK_HOLE);
-  if (h < 0) return errno;
+  if (h < 0) {
+    /* the file shrank below d since SEEK_DATA: no data left, as a read finds */
+    if (errno == ENXIO) { *next = ngrains; return 0; }
+    return errno;
+  }
   *data_end = (uint64_t)h < size ? (uint64_t)h : size;
   *next = (uint64_t)d / GRAIN_BYTES;
   return 0;
@@ -561,7 +565,7 @@ static int write_into(lua_State *L, Job *j, luaL_Stream *s, int want_sha) {
   int outfd = fileno(s->f);
   if (start < 0 || fflush(s->f) != 0 || lseek(outfd, start, SEEK_SET) < 0)
     return capil_fail_errno(L, errno, "vmdkw.write: %s", j->out);
-  int in = open(j->src, O_RDONLY | O_CLOEXEC);
+  int in = open(j->src, O_RDONLY | O_CLOEXEC | O_NONBLOCK)   /* a FIFO: refused, not waited on */;
   if (in < 0) return capil_fail_errno(L, errno, "vmdkw.write: %s", j->src);
   j->into = 1;
   int err = 0;
@@ -640,7 +644,10 @@ static int l_write(lua_State *L) {
   j.tmp = lua_tostring(L, -1);   /* anchored on the stack until we return */
 
   /* from here to the results nothing raises: every resource is freed first */
-  int in = open(j.src, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: the open of a FIFO returns (to be refused by run_job's
+  ** fstat) instead of waiting for a writer; reads of a regular file or a
+  ** block device ignore it */
+  int in = open(j.src, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (in < 0) return capil_fail_errno(L, errno, "vmdkw.write: %s", j.src);
   int outfd = open(j.tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (outfd < 0) {

@@ -14,11 +14,24 @@
 ** The Lua VM (the system liblua) is not instrumented, so a line hook feeds
 ** libFuzzer coverage of the library's Lua code: each (previous line, line)
 ** pair executed in lua/capil/ bumps a counter in libFuzzer's extra counters.
+**
+** targets.lua may require("capil.fuzz"): a few helpers the library has no
+** use for (inflate, deterministic noise, mkfifo, symlink, a truncation
+** racing a reader), in C here so that no external tool and no slow Lua loop runs
+** per input.
 */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <zlib.h>
 
 #include "capil.h"
 
@@ -49,6 +62,152 @@ static void line_hook(lua_State *S, lua_Debug *ar) {
   prev_line = h;
 }
 
+/* ---------------------------------------------------------------------- */
+/* capil.fuzz: helpers for targets.lua                                     */
+/* ---------------------------------------------------------------------- */
+
+/* inflate(data, max) -> string | nil, msg: one RFC 1950 (zlib) stream that
+** must end within data and inflate to at most max bytes. */
+static int f_inflate(lua_State *S) {
+  size_t n;
+  const char *in = luaL_checklstring(S, 1, &n);
+  lua_Integer max = luaL_checkinteger(S, 2);
+  luaL_argcheck(S, max >= 0 && max <= (1 << 24), 2, "max out of range");
+  luaL_Buffer b;
+  unsigned char *out = (unsigned char *)luaL_buffinitsize(S, &b, (size_t)max + 1);
+  z_stream z;
+  memset(&z, 0, sizeof z);
+  if (inflateInit(&z) != Z_OK) return luaL_error(S, "inflateInit failed");
+  z.next_in = (unsigned char *)in;
+  z.avail_in = (uInt)n;
+  z.next_out = out;
+  z.avail_out = (uInt)max + 1;
+  int rc = inflate(&z, Z_FINISH);
+  size_t got = z.total_out;
+  inflateEnd(&z);
+  if (rc != Z_STREAM_END) {
+    lua_pushnil(S);
+    lua_pushfstring(S, "inflate: %s (%d)", z.msg ? z.msg : "no stream end", rc);
+    return 2;
+  }
+  if (got > (size_t)max) { lua_pushnil(S); lua_pushliteral(S, "inflate: too long"); return 2; }
+  luaL_pushresultsize(&b, got);
+  return 1;
+}
+
+/* noise(seed, n) -> n bytes of xorshift64 output: incompressible, and the
+** same for the same seed. */
+static int f_noise(lua_State *S) {
+  uint64_t x = (uint64_t)luaL_checkinteger(S, 1) * 0x9E3779B97F4A7C15ull + 1;
+  lua_Integer n = luaL_checkinteger(S, 2);
+  luaL_argcheck(S, n >= 0 && n <= (1 << 26), 2, "n out of range");
+  luaL_Buffer b;
+  unsigned char *p = (unsigned char *)luaL_buffinitsize(S, &b, (size_t)n);
+  for (lua_Integer i = 0; i < n; i++) {
+    if (i % 8 == 0) { x ^= x << 13; x ^= x >> 7; x ^= x << 17; }
+    p[i] = (unsigned char)(x >> (8 * (i % 8)));
+  }
+  luaL_pushresultsize(&b, (size_t)n);
+  return 1;
+}
+
+/* mkfifo(path) -> true | nil, msg */
+static int f_mkfifo(lua_State *S) {
+  const char *path = luaL_checkstring(S, 1);
+  if (mkfifo(path, 0600) != 0) {
+    lua_pushnil(S);
+    lua_pushfstring(S, "mkfifo %s: %s", path, strerror(errno));
+    return 2;
+  }
+  lua_pushboolean(S, 1);
+  return 1;
+}
+
+/* symlink(target, path) -> true | nil, msg */
+static int f_symlink(lua_State *S) {
+  const char *target = luaL_checkstring(S, 1), *path = luaL_checkstring(S, 2);
+  if (symlink(target, path) != 0) {
+    lua_pushnil(S);
+    lua_pushfstring(S, "symlink %s: %s", path, strerror(errno));
+    return 2;
+  }
+  lua_pushboolean(S, 1);
+  return 1;
+}
+
+/* truncate_on_read(path, size) -> handle: a thread that truncates path to
+** size as soon as something reads it (inotify IN_ACCESS), so that a reader
+** that already took its size sees a shorter file. handle:finish() stops the
+** thread and returns whether it truncated. When exactly the truncation
+** lands among the reader's calls is up to the scheduler: a check of the
+** result must hold for every interleaving. */
+#define RACER_MT "capil.fuzz.racer"
+typedef struct {
+  pthread_t tid;
+  int ino, wake[2], running, fired;
+  char path[4096];
+  off_t size;
+} Racer;
+
+static void *racer_main(void *arg) {
+  Racer *r = arg;
+  struct pollfd p[2] = {{r->ino, POLLIN, 0}, {r->wake[0], POLLIN, 0}};
+  while (poll(p, 2, -1) < 0 && errno == EINTR) {}
+  if (p[0].revents & POLLIN) r->fired = truncate(r->path, r->size) == 0;
+  return NULL;
+}
+
+static int racer_finish(lua_State *S) {
+  Racer *r = luaL_checkudata(S, 1, RACER_MT);
+  if (r->running) {
+    char c = 1;
+    while (write(r->wake[1], &c, 1) < 0 && errno == EINTR) {}
+    pthread_join(r->tid, NULL);
+    r->running = 0;
+  }
+  if (r->ino >= 0) { close(r->ino); r->ino = -1; }
+  if (r->wake[0] >= 0) { close(r->wake[0]); close(r->wake[1]); r->wake[0] = r->wake[1] = -1; }
+  lua_pushboolean(S, r->fired);
+  return 1;
+}
+
+static int f_truncate_on_read(lua_State *S) {
+  const char *path = luaL_checkstring(S, 1);
+  lua_Integer size = luaL_checkinteger(S, 2);
+  luaL_argcheck(S, strlen(path) < 4096, 1, "path too long");
+  Racer *r = lua_newuserdatauv(S, sizeof *r, 0);
+  memset(r, 0, sizeof *r);
+  r->ino = r->wake[0] = r->wake[1] = -1;
+  luaL_setmetatable(S, RACER_MT);
+  strcpy(r->path, path);
+  r->size = (off_t)size;
+  r->ino = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+  if (r->ino < 0 || inotify_add_watch(r->ino, path, IN_ACCESS) < 0 || pipe(r->wake) != 0)
+    return luaL_error(S, "truncate_on_read %s: %s", path, strerror(errno));
+  if (pthread_create(&r->tid, NULL, racer_main, r) != 0)
+    return luaL_error(S, "truncate_on_read: cannot start a thread");
+  r->running = 1;
+  return 1;
+}
+
+static int open_fuzz(lua_State *S) {
+  static const luaL_Reg funcs[] = {
+    {"inflate", f_inflate}, {"noise", f_noise}, {"mkfifo", f_mkfifo}, {"symlink", f_symlink},
+    {"truncate_on_read", f_truncate_on_read}, {NULL, NULL}
+  };
+  if (luaL_newmetatable(S, RACER_MT)) {
+    lua_pushcfunction(S, racer_finish);
+    lua_setfield(S, -2, "__gc");
+    lua_newtable(S);
+    lua_pushcfunction(S, racer_finish);
+    lua_setfield(S, -2, "finish");
+    lua_setfield(S, -2, "__index");
+  }
+  lua_pop(S, 1);
+  luaL_newlib(S, funcs);
+  return 1;
+}
+
 static const char *const INTERNAL[] = {
   "attempt to", "stack traceback", "lua/capil/", "fuzz invariant", NULL
 };
@@ -66,6 +225,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   setenv("CAPIL_EMBEDDED", "1", 1); /* the library as shipped, not the tree */
   L = capil_host_new();
   if (!L) { fprintf(stderr, "fuzz: cannot create the Lua state\n"); abort(); }
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, open_fuzz);
+  lua_setfield(L, -2, "capil.fuzz");
+  lua_pop(L, 1);
   if (luaL_dofile(L, CAPIL_FUZZ_TARGETS_LUA) != LUA_OK) {
     fprintf(stderr, "fuzz: %s\n", lua_tostring(L, -1));
     abort();

@@ -137,4 +137,180 @@ function T.vmdk(data)
   if not finfo then invariant(type(ferr) == "string", "vmdk.read_header: nil without a message") end
 end
 
+local fs = require("capil.sys.fs")
+local fuzz = require("capil.fuzz")
+local runtime = require("capil.core.runtime")
+-- the reader the writer's spec uses too (test support, not the library)
+local vmdk_stream = dofile((debug.getinfo(1, "S").source:match("^@(.*)/fuzz/[^/]*$") or ".")
+  .. "/spec/support/vmdk_stream.lua")
+
+local GRAIN = 65536
+local ZERO = ("\0"):rep(GRAIN)
+local MAX_SIZE = 96 * 1024 * 1024 + 4095 -- three grain tables' span, and a bit
+local MAX_DATA = 1280 * 1024             -- bytes written into the source: 20 grains
+local LEVELS = { -1, 1, 0, 9 }
+-- tmpfs when there is one: the writer fsyncs its output
+local TMP_PARENT = fs.exists("/dev/shm") and "/dev/shm" or nil
+
+local function is_zero(s) return s == nil or not s:find("[^%z]") end
+
+-- The source's bytes per grain (nil: all zeros), writes applied in order.
+local function model_write(model, off, content)
+  local i = 1
+  while i <= #content do
+    local g, a = off // GRAIN, off % GRAIN
+    local k = math.min(GRAIN - a, #content - i + 1)
+    local old = model[g] or ZERO
+    model[g] = old:sub(1, a) .. content:sub(i, i + k - 1) .. old:sub(a + k + 1)
+    off, i = off + k, i + k
+  end
+end
+
+local function no_part(dir)
+  for _, f in ipairs(assert(fs.list(dir))) do
+    invariant(not f:find("%.part"), "a temp file was left behind: %s", f)
+  end
+end
+
+--- (8) capil's VMDK writer (capil.core.vmdkw through vmdk.write) on a source
+--- disk the input describes:
+---   byte 0     jobs-1 (bits 0-1), kind (bits 2-4), zlib level (bits 5-6)
+---   bytes 1-4  size (u32 LE, modulo MAX_SIZE+1)
+---   bytes 5-8  kind 4: the size the source is cut to at its first read
+---              (modulo size+1);
+---              kind 6: which non-regular source; kind 7: what is at OUT
+---   then       extents until the end: op u8 (bits 0-1: 0 literal bytes
+---              following (at most 4096), 1 written zeros, 2 a fill byte
+---              following, 3 noise; bit 2: length * 256), offset u32
+---              (modulo size), length u16; clipped to the size and
+---              MAX_DATA in all.
+--- Kinds 0-3: a sparse regular file; 4: the same, truncated by a racing
+--- thread once read (shorter than the size the writer took); 5: a FIFO;
+--- 6: a directory, /dev/null, a dangling symlink, a symlink to a FIFO or
+--- nothing; 7: a regular file but OUT a directory or an existing file.
+--- Checked: a refusal is `nil, msg, code`, no ".part" file is ever left, and
+--- a VMDK passes vmdk_stream.read with every grain inflated: its grain
+--- tables name exactly the source's non-zero grains, each equal to the
+--- source's bytes (for kind 4: as read while the cut raced the reads).
+function T.vmdkw(data)
+  if #data < 9 then return end
+  local b0 = data:byte(1)
+  local jobs, kind, level = (b0 & 3) + 1, (b0 >> 2) & 7, LEVELS[((b0 >> 5) & 3) + 1]
+  local size = string.unpack("<I4", data, 2) % (MAX_SIZE + 1)
+  local aux = string.unpack("<I4", data, 6)
+  local dir = assert(fs.tempdir({ parent = TMP_PARENT, prefix = "capil-fuzz-vmdkw", keep = true }))
+  local ok, err = pcall(function()
+    local src, out = dir .. "/src.raw", dir .. "/out.vmdk"
+    local model, cut = {}, nil
+    if kind == 5 then
+      assert(fuzz.mkfifo(src))
+    elseif kind == 6 then
+      local which = aux % 5
+      if which == 0 then assert(fs.mkdir(src))
+      elseif which == 1 then src = "/dev/null"
+      elseif which == 2 then assert(fuzz.symlink(dir .. "/none", src))
+      elseif which == 3 then
+        assert(fuzz.mkfifo(dir .. "/fifo"))
+        assert(fuzz.symlink(dir .. "/fifo", src))
+      end -- 4: no file at all
+    else
+      assert(fs.truncate(src, size))
+      local f = assert(io.open(src, "r+b"))
+      local pos, budget = 10, MAX_DATA
+      while pos + 6 <= #data and size > 0 and budget > 0 do
+        local op, off, len = string.unpack("<BI4I2", data, pos)
+        pos = pos + 7
+        off = off % size
+        if op & 4 ~= 0 then len = len * 256 end
+        local t = op & 3
+        local content
+        if t == 0 then
+          content = data:sub(pos, pos + math.min(len, 4096) - 1)
+          pos = pos + #content
+        elseif t == 1 then
+          content = ("\0"):rep(math.min(len, size - off, budget))
+        elseif t == 2 then
+          content = (data:sub(pos, pos) .. "\0"):sub(1, 1):rep(math.min(len, size - off, budget))
+          pos = pos + 1
+        else
+          content = fuzz.noise(off ~ len, math.min(len, size - off, budget))
+        end
+        content = content:sub(1, math.min(size - off, budget))
+        if #content > 0 then
+          f:seek("set", off)
+          f:write(content)
+          model_write(model, off, content)
+          budget = budget - #content
+        end
+      end
+      f:close()
+      if kind == 7 then
+        if aux & 1 == 0 then assert(fs.mkdir(out)) else assert(fs.write(out, "old")) end
+      end
+      if kind == 4 then cut = aux % (size + 1) end
+    end
+
+    local racer = cut and fuzz.truncate_on_read(src, cut)
+    -- a source that is not regular goes through the format sniffing too (a
+    -- regular one may start with qcow2's magic: no qemu-img here)
+    local t0 = runtime.now()
+    local r, werr, code = vmdk.write(src, out, { jobs = jobs, level = level,
+      src_format = (kind < 5 or kind == 7) and "raw" or nil })
+    local took = runtime.now() - t0
+    if racer then racer:finish() end
+    no_part(dir)
+    -- libFuzzer's SIGALRM ends a blocked open with EINTR: a refusal must be
+    -- prompt, and nothing here interrupts the writer
+    invariant(code ~= "EINTR", "vmdk.write was interrupted (blocked %.1f s?): %s", took, tostring(werr))
+    if kind == 5 or kind == 6 then invariant(took < 2, "refusing a kind-%d source took %.1f s", kind, took) end
+    local refuse = kind == 5 or kind == 6 or kind == 7 and aux & 1 == 0
+    if refuse then
+      invariant(r == nil, "vmdk.write accepted a kind-%d source or output", kind)
+    end
+    if not r then
+      invariant(type(werr) == "string" and type(code) == "string",
+        "vmdk.write: nil without a message and code (%s, %s)", tostring(werr), tostring(code))
+      invariant(refuse, "vmdk.write failed on a regular source: %s (%s)", werr, code)
+      if kind ~= 7 then invariant(not fs.exists(out), "an output after a failure: %s", werr) end
+      return
+    end
+
+    local fh = assert(io.open(out, "rb"))
+    local vm = fh:read("a")
+    fh:close()
+    local s, serr = vmdk_stream.read(vm, { inflate = fuzz.inflate })
+    invariant(s, "the VMDK does not read back: %s", tostring(serr))
+    invariant(s.head.capacity_sectors == (size + 511) // 512, "capacity %d sectors for %d bytes",
+      s.head.capacity_sectors, size)
+    invariant(r.size == size and r.bytes == #vm and r.grains == s.count,
+      "result {size=%d, bytes=%d, grains=%d}, file: size %d, %d bytes, %d grains",
+      r.size, r.bytes, r.grains, size, #vm, s.count)
+    local info = vmdk.read_header(out)
+    invariant(info and info.stream_optimized, "vmdk.read_header: not streamOptimized")
+    local seen = {}
+    for g in pairs(s.grains) do seen[g] = true end
+    for g in pairs(model) do seen[g] = true end
+    for g in pairs(seen) do
+      local want, got = model[g] or ZERO, s.grains[g] and s.grains[g].data
+      -- kind 4: the bytes before the cut are the source's whatever the
+      -- timing; a grain read across the cut is the source's bytes up to
+      -- some point past it, zeros after (a short read: "the file shrank")
+      local keep = cut and math.max(0, math.min(GRAIN, cut - g * GRAIN))
+      if got then
+        invariant(#got == GRAIN, "grain %d inflates to %d bytes", g, #got)
+        invariant(not is_zero(got), "grain %d is written but all zeros", g)
+        if got ~= want then
+          local last = got:find("[^%z]%z*$") -- the last non-zero byte
+          invariant(cut and got:sub(1, last) == want:sub(1, last) and is_zero(want:sub(last + 1, keep)),
+            "grain %d differs from the source", g)
+        end
+      else
+        invariant(is_zero(want) or cut and is_zero(want:sub(1, keep)), "grain %d of the source is missing", g)
+      end
+    end
+  end)
+  fs.remove(dir, { recursive = true })
+  if not ok then error(err, 0) end
+end
+
 return T

@@ -11,6 +11,7 @@ local proc = require("capil.sys.proc")
 local vmdk = require("capil.format.vmdk")
 local vmdkw = require("capil.core.vmdkw")
 local capil = require("spec.support.capil")
+local vmdk_stream = require("spec.support.vmdk_stream")
 local runtime = require("capil.core.runtime")
 
 local GRAIN = 65536
@@ -34,48 +35,16 @@ local function sparse(path, size)
   run({ "truncate", "-s", tostring(size), path })
 end
 
--- Reads a stream-optimized VMDK's structure back: the footer (file end
--- minus 1536 bytes: footer marker, footer, end-of-stream marker), the GD it
--- points to and every GT, checking each marker on the way. Returns the set
--- of allocated grain indexes and the footer's facts.
+-- The set of allocated grain indexes of a stream-optimized VMDK, and its
+-- header, after spec.support.vmdk_stream's check of every marker.
 local function read_structure(path)
   local f = assert(io.open(path, "rb"))
   local data = f:read("a")
   f:close()
-  assert.equal(0, #data % 512, "file size is sector-aligned")
-  local head = assert(vmdk.parse_header(data:sub(1, 65536)))
-  assert.equal(0xffffffffffffffff, head.gd_offset, "first header says GD_AT_END")
-  local n = #data
-  local fm_sectors, fm_size, fm_type = string.unpack("<I8I4I4", data, n - 1536 + 1)
-  assert.same({ 1, 0, 3 }, { fm_sectors, fm_size, fm_type }, "footer marker")
-  local footer = assert(vmdk.parse_header(data:sub(n - 1024 + 1, n - 512) .. data:sub(513, 65536)))
-  assert.equal(("\0"):rep(512), data:sub(n - 512 + 1), "end-of-stream marker")
-  assert.equal(head.capacity_sectors, footer.capacity_sectors)
-  local gd_off = footer.gd_offset
-  local gds, gsize, gtype = string.unpack("<I8I4I4", data, (gd_off - 1) * 512 + 1)
-  assert.same({ 0, 2 }, { gsize, gtype }, "GD marker")
-  local ngrains = (head.capacity_sectors + 127) // 128
-  local ngts = (ngrains + 511) // 512
-  assert.equal((ngts * 4 + 511) // 512, gds, "GD sectors")
+  local s = assert(vmdk_stream.read(data))
   local grains = {}
-  for t = 0, ngts - 1 do
-    local gt = string.unpack("<I4", data, gd_off * 512 + 4 * t + 1)
-    if gt ~= 0 then
-      local ms, msize, mtype = string.unpack("<I8I4I4", data, (gt - 1) * 512 + 1)
-      assert.same({ 4, 0, 1 }, { ms, msize, mtype }, "GT marker")
-      for e = 0, 511 do
-        local sec = string.unpack("<I4", data, gt * 512 + 4 * e + 1)
-        if sec ~= 0 then
-          local g = t * 512 + e
-          local lba, size = string.unpack("<I8I4", data, sec * 512 + 1)
-          assert.equal(g * 128, lba, "grain marker LBA")
-          assert.is_true(size > 0 and sec * 512 + 12 + size <= n)
-          grains[g] = true
-        end
-      end
-    end
-  end
-  return grains, head
+  for g in pairs(s.grains) do grains[g] = true end
+  return grains, s.head
 end
 
 -- Grains qemu-img map reports as holding data.
@@ -255,6 +224,22 @@ describe("vmdk writer #unit #qemuimg", function()
       local bad = capil.run({ "vmdk", "convert", src, tmp .. "/x.vmdk", "--adapter-type", "nvme" })
       assert.equal(2, bad.code)
       assert.truthy(bad.stderr:find("nvme", 1, true))
+    end)
+
+    it("refuses a FIFO source at once (fuzz/corpus/vmdkw/regress-fifo-open-blocks)", function()
+      local fifo = tmp .. "/src.fifo"
+      run({ "mkfifo", fifo })
+      local out = tmp .. "/fifo.vmdk"
+      -- both the format sniffing and the writer's open waited for a writer
+      local r = capil.run({ "vmdk", "convert", fifo, out }, { timeout = 10 })
+      assert.equal(1, r.code, r.stderr)
+      assert.truthy(r.stderr:find(fifo .. ": not a regular file or block device", 1, true), r.stderr)
+      local _, err, code = vmdkw.write(fifo, out, { jobs = 1 })
+      assert.equal("EINVAL", code)
+      assert.truthy(err:find("not a regular file", 1, true))
+      assert.is_false(fs.exists(out))
+      for _, f in ipairs(fs.list(tmp)) do assert.falsy(f:find("%.part%."), f) end
+      fs.remove(fifo)
     end)
 
     it("stops on SIGINT and leaves no temp and no output", function()

@@ -217,10 +217,14 @@ local WRITE_OPTS = { jobs = true, adapter_type = true, hwversion = true, progres
 
 --- A disk's format by its magic: "qcow2", "vmdk" (a sparse extent, or a
 --- descriptor file), else "raw" (raw has no magic; an unreadable file
---- sniffs as raw and fails where it is opened).
+--- sniffs as raw and fails where it is opened). Only a regular file is
+--- opened (a FIFO's open would wait for a writer): anything else is "raw",
+--- for the writer to refuse.
 ---@param path string
 ---@return "raw"|"qcow2"|"vmdk"
 function M.sniff_format(path)
+  local st = fs.stat(path)
+  if not st or st.type ~= "file" then return "raw" end
   local f = io.open(path, "rb")
   if not f then return "raw" end
   local magic = f:read(21) or ""
