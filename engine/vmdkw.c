@@ -565,7 +565,7 @@ static int write_into(lua_State *L, Job *j, luaL_Stream *s, int want_sha) {
   int outfd = fileno(s->f);
   if (start < 0 || fflush(s->f) != 0 || lseek(outfd, start, SEEK_SET) < 0)
     return capil_fail_errno(L, errno, "vmdkw.write: %s", j->out);
-  int in = open(j->src, O_RDONLY | O_CLOEXEC | O_NONBLOCK)   /* a FIFO: refused, not waited on */;
+  int in = open(j->src, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO: refused, not waited on */
   if (in < 0) return capil_fail_errno(L, errno, "vmdkw.write: %s", j->src);
   j->into = 1;
   int err = 0;
