@@ -22,33 +22,8 @@ local MiB = 1024 * 1024
 local GRAIN = 65536
 local NAME = "fused-kube-v1.30.1"
 
-local function run(argv, opts)
-  local r = assert(proc.run({ argv = argv, timeout = 120, cwd = opts and opts.cwd }))
-  assert(r.code == 0, table.concat(argv, " ") .. " failed: " .. r.stderr .. r.stdout)
-  return r.stdout
-end
-
--- Writes `data` at `offset` without touching the rest (holes stay holes).
-local function put(path, offset, data)
-  local f = assert(io.open(path, "r+b"))
-  f:seek("set", offset)
-  f:write(data)
-  f:close()
-end
-
--- n random bytes (hash.random gives at most 1 MiB at a time)
-local function random(n)
-  local parts = {}
-  while n > 0 do
-    parts[#parts + 1] = hash.random(math.min(n, MiB))
-    n = n - MiB
-  end
-  return table.concat(parts)
-end
-
-local function sparse(path, size)
-  assert(fs.truncate(path, size))
-end
+local disks = require("support.disk")
+local run, put, random, sparse = disks.run, disks.put, disks.random, disks.sparse
 
 -- The pack options of a one-disk OVA from `src` (fixed mtime: the bytes
 -- depend on the source only, and the descriptor's random CID).

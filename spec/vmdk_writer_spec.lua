@@ -17,23 +17,8 @@ local runtime = require("capil.core.runtime")
 local GRAIN = 65536
 local MiB = 1024 * 1024
 
-local function run(argv)
-  local r = assert(proc.run({ argv = argv, timeout = 120 }))
-  assert(r.code == 0, table.concat(argv, " ") .. " failed: " .. r.stderr .. r.stdout)
-  return r.stdout
-end
-
--- Writes `data` at `offset` without touching the rest (holes stay holes).
-local function put(path, offset, data)
-  local f = assert(io.open(path, "r+b"))
-  f:seek("set", offset)
-  f:write(data)
-  f:close()
-end
-
-local function sparse(path, size)
-  run({ "truncate", "-s", tostring(size), path })
-end
+local disks = require("support.disk")
+local run, put, sparse = disks.run, disks.put, disks.sparse
 
 -- The set of allocated grain indexes of a stream-optimized VMDK, and its
 -- header, after spec.support.vmdk_stream's check of every marker.
