@@ -1,7 +1,10 @@
 --- capil.backends.qemu — builds on QEMU on this machine. KVM is used only
 --- where it can run ordinary guests (checked once and cached); otherwise TCG
 --- with `-cpu max` (nested PVM hosts expose /dev/kvm but cannot run stock
---- kernels). The VM gets a qcow2 disk, the installer ISO as a CD-ROM booted
+--- kernels). The VM gets a sparse raw disk (`disk_writer = "capil"`, the
+--- default: capil's VMDK writer walks its extents directly at export, and
+--- the guest's discards punch holes in it) or a qcow2 disk exported by
+--- `qemu-img convert` (`disk_writer = "qemu-img"`), the installer ISO as a CD-ROM booted
 --- once, user networking with SSH forwarded to a free loopback port, the
 --- serial console in the build's log directory, QMP on a unix socket for
 --- control and typing, and VNC on loopback only. `M.test` boots a built
@@ -96,12 +99,15 @@ end
 --- Before anything starts (capil.build.preflight): QEMU and qemu-img on
 --- PATH, OVMF for firmware efi, the accelerator (TCG is a note, unless
 --- qemu_accel=kvm asks for KVM where it cannot run guests), and room in
---- the output directory for the VM's disk (qcow2: at most its size).
+--- the output directory for the VM's disk (sparse raw or qcow2: at most its
+--- size; capil's writer reads the raw disk in place, with no temp copy).
 ---@param c capil.Preflight
 function M.preflight(c)
   c:tool(QEMU, "to run the build VM", "install qemu-system-x86 (Debian, Ubuntu) or qemu-kvm (Fedora, RHEL)")
-  c:tool("qemu-img", "to create the VM's disk and export the VMDK", "install qemu-utils (Debian, Ubuntu) or qemu-img")
   local vm = c:step("create_vm") or {}
+  local export = c:step("export_disk") or {}
+  c:tool("qemu-img", export.disk_writer == "qemu-img" and "to create the VM's disk and export the VMDK"
+    or "to create the VM's disk", "install qemu-utils (Debian, Ubuntu) or qemu-img")
   if vm.firmware == "efi" and not vm.kernel then
     local ok, err = M.ovmf()
     if not ok then c:fail(err) end
@@ -118,7 +124,10 @@ function M.preflight(c)
   else
     c:note("accelerator KVM (%s)", why)
   end
-  if vm.disk_mb then c:space(c.plan.output_dir, vm.disk_mb * 1024 * 1024, "the VM's disk (qcow2, at most)") end
+  if vm.disk_mb then
+    c:space(c.plan.output_dir, vm.disk_mb * 1024 * 1024, ("the VM's disk (%s, at most)"):format(
+      vm.disk_format == "raw" and "sparse raw" or "qcow2"))
+  end
 end
 
 -- ====================================================================== --
@@ -184,7 +193,8 @@ VM.__index = VM
 --- default virtio), kernel/initrd/append (direct kernel boot), extra_cdroms
 --- (on cd_bus: "ide", the default, or "sata": an ich9-ahci controller),
 --- extra_drives ({path=, format=, readonly=}), disk (existing image to boot
---- instead of creating one: opts.disk_format), snapshot (boot the disk
+--- instead of creating one), disk_format (the format of `disk`, or of the disk
+--- created: "raw", sparse, disk.raw, or "qcow2", disk.qcow2, the default), snapshot (boot the disk
 --- copy-on-write), daemon (QEMU may outlive capil: a test VM kept running),
 --- vnc_display, firmware (bios, the default, or efi: OVMF, M.OVMF, with the
 --- variable store copied to workdir/efivars.fd).
@@ -229,10 +239,16 @@ function M.vm(opts)
       if not runtime.port_open("127.0.0.1", 5900 + d, 0.05) then opts.vnc_display = d break end
     end
   end
-  vm.disk = opts.disk or (opts.workdir .. "/disk.qcow2")
+  local format = opts.disk_format or "qcow2"
+  if not opts.disk and format ~= "raw" and format ~= "qcow2" then
+    return nil, ("qemu: unknown disk_format '%s' (raw, qcow2)"):format(tostring(format)), "EINVAL"
+  end
+  vm.disk_format = format
+  vm.disk = opts.disk or (opts.workdir .. "/disk." .. format)
   vm.own_disk = not opts.disk
   if not opts.disk then
-    local r, err, code = proc.run({ argv = { "qemu-img", "create", "-q", "-f", "qcow2", vm.disk, opts.disk_mb .. "M" },
+    -- raw: a sparse file (holes until the guest writes; its discards punch them again)
+    local r, err, code = proc.run({ argv = { "qemu-img", "create", "-q", "-f", format, vm.disk, opts.disk_mb .. "M" },
       timeout = 60 })
     if not r then return nil, "qemu: creating the disk: " .. err, code end
     if r.code ~= 0 then return nil, "qemu: qemu-img create " .. vm.disk .. ": " .. r.stderr, "EQEMU" end
@@ -244,14 +260,15 @@ end
 --- ctx.workdir: the ISO (ctx.media.iso) booted once, the installer CD
 --- (ctx.media.cd_iso) beside it, the accelerator M.prepare chose.
 ---@param ctx capil.BuildContext
----@param step table the create_vm step: vm_name, cpus, memory_mb, disk_mb, disk_interface, nic_model, firmware, kernel, initrd, append
+---@param step table the create_vm step: vm_name, cpus, memory_mb, disk_mb, disk_format, disk_interface, nic_model, firmware, kernel, initrd, append
 ---@return table|nil vm, string? err, string? code
 function M.create(ctx, step)
   if not ctx.state.accel then M.prepare(ctx, step) end
   local media = ctx.media or {}
   return M.vm({
     workdir = ctx.workdir, log_dir = ctx.log_dir, name = step.vm_name or ctx.name, cpus = step.cpus,
-    memory_mb = step.memory_mb, disk_mb = step.disk_mb, iso = media.iso, accel = ctx.state.accel,
+    memory_mb = step.memory_mb, disk_mb = step.disk_mb, disk_format = step.disk_format, iso = media.iso,
+    accel = ctx.state.accel,
     kernel = step.kernel, initrd = step.initrd, append = step.append,
     disk_interface = step.disk_interface, network_card = step.nic_model, firmware = step.firmware,
     extra_cdroms = media.cd_iso and { media.cd_iso } or nil, cd_bus = step.cd_bus,
@@ -272,7 +289,7 @@ function VM:argv()
     add("-drive", ("if=pflash,format=raw,unit=0,readonly=on,file=%s"):format(self.efi_code),
       "-drive", ("if=pflash,format=raw,unit=1,file=%s"):format(self.efi_vars))
   end
-  local disk = ("file=%s,format=%s,discard=unmap%s"):format(self.disk, o.disk_format or "qcow2",
+  local disk = ("file=%s,format=%s,discard=unmap%s"):format(self.disk, self.disk_format,
     o.snapshot and ",snapshot=on" or "")
   local devices = M.DISK_DEVICES[o.disk_interface or "virtio"] -- checked by M.vm
   if devices.hba then
@@ -457,18 +474,37 @@ function VM:mark_installed()
   if self.cleanup then self.cleanup:cancel() self.cleanup = nil end
 end
 
---- Exports the disk as a streamOptimized VMDK with qemu-img (capil.format.vmdk.convert).
+--- Exports the disk as a streamOptimized VMDK: with capil's writer
+--- (`disk_writer = "capil"`, the default: capil.format.vmdk.write, grains
+--- compressed on every core (`jobs`, default the cores); a raw disk's
+--- extents are read in place, a qcow2 goes through a sparse raw temp) or
+--- with qemu-img (`disk_writer = "qemu-img"`: capil.format.vmdk.convert).
+--- Returns {writer = "capil"|"qemu-img"}.
 ---@param path string
----@param opts? {adapter_type?: string, hwversion?: integer, timeout?: number}
----@return true|nil ok, string? err, string? code
+---@param opts? {adapter_type?: string, hwversion?: integer, timeout?: number, disk_writer?: "capil"|"qemu-img", jobs?: integer}
+---@return {writer: string}|nil ok, string? err, string? code
 function VM:export(path, opts)
   opts = opts or {}
-  local info, err, code = require("capil.format.vmdk").convert(self.disk, path, { adapter_type = opts.adapter_type,
-    hwversion = opts.hwversion or 15, timeout = opts.timeout })
-  if not info then
+  local vmdk = require("capil.format.vmdk")
+  local writer = opts.disk_writer or "capil"
+  local ok, err, code
+  if writer == "capil" then
+    log.info("%s: writing %s from the %s disk with capil's VMDK writer", self.name, path, self.disk_format)
+    ok, err, code = vmdk.write(self.disk, path, { src_format = self.disk_format, adapter_type = opts.adapter_type,
+      hwversion = opts.hwversion or 15, jobs = opts.jobs, timeout = opts.timeout })
+  elseif writer == "qemu-img" then
+    -- a raw disk the guest wrote is named, never probed (its first sector could look like anything)
+    ok, err, code = vmdk.convert(self.disk, path, { adapter_type = opts.adapter_type,
+      hwversion = opts.hwversion or 15, timeout = opts.timeout,
+      src_format = self.disk_format == "raw" and "raw" or nil })
+  else
+    return nil, ("qemu: exporting %s: unknown disk_writer '%s' (capil, qemu-img)"):format(self.disk, tostring(writer)),
+      "EINVAL"
+  end
+  if not ok then
     return nil, ("qemu: exporting %s: %s"):format(self.disk, err), (code == nil or code == "QEMU_IMG") and "EQEMU" or code
   end
-  return true
+  return { writer = writer }
 end
 
 M.VM = VM

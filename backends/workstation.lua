@@ -5,7 +5,10 @@
 --- guest's IP (VMware Tools), and the boot command typed over the VM's own
 --- VNC server (RemoteDisplay.vnc on loopback, with a random password that is
 --- registered as a secret). The disk is exported streamOptimized with
---- `vmware-vdiskmanager -r … -t 5` (qemu-img when vdiskmanager is absent).
+--- `vmware-vdiskmanager -r … -t 5`; when vdiskmanager is absent, by capil's
+--- VMDK writer (`disk_writer = "capil"`, the default: the VM's VMDK read
+--- through a sparse raw temp made by qemu-img) or by `qemu-img convert`
+--- (`disk_writer = "qemu-img"`).
 --- `M.test` makes a test VM of its own from the built disk for `capil test`.
 ---
 --- Tools: VMWARE_VMRUN / VMWARE_VDISKMANAGER, else PATH, else (macOS) the
@@ -103,17 +106,24 @@ end
 
 --- Before anything starts (capil.build.preflight): vmrun (and
 --- vmware-vdiskmanager, else qemu-img) found as M.find_tools finds them,
---- and room in the output directory for the VM's disk.
+--- and room in the output directory for the VM's disk (and, when capil's
+--- writer exports it without vdiskmanager, for its raw temp).
 ---@param c capil.Preflight
 function M.preflight(c)
   local tools, err = M.find_tools({ env = c.getenv })
+  local vm = c:step("create_vm") or {}
+  local writer = (c:step("export_disk") or {}).disk_writer or "capil"
   if not tools then
     c:fail(err)
   elseif not tools.vdiskmanager then
-    c:tool("qemu-img", "to create and convert the disk, as vmware-vdiskmanager is not found",
+    c:tool("qemu-img", writer == "capil"
+      and "to create the disk and read it for capil's VMDK writer, as vmware-vdiskmanager is not found"
+      or "to create and convert the disk, as vmware-vdiskmanager is not found",
       "install qemu-utils, or set VMWARE_VDISKMANAGER")
+    if writer == "capil" and vm.disk_mb then
+      c:space(c.plan.output_dir, vm.disk_mb * 1024 * 1024, "the raw temp capil's VMDK writer reads (at most)")
+    end
   end
-  local vm = c:step("create_vm") or {}
   if vm.disk_mb then c:space(c.plan.output_dir, vm.disk_mb * 1024 * 1024, "the VM's disk (at most)") end
 end
 
@@ -510,21 +520,36 @@ end
 
 --- Exports the disk as a streamOptimized VMDK at `path`:
 --- `vmware-vdiskmanager -r <vmdk> -t 5 <tmp>` then renamed into place, or
---- (vdiskmanager absent) qemu-img through capil.format.vmdk.convert.
+--- (vdiskmanager absent) capil's writer (`disk_writer = "capil"`, the
+--- default: capil.format.vmdk.write, the VM's VMDK through a sparse raw
+--- temp) or qemu-img (`disk_writer = "qemu-img"`: capil.format.vmdk.convert).
+--- Returns {writer = "vdiskmanager"|"capil"|"qemu-img"}.
 ---@param path string
----@param opts? {adapter_type?: string, hwversion?: integer, timeout?: number}
----@return true|nil ok, string? err, string? code
+---@param opts? {adapter_type?: string, hwversion?: integer, timeout?: number, disk_writer?: "capil"|"qemu-img", jobs?: integer}
+---@return {writer: string}|nil ok, string? err, string? code
 function VM:export(path, opts)
   opts = opts or {}
   if not self.tools.vdiskmanager then
-    log.info("%s: vmware-vdiskmanager not found; converting the disk with qemu-img", self.name)
-    local info, err, code = require("capil.format.vmdk").convert(self.disk, path, {
-      adapter_type = opts.adapter_type, hwversion = opts.hwversion or 15, timeout = opts.timeout })
-    if not info then
+    local vmdk = require("capil.format.vmdk")
+    local writer = opts.disk_writer or "capil"
+    local ok, err, code
+    if writer == "capil" then
+      log.info("%s: vmware-vdiskmanager not found; writing the VMDK with capil's writer", self.name)
+      ok, err, code = vmdk.write(self.disk, path, { src_format = "vmdk", adapter_type = opts.adapter_type,
+        hwversion = opts.hwversion or 15, jobs = opts.jobs, timeout = opts.timeout })
+    elseif writer == "qemu-img" then
+      log.info("%s: vmware-vdiskmanager not found; converting the disk with qemu-img", self.name)
+      ok, err, code = vmdk.convert(self.disk, path, {
+        adapter_type = opts.adapter_type, hwversion = opts.hwversion or 15, timeout = opts.timeout })
+    else
+      return nil, ("workstation: exporting %s: unknown disk_writer '%s' (capil, qemu-img)"):format(self.disk,
+        tostring(writer)), "EINVAL"
+    end
+    if not ok then
       return nil, ("workstation: exporting %s: %s"):format(self.disk, err),
         (code == nil or code == "QEMU_IMG") and "EVDISK" or code
     end
-    return true
+    return { writer = writer }
   end
   local tmp = path:gsub("%.vmdk$", "") .. ".tmp.vmdk"
   fs.remove(tmp)
@@ -537,7 +562,7 @@ function VM:export(path, opts)
   end
   local ok, rerr, rcode = fs.rename(tmp, path)
   if not ok then return nil, rerr, rcode end
-  return true
+  return { writer = "vdiskmanager" }
 end
 
 M.VM = VM

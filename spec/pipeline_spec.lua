@@ -57,6 +57,12 @@ describe("pipeline on QEMU with the tiny guest #qemu", function()
     for _, s in ipairs(report.steps) do ids[#ids + 1] = s.id .. ":" .. s.status end
     assert.same({ "fetch-iso:ok", "installer:ok", "create-vm:ok", "boot:ok", "wait-ssh:ok", "provision:ok",
       "checks:ok", "shutdown:ok", "export:ok", "ova:ok", "manifest:ok" }, ids)
+    -- capil's writer read the raw disk (engine time, no temp copy)
+    assert.equal("capil", report.disk_writer)
+    assert.equal("engine", report.steps[9].class)
+    assert.matches("writing " .. dir .. "/tiny-kube-v1.16.14-disk-0.vmdk from the raw disk with capil's VMDK writer",
+      r.stderr, 1, true)
+    assert.not_matches("through qemu-img", r.stderr, 1, true)
     -- the role's output is in the build log; the manifest records the disk digest
     assert.matches("provisioned-by-capil", fs.read(dir .. "/logs/build.log"), 1, true)
     local m = json.read(dir .. "/packer-manifest.json")
@@ -65,6 +71,21 @@ describe("pipeline on QEMU with the tiny guest #qemu", function()
     -- nothing to serve and a boot command that names no server: no port opened
     assert.matches("no installer files over HTTP: no server started", r.stderr, 1, true)
     assert.not_matches("installer files served on", r.stderr, 1, true)
+  end)
+
+  it("builds with disk_writer=qemu-img: a qcow2 disk, exported by qemu-img convert (tool time)", function()
+    local r = capil.run(tiny_args(out, { "--var", "disk_writer=qemu-img" }), { timeout = 180 })
+    assert.equal(0, r.code, r.stderr)
+    local dir = out .. "/tiny-kube-v1.16.14"
+    local v = capil.run({ "ova", "verify", dir .. "/tiny-kube-v1.16.14.ova" })
+    assert.equal(0, v.code, v.stdout .. v.stderr)
+    local report = json.read(dir .. "/report.json")
+    assert.is_true(report.ok)
+    assert.equal("qemu-img", report.disk_writer)
+    assert.equal("export", report.steps[9].id)
+    assert.equal("tool", report.steps[9].class)
+    assert.matches("/disk.qcow2 to a streamOptimized VMDK", r.stderr, 1, true)
+    assert_clean(out, r.stderr)
   end)
 
   it("fails when SSH never comes up, naming the serial log", function()

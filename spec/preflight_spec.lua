@@ -211,8 +211,13 @@ describe("preflight of local builds #preflight", function()
     local r, out, cache = run("no-qemu", {}, { PATH = empty })
     assert.equal(2, r.code, r.stderr)
     assert.matches("qemu-system-x86_64 not found on PATH", r.stderr, 1, true)
-    assert.matches("qemu-img not found on PATH", r.stderr, 1, true)
+    assert.matches("qemu-img not found on PATH (needed to create the VM's disk)", r.stderr, 1, true)
     assert.matches("install qemu-utils", r.stderr, 1, true)
+    assert_nothing(out, cache)
+    -- disk_writer=qemu-img: qemu-img also exports
+    r, out, cache = run("no-qemu-img", { "--var", "disk_writer=qemu-img" }, { PATH = empty })
+    assert.equal(2, r.code, r.stderr)
+    assert.matches("qemu-img not found on PATH (needed to create the VM's disk and export the VMDK)", r.stderr, 1, true)
     assert_nothing(out, cache)
   end)
 
@@ -220,8 +225,12 @@ describe("preflight of local builds #preflight", function()
     local r, out, cache = run("huge", { "--var", "disk_size=60000000" })
     assert.equal(2, r.code, r.stderr)
     assert.matches("not enough free space on the file system of", r.stderr, 1, true)
-    assert.matches("the VM's disk (qcow2, at most) 58593.8 GiB", r.stderr, 1, true)
+    assert.matches("the VM's disk (sparse raw, at most) 58593.8 GiB", r.stderr, 1, true)
     assert.matches("disk_size", r.stderr, 1, true)
+    assert_nothing(out, cache)
+    r, out, cache = run("huge-qcow2", { "--var", "disk_size=60000000", "--var", "disk_writer=qemu-img" })
+    assert.equal(2, r.code, r.stderr)
+    assert.matches("the VM's disk (qcow2, at most) 58593.8 GiB", r.stderr, 1, true)
     assert_nothing(out, cache)
   end)
 
@@ -336,6 +345,26 @@ return {
     local r, out, cache = run("no-vmrun", { "--backend", "workstation" }, { PATH = empty, VMWARE_VMRUN = "" })
     assert.equal(2, r.code, r.stderr)
     assert.matches("workstation: vmrun not found", r.stderr, 1, true)
+    assert_nothing(out, cache)
+  end)
+
+  it("workstation without vmware-vdiskmanager: qemu-img for capil's writer (or qemu-img's), and room for the temp",
+    function()
+    local sd = require("support.vmware_standin").new({ vdiskmanager = false })
+    local r, out, cache = run("ws-writer", { "--backend", "workstation", "--var", "disk_size=60000000" },
+      { PATH = empty, VMWARE_VMRUN = sd.vmrun })
+    assert.equal(2, r.code, r.stderr)
+    assert.matches("qemu-img not found on PATH (needed to create the disk and read it for capil's VMDK writer, as "
+      .. "vmware-vdiskmanager is not found)", r.stderr, 1, true)
+    assert.matches("the raw temp capil's VMDK writer reads (at most) 58593.8 GiB", r.stderr, 1, true)
+    assert.matches("the VM's disk (at most) 58593.8 GiB", r.stderr, 1, true)
+    assert_nothing(out, cache)
+    r, out, cache = run("ws-qemu-img", { "--backend", "workstation", "--var", "disk_size=60000000",
+      "--var", "disk_writer=qemu-img" }, { PATH = empty, VMWARE_VMRUN = sd.vmrun })
+    assert.equal(2, r.code, r.stderr)
+    assert.matches("qemu-img not found on PATH (needed to create and convert the disk, as vmware-vdiskmanager is "
+      .. "not found)", r.stderr, 1, true)
+    assert.is_nil(r.stderr:find("raw temp", 1, true))
     assert_nothing(out, cache)
   end)
 

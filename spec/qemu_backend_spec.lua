@@ -5,6 +5,24 @@ local peer = require("support.peer")
 local proc = require("capil.sys.proc")
 local fs = require("capil.sys.fs")
 
+local RECIPES = "spec/fixtures/recipes"
+
+-- The fixture recipe's plan on qemu, and its create_vm and export steps.
+local function plan_steps(vars)
+  local r, cfg, plan = require("capil.build.loader").load("testos", { ["recipes-dir"] = RECIPES, backend = "qemu",
+    var = vars })
+  assert(r, cfg and table.concat(cfg, "\n"))
+  local by = {}
+  for _, s in ipairs(plan.steps) do by[s.kind] = s end
+  return by.create_vm, by.export_disk, plan
+end
+
+local function run_ok(argv)
+  local r = assert(proc.run({ argv = argv, timeout = 120 }))
+  assert(r.code == 0, table.concat(argv, " ") .. ": " .. r.stderr .. r.stdout)
+  return r.stdout
+end
+
 local function has_pair(argv, flag, value)
   for i = 1, #argv - 1 do if argv[i] == flag and argv[i + 1] == value then return true end end
   return false
@@ -126,17 +144,108 @@ describe("QEMU backend command line #unit", function()
     vm2:destroy()
   end)
 
-  it("exports a streamOptimized VMDK through vmdk.convert", function()
+  it("builds on a sparse raw disk under disk_writer capil (the default), on qcow2 under qemu-img", function()
+    local dir = peer.dir("qemuwriter")
+    local ctx = { name = "b1", workdir = dir, log_dir = dir, cache_dir = dir .. "/cache", settings = { accel = "tcg" },
+      media = { iso = "/x/inst.iso" }, state = {}, report = {} }
+    -- the default: the plan says raw and capil, the VM gets a sparse raw disk the guest can punch holes in
+    local step, export = plan_steps()
+    assert.equal("raw", step.disk_format)
+    assert.equal("capil", export.disk_writer)
+    step.disk_mb = 64
+    local vm = assert(qemu.create(ctx, step))
+    assert.equal(dir .. "/disk.raw", vm.disk)
+    assert.is_true(has_pair(vm:argv(), "-drive", ("file=%s/disk.raw,format=raw,discard=unmap,if=none,id=disk0"):format(
+      dir)))
+    assert.matches("file format: raw", run_ok({ "qemu-img", "info", vm.disk }), 1, true)
+    assert.equal(64 * 1024 * 1024, fs.stat(vm.disk).size)
+    -- (qemu-img allocates the first block, for alignment probing)
+    assert.is_true(tonumber(run_ok({ "du", "-k", vm.disk }):match("^%d+")) <= 64, "the raw disk is not sparse")
+    vm:destroy()
+    assert.is_false(fs.exists(dir .. "/disk.raw"))
+    -- qemu-img: today's qcow2 disk, exported by qemu-img convert
+    step, export = plan_steps({ "disk_writer=qemu-img" })
+    assert.equal("qcow2", step.disk_format)
+    assert.equal("qemu-img", export.disk_writer)
+    step.disk_mb = 64
+    vm = assert(qemu.create(ctx, step))
+    assert.equal(dir .. "/disk.qcow2", vm.disk)
+    assert.is_true(has_pair(vm:argv(), "-drive",
+      ("file=%s/disk.qcow2,format=qcow2,discard=unmap,if=none,id=disk0"):format(dir)))
+    assert.matches("file format: qcow2", run_ok({ "qemu-img", "info", vm.disk }), 1, true)
+    vm:destroy()
+    -- the virtio opt-out too
+    vm = assert(qemu.vm({ workdir = dir, name = "vm", disk_mb = 16, disk_format = "raw" }))
+    assert.is_true(has_pair(vm:argv(), "-drive", ("file=%s/disk.raw,format=raw,discard=unmap,if=virtio"):format(dir)))
+    vm:destroy()
+    local bad, err, code = qemu.vm({ workdir = dir, name = "vm", disk_mb = 16, disk_format = "vdi" })
+    assert.is_nil(bad)
+    assert.equal("EINVAL", code)
+    assert.matches("unknown disk_format 'vdi' (raw, qcow2)", err, 1, true)
+  end)
+
+  it("exports the raw disk through capil's writer, reading it in place", function()
+    local dir = peer.dir("qemuexpw")
+    local vm = assert(qemu.vm({ workdir = dir, name = "vm", disk_mb = 64, disk_format = "raw" }))
+    -- what a guest writes: data in a few places, a qcow2 magic at sector 0
+    -- (a raw disk is named raw, never probed)
+    local f = assert(io.open(vm.disk, "r+b"))
+    f:write("QFI\xfb" .. ("\0"):rep(508))
+    f:seek("set", 5 * 1024 * 1024 + 4096)
+    f:write(require("capil.sys.hash").random(200000))
+    f:seek("set", 40 * 1024 * 1024)
+    f:write(("capil"):rep(1000))
+    f:close()
+    local out = dir .. "/out.vmdk"
+    local r = assert(vm:export(out, { adapter_type = "lsilogic", hwversion = 17, disk_writer = "capil", jobs = 2 }))
+    assert.same({ writer = "capil" }, r)
+    local info = assert(require("capil.format.vmdk").read_header(out))
+    assert.is_true(info.stream_optimized)
+    assert.truthy(info.descriptor:find('ddb.virtualHWVersion = "17"', 1, true))
+    assert.truthy(info.descriptor:find('ddb.adapterType = "lsilogic"', 1, true))
+    assert.equal(64 * 1024 * 1024, info.capacity)
+    run_ok({ "qemu-img", "check", out })
+    assert.matches("identical", run_ok({ "qemu-img", "compare", "-f", "raw", "-F", "vmdk", vm.disk, out }), 1, true)
+    -- no temp copy of the disk was made, and none is left
+    for _, name in ipairs(fs.list(dir)) do assert.falsy(name:find("%.part"), name) end
+    -- the default writer is capil's; a failure names the disk
+    assert.same({ writer = "capil" }, assert(vm:export(dir .. "/def.vmdk")))
+    fs.remove(vm.disk)
+    local ok, err, code = vm:export(dir .. "/out2.vmdk")
+    assert.is_nil(ok)
+    assert.equal("ENOENT", code)
+    assert.matches("qemu: exporting " .. vm.disk, err, 1, true)
+    assert.is_false(fs.exists(dir .. "/out2.vmdk"))
+    ok, err, code = vm:export(dir .. "/out3.vmdk", { disk_writer = "dd" })
+    assert.is_nil(ok)
+    assert.equal("EINVAL", code)
+    assert.matches("unknown disk_writer 'dd' (capil, qemu-img)", err, 1, true)
+  end)
+
+  it("exports a qcow2 disk with capil's writer (through a temp) too", function()
+    local dir = peer.dir("qemuexpq")
+    local vm = assert(qemu.vm({ workdir = dir, name = "vm", disk_mb = 16 }))
+    assert.equal("qcow2", vm.disk_format)
+    local out = dir .. "/out.vmdk"
+    assert.same({ writer = "capil" }, assert(vm:export(out, { disk_writer = "capil" })))
+    run_ok({ "qemu-img", "check", out })
+    assert.matches("identical", run_ok({ "qemu-img", "compare", "-f", "qcow2", "-F", "vmdk", vm.disk, out }), 1, true)
+    for _, name in ipairs(fs.list(dir)) do assert.falsy(name:find("%.part"), name) end
+  end)
+
+  it("exports a streamOptimized VMDK through vmdk.convert under disk_writer qemu-img", function()
     local dir = peer.dir("qemuexp")
     local vm = assert(qemu.vm({ workdir = dir, name = "vm", disk_mb = 16 }))
     local out = dir .. "/out.vmdk"
-    assert.is_true(vm:export(out, { adapter_type = "lsilogic", hwversion = 15 }))
+    assert.same({ writer = "qemu-img" }, vm:export(out, { adapter_type = "lsilogic", hwversion = 15,
+      disk_writer = "qemu-img" }))
     local info = assert(require("capil.format.vmdk").read_header(out))
     assert.equal("streamOptimized", info.create_type)
     assert.is_true(info.stream_optimized)
     -- a failure names the disk and keeps the backend's code
+    run_ok({ "qemu-img", "check", out })
     fs.remove(vm.disk)
-    local ok, err, code = vm:export(dir .. "/out2.vmdk")
+    local ok, err, code = vm:export(dir .. "/out2.vmdk", { disk_writer = "qemu-img" })
     assert.is_nil(ok)
     assert.equal("EQEMU", code)
     assert.matches("qemu: exporting " .. vm.disk, err, 1, true)

@@ -268,6 +268,38 @@ describe("schema holes #unit", function()
   end)
 end)
 
+describe("disk_writer in the plan #unit", function()
+  it("inspect shows the writer in the export step (and QEMU's disk format), explains it, refuses others", function()
+    local json = require("capil.sys.json")
+    local function steps(args)
+      local a = { "inspect", "ubuntu-2004" }
+      for _, x in ipairs(args) do a[#a + 1] = x end
+      local r = capil.run(a)
+      assert.equal(0, r.code, r.stderr)
+      local by = {}
+      for _, st in ipairs(json.decode(r.stdout).steps) do by[st.kind] = st end
+      return by
+    end
+    local s = steps({ "--backend", "qemu" })
+    assert.same({ "capil", "raw" }, { s.export_disk.disk_writer, s.create_vm.disk_format })
+    s = steps({ "--backend", "qemu", "--var", "disk_writer=qemu-img" })
+    assert.same({ "qemu-img", "qcow2" }, { s.export_disk.disk_writer, s.create_vm.disk_format })
+    s = steps({ "--backend", "workstation", "--var", "disk_writer=qemu-img" })
+    assert.same({ "qemu-img" }, { s.export_disk.disk_writer, s.create_vm.disk_format })
+    -- vSphere downloads its disk over NFC: no writer in its plan
+    s = steps({ "--backend", "vsphere" })
+    assert.same({}, { s.export_disk.disk_writer, s.create_vm.disk_format })
+    local r = capil.run({ "inspect", "ubuntu-2004", "--explain", "disk_writer" })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("build.disk_writer = capil\n  from schema default\n  variable disk_writer", r.stdout, 1, true)
+    r = capil.run({ "inspect", "ubuntu-2004", "--var", "disk_writer=dd" })
+    assert.equal(1, r.code)
+    no_traceback(r)
+    assert.matches("disk_writer", r.stderr, 1, true)
+    assert.matches("capil, qemu-img", r.stderr, 1, true)
+  end)
+end)
+
 describe("inspect --explain #unit", function()
   it("says not set for a known key without a value, and shows the layers a value overrode", function()
     local f = var_file('{ "memory": "4096", "vcenter_server": "" }')

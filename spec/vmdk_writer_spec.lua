@@ -173,6 +173,29 @@ describe("vmdk writer #unit #qemuimg", function()
     for _, f in ipairs(fs.list(tmp)) do assert.falsy(f:find("%.part%."), f) end
   end)
 
+  it("reads any format qemu-img reads through the temp: a Workstation (monolithicSparse) VMDK", function()
+    local src = tmp .. "/ws.raw"
+    sparse(src, 10 * MiB)
+    put(src, 3 * MiB, hash.random(GRAIN * 2))
+    local ws = tmp .. "/ws-sparse.vmdk"
+    run({ "qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse", src, ws })
+    -- probed by its magic, and named
+    for i, opts in ipairs({ {}, { src_format = "vmdk" } }) do
+      local out = ("%s/ws%d.vmdk"):format(tmp, i)
+      local r = assert(vmdk.write(ws, out, opts))
+      assert.equal(2, r.grains)
+      assert.truthy(run({ "qemu-img", "compare", "-f", "raw", "-F", "vmdk", src, out }):find("identical", 1, true))
+      assert.truthy(assert(vmdk.read_header(out)).stream_optimized)
+    end
+    for _, f in ipairs(fs.list(tmp)) do assert.falsy(f:find("%.part%."), f) end
+    -- a format qemu-img cannot read there: its message, the source named, no temp left
+    local _, err, code = vmdk.write(src, tmp .. "/bad.vmdk", { src_format = "qcow2" })
+    assert.equal("QEMU_IMG", code)
+    assert.truthy(err:find("vmdk.write: " .. src .. ": qemu-img failed", 1, true), err)
+    for _, f in ipairs(fs.list(tmp)) do assert.falsy(f:find("%.part%."), f) end
+    assert.has_error(function() vmdk.write(src, tmp .. "/y.vmdk", { src_format = "-O" }) end)
+  end)
+
   it("fails naming the file, with the error triple, and refuses misuse", function()
     local _, err, code = vmdk.write(tmp .. "/absent.raw", tmp .. "/x.vmdk")
     assert.equal("ENOENT", code)

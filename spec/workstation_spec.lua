@@ -240,7 +240,8 @@ describe("Workstation backend #workstation #unit", function()
       assert.same({}, sd.running())
       local out = dir .. "/out/" .. vm.name .. "-disk-0.vmdk"
       assert(fs.mkdir(dir .. "/out"))
-      assert.is_true(vm:export(out))
+      -- with vdiskmanager, vdiskmanager exports, whatever disk_writer says
+      assert.same({ writer = "vdiskmanager" }, vm:export(out, { disk_writer = "capil" }))
       assert.matches('createType="streamOptimized"', fs.read(out), 1, true)
       assert.is_false(fs.exists(dir .. "/out/" .. vm.name .. "-disk-0.tmp.vmdk"))
       local v = vm.vmx
@@ -331,15 +332,80 @@ describe("Workstation backend #workstation #unit", function()
       vm:destroy()
     end)
 
-    it("falls back to qemu-img when vmware-vdiskmanager is absent", function()
+    -- The export step's options, as the pipeline passes them.
+    local function export_opts(vars)
+      local _, _, plan = fixture(vars)
+      for _, st in ipairs(plan.steps) do
+        if st.kind == "export_disk" then
+          return { adapter_type = st.adapter_type, hwversion = st.hwversion, disk_writer = st.disk_writer }
+        end
+      end
+    end
+
+    -- Puts data into the VM's (monolithicSparse) disk, as the guest would
+    -- have: a raw image with a few written places, converted over it.
+    local function fill(vm, dir)
+      local raw = dir .. "/guest.raw"
+      local r = assert(proc.run({ argv = { "qemu-img", "create", "-q", "-f", "raw", raw, "3072M" } }))
+      assert.equal(0, r.code, r.stderr)
+      local f = assert(io.open(raw, "r+b"))
+      f:seek("set", 7 * 1024 * 1024)
+      f:write(require("capil.sys.hash").random(300000))
+      f:seek("set", 2000 * 1024 * 1024)
+      f:write(("ws"):rep(5000))
+      f:close()
+      fs.remove(vm.disk)
+      r = assert(proc.run({ argv = { "qemu-img", "convert", "-f", "raw", "-O", "vmdk", raw, vm.disk } }))
+      assert.equal(0, r.code, r.stderr)
+      return raw
+    end
+
+    local function assert_same_disk(raw, out)
+      local chk = assert(proc.run({ argv = { "qemu-img", "check", out }, timeout = 120 }))
+      assert.equal(0, chk.code, chk.stdout .. chk.stderr)
+      local cmp = assert(proc.run({ argv = { "qemu-img", "compare", "-f", "raw", "-F", "vmdk", raw, out },
+        timeout = 120 }))
+      assert.equal(0, cmp.code, cmp.stdout .. cmp.stderr)
+    end
+
+    it("falls back to capil's VMDK writer when vmware-vdiskmanager is absent (disk_writer capil, the default)",
+      function()
       local sd = standin.new({ vdiskmanager = false })
       local vm, err, _, dir = create(sd)
       assert(vm, err)
       assert.is_nil(vm.tools.vdiskmanager)
       assert.matches("^KDMV", fs.read(vm.disk):sub(1, 4))
+      local raw = fill(vm, dir)
+      local opts = export_opts()
+      assert.equal("capil", opts.disk_writer)
       local out = dir .. "/d.vmdk"
-      assert.is_true(vm:export(out, { adapter_type = "lsilogic", hwversion = 15 }))
+      assert.same({ writer = "capil" }, vm:export(out, opts))
+      assert.is_true(assert(require("capil.format.vmdk").read_header(out)).stream_optimized)
+      assert_same_disk(raw, out)
+      assert.is_nil(join(sd.calls()):find("vdiskmanager", 1, true))
+      -- the raw temp is gone
+      for _, name in ipairs(fs.list(dir)) do assert.falsy(name:find("%.part"), name) end
+      -- a failure names the disk, with the backend's code
+      fs.remove(vm.disk)
+      local ok, ferr, code = vm:export(dir .. "/e.vmdk", opts)
+      assert.is_nil(ok)
+      assert.equal("EVDISK", code)
+      assert.matches("workstation: exporting " .. vm.disk, ferr, 1, true)
+      assert.is_false(fs.exists(dir .. "/e.vmdk"))
+      vm:destroy()
+    end)
+
+    it("falls back to qemu-img convert under disk_writer=qemu-img", function()
+      local sd = standin.new({ vdiskmanager = false })
+      local vm, err, _, dir = create(sd, { vars = { "disk_writer=qemu-img" } })
+      assert(vm, err)
+      local raw = fill(vm, dir)
+      local opts = export_opts({ "disk_writer=qemu-img" })
+      assert.equal("qemu-img", opts.disk_writer)
+      local out = dir .. "/d.vmdk"
+      assert.same({ writer = "qemu-img" }, vm:export(out, opts))
       assert.matches('createType="streamOptimized"', fs.read(out), 1, true)
+      assert_same_disk(raw, out)
       assert.is_nil(join(sd.calls()):find("vdiskmanager", 1, true))
       vm:destroy()
     end)
@@ -457,7 +523,13 @@ describe("a Workstation build end to end through the stand-ins #workstation", fu
     assert.is_true(fs.exists(tmp .. "/probe"), "the probe role did not run over SSH")
     local v = capil.run({ "ova", "verify", dir .. "/vsphere-fixture-kube-v1.16.14.ova" })
     assert.equal(0, v.code, v.stdout .. v.stderr)
-    assert.is_true(json.read(dir .. "/report.json").ok)
+    local report = json.read(dir .. "/report.json")
+    assert.is_true(report.ok)
+    -- vdiskmanager exported (tool time), as disk_writer applies only without it
+    assert.equal("vdiskmanager", report.disk_writer)
+    for _, st in ipairs(report.steps) do
+      if st.kind == "export_disk" then assert.equal("tool", st.class) end
+    end
     -- the boot command reached the console: Return pressed and released
     local keys = table.concat(sd.keys(), "\n")
     assert.matches("1 ff0d", keys, 1, true)

@@ -68,7 +68,10 @@ M.REGISTERED = {
 ---@field alive fun(self: capil.VM): boolean, string? false and why once the VM has stopped
 ---@field wait_exit fun(self: capil.VM, timeout: number): boolean
 ---@field power_off fun(self: capil.VM, timeout: number): true|nil, string?, string?
----@field export fun(self: capil.VM, path: string, opts: {adapter_type?: string, hwversion?: integer}): true|{sha256: string}|nil, string?, string?
+--- export: the plan's export step gives adapter_type, hwversion and (local backends) disk_writer, "capil" or
+--- "qemu-img"; the result may be a table: sha256 (the disk hashed on the way), writer (what wrote the VMDK:
+--- "capil" makes the step engine time in the report)
+---@field export fun(self: capil.VM, path: string, opts: {adapter_type?: string, hwversion?: integer, disk_writer?: "capil"|"qemu-img"}): true|{sha256?: string, writer?: string}|nil, string?, string?
 ---@field destroy fun(self: capil.VM): true|nil, string?, string? removes the VM and what it made
 ---@field keepalive? fun(self: capil.VM) keeps a hypervisor session alive during long provisioning
 

@@ -26,7 +26,9 @@ local guest = require("capil.build.guest")
 local M = {}
 
 -- Where each step's time goes: guest (waiting on the VM's own work), tool
--- (qemu-img, downloads), engine (capil's own work).
+-- (qemu-img, downloads), engine (capil's own work). A handler may say
+-- otherwise for one run of its step (`run.step_class`): an export written
+-- by capil's VMDK writer is engine time.
 local TIME_CLASS = {
   fetch_iso = "tool", serve_installer = "engine", create_vm = "engine", boot_command = "guest",
   wait_ssh = "guest", provision = "guest", checks = "guest", shutdown = "guest", export_disk = "tool",
@@ -339,8 +341,15 @@ end
 function H.export_disk(run, step)
   local mok, merr, mcode = fs.mkdir(fs.dirname(step.path))
   if not mok then return io_ok(mok, merr, mcode) end
-  local ok, err, code = run.vm:export(step.path, { adapter_type = step.adapter_type, hwversion = step.hwversion })
+  local ok, err, code = run.vm:export(step.path, { adapter_type = step.adapter_type, hwversion = step.hwversion,
+    disk_writer = step.disk_writer })
   if not ok then return fail(err, code) end
+  -- which writer made it (a backend's export returns {writer = ...}): capil's is engine time
+  local writer = type(ok) == "table" and ok.writer or nil
+  if writer then
+    run.report.disk_writer = writer
+    if writer == "capil" then run.step_class = "engine" end
+  end
   -- the digest the OVA's manifest needs, recorded as the disk is produced
   -- (a backend that streams the disk hashes it on the way)
   local sum = type(ok) == "table" and ok.sha256
@@ -542,6 +551,7 @@ function M.run(plan, cfg, opts)
       retry = false
       if opts.debug then debug_pause(run, step, i, #plan.steps) end
       local t0 = runtime.now()
+      run.step_class = nil
       local end_context = log.context({ step = step.id, vm = run.vm and run.vm.name or nil })
       log.debug("step %s (%s)", step.id, step.kind)
       if step.skip then
@@ -557,7 +567,7 @@ function M.run(plan, cfg, opts)
       end
       end_context()
       local dt = runtime.now() - t0
-      local class = TIME_CLASS[step.kind] or "engine"
+      local class = run.step_class or TIME_CLASS[step.kind] or "engine"
       totals[class] = totals[class] + dt
       run.report.steps[#run.report.steps + 1] = { id = step.id, kind = step.kind, class = class,
         seconds = math.floor(dt * 1000 + 0.5) / 1000, status = ok == "skipped" and "skipped" or ok and "ok" or "failed",

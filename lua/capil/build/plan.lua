@@ -246,6 +246,10 @@ function M.resolve(cfg, backend, opts)
   end
 
   local qemu_dev = traits.qemu_devices and M.qemu_devices(cfg) or nil
+  -- what writes the VMDK on a local backend (vSphere and ESXi download
+  -- theirs over NFC): capil's writer reads a raw disk directly, so QEMU
+  -- builds on one; qemu-img converts QEMU's qcow2, as before
+  local disk_writer = traits.export ~= "nfc" and cfg:get("build.disk_writer") or nil
   local has_cd = #(cfg:get("installer.cd_files") or {}) > 0
   add({ id = "create-vm", kind = "create_vm", vm_name = art.build_version,
     guest_os = M.guest_os(cfg, traits),
@@ -256,6 +260,7 @@ function M.resolve(cfg, backend, opts)
     network = cfg:get("build.network") or "", vmx_version = cfg:get("hardware.vmx_version"),
     headless = cfg:get("build.headless"),
     disk_interface = qemu_dev and qemu_dev.disk, nic_model = qemu_dev and qemu_dev.nic,
+    disk_format = qemu_dev and (disk_writer == "qemu-img" and "qcow2" or "raw") or nil,
     kernel = cfg:get("build.qemu_kernel"), initrd = cfg:get("build.qemu_initrd"), append = cfg:get("build.qemu_append"),
     cd_bus = has_cd and cfg:get("installer.cd_bus") or nil })
 
@@ -295,7 +300,7 @@ function M.resolve(cfg, backend, opts)
       library.library) or nil
   add({ id = "export", kind = "export_disk", method = traits.export, path = art.vmdk,
     subformat = "streamOptimized", adapter_type = ADAPTER[cfg:get("hardware.disk_controller")],
-    hwversion = cfg:get("hardware.vmx_version"), skip = no_export })
+    hwversion = cfg:get("hardware.vmx_version"), disk_writer = disk_writer, skip = no_export })
 
   if traits.export == "nfc" then
     add({ id = "finalize", kind = "finalize_vm", convert_to_template = cfg:get("build.convert_to_template"),

@@ -244,6 +244,11 @@ local F = {
       .. "as on vSphere; virtio (/dev/vda) for local-only images" },
   { path = "build.qemu_nic_model", var = "qemu_nic_model", type = "string", enum = { "auto", "virtio" },
     default = "auto", description = "QEMU: auto presents network_card's NIC (vmxnet3, e1000, e1000e); virtio opts out" },
+  { path = "build.disk_writer", var = "disk_writer", type = "string", enum = { "capil", "qemu-img" },
+    default = "capil",
+    description = "what writes the streamOptimized VMDK on the local backends: capil (its own writer: QEMU builds on "
+      .. "a sparse raw disk the writer reads directly; Workstation uses it when vmware-vdiskmanager is absent) or "
+      .. "qemu-img (QEMU builds on qcow2 and `qemu-img convert` exports it)" },
   { path = "build.convert_to_template", var = "convert_to_template", type = "boolean", default = false },
   -- a static address for networks without DHCP (capil.build.staticip)
   { path = "build.ip", var = "build_ip", type = "string", check = "ipv4_cidr",

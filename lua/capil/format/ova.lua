@@ -278,7 +278,7 @@ end
 -- as 1024 more spaces in the File tag, so the disk's header stays ustar (as
 -- `ova.verify` wants below 8 GiB) without moving a byte of the disk.
 --
--- A qcow2 source goes through vmdk.qcow2_to_raw's sparse raw temp first.
+-- A qcow2 source goes through vmdk.to_raw's sparse raw temp first.
 -- Memory stays bounded (vmdkw's slots: about 17 MiB at 16 jobs and more).
 
 local SIZE_SENTINEL = 987654321987654321
@@ -362,7 +362,7 @@ local function prepare_source(d, opts)
   if d.format == "qcow2" then
     d.raw = ("%s.raw.part.%d"):format(opts.ova, proc.getpid())
     d.raw_undo = cleanup.push("temp raw disk " .. d.raw, function() fs.remove(d.raw) end)
-    local ok, qerr, qcode = vmdk.qcow2_to_raw(d.source, d.raw, { timeout = opts.timeout })
+    local ok, qerr, qcode = vmdk.to_raw(d.source, d.raw, "qcow2", { timeout = opts.timeout })
     if not ok then
       d.raw_undo:run()
       return nil, "ova.pack: " .. qerr, qcode

@@ -7,12 +7,14 @@
 --- makes one with capil's own writer (capil.core.vmdkw, C on zlib: grains
 --- compressed on all cores, holes never read, memory bounded).
 ---
---- qcow2 sources: `vmdk.write` does not parse qcow2 itself. It first runs
---- `qemu-img convert -f qcow2 -O raw -S 64k` into a sparse temp file beside
---- the output (holes stay holes, so this costs the data's size on disk and
---- one sequential pass) and writes from that: a well-kept tool reads the
---- qcow2 format (compression, backing files, snapshots, extended L2) rather
---- than a second parser of our own.
+--- Sources other than raw (qcow2, a Workstation VMDK, any format qemu-img
+--- reads): `vmdk.write` parses none of them itself. It first runs
+--- `qemu-img convert -f <format> -O raw -S 64k` into a sparse temp file
+--- beside the output (holes stay holes, so this costs the data's size on
+--- disk and one sequential pass) and writes from that: a well-kept tool
+--- reads those formats (compression, backing files, snapshots, extents)
+--- rather than a second parser of our own. A raw source is read directly,
+--- its extents walked with SEEK_DATA/SEEK_HOLE.
 ---
 --- Layout (VMware "Virtual Disk Format 5.0", SparseExtentHeader, little
 --- endian): magic u32 @0, version u32 @4, flags u32 @8, capacity u64 @12
@@ -235,16 +237,18 @@ function M.sniff_format(path)
 end
 local sniff_format = M.sniff_format
 
---- Makes `raw`, a sparse raw copy of the qcow2 disk `src`, with
---- `qemu-img convert -f qcow2 -O raw -S 64k` (see the module's header). The
---- caller owns `raw` (and its cleanup). `timeout`: seconds (default 3600).
+--- Makes `raw`, a sparse raw copy of the disk `src` in `format` (a format
+--- qemu-img reads: qcow2, a Workstation VMDK, ...), with `qemu-img convert
+--- -f FORMAT -O raw -S 64k` (see the module's header). The caller owns
+--- `raw` (and its cleanup). `timeout`: seconds (default 3600).
 ---@param src string
 ---@param raw string
+---@param format string
 ---@param opts? {timeout?: number}
 ---@return true|nil ok, string? err, string? code
-function M.qcow2_to_raw(src, raw, opts)
-  log.info("reading %s through qemu-img (qcow2 to a sparse raw temp)", src)
-  local r, err, code = proc.run({ argv = { "qemu-img", "convert", "-f", "qcow2", "-O", "raw",
+function M.to_raw(src, raw, format, opts)
+  log.info("reading %s through qemu-img (%s to a sparse raw temp)", src, format)
+  local r, err, code = proc.run({ argv = { "qemu-img", "convert", "-f", format, "-O", "raw",
     "-S", "64k", src, raw }, timeout = opts and opts.timeout or 3600 })
   if not r or r.code ~= 0 then
     if r then
@@ -256,36 +260,39 @@ function M.qcow2_to_raw(src, raw, opts)
   return true
 end
 
---- Writes a streamOptimized VMDK from a raw disk (or a qcow2, through a
---- sparse raw temp made by qemu-img, see the module's header). The VMDK is
---- written to a temp name beside `out` and renamed when complete; Ctrl-C or
---- a failure removes it. `jobs` compressing threads (default: the cores),
+--- Writes a streamOptimized VMDK from a raw disk (or any format qemu-img
+--- reads: qcow2, a Workstation VMDK, ...; through a sparse raw temp made by
+--- qemu-img, see the module's header). The VMDK is written to a temp name
+--- beside `out` and renamed when complete; Ctrl-C or a failure removes it.
+--- `src_format` is the source's format for qemu-img's `-f` (default: its
+--- magic says qcow2 or vmdk, else raw; a raw disk a guest wrote should say
+--- "raw", never be probed); `jobs` compressing threads (default: the cores),
 --- `adapter_type` (lsilogic, default; ide, buslogic, legacyESX) and
 --- `hwversion` (default 15) go into the descriptor; `progress` is a
 --- `log.progress{}` handle or `true`; `level` the zlib level (default 6,
 --- qemu-img's).
 ---@param src string
 ---@param out string
----@param opts? {jobs?: integer, adapter_type?: string, hwversion?: integer, progress?: any, src_format?: "raw"|"qcow2", level?: integer, timeout?: number}
+---@param opts? {jobs?: integer, adapter_type?: string, hwversion?: integer, progress?: any, src_format?: string, level?: integer, timeout?: number}
 ---@return {bytes: integer, size: integer, grains: integer, zero_grains: integer}|nil result, string? err, string? code
 function M.write(src, out, opts)
   opts = opts or {}
   if type(src) ~= "string" or type(out) ~= "string" then error("vmdk.write: src and out must be paths", 2) end
   optcheck(opts, WRITE_OPTS, "vmdk.write")
   local format = opts.src_format or sniff_format(src)
-  if format == "vmdk" and not opts.src_format then format = "raw" end -- as before: only qcow2 is told apart
-  if format ~= "raw" and format ~= "qcow2" then
-    error(("vmdk.write: src_format must be raw or qcow2, not '%s'"):format(tostring(format)), 2)
+  if type(format) ~= "string" or not format:match("^[%w][%w_%-]*$") then
+    error(("vmdk.write: src_format must be a qemu-img format name (raw, qcow2, vmdk, ...), not '%s'"):format(
+      tostring(format)), 2)
   end
   local hw = opts.hwversion and math.tointeger(tonumber(opts.hwversion))
   if opts.hwversion and not hw then
     error(("vmdk.write: hwversion must be an integer, not '%s'"):format(tostring(opts.hwversion)), 2)
   end
   local raw, undo_raw = src, nil
-  if format == "qcow2" then
+  if format ~= "raw" then
     raw = ("%s.raw.part.%d"):format(out, proc.getpid())
     undo_raw = cleanup.push("temp raw disk " .. raw, function() fs.remove(raw) end)
-    local ok, err, code = M.qcow2_to_raw(src, raw, { timeout = opts.timeout })
+    local ok, err, code = M.to_raw(src, raw, format, { timeout = opts.timeout })
     if not ok then
       undo_raw:run()
       return nil, code == "QEMU_IMG" and "vmdk.write: " .. err or err, code
@@ -304,7 +311,7 @@ function M.write(src, out, opts)
   if own_progress then progress:close() end
   if undo_raw then undo_raw:run() end
   if not r then
-    local at = format == "qcow2" and err:find(raw, 1, true)
+    local at = format ~= "raw" and err:find(raw, 1, true)
     if at then err = err:sub(1, at - 1) .. src .. " (as raw)" .. err:sub(at + #raw) end
     return nil, err, code
   end
