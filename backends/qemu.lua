@@ -21,7 +21,7 @@ local M = {}
 M.name = "qemu"
 M.description = "QEMU/KVM on this machine (TCG when KVM cannot run guests)"
 ---@type capil.BackendTraits
-M.traits = { encoder = "qmp", export = "qemu-img", http_ip = "10.0.2.2", guest_id = "vsphere", qemu_devices = true,
+M.traits = { encoder = "qmp", export = "qemu-img", disk_source = true, http_ip = "10.0.2.2", guest_id = "vsphere", qemu_devices = true,
   process = "QEMU" }
 ---@type capil.Setting[]
 M.settings = {
@@ -505,6 +505,14 @@ function VM:export(path, opts)
     return nil, ("qemu: exporting %s: %s"):format(self.disk, err), (code == nil or code == "QEMU_IMG") and "EQEMU" or code
   end
   return { writer = writer }
+end
+
+--- The VM's own disk, for a VMDK written straight into the OVA (the
+--- export step's into_ova): only the raw disk capil's writer reads in place.
+---@return {source: string, format: string}|nil
+function VM:disk_source()
+  if self.disk_format ~= "raw" then return nil end
+  return { source = self.disk, format = "raw" }
 end
 
 M.VM = VM

@@ -75,7 +75,9 @@ describe("end-to-end EFI build of the test OS from a seed CD #qemu #e2e #guest",
     -- the disk: GPT, an EFI system partition holding GRUB at the removable
     -- media path, then the root filesystem
     local raw = peer.dir("e2e-efi-raw") .. "/disk.raw"
-    run({ "qemu-img", "convert", "-O", "raw", dir .. "/" .. name .. "-disk-0.vmdk", raw })
+    local x = peer.dir("e2e-efi-x")
+    run({ "tar", "-xf", ova, "-C", x })
+    run({ "qemu-img", "convert", "-O", "raw", x .. "/" .. name .. "-disk-0.vmdk", raw })
     local pt = assert(json.decode(run({ "sfdisk", "--json", raw }))).partitiontable
     assert.equal("gpt", pt.label)
     assert.equal(2, #pt.partitions)

@@ -57,19 +57,21 @@ describe("end-to-end build of the test OS #qemu #e2e", function()
     assert.truthy(build_mid)
     assert.truthy(build_key)
 
-    -- the extracted VMDK is a valid streamOptimized disk
+    -- the VMDK went straight into the OVA (no file of it); extracted, it is
+    -- a valid streamOptimized disk
+    assert.is_true(report.vmdk_into_ova)
+    assert.is_false(fs.exists(dir .. "/testos-kube-v1.16.14-disk-0.vmdk"))
     local x = peer.dir("e2e-x")
     assert.equal(0, assert(proc.run({ argv = { "tar", "-xf", ova, "-C", x } })).code)
     local vmdk = x .. "/testos-kube-v1.16.14-disk-0.vmdk"
     local chk = assert(proc.run({ argv = { "qemu-img", "check", vmdk }, timeout = 300 }))
     assert.equal(0, chk.code, chk.stdout .. chk.stderr)
 
-    -- capil test: the build's VMDK under an overlay with the cloudinit/ seed,
+    -- capil test: the build's VMDK (extracted from the OVA) under an overlay with the cloudinit/ seed,
     -- the cni suite for real (Debian's CNI plugins, served by nginx, checksum
     -- from the .sha256 beside them) and the node-conformance runner with its
     -- stand-in tarball; the VM is kept for capil ssh
-    local disk = dir .. "/testos-kube-v1.16.14-disk-0.vmdk"
-    local disk_sum = assert(hash.file(disk, "sha256"))
+    local disk_sum = assert(hash.file(ova, "sha256"))
     local web = nginx.start()
     finally(function() web.stop() end)
     local cni_tgz = fixtures.cni_plugins()
@@ -99,7 +101,7 @@ describe("end-to-end build of the test OS #qemu #e2e", function()
     local junit = assert(require("capil.sys.xml").parse(assert(fs.read(dir .. "/test/junit.xml"))))
     assert.equal("0", junit.attrs.failures)
     assert.is_true(json.read(dir .. "/report.json").test.ok)
-    assert.equal(disk_sum, assert(hash.file(disk, "sha256")), "capil test modified the build's disk")
+    assert.equal(disk_sum, assert(hash.file(ova, "sha256")), "capil test modified the build's OVA")
 
     -- capil ssh: one command as capv, its exit status, the CNI file as the seed wrote it
     local r1 = capil.run({ "ssh", dir, "--", "id", "-un" })

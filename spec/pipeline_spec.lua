@@ -41,7 +41,7 @@ describe("pipeline on QEMU with the tiny guest #qemu", function()
   local out
   before_each(function() out = peer.dir("pipeline") end)
 
-  it("builds: boots, provisions, shuts down, exports and packs a verified OVA", function()
+  it("builds: boots, provisions, shuts down, and writes the VMDK straight into a verified OVA", function()
     local r = capil.run(tiny_args(out, { "--var", "roles=marker" }), { timeout = 180 })
     assert.equal(0, r.code, r.stderr)
     local dir = out .. "/tiny-kube-v1.16.14"
@@ -57,16 +57,26 @@ describe("pipeline on QEMU with the tiny guest #qemu", function()
     for _, s in ipairs(report.steps) do ids[#ids + 1] = s.id .. ":" .. s.status end
     assert.same({ "fetch-iso:ok", "installer:ok", "create-vm:ok", "boot:ok", "wait-ssh:ok", "provision:ok",
       "checks:ok", "shutdown:ok", "export:ok", "ova:ok", "manifest:ok" }, ids)
-    -- capil's writer read the raw disk (engine time, no temp copy)
+    -- capil's writer read the raw disk into the OVA (engine time, no temp
+    -- copy, no VMDK file); the VMDK in the OVA is a sound streamOptimized disk
     assert.equal("capil", report.disk_writer)
+    assert.is_true(report.vmdk_into_ova)
     assert.equal("engine", report.steps[9].class)
-    assert.matches("writing " .. dir .. "/tiny-kube-v1.16.14-disk-0.vmdk from the raw disk with capil's VMDK writer",
-      r.stderr, 1, true)
+    assert.equal("engine", report.steps[10].class)
+    assert.matches("tiny-kube-v1.16.14-disk-0.vmdk goes straight into the OVA", r.stderr, 1, true)
     assert.not_matches("through qemu-img", r.stderr, 1, true)
-    -- the role's output is in the build log; the manifest records the disk digest
+    assert.is_false(fs.exists(dir .. "/tiny-kube-v1.16.14-disk-0.vmdk"))
+    local x = peer.dir("pipeline-x")
+    assert.equal(0, assert(proc.run({ argv = { "tar", "-xf", ova, "-C", x } })).code)
+    local chk = assert(proc.run({ argv = { "qemu-img", "check", x .. "/tiny-kube-v1.16.14-disk-0.vmdk" } }))
+    assert.equal(0, chk.code, chk.stdout .. chk.stderr)
+    fs.remove(x, { recursive = true })
+    -- the role's output is in the build log; the manifest records the OVA (no VMDK file)
     assert.matches("provisioned-by-capil", fs.read(dir .. "/logs/build.log"), 1, true)
     local m = json.read(dir .. "/packer-manifest.json")
-    assert.equal(assert(hash.file(dir .. "/tiny-kube-v1.16.14-disk-0.vmdk")), m.builds[1].files[1].sha256)
+    assert.equal(1, #m.builds[1].files)
+    assert.equal("tiny-kube-v1.16.14.ova", m.builds[1].files[1].name)
+    assert.equal(assert(hash.file(ova)), m.builds[1].files[1].sha256)
     assert_clean(out, r.stderr)
     -- nothing to serve and a boot command that names no server: no port opened
     assert.matches("no installer files over HTTP: no server started", r.stderr, 1, true)

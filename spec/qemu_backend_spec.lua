@@ -94,7 +94,7 @@ describe("QEMU backend command line #unit", function()
     assert.same({}, backend.check(qemu))
     assert.equal(qemu, backend.get("qemu"))
     assert.same({ encoder = "qmp", export = "qemu-img", http_ip = "10.0.2.2", guest_id = "vsphere",
-      qemu_devices = true, process = "QEMU" }, qemu.traits)
+      qemu_devices = true, process = "QEMU", disk_source = true }, qemu.traits)
     assert.same({ { "accel", paths = { "build.qemu_accel" }, default = "auto" } }, qemu.settings)
   end)
 

@@ -35,6 +35,7 @@ M.REGISTERED = {
 ---@field govc_env? boolean govc's environment (GOVC_URL, GOVC_USERNAME, ...) sets variables (capil.build.config)
 ---@field var_file? string its shared var file in recipes/config/ (vsphere.json, esx.json), read after the common ones
 ---@field content_library? boolean vCenter's content libraries (and its OVF and VM template services) are there: deploy and test of a library item, a build's content_library
+---@field disk_source? boolean the VM's disk_source() hands out its own raw disk, so the VMDK can be written straight into the OVA (the export step's into_ova)
 ---@field process? string the VM is a local process of this name (QEMU): a test VM kept with its pid blocks a new test
 
 --- One configuration value a backend uses. `paths` are tried in order (schema
@@ -72,6 +73,9 @@ M.REGISTERED = {
 --- "qemu-img"; the result may be a table: sha256 (the disk hashed on the way), writer (what wrote the VMDK:
 --- "capil" makes the step engine time in the report)
 ---@field export fun(self: capil.VM, path: string, opts: {adapter_type?: string, hwversion?: integer, disk_writer?: "capil"|"qemu-img"}): true|{sha256?: string, writer?: string}|nil, string?, string?
+--- disk_source (with traits.disk_source): the stopped VM's disk for ova.pack's fused writing, {source = path,
+--- format = "raw"|"qcow2"}, or nil when it cannot (the pipeline then exports as usual)
+---@field disk_source? fun(self: capil.VM): {source: string, format: string}|nil
 ---@field destroy fun(self: capil.VM): true|nil, string?, string? removes the VM and what it made
 ---@field keepalive? fun(self: capil.VM) keeps a hypervisor session alive during long provisioning
 
@@ -170,6 +174,9 @@ function M.check(b)
   end
   for _, m in ipairs(M.VM_METHODS) do
     if type(b.VM[m]) ~= "function" then bad("VM:%s is missing", m) end
+  end
+  if tr.disk_source and type(b.VM.disk_source) ~= "function" then
+    bad("traits.disk_source is set, but VM:disk_source is missing")
   end
   for _, h in ipairs(M.TEST_HOOKS) do
     if type(b.test[h]) ~= "function" then bad("test.%s is missing", h) end

@@ -341,6 +341,19 @@ end
 function H.export_disk(run, step)
   local mok, merr, mcode = fs.mkdir(fs.dirname(step.path))
   if not mok then return io_ok(mok, merr, mcode) end
+  -- into the OVA: the pack step writes the VMDK from the VM's disk in one
+  -- pass (capil.format.ova's fused packing); no VMDK file
+  local src = step.into_ova and run.vm.disk_source and run.vm:disk_source()
+  if src then
+    run.disks = { { source = src.source, format = src.format, adapter_type = step.adapter_type,
+      hwversion = step.hwversion, name = fs.basename(step.path) } }
+    run.report.disk_writer = "capil"
+    run.report.vmdk_into_ova = true
+    run.step_class = "engine"
+    log.info("%s: %s goes straight into the OVA (written from the %s disk in the pack step; keep_vmdk=true keeps "
+      .. "a file)", run.vm.name, fs.basename(step.path), src.format)
+    return true
+  end
   local ok, err, code = run.vm:export(step.path, { adapter_type = step.adapter_type, hwversion = step.hwversion,
     disk_writer = step.disk_writer })
   if not ok then return fail(err, code) end
@@ -391,7 +404,8 @@ function H.build_manifest(run, step)
   local cd = manifest.custom_data(run.plan, run.build_info, ostep and ostep.user_properties)
   local files = {}
   for _, d in ipairs(run.disks or {}) do
-    files[#files + 1] = { name = fs.basename(d.path), size = d.size, sha256 = d.sha256 }
+    -- a VMDK written into the OVA is no file of the build
+    if not d.source then files[#files + 1] = { name = fs.basename(d.path), size = d.size, sha256 = d.sha256 } end
   end
   if run.ova then files[#files + 1] = { name = fs.basename(run.ova.ova), size = run.ova.size, sha256 = run.ova.sha256 } end
   local m, err, code = manifest.append(step.path, manifest.build({

@@ -300,7 +300,10 @@ function M.resolve(cfg, backend, opts)
       library.library) or nil
   add({ id = "export", kind = "export_disk", method = traits.export, path = art.vmdk,
     subformat = "streamOptimized", adapter_type = ADAPTER[cfg:get("hardware.disk_controller")],
-    hwversion = cfg:get("hardware.vmx_version"), disk_writer = disk_writer, skip = no_export })
+    hwversion = cfg:get("hardware.vmx_version"), disk_writer = disk_writer, skip = no_export,
+    -- the VMDK written straight into the OVA from the VM's own disk (one
+    -- pass, no VMDK file), where the backend hands its disk out
+    into_ova = (traits.disk_source and disk_writer == "capil" and not cfg:get("build.keep_vmdk")) or nil })
 
   if traits.export == "nfc" then
     add({ id = "finalize", kind = "finalize_vm", convert_to_template = cfg:get("build.convert_to_template"),

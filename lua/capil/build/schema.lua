@@ -244,6 +244,9 @@ local F = {
       .. "as on vSphere; virtio (/dev/vda) for local-only images" },
   { path = "build.qemu_nic_model", var = "qemu_nic_model", type = "string", enum = { "auto", "virtio" },
     default = "auto", description = "QEMU: auto presents network_card's NIC (vmxnet3, e1000, e1000e); virtio opts out" },
+  { path = "build.keep_vmdk", var = "keep_vmdk", type = "boolean", default = false,
+    description = "local builds whose VM disk capil's writer reads (QEMU): keep the VMDK as a file beside the OVA "
+      .. "(false: it is written straight into the OVA, in one pass, and no VMDK file is left)" },
   { path = "build.disk_writer", var = "disk_writer", type = "string", enum = { "capil", "qemu-img" },
     default = "capil",
     description = "what writes the streamOptimized VMDK on the local backends: capil (its own writer: QEMU builds on "

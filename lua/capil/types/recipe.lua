@@ -164,6 +164,7 @@
 ---@field qemu_accel? "auto"|"kvm"|"tcg" (variable qemu_accel)
 ---@field qemu_disk_interface? "auto"|"virtio" QEMU: auto presents the disk on disk_controller_type's controller (pvscsi, lsilogic → mptsas1068), as on vSphere; virtio (/dev/vda) for local-only images (variable qemu_disk_interface)
 ---@field qemu_nic_model? "auto"|"virtio" QEMU: auto presents network_card's NIC (vmxnet3, e1000, e1000e); virtio opts out (variable qemu_nic_model)
+---@field keep_vmdk? boolean local builds whose VM disk capil's writer reads (QEMU): keep the VMDK as a file beside the OVA (false: it is written straight into the OVA, in one pass, and no VMDK file is left) (variable keep_vmdk)
 ---@field disk_writer? "capil"|"qemu-img" what writes the streamOptimized VMDK on the local backends: capil (its own writer: QEMU builds on a sparse raw disk the writer reads directly; Workstation uses it when vmware-vdiskmanager is absent) or qemu-img (QEMU builds on qcow2 and `qemu-img convert` exports it) (variable disk_writer)
 ---@field convert_to_template? boolean (variable convert_to_template)
 ---@field ip? string static address of the build VM (10.0.2.15/24, or 10.0.2.15 with build_netmask) for networks without DHCP: written into the answer file and the boot command, and the address SSH connects to (variable build_ip)
