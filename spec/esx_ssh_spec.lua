@@ -106,10 +106,20 @@ describe("esx over SSH #esx #ssh", function()
     assert.same({ host = "127.0.0.1", port = 22 }, assert(vm:ssh_address(10)))
     assert(vm:power_off())
     assert(vm:wait_exit(5))
+    -- the disk as ESXi makes it (a descriptor and its VMFS flat extent):
+    -- the flat extent is the raw disk, which capil's writer reads
+    assert.matches('RW 32768 VMFS "' .. VM .. '-flat.vmdk"', host.exec("cat " .. DIR .. "/" .. VM .. ".vmdk"), 1, true)
+    host.exec(("printf capil-disk | dd of=%s/%s-flat.vmdk bs=1 seek=1048576 conv=notrunc 2>/dev/null"):format(DIR, VM))
     local out = tmp .. "/disk.vmdk"
     assert(vm:export(out, { adapter_type = "lsilogic" }))
     local info = assert(proc.run({ argv = { "qemu-img", "info", out } }))
     assert.matches("streamOptimized", info.stdout, 1, true)
+    local raw = tmp .. "/disk.raw"
+    assert.equal(0, assert(proc.run({ argv = { "qemu-img", "convert", "-O", "raw", out, raw } })).code)
+    local f = assert(io.open(raw, "rb"))
+    f:seek("set", 1048576)
+    assert.equal("capil-disk", f:read(10))
+    f:close()
     assert(esx.steps.finalize_vm(ctx, { keep_vm = false }))
     assert.equal("", host.exec("ls /vmfs/volumes/datastore1 | grep -v capil_cache; true"))
     assert.same({

@@ -534,7 +534,9 @@ end
 
 --- Exports the disk to a streamOptimized vmdk at `path`: with the vSphere
 --- API when the host allows it (export_vim25), else the descriptor and the
---- extents it names over SFTP, converted with qemu-img.
+--- extents it names over SFTP: one VMFS or FLAT extent (ESXi's thin or
+--- thick disk, "NAME-flat.vmdk") is the raw disk itself, read by capil's VMDK writer; anything else
+--- (sparse extents) is converted with qemu-img.
 ---@param path string
 ---@param opts? {adapter_type?: string, hwversion?: integer}
 function VM:export(path, opts)
@@ -552,13 +554,24 @@ function VM:export(path, opts)
   if not ok then undo:run() return nil, err, code end
   local descriptor = fs.read(tmp .. "/disk.vmdk") or ""
   -- the extents the descriptor names (a thin disk on VMFS: one "-flat" file)
-  for extent in descriptor:gmatch('\nRW %d+ %u+ "([^"]+)"') do
+  local extents = {}
+  for kind, extent in descriptor:gmatch('\nRW %d+ (%u+) "([^"]+)"') do
     local base = extent:match("[^/]+$")
+    extents[#extents + 1] = { kind = kind, base = base }
     ok, err, code = self.r:get(self.dir .. "/" .. base, tmp .. "/" .. base, { progress = true })
     if not ok then undo:run() return nil, err, code end
   end
-  local info, cerr = require("capil.format.vmdk").convert(tmp .. "/disk.vmdk", path,
-    { adapter_type = opts.adapter_type, hwversion = opts.hwversion or 15, src_format = "vmdk" })
+  local vmdk = require("capil.format.vmdk")
+  local info, cerr
+  -- VMFS (ESXi's flat extent on a datastore) and FLAT: the raw disk itself
+  if #extents == 1 and (extents[1].kind == "VMFS" or extents[1].kind == "FLAT") then
+    log.info("%s: writing %s from the flat extent with capil's VMDK writer", self.name, path)
+    info, cerr = vmdk.write(tmp .. "/" .. extents[1].base, path, { src_format = "raw",
+      adapter_type = opts.adapter_type, hwversion = opts.hwversion or 15 })
+  else
+    info, cerr = vmdk.convert(tmp .. "/disk.vmdk", path,
+      { adapter_type = opts.adapter_type, hwversion = opts.hwversion or 15, src_format = "vmdk" })
+  end
   undo:run()
   if not info then return fail(("%s: converting %s: %s"):format(self.name, desc, cerr), "ETOOL") end
   return true
