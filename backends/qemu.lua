@@ -485,22 +485,12 @@ end
 ---@return {writer: string}|nil ok, string? err, string? code
 function VM:export(path, opts)
   opts = opts or {}
-  local vmdk = require("capil.format.vmdk")
   local writer = opts.disk_writer or "capil"
-  local ok, err, code
   if writer == "capil" then
     log.info("%s: writing %s from the %s disk with capil's VMDK writer", self.name, path, self.disk_format)
-    ok, err, code = vmdk.write(self.disk, path, { src_format = self.disk_format, adapter_type = opts.adapter_type,
-      hwversion = opts.hwversion or 15, jobs = opts.jobs, timeout = opts.timeout })
-  elseif writer == "qemu-img" then
-    -- a raw disk the guest wrote is named, never probed (its first sector could look like anything)
-    ok, err, code = vmdk.convert(self.disk, path, { adapter_type = opts.adapter_type,
-      hwversion = opts.hwversion or 15, timeout = opts.timeout,
-      src_format = self.disk_format == "raw" and "raw" or nil })
-  else
-    return nil, ("qemu: exporting %s: unknown disk_writer '%s' (capil, qemu-img)"):format(self.disk, tostring(writer)),
-      "EINVAL"
   end
+  local ok, err, code = require("capil.format.vmdk").export(writer, self.disk, path, { src_format = self.disk_format,
+    adapter_type = opts.adapter_type, hwversion = opts.hwversion, jobs = opts.jobs, timeout = opts.timeout })
   if not ok then
     return nil, ("qemu: exporting %s: %s"):format(self.disk, err), (code == nil or code == "QEMU_IMG") and "EQEMU" or code
   end

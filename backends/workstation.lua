@@ -530,21 +530,14 @@ end
 function VM:export(path, opts)
   opts = opts or {}
   if not self.tools.vdiskmanager then
-    local vmdk = require("capil.format.vmdk")
     local writer = opts.disk_writer or "capil"
-    local ok, err, code
     if writer == "capil" then
       log.info("%s: vmware-vdiskmanager not found; writing the VMDK with capil's writer", self.name)
-      ok, err, code = vmdk.write(self.disk, path, { src_format = "vmdk", adapter_type = opts.adapter_type,
-        hwversion = opts.hwversion or 15, jobs = opts.jobs, timeout = opts.timeout })
     elseif writer == "qemu-img" then
       log.info("%s: vmware-vdiskmanager not found; converting the disk with qemu-img", self.name)
-      ok, err, code = vmdk.convert(self.disk, path, {
-        adapter_type = opts.adapter_type, hwversion = opts.hwversion or 15, timeout = opts.timeout })
-    else
-      return nil, ("workstation: exporting %s: unknown disk_writer '%s' (capil, qemu-img)"):format(self.disk,
-        tostring(writer)), "EINVAL"
     end
+    local ok, err, code = require("capil.format.vmdk").export(writer, self.disk, path, { src_format = "vmdk",
+      adapter_type = opts.adapter_type, hwversion = opts.hwversion, jobs = opts.jobs, timeout = opts.timeout })
     if not ok then
       return nil, ("workstation: exporting %s: %s"):format(self.disk, err),
         (code == nil or code == "QEMU_IMG") and "EVDISK" or code

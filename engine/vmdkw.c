@@ -736,5 +736,7 @@ int luaopen_capil_core_vmdkw(lua_State *L) {
   luaL_newlib(L, funcs);
   lua_pushinteger(L, GRAIN_BYTES);
   lua_setfield(L, -2, "GRAIN_BYTES");
+  lua_pushinteger(L, MAX_JOBS);
+  lua_setfield(L, -2, "MAX_JOBS");
   return 1;
 }

@@ -82,8 +82,8 @@ local function pack(opts, args)
   end
   po.convert = opts.convert or false
   if opts.jobs then
-    local jobs = math.tointeger(tonumber(opts.jobs))
-    if not jobs or jobs < 1 or jobs > 64 then cli.fail("ova pack: --jobs must be 1 to 64", 2) end
+    local jobs, why = require("capil.format.vmdk").jobs(opts.jobs)
+    if not jobs then cli.fail("ova pack: " .. why, 2) end
     po.jobs = jobs
   end
   local r, rerr = ova.pack(po)

@@ -32,8 +32,9 @@ local function convert(opts, args)
   if #args ~= 2 then cli.fail("vmdk convert: name a source disk and the output .vmdk", 2) end
   local jobs
   if opts.jobs then
-    jobs = math.tointeger(tonumber(opts.jobs))
-    if not jobs or jobs < 1 or jobs > 64 then cli.fail("vmdk convert: --jobs must be 1 to 64", 2) end
+    local why
+    jobs, why = vmdk.jobs(opts.jobs)
+    if not jobs then cli.fail("vmdk convert: " .. why, 2) end
   end
   local hw
   if opts.hwversion then

@@ -214,6 +214,18 @@ function M.convert(src, dst, opts)
   return M.read_header(dst)
 end
 
+--- A `--jobs` value of the commands that run the writer: the integer, or
+--- nil and why (1 to the writer's most threads, vmdkw.MAX_JOBS).
+---@param v string|number
+---@return integer|nil jobs, string? why
+function M.jobs(v)
+  local jobs = math.tointeger(tonumber(v))
+  if not jobs or jobs < 1 or jobs > vmdkw.MAX_JOBS then
+    return nil, ("--jobs must be 1 to %d"):format(vmdkw.MAX_JOBS)
+  end
+  return jobs
+end
+
 local WRITE_OPTS = { jobs = true, adapter_type = true, hwversion = true, progress = true,
   src_format = true, level = true, timeout = true }
 
@@ -316,6 +328,32 @@ function M.write(src, out, opts)
     return nil, err, code
   end
   return r
+end
+
+--- The streamOptimized VMDK `out` from the disk `src` by `writer`, the
+--- local backends' disk_writer: "capil" (M.write, on `jobs` threads) or
+--- "qemu-img" (M.convert). `src_format` names the disk's format for both
+--- (a disk a guest wrote is named, never probed); `hwversion` defaults to
+--- 15. Returns true, or nil, err, code (EINVAL: an unknown writer).
+---@param writer string
+---@param src string
+---@param out string
+---@param opts {src_format?: string, adapter_type?: string, hwversion?: integer, jobs?: integer, timeout?: number}
+---@return true|nil ok, string? err, string? code
+function M.export(writer, src, out, opts)
+  local o = { src_format = opts.src_format, adapter_type = opts.adapter_type, hwversion = opts.hwversion or 15,
+    timeout = opts.timeout }
+  local r, err, code
+  if writer == "capil" then
+    o.jobs = opts.jobs
+    r, err, code = M.write(src, out, o)
+  elseif writer == "qemu-img" then
+    r, err, code = M.convert(src, out, o)
+  else
+    return nil, ("unknown disk_writer '%s' (capil, qemu-img)"):format(tostring(writer)), "EINVAL"
+  end
+  if not r then return nil, err, code end
+  return true
 end
 
 return M
