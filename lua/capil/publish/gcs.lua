@@ -93,12 +93,7 @@ function M.object_name(build_name, version)
   return build_name .. "-kube-" .. version .. ".ova"
 end
 
--- Percent-encodes everything but RFC 3986's unreserved characters, and "/"
--- too unless `keep_slash`.
-local function escape(s, keep_slash)
-  local pattern = keep_slash and "[^%w%-%._~/]" or "[^%w%-%._~]"
-  return (s:gsub(pattern, function(c) return ("%%%02X"):format(c:byte()) end))
-end
+local escape = http.escape
 
 local function trim_slash(url)
   return (url:gsub("/+$", ""))

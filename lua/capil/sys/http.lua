@@ -52,6 +52,16 @@ local optcheck = require("capil.util.opts").check
 
 local M = {}
 
+--- `s` percent-encoded for a URL: everything but RFC 3986's unreserved
+--- characters, and "/" too unless `keep_slash` (a path of several segments).
+---@param s string
+---@param keep_slash? boolean
+---@return string
+function M.escape(s, keep_slash)
+  local pattern = keep_slash and "[^%w%-%._~/]" or "[^%w%-%._~]"
+  return (s:gsub(pattern, function(c) return ("%%%02X"):format(c:byte()) end))
+end
+
 --- Defaults for options the caller leaves out.
 M.defaults = {
   retries = 3,          -- extra attempts after the first

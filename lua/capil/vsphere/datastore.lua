@@ -9,9 +9,6 @@ local cleanup = require("capil.sys.cleanup")
 
 local M = {}
 
-local function urlencode(s)
-  return (s:gsub("[^%w%-%._~/]", function(c) return ("%%%02X"):format(c:byte()) end))
-end
 
 --- The `/folder` URL of a datastore path (relative to the datastore root).
 ---@param vc table a capil.vsphere.vim25 session
@@ -19,8 +16,8 @@ end
 ---@param path string
 ---@return string
 function M.folder_url(vc, inv, path)
-  return ("%s://%s/folder/%s?dcPath=%s&dsName=%s"):format(vc.scheme, vc.server, urlencode(path),
-    urlencode(inv.dc_path:sub(2)):gsub("/", "%%2F"), urlencode(inv.ds_name):gsub("/", "%%2F"))
+  return ("%s://%s/folder/%s?dcPath=%s&dsName=%s"):format(vc.scheme, vc.server, http.escape(path, true),
+    http.escape(inv.dc_path:sub(2)), http.escape(inv.ds_name))
 end
 
 --- The "[datastore] path" name of a datastore path.

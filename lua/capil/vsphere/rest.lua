@@ -234,7 +234,7 @@ M.OPS = {
 
 -- A path parameter, escaped for a URL path or query.
 local function escape(v)
-  return (tostring(v):gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end))
+  return http.escape(tostring(v))
 end
 
 -- `t` with the map at dotted `path` written in `flavor`'s form (a copy
