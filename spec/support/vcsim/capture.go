@@ -29,8 +29,9 @@ import (
 
 const ovfCreatePath = "/rest/com/vmware/vcenter/ovf/library-item"
 
-// innerJSON sends method path body to vcsim with r's headers and decodes
-// the answer's "value" into v (when v is not nil); the status is returned.
+// innerJSON sends method path body to vcsim with r's headers (its session)
+// and decodes the answer's "value" into v (when v is not nil); the status
+// is returned, 0 when a 200's value does not decode into v.
 func (s *shim) innerJSON(r *http.Request, method, path string, body interface{}, v interface{}) int {
 	var rd *bytes.Reader
 	if body != nil {

@@ -221,22 +221,6 @@ func (s *shim) restLog() []restCall {
 	return append([]restCall{}, s.rest...)
 }
 
-// innerValue GETs path from vcsim with r's session and decodes the answer's
-// "value" into v; false when vcsim does not answer 200.
-func (s *shim) innerValue(r *http.Request, path string, v interface{}) bool {
-	req := httptest.NewRequest(http.MethodGet, path, nil)
-	req.Header = r.Header.Clone()
-	rec := httptest.NewRecorder()
-	s.inner.ServeHTTP(rec, req)
-	if rec.Code != http.StatusOK {
-		return false
-	}
-	var wrapped struct {
-		Value json.RawMessage `json:"value"`
-	}
-	return json.Unmarshal(rec.Body.Bytes(), &wrapped) == nil && json.Unmarshal(wrapped.Value, v) == nil
-}
-
 // ovfFilter answers POST .../ovf/library-item/id:ITEM?~action=filter as
 // vCenter documents it (Ovf LibraryItem OvfSummary: name, annotation,
 // EULAs, networks = the OVF descriptor's NetworkSection names), reading
@@ -253,8 +237,9 @@ func (s *shim) ovfFilter(w http.ResponseWriter, r *http.Request, id string) {
 			DatastoreID string `json:"datastore_id"`
 		} `json:"storage_backings"`
 	}
-	if !s.innerValue(r, "/rest/com/vmware/content/library/item/id:"+id, &item) ||
-		!s.innerValue(r, "/rest/com/vmware/content/library/id:"+item.LibraryID, &lib) || len(lib.Storage) == 0 {
+	if s.innerJSON(r, http.MethodGet, "/rest/com/vmware/content/library/item/id:"+id, nil, &item) != http.StatusOK ||
+		s.innerJSON(r, http.MethodGet, "/rest/com/vmware/content/library/id:"+item.LibraryID, nil, &lib) != http.StatusOK ||
+		len(lib.Storage) == 0 {
 		s.inner.ServeHTTP(w, r)
 		return
 	}
