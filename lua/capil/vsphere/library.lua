@@ -563,15 +563,6 @@ function M.deploy(c, inv, library, item, opts)
   return vm, name
 end
 
---- `capil run`'s publish stage: verifies the OVA at `ova_path` (sha256),
---- opens a REST session with the vSphere settings `s` and publishes the
---- OVA into item `opts.item` of library `opts.library` (M.publish), then
---- logs out. Returns what a report records: {library, library_id, item,
---- item_id, content_version, sha256, changed}.
----@param s table live vSphere settings (capil.backend.live_settings)
----@param ova_path string
----@param opts {library: string, item: string, secret?: fun(var: string): string|nil}
----@return table|nil record, string? err, string? code
 --- A `datastore_id` for M.publish: a function that finds datastore `name`
 --- (default: the settings' datastore) over a vim25 session of its own,
 --- called only when the library has to be created.
@@ -590,6 +581,17 @@ function M.datastore_finder(s, name)
   end
 end
 
+--- `capil run`'s publish stage: verifies the OVA at `ova_path` (sha256),
+--- opens a REST session with the vSphere settings `s` and publishes the
+--- OVA into item `opts.item` of library `opts.library` (M.publish), then
+--- logs out. Returns what a report records: {library, library_id, item,
+--- item_id, content_version, sha256, changed, created_library}.
+--- `create_library`: create the library when it does not exist, on
+--- `datastore` (default: the settings' datastore).
+---@param s table live vSphere settings (capil.backend.live_settings)
+---@param ova_path string
+---@param opts {library: string, item: string, create_library?: boolean, datastore?: string, secret?: fun(var: string): string|nil}
+---@return table|nil record, string? err, string? code
 function M.publish_ova(s, ova_path, opts)
   local ova = require("capil.format.ova")
   local report, err, code = ova.verify(ova_path, { sha256 = true, progress = true })
