@@ -399,8 +399,7 @@ end
 
 function H.build_manifest(run, step)
   local manifest = require("capil.format.manifest")
-  local ostep
-  for _, s in ipairs(run.plan.steps) do if s.kind == "pack_ova" then ostep = s end end
+  local ostep = require("capil.build.plan").step(run.plan, "pack_ova")
   local cd = manifest.custom_data(run.plan, run.build_info, ostep and ostep.user_properties)
   local files = {}
   for _, d in ipairs(run.disks or {}) do

@@ -123,6 +123,14 @@ end
 ---@field checks? table[] checks.load's list (nil when checks_error)
 ---@field checks_error? string
 
+--- The first step of `kind` in a resolved plan, or nil.
+---@param plan table
+---@param kind string
+---@return table|nil
+function M.step(plan, kind)
+  for _, s in ipairs(plan.steps or {}) do if s.kind == kind then return s end end
+end
+
 --- The finalize step's content library destination (content_library and
 --- the settings that go with it), or nil when content_library is not set.
 --- Problems go to `errors`: a backend without vCenter's content library,

@@ -56,7 +56,7 @@ end
 ---@param kind string
 ---@return table|nil
 function Check:step(kind)
-  for _, s in ipairs(self.plan.steps or {}) do if s.kind == kind then return s end end
+  return require("capil.build.plan").step(self.plan, kind)
 end
 
 --- The path of program `name` on PATH, else a problem saying what needs it
@@ -132,8 +132,7 @@ end
 ---@param plan table
 ---@return table|nil
 function M.iso(plan)
-  local step
-  for _, s in ipairs(plan.steps or {}) do if s.kind == "fetch_iso" then step = s break end end
+  local step = require("capil.build.plan").step(plan, "fetch_iso")
   if not step then return nil end
   if require("capil.build.pipeline").cached_iso(step.cache_path, step.checksum) then
     return { state = "cached", path = step.cache_path, checksum = step.checksum }

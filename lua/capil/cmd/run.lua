@@ -276,8 +276,7 @@ ubuntu-2004 --backend vsphere', build-node-ova-local-all is 'capil run
       if opts["dry-run"] then cli.fail(table.concat(cfg, "\n"), 2) end -- a dry run: 2 for any problem
       build_options.fail(cfg)
     end
-    local no_ova
-    for _, s in ipairs(plan.steps) do if s.kind == "pack_ova" then no_ova = s.skip end end
+    local no_ova = (require("capil.build.plan").step(plan, "pack_ova") or {}).skip
     for _, st in ipairs(todo) do
       -- a publish stage without a library fails before anything is built
       if st == "publish" then
