@@ -281,6 +281,25 @@ end
 -- A qcow2 source goes through vmdk.to_raw's sparse raw temp first.
 -- Memory stays bounded (vmdkw's slots: about 17 MiB at 16 jobs and more).
 
+-- An old `.ova.sha256` goes before a new OVA is written: until both
+-- renames of `install` are done, no checksum file can vouch for an OVA it
+-- was not computed from.
+local function drop_checksum(sha_path)
+  if not fs.exists(sha_path) then return true end
+  local ok, err, code = fs.remove(sha_path)
+  if not ok then return nil, "ova.pack: " .. err, code end
+  return true
+end
+
+-- The finished OVA and its checksum file into place: both renames, or (on
+-- failure or Ctrl-C before the second) the OVA without any checksum file:
+-- never a new OVA beside an old checksum.
+local function install(tmp, ova_path, sha_tmp, sha_path)
+  local ok, err, code = fs.rename(tmp, ova_path)
+  if ok then ok, err, code = fs.rename(sha_tmp, sha_path) end
+  return ok, err, code
+end
+
 local SIZE_SENTINEL = 987654321987654321
 local SIZE_SLOT = 20
 local PAX_RESERVE = 1024
@@ -430,10 +449,8 @@ pack_fused = function(opts, d, paths)
   local head0 = head(reserve and M.USTAR_MAX_SIZE + 1 or 0, ZERO_SHA)
   if reserve then log.debug("ova.pack: %s may take 8 GiB or more: its header has room for a pax size", d.source) end
 
-  if fs.exists(paths.sha256) then
-    local rok, rerr, rcode = fs.remove(paths.sha256)
-    if not rok then drop_raw() return nil, "ova.pack: " .. rerr, rcode end
-  end
+  local rok, rerr, rcode = drop_checksum(paths.sha256)
+  if not rok then drop_raw() return nil, rerr, rcode end
   local tmp = ("%s.part.%d"):format(opts.ova, proc.getpid())
   local sha_tmp = ("%s.part.%d"):format(paths.sha256, proc.getpid())
   local f, ferr, ferrno = io.open(tmp, "w+b")
@@ -494,9 +511,7 @@ pack_fused = function(opts, d, paths)
     if not ok then return fail(err, code) end
     written[#written + 1] = m[1]
   end
-  ok, err, code = fs.rename(tmp, opts.ova)
-  if not ok then return fail(err, code) end
-  ok, err, code = fs.rename(sha_tmp, paths.sha256)
+  ok, err, code = install(tmp, opts.ova, sha_tmp, paths.sha256)
   if not ok then return fail(err, code) end
   undo:cancel()
   local size = fs.stat(opts.ova).size
@@ -596,12 +611,8 @@ function M.pack(opts)
   local entries = { { name = fs.basename(ovf_path), sha256 = hash.digest("sha256", ovf_text) } }
   for _, d in ipairs(disks) do entries[#entries + 1] = { name = d.name, sha256 = d.sha256 } end
   local mf_text = M.mf_text(entries)
-  -- the old checksum goes first: until both renames below are done, no
-  -- .ova.sha256 can vouch for an OVA it was not computed from
-  if fs.exists(sha_path) then
-    local ok, err, code = fs.remove(sha_path)
-    if not ok then return nil, "ova.pack: " .. err, code end
-  end
+  local dok, derr, dcode = drop_checksum(sha_path)
+  if not dok then return nil, derr, dcode end
   local written = {}
   local function unwrite()
     for _, p in ipairs(written) do fs.remove(p) end
@@ -661,11 +672,7 @@ function M.pack(opts)
   local ok
   ok, err, code = fs.write(sha_tmp, sum.sha256)
   if not ok then return fail(err, code) end
-  -- both renames, or (on failure or Ctrl-C before the second) the OVA
-  -- without any checksum file: never a new OVA beside an old checksum
-  ok, err, code = fs.rename(tmp, opts.ova)
-  if not ok then return fail(err, code) end
-  ok, err, code = fs.rename(sha_tmp, sha_path)
+  ok, err, code = install(tmp, opts.ova, sha_tmp, sha_path)
   if not ok then return fail(err, code) end
   undo:cancel()
   log.info("wrote %s (%d bytes, sha256 %s)", opts.ova, sum.size, sum.sha256)
