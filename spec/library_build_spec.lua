@@ -132,6 +132,11 @@ describe("content library destinations of a vSphere build #vsphere on " .. flavo
     r = cmd("run", { "--backend", "vsphere", "--output", tmp .. "/out-none", "--stages", "build,publish" })
     assert.equal(2, r.code)
     assert.matches("the publish stage needs a content library: --library NAME", r.stderr, 1, true)
+    -- --create-library without a datastore (vsphere.json's is "") is refused before anything starts
+    r = cmd("run", { "--backend", "vsphere", "--output", tmp .. "/out-none", "--stages", "build,publish",
+      "--library", "new", "--create-library", "--var", "datastore=" })
+    assert.equal(2, r.code, r.stdout .. r.stderr)
+    assert.matches("--create-library (publish_create_library) needs the datastore variable", r.stderr, 1, true)
     assert.is_false(fs.exists(tmp .. "/out-none"))
   end)
   end

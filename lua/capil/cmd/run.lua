@@ -78,7 +78,8 @@ local function publish_target(opts, cfg, build_version)
   end
   local item = opts["library-item"] or cfg:get("publish.library_item")
   local create = opts["create-library"] or cfg:get("publish.create_library")
-  if create and not cfg:get("vsphere.datastore") then
+  local ds = cfg:get("vsphere.datastore")
+  if create and (ds == nil or ds == "") then
     return nil, "run: --create-library (publish_create_library) needs the datastore variable: the library's datastore"
   end
   return { library = lib, item = (item and item ~= "") and item or build_version, create = create and true or nil }
