@@ -35,6 +35,7 @@
 #include "capil.h"
 
 #define SESSION_MT "capil.sys.ssh.Session"
+#define STREAM_MT "capil.sys.ssh.Stream"
 #define CHUNK (256 * 1024)     /* SFTP transfer buffer */
 #define GRACE 1.0              /* seconds a cleanup step may wait on the server */
 
@@ -53,6 +54,7 @@ typedef struct {
   char host[256], user[128];
   char where[420];            /* "user@host:port", for messages */
   char fingerprint[64];       /* "SHA256:..." as ssh-keygen -l prints it */
+  struct Stream *stream;      /* a download streaming on its thread: the session is its */
 } Session;
 
 /* One operation in progress: its deadline and, once it failed, the error. */
@@ -75,9 +77,13 @@ static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static int init_rc = -1;
 static void init_library(void) { init_rc = libssh2_init(0); }
 
+struct Stream;
+static void stream_stop(struct Stream *st);
+
 static Session *check_session(lua_State *L, int i) {
   Session *s = luaL_checkudata(L, i, SESSION_MT);
   if (s->closed) luaL_error(L, "attempt to use a closed ssh session");
+  if (s->stream) luaL_error(L, "ssh session %s is streaming a download: close the stream first", s->where);
   return s;
 }
 
@@ -1179,6 +1185,196 @@ failed:
   return capil_fail(L, op.code, "%s", op.msg);
 }
 
+
+/* ====================================================================== */
+/* SFTP: a download streamed into a pipe                                  */
+/* ====================================================================== */
+
+/*
+** session:stream(remote, {timeout=}) -> stream | nil, msg, code
+** Opens `remote` and streams its bytes into a pipe on a thread of its own,
+** so that a consumer on the calling thread (capil.core.vmdkw reading the
+** pipe's end) works while the download goes on: one pass from the server
+** into whatever reads it, no file between. stream:fd() is the pipe's read
+** end, stream.size the file's size when opened, stream.remote its name.
+** stream:close() -> {size=} | nil, msg, code closes the read end (a
+** thread blocked writing gets EPIPE), joins the thread and reports how the
+** download went: exactly `size` bytes read to EOF, or the failure (a
+** dropped connection, Ctrl-C, no progress for `timeout` seconds, a file
+** that grew or shrank meanwhile). Until it is closed the session belongs to
+** the thread: its other methods raise.
+*/
+typedef struct Stream {
+  Session *s;
+  LIBSSH2_SFTP_HANDLE *h;
+  int rfd, wfd;
+  uint64_t size, done;
+  Op op;                      /* the thread's: failed when op.code is set */
+  pthread_t tid;
+  int running;                /* the thread was started and not joined */
+  int stop;                   /* set (atomically) by stream_stop: the thread quits */
+  int closed;
+  char remote[512];
+} Stream;
+
+static void *stream_pump(void *arg) {
+  Stream *st = arg;
+  Op *op = &st->op;
+  char *buf = malloc(CHUNK);
+  if (!buf) { op_errno(op, ENOMEM, "reading"); goto out; }
+  for (;;) {
+    /* stream_stop: the reader is gone; a stalled server must not hold the join */
+    if (__atomic_load_n(&st->stop, __ATOMIC_ACQUIRE)) {
+      /* every byte delivered, only the server's EOF outstanding: done */
+      if (st->done == st->size) goto out;
+      op_error(op, "EPIPE", "the reader stopped after %llu of %llu bytes", (unsigned long long)st->done,
+               (unsigned long long)st->size);
+      goto out;
+    }
+    if (op_expired(op, "reading")) goto out;
+    ssize_t n = libssh2_sftp_read(st->h, buf, CHUNK);
+    if (n == LIBSSH2_ERROR_EAGAIN) {
+      if (op_block(op, "reading")) goto out;   /* waits 100 ms at most */
+      continue;
+    }
+    if (n < 0) { op_ssh(op, (int)n, "reading"); goto out; }
+    if (n == 0) break;
+    if (st->done + (uint64_t)n > st->size) {
+      op_error(op, "CHANGED", "the file grew beyond its %llu bytes while it was read",
+               (unsigned long long)st->size);
+      goto out;
+    }
+    for (ssize_t put = 0; put < n;) {
+      ssize_t w = write(st->wfd, buf + put, (size_t)(n - put));
+      if (w < 0 && errno == EINTR && !capil_interrupted()) continue;
+      if (w < 0 && errno == EPIPE) {
+        op_error(op, "EPIPE", "the reader stopped after %llu of %llu bytes", (unsigned long long)st->done,
+                 (unsigned long long)st->size);
+        goto out;
+      }
+      if (w < 0) { op_errno(op, errno, "writing the pipe"); goto out; }
+      put += w;
+    }
+    st->done += (uint64_t)n;
+    op_progress(op);
+  }
+  if (st->done != st->size)
+    op_error(op, "CHANGED", "the file shrank to %llu of its %llu bytes while it was read",
+             (unsigned long long)st->done, (unsigned long long)st->size);
+out:
+  free(buf);
+  close(st->wfd);             /* the reader sees EOF */
+  st->wfd = -1;
+  return NULL;
+}
+
+/* Stops the transfer: closes the read end, joins the thread, closes the
+** remote file; the session is free again. Idempotent. */
+static void stream_stop(Stream *st) {
+  if (st->closed) return;
+  st->closed = 1;
+  __atomic_store_n(&st->stop, 1, __ATOMIC_RELEASE);
+  if (st->rfd >= 0) close(st->rfd);
+  st->rfd = -1;
+  if (st->running) pthread_join(st->tid, NULL);
+  st->running = 0;
+  if (st->wfd >= 0) close(st->wfd);
+  st->wfd = -1;
+  if (st->h && st->s->ssh) finish(st->s, step_handle_close, st->h, GRACE);
+  st->h = NULL;
+  st->s->stream = NULL;
+}
+
+static int s_stream(lua_State *L) {
+  Session *s = check_session(L, 1);
+  const char *rpath = luaL_checkstring(L, 2);
+  static const char *const opts[] = {"timeout", NULL};
+  if (!lua_isnoneornil(L, 3)) capil_check_options(L, 3, "ssh.stream", opts);
+  double timeout = capil_opt_number(L, 3, "ssh.stream", "timeout", 0);
+  Stream *st = lua_newuserdatauv(L, sizeof *st, 1);
+  memset(st, 0, sizeof *st);
+  st->rfd = st->wfd = -1;
+  st->closed = 1;             /* nothing to stop until it runs */
+  st->s = s;
+  luaL_setmetatable(L, STREAM_MT);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1);  /* the session outlives its stream */
+  snprintf(st->remote, sizeof st->remote, "%s", rpath);
+  Op op;
+  op_init(&op, s, "ssh.stream", timeout, 1);
+  snprintf(op.target, sizeof op.target, "%s:%s", s->where, rpath);
+  if (sftp_start(&op) < 0 || !(st->h = sftp_open(&op, rpath, LIBSSH2_FXF_READ, 0))) goto failed;
+  LIBSSH2_SFTP_ATTRIBUTES attrs;
+  int rc;
+  while ((rc = libssh2_sftp_fstat_ex(st->h, &attrs, 0)) == LIBSSH2_ERROR_EAGAIN)
+    if (op_block(&op, "stat")) goto failed;
+  if (rc < 0) { op_ssh(&op, rc, "stat"); goto failed; }
+  if (!(attrs.flags & LIBSSH2_SFTP_ATTR_SIZE)) {
+    op_error(&op, "SSH_SFTP", "the server did not say the file's size");
+    goto failed;
+  }
+  st->size = attrs.filesize;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) { op_errno(&op, errno, "pipe"); goto failed; }
+  st->rfd = fds[0];
+  st->wfd = fds[1];
+  fcntl(st->wfd, F_SETPIPE_SZ, 1 << 20);   /* fewer wake-ups; a hint */
+  st->op = op;
+  st->closed = 0;
+  s->stream = st;
+  if ((rc = pthread_create(&st->tid, NULL, stream_pump, st)) != 0) {
+    op_errno(&op, rc, "cannot start the download thread");
+    stream_stop(st);
+    return capil_fail(L, op.code, "%s", op.msg);
+  }
+  st->running = 1;
+  return 1;
+failed:
+  if (st->h) finish(s, step_handle_close, st->h, GRACE);
+  st->h = NULL;
+  return capil_fail(L, op.code, "%s", op.msg);
+}
+
+static Stream *check_stream(lua_State *L) {
+  return luaL_checkudata(L, 1, STREAM_MT);
+}
+
+static int st_fd(lua_State *L) {
+  Stream *st = check_stream(L);
+  if (st->closed || st->rfd < 0) return luaL_error(L, "ssh.stream: attempt to use a closed stream");
+  lua_pushinteger(L, st->rfd);
+  return 1;
+}
+
+/* stream:close() -> {size=} | nil, msg, code (the thread's failure) */
+static int st_close(lua_State *L) {
+  Stream *st = check_stream(L);
+  int was_open = !st->closed;
+  stream_stop(st);
+  if (!was_open) return luaL_error(L, "ssh.stream: the stream is already closed");
+  if (st->op.code) return capil_fail(L, st->op.code, "%s", st->op.msg);
+  lua_createtable(L, 0, 1);
+  lua_pushinteger(L, (lua_Integer)st->done);
+  lua_setfield(L, -2, "size");
+  return 1;
+}
+
+static int st_gc(lua_State *L) {
+  stream_stop(check_stream(L));
+  return 0;
+}
+
+static int st_index(lua_State *L) {
+  Stream *st = check_stream(L);
+  const char *k = luaL_checkstring(L, 2);
+  if (strcmp(k, "size") == 0) lua_pushinteger(L, (lua_Integer)st->size);
+  else if (strcmp(k, "remote") == 0) lua_pushstring(L, st->remote);
+  else if (strcmp(k, "fd") == 0) lua_pushcfunction(L, st_fd);
+  else if (strcmp(k, "close") == 0) lua_pushcfunction(L, st_close);
+  else lua_pushnil(L);
+  return 1;
+}
+
 /* ====================================================================== */
 /* Session methods and metatable                                          */
 /* ====================================================================== */
@@ -1187,6 +1383,7 @@ failed:
 static int s_close(lua_State *L) {
   Session *s = luaL_checkudata(L, 1, SESSION_MT);
   if (s->closed) return 0;
+  if (s->stream) stream_stop(s->stream);
   s->closed = 1;
   release(s);
   return 0;
@@ -1225,6 +1422,7 @@ static const luaL_Reg methods[] = {
   {"exec", s_exec},
   {"put", s_put},
   {"get", s_get},
+  {"stream", s_stream},
   {"close", s_close},
   {NULL, NULL}
 };
@@ -1242,6 +1440,14 @@ static void create_meta(lua_State *L) {
   luaL_setfuncs(L, meta, 0);
   luaL_newlib(L, methods);
   lua_setfield(L, -2, "methods");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, STREAM_MT);
+  lua_pushcfunction(L, st_index);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, st_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, st_gc);
+  lua_setfield(L, -2, "__close");
   lua_pop(L, 1);
 }
 

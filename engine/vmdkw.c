@@ -71,6 +71,7 @@
 #define MAX_SLOTS 128
 #define OUTBUF_BYTES (1u << 20)
 #define ECHANGED (-2)                   /* run_job: the source changed size */
+#define ESHORT (-3)                     /* run_job: a stream source ended early */
 
 /* exported for spec/c/vmdkw_test.c */
 uint64_t capil_vmdk_cylinders(uint64_t sectors, const char *adapter);
@@ -287,8 +288,12 @@ typedef struct {
                                 ** that changes size fails (ECHANGED) */
   EVP_MD_CTX *sha;              /* digests the output, when set */
   struct capil_progress *prog;
+  int stream;                   /* the source is a pipe or socket read in order */
+  int stream_fd;                /* its fd (the caller's: not closed here) */
+  uint64_t stream_size;         /* its size, given by the caller */
   /* results */
   uint64_t size, bytes, grains_written, grains_zero;
+  uint64_t got;                 /* a stream's bytes read when it ended */
   const char *what;             /* the file an errno refers to */
   int zerr;
 } Job;
@@ -337,6 +342,30 @@ static int read_grain(int fd, uint64_t g, uint64_t size, unsigned char *buf) {
   return 0;
 }
 
+/* Reads grain g of a stream source: the next GRAIN_BYTES (fewer at the
+** end), in order, zero-padded past the end of the disk; 0, an errno, or
+** ESHORT when the stream ends before the size it was given (*got: where). */
+static int read_grain_seq(int fd, uint64_t g, uint64_t size, unsigned char *buf, uint64_t *got_total) {
+  uint64_t pos = g * GRAIN_BYTES;
+  size_t want = size - pos < GRAIN_BYTES ? (size_t)(size - pos) : GRAIN_BYTES;
+  size_t got = 0;
+  while (got < want) {
+    ssize_t n = read(fd, buf + got, want - got);
+    if (n < 0) {
+      if (errno == EINTR && !capil_interrupted()) continue;
+      return errno;
+    }
+    if (n == 0) {
+      *got_total = pos + got;
+      return capil_interrupted() ? EINTR : ESHORT;
+    }
+    got += (size_t)n;
+  }
+  *got_total = pos + got;
+  memset(buf + got, 0, GRAIN_BYTES - got);
+  return 0;
+}
+
 /* Writes the grain table of the span that just ended (when it holds any
 ** grain) and records its sector in the GD. */
 static int flush_gt(Out *o, uint32_t *gt, int *gt_used, uint32_t *gd, uint64_t gt_index) {
@@ -358,9 +387,9 @@ static int flush_gt(Out *o, uint32_t *gt, int *gt_used, uint32_t *gd, uint64_t g
 static int run_job(Job *j, int in, int outfd) {
   struct stat st;
   if (fstat(in, &st) != 0) { j->what = j->src; return errno; }
-  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) { j->what = j->src; return EINVAL; }
-  uint64_t size = (uint64_t)st.st_size;
-  if (S_ISBLK(st.st_mode)) {
+  if (!j->stream && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) { j->what = j->src; return EINVAL; }
+  uint64_t size = j->stream ? j->stream_size : (uint64_t)st.st_size;
+  if (!j->stream && S_ISBLK(st.st_mode)) {
     off_t end = lseek(in, 0, SEEK_END);
     if (end < 0) { j->what = j->src; return errno; }
     size = (uint64_t)end;
@@ -416,9 +445,11 @@ static int run_job(Job *j, int in, int outfd) {
     if (err) j->what = j->out;
   }
 
-  posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
+  if (!j->stream) posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
   uint64_t scan = 0, data_end = 0, write_seq = 0, cur_gt = 0;
-  int seekable = 1, gt_used = 0, eof = 0;
+  /* a stream has no extents to walk: every grain is read, the workers
+  ** skip the all-zero ones */
+  int seekable = !j->stream, gt_used = 0, eof = 0;
   while (!err) {
     if (capil_interrupted()) { err = EINTR; break; }
     /* fill free slots with the next data grains */
@@ -431,7 +462,8 @@ static int run_job(Job *j, int in, int outfd) {
       if (g >= ngrains) { eof = 1; break; }
       Slot *s = &p.slots[p.next_fill % (uint64_t)p.nslots];
       s->grain = g;
-      if ((err = read_grain(in, g, size, s->in)) != 0) { j->what = j->src; break; }
+      err = j->stream ? read_grain_seq(in, g, size, s->in, &j->got) : read_grain(in, g, size, s->in);
+      if (err) { j->what = j->src; break; }
       scan = g + 1;
       pthread_mutex_lock(&p.mu);
       s->state = SLOT_FILLED;
@@ -502,7 +534,7 @@ static int run_job(Job *j, int in, int outfd) {
   }
   /* a source that shrank read as zeros, one that grew was cut: the disk
   ** written is not the source's (the fused OVA refuses it) */
-  if (!err && j->into && (fstat(in, &st) != 0 || (S_ISREG(st.st_mode) && (uint64_t)st.st_size != size))) {
+  if (!err && j->into && !j->stream && (fstat(in, &st) != 0 || (S_ISREG(st.st_mode) && (uint64_t)st.st_size != size))) {
     j->what = j->src;
     err = ECHANGED;
   }
@@ -551,6 +583,9 @@ static int job_fail(lua_State *L, Job *j, int err) {
                       "extent addresses sectors with 32 bits)", j->out);
   if (err == EINVAL && j->what == j->src)
     return capil_fail(L, "EINVAL", "vmdkw.write: %s: not a regular file or block device", j->src);
+  if (err == ESHORT)
+    return capil_fail(L, "SHORT", "vmdkw.write: %s: the stream ended after %llu of its %llu bytes", j->src,
+                      (unsigned long long)j->got, (unsigned long long)j->size);
   if (err == ECHANGED)
     return capil_fail(L, "CHANGED", "vmdkw.write: %s: the file changed size while it was read "
                       "(%llu bytes at the start)", j->src, (unsigned long long)j->size);
@@ -565,7 +600,7 @@ static int write_into(lua_State *L, Job *j, luaL_Stream *s, int want_sha) {
   int outfd = fileno(s->f);
   if (start < 0 || fflush(s->f) != 0 || lseek(outfd, start, SEEK_SET) < 0)
     return capil_fail_errno(L, errno, "vmdkw.write: %s", j->out);
-  int in = open(j->src, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO: refused, not waited on */
+  int in = j->stream ? j->stream_fd : open(j->src, O_RDONLY | O_CLOEXEC | O_NONBLOCK);  /* a FIFO: refused */
   if (in < 0) return capil_fail_errno(L, errno, "vmdkw.write: %s", j->src);
   j->into = 1;
   int err = 0;
@@ -574,7 +609,7 @@ static int write_into(lua_State *L, Job *j, luaL_Stream *s, int want_sha) {
     if (!j->sha || EVP_DigestInit_ex(j->sha, EVP_sha256(), NULL) != 1) err = ENOMEM;
   }
   if (!err) err = run_job(j, in, outfd);
-  close(in);
+  if (!j->stream) close(in);
   char hex[65];
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
@@ -595,7 +630,10 @@ static int write_into(lua_State *L, Job *j, luaL_Stream *s, int want_sha) {
 ** vmdkw.write(src, out, {jobs=, adapter_type=, hwversion=, level=, name=,
 **   progress=, sha256=}) -> {bytes=, size=, grains=, zero_grains=, sha256=}
 **   | nil, msg, code
-** src: a raw disk (regular file or block device). out is a path, written as
+** src: a raw disk (regular file or block device), or a stream {fd=, size=,
+** name=}: a pipe read in order to `size` bytes (every grain read, the
+** all-zero ones skipped; fewer bytes fail with code SHORT), fd left open,
+** `name` what messages call it. out is a path, written as
 ** "<out>.part.<pid>" and renamed when complete; or an open file (io.open,
 ** writable): the VMDK goes at its current position, nothing is renamed or
 ** removed, the handle is left after the VMDK, `name` is required, and
@@ -609,7 +647,24 @@ static int l_write(lua_State *L) {
                                      "progress", "sha256", NULL};
   Job j;
   memset(&j, 0, sizeof j);
-  j.src = luaL_checkstring(L, 1);
+  if (lua_istable(L, 1)) {
+    /* a stream: {fd=, size=, name=} (the pipe of ssh's session:stream) */
+    lua_settop(L, 3);
+    lua_getfield(L, 1, "fd");
+    lua_getfield(L, 1, "size");
+    lua_getfield(L, 1, "name");
+    if (!lua_isinteger(L, -3) || lua_tointeger(L, -3) < 0 || !lua_isinteger(L, -2) || lua_tointeger(L, -2) < 0)
+      return luaL_error(L, "vmdkw.write: a stream source needs fd and size (integers of 0 or more)");
+    j.stream = 1;
+    j.stream_fd = (int)lua_tointeger(L, -3);
+    j.stream_size = (uint64_t)lua_tointeger(L, -2);
+    j.src = lua_isstring(L, -1) ? lua_tostring(L, -1) : "(stream)";
+    j.src = lua_pushstring(L, j.src);
+    lua_replace(L, 1);                  /* the name anchored in the table's place */
+    lua_settop(L, 3);
+  } else {
+    j.src = luaL_checkstring(L, 1);
+  }
   luaL_Stream *stream = luaL_testudata(L, 2, LUA_FILEHANDLE);
   j.out = stream ? "(open file)" : luaL_checkstring(L, 2);
   if (!lua_isnoneornil(L, 3)) capil_check_options(L, 3, "vmdkw.write", opts);
@@ -647,16 +702,16 @@ static int l_write(lua_State *L) {
   /* O_NONBLOCK: the open of a FIFO returns (to be refused by run_job's
   ** fstat) instead of waiting for a writer; reads of a regular file or a
   ** block device ignore it */
-  int in = open(j.src, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  int in = j.stream ? j.stream_fd : open(j.src, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (in < 0) return capil_fail_errno(L, errno, "vmdkw.write: %s", j.src);
   int outfd = open(j.tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (outfd < 0) {
     int e = errno;
-    close(in);
+    if (!j.stream) close(in);
     return capil_fail_errno(L, e, "vmdkw.write: %s", j.tmp);
   }
   int err = run_job(&j, in, outfd);
-  close(in);
+  if (!j.stream) close(in);
   if (close(outfd) != 0 && !err) { err = errno; j.what = j.out; }
   if (!err && rename(j.tmp, j.out) != 0) { err = errno; j.what = j.out; }
   if (err) unlink(j.tmp);

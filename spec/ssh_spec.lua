@@ -231,6 +231,88 @@ describe("ssh #ssh", function()
       assert.same({}, temps(scratch))
     end)
 
+    describe("stream", function()
+      local vmdkw = require("capil.core.vmdkw")
+      -- a disk of random data, holes and a tail short of a grain
+      local function disk(path, size)
+        local f = assert(io.open(path, "wb"))
+        local rnd = assert(io.open("/dev/urandom", "rb"))
+        f:write(rnd:read(300000))
+        f:seek("set", 2 * 1024 * 1024 + 4096)
+        f:write(rnd:read(70000))
+        f:seek("set", size - 1000)
+        f:write(rnd:read(1000))
+        rnd:close()
+        f:close()
+      end
+
+      it("streams a remote disk into capil's VMDK writer in one pass", function()
+        local src, out = scratch .. "/stream-src.raw", scratch .. "/stream.vmdk"
+        disk(src, 5 * 1024 * 1024 + 1234)
+        local st = assert(s:stream(src))
+        assert.equal(5 * 1024 * 1024 + 1234, st.size)
+        assert.equal(src, st.remote)
+        -- the session is the stream's until it is closed
+        assert.has_error(function() s:get(src, scratch .. "/x") end)
+        local r = assert(vmdkw.write({ fd = st:fd(), size = st.size, name = "root@esx:" .. src }, out, { jobs = 2 }))
+        assert.same({ size = st.size }, assert(st:close()))
+        assert.equal(st.size, r.size)
+        assert.is_true(r.zero_grains > 0)
+        assert.equal(0, assert(proc.run({ argv = { "qemu-img", "check", out } })).code)
+        local cmp = assert(proc.run({ argv = { "qemu-img", "compare", "-f", "raw", "-F", "vmdk", src, out } }))
+        assert.equal(0, cmp.code, cmp.stdout .. cmp.stderr)
+        -- the session works again
+        assert(s:get(src, scratch .. "/stream-back.raw"))
+        for _, f in ipairs({ src, out, scratch .. "/stream-back.raw" }) do fs.remove(f) end
+      end)
+
+      it("stops the download when the reader stops, and says so", function()
+        local src = scratch .. "/stream-big.raw"
+        random_file(src, 8 * 1024 * 1024)
+        local st = assert(s:stream(src))
+        local r, err, code = st:close()
+        assert.is_nil(r)
+        assert.equal("EPIPE", code)
+        assert.matches("stream%-big%.raw: the reader stopped after %d+ of 8388608 bytes", err)
+        assert.has_error(function() st:close() end, "ssh.stream: the stream is already closed")
+        assert.has_error(function() st:fd() end, "ssh.stream: attempt to use a closed stream")
+        assert(s:get(src, scratch .. "/stream-after.raw"))
+        fs.remove(src)
+        fs.remove(scratch .. "/stream-after.raw")
+      end)
+
+      it("fails a file that shrinks while it is read: the writer says SHORT, the stream CHANGED", function()
+        local src, out = scratch .. "/stream-shrink.raw", scratch .. "/stream-shrink.vmdk"
+        random_file(src, 4 * 1024 * 1024)
+        local st = assert(s:stream(src))
+        assert(proc.run({ argv = { "truncate", "-s", "1M", src } }))
+        local r, err, code = vmdkw.write({ fd = st:fd(), size = st.size, name = src }, out)
+        assert.is_nil(r)
+        assert.equal("SHORT", code)
+        assert.matches("the stream ended after %d+ of its 4194304 bytes", err)
+        assert.is_false(fs.exists(out))
+        r, err, code = st:close()
+        assert.is_nil(r)
+        assert.equal("CHANGED", code)
+        assert.matches("the file shrank to %d+ of its 4194304 bytes while it was read", err)
+        fs.remove(src)
+      end)
+
+      it("names the remote file it cannot open", function()
+        local r, err, code = s:stream(scratch .. "/absent.raw")
+        assert.is_nil(r)
+        assert.equal("ENOENT", code)
+        assert.matches("absent.raw", err, 1, true)
+        assert(s:get("/etc/hostname", scratch .. "/h")) -- not left busy
+        fs.remove(scratch .. "/h")
+      end)
+
+      it("refuses a stream source without fd or size", function()
+        assert.has_error(function() vmdkw.write({ size = 1 }, scratch .. "/x.vmdk") end,
+          "vmdkw.write: a stream source needs fd and size (integers of 0 or more)")
+      end)
+    end)
+
     it("drives a progress handle", function()
       local src = scratch .. "/p.bin"
       random_file(src, 1024 * 1024)

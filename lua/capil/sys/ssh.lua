@@ -200,6 +200,26 @@ function Session:get(remote_path, local_path, opts)
   return transfer(self, "get", "download " .. remote_path:match("[^/]*$"), remote_path, local_path, opts)
 end
 
+--- Streams a remote file into a pipe on a thread of the engine's, for a
+--- consumer reading `stream:fd()` in order on this thread (capil's VMDK
+--- writer: `capil.core.vmdkw.write({fd =, size =, name =}, ...)`): the
+--- download and the work on it in one pass, no local file. `stream.size`
+--- is the file's size when opened; `stream:close()` stops the download
+--- (when the reader stopped early) and returns `{size =}` or nil, the
+--- download's failure and its code (ECONNRESET, ETIMEDOUT after `timeout`
+--- seconds without progress (default 300), EINTR, CHANGED for a file that
+--- grew or shrank meanwhile). Until then the session's other methods raise.
+---@param remote_path string
+---@param opts? {timeout?: number}
+---@return table|nil stream
+---@return string? err
+---@return string? code
+function Session:stream(remote_path, opts)
+  opts = optcheck(opts, { timeout = true }, "ssh.stream")
+  log.debug("ssh: stream %s", remote_path)
+  return self._s:stream(remote_path, { timeout = opts.timeout or 300 })
+end
+
 -- The key to use when none is given: the agent, else ~/.ssh/id_ed25519 or id_ecdsa.
 local function default_auth(copts)
   if os.getenv("SSH_AUTH_SOCK") then
