@@ -670,6 +670,12 @@ function VM:export(path, opts)
   return lease.export(self.vc, self.ref, self.name, path, opts)
 end
 
+--- No disk of its own to hand out for a VMDK written into the OVA: over the
+--- API the disk leaves through the NFC lease (VM:export). (ESXi's SSH path,
+--- capil.backends.esx.ssh, streams its flat extent instead.)
+---@return nil
+function VM.disk_source(_) return nil end
+
 --- Removes the build's CD-ROMs (the ISOs stay in the datastore cache).
 ---@return true|nil, string?, string?
 function VM:remove_cdroms()

@@ -721,6 +721,7 @@ static int l_write(lua_State *L) {
 
 /*
 ** vmdkw.bound(src) -> {size=, data_grains=, max_bytes=} | nil, msg, code
+** (src an integer: a stream of that size, every grain counted as data)
 ** The most bytes vmdkw.write can write for src as it is now: every grain
 ** holding data (its data extents walked with SEEK_DATA/SEEK_HOLE, nothing
 ** read; every grain where the file system cannot tell) compressed to
@@ -728,12 +729,21 @@ static int l_write(lua_State *L) {
 ** tar header by before the VMDK exists.
 */
 static int l_bound(lua_State *L) {
+  uint64_t ngrains, data, size;
+  if (lua_isinteger(L, 1)) {
+    /* a stream's size: nothing to walk, any grain may hold data */
+    lua_Integer n = lua_tointeger(L, 1);
+    if (n < 0) return luaL_error(L, "vmdkw.bound: a size must be 0 or more");
+    size = (uint64_t)n;
+    ngrains = data = (size + GRAIN_BYTES - 1) / GRAIN_BYTES;
+    goto computed;
+  }
   const char *src = luaL_checkstring(L, 1);
   int fd = open(src, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return capil_fail_errno(L, errno, "vmdkw.bound: %s", src);
   struct stat st;
   int err = fstat(fd, &st) != 0 ? errno : 0;
-  uint64_t size = (uint64_t)st.st_size;
+  size = (uint64_t)st.st_size;
   if (!err && S_ISBLK(st.st_mode)) {
     off_t end = lseek(fd, 0, SEEK_END);
     if (end < 0) err = errno;
@@ -742,7 +752,9 @@ static int l_bound(lua_State *L) {
     close(fd);
     return capil_fail(L, "EINVAL", "vmdkw.bound: %s: not a regular file or block device", src);
   }
-  uint64_t ngrains = (size + GRAIN_BYTES - 1) / GRAIN_BYTES, data = 0, g = 0, end_g = 0;
+  ngrains = (size + GRAIN_BYTES - 1) / GRAIN_BYTES;
+  data = 0;
+  uint64_t g = 0, end_g = 0;
   int seekable = 1;
   while (!err && g < ngrains) {
     uint64_t next = ngrains, data_end = 0;
@@ -756,6 +768,7 @@ static int l_bound(lua_State *L) {
   }
   close(fd);
   if (err) return capil_fail_errno(L, err, "vmdkw.bound: %s", src);
+computed:;
   uint64_t ngts = (ngrains + GTES_PER_GT - 1) / GTES_PER_GT;
   uint64_t gts = data < ngts ? data : ngts;
   uint64_t grain_max = (GRAIN_MARKER_BYTES + compressBound(GRAIN_BYTES) + SECTOR - 1) / SECTOR * SECTOR;

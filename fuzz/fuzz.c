@@ -17,10 +17,11 @@
 **
 ** targets.lua may require("capil.fuzz"): a few helpers the library has no
 ** use for (inflate, deterministic noise, mkfifo, symlink, a truncation
-** racing a reader), in C here so that no external tool and no slow Lua loop runs
+** racing a reader, a pipe fed by a thread), in C here so that no external tool and no slow Lua loop runs
 ** per input.
 */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -190,11 +191,86 @@ static int f_truncate_on_read(lua_State *S) {
   return 1;
 }
 
+/* feed_pipe(path, count, chunk) -> fd, handle: a thread writing the first
+** `count` bytes of path into a pipe in writes of `chunk` bytes (so the
+** reader sees short reads), then closing it; fd is the read end (the
+** caller's to read; handle:finish() closes it and joins). A stream source
+** as capil's ssh session:stream hands the VMDK writer. */
+#define FEEDER_MT "capil.fuzz.feeder"
+typedef struct {
+  pthread_t tid;
+  int src, rfd, wfd, running;
+  size_t count, chunk;
+} Feeder;
+
+static void *feeder_main(void *arg) {
+  Feeder *f = arg;
+  char buf[65536];
+  size_t left = f->count;
+  while (left > 0) {
+    size_t want = left < f->chunk ? left : f->chunk;
+    if (want > sizeof buf) want = sizeof buf;
+    ssize_t n = read(f->src, buf, want);
+    if (n <= 0) break;
+    for (ssize_t put = 0; put < n;) {
+      ssize_t w = write(f->wfd, buf + put, (size_t)(n - put));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) goto out;          /* EPIPE: the reader stopped */
+      put += w;
+    }
+    left -= (size_t)n;
+  }
+out:
+  close(f->wfd);
+  f->wfd = -1;
+  return NULL;
+}
+
+static int feeder_finish(lua_State *S) {
+  Feeder *f = luaL_checkudata(S, 1, FEEDER_MT);
+  if (f->rfd >= 0) { close(f->rfd); f->rfd = -1; }
+  if (f->running) { pthread_join(f->tid, NULL); f->running = 0; }
+  if (f->src >= 0) { close(f->src); f->src = -1; }
+  return 0;
+}
+
+static int f_feed_pipe(lua_State *S) {
+  const char *path = luaL_checkstring(S, 1);
+  lua_Integer count = luaL_checkinteger(S, 2), chunk = luaL_checkinteger(S, 3);
+  luaL_argcheck(S, count >= 0, 2, "count must be 0 or more");
+  luaL_argcheck(S, chunk >= 1, 3, "chunk must be 1 or more");
+  Feeder *f = lua_newuserdatauv(S, sizeof *f, 0);
+  memset(f, 0, sizeof *f);
+  f->src = f->rfd = f->wfd = -1;
+  luaL_setmetatable(S, FEEDER_MT);
+  f->count = (size_t)count;
+  f->chunk = (size_t)chunk;
+  int fds[2];
+  f->src = open(path, O_RDONLY | O_CLOEXEC);
+  if (f->src < 0 || pipe(fds) != 0) return luaL_error(S, "feed_pipe %s: %s", path, strerror(errno));
+  f->rfd = fds[0];
+  f->wfd = fds[1];
+  if (pthread_create(&f->tid, NULL, feeder_main, f) != 0) return luaL_error(S, "feed_pipe: cannot start a thread");
+  f->running = 1;
+  lua_pushinteger(S, f->rfd);
+  lua_insert(S, -2);
+  return 2;
+}
+
 static int open_fuzz(lua_State *S) {
   static const luaL_Reg funcs[] = {
     {"inflate", f_inflate}, {"noise", f_noise}, {"mkfifo", f_mkfifo}, {"symlink", f_symlink},
-    {"truncate_on_read", f_truncate_on_read}, {NULL, NULL}
+    {"truncate_on_read", f_truncate_on_read}, {"feed_pipe", f_feed_pipe}, {NULL, NULL}
   };
+  if (luaL_newmetatable(S, FEEDER_MT)) {
+    lua_pushcfunction(S, feeder_finish);
+    lua_setfield(S, -2, "__gc");
+    lua_newtable(S);
+    lua_pushcfunction(S, feeder_finish);
+    lua_setfield(S, -2, "finish");
+    lua_setfield(S, -2, "__index");
+  }
+  lua_pop(S, 1);
   if (luaL_newmetatable(S, RACER_MT)) {
     lua_pushcfunction(S, racer_finish);
     lua_setfield(S, -2, "__gc");

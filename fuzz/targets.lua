@@ -176,7 +176,10 @@ end
 --- disk the input describes:
 ---   byte 0     jobs-1 (bits 0-1), kind (bits 2-4), zlib level (bits 5-6)
 ---   bytes 1-4  size (u32 LE, modulo MAX_SIZE+1)
----   bytes 5-8  kind 4: the size the source is cut to at its first read
+---   bytes 5-8  kind 3: bit 31 set: the bytes the pipe carries (modulo
+---              size+1), else all; bits 8-23: its write size (modulo
+---              70000, plus 1000: short reads, not a syscall a byte);
+---              kind 4: the size the source is cut to at its first read
 ---              (modulo size+1);
 ---              kind 6: which non-regular source; kind 7: what is at OUT
 ---   then       extents until the end: op u8 (bits 0-1: 0 literal bytes
@@ -184,7 +187,9 @@ end
 ---              following, 3 noise; bit 2: length * 256), offset u32
 ---              (modulo size), length u16; clipped to the size and
 ---              MAX_DATA in all.
---- Kinds 0-3: a sparse regular file; 4: the same, truncated by a racing
+--- Kinds 0-2: a sparse regular file; 3: the same read through a pipe as a
+--- stream {fd, size} (ssh's session:stream), fed by a thread in writes of
+--- odd sizes and possibly ending early (then: code SHORT, no output); 4: the same file, truncated by a racing
 --- thread once read (shorter than the size the writer took); 5: a FIFO;
 --- 6: a directory, /dev/null, a dangling symlink, a symlink to a FIFO or
 --- nothing; 7: a regular file but OUT a directory or an existing file.
@@ -251,14 +256,28 @@ function T.vmdkw(data)
     end
 
     local racer = cut and fuzz.truncate_on_read(src, cut)
-    -- a source that is not regular goes through the format sniffing too (a
-    -- regular one may start with qcow2's magic: no qemu-img here)
     local t0 = runtime.now()
-    local r, werr, code = vmdk.write(src, out, { jobs = jobs, level = level,
-      src_format = (kind < 5 or kind == 7) and "raw" or nil })
+    local r, werr, code, short
+    if kind == 3 then
+      local count = aux & 0x80000000 ~= 0 and aux % (size + 1) or size
+      short = count < size
+      local fd, feeder = fuzz.feed_pipe(src, count, ((aux >> 8) & 0xffff) % 70000 + 1000)
+      r, werr, code = vmdk.write({ fd = fd, size = size, name = src }, out, { jobs = jobs, level = level })
+      feeder:finish()
+    else
+      -- a source that is not regular goes through the format sniffing too (a
+      -- regular one may start with qcow2's magic: no qemu-img here)
+      r, werr, code = vmdk.write(src, out, { jobs = jobs, level = level,
+        src_format = (kind < 5 or kind == 7) and "raw" or nil })
+    end
     local took = runtime.now() - t0
     if racer then racer:finish() end
     no_part(dir)
+    if short then
+      invariant(r == nil and code == "SHORT", "a stream that ended early gave %s (%s)", tostring(werr), tostring(code))
+      invariant(not fs.exists(out), "an output after a stream that ended early")
+      return
+    end
     -- libFuzzer's SIGALRM ends a blocked open with EINTR: a refusal must be
     -- prompt, and nothing here interrupts the writer
     invariant(code ~= "EINTR", "vmdk.write was interrupted (blocked %.1f s?): %s", took, tostring(werr))

@@ -137,6 +137,97 @@ describe("esx over SSH #esx #ssh", function()
     }, host.argv())
   end)
 
+  -- the OVA's pack options around one disk (as the plan's ova step gives them)
+  local function pack_opts(dir, disk)
+    return { ova = dir .. "/" .. VM .. ".ova", disks = { disk }, progress = false,
+      os = { ovf_id = 94, ovf_version = "", os_type = "ubuntu64Guest", display_name = "Ubuntu 20.04" },
+      hardware = { cpus = 2, cores_per_socket = 1, memory_mb = 2048, firmware = "bios", disk_controller = "pvscsi",
+        vmx_version = 13, disk_mb = 16 },
+      properties = { KUBERNETES_SEMVER = "v1.16.14", BUILD_TIMESTAMP = "1600000000" } }
+  end
+
+  -- a created VM whose flat extent holds data at 1 MiB and 9 MiB (the rest holes)
+  local function vm_with_disk(ctx)
+    assert(esx.steps.upload_media(ctx, { checksum = sum, cache_dir = "capil_cache" }))
+    local vm = assert(esx.create(ctx, STEP))
+    for _, at in ipairs({ 1048576, 9437184 }) do
+      host.exec(("head -c 70000 /dev/urandom | dd of=%s/%s-flat.vmdk bs=1 seek=%d conv=notrunc 2>/dev/null")
+        :format(DIR, VM, at))
+    end
+    return vm
+  end
+
+  it("streams the flat extent of a free-licence host into the OVA in one pass (no local copy)", function()
+    local ctx = new_ctx()
+    ctx.state.restricted = true -- the vSphere API refused (RestrictedVersion): no NFC export
+    local vm = vm_with_disk(ctx)
+    local src = assert(vm:disk_source())
+    assert.equal("127.0.0.1:" .. DIR .. "/" .. VM .. "-flat.vmdk", src.source)
+    assert.equal("raw", src.format)
+    local dir = tmp .. "/ova-stream"
+    fs.remove(dir, { recursive = true })
+    assert(fs.mkdir(dir))
+    src.name = VM .. "-disk-0.vmdk"
+    local ova = require("capil.format.ova")
+    local r = assert(ova.pack(pack_opts(dir, src)))
+    local report = assert(ova.verify(r.ova))
+    assert.is_true(report.ok, table.concat(report.problems, "\n"))
+    -- nothing but the OVA and its descriptor, manifest and checksum: no download left
+    local files = assert(fs.list(dir))
+    table.sort(files)
+    assert.same({ VM .. ".mf", VM .. ".ova", VM .. ".ova.sha256", VM .. ".ovf" }, files)
+    -- the VMDK in the OVA holds the host's disk
+    local flat = tmp .. "/flat.raw"
+    assert(ctx.state.remote:get(DIR .. "/" .. VM .. "-flat.vmdk", flat))
+    assert.equal(0, assert(proc.run({ argv = { "tar", "xf", r.ova, "-C", dir, src.name } })).code)
+    local cmp = assert(proc.run({ argv = { "qemu-img", "compare", "-f", "raw", "-F", "vmdk", flat,
+      dir .. "/" .. src.name } }))
+    assert.equal(0, cmp.code, cmp.stdout .. cmp.stderr)
+    -- the OVF's populated size counts the grains written (2 x 70000 bytes: 3 or 4 grains), not the 16 MiB
+    local facts = assert(require("capil.format.ovf").parse(assert(fs.read(r.ovf))))
+    assert.equal(16 * 1048576, facts.disks[1].capacity_bytes)
+    assert.is_true(facts.disks[1].populated_size <= 4 * 65536, tostring(facts.disks[1].populated_size))
+    -- the session is free again: the VM goes as usual
+    assert(esx.steps.finalize_vm(ctx, { keep_vm = false }))
+    fs.remove(flat)
+    fs.remove(dir, { recursive = true })
+  end)
+
+  it("fails a disk that changes while it streams, naming the host's file, and leaves no OVA", function()
+    local ctx = new_ctx()
+    ctx.state.restricted = true
+    local vm = vm_with_disk(ctx)
+    local src = assert(vm:disk_source())
+    local open = src.open
+    src.open = function()
+      local st, err, code = open()
+      -- the file shrinks after the size was read
+      host.exec(("truncate -s 2M %s/%s-flat.vmdk"):format(DIR, VM))
+      return st, err, code
+    end
+    local dir = tmp .. "/ova-shrink"
+    fs.remove(dir, { recursive = true })
+    assert(fs.mkdir(dir))
+    local r, err, code = require("capil.format.ova").pack(pack_opts(dir, src))
+    assert.is_nil(r)
+    assert.equal("CHANGED", code)
+    assert.matches(("ova.pack: 127.0.0.1:%s/%s-flat.vmdk: "):format(DIR, VM), err, 1, true)
+    assert.matches("the file shrank to %d+ of its 16777216 bytes while it was read", err)
+    assert.same({}, assert(fs.list(dir)))
+    assert(esx.steps.finalize_vm(ctx, { keep_vm = false }))
+    fs.remove(dir, { recursive = true })
+  end)
+
+  it("has no disk source where the vSphere API may export (NFC), nor for a sparse disk", function()
+    local ctx = new_ctx()
+    local vm = vm_with_disk(ctx)
+    assert.is_nil(vm:disk_source())
+    vm.restricted = true
+    host.exec(("sed -i 's/ VMFS / VMFSSPARSE /' %s/%s.vmdk"):format(DIR, VM))
+    assert.is_nil(vm:disk_source())
+    assert(vm:destroy())
+  end)
+
   it("skips the ISO upload when the datastore has it (same size, checksum marker)", function()
     local ctx = new_ctx()
     assert(esx.steps.upload_media(ctx, { checksum = sum, cache_dir = "capil_cache" }))

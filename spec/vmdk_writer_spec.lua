@@ -104,6 +104,20 @@ describe("vmdk writer #unit #qemuimg", function()
     assert.equal(6, r.grains)
   end)
 
+  it("bounds a stream by its size as a file whose every grain holds data", function()
+    local src = tmp .. "/full.raw"
+    local f = assert(io.open(src, "wb"))
+    f:write(hash.random(3 * GRAIN + 100))
+    f:close()
+    local file_bound = assert(vmdkw.bound(src))
+    assert.same(file_bound, assert(vmdkw.bound(3 * GRAIN + 100)))
+    assert.equal(4, file_bound.data_grains)
+    -- the writer's output never exceeds it
+    local r = assert(vmdkw.write(src, tmp .. "/full.vmdk"))
+    assert.is_true(r.bytes <= file_bound.max_bytes)
+    assert.has_error(function() vmdkw.bound(-1) end, "vmdkw.bound: a size must be 0 or more")
+  end)
+
   it("writes a one-grain disk and the same bytes whatever the jobs", function()
     local src = tmp .. "/one.raw"
     local f = assert(io.open(src, "wb"))

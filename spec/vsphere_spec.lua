@@ -724,6 +724,16 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.gues
       assert.matches("RestrictedVersion", r.stderr, 1, true)
       assert.matches("building over SSH", r.stderr, 1, true)
       assert.is_true(fs.exists(out .. "/" .. BUILD .. "/" .. BUILD .. ".ova"))
+      -- no NFC export on a free licence: the flat extent streamed over SFTP
+      -- into the OVA in the pack step (before the VM was removed), no VMDK file
+      assert.matches("is written from /vmfs/volumes/LocalDS_0/" .. BUILD .. "/" .. BUILD .. "-flat.vmdk as it downloads",
+        r.stderr, 1, true)
+      assert.is_false(fs.exists(out .. "/" .. BUILD .. "/" .. BUILD .. "-disk-0.vmdk"))
+      local report = assert(json.read(out .. "/" .. BUILD .. "/report.json"))
+      assert.is_true(report.vmdk_into_ova)
+      assert.equal("capil", report.disk_writer)
+      local verified = assert(require("capil.format.ova").verify(out .. "/" .. BUILD .. "/" .. BUILD .. ".ova"))
+      assert.is_true(verified.ok, table.concat(verified.problems, "\n"))
       local cmds = table.concat(argv, "\n")
       local vmx = ("/vmfs/volumes/LocalDS_0/%s/%s.vmx"):format(BUILD, BUILD)
       assert.matches("vim-cmd solo/registervm " .. vmx, cmds, 1, true)
@@ -761,6 +771,8 @@ print(p["config.hardware.numCPU"], p["config.hardware.memoryMB"], p["config.gues
       -- the stand-in's vmid 1 is no VM of the simulator's: the export falls back to SFTP
       assert.equal(1, calls.ExportVm)
       assert.matches("downloading the disk over SFTP instead", r.stderr, 1, true)
+      -- and the flat extent is written into the VMDK as it downloads (no local copy of the disk)
+      assert.matches("-flat.vmdk as it downloads, with capil's VMDK writer", r.stderr, 1, true)
       assert.is_true(fs.exists(out .. "/" .. BUILD .. "/" .. BUILD .. ".ova"))
     end)
 

@@ -18,8 +18,9 @@ local M = {}
 
 M.name = "esx"
 M.description = "a standalone ESXi host through the vSphere API (over SSH on a free licence)"
+-- disk_source: over SSH on a free licence the flat extent streams into the OVA
 M.traits = { encoder = "usb", export = "nfc", guest_id = "vsphere", remote = true, govc_env = true,
-  var_file = "esx.json" }
+  var_file = "esx.json", disk_source = true }
 M.settings = vsphere.settings_for("esx")
 -- the VM class of the API path; the SSH path's VMs are esx_ssh.VM
 M.VM = vsphere.VM

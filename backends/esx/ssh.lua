@@ -177,6 +177,14 @@ function Remote:get(remote_path, local_path, opts)
   return r
 end
 
+--- Opens a remote file as a stream (capil.sys.ssh's session:stream): its
+--- bytes come through a pipe while a consumer reads them.
+function Remote:stream(remote_path)
+  local st, err, code = self.session:stream(remote_path)
+  if not st then return fail(("%s: download %s: %s"):format(self.host, remote_path, err), code) end
+  return st
+end
+
 function Remote:close() self.session:close() end
 
 --- Puts the ISO in `<volume>/<cache_dir>/<checksum>.iso` unless a file of
@@ -532,13 +540,58 @@ function VM:export_vim25(path, opts)
   return r, err
 end
 
+-- The VM's disk as ESXi keeps it: the descriptor's text (read with cat)
+-- and the extents it names, {kind =, base =} (a thin or thick disk on VMFS:
+-- one VMFS extent, "NAME-flat.vmdk", the raw disk itself).
+local function disk_extents(self)
+  local desc = ("%s/%s.vmdk"):format(self.dir, self.name)
+  local descriptor, err, code = self.r:run({ "cat", desc })
+  if not descriptor then return nil, err, code end
+  local extents = {}
+  for kind, extent in descriptor:gmatch('\nRW %d+ (%u+) "([^"]+)"') do
+    extents[#extents + 1] = { kind = kind, base = extent:match("[^/]+$") }
+  end
+  return { path = desc, extents = extents }
+end
+
+-- The remote path of the disk's one flat extent (VMFS or FLAT: the raw
+-- disk, which capil's writer reads as it arrives), or nil when the disk
+-- has another layout (sparse extents: qemu-img converts a download).
+local function flat_extent(self, disk)
+  local e = disk.extents
+  if #e == 1 and (e[1].kind == "VMFS" or e[1].kind == "FLAT") then return self.dir .. "/" .. e[1].base end
+  return nil
+end
+
+--- The disk for a VMDK written straight into the OVA (the export step's
+--- into_ova) on a host that refuses the vSphere API (a free licence: no
+--- NFC export): the flat extent streamed over SFTP into capil's writer and
+--- the OVA in one pass, with no local copy of the disk. nil (the pipeline
+--- exports as usual) where the API may export (VM:export tries NFC first)
+--- or the disk is not one flat extent.
+---@return {source: string, format: string, open: function}|nil
+function VM:disk_source()
+  if not self.restricted then return nil end
+  local disk, err = disk_extents(self)
+  if not disk then
+    log.warn("%s: cannot read the disk's descriptor (%s); exporting it instead", self.name, err)
+    return nil
+  end
+  local flat = flat_extent(self, disk)
+  if not flat then return nil end
+  log.info("%s: the OVA's VMDK is written from %s as it downloads (one pass, no local copy)", self.name, flat)
+  return { source = ("%s:%s"):format(self.r.host, flat), format = "raw",
+    open = function() return self.r:stream(flat) end }
+end
+
 --- Exports the disk to a streamOptimized vmdk at `path`: with the vSphere
---- API when the host allows it (export_vim25), else the descriptor and the
---- extents it names over SFTP: one VMFS or FLAT extent (ESXi's thin or
---- thick disk, "NAME-flat.vmdk") is the raw disk itself, read by capil's VMDK writer; anything else
---- (sparse extents) is converted with qemu-img.
+--- API when the host allows it (export_vim25), else over SFTP: one VMFS or
+--- FLAT extent (ESXi's thin or thick disk, "NAME-flat.vmdk") is the raw
+--- disk itself, streamed into capil's VMDK writer as it downloads (one
+--- pass, no local copy); anything else (sparse extents), or `disk_writer =
+--- "qemu-img"`, is downloaded and converted with qemu-img.
 ---@param path string
----@param opts? {adapter_type?: string, hwversion?: integer}
+---@param opts? {adapter_type?: string, hwversion?: integer, disk_writer?: "capil"|"qemu-img"}
 function VM:export(path, opts)
   opts = opts or {}
   if not self.restricted then
@@ -546,35 +599,42 @@ function VM:export(path, opts)
     if r then return r end
     log.warn("%s: the vSphere export did not work (%s); downloading the disk over SFTP instead", self.name, err)
   end
+  local disk, err, code = disk_extents(self)
+  if not disk then return nil, err, code end
+  local vmdk = require("capil.format.vmdk")
+  local flat = flat_extent(self, disk)
+  local hw = opts.hwversion or 15
+  if flat and opts.disk_writer ~= "qemu-img" then
+    log.info("%s: writing %s from %s as it downloads, with capil's VMDK writer", self.name, path, flat)
+    local st
+    st, err, code = self.r:stream(flat)
+    if not st then return nil, err, code end
+    local info, werr, wcode = vmdk.write({ fd = st:fd(), size = st.size, name = self.r.host .. ":" .. flat }, path,
+      { adapter_type = opts.adapter_type, hwversion = hw, progress = true })
+    local dok, derr, dcode = st:close()
+    -- a broken download explains the writer's SHORT; otherwise the writer's failure comes first
+    if not dok and (info or wcode == "SHORT") then
+      fs.remove(path)
+      return fail(("%s: download %s: %s"):format(self.name, flat, derr), dcode)
+    end
+    if not info then return fail(("%s: writing %s: %s"):format(self.name, path, werr), wcode) end
+    return { writer = "capil" }
+  end
   local tmp, terr = fs.tempdir({ parent = fs.dirname(path), prefix = ".esx-disk" })
   if not tmp then return fail(("%s: export: %s"):format(self.name, terr), "EIO") end
   local undo = cleanup.push("temp dir " .. tmp, function() fs.remove(tmp, { recursive = true }) end)
-  local desc = ("%s/%s.vmdk"):format(self.dir, self.name)
-  local ok, err, code = self.r:get(desc, tmp .. "/disk.vmdk")
+  local ok
+  ok, err, code = self.r:get(disk.path, tmp .. "/disk.vmdk")
   if not ok then undo:run() return nil, err, code end
-  local descriptor = fs.read(tmp .. "/disk.vmdk") or ""
-  -- the extents the descriptor names (a thin disk on VMFS: one "-flat" file)
-  local extents = {}
-  for kind, extent in descriptor:gmatch('\nRW %d+ (%u+) "([^"]+)"') do
-    local base = extent:match("[^/]+$")
-    extents[#extents + 1] = { kind = kind, base = base }
-    ok, err, code = self.r:get(self.dir .. "/" .. base, tmp .. "/" .. base, { progress = true })
+  for _, e in ipairs(disk.extents) do
+    ok, err, code = self.r:get(self.dir .. "/" .. e.base, tmp .. "/" .. e.base, { progress = true })
     if not ok then undo:run() return nil, err, code end
   end
-  local vmdk = require("capil.format.vmdk")
-  local info, cerr
-  -- VMFS (ESXi's flat extent on a datastore) and FLAT: the raw disk itself
-  if #extents == 1 and (extents[1].kind == "VMFS" or extents[1].kind == "FLAT") then
-    log.info("%s: writing %s from the flat extent with capil's VMDK writer", self.name, path)
-    info, cerr = vmdk.write(tmp .. "/" .. extents[1].base, path, { src_format = "raw",
-      adapter_type = opts.adapter_type, hwversion = opts.hwversion or 15 })
-  else
-    info, cerr = vmdk.convert(tmp .. "/disk.vmdk", path,
-      { adapter_type = opts.adapter_type, hwversion = opts.hwversion or 15, src_format = "vmdk" })
-  end
+  local info, cerr = vmdk.convert(tmp .. "/disk.vmdk", path,
+    { adapter_type = opts.adapter_type, hwversion = hw, src_format = "vmdk" })
   undo:run()
-  if not info then return fail(("%s: converting %s: %s"):format(self.name, desc, cerr), "ETOOL") end
-  return true
+  if not info then return fail(("%s: converting %s: %s"):format(self.name, disk.path, cerr), "ETOOL") end
+  return { writer = "qemu-img" }
 end
 
 --- Powers off (if on), unregisters and removes the VM directory.

@@ -35,7 +35,7 @@ M.REGISTERED = {
 ---@field govc_env? boolean govc's environment (GOVC_URL, GOVC_USERNAME, ...) sets variables (capil.build.config)
 ---@field var_file? string its shared var file in recipes/config/ (vsphere.json, esx.json), read after the common ones
 ---@field content_library? boolean vCenter's content libraries (and its OVF and VM template services) are there: deploy and test of a library item, a build's content_library
----@field disk_source? boolean the VM's disk_source() hands out its own raw disk, so the VMDK can be written straight into the OVA (the export step's into_ova)
+---@field disk_source? boolean the VM's disk_source() may hand out its own raw disk (a file, or a stream), so the VMDK can be written straight into the OVA (the export step's into_ova); disk_writer applies to the backend then
 ---@field process? string the VM is a local process of this name (QEMU): a test VM kept with its pid blocks a new test
 
 --- One configuration value a backend uses. `paths` are tried in order (schema
@@ -74,8 +74,10 @@ M.REGISTERED = {
 --- "capil" makes the step engine time in the report)
 ---@field export fun(self: capil.VM, path: string, opts: {adapter_type?: string, hwversion?: integer, disk_writer?: "capil"|"qemu-img"}): true|{sha256?: string, writer?: string}|nil, string?, string?
 --- disk_source (with traits.disk_source): the stopped VM's disk for ova.pack's fused writing, {source = path,
---- format = "raw"|"qcow2"}, or nil when it cannot (the pipeline then exports as usual)
----@field disk_source? fun(self: capil.VM): {source: string, format: string}|nil
+--- format = "raw"|"qcow2"}, or a raw stream {source = what messages call it, format = "raw", open = function
+--- returning a capil.sys.ssh stream} (ESXi's flat extent over SFTP, read in the pack step, so the plan packs
+--- before finalize_vm removes the VM), or nil when it cannot (the pipeline then exports as usual)
+---@field disk_source? fun(self: capil.VM): {source: string, format: string, open?: fun(): table|nil, string?, string?}|nil
 ---@field destroy fun(self: capil.VM): true|nil, string?, string? removes the VM and what it made
 ---@field keepalive? fun(self: capil.VM) keeps a hypervisor session alive during long provisioning
 

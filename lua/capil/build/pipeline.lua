@@ -345,13 +345,13 @@ function H.export_disk(run, step)
   -- pass (capil.format.ova's fused packing); no VMDK file
   local src = step.into_ova and run.vm.disk_source and run.vm:disk_source()
   if src then
-    run.disks = { { source = src.source, format = src.format, adapter_type = step.adapter_type,
+    run.disks = { { source = src.source, format = src.format, open = src.open, adapter_type = step.adapter_type,
       hwversion = step.hwversion, name = fs.basename(step.path) } }
     run.report.disk_writer = "capil"
     run.report.vmdk_into_ova = true
     run.step_class = "engine"
-    log.info("%s: %s goes straight into the OVA (written from the %s disk in the pack step; keep_vmdk=true keeps "
-      .. "a file)", run.vm.name, fs.basename(step.path), src.format)
+    log.info("%s: %s goes straight into the OVA (written from the %s disk %s in the pack step; keep_vmdk=true "
+      .. "keeps a file)", run.vm.name, fs.basename(step.path), src.format, src.source)
     return true
   end
   local ok, err, code = run.vm:export(step.path, { adapter_type = step.adapter_type, hwversion = step.hwversion,

@@ -254,10 +254,11 @@ function M.resolve(cfg, backend, opts)
   end
 
   local qemu_dev = traits.qemu_devices and M.qemu_devices(cfg) or nil
-  -- what writes the VMDK on a local backend (vSphere and ESXi download
-  -- theirs over NFC): capil's writer reads a raw disk directly, so QEMU
-  -- builds on one; qemu-img converts QEMU's qcow2, as before
-  local disk_writer = traits.export ~= "nfc" and cfg:get("build.disk_writer") or nil
+  -- what writes the VMDK on a local backend, and on ESXi over SSH (its flat
+  -- extent; vSphere's API exports a VMDK over NFC): capil's writer reads a
+  -- raw disk directly, so QEMU builds on one; qemu-img converts QEMU's
+  -- qcow2 and ESXi's download, as before
+  local disk_writer = (traits.export ~= "nfc" or traits.disk_source) and cfg:get("build.disk_writer") or nil
   local has_cd = #(cfg:get("installer.cd_files") or {}) > 0
   add({ id = "create-vm", kind = "create_vm", vm_name = art.build_version,
     guest_os = M.guest_os(cfg, traits),
@@ -306,19 +307,21 @@ function M.resolve(cfg, backend, opts)
   local no_export = library and not library.export
     and ("content_library_export is false: the item %s of library %s is the build's image"):format(library.item,
       library.library) or nil
+  local into_ova = traits.disk_source and disk_writer == "capil" and not cfg:get("build.keep_vmdk")
   add({ id = "export", kind = "export_disk", method = traits.export, path = art.vmdk,
     subformat = "streamOptimized", adapter_type = ADAPTER[cfg:get("hardware.disk_controller")],
     hwversion = cfg:get("hardware.vmx_version"), disk_writer = disk_writer, skip = no_export,
     -- the VMDK written straight into the OVA from the VM's own disk (one
     -- pass, no VMDK file), where the backend hands its disk out
-    into_ova = (traits.disk_source and disk_writer == "capil" and not cfg:get("build.keep_vmdk")) or nil })
+    into_ova = into_ova or nil })
 
-  if traits.export == "nfc" then
-    add({ id = "finalize", kind = "finalize_vm", convert_to_template = cfg:get("build.convert_to_template"),
-      keep_vm = (cfg:get("build.keep_vm") or cfg:get("build.convert_to_template"))
-        and not (library and library.destroy_vm),
-      content_library = library })
-  end
+  local finalize = traits.export == "nfc" and { id = "finalize", kind = "finalize_vm",
+    convert_to_template = cfg:get("build.convert_to_template"),
+    keep_vm = (cfg:get("build.keep_vm") or cfg:get("build.convert_to_template")) and not (library and library.destroy_vm),
+    content_library = library } or nil
+  -- the VM's disk written into the OVA is read by the pack step: the VM is
+  -- finalized (removed) after it
+  if finalize and not into_ova then add(finalize) end
 
   local properties = {}
   for k, v in pairs(cfg:get("ovf.properties") or {}) do properties[k] = tostring(v) end
@@ -349,6 +352,7 @@ function M.resolve(cfg, backend, opts)
       DISTRO_NAME = cfg:get("distro.name"), DISTRO_VERSION = cfg:get("distro.version"),
       DISTRO_ARCH = cfg:get("distro.arch"),
     } })
+  if finalize and into_ova then add(finalize) end
 
   add({ id = "manifest", kind = "build_manifest", path = art.manifest,
     custom_data = {

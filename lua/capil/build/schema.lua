@@ -245,13 +245,15 @@ local F = {
   { path = "build.qemu_nic_model", var = "qemu_nic_model", type = "string", enum = { "auto", "virtio" },
     default = "auto", description = "QEMU: auto presents network_card's NIC (vmxnet3, e1000, e1000e); virtio opts out" },
   { path = "build.keep_vmdk", var = "keep_vmdk", type = "boolean", default = false,
-    description = "local builds whose VM disk capil's writer reads (QEMU): keep the VMDK as a file beside the OVA "
-      .. "(false: it is written straight into the OVA, in one pass, and no VMDK file is left)" },
+    description = "builds whose VM disk capil's writer reads (QEMU; ESXi over SSH on a free licence, its flat "
+      .. "extent streamed over SFTP): keep the VMDK as a file beside the OVA (false: it is written straight into "
+      .. "the OVA, in one pass, and no VMDK file is left)" },
   { path = "build.disk_writer", var = "disk_writer", type = "string", enum = { "capil", "qemu-img" },
     default = "capil",
-    description = "what writes the streamOptimized VMDK on the local backends: capil (its own writer: QEMU builds on "
-      .. "a sparse raw disk the writer reads directly; Workstation uses it when vmware-vdiskmanager is absent) or "
-      .. "qemu-img (QEMU builds on qcow2 and `qemu-img convert` exports it)" },
+    description = "what writes the streamOptimized VMDK on the local backends and on ESXi over SSH: capil (its own "
+      .. "writer: QEMU builds on a sparse raw disk the writer reads directly; Workstation uses it when "
+      .. "vmware-vdiskmanager is absent; ESXi's flat extent is written as it downloads) or qemu-img (QEMU builds on "
+      .. "qcow2 and `qemu-img convert` exports it; ESXi's disk is downloaded, then converted)" },
   { path = "build.convert_to_template", var = "convert_to_template", type = "boolean", default = false },
   -- a static address for networks without DHCP (capil.build.staticip)
   { path = "build.ip", var = "build_ip", type = "string", check = "ipv4_cidr",

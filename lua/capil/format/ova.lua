@@ -128,7 +128,7 @@ local function strip_ext(path, ext)
 end
 
 local SOURCE_FIELDS = { source = "string", format = "string", adapter_type = "string", hwversion = "number",
-  jobs = "number", name = "string", size = "number", sha256 = "string" }
+  jobs = "number", name = "string", size = "number", sha256 = "string", open = "function" }
 
 -- A disk entry as {path, sha256?, size?, populated_size?}, or a source
 -- (fused packing) as {source, format?, adapter_type?, hwversion?, jobs?, name?}.
@@ -147,9 +147,12 @@ local function disk_entry(d, i)
     if d.name and (d.name:find("/", 1, true) or not d.name:match("%.vmdk$")) then
       error(("ova.pack: disks[%d].name must be a file name ending in .vmdk"):format(i), 3)
     end
+    if d.open and d.format ~= "raw" then
+      error(("ova.pack: disks[%d]: a streamed source (open) must have format raw"):format(i), 3)
+    end
     -- size and sha256 (the export's record of the source) are not the VMDK's: unused
     return { source = d.source, format = d.format, adapter_type = d.adapter_type, hwversion = d.hwversion,
-      jobs = d.jobs, name = d.name }
+      jobs = d.jobs, name = d.name, open = d.open }
   end
   if type(d) ~= "table" or type(d.path) ~= "string" then
     error(("ova.pack: disks[%d] must be a path, {path=, sha256=} or {source=}"):format(i), 3)
@@ -278,7 +281,12 @@ end
 -- as 1024 more spaces in the File tag, so the disk's header stays ustar (as
 -- `ova.verify` wants below 8 GiB) without moving a byte of the disk.
 --
--- A qcow2 source goes through vmdk.to_raw's sparse raw temp first.
+-- A qcow2 source goes through vmdk.to_raw's sparse raw temp first. A
+-- stream source ({source = name, format = "raw", open = function}: ESXi's
+-- flat extent over SFTP) is opened here and read once, in order: its bound
+-- counts every grain (vmdkw.bound(size)), and its ovf:populatedSize gets a
+-- slot like ovf:size, filled with the bytes of the grains written. The
+-- stream's outcome (closed after the write) wins over the writer's SHORT.
 -- Memory stays bounded (vmdkw's slots: about 17 MiB at 16 jobs and more).
 
 -- An old `.ova.sha256` goes before a new OVA is written: until both
@@ -301,6 +309,7 @@ local function install(tmp, ova_path, sha_tmp, sha_path)
 end
 
 local SIZE_SENTINEL = 987654321987654321
+local POPULATED_SENTINEL = 987654321987654322
 local SIZE_SLOT = 20
 local PAX_RESERVE = 1024
 local ZERO_SHA = ("0"):rep(64)
@@ -346,17 +355,26 @@ local function pax_size(name, size, mtime)
   return M.ustar_header(("PaxHeader/" .. name):sub(1, 100), #rec, mtime, "x") .. pad_block(rec)
 end
 
--- The OVF text with the disk's ovf:size set to `size`, followed by
--- SIZE_SLOT - #digits + slack spaces inside the File tag.
-local function fused_ovf(params, size, slack)
-  params.disks[1].size = SIZE_SENTINEL
-  local text = ovf.descriptor(params)
-  local mark = ('ovf:size="%d"'):format(SIZE_SENTINEL)
+-- `text` with the one `attr="<sentinel>"` replaced by `attr="<value>"`
+-- and SIZE_SLOT - #digits + slack spaces: the same length whatever the value.
+local function fill_slot(text, attr, sentinel, value, slack)
+  local mark = ('%s="%d"'):format(attr, sentinel)
   local at = text:find(mark, 1, true)
-  assert(at and not text:find(mark, at + 1, true), "ova.pack: the OVF's File size not found once")
-  local digits = tostring(size)
-  return text:sub(1, at - 1) .. ('ovf:size="%s"'):format(digits) .. (" "):rep(SIZE_SLOT - #digits + slack)
+  assert(at and not text:find(mark, at + 1, true), "ova.pack: the OVF's " .. attr .. " not found once")
+  local digits = tostring(value)
+  return text:sub(1, at - 1) .. ('%s="%s"'):format(attr, digits) .. (" "):rep(SIZE_SLOT - #digits + slack)
     .. text:sub(at + #mark)
+end
+
+-- The OVF text with the disk's ovf:size set to `size`, followed by
+-- SIZE_SLOT - #digits + slack spaces inside the File tag; a streamed
+-- disk's ovf:populatedSize (known once it is written) the same way.
+local function fused_ovf(params, size, slack, populated)
+  params.disks[1].size = SIZE_SENTINEL
+  if populated then params.disks[1].populated_size = POPULATED_SENTINEL end
+  local text = fill_slot(ovf.descriptor(params), "ovf:size", SIZE_SENTINEL, size, slack)
+  if populated then text = fill_slot(text, "ovf:populatedSize", POPULATED_SENTINEL, populated, 0) end
+  return text
 end
 
 -- The stable code of an io library failure's errno (Linux numbers).
@@ -367,6 +385,19 @@ local function io_code(errno) return ERRNO_CODES[errno] or "EIO" end
 -- Reads the source's facts, makes the raw temp of a qcow2; fills d.raw,
 -- d.capacity, d.populated_size, d.max_bytes, d.name.
 local function prepare_source(d, opts)
+  if d.open then
+    -- a stream (ESXi's flat extent over SFTP): read once, in order
+    d.name = d.name or (fs.basename(d.source):gsub("%-flat%.vmdk$", ".vmdk"):gsub("%.[Rr][Aa][Ww]$", ".vmdk"))
+    local stream, serr, scode = d.open()
+    if not stream then return nil, ("ova.pack: %s: %s"):format(d.source, tostring(serr)), scode end
+    d.stream = stream
+    d.raw = d.source
+    local b = vmdkw.bound(stream.size)
+    d.size_raw, d.max_bytes = b.size, b.max_bytes
+    d.capacity = (b.size + 511) // 512 * 512
+    d.populated_size = nil   -- known once written
+    return d
+  end
   local st, err, code = fs.stat(d.source)
   if not st then return nil, "ova.pack: " .. tostring(err):gsub("^fs%.stat: ", ""), code end
   if st.type ~= "file" and st.type ~= "block" then
@@ -422,7 +453,16 @@ pack_fused = function(opts, d, paths)
   local ok, err, code = prepare_source(d, opts)
   if not ok then return nil, err, code end
   local undo_raw = d.raw_undo
-  local function drop_raw() if undo_raw then undo_raw:run() end end
+  -- the qcow2's raw temp removed, a stream closed (its result: the download's outcome)
+  local function drop_raw()
+    if undo_raw then undo_raw:run() end
+    if d.stream then
+      local st = d.stream
+      d.stream = nil
+      return st:close()
+    end
+    return true
+  end
   ok, err, code = check_capacity(opts, d.source, d.capacity)
   if not ok then drop_raw() return nil, err, code end
   local eula
@@ -434,9 +474,10 @@ pack_fused = function(opts, d, paths)
   local mtime = opts.mtime or os.time()
   local reserve = d.max_bytes > M.USTAR_MAX_SIZE
   -- the head (OVF, MF, the disk's header) for a disk of `size` bytes
-  local function head(size, disk_sha)
+  local function head(size, disk_sha, populated)
     local pax = size > M.USTAR_MAX_SIZE
-    local ovf_text = fused_ovf(params, size, (reserve and not pax) and PAX_RESERVE or 0)
+    local ovf_text = fused_ovf(params, size, (reserve and not pax) and PAX_RESERVE or 0,
+      d.open and (populated or 0) or nil)
     local mf_text = M.mf_text({ { name = ovf_name, sha256 = hash.digest("sha256", ovf_text) },
       { name = d.name, sha256 = disk_sha } })
     local parts = { M.ustar_header(ovf_name, #ovf_text, mtime), pad_block(ovf_text),
@@ -480,11 +521,17 @@ pack_fused = function(opts, d, paths)
   log.info("packing %s into %s (the VMDK written from %s)", d.name, fs.basename(opts.ova), d.source)
   local bar = opts.progress ~= false and log.progress({ label = "ova " .. d.name, total = d.size_raw }) or nil
   local hw = opts.hardware or {}
-  local r, werr, wcode = vmdkw.write(d.raw, f, { name = d.name, sha256 = true, jobs = d.jobs or opts.jobs,
+  local src = d.stream and { fd = d.stream:fd(), size = d.stream.size, name = d.source } or d.raw
+  local r, werr, wcode = vmdkw.write(src, f, { name = d.name, sha256 = true, jobs = d.jobs or opts.jobs,
     adapter_type = d.adapter_type or "lsilogic", hwversion = math.tointeger(tonumber(d.hwversion or hw.vmx_version)),
     progress = bar })
   if bar then bar:close() end
-  drop_raw()
+  local dok, derr, dcode = drop_raw()
+  -- a stream that failed explains a writer's SHORT (the download broke);
+  -- when the writer failed first, the stream only says the reader stopped
+  if not dok and (r or wcode == "SHORT") then
+    return fail(("ova.pack: %s: %s"):format(d.source, tostring(derr)), dcode)
+  end
   if not r then return fail(source_error(d, werr, opts.ova), wcode) end
   if r.bytes > M.USTAR_MAX_SIZE and not reserve then
     return fail(("ova.pack: %s: its VMDK took %d bytes, more than it could when packing started: the disk "
@@ -492,7 +539,8 @@ pack_fused = function(opts, d, paths)
   end
   ok, err, code = put(("\0"):rep((512 - r.bytes % 512) % 512 + 1024))
   if not ok then return fail(err, code) end
-  local final, ovf_text, mf_text = head(r.bytes, r.sha256)
+  -- a stream's populated size: the grains written (a file's is its allocation)
+  local final, ovf_text, mf_text = head(r.bytes, r.sha256, math.min(r.size, r.grains * vmdkw.GRAIN_BYTES))
   assert(#final == #head0, "ova.pack: the final head's length differs from the placeholder's")
   f:seek("set", 0)
   ok, err, code = put(final)
@@ -543,7 +591,9 @@ end
 --- (opts.jobs, else the cores), name = (the source's name with .vmdk)}`: it
 --- must be the only disk (code UNSUPPORTED), and is packed fused (one pass
 --- over the source, see "Fused packing"); `timeout` bounds a qcow2's
---- qemu-img read. The result's disk then has `source` and the VMDK's size
+--- qemu-img read. Or a raw stream, `{source = NAME, format = "raw", open =
+--- function}` (`open()` returns a capil.sys.ssh stream, or nil, err, code),
+--- read once as it arrives. The result's disk then has `source` and the VMDK's size
 --- and sha256. `sync` is not honoured there (the file is not fsynced).
 ---@param opts {ova: string, ovf?: string, mf?: string, sha256?: string, name?: string, disks: (string|table)[], jobs?: integer, timeout?: number, os: {ovf_id: integer, ovf_version?: string, os_type: string, display_name?: string}, hardware: table, properties?: table<string, string>, annotation?: string, product?: table, eula?: string, network?: string, convert?: boolean, progress?: boolean, sync?: boolean, mtime?: integer}
 ---@return {ova: string, ovf: string, mf: string, sha256_file: string, sha256: string, size: integer, disks: {name: string, path: string, size: integer, sha256: string}[]}|nil

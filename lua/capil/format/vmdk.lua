@@ -282,16 +282,19 @@ end
 --- `adapter_type` (lsilogic, default; ide, buslogic, legacyESX) and
 --- `hwversion` (default 15) go into the descriptor; `progress` is a
 --- `log.progress{}` handle or `true`; `level` the zlib level (default 6,
---- qemu-img's).
----@param src string
+--- qemu-img's). `src` may be a raw stream instead, `{fd =, size =, name =}`
+--- (capil.sys.ssh's `session:stream`): read once, in order.
+---@param src string|{fd: integer, size: integer, name: string}
 ---@param out string
 ---@param opts? {jobs?: integer, adapter_type?: string, hwversion?: integer, progress?: any, src_format?: string, level?: integer, timeout?: number}
 ---@return {bytes: integer, size: integer, grains: integer, zero_grains: integer}|nil result, string? err, string? code
 function M.write(src, out, opts)
   opts = opts or {}
-  if type(src) ~= "string" or type(out) ~= "string" then error("vmdk.write: src and out must be paths", 2) end
+  if (type(src) ~= "string" and type(src) ~= "table") or type(out) ~= "string" then
+    error("vmdk.write: src and out must be paths (src may be a stream {fd, size, name})", 2)
+  end
   optcheck(opts, WRITE_OPTS, "vmdk.write")
-  local format = opts.src_format or sniff_format(src)
+  local format = type(src) == "table" and "raw" or opts.src_format or sniff_format(src)
   if type(format) ~= "string" or not format:match("^[%w][%w_%-]*$") then
     error(("vmdk.write: src_format must be a qemu-img format name (raw, qcow2, vmdk, ...), not '%s'"):format(
       tostring(format)), 2)
