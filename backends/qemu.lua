@@ -482,7 +482,7 @@ end
 --- Returns {writer = "capil"|"qemu-img"}.
 ---@param path string
 ---@param opts? {adapter_type?: string, hwversion?: integer, timeout?: number, disk_writer?: "capil"|"qemu-img", jobs?: integer}
----@return {writer: string}|nil ok, string? err, string? code
+---@return {writer: string, sha256?: string}|nil ok, string? err, string? code
 function VM:export(path, opts)
   opts = opts or {}
   local writer = opts.disk_writer or "capil"
@@ -494,7 +494,7 @@ function VM:export(path, opts)
   if not ok then
     return nil, ("qemu: exporting %s: %s"):format(self.disk, err), (code == nil or code == "QEMU_IMG") and "EQEMU" or code
   end
-  return { writer = writer }
+  return { writer = writer, sha256 = ok.sha256 }
 end
 
 --- The VM's own disk, for a VMDK written straight into the OVA (the

@@ -542,7 +542,7 @@ function VM:export(path, opts)
       return nil, ("workstation: exporting %s: %s"):format(self.disk, err),
         (code == nil or code == "QEMU_IMG") and "EVDISK" or code
     end
-    return { writer = writer }
+    return { writer = writer, sha256 = ok.sha256 }
   end
   local tmp = path:gsub("%.vmdk$", "") .. ".tmp.vmdk"
   fs.remove(tmp)

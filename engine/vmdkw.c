@@ -592,6 +592,24 @@ static int job_fail(lua_State *L, Job *j, int err) {
   return capil_fail_errno(L, err, "vmdkw.write: %s", j->what ? j->what : j->out);
 }
 
+/* The output's SHA-256 (when asked): started before the job, finished
+** into hex after it; 0 or ENOMEM. sha_end frees the context either way. */
+static int sha_begin(Job *j) {
+  j->sha = EVP_MD_CTX_new();
+  return j->sha && EVP_DigestInit_ex(j->sha, EVP_sha256(), NULL) == 1 ? 0 : ENOMEM;
+}
+static int sha_end(Job *j, int err, char hex[65]) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (!err && j->sha) {
+    if (EVP_DigestFinal_ex(j->sha, md, &n) != 1) err = ENOMEM;
+    for (unsigned int i = 0; i < n; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+  }
+  EVP_MD_CTX_free(j->sha);
+  j->sha = NULL;
+  return err;
+}
+
 /* Writes into an open Lua file at its position: vmdkw.write's second form. */
 static int write_into(lua_State *L, Job *j, luaL_Stream *s, int want_sha) {
   if (!s->closef) return luaL_error(L, "vmdkw.write: attempt to use a closed file");
@@ -603,22 +621,11 @@ static int write_into(lua_State *L, Job *j, luaL_Stream *s, int want_sha) {
   int in = j->stream ? j->stream_fd : open(j->src, O_RDONLY | O_CLOEXEC | O_NONBLOCK);  /* a FIFO: refused */
   if (in < 0) return capil_fail_errno(L, errno, "vmdkw.write: %s", j->src);
   j->into = 1;
-  int err = 0;
-  if (want_sha) {
-    j->sha = EVP_MD_CTX_new();
-    if (!j->sha || EVP_DigestInit_ex(j->sha, EVP_sha256(), NULL) != 1) err = ENOMEM;
-  }
+  int err = want_sha ? sha_begin(j) : 0;
   if (!err) err = run_job(j, in, outfd);
   if (!j->stream) close(in);
   char hex[65];
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  if (!err && want_sha) {
-    if (EVP_DigestFinal_ex(j->sha, md, &n) != 1) err = ENOMEM;
-    for (unsigned int i = 0; i < n; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
-  }
-  EVP_MD_CTX_free(j->sha);
-  j->sha = NULL;
+  err = sha_end(j, err, hex);
   /* the stream's position follows the fd: after the VMDK (or where the
   ** failure left it: the caller discards the file then) */
   if (fseeko(s->f, (off_t)(start + (off_t)j->bytes), SEEK_SET) != 0 && !err) err = errno;
@@ -636,11 +643,12 @@ static int write_into(lua_State *L, Job *j, luaL_Stream *s, int want_sha) {
 ** `name` what messages call it. out is a path, written as
 ** "<out>.part.<pid>" and renamed when complete; or an open file (io.open,
 ** writable): the VMDK goes at its current position, nothing is renamed or
-** removed, the handle is left after the VMDK, `name` is required, and
-** sha256=true returns the SHA-256 of the bytes written; a source that
-** changes size meanwhile fails (code CHANGED). jobs: compressing threads
-** (default: online cores); level: zlib level (default 6, qemu's); name: the
-** extent's file name in the descriptor (default: out's basename).
+** removed, the handle is left after the VMDK, `name` is required, and a
+** source that changes size meanwhile fails (code CHANGED). sha256=true
+** returns the SHA-256 of the bytes written (taken as they go out: no second
+** read). jobs: compressing threads (default: online cores); level: zlib
+** level (default 6, qemu's); name: the extent's file name in the
+** descriptor (default: out's basename).
 */
 static int l_write(lua_State *L) {
   static const char *const opts[] = {"jobs", "adapter_type", "hwversion", "level", "name",
@@ -685,7 +693,6 @@ static int l_write(lua_State *L) {
   if (level < -1 || level > 9) return luaL_error(L, "vmdkw.write: level must be -1 to 9");
   j.level = (int)level;
   int want_sha = capil_opt_boolean(L, 3, "vmdkw.write", "sha256", 0);
-  if (want_sha && !stream) return luaL_error(L, "vmdkw.write: sha256 needs an open file as out");
   const char *base = strrchr(j.out, '/');
   j.name = capil_opt_string(L, 3, "vmdkw.write", "name", stream ? NULL : base ? base + 1 : j.out, NULL);
   if (!j.name) return luaL_error(L, "vmdkw.write: name is required when out is an open file");
@@ -710,13 +717,16 @@ static int l_write(lua_State *L) {
     if (!j.stream) close(in);
     return capil_fail_errno(L, e, "vmdkw.write: %s", j.tmp);
   }
-  int err = run_job(&j, in, outfd);
+  int err = want_sha ? sha_begin(&j) : 0;
+  if (!err) err = run_job(&j, in, outfd);
   if (!j.stream) close(in);
+  char hex[65];
+  err = sha_end(&j, err, hex);
   if (close(outfd) != 0 && !err) { err = errno; j.what = j.out; }
   if (!err && rename(j.tmp, j.out) != 0) { err = errno; j.what = j.out; }
   if (err) unlink(j.tmp);
   if (err) return job_fail(L, &j, err);
-  return push_result(L, &j, NULL);
+  return push_result(L, &j, want_sha ? hex : NULL);
 }
 
 /*

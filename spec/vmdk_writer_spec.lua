@@ -63,6 +63,8 @@ describe("vmdk writer #unit #qemuimg", function()
     local r, err = vmdk.write(src, out, opts or { jobs = 2 })
     assert(r, err)
     assert.equal(fs.stat(out).size, r.bytes)
+    -- the digest taken as it was written is the file's
+    assert.equal(assert(hash.file(out, "sha256")), r.sha256)
     assert.truthy(run({ "qemu-img", "check", out }):find("No errors were found", 1, true))
     assert.truthy(run({ "qemu-img", "compare", "-f", "raw", "-F", "vmdk", src, out }):find("identical", 1, true))
     local info = json.decode(run({ "qemu-img", "info", "--output=json", out }))

@@ -618,7 +618,7 @@ function VM:export(path, opts)
       return fail(("%s: download %s: %s"):format(self.name, flat, derr), dcode)
     end
     if not info then return fail(("%s: writing %s: %s"):format(self.name, path, werr), wcode) end
-    return { writer = "capil" }
+    return { writer = "capil", sha256 = info.sha256 }
   end
   local tmp, terr = fs.tempdir({ parent = fs.dirname(path), prefix = ".esx-disk" })
   if not tmp then return fail(("%s: export: %s"):format(self.name, terr), "EIO") end

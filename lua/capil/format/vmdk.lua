@@ -282,12 +282,13 @@ end
 --- `adapter_type` (lsilogic, default; ide, buslogic, legacyESX) and
 --- `hwversion` (default 15) go into the descriptor; `progress` is a
 --- `log.progress{}` handle or `true`; `level` the zlib level (default 6,
---- qemu-img's). `src` may be a raw stream instead, `{fd =, size =, name =}`
+--- qemu-img's). The result's `sha256` is the VMDK's, taken as it was
+--- written (no second read). `src` may be a raw stream instead, `{fd =, size =, name =}`
 --- (capil.sys.ssh's `session:stream`): read once, in order.
 ---@param src string|{fd: integer, size: integer, name: string}
 ---@param out string
 ---@param opts? {jobs?: integer, adapter_type?: string, hwversion?: integer, progress?: any, src_format?: string, level?: integer, timeout?: number}
----@return {bytes: integer, size: integer, grains: integer, zero_grains: integer}|nil result, string? err, string? code
+---@return {bytes: integer, size: integer, grains: integer, zero_grains: integer, sha256: string}|nil result, string? err, string? code
 function M.write(src, out, opts)
   opts = opts or {}
   if (type(src) ~= "string" and type(src) ~= "table") or type(out) ~= "string" then
@@ -320,7 +321,7 @@ function M.write(src, out, opts)
   -- the C writer removes its temp itself; this covers a Lua error between
   local undo = cleanup.push("partial VMDK " .. tmp_vmdk, function() fs.remove(tmp_vmdk) end)
   local r, err, code = vmdkw.write(raw, out, { jobs = opts.jobs, adapter_type = opts.adapter_type,
-    hwversion = hw, level = opts.level,
+    hwversion = hw, level = opts.level, sha256 = true,
     progress = progress or nil })
   undo:cancel()
   if own_progress then progress:close() end
@@ -337,12 +338,13 @@ end
 --- local backends' disk_writer: "capil" (M.write, on `jobs` threads) or
 --- "qemu-img" (M.convert). `src_format` names the disk's format for both
 --- (a disk a guest wrote is named, never probed); `hwversion` defaults to
---- 15. Returns true, or nil, err, code (EINVAL: an unknown writer).
+--- 15. Returns {sha256 =} (capil's writer hashes as it writes; qemu-img's
+--- output is not hashed: {}), or nil, err, code (EINVAL: an unknown writer).
 ---@param writer string
 ---@param src string
 ---@param out string
 ---@param opts {src_format?: string, adapter_type?: string, hwversion?: integer, jobs?: integer, timeout?: number}
----@return true|nil ok, string? err, string? code
+---@return {sha256?: string}|nil ok, string? err, string? code
 function M.export(writer, src, out, opts)
   local o = { src_format = opts.src_format, adapter_type = opts.adapter_type, hwversion = opts.hwversion or 15,
     timeout = opts.timeout }
@@ -356,7 +358,7 @@ function M.export(writer, src, out, opts)
     return nil, ("unknown disk_writer '%s' (capil, qemu-img)"):format(tostring(writer)), "EINVAL"
   end
   if not r then return nil, err, code end
-  return true
+  return { sha256 = r.sha256 }
 end
 
 return M
