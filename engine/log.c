@@ -193,6 +193,7 @@ struct capil_progress {
   double start, last_draw;
   double interval;      /* seconds between plain lines */
   int mode, closed;
+  int started;          /* the work reported a size or progress: it began */
 };
 
 static void human_bytes(char *buf, size_t n, double v) {
@@ -271,7 +272,9 @@ struct capil_progress *capil_progress_opt(lua_State *L, int idx) {
 }
 
 void capil_progress_total(struct capil_progress *p, uint64_t total) {
-  if (p) p->total = total;
+  if (!p) return;
+  p->total = total;
+  p->started = 1;
 }
 
 /* Bytes already present when the transfer starts (a resumed download): they
@@ -284,6 +287,7 @@ void capil_progress_base(struct capil_progress *p, uint64_t base) {
 
 void capil_progress_update(struct capil_progress *p, uint64_t done) {
   if (!p || p->closed || p->mode == PMODE_NONE) return;
+  p->started = 1;
   if (!p->based) capil_progress_base(p, done);
   p->done = done;
   double now = capil_now();
@@ -296,7 +300,9 @@ static void progress_finish(struct capil_progress *p) {
   p->closed = 1;
   if (p->mode == PMODE_NONE) return;
   if (p->mode == PMODE_BAR && out_format == OUT_TEXT) clear_bar();
-  progress_draw(p, 1);
+  /* work that never began (its source could not be opened) gets no
+  ** "0 B in 00:00" line before its error */
+  if (p->started) progress_draw(p, 1);
 }
 
 /* log.progress{label=, total=, mode="auto"|"bar"|"line"|"none", interval=} */

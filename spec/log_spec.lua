@@ -118,6 +118,20 @@ describe("log #unit", function()
     assert.not_matches("\r", r.stderr, 1, true)
   end)
 
+  it("prints no summary for work that never began (its source could not be opened)", function()
+    local r = run([[
+      local log = require("capil.sys.log")
+      local p = log.progress({ label = "vmdk x.vmdk" })
+      p:close()
+      local q = log.progress({ label = "empty.txt" })
+      q:update(0, 0) -- a transfer of an empty file did begin
+      q:close()
+    ]])
+    assert.equal(0, r.code)
+    assert.is_nil(r.stderr:find("vmdk x.vmdk", 1, true))
+    assert.matches("empty.txt: 0 B in 00:00", r.stderr, 1, true)
+  end)
+
   it("prints no progress in quiet mode", function()
     local r = run([[
       local log = require("capil.sys.log")

@@ -66,6 +66,13 @@ end
 
 local function pack(opts, args)
   if #args ~= 1 then cli.fail("ova pack: name one build directory", 2) end
+  -- usage errors first: before the build directory is read
+  local jobs
+  if opts.jobs then
+    local why
+    jobs, why = require("capil.format.vmdk").jobs(opts.jobs)
+    if not jobs then cli.fail("ova pack: " .. why, 2) end
+  end
   local dir = args[1]
   local path = fs.join(dir, manifest.FILE)
   local m, err = manifest.read(path)
@@ -81,11 +88,7 @@ local function pack(opts, args)
     po.eula = text
   end
   po.convert = opts.convert or false
-  if opts.jobs then
-    local jobs, why = require("capil.format.vmdk").jobs(opts.jobs)
-    if not jobs then cli.fail("ova pack: " .. why, 2) end
-    po.jobs = jobs
-  end
+  po.jobs = jobs
   local r, rerr = ova.pack(po)
   if not r then cli.fail(rerr, 1) end
   log.out(("%s  %s"):format(r.sha256, r.ova))
