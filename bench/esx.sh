@@ -23,15 +23,8 @@
 #   CAPIL          the binary under test (default build/capil)
 set -eu
 
-SIZE_MB=${BENCH_SIZE_MB:-3072}
-DATA_MB=${BENCH_DATA_MB:-1024}
-JOBS=${BENCH_JOBS:-$(nproc)}
-CAPIL=${CAPIL:-build/capil}
-TIME=/usr/bin/time
-[ -x "$CAPIL" ] || { echo "bench/esx.sh: $CAPIL not found (build first)" >&2; exit 2; }
-for t in qemu-img python3 ssh-keygen sftp /usr/sbin/sshd "$TIME"; do
-  command -v "$t" >/dev/null || { echo "bench/esx.sh: $t is needed" >&2; exit 2; }
-done
+. "$(dirname "$0")/lib.sh"
+disk_bench_init bench/esx.sh qemu-img python3 ssh-keygen sftp /usr/sbin/sshd
 
 dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/capil-bench-esx.XXXXXX")
 sshd_pid=
@@ -41,7 +34,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-. "$(dirname "$0")/lib.sh"
 NAME=bench-kube-v1.30.1
 
 echo "generating a $SIZE_MB MiB flat extent with $DATA_MB MiB of /usr files in $dir ..."
@@ -99,18 +91,7 @@ if mode ~= "stream" then os.remove(disk.source) end
 s:close()
 print(r.size)
 EOF
-cat >"$dir/manifest.lua" <<'EOF'
-local manifest = require("capil.format.manifest")
-local out, disk, size_mb, name = ...
-local _, _, p = require("capil.build.loader").load("ubuntu-2004", { var = { "disk_size=40960" } })
-assert(p, "the ubuntu-2004 plan did not resolve")
-local cd = manifest.custom_data(p, { build_timestamp = "1600000000", build_date = "2020-09-13T12:26:40Z",
-  capil_version = "bench" })
-cd.build_name, cd.kubernetes_semver, cd.disk_size_mb = "bench", "v1.30.1", size_mb
-assert(manifest.append(out .. "/packer-manifest.json", manifest.build({ name = "esx", builder_type = "capil-esx",
-  artifact_id = name, custom_data = cd, files = { { name = disk } } })))
-EOF
-"$CAPIL" -q "$dir/manifest.lua" "$dir/packer" "$NAME-disk-0.vmdk" "$SIZE_MB" "$NAME"
+build_manifest "$dir/packer" "$NAME-disk-0.vmdk"
 cat "$flat" >/dev/null   # warm cache for all
 
 echo "capil one pass: SFTP stream -> writer -> OVA (jobs $JOBS) ..."
@@ -133,13 +114,7 @@ set -- $(timed "$CAPIL" -q "$dir/pack.lua" file "$port" "$user" "$dir/client_key
   "$dir/twostep" "$NAME" "$SIZE_MB" "$JOBS")
 tt=$1 trss=$2
 
-for d in onepass packer twostep; do
-  "$CAPIL" -q ova verify "$dir/$d/$NAME.ova" >/dev/null || { echo "bench/esx.sh: the $d OVA fails verify" >&2; exit 1; }
-done
-mkdir "$dir/x"
-tar xf "$dir/onepass/$NAME.ova" -C "$dir/x" "$NAME-disk-0.vmdk"
-qemu-img compare -q -f raw -F vmdk "$flat" "$dir/x/$NAME-disk-0.vmdk" ||
-  { echo "bench/esx.sh: the one-pass OVA's disk differs from the host's" >&2; exit 1; }
+check_ovas bench/esx.sh "$flat" "$NAME-disk-0.vmdk" "$dir/onepass" "$dir/packer" "$dir/twostep"
 
 echo
 printf '%-44s %7s s wall  peak RSS %6d KiB\n' "capil one pass (stream -> OVA)" "$ot" "$orss"

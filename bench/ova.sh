@@ -20,20 +20,12 @@
 #   CAPIL          the binary under test (default build/capil)
 set -eu
 
-SIZE_MB=${BENCH_SIZE_MB:-3072}
-DATA_MB=${BENCH_DATA_MB:-1024}
-JOBS=${BENCH_JOBS:-$(nproc)}
-CAPIL=${CAPIL:-build/capil}
-TIME=/usr/bin/time
-[ -x "$CAPIL" ] || { echo "bench/ova.sh: $CAPIL not found (build first)" >&2; exit 2; }
-for t in qemu-img python3 "$TIME"; do
-  command -v "$t" >/dev/null || { echo "bench/ova.sh: $t is needed" >&2; exit 2; }
-done
+. "$(dirname "$0")/lib.sh"
+disk_bench_init bench/ova.sh qemu-img python3
 
 dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/capil-bench-ova.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 trap 'exit 130' INT TERM
-. "$(dirname "$0")/lib.sh"
 NAME=bench-kube-v1.30.1
 
 echo "generating a $SIZE_MB MiB raw disk with $DATA_MB MiB of /usr files in $dir ..."
@@ -41,21 +33,9 @@ mkdir -p "$dir/fused" "$dir/twostep"
 os_disk "$SIZE_MB" "$DATA_MB" "$dir/fused/$NAME.raw"
 du -m "$dir/fused/$NAME.raw" | awk '{ print "raw disk: " $1 " MiB allocated" }'
 
-# a build directory's packer-manifest.json listing DISK (the custom_data of
-# the ubuntu-2004 recipe's plan, disk_size_mb the disk's)
-cat >"$dir/manifest.lua" <<'EOF'
-local manifest = require("capil.format.manifest")
-local out, disk, size_mb, name = ...
-local _, _, p = require("capil.build.loader").load("ubuntu-2004", { var = { "disk_size=40960" } })
-assert(p, "the ubuntu-2004 plan did not resolve")
-local cd = manifest.custom_data(p, { build_timestamp = "1600000000", build_date = "2020-09-13T12:26:40Z",
-  capil_version = "bench" })
-cd.build_name, cd.kubernetes_semver, cd.disk_size_mb = "bench", "v1.30.1", size_mb
-assert(manifest.append(out .. "/packer-manifest.json", manifest.build({ name = "qemu", builder_type = "capil-qemu",
-  artifact_id = name, custom_data = cd, files = { { name = disk } } })))
-EOF
-"$CAPIL" -q "$dir/manifest.lua" "$dir/fused" "$NAME.raw" "$SIZE_MB" "$NAME"
-"$CAPIL" -q "$dir/manifest.lua" "$dir/twostep" "$NAME-disk-0.vmdk" "$SIZE_MB" "$NAME"
+# the build directories packed (lib.sh)
+build_manifest "$dir/fused" "$NAME.raw"
+build_manifest "$dir/twostep" "$NAME-disk-0.vmdk"
 cat "$dir/fused/$NAME.raw" >/dev/null   # warm cache for both
 
 echo "capil ova pack (fused, --jobs $JOBS) ..."
@@ -70,13 +50,7 @@ pt=$1 prss=$2
 tt=$(awk -v a="$qt" -v b="$pt" 'BEGIN { printf "%.2f", a + b }')
 
 # both OVAs verified, the fused one's disk compared with the source (untimed)
-for d in fused twostep; do
-  "$CAPIL" -q ova verify "$dir/$d/$NAME.ova" >/dev/null || { echo "bench/ova.sh: the $d OVA fails verify" >&2; exit 1; }
-done
-mkdir "$dir/x"
-tar xf "$dir/fused/$NAME.ova" -C "$dir/x" "$NAME.vmdk"
-qemu-img compare -q -f raw -F vmdk "$dir/fused/$NAME.raw" "$dir/x/$NAME.vmdk" ||
-  { echo "bench/ova.sh: the fused OVA's disk differs from the source" >&2; exit 1; }
+check_ovas bench/ova.sh "$dir/fused/$NAME.raw" "$NAME.vmdk" "$dir/fused" "$dir/twostep"
 fs=$(stat -c %s "$dir/fused/$NAME.ova") ts=$(stat -c %s "$dir/twostep/$NAME.ova")
 
 echo

@@ -18,20 +18,12 @@
 #   CAPIL          the binary under test (default build/capil)
 set -eu
 
-SIZE_MB=${BENCH_SIZE_MB:-3072}
-DATA_MB=${BENCH_DATA_MB:-1024}
-JOBS=${BENCH_JOBS:-$(nproc)}
-CAPIL=${CAPIL:-build/capil}
-TIME=/usr/bin/time
-[ -x "$CAPIL" ] || { echo "bench/vmdk.sh: $CAPIL not found (build first)" >&2; exit 2; }
-for t in qemu-img python3 "$TIME"; do
-  command -v "$t" >/dev/null || { echo "bench/vmdk.sh: $t is needed" >&2; exit 2; }
-done
+. "$(dirname "$0")/lib.sh"
+disk_bench_init bench/vmdk.sh qemu-img python3
 
 dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/capil-bench-vmdk.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 trap 'exit 130' INT TERM
-. "$(dirname "$0")/lib.sh"
 
 # timed_cpu CMD... -> "seconds peak-rss-KiB cpu-seconds" (user + system):
 # on a machine shared with other jobs the CPU time shows the work done, the

@@ -257,29 +257,26 @@ static int f_feed_pipe(lua_State *S) {
   return 2;
 }
 
+/* A handle's metatable: finish() as its one method and its __gc. */
+static void handle_mt(lua_State *S, const char *name, lua_CFunction finish) {
+  if (luaL_newmetatable(S, name)) {
+    lua_pushcfunction(S, finish);
+    lua_setfield(S, -2, "__gc");
+    lua_newtable(S);
+    lua_pushcfunction(S, finish);
+    lua_setfield(S, -2, "finish");
+    lua_setfield(S, -2, "__index");
+  }
+  lua_pop(S, 1);
+}
+
 static int open_fuzz(lua_State *S) {
   static const luaL_Reg funcs[] = {
     {"inflate", f_inflate}, {"noise", f_noise}, {"mkfifo", f_mkfifo}, {"symlink", f_symlink},
     {"truncate_on_read", f_truncate_on_read}, {"feed_pipe", f_feed_pipe}, {NULL, NULL}
   };
-  if (luaL_newmetatable(S, FEEDER_MT)) {
-    lua_pushcfunction(S, feeder_finish);
-    lua_setfield(S, -2, "__gc");
-    lua_newtable(S);
-    lua_pushcfunction(S, feeder_finish);
-    lua_setfield(S, -2, "finish");
-    lua_setfield(S, -2, "__index");
-  }
-  lua_pop(S, 1);
-  if (luaL_newmetatable(S, RACER_MT)) {
-    lua_pushcfunction(S, racer_finish);
-    lua_setfield(S, -2, "__gc");
-    lua_newtable(S);
-    lua_pushcfunction(S, racer_finish);
-    lua_setfield(S, -2, "finish");
-    lua_setfield(S, -2, "__index");
-  }
-  lua_pop(S, 1);
+  handle_mt(S, FEEDER_MT, feeder_finish);
+  handle_mt(S, RACER_MT, racer_finish);
   luaL_newlib(S, funcs);
   return 1;
 }
