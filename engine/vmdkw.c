@@ -293,7 +293,7 @@ typedef struct {
   uint64_t stream_size;         /* its size, given by the caller */
   /* results */
   uint64_t size, bytes, grains_written, grains_zero;
-  uint64_t got;                 /* a stream's bytes read when it ended */
+  uint64_t got;                 /* the source's bytes read (a stream's, when it ended) */
   const char *what;             /* the file an errno refers to */
   int zerr;
 } Job;
@@ -324,38 +324,23 @@ static int next_data_grain(int fd, uint64_t g, uint64_t ngrains, uint64_t size,
   return 0;
 }
 
-/* Reads grain g (zero-padded past the end of the disk); 0 or an errno. */
-static int read_grain(int fd, uint64_t g, uint64_t size, unsigned char *buf) {
+/* Reads grain g, zero-padded past the end of the disk; 0 or an errno. A
+** file is read at the grain's offset (pread), and a file that shrank reads
+** as zeros (the caller checks its size after). A stream (seq) is read in
+** order: its next GRAIN_BYTES (fewer at the end), and an end before `size`
+** is ESHORT (*got_total: the bytes it carried). */
+static int read_grain(int fd, uint64_t g, uint64_t size, unsigned char *buf, int seq, uint64_t *got_total) {
   uint64_t pos = g * GRAIN_BYTES;
   size_t want = size - pos < GRAIN_BYTES ? (size_t)(size - pos) : GRAIN_BYTES;
   size_t got = 0;
   while (got < want) {
-    ssize_t n = pread(fd, buf + got, want - got, (off_t)(pos + got));
-    if (n < 0) {
-      if (errno == EINTR && !capil_interrupted()) continue;
-      return errno;
-    }
-    if (n == 0) break;            /* the file shrank: the rest reads as zeros */
-    got += (size_t)n;
-  }
-  memset(buf + got, 0, GRAIN_BYTES - got);
-  return 0;
-}
-
-/* Reads grain g of a stream source: the next GRAIN_BYTES (fewer at the
-** end), in order, zero-padded past the end of the disk; 0, an errno, or
-** ESHORT when the stream ends before the size it was given (*got: where). */
-static int read_grain_seq(int fd, uint64_t g, uint64_t size, unsigned char *buf, uint64_t *got_total) {
-  uint64_t pos = g * GRAIN_BYTES;
-  size_t want = size - pos < GRAIN_BYTES ? (size_t)(size - pos) : GRAIN_BYTES;
-  size_t got = 0;
-  while (got < want) {
-    ssize_t n = read(fd, buf + got, want - got);
+    ssize_t n = seq ? read(fd, buf + got, want - got) : pread(fd, buf + got, want - got, (off_t)(pos + got));
     if (n < 0) {
       if (errno == EINTR && !capil_interrupted()) continue;
       return errno;
     }
     if (n == 0) {
+      if (!seq) break;            /* the file shrank: the rest reads as zeros */
       *got_total = pos + got;
       return capil_interrupted() ? EINTR : ESHORT;
     }
@@ -462,8 +447,7 @@ static int run_job(Job *j, int in, int outfd) {
       if (g >= ngrains) { eof = 1; break; }
       Slot *s = &p.slots[p.next_fill % (uint64_t)p.nslots];
       s->grain = g;
-      err = j->stream ? read_grain_seq(in, g, size, s->in, &j->got) : read_grain(in, g, size, s->in);
-      if (err) { j->what = j->src; break; }
+      if ((err = read_grain(in, g, size, s->in, j->stream, &j->got)) != 0) { j->what = j->src; break; }
       scan = g + 1;
       pthread_mutex_lock(&p.mu);
       s->state = SLOT_FILLED;
