@@ -609,13 +609,12 @@ function VM:export(path, opts)
     local st
     st, err, code = self.r:stream(flat)
     if not st then return nil, err, code end
-    local info, werr, wcode = vmdk.write({ fd = st:fd(), size = st.size, name = self.r.host .. ":" .. flat }, path,
-      { adapter_type = opts.adapter_type, hwversion = hw, progress = true })
-    local dok, derr, dcode = st:close()
-    -- a broken download explains the writer's SHORT; otherwise the writer's failure comes first
-    if not dok and (info or wcode == "SHORT") then
+    local info, werr, wcode, broke = vmdk.from_stream(st, self.r.host .. ":" .. flat, function(src)
+      return vmdk.write(src, path, { adapter_type = opts.adapter_type, hwversion = hw, progress = true })
+    end)
+    if broke then
       fs.remove(path)
-      return fail(("%s: download %s: %s"):format(self.name, flat, derr), dcode)
+      return fail(("%s: download %s: %s"):format(self.name, flat, werr), wcode)
     end
     if not info then return fail(("%s: writing %s: %s"):format(self.name, path, werr), wcode) end
     return { writer = "capil", sha256 = info.sha256 }

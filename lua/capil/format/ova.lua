@@ -453,15 +453,14 @@ pack_fused = function(opts, d, paths)
   local ok, err, code = prepare_source(d, opts)
   if not ok then return nil, err, code end
   local undo_raw = d.raw_undo
-  -- the qcow2's raw temp removed, a stream closed (its result: the download's outcome)
+  -- the qcow2's raw temp removed; a stream still open (a failure before
+  -- the write) closed
   local function drop_raw()
     if undo_raw then undo_raw:run() end
     if d.stream then
-      local st = d.stream
+      d.stream:close()
       d.stream = nil
-      return st:close()
     end
-    return true
   end
   ok, err, code = check_capacity(opts, d.source, d.capacity)
   if not ok then drop_raw() return nil, err, code end
@@ -521,17 +520,19 @@ pack_fused = function(opts, d, paths)
   log.info("packing %s into %s (the VMDK written from %s)", d.name, fs.basename(opts.ova), d.source)
   local bar = opts.progress ~= false and log.progress({ label = "ova " .. d.name, total = d.size_raw }) or nil
   local hw = opts.hardware or {}
-  local src = d.stream and { fd = d.stream:fd(), size = d.stream.size, name = d.source } or d.raw
-  local r, werr, wcode = vmdkw.write(src, f, { name = d.name, sha256 = true, jobs = d.jobs or opts.jobs,
+  local wopts = { name = d.name, sha256 = true, jobs = d.jobs or opts.jobs,
     adapter_type = d.adapter_type or "lsilogic", hwversion = math.tointeger(tonumber(d.hwversion or hw.vmx_version)),
-    progress = bar })
-  if bar then bar:close() end
-  local dok, derr, dcode = drop_raw()
-  -- a stream that failed explains a writer's SHORT (the download broke);
-  -- when the writer failed first, the stream only says the reader stopped
-  if not dok and (r or wcode == "SHORT") then
-    return fail(("ova.pack: %s: %s"):format(d.source, tostring(derr)), dcode)
+    progress = bar }
+  local r, werr, wcode, broke
+  if d.stream then
+    r, werr, wcode, broke = vmdk.from_stream(d.stream, d.source, function(src) return vmdkw.write(src, f, wopts) end)
+    d.stream = nil
+  else
+    r, werr, wcode = vmdkw.write(d.raw, f, wopts)
   end
+  if bar then bar:close() end
+  drop_raw()
+  if broke then return fail(("ova.pack: %s: %s"):format(d.source, tostring(werr)), wcode) end
   if not r then return fail(source_error(d, werr, opts.ova), wcode) end
   if r.bytes > M.USTAR_MAX_SIZE and not reserve then
     return fail(("ova.pack: %s: its VMDK took %d bytes, more than it could when packing started: the disk "

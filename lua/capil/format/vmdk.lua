@@ -334,6 +334,24 @@ function M.write(src, out, opts)
   return r
 end
 
+--- Runs `write(src)` on a stream's bytes (`src = {fd, size, name}`: a
+--- capil.sys.ssh stream, read in order) and closes the stream. Returns
+--- write's result; or its failure; or the stream's own failure, with a
+--- fourth result true, where that is the cause: a download that broke ends
+--- the bytes early (the writer's SHORT), and a write that succeeded on a
+--- file that grew or shrank meanwhile is disowned (CHANGED). When the
+--- writer failed first, the stream's only news is that its reader stopped.
+---@param stream table
+---@param name string what messages call the stream's source
+---@param write fun(src: {fd: integer, size: integer, name: string}): table|nil, string?, string?
+---@return table|nil result, string? err, string? code, boolean? stream_failed
+function M.from_stream(stream, name, write)
+  local r, err, code = write({ fd = stream:fd(), size = stream.size, name = name })
+  local ok, serr, scode = stream:close()
+  if not ok and (r or code == "SHORT") then return nil, serr, scode, true end
+  return r, err, code
+end
+
 --- The streamOptimized VMDK `out` from the disk `src` by `writer`, the
 --- local backends' disk_writer: "capil" (M.write, on `jobs` threads) or
 --- "qemu-img" (M.convert). `src_format` names the disk's format for both
